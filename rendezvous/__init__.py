@@ -1,0 +1,1 @@
+"""callpeer's rendezvous server: STUN Binding, presence, and introducing two callers at once."""

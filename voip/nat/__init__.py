@@ -1,0 +1,1 @@
+"""NAT traversal, sans-IO: candidates, the rendezvous client, connectivity checks (punching)."""

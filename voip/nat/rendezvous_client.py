@@ -1,0 +1,155 @@
+"""Client side of rendezvous signalling: register, keep the name alive, receive the peer (sans-IO)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from voip.nat.candidates import Candidate
+from voip.wire.signal import PeerReady, Register
+from voip.wire.stun import (
+    Address,
+    Attr,
+    Class,
+    Message,
+    Method,
+    StunError,
+    encode,
+    text,
+)
+from voip.wire.transactions import Transaction, TransactionTable
+
+Transmit = tuple[bytes, Address]
+
+SIGNAL_RTO = 0.25  # first retransmission; a rendezvous is one round trip away, not a satellite
+SIGNAL_RC = 6  # sends before giving up: the last at 7.75 s, failure declared at 9.75 s
+SIGNAL_RM = 8
+
+
+@dataclass(frozen=True)
+class Registered:
+    mapped: Address  # our public address as the server saw it (server-reflexive)
+    lifetime: float
+    status: str  # "waiting" until the peer asks for us too
+
+
+@dataclass(frozen=True)
+class Refused:
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    server: Address
+    waited: float
+
+
+@dataclass(frozen=True)
+class GotPeer:
+    ready: PeerReady
+
+
+SignalEvent = Registered | Refused | Unreachable | GotPeer
+
+
+class RendezvousClient:
+    """Registers `name` asking for `peer`, refreshes before the lifetime ends, answers PEER-READY."""
+
+    def __init__(self, name: str, peer: str, server: Address, host_candidates: tuple[Candidate, ...]):
+        self.name = name
+        self.peer: str | None = peer
+        self.server = server
+        self.host_candidates = host_candidates
+        self.mapped: Address | None = None
+        self.peer_ready: PeerReady | None = None
+        self._txns: TransactionTable[str] = TransactionTable()
+        self._events: list[SignalEvent] = []
+        self._refresh_at: float | None = None
+        self._closed = False
+
+    # -- outputs --------------------------------------------------------------------------
+    def pop_events(self) -> list[SignalEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def next_deadline(self) -> float | None:
+        deadlines = [d for d in (self._txns.next_deadline(), self._refresh_at) if d is not None]
+        return min(deadlines, default=None)
+
+    # -- inputs ---------------------------------------------------------------------------
+    def start(self, now: float) -> list[Transmit]:
+        return [self._register(now)]
+
+    def leave(self, now: float) -> list[Transmit]:
+        """Release the name at once (best effort, one datagram) instead of waiting for expiry."""
+        self._closed = True
+        self._txns.cancel_all()
+        self._refresh_at = None
+        msg = Message(Method.CP_LEAVE, Class.REQUEST, attributes=((Attr.CP_NAME, text(self.name)),))
+        return [(encode(msg, fingerprint=True), self.server)]
+
+    def poll(self, now: float) -> list[Transmit]:
+        out: list[Transmit] = []
+        resend, failed = self._txns.poll(now)
+        out += resend
+        for txn in failed:
+            self._events.append(Unreachable(self.server, now - txn.started))
+        if self._refresh_at is not None and now >= self._refresh_at and not self._closed:
+            self._refresh_at = None
+            out.append(self._register(now))
+        return out
+
+    def handle(self, msg: Message, src: Address, now: float) -> list[Transmit] | None:
+        """Handle a STUN message if it is signalling for us; None when it is not ours."""
+        if msg.method == Method.CP_PEER_READY and msg.cls == Class.REQUEST:
+            if src != self.server:
+                return []  # only the server we registered with may introduce a peer
+            return self._on_peer_ready(msg, now)
+        if msg.cls in (Class.SUCCESS, Class.ERROR) and msg.transaction_id in self._txns:
+            self._txns.match(msg)
+            self._on_register_answer(msg, now)
+            return []
+        return None
+
+    # -- internals ------------------------------------------------------------------------
+    def _register(self, now: float) -> Transmit:
+        req = Register(self.name, self.peer, self.host_candidates).to_message()
+        data = encode(req, fingerprint=True)
+        txn = Transaction(req.transaction_id, data, self.server, "register",
+                          rto=SIGNAL_RTO, rc=SIGNAL_RC, rm=SIGNAL_RM)
+        return self._txns.start(now, txn), self.server
+
+    def _on_register_answer(self, msg: Message, now: float) -> None:
+        if msg.cls == Class.ERROR:
+            try:
+                code, reason = msg.error() or (500, "error with no ERROR-CODE")
+            except StunError:
+                code, reason = 500, "unreadable ERROR-CODE"
+            self._events.append(Refused(code, reason))
+            return
+        try:
+            mapped = msg.xor_address()
+            lifetime = float(msg.u32(Attr.LIFETIME) or 30)
+            status = msg.text(Attr.CP_STATUS) or "waiting"
+        except StunError:
+            return
+        if mapped is None:
+            return
+        first = self.mapped is None
+        self.mapped = mapped
+        # Refresh at a third of the lifetime, so two lost refreshes still keep the name.
+        self._refresh_at = now + max(1.0, lifetime / 3)
+        if first:
+            self._events.append(Registered(mapped, lifetime, status))
+
+    def _on_peer_ready(self, msg: Message, now: float) -> list[Transmit]:
+        try:
+            ready = PeerReady.from_message_untrusted(msg)
+        except StunError:
+            return []
+        ack = encode(msg.reply(Class.SUCCESS), fingerprint=True)
+        if self.peer_ready is None:  # a retransmission is acknowledged again, reported once
+            self.peer_ready = ready
+            self.peer = None  # refreshes no longer ask for a call, so the server won't re-match
+            self._events.append(GotPeer(ready))
+        return [(ack, self.server)]

@@ -1,0 +1,1 @@
+"""Wire formats, sans-IO: STUN, RTP, RTCP and callpeer's signalling messages."""

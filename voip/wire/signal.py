@@ -1,0 +1,144 @@
+"""callpeer's signalling messages to and from the rendezvous server, carried as STUN (sans-IO).
+
+Signalling rides on STUN framing so that it shares the client's one socket, demultiplexes as
+STUN (RFC 7983) and gets STUN's transactions and retransmissions for reliability over UDP.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+
+from voip.nat.candidates import Candidate, CandidateType
+from voip.wire.stun import (
+    Attr,
+    Class,
+    Message,
+    Method,
+    StunError,
+    decode_address,
+    encode_address,
+    text,
+)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# Error codes the server answers with. 409 is not in STUN's registry; the reason phrase says it.
+ERR_BAD_REQUEST = 400
+ERR_NAME_TAKEN = 409
+
+
+def check_name(name: str) -> str:
+    """A valid callpeer name, or ValueError saying what a name may be."""
+    if not NAME_RE.match(name):
+        raise ValueError(
+            f"bad name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit"
+        )
+    return name
+
+
+def encode_candidate(c: Candidate) -> bytes:
+    return struct.pack("!BxxxI", c.kind, c.priority) + encode_address(c.address)
+
+
+def decode_candidate_untrusted(value: bytes) -> Candidate:
+    if len(value) < 8:
+        raise StunError("candidate attribute too short")
+    kind, priority = struct.unpack_from("!BxxxI", value)
+    try:
+        ctype = CandidateType(kind)
+    except ValueError as exc:
+        raise StunError(f"unknown candidate type {kind}") from exc
+    return Candidate(ctype, decode_address(value[8:]), priority)
+
+
+def _candidates(msg: Message) -> tuple[Candidate, ...]:
+    return tuple(decode_candidate_untrusted(v) for v in msg.get_all(Attr.CP_CANDIDATE))
+
+
+def _required_text(msg: Message, attr: Attr) -> str:
+    value = msg.text(attr)
+    if value is None:
+        raise StunError(f"missing {attr.name}")
+    return value
+
+
+@dataclass(frozen=True)
+class Register:
+    """Client -> server: I am `name`, reachable at these host candidates; I want to call `peer`.
+
+    Sent again as a keepalive; the server keeps the name for the lifetime it answers with.
+    """
+
+    name: str
+    peer: str | None
+    host_candidates: tuple[Candidate, ...] = ()
+
+    def to_message(self, transaction_id: bytes | None = None) -> Message:
+        attrs = [(Attr.CP_NAME, text(self.name))]
+        if self.peer is not None:
+            attrs.append((Attr.CP_PEER, text(self.peer)))
+        attrs += [(Attr.CP_CANDIDATE, encode_candidate(c)) for c in self.host_candidates]
+        if transaction_id is None:
+            return Message(Method.CP_REGISTER, Class.REQUEST, attributes=tuple(attrs))
+        return Message(Method.CP_REGISTER, Class.REQUEST, transaction_id, tuple(attrs))
+
+    @classmethod
+    def from_message_untrusted(cls, msg: Message) -> Register:
+        name = _required_text(msg, Attr.CP_NAME)
+        peer = msg.text(Attr.CP_PEER)
+        try:
+            check_name(name)
+            if peer is not None:
+                check_name(peer)
+        except ValueError as exc:
+            raise StunError(str(exc)) from exc
+        return cls(name, peer, _candidates(msg))
+
+
+@dataclass(frozen=True)
+class PeerReady:
+    """Server -> both clients at once: your peer's candidates and this call's credentials.
+
+    Credentials follow ICE (RFC 8445 §5.3): a check from A to B carries USERNAME
+    "B-ufrag:A-ufrag" and MESSAGE-INTEGRITY keyed with B's password.
+    """
+
+    peer: str
+    candidates: tuple[Candidate, ...]
+    local_ufrag: str
+    local_pwd: str
+    remote_ufrag: str
+    remote_pwd: str
+    controlling: bool
+
+    def to_message(self, transaction_id: bytes | None = None) -> Message:
+        attrs = [
+            (Attr.CP_PEER, text(self.peer)),
+            *[(Attr.CP_CANDIDATE, encode_candidate(c)) for c in self.candidates],
+            (Attr.CP_LOCAL_UFRAG, text(self.local_ufrag)),
+            (Attr.CP_LOCAL_PWD, text(self.local_pwd)),
+            (Attr.CP_REMOTE_UFRAG, text(self.remote_ufrag)),
+            (Attr.CP_REMOTE_PWD, text(self.remote_pwd)),
+            (Attr.CP_ROLE, text("controlling" if self.controlling else "controlled")),
+        ]
+        if transaction_id is None:
+            return Message(Method.CP_PEER_READY, Class.REQUEST, attributes=tuple(attrs))
+        return Message(Method.CP_PEER_READY, Class.REQUEST, transaction_id, tuple(attrs))
+
+    @classmethod
+    def from_message_untrusted(cls, msg: Message) -> PeerReady:
+        role = _required_text(msg, Attr.CP_ROLE)
+        if role not in ("controlling", "controlled"):
+            raise StunError(f"bad role {role!r}")
+        return cls(
+            peer=_required_text(msg, Attr.CP_PEER),
+            candidates=_candidates(msg),
+            local_ufrag=_required_text(msg, Attr.CP_LOCAL_UFRAG),
+            local_pwd=_required_text(msg, Attr.CP_LOCAL_PWD),
+            remote_ufrag=_required_text(msg, Attr.CP_REMOTE_UFRAG),
+            remote_pwd=_required_text(msg, Attr.CP_REMOTE_PWD),
+            controlling=role == "controlling",
+        )

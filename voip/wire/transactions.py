@@ -1,0 +1,111 @@
+"""STUN client transactions: retransmission schedule and matching, sans-IO (RFC 8489 §6.2.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from voip.wire.stun import Address, Message
+
+T = TypeVar("T")
+
+# RFC 8489 §6.2.1 defaults: RTO starts at 500 ms and doubles; Rc = 7 sends; after the last send
+# the client waits Rm = 16 RTOs for the answer.
+DEFAULT_RTO = 0.5
+DEFAULT_RC = 7
+DEFAULT_RM = 16
+
+
+@dataclass
+class Transaction(Generic[T]):
+    """One outstanding request: the bytes to (re)send, where to, and when."""
+
+    transaction_id: bytes
+    data: bytes
+    dest: Address
+    context: T
+    rto: float = DEFAULT_RTO
+    rc: int = DEFAULT_RC
+    rm: int = DEFAULT_RM
+    sent: int = 0
+    started: float = 0.0
+    last_sent: float = 0.0
+    deadline: float = 0.0
+    _interval: float = field(default=0.0, repr=False)
+
+    def first_send(self, now: float) -> bytes:
+        self.started = self.last_sent = now
+        self.sent = 1
+        self._interval = self.rto
+        self.deadline = now + (self.rto if self.rc > 1 else self.rto * self.rm)
+        return self.data
+
+    def on_deadline(self, now: float) -> bytes | None:
+        """Past the deadline: the bytes to send again, or None when the transaction has failed."""
+        if self.sent >= self.rc:
+            return None
+        self.sent += 1
+        self.last_sent = now
+        self._interval *= 2
+        # After the last retransmission, wait Rm * RTO in all (§6.2.1: 39.5 s with defaults).
+        wait = self.rto * self.rm if self.sent == self.rc else self._interval
+        self.deadline = now + wait
+        return self.data
+
+
+class TransactionTable(Generic[T]):
+    """Outstanding client transactions keyed by transaction ID.
+
+    The owner calls `start` to send, `match` with every response it parses, and `poll` at
+    `next_deadline()`; poll returns what to resend and what timed out.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[bytes, Transaction[T]] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def __contains__(self, transaction_id: bytes) -> bool:
+        return transaction_id in self._pending
+
+    def start(self, now: float, txn: Transaction[T]) -> bytes:
+        self._pending[txn.transaction_id] = txn
+        return txn.first_send(now)
+
+    def match(self, response: Message) -> Transaction[T] | None:
+        """The transaction this response answers, removed from the table; None for a stray."""
+        return self._pending.pop(response.transaction_id, None)
+
+    def restore(self, txn: Transaction[T]) -> None:
+        """Put back a transaction that `match` took for an answer that turned out not to be one."""
+        self._pending[txn.transaction_id] = txn
+
+    def pending(self) -> list[Transaction[T]]:
+        return list(self._pending.values())
+
+    def cancel(self, transaction_id: bytes) -> None:
+        self._pending.pop(transaction_id, None)
+
+    def cancel_all(self) -> None:
+        self._pending.clear()
+
+    def next_deadline(self) -> float | None:
+        return min((t.deadline for t in self._pending.values()), default=None)
+
+    def poll(
+        self, now: float
+    ) -> tuple[list[tuple[bytes, Address]], list[Transaction[T]]]:
+        """(datagrams to resend, transactions that timed out) as of `now`."""
+        resend: list[tuple[bytes, Address]] = []
+        failed: list[Transaction[T]] = []
+        for tid, txn in list(self._pending.items()):
+            if txn.deadline > now:
+                continue
+            data = txn.on_deadline(now)
+            if data is None:
+                del self._pending[tid]
+                failed.append(txn)
+            else:
+                resend.append((data, txn.dest))
+        return resend, failed
