@@ -263,6 +263,9 @@ class ConnectivityChecks:
             pair.peer_nominated = True
         if pair.state in (PairState.WAITING, PairState.FAILED) and src not in self._triggered:
             self._triggered.append(src)  # triggered check: answer the punch with a punch
+            if self.selected is None and now >= self._next_tick:  # pacing allows it right now
+                self._next_tick = now + TA
+                out += self._send_next_check(now)
         self._note_valid(pair, now)
         return out
 

@@ -1,0 +1,419 @@
+"""`Call`: a peer-to-peer audio call for embedding; the asyncio shell around the sans-IO parts.
+
+    async with Call("alice", "bob", source=ToneSource(440), sink=WavSink("a.wav")) as call:
+        await call.connected()
+        await call.run(duration=5)
+    print(call.report().to_dict())
+
+One UDP socket carries everything (DESIGN.md): signalling to the rendezvous, connectivity
+checks, RTP and RTCP. Datagrams are told apart by their first byte (RFC 7983).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from voip import events as ev
+from voip.codecs.opus import OpusDecoder, OpusEncoder
+from voip.codecs.pcm import FRAME_MS, FRAME_SAMPLES
+from voip.media.audio_io import AudioSink, AudioSource
+from voip.media.jitter_buffer import FixedJitterBuffer, Frame, Gap
+from voip.media.rtcp_session import PeerBye, RtcpSession, RttMeasured
+from voip.media.rtp_stream import RtpReceiverStats, RtpSender
+from voip.nat import checks
+from voip.nat.candidates import Candidate, CandidateType, format_address, is_usable_host_ip
+from voip.nat.host_addresses import host_ipv4_addresses
+from voip.nat.rendezvous_client import GotPeer, Refused, RendezvousClient, Unreachable
+from voip.nat.rendezvous_client import Registered as SignalRegistered
+from voip.report import CallReport
+from voip.transport import Timer, UdpEndpoint
+from voip.wire.rtp import RtpError, is_rtcp, looks_like_rtp_or_rtcp, parse_rtp_untrusted
+from voip.wire.stun import Address, StunError, looks_like_stun, parse_message_untrusted
+
+FRAME_S = FRAME_MS / 1000.0
+MEDIA_TIMEOUT = 10.0  # no RTP from the peer for this long and the call is over
+
+
+class CallError(Exception):
+    """The call could not be made or went down; the message says why in a user's words."""
+
+
+@dataclass
+class CallOptions:
+    wait_timeout: float = 120.0  # how long to wait for the peer to call back
+    punch_timeout: float = 10.0
+    jitter_delay: float = 0.06
+    rtcp_interval: float = 1.0
+    stats_interval: float = 1.0
+    bind_host: str = "0.0.0.0"  # noqa: S104 - a caller must receive from its peer on any interface
+    bind_port: int = 0
+
+
+class Call:
+    def __init__(
+        self,
+        name: str,
+        peer: str,
+        *,
+        source: AudioSource,
+        sink: AudioSink,
+        server: Address = ("127.0.0.1", 3478),
+        options: CallOptions | None = None,
+        on_event: Callable[[ev.CallEvent], None] | None = None,
+    ):
+        self.name = name
+        self.peer = peer
+        self.source = source
+        self.sink = sink
+        self.server = server
+        self.options = options or CallOptions()
+        self.on_event = on_event
+        self._queue: asyncio.Queue[ev.CallEvent] = asyncio.Queue()
+        self._report = CallReport(me=name, peer=peer, jitter_buffer_ms=self.options.jitter_delay * 1000)
+        self._endpoint: UdpEndpoint | None = None
+        self._timer: Timer | None = None
+        self._signal: RendezvousClient | None = None
+        self._checks: checks.ConnectivityChecks | None = None
+        self._remote: Address | None = None
+        self._connected = asyncio.Event()
+        self._done = asyncio.Event()
+        self._failure: CallError | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._t_start = 0.0
+        self._t_peer = 0.0
+        self._t_connected = 0.0
+        self._last_rtp = 0.0
+        self._encoder = OpusEncoder()
+        self._decoder = OpusDecoder()
+        self._sender = RtpSender()
+        self._rx = RtpReceiverStats()
+        self._rtcp = RtcpSession(self._sender, self._rx, time.time() - time.monotonic())
+        self._jb = FixedJitterBuffer(self.options.jitter_delay)
+
+    # -- public API -----------------------------------------------------------------------
+    async def __aenter__(self) -> Call:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.hangup()
+
+    async def start(self) -> None:
+        """Open the socket and register with the rendezvous, asking for the peer."""
+        loop = asyncio.get_running_loop()
+        self._t_start = loop.time()
+        self._endpoint = await UdpEndpoint.bind(self.options.bind_host, self.options.bind_port,
+                                                self._on_datagram)
+        port = self._endpoint.local_address[1]
+        if self.options.bind_host in ("0.0.0.0", ""):  # noqa: S104
+            ips = host_ipv4_addresses()
+        else:  # bound to one address: that is the only host candidate, if it is routable
+            ips = [self.options.bind_host] if is_usable_host_ip(self.options.bind_host) else []
+        hosts = tuple(Candidate.make(CandidateType.HOST, (ip, port), 65535 - i)
+                      for i, ip in enumerate(ips))
+        self._signal = RendezvousClient(self.name, self.peer, self.server, hosts)
+        self._timer = Timer(loop, self._next_deadline, self._on_timer)
+        self._endpoint.send_all(self._signal.start(loop.time()))
+        self._timer.rearm()
+
+    async def connected(self) -> None:
+        """Wait until audio flows on a path; raises CallError saying why it could not."""
+        waiter = asyncio.ensure_future(self._connected.wait())
+        done_waiter = asyncio.ensure_future(self._done.wait())
+        try:
+            await asyncio.wait({waiter, done_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            done_waiter.cancel()
+        if self._failure is not None:
+            raise self._failure
+        if not self._connected.is_set():
+            raise CallError(self._report.ended or "the call ended before it connected")
+
+    async def run(self, duration: float | None = None) -> None:
+        """Carry the call until `duration` seconds of audio, the peer hangs up, or the path dies."""
+        await self.connected()
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout=duration)
+        except TimeoutError:
+            await self.hangup("duration reached")
+
+    async def hangup(self, reason: str = "hung up") -> None:
+        """End the call: BYE to the peer, play out what is buffered, release the name."""
+        if self._endpoint is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._remote is not None and not self._done.is_set():
+            self._endpoint.send(self._rtcp.build_bye(now, reason), self._remote)
+        self._finish(reason, ok=self._failure is None)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self._drain_playout()
+        if self._signal is not None:
+            self._endpoint.send_all(self._signal.leave(now))
+        if self._timer is not None:
+            self._timer.cancel()
+        self._endpoint.close()
+        self._endpoint = None
+        self.source.close()
+        self.sink.close()
+
+    def report(self) -> CallReport:
+        r = self._report
+        if self._connected.is_set():
+            r.direct.jitter_ms = self._rx.jitter_ms
+            r.direct.loss_pct = self._rx.loss_pct
+        r.audio.frames_late = self._jb.late
+        return r
+
+    async def events(self) -> AsyncIterator[ev.CallEvent]:
+        """Every event, in order, until the call has ended."""
+        while True:
+            event = await self._queue.get()
+            yield event
+            if isinstance(event, ev.Ended):
+                return
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _emit(self, event: ev.CallEvent) -> None:
+        self._queue.put_nowait(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _next_deadline(self) -> float | None:
+        times = [d for d in (self._signal and self._signal.next_deadline(),
+                             self._checks and self._checks.next_deadline()) if d]
+        return min(times, default=None)
+
+    def _on_timer(self, now: float) -> None:
+        assert self._endpoint is not None
+        if self._signal is not None:
+            self._endpoint.send_all(self._signal.poll(now))
+            self._handle_signal_events(now)
+        if self._checks is not None:
+            self._endpoint.send_all(self._checks.poll(now))
+            self._handle_check_events(now)
+        if (self._checks is None and self._signal is not None and self._signal.mapped is not None
+                and now - self._t_start > self.options.wait_timeout):
+            self._fail(f"{self.peer} did not call back within {self.options.wait_timeout:.0f} s "
+                       f"(they must run: callpeer --as {self.peer} {self.name})")
+
+    def _on_datagram(self, data: bytes, src: Address, now: float) -> None:
+        if looks_like_stun(data):
+            self._on_stun(data, src, now)
+        elif looks_like_rtp_or_rtcp(data):
+            if src != self._remote:
+                return  # media only from the path the checks proved; anything else is a stranger
+            if is_rtcp(data):
+                self._on_rtcp(data, now)
+            else:
+                self._on_rtp(data, now)
+        if self._timer is not None:
+            self._timer.rearm()
+
+    def _on_stun(self, data: bytes, src: Address, now: float) -> None:
+        assert self._endpoint is not None
+        try:
+            msg = parse_message_untrusted(data)
+        except StunError:
+            self._report.audio.packets_malformed += 1
+            return
+        out = None
+        if self._checks is not None:
+            out = self._checks.handle(msg, src, now)
+        if out is None and self._signal is not None:
+            out = self._signal.handle(msg, src, now)
+        if out:
+            self._endpoint.send_all(out)
+        self._handle_signal_events(now)
+        self._handle_check_events(now)
+
+    def _handle_signal_events(self, now: float) -> None:
+        assert self._signal is not None
+        for event in self._signal.pop_events():
+            if isinstance(event, SignalRegistered):
+                self._report.local_public = format_address(event.mapped)
+                self._emit(ev.Registered(self.name, event.mapped))
+                if event.status == "waiting":
+                    self._emit(ev.Waiting(self.peer, now))
+            elif isinstance(event, Refused):
+                self._fail(f"the rendezvous at {format_address(self.server)} refused us: "
+                           f"{event.code} {event.reason}")
+            elif isinstance(event, Unreachable):
+                if self._signal.mapped is None:
+                    self._fail(f"no answer from the rendezvous at {format_address(self.server)} "
+                               f"after {event.waited:.0f} s (is callpeer-rendezvous running there, "
+                               "and UDP allowed?)")
+            elif isinstance(event, GotPeer):
+                self._start_checks(event, now)
+
+    def _start_checks(self, event: GotPeer, now: float) -> None:
+        ready = event.ready
+        self._t_peer = now
+        self._report.wait_ms = (now - self._t_start) * 1000
+        self._report.candidates_tried = [str(c) for c in ready.candidates]
+        self._checks = checks.ConnectivityChecks(
+            local_ufrag=ready.local_ufrag, local_pwd=ready.local_pwd,
+            remote_ufrag=ready.remote_ufrag, remote_pwd=ready.remote_pwd,
+            controlling=ready.controlling, remote_candidates=ready.candidates, now=now,
+            timeout=self.options.punch_timeout,
+        )
+        self._emit(ev.Punching(ready.peer, ready.candidates, ready.controlling))
+        assert self._endpoint is not None
+        self._endpoint.send_all(self._checks.poll(now))
+
+    def _handle_check_events(self, now: float) -> None:
+        if self._checks is None:
+            return
+        for event in self._checks.pop_events():
+            if isinstance(event, checks.PathSelected) and self._remote is None:
+                self._on_path(event.remote, now)
+            elif isinstance(event, checks.RttSample) and event.remote == self._remote:
+                self._report.direct.add_rtt(now - self._t_connected, event.rtt, "stun")
+            elif isinstance(event, checks.ChecksFailed):
+                tried = ", ".join(str(c) for c in event.tried)
+                self._report.direct.reason = event.reason
+                self._fail(f"could not reach {self.peer} directly: {event.reason} (tried {tried}); "
+                           "both NATs may map per destination (symmetric), which needs a relay, "
+                           "and no relay is configured")
+            elif isinstance(event, checks.ConsentLost):
+                self._finish("the path stopped answering (consent lost, RFC 7675)", ok=False)
+
+    def _on_path(self, remote: Candidate, now: float) -> None:
+        self._remote = remote.address
+        self._t_connected = now
+        self._last_rtp = now
+        setup = (now - self._t_peer) * 1000
+        self._report.path = "direct"
+        self._report.setup_ms = setup
+        self._report.direct.available = True
+        self._report.direct.remote = format_address(remote.address)
+        self._connected.set()
+        self._emit(ev.Connected("direct", remote, setup))
+        loop = asyncio.get_running_loop()
+        for coro in (self._send_loop(), self._playout_loop(), self._rtcp_loop(), self._stats_loop()):
+            self._tasks.append(loop.create_task(coro))
+
+    # -- media ----------------------------------------------------------------------------
+    def _on_rtp(self, data: bytes, now: float) -> None:
+        try:
+            pkt = parse_rtp_untrusted(data)
+        except RtpError:
+            self._report.audio.packets_malformed += 1
+            return
+        ext = self._rx.update(pkt, now)
+        if ext is None:
+            return
+        self._last_rtp = now
+        self._jb.push(ext, pkt.payload, now)
+
+    def _on_rtcp(self, data: bytes, now: float) -> None:
+        for event in self._rtcp.handle(data, now):
+            if isinstance(event, RttMeasured):
+                self._report.direct.add_rtt(now - self._t_connected, event.rtt, "rtcp")
+            elif isinstance(event, PeerBye):
+                self._finish(f"{self.peer} hung up", ok=True)
+
+    async def _ticks(self, period: float) -> AsyncIterator[float]:
+        """Absolute-time ticks (no drift); after a stall, skip ahead rather than burst."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        n = 0
+        while True:
+            n += 1
+            target = t0 + n * period
+            now = loop.time()
+            if now - target > 10 * period:
+                t0, n = now, 0
+                target = now
+            await asyncio.sleep(max(0.0, target - now))
+            yield loop.time()
+
+    async def _send_loop(self) -> None:
+        assert self._endpoint is not None and self._remote is not None
+        async for _ in self._ticks(FRAME_S):
+            pcm = self.source.read()
+            pkt = self._sender.packetize(self._encoder.encode(pcm), FRAME_SAMPLES)
+            self._endpoint.send(bytes(pkt), self._remote)
+            self._report.audio.frames_sent += 1
+
+    async def _playout_loop(self) -> None:
+        async for now in self._ticks(FRAME_S):
+            self._play_one(now)
+            if now - self._last_rtp > MEDIA_TIMEOUT:
+                self._finish(f"no audio from {self.peer} for {MEDIA_TIMEOUT:.0f} s", ok=False)
+
+    def _play_one(self, now: float) -> bool:
+        item = self._jb.pop(now)
+        if item is None:
+            return False
+        audio = self._report.audio
+        if isinstance(item, Frame):
+            try:
+                pcm = self._decoder.decode(item.payload)
+                audio.frames_received += 1
+            except ValueError:
+                audio.packets_malformed += 1
+                pcm = self._decoder.conceal()
+                audio.frames_concealed += 1
+        elif isinstance(item, Gap) and item.next_payload is not None:
+            pcm = self._decoder.recover(item.next_payload)
+            audio.frames_recovered += 1
+        else:
+            pcm = self._decoder.conceal()
+            audio.frames_concealed += 1
+        self.sink.write(pcm)
+        return True
+
+    def _drain_playout(self) -> None:
+        """At the end, play what already arrived rather than drop it."""
+        while self._jb.depth > 0:
+            if not self._play_one(float("inf")):
+                break
+
+    async def _rtcp_loop(self) -> None:
+        assert self._endpoint is not None and self._remote is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            self._endpoint.send(self._rtcp.build_report(now, self._sender.timestamp), self._remote)
+            await asyncio.sleep(self.options.rtcp_interval)
+
+    async def _stats_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.options.stats_interval)
+            self._emit(ev.LiveStats(
+                path=self._report.path,
+                elapsed=loop.time() - self._t_connected,
+                rtt_ms=self._report.direct.latest_rtt_ms(),
+                jitter_ms=self._rx.jitter_ms,
+                loss_pct=self._rx.loss_pct,
+                frames_sent=self._report.audio.frames_sent,
+                frames_received=self._report.audio.frames_received,
+            ))
+
+    # -- ending ---------------------------------------------------------------------------
+    def _fail(self, message: str) -> None:
+        if self._failure is None and not self._done.is_set():
+            self._failure = CallError(message)
+            self._finish(message, ok=False)
+
+    def _finish(self, reason: str, ok: bool) -> None:
+        if self._done.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        self._report.ended = reason
+        if self._connected.is_set():
+            self._report.duration_s = loop.time() - self._t_connected
+        self._done.set()
+        self._emit(ev.Ended(reason, ok))

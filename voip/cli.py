@@ -1,0 +1,275 @@
+"""`callpeer`: call a peer by name, run the loopback demo, or list audio devices."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from voip import events as ev
+from voip.call import Call, CallError, CallOptions
+from voip.codecs.opus import CodecUnavailable
+from voip.config import load_config
+from voip.local_rendezvous import DEFAULT_SERVER, find_or_host
+from voip.media.audio_io import AudioSpecError, open_sink, open_source
+from voip.media.soundcard import SoundcardUnavailable
+from voip.nat.candidates import format_address, parse_address
+from voip.report import render_table
+from voip.transport import resolve
+from voip.wire.signal import check_name
+from voip.wire.stun import Address
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SUBCOMMANDS = ("demo", "devices")
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def call_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="callpeer",
+        description="Call PEER directly through your NAT. Other commands: callpeer demo | devices.",
+        epilog="Both sides must ask for each other: `callpeer --as alice bob` and "
+               "`callpeer --as bob alice`.",
+    )
+    p.add_argument("peer", metavar="PEER", help="the name of the person to call")
+    p.add_argument("--as", dest="name", metavar="NAME",
+                   help="your name on the rendezvous (default: config 'name' or your login)")
+    p.add_argument("--server", metavar="HOST:PORT",
+                   help="the rendezvous (default: config 'server', else 127.0.0.1:3478, hosted "
+                        "in this process if none answers there)")
+    p.add_argument("--input", default="mic", metavar="SRC",
+                   help="mic (default), tone:HZ, silence, or a WAV file")
+    p.add_argument("--output", default="speaker", metavar="SINK",
+                   help="speaker (default), null, or a WAV file to write")
+    p.add_argument("--duration", type=float, metavar="SECONDS",
+                   help="hang up after this many seconds of call (default: until Ctrl-C)")
+    p.add_argument("--wait", type=float, default=120.0, metavar="SECONDS",
+                   help="how long to wait for PEER to call back (default 120)")
+    p.add_argument("--json", metavar="PATH|-", help="write the call report as JSON (- for stdout)")
+    return p
+
+
+def demo_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="callpeer demo",
+                                description="A call between two callpeers on this machine, no set-up.")
+    p.add_argument("--duration", type=float, default=4.0, metavar="SECONDS")
+    p.add_argument("--json", metavar="PATH|-", help="write the report as JSON (- for stdout)")
+    return p
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+class Presenter:
+    """Progress lines and the live call line on stderr; rich when it is a terminal."""
+
+    def __init__(self, console: Console, label: str = ""):
+        self.console = console
+        self.label = label
+        self._status: Any = None
+        self._last_plain = 0.0
+
+    def _line(self, text: str) -> None:
+        self.console.print(f"{self.label}{text}", highlight=False)
+
+    def _set_status(self, text: str) -> None:
+        if not self.console.is_terminal:
+            return
+        if self._status is None:
+            self._status = self.console.status(text)
+            self._status.start()
+        else:
+            self._status.update(text)
+
+    def stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def __call__(self, event: ev.CallEvent) -> None:
+        if isinstance(event, ev.Registered):
+            self._line(f"registered as {event.name}; the rendezvous sees you at "
+                       f"{format_address(event.public)}")
+        elif isinstance(event, ev.Waiting):
+            self._line(f"waiting for {event.peer} to call you (they run: callpeer --as "
+                       f"{event.peer} <your name>)...")
+            self._set_status(f"waiting for {event.peer}")
+        elif isinstance(event, ev.Punching):
+            cands = ", ".join(str(c) for c in event.candidates)
+            role = "controlling" if event.controlling else "controlled"
+            self._line(f"{event.peer} is calling back: punching to {cands} ({role})")
+            self._set_status("punching through the NATs")
+        elif isinstance(event, ev.Connected):
+            self._line(f"connected {event.path} to {event.remote} in {event.setup_ms:.0f} ms; "
+                       "audio flowing")
+        elif isinstance(event, ev.LiveStats):
+            rtt = "-" if event.rtt_ms is None else f"{event.rtt_ms:.1f} ms"
+            text = (f"{event.path} | {event.elapsed:5.1f} s | RTT {rtt} | jitter "
+                    f"{event.jitter_ms:.1f} ms | loss {event.loss_pct:.1f} % | frames "
+                    f"{event.frames_sent} sent, {event.frames_received} played")
+            if self.console.is_terminal:
+                self._set_status(text)
+            elif event.elapsed - self._last_plain >= 5.0:
+                self._last_plain = event.elapsed
+                self._line(text)
+        elif isinstance(event, ev.Ended):
+            self.stop()
+            self._line(f"call ended: {event.reason}")
+
+
+def write_json(report: dict[str, Any], target: str) -> None:
+    text = json.dumps(report, indent=2)
+    if target == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        Path(target).write_text(text + "\n", encoding="utf-8")
+
+
+def show_report(report: dict[str, Any], json_target: str | None) -> None:
+    # With --json -, stdout is for the JSON alone; the table goes to stderr.
+    console = Console(stderr=json_target == "-")
+    console.print(render_table(report))
+    if json_target:
+        write_json(report, json_target)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+async def _server_address(arg: str | None, config_server: str | None, err: Console
+                          ) -> tuple[Address, Any]:
+    text = arg or config_server
+    if text is None:
+        address, hosted = await find_or_host(DEFAULT_SERVER)
+        if hosted is not None:
+            err.print(f"no rendezvous answered on {format_address(DEFAULT_SERVER)}; hosting one in "
+                      "this process (it lives as long as this call)", highlight=False)
+        return address, hosted
+    try:
+        host, port = parse_address(text, default_port=3478)
+    except ValueError as exc:
+        raise UsageError(f"--server: {exc}") from exc
+    try:
+        return await resolve(host, port), None
+    except OSError as exc:
+        raise UsageError(f"--server: cannot resolve {host!r}: {exc.strerror or exc}") from exc
+
+
+async def run_call(args: argparse.Namespace) -> int:
+    err = Console(stderr=True)
+    config = load_config()
+    name = args.name or config.name or getpass.getuser()
+    try:
+        check_name(name)
+        check_name(args.peer)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if name == args.peer:
+        raise UsageError(f"you cannot call yourself ({name!r}); pass --as with your own name")
+    source = open_source(args.input)
+    try:
+        sink = open_sink(args.output)
+    except Exception:
+        source.close()
+        raise
+    server, hosted = await _server_address(args.server, config.server, err)
+    presenter = Presenter(err)
+    call = Call(name, args.peer, source=source, sink=sink, server=server,
+                options=CallOptions(wait_timeout=args.wait), on_event=presenter)
+    status = EXIT_OK
+    try:
+        await call.start()
+        try:
+            await call.run(args.duration)
+        except CallError as exc:
+            err.print(f"callpeer: {exc}", highlight=False, style="red")
+            status = EXIT_FAILED
+    finally:
+        await call.hangup("hung up")
+        presenter.stop()
+        if hosted is not None:
+            hosted.close()
+    if call.report().path != "none":
+        show_report(call.report().to_dict(), args.json)
+    elif args.json:
+        write_json(call.report().to_dict(), args.json)
+    return status
+
+
+async def run_demo(args: argparse.Namespace) -> int:
+    """Rendezvous and both callers on loopback; each sends a tone and checks what it heard."""
+    import tempfile  # noqa: PLC0415
+
+    from rendezvous.server import RendezvousServer  # noqa: PLC0415
+    from voip.codecs.pcm import dominant_frequency  # noqa: PLC0415
+    from voip.media.audio_io import ToneSource, WavSink, read_wav  # noqa: PLC0415
+
+    err = Console(stderr=True)
+    server = await RendezvousServer().start("127.0.0.1", 0)
+    err.print(f"demo: rendezvous on udp {format_address(server.address)}; alice sends 440 Hz, "
+              f"bob sends 660 Hz, for {args.duration:g} s", highlight=False)
+    tones = {"alice": 440.0, "bob": 660.0}
+    with tempfile.TemporaryDirectory(prefix="callpeer-demo-") as tmp:
+        calls = {
+            me: Call(me, peer, source=ToneSource(tones[me]), sink=WavSink(Path(tmp) / f"{me}.wav"),
+                     server=server.address, options=CallOptions(bind_host="127.0.0.1"),
+                     on_event=Presenter(err, f"{me}: ") if me == "alice" else None)
+            for me, peer in (("alice", "bob"), ("bob", "alice"))
+        }
+        try:
+            for call in calls.values():
+                await call.start()
+            await asyncio.gather(*(c.run(args.duration) for c in calls.values()))
+        except CallError as exc:
+            err.print(f"callpeer demo: {exc}", style="red", highlight=False)
+            return EXIT_FAILED
+        finally:
+            for call in calls.values():
+                await call.hangup()
+            server.close()
+        heard = {me: round(dominant_frequency(read_wav(Path(tmp) / f"{me}.wav")[0]), 1) for me in calls}
+    report = calls["alice"].report().to_dict()
+    report["demo"] = {"heard_hz": heard, "sent_hz": tones, "bob": calls["bob"].report().to_dict()}
+    show_report(report, args.json)
+    ok = all(abs(heard[me] - tones[peer]) < 5 for me, peer in (("alice", "bob"), ("bob", "alice")))
+    err.print(f"alice heard {heard['alice']} Hz (bob sent 660), bob heard {heard['bob']} Hz "
+              f"(alice sent 440): {'both right' if ok else 'WRONG'}", highlight=False)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def run_devices() -> int:
+    from voip.media.soundcard import list_devices  # noqa: PLC0415
+
+    print(list_devices())
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    err = Console(stderr=True)
+    try:
+        if argv and argv[0] == "devices":
+            return run_devices()
+        if argv and argv[0] == "demo":
+            return asyncio.run(run_demo(demo_parser().parse_args(argv[1:])))
+        return asyncio.run(run_call(call_parser().parse_args(argv)))
+    except (UsageError, AudioSpecError, ValueError) as exc:
+        err.print(f"callpeer: {exc}", highlight=False, style="red")
+        return EXIT_USAGE
+    except (SoundcardUnavailable, CodecUnavailable) as exc:
+        err.print(f"callpeer: {exc}", highlight=False, style="red")
+        return EXIT_FAILED
+    except OSError as exc:
+        err.print(f"callpeer: {exc}", highlight=False, style="red")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""Audio codecs: the Opus wrapper and PCM helpers (no I/O)."""

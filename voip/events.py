@@ -1,0 +1,60 @@
+"""Events a Call emits as it goes, for programs that embed it and for the live terminal view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from voip.nat.candidates import Candidate
+from voip.wire.stun import Address
+
+
+@dataclass(frozen=True)
+class ServerReady:
+    server: Address
+    hosted_here: bool  # no rendezvous answered, so this process runs one
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    public: Address  # our public address as the rendezvous saw it
+
+
+@dataclass(frozen=True)
+class Waiting:
+    peer: str
+    since: float  # loop time the wait began
+
+
+@dataclass(frozen=True)
+class Punching:
+    peer: str
+    candidates: tuple[Candidate, ...]
+    controlling: bool
+
+
+@dataclass(frozen=True)
+class Connected:
+    path: str
+    remote: Candidate
+    setup_ms: float
+
+
+@dataclass(frozen=True)
+class LiveStats:
+    path: str
+    elapsed: float
+    rtt_ms: float | None
+    jitter_ms: float
+    loss_pct: float
+    frames_sent: int
+    frames_received: int
+
+
+@dataclass(frozen=True)
+class Ended:
+    reason: str
+    ok: bool
+
+
+CallEvent = ServerReady | Registered | Waiting | Punching | Connected | LiveStats | Ended

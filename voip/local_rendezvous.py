@@ -1,0 +1,60 @@
+"""Finding a rendezvous: probe one with a STUN Binding, or host one in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+
+from rendezvous.server import RendezvousServer
+from voip.transport import UdpEndpoint
+from voip.wire.stun import Address, Class, Message, Method, StunError, encode, parse_message_untrusted
+
+DEFAULT_SERVER: Address = ("127.0.0.1", 3478)
+
+
+async def probe_stun(server: Address, timeout: float = 0.6, tries: int = 2) -> Address | None:
+    """Our mapped address as `server` reports it, or None if no STUN server answers there."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[Address] = loop.create_future()
+    request = Message(Method.BINDING, Class.REQUEST)
+
+    def on_datagram(data: bytes, src: Address, now: float) -> None:
+        try:
+            msg = parse_message_untrusted(data)
+        except StunError:
+            return
+        if msg.transaction_id == request.transaction_id and msg.cls == Class.SUCCESS:
+            mapped = msg.xor_address()
+            if mapped is not None and not answer.done():
+                answer.set_result(mapped)
+
+    endpoint = await UdpEndpoint.bind("0.0.0.0", 0, on_datagram)  # noqa: S104
+    try:
+        for _ in range(tries):
+            endpoint.send(encode(request, fingerprint=True), server)
+            try:
+                return await asyncio.wait_for(asyncio.shield(answer), timeout)
+            except TimeoutError:
+                continue
+        return None
+    finally:
+        endpoint.close()
+
+
+async def find_or_host(server: Address = DEFAULT_SERVER) -> tuple[Address, RendezvousServer | None]:
+    """Use the rendezvous at `server` if one answers; else host one there in this process.
+
+    Two terminals started together may both find nothing; the one that loses the race to bind
+    the port finds the winner's server on a second probe.
+    """
+    for _ in range(3):
+        if await probe_stun(server) is not None:
+            return server, None
+        try:
+            hosted = await RendezvousServer().start(*server)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return hosted.address, hosted
+    raise OSError(errno.EADDRINUSE, f"port {server[1]} is taken by something that does not answer STUN")

@@ -1,0 +1,1 @@
+"""Media: RTP streams and their statistics, RTCP, the jitter buffer, audio sources and sinks."""
