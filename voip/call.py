@@ -27,12 +27,12 @@ from voip.media.rtp_stream import RtpReceiverStats, RtpSender
 from voip.nat import checks
 from voip.nat.candidates import Candidate, CandidateType, format_address, is_usable_host_ip
 from voip.nat.host_addresses import host_ipv4_addresses
-from voip.nat.rendezvous_client import GotPeer, Refused, RendezvousClient, Unreachable
-from voip.nat.rendezvous_client import Registered as SignalRegistered
+from voip.nat.connector import Connector, Introduced, PeerTimeout
+from voip.nat.rendezvous_client import Refused, Registered, Unreachable
 from voip.report import CallReport
 from voip.transport import Timer, UdpEndpoint
 from voip.wire.rtp import RtpError, is_rtcp, looks_like_rtp_or_rtcp, parse_rtp_untrusted
-from voip.wire.stun import Address, StunError, looks_like_stun, parse_message_untrusted
+from voip.wire.stun import Address, looks_like_stun
 
 FRAME_S = FRAME_MS / 1000.0
 MEDIA_TIMEOUT = 10.0  # no RTP from the peer for this long and the call is over
@@ -76,8 +76,7 @@ class Call:
         self._report = CallReport(me=name, peer=peer, jitter_buffer_ms=self.options.jitter_delay * 1000)
         self._endpoint: UdpEndpoint | None = None
         self._timer: Timer | None = None
-        self._signal: RendezvousClient | None = None
-        self._checks: checks.ConnectivityChecks | None = None
+        self._connector: Connector | None = None
         self._remote: Address | None = None
         self._connected = asyncio.Event()
         self._done = asyncio.Event()
@@ -115,9 +114,11 @@ class Call:
             ips = [self.options.bind_host] if is_usable_host_ip(self.options.bind_host) else []
         hosts = tuple(Candidate.make(CandidateType.HOST, (ip, port), 65535 - i)
                       for i, ip in enumerate(ips))
-        self._signal = RendezvousClient(self.name, self.peer, self.server, hosts)
-        self._timer = Timer(loop, self._next_deadline, self._on_timer)
-        self._endpoint.send_all(self._signal.start(loop.time()))
+        self._connector = Connector(self.name, self.peer, self.server, hosts,
+                                    wait_timeout=self.options.wait_timeout,
+                                    punch_timeout=self.options.punch_timeout)
+        self._timer = Timer(loop, self._connector.next_deadline, self._on_timer)
+        self._endpoint.send_all(self._connector.start(loop.time()))
         self._timer.rearm()
 
     async def connected(self) -> None:
@@ -158,8 +159,8 @@ class Call:
                 await task
         self._tasks.clear()
         self._drain_playout()
-        if self._signal is not None:
-            self._endpoint.send_all(self._signal.leave(now))
+        if self._connector is not None:
+            self._endpoint.send_all(self._connector.leave(now))
         if self._timer is not None:
             self._timer.cancel()
         self._endpoint.close()
@@ -189,27 +190,16 @@ class Call:
         if self.on_event is not None:
             self.on_event(event)
 
-    def _next_deadline(self) -> float | None:
-        times = [d for d in (self._signal and self._signal.next_deadline(),
-                             self._checks and self._checks.next_deadline()) if d]
-        return min(times, default=None)
-
     def _on_timer(self, now: float) -> None:
-        assert self._endpoint is not None
-        if self._signal is not None:
-            self._endpoint.send_all(self._signal.poll(now))
-            self._handle_signal_events(now)
-        if self._checks is not None:
-            self._endpoint.send_all(self._checks.poll(now))
-            self._handle_check_events(now)
-        if (self._checks is None and self._signal is not None and self._signal.mapped is not None
-                and now - self._t_start > self.options.wait_timeout):
-            self._fail(f"{self.peer} did not call back within {self.options.wait_timeout:.0f} s "
-                       f"(they must run: callpeer --as {self.peer} {self.name})")
+        assert self._endpoint is not None and self._connector is not None
+        self._endpoint.send_all(self._connector.poll(now))
+        self._handle_connector_events(now)
 
     def _on_datagram(self, data: bytes, src: Address, now: float) -> None:
+        assert self._endpoint is not None and self._connector is not None
         if looks_like_stun(data):
-            self._on_stun(data, src, now)
+            self._endpoint.send_all(self._connector.handle_stun(data, src, now))
+            self._handle_connector_events(now)
         elif looks_like_rtp_or_rtcp(data):
             if src != self._remote:
                 return  # media only from the path the checks proved; anything else is a stranger
@@ -220,62 +210,32 @@ class Call:
         if self._timer is not None:
             self._timer.rearm()
 
-    def _on_stun(self, data: bytes, src: Address, now: float) -> None:
-        assert self._endpoint is not None
-        try:
-            msg = parse_message_untrusted(data)
-        except StunError:
-            self._report.audio.packets_malformed += 1
-            return
-        out = None
-        if self._checks is not None:
-            out = self._checks.handle(msg, src, now)
-        if out is None and self._signal is not None:
-            out = self._signal.handle(msg, src, now)
-        if out:
-            self._endpoint.send_all(out)
-        self._handle_signal_events(now)
-        self._handle_check_events(now)
-
-    def _handle_signal_events(self, now: float) -> None:
-        assert self._signal is not None
-        for event in self._signal.pop_events():
-            if isinstance(event, SignalRegistered):
+    def _handle_connector_events(self, now: float) -> None:
+        assert self._connector is not None
+        server = format_address(self.server)
+        for event in self._connector.pop_events():
+            if isinstance(event, Registered):
                 self._report.local_public = format_address(event.mapped)
                 self._emit(ev.Registered(self.name, event.mapped))
                 if event.status == "waiting":
                     self._emit(ev.Waiting(self.peer, now))
             elif isinstance(event, Refused):
-                self._fail(f"the rendezvous at {format_address(self.server)} refused us: "
-                           f"{event.code} {event.reason}")
+                self._fail(f"the rendezvous at {server} refused us: {event.code} {event.reason}")
             elif isinstance(event, Unreachable):
-                if self._signal.mapped is None:
-                    self._fail(f"no answer from the rendezvous at {format_address(self.server)} "
-                               f"after {event.waited:.0f} s (is callpeer-rendezvous running there, "
-                               "and UDP allowed?)")
-            elif isinstance(event, GotPeer):
-                self._start_checks(event, now)
-
-    def _start_checks(self, event: GotPeer, now: float) -> None:
-        ready = event.ready
-        self._t_peer = now
-        self._report.wait_ms = (now - self._t_start) * 1000
-        self._report.candidates_tried = [str(c) for c in ready.candidates]
-        self._checks = checks.ConnectivityChecks(
-            local_ufrag=ready.local_ufrag, local_pwd=ready.local_pwd,
-            remote_ufrag=ready.remote_ufrag, remote_pwd=ready.remote_pwd,
-            controlling=ready.controlling, remote_candidates=ready.candidates, now=now,
-            timeout=self.options.punch_timeout,
-        )
-        self._emit(ev.Punching(ready.peer, ready.candidates, ready.controlling))
-        assert self._endpoint is not None
-        self._endpoint.send_all(self._checks.poll(now))
-
-    def _handle_check_events(self, now: float) -> None:
-        if self._checks is None:
-            return
-        for event in self._checks.pop_events():
-            if isinstance(event, checks.PathSelected) and self._remote is None:
+                if self._connector.signal.mapped is None:
+                    self._fail(f"no answer from the rendezvous at {server} after "
+                               f"{event.waited:.0f} s (is callpeer-rendezvous running there, and "
+                               "is UDP let through?)")
+            elif isinstance(event, PeerTimeout):
+                self._fail(f"{self.peer} did not call back within {event.waited:.0f} s "
+                           f"(they must run: callpeer --as {self.peer} {self.name})")
+            elif isinstance(event, Introduced):
+                ready = event.ready
+                self._t_peer = now
+                self._report.wait_ms = (now - self._t_start) * 1000
+                self._report.candidates_tried = [str(c) for c in ready.candidates]
+                self._emit(ev.Punching(ready.peer, ready.candidates, ready.controlling))
+            elif isinstance(event, checks.PathSelected) and self._remote is None:
                 self._on_path(event.remote, now)
             elif isinstance(event, checks.RttSample) and event.remote == self._remote:
                 self._report.direct.add_rtt(now - self._t_connected, event.rtt, "stun")

@@ -144,7 +144,8 @@ class ConnectivityChecks:
     def next_deadline(self) -> float | None:
         if self._failed:
             return None
-        times = [self._next_tick]
+        # The pacing tick matters only while checking; after selection it would be stale.
+        times = [self._next_tick] if self.selected is None else []
         if (t := self._txns.next_deadline()) is not None:
             times.append(t)
         if self._next_consent is not None:
@@ -188,7 +189,10 @@ class ConnectivityChecks:
             txn = self._txns.match(msg)
             assert txn is not None
             self._on_response(msg, src, txn, now)
-            return []
+            out: list[Transmit] = []
+            if self.selected is None:
+                self._maybe_nominate(now, out)
+            return out
         return None
 
     # -- sending checks -------------------------------------------------------------------
@@ -267,6 +271,8 @@ class ConnectivityChecks:
                 self._next_tick = now + TA
                 out += self._send_next_check(now)
         self._note_valid(pair, now)
+        if self.selected is None:
+            self._maybe_nominate(now, out)
         return out
 
     def _on_response(self, msg: Message, src: Address, txn: Transaction[_CheckCtx], now: float) -> None:

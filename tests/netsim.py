@@ -1,0 +1,115 @@
+"""A deterministic network simulator with NATs, for driving sans-IO objects in tests.
+
+Hosts have addresses; a host behind a NAT sends through it. A NAT maps endpoint-independently
+("cone") or per destination ("symmetric"), and filters by address and port unless it is
+"full-cone". Delivery is by simulated time with per-link one-way delays; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Address = tuple[str, int]
+Transmit = tuple[bytes, Address]
+
+
+class Endpoint(Protocol):
+    def handle(self, data: bytes, src: Address, now: float) -> list[Transmit]: ...
+    def poll(self, now: float) -> list[Transmit]: ...
+    def next_deadline(self) -> float | None: ...
+
+
+@dataclass
+class Nat:
+    public_ip: str
+    kind: str = "cone"  # "cone", "full-cone" or "symmetric"
+    hairpin: bool = False
+    next_port: int = 40000
+    mappings: dict[tuple[Address, Address | None], int] = field(default_factory=dict)
+    reverse: dict[int, Address] = field(default_factory=dict)
+    permitted: set[tuple[int, Address]] = field(default_factory=set)
+    dropped: int = 0
+
+    def outbound(self, src: Address, dst: Address) -> Address:
+        key = (src, dst if self.kind == "symmetric" else None)
+        if key not in self.mappings:
+            self.mappings[key] = self.next_port
+            self.reverse[self.next_port] = src
+            self.next_port += 1 if self.kind != "symmetric" else 7
+        port = self.mappings[key]
+        self.permitted.add((port, dst))
+        return self.public_ip, port
+
+    def inbound(self, dst_port: int, src: Address) -> Address | None:
+        internal = self.reverse.get(dst_port)
+        if internal is None:
+            self.dropped += 1
+            return None
+        if self.kind != "full-cone" and (dst_port, src) not in self.permitted:
+            self.dropped += 1  # address-and-port-dependent filtering
+            return None
+        return internal
+
+
+class Network:
+    def __init__(self, delay: Callable[[Address, Address], float] | None = None):
+        self.now = 0.0
+        self.delay = delay or (lambda s, d: 0.005)
+        self.hosts: dict[Address, Endpoint] = {}
+        self.nat_of: dict[str, Nat] = {}  # private IP -> its NAT
+        self.nats: dict[str, Nat] = {}  # public IP -> NAT
+        self.sent: list[tuple[float, Address, Address, bytes]] = []  # after translation
+        self._queue: list[tuple[float, int, bytes, Address, Address]] = []
+        self._seq = itertools.count()
+
+    def add_nat(self, nat: Nat) -> Nat:
+        self.nats[nat.public_ip] = nat
+        return nat
+
+    def attach(self, addr: Address, endpoint: Endpoint, nat: Nat | None = None) -> None:
+        self.hosts[addr] = endpoint
+        if nat is not None:
+            self.nat_of[addr[0]] = nat
+
+    def send(self, src: Address, datagrams: list[Transmit]) -> None:
+        for data, dst in datagrams:
+            nat = self.nat_of.get(src[0])
+            wire_src = src
+            if nat is not None and dst[0] != nat.public_ip and dst in self.hosts and \
+                    self.nat_of.get(dst[0]) is nat:
+                pass  # same LAN: delivered directly, no translation
+            elif nat is not None:
+                if dst[0] == nat.public_ip and not nat.hairpin:
+                    nat.dropped += 1
+                    continue
+                wire_src = nat.outbound(src, dst)
+            self.sent.append((self.now, wire_src, dst, data))
+            heapq.heappush(self._queue, (self.now + self.delay(wire_src, dst), next(self._seq), data, wire_src, dst))
+
+    def _deliver(self, data: bytes, src: Address, dst: Address) -> None:
+        if dst[0] in self.nats:
+            internal = self.nats[dst[0]].inbound(dst[1], src)
+            if internal is None:
+                return
+            dst = internal
+        endpoint = self.hosts.get(dst)
+        if endpoint is not None:
+            self.send(dst, endpoint.handle(data, src, self.now))
+
+    def run(self, until: float, stop: Callable[[], bool] = lambda: False) -> None:
+        while self.now < until and not stop():
+            deadlines = [(d, a) for a, e in self.hosts.items() if (d := e.next_deadline()) is not None]
+            next_timer = min(deadlines, default=(float("inf"), None))
+            next_packet = self._queue[0][0] if self._queue else float("inf")
+            t = min(next_timer[0], next_packet, until)
+            self.now = max(self.now, t)
+            if next_packet <= next_timer[0] and self._queue and next_packet <= until:
+                _, _, data, src, dst = heapq.heappop(self._queue)
+                self._deliver(data, src, dst)
+            elif next_timer[1] is not None and next_timer[0] <= until:
+                addr = next_timer[1]
+                self.send(addr, self.hosts[addr].poll(self.now))

@@ -1,0 +1,185 @@
+"""Rendezvous + hole punching through simulated NATs, sans-IO, in simulated time."""
+
+from __future__ import annotations
+
+import pytest
+
+from rendezvous.logic import RendezvousLogic
+from tests.netsim import Address, Nat, Network, Transmit
+from voip.nat import checks
+from voip.nat.candidates import Candidate, CandidateType
+from voip.nat.connector import Connector, ConnectorEvent, Introduced, PeerTimeout
+from voip.wire.stun import Attr, Class, Message, Method, encode, message_type, text, u32, u64
+
+SERVER: Address = ("203.0.113.10", 3478)
+
+
+class ServerNode:
+    def __init__(self) -> None:
+        self.logic = RendezvousLogic()
+
+    def handle(self, data: bytes, src: Address, now: float) -> list[Transmit]:
+        return self.logic.handle_datagram(data, src, now)
+
+    def poll(self, now: float) -> list[Transmit]:
+        return self.logic.poll(now)
+
+    def next_deadline(self) -> float | None:
+        return self.logic.next_deadline()
+
+
+class ClientNode:
+    def __init__(self, name: str, peer: str, addr: Address, host: bool = True, **kw: float):
+        hosts = (Candidate.make(CandidateType.HOST, addr),) if host else ()
+        self.connector = Connector(name, peer, SERVER, hosts, **kw)
+        self.events: list[ConnectorEvent] = []
+        self.media_from: list[Address] = []
+
+    def handle(self, data: bytes, src: Address, now: float) -> list[Transmit]:
+        out = self.connector.handle_stun(data, src, now)
+        self.events += self.connector.pop_events()
+        return out
+
+    def poll(self, now: float) -> list[Transmit]:
+        out = self.connector.poll(now)
+        self.events += self.connector.pop_events()
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self.connector.next_deadline()
+
+    def first(self, kind: type) -> object | None:
+        return next((e for e in self.events if isinstance(e, kind)), None)
+
+
+def build(nat_a: str | None, nat_b: str | None, same_nat: bool = False, hairpin: bool = False,
+          delay: object = None, start_b: float = 0.3) -> tuple[Network, ClientNode, ClientNode]:
+    net = Network(delay)  # type: ignore[arg-type]
+    net.attach(SERVER, ServerNode())
+    a_addr: Address = ("198.18.1.2", 5000) if nat_a else ("203.0.113.2", 5000)
+    b_addr: Address = ("198.18.1.3", 6000) if same_nat else (("198.18.2.2", 6000) if nat_b else ("203.0.113.3", 6000))
+    nat_a_obj = net.add_nat(Nat("203.0.113.100", nat_a, hairpin)) if nat_a else None
+    if same_nat:
+        nat_b_obj = nat_a_obj
+    else:
+        nat_b_obj = net.add_nat(Nat("198.51.100.200", nat_b)) if nat_b else None
+    a = ClientNode("alice", "bob", a_addr)
+    b = ClientNode("bob", "alice", b_addr)
+    net.attach(a_addr, a, nat_a_obj)
+    net.attach(b_addr, b, nat_b_obj)
+    net.send(a_addr, a.connector.start(0.0))
+    net.run(start_b)
+    net.send(b_addr, b.connector.start(net.now))
+    return net, a, b
+
+
+def selected(node: ClientNode) -> checks.PathSelected | None:
+    return node.first(checks.PathSelected)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("nat_a", "nat_b"),
+    [(None, None), ("cone", "cone"), ("cone", "full-cone"), ("full-cone", "symmetric"),
+     ("cone", None), (None, "symmetric")],
+)
+def test_punching_succeeds_where_a_mapping_is_predictable(nat_a: str | None, nat_b: str | None) -> None:
+    net, a, b = build(nat_a, nat_b)
+    net.run(5.0, stop=lambda: selected(a) is not None and selected(b) is not None)
+    sa, sb = selected(a), selected(b)
+    assert sa is not None and sb is not None, (a.events, b.events)
+    # Each side sends to the address the other's packets really come from: its public mapping.
+    a_public = net.nats["203.0.113.100"].public_ip if nat_a else "203.0.113.2"
+    b_public = net.nats["198.51.100.200"].public_ip if nat_b else "203.0.113.3"
+    assert sa.remote.address[0] == b_public
+    assert sb.remote.address[0] == a_public
+    assert net.now < 1.0  # one or two round trips after bob starts, not a timeout
+
+
+def test_symmetric_against_full_cone_learns_peer_reflexive_address() -> None:
+    net, a, b = build("symmetric", "full-cone")
+    net.run(5.0, stop=lambda: selected(a) is not None and selected(b) is not None)
+    sb = selected(b)
+    assert sb is not None
+    # Alice's NAT gave the server one port and bob another: bob learns it from her check.
+    assert sb.remote.kind == CandidateType.PRFLX
+
+
+@pytest.mark.parametrize(("nat_a", "nat_b"), [("symmetric", "symmetric"), ("symmetric", "cone")])
+def test_unpunchable_pairs_fail_with_what_was_tried(nat_a: str, nat_b: str) -> None:
+    # Symmetric vs port-restricted cone fails too: the cone NAT filters by port, and the
+    # symmetric NAT's port towards it is one nobody could have told it.
+    net, a, b = build(nat_a, nat_b)
+    net.run(30.0, stop=lambda: a.first(checks.ChecksFailed) is not None
+            and b.first(checks.ChecksFailed) is not None)
+    failed = a.first(checks.ChecksFailed)
+    assert isinstance(failed, checks.ChecksFailed)
+    assert any(c.kind == CandidateType.SRFLX for c in failed.tried)
+    assert selected(a) is None and selected(b) is None
+
+
+def test_same_nat_without_hairpin_connects_over_host_candidates() -> None:
+    net, a, b = build("cone", "cone", same_nat=True, hairpin=False)
+    net.run(5.0, stop=lambda: selected(a) is not None and selected(b) is not None)
+    sa = selected(a)
+    assert sa is not None and sa.remote.kind == CandidateType.HOST
+    assert sa.remote.address == ("198.18.1.3", 6000)
+
+
+def test_lowest_rtt_valid_pair_is_chosen_over_higher_priority() -> None:
+    # Same NAT, which hairpins: the host pair and the hairpinned srflx pair both work. Make the
+    # LAN the slow one, so RTT and candidate priority disagree; the faster pair must win.
+    def delay(src: Address, dst: Address) -> float:
+        return 0.030 if dst[0].startswith("198.18.") else 0.002
+
+    net, a, b = build("cone", "cone", same_nat=True, hairpin=True, delay=delay)
+    net.run(5.0, stop=lambda: selected(a) is not None and selected(b) is not None)
+    sa, sb = selected(a), selected(b)
+    assert sa is not None and sb is not None
+    assert sa.remote.kind == CandidateType.SRFLX
+    assert sb.remote.address[0] == "203.0.113.100"  # bob agrees: the nominated pair
+    assert a.connector.checks is not None
+    host_pair = a.connector.checks.pairs[("198.18.1.3", 6000)]
+    assert host_pair.rtt is not None and sa.rtt is not None and sa.rtt < host_pair.rtt
+
+
+def test_introduction_arrives_at_both_sides_at_the_same_moment() -> None:
+    net, a, b = build("cone", "cone")
+    net.run(5.0, stop=lambda: selected(a) is not None and selected(b) is not None)
+    peer_ready_type = message_type(Method.CP_PEER_READY, Class.REQUEST).to_bytes(2, "big")
+    sends = [(t, dst) for t, src, dst, data in net.sent if src == SERVER and data[:2] == peer_ready_type]
+    first_send = {dst: t for t, dst in reversed(sends)}
+    assert len(first_send) == 2 and len(set(first_send.values())) == 1
+
+
+def test_forged_check_with_wrong_integrity_is_ignored() -> None:
+    net, a, b = build("cone", "cone")
+    net.run(5.0, stop=lambda: a.first(Introduced) is not None)
+    intro = a.first(Introduced)
+    assert isinstance(intro, Introduced)
+    ready = intro.ready
+    # A stranger who knows the usernames (they are not secret) but not the password.
+    msg = Message(Method.BINDING, Class.REQUEST, attributes=(
+        (Attr.USERNAME, text(f"{ready.local_ufrag}:{ready.remote_ufrag}")),
+        (Attr.PRIORITY, u32(1)),
+        (Attr.ICE_CONTROLLED, u64(1)),
+        (Attr.USE_CANDIDATE, b""),
+    ))
+    forged = encode(msg, integrity_key=b"guessed-password", fingerprint=True)
+    conn = a.connector
+    assert conn.checks is not None
+    before = conn.checks.ignored
+    out = conn.handle_stun(forged, ("198.51.100.66", 4444), net.now)
+    assert out == []  # no answer to a stranger
+    assert conn.checks.ignored == before + 1
+    assert ("198.51.100.66", 4444) not in conn.checks.pairs  # and nothing learned from it
+
+
+def test_peer_that_never_calls_back_times_out() -> None:
+    net = Network()
+    net.attach(SERVER, ServerNode())
+    a = ClientNode("alice", "bob", ("203.0.113.2", 5000), wait_timeout=3.0)
+    net.attach(("203.0.113.2", 5000), a)
+    net.send(("203.0.113.2", 5000), a.connector.start(0.0))
+    net.run(10.0, stop=lambda: a.first(PeerTimeout) is not None)
+    timeout = a.first(PeerTimeout)
+    assert isinstance(timeout, PeerTimeout) and timeout.waited == pytest.approx(3.0, abs=0.01)
