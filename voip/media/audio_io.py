@@ -36,7 +36,7 @@ class AudioSink(Protocol):
 class ToneSource:
     def __init__(self, freq: float):
         if not 20 <= freq <= 20_000:
-            raise AudioSpecError(f"tone frequency {freq} Hz is outside 20-20000 Hz")
+            raise AudioSpecError(f"tone frequency {freq:g} Hz is outside 20-20000 Hz")
         self.freq = freq
         self.description = f"{freq:g} Hz tone"
         self._pos = 0
@@ -120,9 +120,10 @@ class WavSink:
         self.path = Path(path)
         self.description = f"WAV {path}"
         try:
-            self._w = wave.open(str(self.path), "wb")  # noqa: SIM115 - closed in close()
+            self._file = self.path.open("wb")  # opened here so a failure leaves nothing half-made
         except OSError as exc:
             raise AudioSpecError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        self._w = wave.open(self._file, "wb")  # noqa: SIM115 - closed in close()
         self._w.setnchannels(1)
         self._w.setsampwidth(2)
         self._w.setframerate(SAMPLE_RATE)
@@ -134,6 +135,7 @@ class WavSink:
 
     def close(self) -> None:
         self._w.close()
+        self._file.close()
 
 
 def open_source(spec: str) -> AudioSource:
@@ -146,9 +148,10 @@ def open_source(spec: str) -> AudioSource:
         return SilenceSource()
     if spec.startswith("tone:"):
         try:
-            return ToneSource(float(spec[5:]))
+            freq = float(spec[5:])
         except ValueError as exc:
-            raise AudioSpecError(f"bad tone {spec!r}: expected tone:HZ, e.g. tone:440 ({exc})") from exc
+            raise AudioSpecError(f"bad tone {spec!r}: expected tone:HZ, e.g. tone:440") from exc
+        return ToneSource(freq)
     return WavSource(spec)
 
 

@@ -1,0 +1,129 @@
+"""Whole calls between two in-process clients on loopback, through a real rendezvous socket."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+
+from rendezvous.server import RendezvousServer
+from voip import Call, CallError, CallOptions, NullSink, SilenceSource, ToneSource, WavSink
+from voip import events as ev
+from voip.codecs.pcm import dominant_frequency
+from voip.media.audio_io import read_wav
+from voip.wire.rtp import RtpPacket
+
+LOOPBACK = CallOptions(bind_host="127.0.0.1")
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_direct_call_carries_each_tone_and_measures_the_path(tmp_path: Path) -> None:
+    async def scenario() -> tuple[Call, Call, list[ev.CallEvent]]:
+        seen: list[ev.CallEvent] = []
+        async with RendezvousServer() as server:
+            await server.start("127.0.0.1", 0)
+            alice = Call("alice", "bob", source=ToneSource(440), sink=WavSink(tmp_path / "a.wav"),
+                         server=server.address, options=LOOPBACK, on_event=seen.append)
+            bob = Call("bob", "alice", source=ToneSource(660), sink=WavSink(tmp_path / "b.wav"),
+                       server=server.address, options=LOOPBACK)
+            async with alice, bob:
+                await asyncio.gather(alice.run(2.5), bob.run(2.5))
+        return alice, bob, seen
+
+    alice, bob, seen = run(scenario())  # type: ignore[misc]
+    kinds = [type(e) for e in seen]
+    for kind in (ev.Registered, ev.Waiting, ev.Punching, ev.Connected, ev.LiveStats, ev.Ended):
+        assert kind in kinds
+    assert kinds.index(ev.Registered) < kinds.index(ev.Punching) < kinds.index(ev.Connected)
+    for me, heard_hz in ((alice, 660), (bob, 440)):
+        report = me.report().to_dict()
+        assert report["path"] == "direct"
+        direct = report["paths"]["direct"]
+        assert direct["available"] and direct["remote"].startswith("127.0.0.1:")
+        assert direct["rtt_ms"]["samples"] >= 2 and 0 < direct["rtt_ms"]["median"] < 50
+        assert direct["loss_pct"] == 0.0 and 1 <= direct["mos"] <= 4.5
+        assert report["paths"]["relay"]["available"] is False
+        assert report["setup_ms"] is not None and report["setup_ms"] < 1000
+        audio = report["audio"]
+        assert audio["frames_sent"] >= 100 and audio["frames_received"] >= 100
+        assert audio["frames_concealed"] <= 2
+    for wav, heard_hz in (("a.wav", 660), ("b.wav", 440)):
+        pcm, _ = read_wav(tmp_path / wav)
+        assert len(pcm) >= 48000 * 2
+        assert dominant_frequency(pcm) == pytest.approx(heard_hz, abs=3)
+
+
+def test_hangup_on_one_side_ends_the_other() -> None:
+    async def scenario() -> Call:
+        async with RendezvousServer() as server:
+            await server.start("127.0.0.1", 0)
+            alice = Call("alice", "bob", source=SilenceSource(), sink=NullSink(),
+                         server=server.address, options=LOOPBACK)
+            bob = Call("bob", "alice", source=SilenceSource(), sink=NullSink(),
+                       server=server.address, options=LOOPBACK)
+            async with alice, bob:
+                await asyncio.wait_for(asyncio.gather(alice.run(0.5), bob.run(None)), 5)
+        return bob
+
+    bob = run(scenario())
+    assert bob.report().ended == "alice hung up"  # type: ignore[attr-defined]
+
+
+def test_peer_that_never_calls_back_is_a_clear_error() -> None:
+    async def scenario() -> None:
+        async with RendezvousServer() as server:
+            await server.start("127.0.0.1", 0)
+            opts = CallOptions(bind_host="127.0.0.1", wait_timeout=0.5)
+            async with Call("alice", "nobody", source=SilenceSource(), sink=NullSink(),
+                            server=server.address, options=opts) as call:
+                await call.connected()
+
+    with pytest.raises(CallError, match="nobody did not call back within 0 s|nobody did not call back"):
+        run(scenario())
+
+
+def test_name_in_use_is_refused_with_the_reason() -> None:
+    async def scenario() -> None:
+        async with RendezvousServer() as server:
+            await server.start("127.0.0.1", 0)
+            first = Call("alice", "bob", source=SilenceSource(), sink=NullSink(),
+                         server=server.address, options=LOOPBACK)
+            second = Call("alice", "carol", source=SilenceSource(), sink=NullSink(),
+                          server=server.address, options=LOOPBACK)
+            async with first:
+                await asyncio.sleep(0.2)
+                async with second:
+                    await second.connected()
+
+    with pytest.raises(CallError, match="409 Name Taken"):
+        run(scenario())
+
+
+def test_media_from_a_stranger_is_not_played() -> None:
+    async def scenario() -> tuple[Call, Call]:
+        async with RendezvousServer() as server:
+            await server.start("127.0.0.1", 0)
+            alice = Call("alice", "bob", source=SilenceSource(), sink=NullSink(),
+                         server=server.address, options=LOOPBACK)
+            bob = Call("bob", "alice", source=SilenceSource(), sink=NullSink(),
+                       server=server.address, options=LOOPBACK)
+            async with alice, bob:
+                await alice.connected()
+                assert alice._endpoint is not None
+                target = alice._endpoint.local_address
+                # Sent before bob's first packet can arrive: without the source filter alice
+                # would lock onto this SSRC and play the stranger.
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+                    for seq in range(100):
+                        stranger.sendto(bytes(RtpPacket(111, seq, seq * 960, 99, b"\xf8\xff\xfe")), target)
+                await asyncio.gather(alice.run(1.0), bob.run(1.0))
+        return alice, bob
+
+    alice, bob = run(scenario())  # type: ignore[misc]
+    assert alice._rx.ssrc == bob._sender.ssrc
+    assert alice._rx.received <= bob._sender.packet_count
