@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 
+from rendezvous.logic import RendezvousLogic
 from rendezvous.server import RendezvousServer
 from voip.nat.candidates import format_address, parse_address
 
@@ -15,19 +16,26 @@ DEFAULT_LISTEN = "0.0.0.0:3478"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="callpeer-rendezvous",
-        description="Rendezvous for callpeer: answers STUN Binding requests and introduces callers.",
+        description="Rendezvous for callpeer: answers STUN Binding and introduces callers.",
     )
-    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
-                   help=f"UDP address to listen on (default {DEFAULT_LISTEN})")
-    p.add_argument("--lifetime", type=float, default=30.0, metavar="SECONDS",
-                   help="how long a name is kept without a refresh (default 30)")
+    p.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"UDP address to listen on (default {DEFAULT_LISTEN})",
+    )
+    p.add_argument(
+        "--lifetime",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a name is kept without a refresh (default 30)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return p
 
 
 async def _run(host: str, port: int, lifetime: float, quiet: bool) -> None:
-    from rendezvous.logic import RendezvousLogic
-
     server = await RendezvousServer(RendezvousLogic(lifetime)).start(host, port)
     if not quiet:
         print(f"callpeer-rendezvous listening on udp {format_address(server.address)}", flush=True)
@@ -44,15 +52,17 @@ async def _run(host: str, port: int, lifetime: float, quiet: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        host, port = parse_address(args.listen, default_port=3478)
+        host, port = parse_address(args.listen, default_port=3478, allow_any_port=True)
     except ValueError as exc:
         print(f"callpeer-rendezvous: {exc}", file=sys.stderr)
         return 2
     try:
         asyncio.run(_run(host, port, args.lifetime, args.quiet))
     except OSError as exc:
-        print(f"callpeer-rendezvous: cannot listen on {args.listen}: {exc.strerror or exc}",
-              file=sys.stderr)
+        print(
+            f"callpeer-rendezvous: cannot listen on {args.listen}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         return 0

@@ -56,7 +56,9 @@ class RendezvousLogic:
         self._txns: TransactionTable[_Intro] = TransactionTable()
 
     def next_deadline(self) -> float | None:
-        times = [t for t in (self._txns.next_deadline(), self.registry.next_expiry()) if t is not None]
+        times = [
+            t for t in (self._txns.next_deadline(), self.registry.next_expiry()) if t is not None
+        ]
         return min(times, default=None)
 
     def poll(self, now: float) -> list[Transmit]:
@@ -83,8 +85,13 @@ class RendezvousLogic:
             unknown = unknown_required(msg)
             if unknown:
                 self.stats["unknown_attribute"] += 1
-                return self._error(msg, src, 420, "Unknown Attribute",
-                                   [(Attr.UNKNOWN_ATTRIBUTES, encode_unknown_attributes(unknown))])
+                return self._error(
+                    msg,
+                    src,
+                    420,
+                    "Unknown Attribute",
+                    [(Attr.UNKNOWN_ATTRIBUTES, encode_unknown_attributes(unknown))],
+                )
             if msg.method == Method.BINDING:
                 return self._binding(msg, src)
             if msg.method == Method.CP_REGISTER:
@@ -100,22 +107,44 @@ class RendezvousLogic:
         self.stats["ignored"] += 1
         return []
 
-    def _reply(self, msg: Message, src: Address, cls: Class, attrs: list[tuple[int, bytes]]) -> Transmit:
+    def _reply(
+        self, msg: Message, src: Address, cls: Class, attrs: list[tuple[int, bytes]]
+    ) -> Transmit:
         attrs = [*attrs, (Attr.SOFTWARE, text(self.software))]
         # An RFC 3489 client has no FINGERPRINT and cannot read XOR addresses.
         return encode(msg.reply(cls, attrs), fingerprint=not msg.is_classic), src
 
-    def _error(self, msg: Message, src: Address, code: int, reason: str,
-               extra: list[tuple[int, bytes]] | None = None) -> list[Transmit]:
-        return [self._reply(msg, src, Class.ERROR, [(Attr.ERROR_CODE, encode_error_code(code, reason)),
-                                                    *(extra or [])])]
+    def _error(
+        self,
+        msg: Message,
+        src: Address,
+        code: int,
+        reason: str,
+        extra: list[tuple[int, bytes]] | None = None,
+    ) -> list[Transmit]:
+        return [
+            self._reply(
+                msg,
+                src,
+                Class.ERROR,
+                [(Attr.ERROR_CODE, encode_error_code(code, reason)), *(extra or [])],
+            )
+        ]
 
     def _binding(self, msg: Message, src: Address) -> list[Transmit]:
         self.stats["binding"] += 1
         if msg.is_classic:
-            return [self._reply(msg, src, Class.SUCCESS, [(Attr.MAPPED_ADDRESS, encode_address(src))])]
-        return [self._reply(msg, src, Class.SUCCESS,
-                            [(Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id))])]
+            return [
+                self._reply(msg, src, Class.SUCCESS, [(Attr.MAPPED_ADDRESS, encode_address(src))])
+            ]
+        return [
+            self._reply(
+                msg,
+                src,
+                Class.SUCCESS,
+                [(Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id))],
+            )
+        ]
 
     def _register(self, msg: Message, src: Address, now: float) -> list[Transmit]:
         try:
@@ -127,18 +156,29 @@ class RendezvousLogic:
             return self._error(msg, src, ERR_BAD_REQUEST, "cannot call yourself")
         try:
             entry = self.registry.register(req.name, src, req.host_candidates, req.peer, now)
-        except NameTaken as exc:
+        except NameTaken:
             self.stats["name_taken"] += 1
-            return self._error(msg, src, ERR_NAME_TAKEN,
-                               f"Name Taken: {req.name!r} is in use by a live client at another address")
+            return self._error(
+                msg,
+                src,
+                ERR_NAME_TAKEN,
+                f"Name Taken: {req.name!r} is in use by a live client at another address",
+            )
         self.stats["register"] += 1
         peer = self.registry.match(req.name, now)
         status = "matched" if peer is not None else ("waiting" if req.peer else "registered")
-        out = [self._reply(msg, src, Class.SUCCESS, [
-            (Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id)),
-            (Attr.LIFETIME, u32(int(self.registry.lifetime))),
-            (Attr.CP_STATUS, text(status)),
-        ])]
+        out = [
+            self._reply(
+                msg,
+                src,
+                Class.SUCCESS,
+                [
+                    (Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id)),
+                    (Attr.LIFETIME, u32(int(self.registry.lifetime))),
+                    (Attr.CP_STATUS, text(status)),
+                ],
+            )
+        ]
         if peer is not None:
             out += self._introduce(entry, peer, now)
         return out
@@ -172,7 +212,14 @@ class RendezvousLogic:
             )
             req = ready.to_message()
             data = encode(req, fingerprint=True)
-            txn = Transaction(req.transaction_id, data, me.reflexive, _Intro(me.name, peer.name),
-                              rto=PEER_READY_RTO, rc=PEER_READY_RC, rm=PEER_READY_RM)
+            txn = Transaction(
+                req.transaction_id,
+                data,
+                me.reflexive,
+                _Intro(me.name, peer.name),
+                rto=PEER_READY_RTO,
+                rc=PEER_READY_RC,
+                rm=PEER_READY_RM,
+            )
             out.append((self._txns.start(now, txn), me.reflexive))
         return out

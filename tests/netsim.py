@@ -79,8 +79,12 @@ class Network:
         for data, dst in datagrams:
             nat = self.nat_of.get(src[0])
             wire_src = src
-            if nat is not None and dst[0] != nat.public_ip and dst in self.hosts and \
-                    self.nat_of.get(dst[0]) is nat:
+            if (
+                nat is not None
+                and dst[0] != nat.public_ip
+                and dst in self.hosts
+                and self.nat_of.get(dst[0]) is nat
+            ):
                 pass  # same LAN: delivered directly, no translation
             elif nat is not None:
                 if dst[0] == nat.public_ip and not nat.hairpin:
@@ -88,7 +92,10 @@ class Network:
                     continue
                 wire_src = nat.outbound(src, dst)
             self.sent.append((self.now, wire_src, dst, data))
-            heapq.heappush(self._queue, (self.now + self.delay(wire_src, dst), next(self._seq), data, wire_src, dst))
+            heapq.heappush(
+                self._queue,
+                (self.now + self.delay(wire_src, dst), next(self._seq), data, wire_src, dst),
+            )
 
     def _deliver(self, data: bytes, src: Address, dst: Address) -> None:
         if dst[0] in self.nats:
@@ -102,7 +109,9 @@ class Network:
 
     def run(self, until: float, stop: Callable[[], bool] = lambda: False) -> None:
         while self.now < until and not stop():
-            deadlines = [(d, a) for a, e in self.hosts.items() if (d := e.next_deadline()) is not None]
+            deadlines = [
+                (d, a) for a, e in self.hosts.items() if (d := e.next_deadline()) is not None
+            ]
             next_timer = min(deadlines, default=(float("inf"), None))
             next_packet = self._queue[0][0] if self._queue else float("inf")
             t = min(next_timer[0], next_packet, until)

@@ -27,7 +27,7 @@ def test_opus_round_trip_keeps_the_tone() -> None:
     src = ToneSource(700)
     out = np.concatenate([dec.decode(enc.encode(src.read())) for _ in range(50)])
     assert len(out) == 50 * FRAME_SAMPLES
-    assert dominant_frequency(out[FRAME_SAMPLES * 5:]) == pytest.approx(700, abs=3)
+    assert dominant_frequency(out[FRAME_SAMPLES * 5 :]) == pytest.approx(700, abs=3)
 
 
 def test_concealment_and_fec_give_a_full_frame() -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -18,8 +20,11 @@ from voip.wire.rtp import RtpPacket
 LOOPBACK = CallOptions(bind_host="127.0.0.1")
 
 
-def run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
 
 
 def test_direct_call_carries_each_tone_and_measures_the_path(tmp_path: Path) -> None:
@@ -27,20 +32,33 @@ def test_direct_call_carries_each_tone_and_measures_the_path(tmp_path: Path) -> 
         seen: list[ev.CallEvent] = []
         async with RendezvousServer() as server:
             await server.start("127.0.0.1", 0)
-            alice = Call("alice", "bob", source=ToneSource(440), sink=WavSink(tmp_path / "a.wav"),
-                         server=server.address, options=LOOPBACK, on_event=seen.append)
-            bob = Call("bob", "alice", source=ToneSource(660), sink=WavSink(tmp_path / "b.wav"),
-                       server=server.address, options=LOOPBACK)
+            alice = Call(
+                "alice",
+                "bob",
+                source=ToneSource(440),
+                sink=WavSink(tmp_path / "a.wav"),
+                server=server.address,
+                options=LOOPBACK,
+                on_event=seen.append,
+            )
+            bob = Call(
+                "bob",
+                "alice",
+                source=ToneSource(660),
+                sink=WavSink(tmp_path / "b.wav"),
+                server=server.address,
+                options=LOOPBACK,
+            )
             async with alice, bob:
                 await asyncio.gather(alice.run(2.5), bob.run(2.5))
         return alice, bob, seen
 
-    alice, bob, seen = run(scenario())  # type: ignore[misc]
+    alice, bob, seen = run(scenario())
     kinds = [type(e) for e in seen]
     for kind in (ev.Registered, ev.Waiting, ev.Punching, ev.Connected, ev.LiveStats, ev.Ended):
         assert kind in kinds
     assert kinds.index(ev.Registered) < kinds.index(ev.Punching) < kinds.index(ev.Connected)
-    for me, heard_hz in ((alice, 660), (bob, 440)):
+    for me in (alice, bob):
         report = me.report().to_dict()
         assert report["path"] == "direct"
         direct = report["paths"]["direct"]
@@ -62,16 +80,28 @@ def test_hangup_on_one_side_ends_the_other() -> None:
     async def scenario() -> Call:
         async with RendezvousServer() as server:
             await server.start("127.0.0.1", 0)
-            alice = Call("alice", "bob", source=SilenceSource(), sink=NullSink(),
-                         server=server.address, options=LOOPBACK)
-            bob = Call("bob", "alice", source=SilenceSource(), sink=NullSink(),
-                       server=server.address, options=LOOPBACK)
+            alice = Call(
+                "alice",
+                "bob",
+                source=SilenceSource(),
+                sink=NullSink(),
+                server=server.address,
+                options=LOOPBACK,
+            )
+            bob = Call(
+                "bob",
+                "alice",
+                source=SilenceSource(),
+                sink=NullSink(),
+                server=server.address,
+                options=LOOPBACK,
+            )
             async with alice, bob:
                 await asyncio.wait_for(asyncio.gather(alice.run(0.5), bob.run(None)), 5)
         return bob
 
     bob = run(scenario())
-    assert bob.report().ended == "alice hung up"  # type: ignore[attr-defined]
+    assert bob.report().ended == "alice hung up"
 
 
 def test_peer_that_never_calls_back_is_a_clear_error() -> None:
@@ -79,11 +109,17 @@ def test_peer_that_never_calls_back_is_a_clear_error() -> None:
         async with RendezvousServer() as server:
             await server.start("127.0.0.1", 0)
             opts = CallOptions(bind_host="127.0.0.1", wait_timeout=0.5)
-            async with Call("alice", "nobody", source=SilenceSource(), sink=NullSink(),
-                            server=server.address, options=opts) as call:
+            async with Call(
+                "alice",
+                "nobody",
+                source=SilenceSource(),
+                sink=NullSink(),
+                server=server.address,
+                options=opts,
+            ) as call:
                 await call.connected()
 
-    with pytest.raises(CallError, match="nobody did not call back within 0 s|nobody did not call back"):
+    with pytest.raises(CallError, match="nobody did not call back"):
         run(scenario())
 
 
@@ -91,10 +127,22 @@ def test_name_in_use_is_refused_with_the_reason() -> None:
     async def scenario() -> None:
         async with RendezvousServer() as server:
             await server.start("127.0.0.1", 0)
-            first = Call("alice", "bob", source=SilenceSource(), sink=NullSink(),
-                         server=server.address, options=LOOPBACK)
-            second = Call("alice", "carol", source=SilenceSource(), sink=NullSink(),
-                          server=server.address, options=LOOPBACK)
+            first = Call(
+                "alice",
+                "bob",
+                source=SilenceSource(),
+                sink=NullSink(),
+                server=server.address,
+                options=LOOPBACK,
+            )
+            second = Call(
+                "alice",
+                "carol",
+                source=SilenceSource(),
+                sink=NullSink(),
+                server=server.address,
+                options=LOOPBACK,
+            )
             async with first:
                 await asyncio.sleep(0.2)
                 async with second:
@@ -108,10 +156,22 @@ def test_media_from_a_stranger_is_not_played() -> None:
     async def scenario() -> tuple[Call, Call]:
         async with RendezvousServer() as server:
             await server.start("127.0.0.1", 0)
-            alice = Call("alice", "bob", source=SilenceSource(), sink=NullSink(),
-                         server=server.address, options=LOOPBACK)
-            bob = Call("bob", "alice", source=SilenceSource(), sink=NullSink(),
-                       server=server.address, options=LOOPBACK)
+            alice = Call(
+                "alice",
+                "bob",
+                source=SilenceSource(),
+                sink=NullSink(),
+                server=server.address,
+                options=LOOPBACK,
+            )
+            bob = Call(
+                "bob",
+                "alice",
+                source=SilenceSource(),
+                sink=NullSink(),
+                server=server.address,
+                options=LOOPBACK,
+            )
             async with alice, bob:
                 await alice.connected()
                 assert alice._endpoint is not None
@@ -120,10 +180,12 @@ def test_media_from_a_stranger_is_not_played() -> None:
                 # would lock onto this SSRC and play the stranger.
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
                     for seq in range(100):
-                        stranger.sendto(bytes(RtpPacket(111, seq, seq * 960, 99, b"\xf8\xff\xfe")), target)
+                        stranger.sendto(
+                            bytes(RtpPacket(111, seq, seq * 960, 99, b"\xf8\xff\xfe")), target
+                        )
                 await asyncio.gather(alice.run(1.0), bob.run(1.0))
         return alice, bob
 
-    alice, bob = run(scenario())  # type: ignore[misc]
+    alice, bob = run(scenario())
     assert alice._rx.ssrc == bob._sender.ssrc
     assert alice._rx.received <= bob._sender.packet_count

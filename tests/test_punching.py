@@ -52,12 +52,22 @@ class ClientNode:
         return next((e for e in self.events if isinstance(e, kind)), None)
 
 
-def build(nat_a: str | None, nat_b: str | None, same_nat: bool = False, hairpin: bool = False,
-          delay: object = None, start_b: float = 0.3) -> tuple[Network, ClientNode, ClientNode]:
+def build(
+    nat_a: str | None,
+    nat_b: str | None,
+    same_nat: bool = False,
+    hairpin: bool = False,
+    delay: object = None,
+    start_b: float = 0.3,
+) -> tuple[Network, ClientNode, ClientNode]:
     net = Network(delay)  # type: ignore[arg-type]
     net.attach(SERVER, ServerNode())
     a_addr: Address = ("198.18.1.2", 5000) if nat_a else ("203.0.113.2", 5000)
-    b_addr: Address = ("198.18.1.3", 6000) if same_nat else (("198.18.2.2", 6000) if nat_b else ("203.0.113.3", 6000))
+    b_addr: Address = (
+        ("198.18.1.3", 6000)
+        if same_nat
+        else (("198.18.2.2", 6000) if nat_b else ("203.0.113.3", 6000))
+    )
     nat_a_obj = net.add_nat(Nat("203.0.113.100", nat_a, hairpin)) if nat_a else None
     if same_nat:
         nat_b_obj = nat_a_obj
@@ -79,10 +89,18 @@ def selected(node: ClientNode) -> checks.PathSelected | None:
 
 @pytest.mark.parametrize(
     ("nat_a", "nat_b"),
-    [(None, None), ("cone", "cone"), ("cone", "full-cone"), ("full-cone", "symmetric"),
-     ("cone", None), (None, "symmetric")],
+    [
+        (None, None),
+        ("cone", "cone"),
+        ("cone", "full-cone"),
+        ("full-cone", "symmetric"),
+        ("cone", None),
+        (None, "symmetric"),
+    ],
 )
-def test_punching_succeeds_where_a_mapping_is_predictable(nat_a: str | None, nat_b: str | None) -> None:
+def test_punching_succeeds_where_a_mapping_is_predictable(
+    nat_a: str | None, nat_b: str | None
+) -> None:
     net, a, b = build(nat_a, nat_b)
     net.run(5.0, stop=lambda: selected(a) is not None and selected(b) is not None)
     sa, sb = selected(a), selected(b)
@@ -109,8 +127,12 @@ def test_unpunchable_pairs_fail_with_what_was_tried(nat_a: str, nat_b: str) -> N
     # Symmetric vs port-restricted cone fails too: the cone NAT filters by port, and the
     # symmetric NAT's port towards it is one nobody could have told it.
     net, a, b = build(nat_a, nat_b)
-    net.run(30.0, stop=lambda: a.first(checks.ChecksFailed) is not None
-            and b.first(checks.ChecksFailed) is not None)
+    net.run(
+        30.0,
+        stop=lambda: (
+            a.first(checks.ChecksFailed) is not None and b.first(checks.ChecksFailed) is not None
+        ),
+    )
     failed = a.first(checks.ChecksFailed)
     assert isinstance(failed, checks.ChecksFailed)
     assert any(c.kind == CandidateType.SRFLX for c in failed.tried)
@@ -146,24 +168,30 @@ def test_introduction_arrives_at_both_sides_at_the_same_moment() -> None:
     net, a, b = build("cone", "cone")
     net.run(5.0, stop=lambda: selected(a) is not None and selected(b) is not None)
     peer_ready_type = message_type(Method.CP_PEER_READY, Class.REQUEST).to_bytes(2, "big")
-    sends = [(t, dst) for t, src, dst, data in net.sent if src == SERVER and data[:2] == peer_ready_type]
+    sends = [
+        (t, dst) for t, src, dst, data in net.sent if src == SERVER and data[:2] == peer_ready_type
+    ]
     first_send = {dst: t for t, dst in reversed(sends)}
     assert len(first_send) == 2 and len(set(first_send.values())) == 1
 
 
 def test_forged_check_with_wrong_integrity_is_ignored() -> None:
-    net, a, b = build("cone", "cone")
+    net, a, _b = build("cone", "cone")
     net.run(5.0, stop=lambda: a.first(Introduced) is not None)
     intro = a.first(Introduced)
     assert isinstance(intro, Introduced)
     ready = intro.ready
     # A stranger who knows the usernames (they are not secret) but not the password.
-    msg = Message(Method.BINDING, Class.REQUEST, attributes=(
-        (Attr.USERNAME, text(f"{ready.local_ufrag}:{ready.remote_ufrag}")),
-        (Attr.PRIORITY, u32(1)),
-        (Attr.ICE_CONTROLLED, u64(1)),
-        (Attr.USE_CANDIDATE, b""),
-    ))
+    msg = Message(
+        Method.BINDING,
+        Class.REQUEST,
+        attributes=(
+            (Attr.USERNAME, text(f"{ready.local_ufrag}:{ready.remote_ufrag}")),
+            (Attr.PRIORITY, u32(1)),
+            (Attr.ICE_CONTROLLED, u64(1)),
+            (Attr.USE_CANDIDATE, b""),
+        ),
+    )
     forged = encode(msg, integrity_key=b"guessed-password", fingerprint=True)
     conn = a.connector
     assert conn.checks is not None

@@ -28,8 +28,14 @@ B = ("198.51.100.7", 5000)
 SERVER = ("203.0.113.10", 3478)
 
 
-def register(logic: RendezvousLogic, name: str, peer: str | None, src: tuple[str, int], now: float,
-             hosts: tuple[Candidate, ...] = ()) -> list[Message]:
+def register(
+    logic: RendezvousLogic,
+    name: str,
+    peer: str | None,
+    src: tuple[str, int],
+    now: float,
+    hosts: tuple[Candidate, ...] = (),
+) -> list[Message]:
     data = encode(Register(name, peer, hosts).to_message(), fingerprint=True)
     return [parse_message_untrusted(d) for d, _ in logic.handle_datagram(data, src, now)]
 
@@ -112,8 +118,11 @@ def test_both_asking_for_each_other_are_introduced_at_once() -> None:
     register(logic, "alice", "bob", A, 0.0, (host,))
     out = logic.handle_datagram(encode(Register("bob", "alice").to_message()), B, 2.0)
     msgs = {dest: parse_message_untrusted(d) for d, dest in out if d[:2] != b"\x01\x01"}
-    intros = {dest: PeerReady.from_message_untrusted(m) for dest, m in msgs.items()
-              if m.method == Method.CP_PEER_READY}
+    intros = {
+        dest: PeerReady.from_message_untrusted(m)
+        for dest, m in msgs.items()
+        if m.method == Method.CP_PEER_READY
+    }
     assert set(intros) == {A, B}
     to_alice, to_bob = intros[A], intros[B]
     assert to_alice.peer == "bob" and to_bob.peer == "alice"
@@ -129,8 +138,11 @@ def test_peer_ready_is_retransmitted_until_acknowledged() -> None:
     logic = RendezvousLogic()
     register(logic, "alice", "bob", A, 0.0)
     out = logic.handle_datagram(encode(Register("bob", "alice").to_message()), B, 1.0)
-    intro_to_a = next(parse_message_untrusted(d) for d, dest in out
-                      if dest == A and parse_message_untrusted(d).method == Method.CP_PEER_READY)
+    intro_to_a = next(
+        parse_message_untrusted(d)
+        for d, dest in out
+        if dest == A and parse_message_untrusted(d).method == Method.CP_PEER_READY
+    )
     deadline = logic.next_deadline()
     assert deadline is not None and deadline < 2.0
     resent = logic.poll(deadline)
@@ -164,9 +176,15 @@ def test_server_never_raises_on_any_datagram(data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from([Method.CP_REGISTER, Method.CP_LEAVE, Method.BINDING, Method.CP_PEER_READY]),
-       st.lists(st.tuples(st.sampled_from([int(a) for a in Attr]), st.binary(max_size=30)), max_size=6))
-def test_server_never_raises_on_well_framed_nonsense(method: int, attrs: list[tuple[int, bytes]]) -> None:
+@given(
+    st.sampled_from([Method.CP_REGISTER, Method.CP_LEAVE, Method.BINDING, Method.CP_PEER_READY]),
+    st.lists(
+        st.tuples(st.sampled_from([int(a) for a in Attr]), st.binary(max_size=30)), max_size=6
+    ),
+)
+def test_server_never_raises_on_well_framed_nonsense(
+    method: int, attrs: list[tuple[int, bytes]]
+) -> None:
     msg = Message(method, Class.REQUEST, attributes=tuple(attrs))
     RendezvousLogic().handle_datagram(encode(msg), A, 0.0)
 
@@ -185,11 +203,17 @@ def test_leave_frees_the_name_at_once() -> None:
 # -- client ------------------------------------------------------------------------------
 
 
-def _answer(logic: RendezvousLogic, sent: list[tuple[bytes, tuple[str, int]]], src: tuple[str, int],
-            now: float) -> list[tuple[Message, tuple[str, int]]]:
+def _answer(
+    logic: RendezvousLogic,
+    sent: list[tuple[bytes, tuple[str, int]]],
+    src: tuple[str, int],
+    now: float,
+) -> list[tuple[Message, tuple[str, int]]]:
     replies = []
     for data, _ in sent:
-        replies += [(parse_message_untrusted(d), dest) for d, dest in logic.handle_datagram(data, src, now)]
+        replies += [
+            (parse_message_untrusted(d), dest) for d, dest in logic.handle_datagram(data, src, now)
+        ]
     return replies
 
 
@@ -201,12 +225,18 @@ def test_client_registers_refreshes_and_gets_its_peer_once() -> None:
     [registered] = client.pop_events()
     assert registered == Registered(A, 30.0, "waiting")
     refresh_at = client.next_deadline()
+    assert refresh_at is not None
     assert refresh_at == pytest.approx(10.01)  # a third of the lifetime
     out = _answer(logic, client.poll(refresh_at), A, refresh_at)
     assert out and out[0][0].cls == Class.SUCCESS
     # Bob arrives; the server introduces alice, twice (a retransmission), reported once.
-    intros = [m for m, dest in _answer(logic, [(encode(Register("bob", "alice").to_message()), SERVER)], B, 11.0)
-              if dest == A and m.method == Method.CP_PEER_READY]
+    intros = [
+        m
+        for m, dest in _answer(
+            logic, [(encode(Register("bob", "alice").to_message()), SERVER)], B, 11.0
+        )
+        if dest == A and m.method == Method.CP_PEER_READY
+    ]
     for _ in range(2):
         acks = client.handle(intros[0], SERVER, 11.01)
         assert acks and parse_message_untrusted(acks[0][0]).cls == Class.SUCCESS

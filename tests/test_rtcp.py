@@ -11,6 +11,7 @@ from voip.wire.rtcp import (
     ReceiverReport,
     ReportBlock,
     RtcpError,
+    RtcpPacket,
     SenderReport,
     pack_compound,
     parse_rtcp_untrusted,
@@ -20,7 +21,7 @@ from voip.wire.rtp import RtpPacket, is_rtcp
 
 def test_compound_round_trip() -> None:
     block = ReportBlock(0x1234, 25, -3, 70000, 480, 0xAABBCCDD, 65536)
-    packets = [
+    packets: list[RtcpPacket] = [
         SenderReport(1, 0x0123456789ABCDEF, 960, 10, 1000, (block,)),
         ReceiverReport(2, (block,)),
         Bye((1,), "hangup"),
@@ -30,8 +31,10 @@ def test_compound_round_trip() -> None:
     assert parse_rtcp_untrusted(data) == packets
 
 
-@pytest.mark.parametrize("data", [b"\x80", b"\x40\xc8\x00\x00", b"\x81\xc8\x00\x01" + bytes(4),
-                                  b"\x80\xc8\x00\x09" + bytes(8)])
+@pytest.mark.parametrize(
+    "data",
+    [b"\x80", b"\x40\xc8\x00\x00", b"\x81\xc8\x00\x01" + bytes(4), b"\x80\xc8\x00\x09" + bytes(8)],
+)
 def test_malformed_rtcp_raises(data: bytes) -> None:
     with pytest.raises(RtcpError):
         parse_rtcp_untrusted(data)

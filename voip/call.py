@@ -26,8 +26,8 @@ from voip.media.rtcp_session import PeerBye, RtcpSession, RttMeasured
 from voip.media.rtp_stream import RtpReceiverStats, RtpSender
 from voip.nat import checks
 from voip.nat.candidates import Candidate, CandidateType, format_address, is_usable_host_ip
-from voip.nat.host_addresses import host_ipv4_addresses
 from voip.nat.connector import Connector, Introduced, PeerTimeout
+from voip.nat.host_addresses import host_ipv4_addresses
 from voip.nat.rendezvous_client import Refused, Registered, Unreachable
 from voip.report import CallReport
 from voip.transport import Timer, UdpEndpoint
@@ -73,7 +73,9 @@ class Call:
         self.options = options or CallOptions()
         self.on_event = on_event
         self._queue: asyncio.Queue[ev.CallEvent] = asyncio.Queue()
-        self._report = CallReport(me=name, peer=peer, jitter_buffer_ms=self.options.jitter_delay * 1000)
+        self._report = CallReport(
+            me=name, peer=peer, jitter_buffer_ms=self.options.jitter_delay * 1000
+        )
         self._endpoint: UdpEndpoint | None = None
         self._timer: Timer | None = None
         self._connector: Connector | None = None
@@ -105,18 +107,25 @@ class Call:
         """Open the socket and register with the rendezvous, asking for the peer."""
         loop = asyncio.get_running_loop()
         self._t_start = loop.time()
-        self._endpoint = await UdpEndpoint.bind(self.options.bind_host, self.options.bind_port,
-                                                self._on_datagram)
+        self._endpoint = await UdpEndpoint.bind(
+            self.options.bind_host, self.options.bind_port, self._on_datagram
+        )
         port = self._endpoint.local_address[1]
         if self.options.bind_host in ("0.0.0.0", ""):  # noqa: S104
             ips = host_ipv4_addresses()
         else:  # bound to one address: that is the only host candidate, if it is routable
             ips = [self.options.bind_host] if is_usable_host_ip(self.options.bind_host) else []
-        hosts = tuple(Candidate.make(CandidateType.HOST, (ip, port), 65535 - i)
-                      for i, ip in enumerate(ips))
-        self._connector = Connector(self.name, self.peer, self.server, hosts,
-                                    wait_timeout=self.options.wait_timeout,
-                                    punch_timeout=self.options.punch_timeout)
+        hosts = tuple(
+            Candidate.make(CandidateType.HOST, (ip, port), 65535 - i) for i, ip in enumerate(ips)
+        )
+        self._connector = Connector(
+            self.name,
+            self.peer,
+            self.server,
+            hosts,
+            wait_timeout=self.options.wait_timeout,
+            punch_timeout=self.options.punch_timeout,
+        )
         self._timer = Timer(loop, self._connector.next_deadline, self._on_timer)
         self._endpoint.send_all(self._connector.start(loop.time()))
         self._timer.rearm()
@@ -223,12 +232,16 @@ class Call:
                 self._fail(f"the rendezvous at {server} refused us: {event.code} {event.reason}")
             elif isinstance(event, Unreachable):
                 if self._connector.signal.mapped is None:
-                    self._fail(f"no answer from the rendezvous at {server} after "
-                               f"{event.waited:.0f} s (is callpeer-rendezvous running there, and "
-                               "is UDP let through?)")
+                    self._fail(
+                        f"no answer from the rendezvous at {server} after "
+                        f"{event.waited:.0f} s (is callpeer-rendezvous running there, and "
+                        "is UDP let through?)"
+                    )
             elif isinstance(event, PeerTimeout):
-                self._fail(f"{self.peer} did not call back within {event.waited:.0f} s "
-                           f"(they must run: callpeer --as {self.peer} {self.name})")
+                self._fail(
+                    f"{self.peer} did not call back within {event.waited:.0f} s "
+                    f"(they must run: callpeer --as {self.peer} {self.name})"
+                )
             elif isinstance(event, Introduced):
                 ready = event.ready
                 self._t_peer = now
@@ -242,9 +255,11 @@ class Call:
             elif isinstance(event, checks.ChecksFailed):
                 tried = ", ".join(str(c) for c in event.tried)
                 self._report.direct.reason = event.reason
-                self._fail(f"could not reach {self.peer} directly: {event.reason} (tried {tried}); "
-                           "both NATs may map per destination (symmetric), which needs a relay, "
-                           "and no relay is configured")
+                self._fail(
+                    f"could not reach {self.peer} directly: {event.reason} (tried {tried}); "
+                    "both NATs may map per destination (symmetric), which needs a relay, "
+                    "and no relay is configured"
+                )
             elif isinstance(event, checks.ConsentLost):
                 self._finish("the path stopped answering (consent lost, RFC 7675)", ok=False)
 
@@ -260,7 +275,12 @@ class Call:
         self._connected.set()
         self._emit(ev.Connected("direct", remote, setup))
         loop = asyncio.get_running_loop()
-        for coro in (self._send_loop(), self._playout_loop(), self._rtcp_loop(), self._stats_loop()):
+        for coro in (
+            self._send_loop(),
+            self._playout_loop(),
+            self._rtcp_loop(),
+            self._stats_loop(),
+        ):
             self._tasks.append(loop.create_task(coro))
 
     # -- media ----------------------------------------------------------------------------
@@ -352,15 +372,17 @@ class Call:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.options.stats_interval)
-            self._emit(ev.LiveStats(
-                path=self._report.path,
-                elapsed=loop.time() - self._t_connected,
-                rtt_ms=self._report.direct.latest_rtt_ms(),
-                jitter_ms=self._rx.jitter_ms,
-                loss_pct=self._rx.loss_pct,
-                frames_sent=self._report.audio.frames_sent,
-                frames_received=self._report.audio.frames_received,
-            ))
+            self._emit(
+                ev.LiveStats(
+                    path=self._report.path,
+                    elapsed=loop.time() - self._t_connected,
+                    rtt_ms=self._report.direct.latest_rtt_ms(),
+                    jitter_ms=self._rx.jitter_ms,
+                    loss_pct=self._rx.loss_pct,
+                    frames_sent=self._report.audio.frames_sent,
+                    frames_received=self._report.audio.frames_received,
+                )
+            )
 
     # -- ending ---------------------------------------------------------------------------
     def _fail(self, message: str) -> None:

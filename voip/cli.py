@@ -38,29 +38,54 @@ def call_parser() -> argparse.ArgumentParser:
         prog="callpeer",
         description="Call PEER directly through your NAT. Other commands: callpeer demo | devices.",
         epilog="Both sides must ask for each other: `callpeer --as alice bob` and "
-               "`callpeer --as bob alice`.",
+        "`callpeer --as bob alice`.",
     )
     p.add_argument("peer", metavar="PEER", help="the name of the person to call")
-    p.add_argument("--as", dest="name", metavar="NAME",
-                   help="your name on the rendezvous (default: config 'name' or your login)")
-    p.add_argument("--server", metavar="HOST:PORT",
-                   help="the rendezvous (default: config 'server', else 127.0.0.1:3478, hosted "
-                        "in this process if none answers there)")
-    p.add_argument("--input", default="mic", metavar="SRC",
-                   help="mic (default), tone:HZ, silence, or a WAV file")
-    p.add_argument("--output", default="speaker", metavar="SINK",
-                   help="speaker (default), null, or a WAV file to write")
-    p.add_argument("--duration", type=float, metavar="SECONDS",
-                   help="hang up after this many seconds of call (default: until Ctrl-C)")
-    p.add_argument("--wait", type=float, default=120.0, metavar="SECONDS",
-                   help="how long to wait for PEER to call back (default 120)")
+    p.add_argument(
+        "--as",
+        dest="name",
+        metavar="NAME",
+        help="your name on the rendezvous (default: config 'name' or your login)",
+    )
+    p.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="the rendezvous (default: config 'server', else 127.0.0.1:3478, hosted "
+        "in this process if none answers there)",
+    )
+    p.add_argument(
+        "--input",
+        default="mic",
+        metavar="SRC",
+        help="mic (default), tone:HZ, silence, or a WAV file",
+    )
+    p.add_argument(
+        "--output",
+        default="speaker",
+        metavar="SINK",
+        help="speaker (default), null, or a WAV file to write",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help="hang up after this many seconds of call (default: until Ctrl-C)",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long to wait for PEER to call back (default 120)",
+    )
     p.add_argument("--json", metavar="PATH|-", help="write the call report as JSON (- for stdout)")
     return p
 
 
 def demo_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="callpeer demo",
-                                description="A call between two callpeers on this machine, no set-up.")
+    p = argparse.ArgumentParser(
+        prog="callpeer demo", description="A call between two callpeers on this machine, no set-up."
+    )
     p.add_argument("--duration", type=float, default=4.0, metavar="SECONDS")
     p.add_argument("--json", metavar="PATH|-", help="write the report as JSON (- for stdout)")
     return p
@@ -97,11 +122,15 @@ class Presenter:
 
     def __call__(self, event: ev.CallEvent) -> None:
         if isinstance(event, ev.Registered):
-            self._line(f"registered as {event.name}; the rendezvous sees you at "
-                       f"{format_address(event.public)}")
+            self._line(
+                f"registered as {event.name}; the rendezvous sees you at "
+                f"{format_address(event.public)}"
+            )
         elif isinstance(event, ev.Waiting):
-            self._line(f"waiting for {event.peer} to call you (they run: callpeer --as "
-                       f"{event.peer} <your name>)...")
+            self._line(
+                f"waiting for {event.peer} to call you (they run: callpeer --as "
+                f"{event.peer} <your name>)..."
+            )
             self._set_status(f"waiting for {event.peer}")
         elif isinstance(event, ev.Punching):
             cands = ", ".join(str(c) for c in event.candidates)
@@ -109,13 +138,17 @@ class Presenter:
             self._line(f"{event.peer} is calling back: punching to {cands} ({role})")
             self._set_status("punching through the NATs")
         elif isinstance(event, ev.Connected):
-            self._line(f"connected {event.path} to {event.remote} in {event.setup_ms:.0f} ms; "
-                       "audio flowing")
+            self._line(
+                f"connected {event.path} to {event.remote} in {event.setup_ms:.0f} ms; "
+                "audio flowing"
+            )
         elif isinstance(event, ev.LiveStats):
             rtt = "-" if event.rtt_ms is None else f"{event.rtt_ms:.1f} ms"
-            text = (f"{event.path} | {event.elapsed:5.1f} s | RTT {rtt} | jitter "
-                    f"{event.jitter_ms:.1f} ms | loss {event.loss_pct:.1f} % | frames "
-                    f"{event.frames_sent} sent, {event.frames_received} played")
+            text = (
+                f"{event.path} | {event.elapsed:5.1f} s | RTT {rtt} | jitter "
+                f"{event.jitter_ms:.1f} ms | loss {event.loss_pct:.1f} % | frames "
+                f"{event.frames_sent} sent, {event.frames_received} played"
+            )
             if self.console.is_terminal:
                 self._set_status(text)
             elif event.elapsed - self._last_plain >= 5.0:
@@ -145,14 +178,18 @@ def show_report(report: dict[str, Any], json_target: str | None) -> None:
 # -- commands ----------------------------------------------------------------------------
 
 
-async def _server_address(arg: str | None, config_server: str | None, err: Console
-                          ) -> tuple[Address, Any]:
+async def _server_address(
+    arg: str | None, config_server: str | None, err: Console
+) -> tuple[Address, Any]:
     text = arg or config_server
     if text is None:
         address, hosted = await find_or_host(DEFAULT_SERVER)
         if hosted is not None:
-            err.print(f"no rendezvous answered on {format_address(DEFAULT_SERVER)}; hosting one in "
-                      "this process (it lives as long as this call)", highlight=False)
+            err.print(
+                f"no rendezvous answered on {format_address(DEFAULT_SERVER)}; hosting one in "
+                "this process (it lives as long as this call)",
+                highlight=False,
+            )
         return address, hosted
     try:
         host, port = parse_address(text, default_port=3478)
@@ -183,8 +220,15 @@ async def run_call(args: argparse.Namespace) -> int:
         raise
     server, hosted = await _server_address(args.server, config.server, err)
     presenter = Presenter(err)
-    call = Call(name, args.peer, source=source, sink=sink, server=server,
-                options=CallOptions(wait_timeout=args.wait), on_event=presenter)
+    call = Call(
+        name,
+        args.peer,
+        source=source,
+        sink=sink,
+        server=server,
+        options=CallOptions(wait_timeout=args.wait),
+        on_event=presenter,
+    )
     status = EXIT_OK
     try:
         await call.start()
@@ -215,14 +259,23 @@ async def run_demo(args: argparse.Namespace) -> int:
 
     err = Console(stderr=True)
     server = await RendezvousServer().start("127.0.0.1", 0)
-    err.print(f"demo: rendezvous on udp {format_address(server.address)}; alice sends 440 Hz, "
-              f"bob sends 660 Hz, for {args.duration:g} s", highlight=False)
+    err.print(
+        f"demo: rendezvous on udp {format_address(server.address)}; alice sends 440 Hz, "
+        f"bob sends 660 Hz, for {args.duration:g} s",
+        highlight=False,
+    )
     tones = {"alice": 440.0, "bob": 660.0}
     with tempfile.TemporaryDirectory(prefix="callpeer-demo-") as tmp:
         calls = {
-            me: Call(me, peer, source=ToneSource(tones[me]), sink=WavSink(Path(tmp) / f"{me}.wav"),
-                     server=server.address, options=CallOptions(bind_host="127.0.0.1"),
-                     on_event=Presenter(err, f"{me}: ") if me == "alice" else None)
+            me: Call(
+                me,
+                peer,
+                source=ToneSource(tones[me]),
+                sink=WavSink(Path(tmp) / f"{me}.wav"),
+                server=server.address,
+                options=CallOptions(bind_host="127.0.0.1"),
+                on_event=Presenter(err, f"{me}: ") if me == "alice" else None,
+            )
             for me, peer in (("alice", "bob"), ("bob", "alice"))
         }
         try:
@@ -236,13 +289,18 @@ async def run_demo(args: argparse.Namespace) -> int:
             for call in calls.values():
                 await call.hangup()
             server.close()
-        heard = {me: round(dominant_frequency(read_wav(Path(tmp) / f"{me}.wav")[0]), 1) for me in calls}
+        heard = {
+            me: round(dominant_frequency(read_wav(Path(tmp) / f"{me}.wav")[0]), 1) for me in calls
+        }
     report = calls["alice"].report().to_dict()
     report["demo"] = {"heard_hz": heard, "sent_hz": tones, "bob": calls["bob"].report().to_dict()}
     show_report(report, args.json)
     ok = all(abs(heard[me] - tones[peer]) < 5 for me, peer in (("alice", "bob"), ("bob", "alice")))
-    err.print(f"alice heard {heard['alice']} Hz (bob sent 660), bob heard {heard['bob']} Hz "
-              f"(alice sent 440): {'both right' if ok else 'WRONG'}", highlight=False)
+    err.print(
+        f"alice heard {heard['alice']} Hz (bob sent 660), bob heard {heard['bob']} Hz "
+        f"(alice sent 440): {'both right' if ok else 'WRONG'}",
+        highlight=False,
+    )
     return EXIT_OK if ok else EXIT_FAILED
 
 

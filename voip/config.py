@@ -34,6 +34,8 @@ def load_config(path: Path | None = None) -> Config:
             raise ValueError(f"{path}: '{key}' must be a string")
     server = os.environ.get("CALLPEER_SERVER") or data.get("server")
     name = os.environ.get("CALLPEER_NAME") or data.get("name")
-    return Config(server=server if isinstance(server, str) else None,
-                  name=name if isinstance(name, str) else None,
-                  source=path if path.exists() else None)
+    return Config(
+        server=server if isinstance(server, str) else None,
+        name=name if isinstance(name, str) else None,
+        source=path if path.exists() else None,
+    )

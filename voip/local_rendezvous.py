@@ -7,7 +7,15 @@ import errno
 
 from rendezvous.server import RendezvousServer
 from voip.transport import UdpEndpoint
-from voip.wire.stun import Address, Class, Message, Method, StunError, encode, parse_message_untrusted
+from voip.wire.stun import (
+    Address,
+    Class,
+    Message,
+    Method,
+    StunError,
+    encode,
+    parse_message_untrusted,
+)
 
 DEFAULT_SERVER: Address = ("127.0.0.1", 3478)
 
@@ -57,4 +65,6 @@ async def find_or_host(server: Address = DEFAULT_SERVER) -> tuple[Address, Rende
                 raise
             continue
         return hosted.address, hosted
-    raise OSError(errno.EADDRINUSE, f"port {server[1]} is taken by something that does not answer STUN")
+    raise OSError(
+        errno.EADDRINUSE, f"port {server[1]} is taken by something that does not answer STUN"
+    )

@@ -32,8 +32,15 @@ class PathMetrics:
 
     def to_dict(self, jitter_buffer_ms: float) -> dict[str, Any]:
         if not self.available:
-            return {"available": False, "remote": self.remote, "reason": self.reason,
-                    "rtt_ms": None, "jitter_ms": None, "loss_pct": None, "mos": None}
+            return {
+                "available": False,
+                "remote": self.remote,
+                "reason": self.reason,
+                "rtt_ms": None,
+                "jitter_ms": None,
+                "loss_pct": None,
+                "mos": None,
+            }
         rtts = self.rtts_ms
         rtt: dict[str, Any] | None = None
         mos = None
@@ -132,32 +139,32 @@ def render_table(report: dict[str, Any]) -> Any:
     """A rich Table of a report dict (the JSON form, so a saved report renders the same)."""
     from rich.table import Table  # noqa: PLC0415 - only the CLI draws tables
 
-    title = (f"callpeer: {report['me']} <-> {report['peer']}, path {report['path']}, "
-             f"setup {_fmt(report['setup_ms'], ' ms')}")
+    title = (
+        f"callpeer: {report['me']} <-> {report['peer']}, path {report['path']}, "
+        f"setup {_fmt(report['setup_ms'], ' ms')}"
+    )
     table = Table(title=title, title_justify="left")
     table.add_column("")
-    paths = report["paths"]
-    for name in ("direct", "relay"):
+    names = ("direct", "relay")
+    paths = [report["paths"][n] for n in names]
+    for name in names:
         table.add_column(name, justify="right")
-    rows: list[tuple[str, str, str]] = []
 
-    def row(label: str, key: str, unit: str = "") -> None:
-        rows.append((label, *(_fmt(paths[p].get(key), unit) for p in ("direct", "relay"))))  # type: ignore[arg-type]
+    def availability(p: dict[str, Any]) -> str:
+        return "yes" if p["available"] else f"no ({p.get('reason') or '-'})"
 
-    rows.append(("available", *("yes" if paths[p]["available"] else f"no ({paths[p].get('reason') or '-'})"
-                                for p in ("direct", "relay"))))  # type: ignore[arg-type]
-    row("remote", "remote")
+    table.add_row("available", *(availability(p) for p in paths))
+    table.add_row("remote", *(_fmt(p.get("remote")) for p in paths))
     for stat in ("median", "p95"):
-        rows.append((f"RTT {stat}", *(_fmt((paths[p]["rtt_ms"] or {}).get(stat), " ms")
-                                     for p in ("direct", "relay"))))  # type: ignore[arg-type]
-    row("jitter", "jitter_ms", " ms")
-    row("loss", "loss_pct", " %")
-    row("MOS (G.107)", "mos")
-    for r in rows:
-        table.add_row(*r)
+        table.add_row(f"RTT {stat}", *(_fmt((p["rtt_ms"] or {}).get(stat), " ms") for p in paths))
+    table.add_row("jitter", *(_fmt(p.get("jitter_ms"), " ms") for p in paths))
+    table.add_row("loss", *(_fmt(p.get("loss_pct"), " %") for p in paths))
+    table.add_row("MOS (G.107)", *(_fmt(p.get("mos")) for p in paths))
     a = report["audio"]
-    table.caption = (f"audio frames: sent {a['frames_sent']}, received {a['frames_received']}, "
-                     f"concealed {a['frames_concealed']}, FEC-recovered {a['frames_recovered']}; "
-                     f"ended: {report['ended']}")
+    table.caption = (
+        f"audio frames: sent {a['frames_sent']}, received {a['frames_received']}, "
+        f"concealed {a['frames_concealed']}, FEC-recovered {a['frames_recovered']}; "
+        f"ended: {report['ended']}"
+    )
     table.caption_justify = "left"
     return table

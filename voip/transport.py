@@ -73,8 +73,12 @@ class UdpEndpoint:
 class Timer:
     """Calls `fire(now)` at the earliest deadline any sans-IO object asks for."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: Callable[[], float | None],
-                 fire: Callable[[float], None]):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        deadline: Callable[[], float | None],
+        fire: Callable[[float], None],
+    ):
         self.loop = loop
         self.deadline = deadline
         self.fire = fire
@@ -108,4 +112,3 @@ async def resolve(host: str, port: int) -> Address:
         raise OSError(f"{host!r} has no IPv4 address")
     addr = infos[0][4]
     return str(addr[0]), int(addr[1])
-

@@ -41,8 +41,13 @@ def _ctl_set(request: int) -> Any:
 
 
 class OpusEncoder:
-    def __init__(self, bitrate: int = DEFAULT_BITRATE, fec: bool = True, expected_loss_pct: int = 0,
-                 dtx: bool = False):
+    def __init__(
+        self,
+        bitrate: int = DEFAULT_BITRATE,
+        fec: bool = True,
+        expected_loss_pct: int = 0,
+        dtx: bool = False,
+    ):
         opuslib = _opuslib()
         self._enc = opuslib.Encoder(SAMPLE_RATE, 1, opuslib.APPLICATION_VOIP)
         self._enc.bitrate = bitrate

@@ -15,7 +15,9 @@ def silence(samples: int = FRAME_SAMPLES) -> Pcm:
     return np.zeros(samples, dtype=np.int16)
 
 
-def tone(freq: float, start_sample: int, samples: int = FRAME_SAMPLES, amplitude: float = 0.3) -> Pcm:
+def tone(
+    freq: float, start_sample: int, samples: int = FRAME_SAMPLES, amplitude: float = 0.3
+) -> Pcm:
     """A slice of a continuous sine: frames generated one after another join without clicks."""
     t = (np.arange(samples) + start_sample) / SAMPLE_RATE
     return np.round(np.sin(2 * np.pi * freq * t) * amplitude * 32767).astype(np.int16)
@@ -34,10 +36,10 @@ def to_mono_int16(data: npt.NDArray[np.generic], channels: int, sampwidth: int) 
 
 
 def resample(pcm: Pcm, from_rate: int, to_rate: int = SAMPLE_RATE) -> Pcm:
-    """Linear-interpolation resampling: plenty for speech into a 48 kHz call, cheap and exact-length."""
+    """Linear-interpolation resampling: enough for speech into a 48 kHz call, and cheap."""
     if from_rate == to_rate or len(pcm) == 0:
         return pcm
-    n_out = int(round(len(pcm) * to_rate / from_rate))
+    n_out = round(len(pcm) * to_rate / from_rate)
     src_t = np.arange(len(pcm)) / from_rate
     dst_t = np.arange(n_out) / to_rate
     return np.round(np.interp(dst_t, src_t, pcm.astype(np.float64))).astype(np.int16)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from voip.codecs.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm, resample, silence, to_mono_int16, tone
 
@@ -64,7 +65,12 @@ def read_wav(path: str | Path) -> tuple[Pcm, int]:
     """A WAV file as mono int16 and its rate; AudioSpecError saying why it cannot be read."""
     try:
         with wave.open(str(path), "rb") as w:
-            channels, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
+            channels, width, rate, n = (
+                w.getnchannels(),
+                w.getsampwidth(),
+                w.getframerate(),
+                w.getnframes(),
+            )
             raw = w.readframes(n)
     except FileNotFoundError as exc:
         raise AudioSpecError(f"no such WAV file: {path}") from exc
@@ -72,10 +78,13 @@ def read_wav(path: str | Path) -> tuple[Pcm, int]:
         raise AudioSpecError(f"{path} is not a readable PCM WAV file: {exc}") from exc
     except OSError as exc:
         raise AudioSpecError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    dtypes = {1: np.uint8, 2: np.dtype("<i2"), 4: np.dtype("<i4")}
-    if width not in dtypes:
+    if width not in (1, 2, 4):
         raise AudioSpecError(f"{path}: {8 * width}-bit samples are not supported (8, 16, 32)")
-    data = np.frombuffer(raw[: len(raw) - len(raw) % (width * channels)], dtype=dtypes[width])
+    usable = raw[: len(raw) - len(raw) % (width * channels)]
+    if width == 1:
+        data: npt.NDArray[np.generic] = np.frombuffer(usable, dtype=np.uint8)
+    else:
+        data = np.frombuffer(usable, dtype="<i2" if width == 2 else "<i4")
     return to_mono_int16(data, channels, width), rate
 
 

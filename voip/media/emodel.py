@@ -29,8 +29,9 @@ def delay_impairment(one_way_ms: float) -> float:
     return 0.024 * d + (0.11 * (d - 177.3) if d > 177.3 else 0.0)
 
 
-def effective_equipment_impairment(loss_pct: float, ie: float = IE_CODEC, bpl: float = BPL_CODEC,
-                                   burst_r: float = 1.0) -> float:
+def effective_equipment_impairment(
+    loss_pct: float, ie: float = IE_CODEC, bpl: float = BPL_CODEC, burst_r: float = 1.0
+) -> float:
     ppl = max(0.0, min(100.0, loss_pct))
     return ie + (95.0 - ie) * ppl / (ppl / burst_r + bpl)
 
@@ -47,8 +48,12 @@ def mos_from_r(r: float) -> float:
     return 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r)
 
 
-def mos(network_one_way_ms: float, loss_pct: float, jitter_buffer_ms: float,
-        codec_delay_ms: float = OPUS_ALGORITHMIC_DELAY_MS) -> float:
+def mos(
+    network_one_way_ms: float,
+    loss_pct: float,
+    jitter_buffer_ms: float,
+    codec_delay_ms: float = OPUS_ALGORITHMIC_DELAY_MS,
+) -> float:
     """MOS for a path: effective delay = network one way + jitter buffer + codec (G.107 Ta)."""
     effective = network_one_way_ms + jitter_buffer_ms + codec_delay_ms
     return round(mos_from_r(r_factor(effective, loss_pct)), 2)

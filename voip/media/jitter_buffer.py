@@ -48,7 +48,9 @@ class FixedJitterBuffer:
         if ext_seq >= self._next_seq + self.capacity:
             # Far ahead of playout (the sender jumped, or we stalled): skip forward to it.
             self.overflow += 1
-            self._packets = {s: p for s, p in self._packets.items() if s >= ext_seq - self.capacity // 2}
+            self._packets = {
+                s: p for s, p in self._packets.items() if s >= ext_seq - self.capacity // 2
+            }
             self._next_seq = min([ext_seq, *self._packets])
         self._packets[ext_seq] = payload
         return True

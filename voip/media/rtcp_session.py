@@ -118,11 +118,13 @@ class RtcpSession:
             for block in pkt.reports:
                 if block.ssrc != self.sender.ssrc:
                     continue
-                events.append(PeerReceptionReport(
-                    fraction_lost=block.fraction_lost / 256.0,
-                    cumulative_lost=block.cumulative_lost,
-                    jitter_ms=1000.0 * block.jitter / self.receiver.clock_rate,
-                ))
+                events.append(
+                    PeerReceptionReport(
+                        fraction_lost=block.fraction_lost / 256.0,
+                        cumulative_lost=block.cumulative_lost,
+                        jitter_ms=1000.0 * block.jitter / self.receiver.clock_rate,
+                    )
+                )
                 if block.lsr:
                     arrival = ntp_middle32(self._ntp(now))
                     rtt_units = (arrival - block.lsr - block.dlsr) & 0xFFFFFFFF

@@ -24,7 +24,9 @@ class RtpSender:
     octet_count: int = 0
 
     def packetize(self, payload: bytes, samples: int, marker: bool = False) -> RtpPacket:
-        pkt = RtpPacket(self.payload_type, self.sequence, self.timestamp, self.ssrc, payload, marker)
+        pkt = RtpPacket(
+            self.payload_type, self.sequence, self.timestamp, self.ssrc, payload, marker
+        )
         self.sequence = (self.sequence + 1) % RTP_SEQ_MOD
         self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF
         self.packet_count += 1
@@ -68,16 +70,15 @@ class RtpReceiverStats:
                 # duplicate or reordered: counted as received (A.3 semantics), not a new maximum
                 if udelta == 0:
                     self.duplicates_or_late += 1
-            else:  # a very large jump: accept it as a restart only after two in a row (A.1)
-                if seq == self._bad_seq:
-                    self.base_seq = self.max_seq = seq
-                    self.cycles = 0
-                    self.received = 0
-                    self._expected_prior = self._received_prior = 0
-                    self._transit = None
-                else:
-                    self._bad_seq = (seq + 1) % RTP_SEQ_MOD
-                    return None
+            elif seq == self._bad_seq:
+                self.base_seq = self.max_seq = seq
+                self.cycles = 0
+                self.received = 0
+                self._expected_prior = self._received_prior = 0
+                self._transit = None
+            else:
+                self._bad_seq = (seq + 1) % RTP_SEQ_MOD
+                return None
         self.received += 1
         self._update_jitter(pkt.timestamp, arrival)
         return self.extended_seq_of(seq)

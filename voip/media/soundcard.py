@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 from typing import Any
 
@@ -37,8 +38,9 @@ def list_devices() -> str:
 def _open(kind: str, **kwargs: Any) -> Any:
     sd = _sounddevice()
     try:
-        stream = getattr(sd, kind)(samplerate=SAMPLE_RATE, channels=1, dtype="int16",
-                                   blocksize=FRAME_SAMPLES, **kwargs)
+        stream = getattr(sd, kind)(
+            samplerate=SAMPLE_RATE, channels=1, dtype="int16", blocksize=FRAME_SAMPLES, **kwargs
+        )
         stream.start()
     except Exception as exc:  # sd.PortAudioError and ValueError for a missing default device
         what = "microphone" if kind == "InputStream" else "speaker"
@@ -54,10 +56,11 @@ class MicSource:
         self._stream = _open("InputStream", callback=self._callback)
 
     def _callback(self, indata: Any, frames: int, time: Any, status: Any) -> None:
-        try:
+        if self._frames.full():  # the sender stalled: drop the oldest audio, keep latency low
+            with contextlib.suppress(queue.Empty):
+                self._frames.get_nowait()
+        with contextlib.suppress(queue.Full):
             self._frames.put_nowait(np.array(indata[:, 0], dtype=np.int16))
-        except queue.Full:
-            pass  # the sender stalled; dropping the oldest audio is the phone-like choice
 
     def read(self) -> Pcm:
         try:
@@ -85,10 +88,8 @@ class SpeakerSink:
         outdata[:, 0] = pcm[:frames] if len(pcm) >= frames else np.pad(pcm, (0, frames - len(pcm)))
 
     def write(self, pcm: Pcm) -> None:
-        try:
+        with contextlib.suppress(queue.Full):
             self._frames.put_nowait(pcm)
-        except queue.Full:
-            pass
 
     def close(self) -> None:
         self._stream.stop()

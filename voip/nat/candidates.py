@@ -25,7 +25,9 @@ TYPE_PREFERENCE = {
 }
 
 
-def candidate_priority(kind: CandidateType, local_preference: int = 65535, component: int = 1) -> int:
+def candidate_priority(
+    kind: CandidateType, local_preference: int = 65535, component: int = 1
+) -> int:
     """RFC 8445 §5.1.2.1: 2^24 * type pref + 2^8 * local pref + (256 - component ID)."""
     return (TYPE_PREFERENCE[kind] << 24) + (local_preference << 8) + (256 - component)
 
@@ -43,7 +45,9 @@ class Candidate:
     priority: int
 
     @classmethod
-    def make(cls, kind: CandidateType, address: Address, local_preference: int = 65535) -> Candidate:
+    def make(
+        cls, kind: CandidateType, address: Address, local_preference: int = 65535
+    ) -> Candidate:
         return cls(kind, address, candidate_priority(kind, local_preference))
 
     def __str__(self) -> str:
@@ -55,8 +59,13 @@ def format_address(addr: Address) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def parse_address(text: str, default_port: int | None = None) -> Address:
-    """'host:port', '[v6]:port' or (with a default port) a bare IP; raises ValueError clearly."""
+def parse_address(
+    text: str, default_port: int | None = None, allow_any_port: bool = False
+) -> Address:
+    """'host:port', '[v6]:port' or (with a default port) a bare IP; raises ValueError clearly.
+
+    `allow_any_port` accepts port 0, "any free port", which only makes sense for listening.
+    """
     text = text.strip()
     host, sep, port_text = text.rpartition(":")
     if text.startswith("["):
@@ -73,8 +82,9 @@ def parse_address(text: str, default_port: int | None = None) -> Address:
             raise ValueError(f"bad address {text!r}: expected HOST:PORT")
         port = default_port
     else:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"bad address {text!r}: port must be 1-65535")
+        lowest = 0 if allow_any_port else 1
+        if not port_text.isdigit() or not lowest <= int(port_text) < 65536:
+            raise ValueError(f"bad address {text!r}: port must be {lowest}-65535")
         port = int(port_text)
     return host, port
 

@@ -218,7 +218,9 @@ class ConnectivityChecks:
         pair = max(waiting, key=lambda p: p.priority)
         return [self._check(pair.remote.address, now, nominate=False)]
 
-    def _check(self, remote: Address, now: float, *, nominate: bool, consent: bool = False) -> Transmit:
+    def _check(
+        self, remote: Address, now: float, *, nominate: bool, consent: bool = False
+    ) -> Transmit:
         role_attr = Attr.ICE_CONTROLLING if self.controlling else Attr.ICE_CONTROLLED
         attrs = [
             (Attr.USERNAME, text(f"{self.remote_ufrag}:{self.local_ufrag}")),
@@ -229,8 +231,15 @@ class ConnectivityChecks:
             attrs.append((Attr.USE_CANDIDATE, b""))
         req = Message(Method.BINDING, Class.REQUEST, attributes=tuple(attrs))
         data = encode(req, integrity_key=self.remote_pwd.encode(), fingerprint=True)
-        txn = Transaction(req.transaction_id, data, remote, _CheckCtx(remote, nominate, consent),
-                          rto=CHECK_RTO, rc=CHECK_RC, rm=CHECK_RM)
+        txn = Transaction(
+            req.transaction_id,
+            data,
+            remote,
+            _CheckCtx(remote, nominate, consent),
+            rto=CHECK_RTO,
+            rc=CHECK_RC,
+            rm=CHECK_RM,
+        )
         if not consent:
             self.pairs[remote].state = PairState.IN_PROGRESS
         return self._txns.start(now, txn), remote
@@ -251,14 +260,20 @@ class ConnectivityChecks:
         peer_controlling = msg.u64(Attr.ICE_CONTROLLING)
         if peer_controlling is not None and self.controlling:
             if self.tiebreaker >= peer_controlling:
-                reply = msg.reply(Class.ERROR, [(Attr.ERROR_CODE, encode_error_code(487, "Role Conflict"))])
-                return [(encode(reply, integrity_key=self.local_pwd.encode(), fingerprint=True), src)]
+                reply = msg.reply(
+                    Class.ERROR, [(Attr.ERROR_CODE, encode_error_code(487, "Role Conflict"))]
+                )
+                return [
+                    (encode(reply, integrity_key=self.local_pwd.encode(), fingerprint=True), src)
+                ]
             self.controlling = False
         pair = self.pairs.get(src)
         if pair is None:  # peer-reflexive: the peer's NAT mapped it to an address nobody told us
             prio = msg.u32(Attr.PRIORITY) or candidate_priority(CandidateType.PRFLX)
             pair = self._add_pair(Candidate(CandidateType.PRFLX, src, prio))
-        reply = msg.reply(Class.SUCCESS, [(Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id))])
+        reply = msg.reply(
+            Class.SUCCESS, [(Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id))]
+        )
         out.append((encode(reply, integrity_key=self.local_pwd.encode(), fingerprint=True), src))
         if self.selected is not None and self.selected.remote.address == src:
             self._last_consent = now
@@ -275,7 +290,9 @@ class ConnectivityChecks:
             self._maybe_nominate(now, out)
         return out
 
-    def _on_response(self, msg: Message, src: Address, txn: Transaction[_CheckCtx], now: float) -> None:
+    def _on_response(
+        self, msg: Message, src: Address, txn: Transaction[_CheckCtx], now: float
+    ) -> None:
         ctx = txn.context
         pair = self.pairs[ctx.remote]
         if not self._authentic(msg, self.remote_pwd):
@@ -319,7 +336,9 @@ class ConnectivityChecks:
     def _maybe_nominate(self, now: float, out: list[Transmit]) -> None:
         if not self.controlling or self._nominating is not None or self._first_valid_at is None:
             return
-        pending = any(p.state in (PairState.WAITING, PairState.IN_PROGRESS) for p in self.pairs.values())
+        pending = any(
+            p.state in (PairState.WAITING, PairState.IN_PROGRESS) for p in self.pairs.values()
+        )
         if pending and now < self._first_valid_at + NOMINATE_AFTER:
             return
         valid = [p for p in self.pairs.values() if p.valid]

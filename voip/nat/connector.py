@@ -35,14 +35,29 @@ class Introduced:
 
 
 ConnectorEvent = (
-    Registered | Refused | Unreachable | Introduced | PeerTimeout
-    | checks.PathSelected | checks.RttSample | checks.ChecksFailed | checks.ConsentLost
+    Registered
+    | Refused
+    | Unreachable
+    | Introduced
+    | PeerTimeout
+    | checks.PathSelected
+    | checks.RttSample
+    | checks.ChecksFailed
+    | checks.ConsentLost
 )
 
 
 class Connector:
-    def __init__(self, name: str, peer: str, server: Address, host_candidates: tuple[Candidate, ...],
-                 *, wait_timeout: float = 120.0, punch_timeout: float = 10.0):
+    def __init__(
+        self,
+        name: str,
+        peer: str,
+        server: Address,
+        host_candidates: tuple[Candidate, ...],
+        *,
+        wait_timeout: float = 120.0,
+        punch_timeout: float = 10.0,
+    ):
         self.signal = RendezvousClient(name, peer, server, host_candidates)
         self.checks: checks.ConnectivityChecks | None = None
         self.wait_timeout = wait_timeout
@@ -70,8 +85,11 @@ class Connector:
         return events
 
     def next_deadline(self) -> float | None:
-        times = [self.signal.next_deadline(), self._wait_deadline,
-                 self.checks.next_deadline() if self.checks else None]
+        times = [
+            self.signal.next_deadline(),
+            self._wait_deadline,
+            self.checks.next_deadline() if self.checks else None,
+        ]
         return min((t for t in times if t is not None), default=None)
 
     def poll(self, now: float) -> list[Transmit]:
@@ -105,9 +123,13 @@ class Connector:
                 self._wait_deadline = None
                 ready = event.ready
                 self.checks = checks.ConnectivityChecks(
-                    local_ufrag=ready.local_ufrag, local_pwd=ready.local_pwd,
-                    remote_ufrag=ready.remote_ufrag, remote_pwd=ready.remote_pwd,
-                    controlling=ready.controlling, remote_candidates=ready.candidates, now=now,
+                    local_ufrag=ready.local_ufrag,
+                    local_pwd=ready.local_pwd,
+                    remote_ufrag=ready.remote_ufrag,
+                    remote_pwd=ready.remote_pwd,
+                    controlling=ready.controlling,
+                    remote_candidates=ready.candidates,
+                    now=now,
                     timeout=self.punch_timeout,
                 )
                 self._events.append(Introduced(ready))
@@ -115,5 +137,6 @@ class Connector:
             else:
                 self._events.append(event)
         if self.checks is not None:
-            self._events += [e for e in self.checks.pop_events() if not isinstance(e, checks.PairValid)]
-
+            self._events += [
+                e for e in self.checks.pop_events() if not isinstance(e, checks.PairValid)
+            ]

@@ -17,6 +17,10 @@ def host_ipv4_addresses() -> list[str]:
         if ifname in stats and not stats[ifname].isup:
             continue
         for a in addrs:
-            if a.family == socket.AF_INET and is_usable_host_ip(a.address) and a.address not in found:
+            if (
+                a.family == socket.AF_INET
+                and is_usable_host_ip(a.address)
+                and a.address not in found
+            ):
                 found.append(a.address)
     return found

@@ -1,4 +1,4 @@
-"""Client side of rendezvous signalling: register, keep the name alive, receive the peer (sans-IO)."""
+"""Client side of rendezvous signalling: register, keep the name, get the peer (sans-IO)."""
 
 from __future__ import annotations
 
@@ -53,9 +53,11 @@ SignalEvent = Registered | Refused | Unreachable | GotPeer
 
 
 class RendezvousClient:
-    """Registers `name` asking for `peer`, refreshes before the lifetime ends, answers PEER-READY."""
+    """Registers `name` asking for `peer`, refreshes before expiry, answers PEER-READY."""
 
-    def __init__(self, name: str, peer: str, server: Address, host_candidates: tuple[Candidate, ...]):
+    def __init__(
+        self, name: str, peer: str, server: Address, host_candidates: tuple[Candidate, ...]
+    ):
         self.name = name
         self.peer: str | None = peer
         self.server = server
@@ -115,8 +117,15 @@ class RendezvousClient:
     def _register(self, now: float) -> Transmit:
         req = Register(self.name, self.peer, self.host_candidates).to_message()
         data = encode(req, fingerprint=True)
-        txn = Transaction(req.transaction_id, data, self.server, "register",
-                          rto=SIGNAL_RTO, rc=SIGNAL_RC, rm=SIGNAL_RM)
+        txn = Transaction(
+            req.transaction_id,
+            data,
+            self.server,
+            "register",
+            rto=SIGNAL_RTO,
+            rc=SIGNAL_RC,
+            rm=SIGNAL_RM,
+        )
         return self._txns.start(now, txn), self.server
 
     def _on_register_answer(self, msg: Message, now: float) -> None:

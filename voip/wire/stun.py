@@ -226,7 +226,9 @@ def decode_xor_address(value: bytes, transaction_id: bytes) -> Address:
     if len(value) < 4:
         raise StunError("XOR address attribute too short")
     key = _xor_key(transaction_id)
-    plain = value[:2] + struct.pack("!H", struct.unpack_from("!H", value, 2)[0] ^ (MAGIC_COOKIE >> 16))
+    plain = value[:2] + struct.pack(
+        "!H", struct.unpack_from("!H", value, 2)[0] ^ (MAGIC_COOKIE >> 16)
+    )
     plain += bytes(a ^ b for a, b in zip(value[4:], key, strict=False))
     return decode_address(plain)
 

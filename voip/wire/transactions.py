@@ -93,9 +93,7 @@ class TransactionTable(Generic[T]):
     def next_deadline(self) -> float | None:
         return min((t.deadline for t in self._pending.values()), default=None)
 
-    def poll(
-        self, now: float
-    ) -> tuple[list[tuple[bytes, Address]], list[Transaction[T]]]:
+    def poll(self, now: float) -> tuple[list[tuple[bytes, Address]], list[Transaction[T]]]:
         """(datagrams to resend, transactions that timed out) as of `now`."""
         resend: list[tuple[bytes, Address]] = []
         failed: list[Transaction[T]] = []
