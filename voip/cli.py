@@ -101,6 +101,7 @@ class Presenter:
         self.console = console
         self.label = label
         self._status: Any = None
+        self._name = "<your name>"
         self._last_plain = 0.0
 
     def _line(self, text: str) -> None:
@@ -122,6 +123,7 @@ class Presenter:
 
     def __call__(self, event: ev.CallEvent) -> None:
         if isinstance(event, ev.Registered):
+            self._name = event.name
             self._line(
                 f"registered as {event.name}; the rendezvous sees you at "
                 f"{format_address(event.public)}"
@@ -129,7 +131,7 @@ class Presenter:
         elif isinstance(event, ev.Waiting):
             self._line(
                 f"waiting for {event.peer} to call you (they run: callpeer --as "
-                f"{event.peer} <your name>)..."
+                f"{event.peer} {self._name})..."
             )
             self._set_status(f"waiting for {event.peer}")
         elif isinstance(event, ev.Punching):
