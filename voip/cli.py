@@ -137,7 +137,7 @@ class Presenter:
         elif isinstance(event, ev.Punching):
             cands = ", ".join(str(c) for c in event.candidates)
             role = "controlling" if event.controlling else "controlled"
-            self._line(f"{event.peer} is calling back: punching to {cands} ({role})")
+            self._line(f"found {event.peer}: punching to {cands} ({role})")
             self._set_status("punching through the NATs")
         elif isinstance(event, ev.Connected):
             self._line(
