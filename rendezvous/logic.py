@@ -162,7 +162,8 @@ class RendezvousLogic:
                 msg,
                 src,
                 ERR_NAME_TAKEN,
-                f"Name Taken: {req.name!r} is in use by a live client at another address",
+                f"Name Taken: {req.name!r} is in use by a live client at another address; it "
+                f"is freed {self.registry.lifetime:.0f} s after that client stops refreshing",
             )
         self.stats["register"] += 1
         peer = self.registry.match(req.name, now)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -232,3 +233,36 @@ def test_python_m_rendezvous_answers_stun(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_sigterm_hangs_up_and_frees_the_name(tmp_path: Path, rendezvous: str) -> None:
+    args = [
+        "--as",
+        "alice",
+        "bob",
+        "--server",
+        rendezvous,
+        "--input",
+        "silence",
+        "--output",
+        "null",
+    ]
+    proc = subprocess.Popen(
+        [str(BIN / "callpeer"), *args, "--wait", "60"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(tmp_path),
+        cwd=tmp_path,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "waiting for bob" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(10) == 128 + signal.SIGTERM
+    assert "call ended: hung up" in rest
+    # Without LEAVE the name would stay held for the 30 s lifetime and this would get 409.
+    again = callpeer(*args, "--wait", "1", tmp_path=tmp_path)
+    assert again.returncode == 1
+    assert "did not call back" in again.stderr and "409" not in again.stderr

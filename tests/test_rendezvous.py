@@ -269,3 +269,29 @@ def test_client_reports_refusal_and_unreachable_server() -> None:
     [unreachable] = lonely.pop_events()
     assert isinstance(unreachable, Unreachable)
     assert sends == 6 and unreachable.waited == pytest.approx(9.75)  # RTO 0.25 s, Rc 6, Rm 8
+
+
+def test_client_keeps_retrying_after_a_refresh_goes_unanswered() -> None:
+    logic = RendezvousLogic(lifetime=30)
+    client = RendezvousClient("alice", "bob", SERVER, ())
+    for msg, _ in _answer(logic, client.start(0.0), A, 0.0):
+        client.handle(msg, SERVER, 0.0)
+    client.pop_events()
+    # The server goes away: the refresh at 10 s is never answered.
+    now, sent = 0.0, 0
+    while now < 40.0:
+        deadline = client.next_deadline()
+        assert deadline is not None, "the client gave up on its name"
+        now = deadline
+        sent += len(client.poll(now))
+    assert sent >= 10  # it went on trying, not one attempt and silence
+    assert any(isinstance(e, Unreachable) for e in client.pop_events())
+    # A restarted server hears from the client again without anyone doing anything.
+    revived = RendezvousLogic(lifetime=30)
+    out: list[tuple[bytes, tuple[str, int]]] = []
+    while not out:
+        now = client.next_deadline() or now
+        out = client.poll(now)
+    replies = _answer(revived, out, A, now)
+    assert replies and replies[0][0].cls == Class.SUCCESS
+    assert revived.registry.get("alice", now) is not None

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
+import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +224,8 @@ async def run_call(args: argparse.Namespace) -> int:
         source.close()
         raise
     server, hosted = await _server_address(args.server, config.server, err)
+    if hosted is None:
+        err.print(f"contacting the rendezvous at {format_address(server)}...", highlight=False)
     presenter = Presenter(err)
     call = Call(
         name,
@@ -313,6 +318,18 @@ def run_devices() -> int:
     return EXIT_OK
 
 
+async def _hang_up_on_sigterm(coro: Coroutine[Any, Any, int]) -> int:
+    """Run a command so that SIGTERM, like Ctrl-C, hangs up properly (BYE, name released)."""
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError):  # no signal handlers on some platforms
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return 128 + signal.SIGTERM
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     err = Console(stderr=True)
@@ -320,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "devices":
             return run_devices()
         if argv and argv[0] == "demo":
-            return asyncio.run(run_demo(demo_parser().parse_args(argv[1:])))
-        return asyncio.run(run_call(call_parser().parse_args(argv)))
+            return asyncio.run(_hang_up_on_sigterm(run_demo(demo_parser().parse_args(argv[1:]))))
+        return asyncio.run(_hang_up_on_sigterm(run_call(call_parser().parse_args(argv))))
     except (UsageError, AudioSpecError, ValueError) as exc:
         err.print(f"callpeer: {exc}", highlight=False, style="red")
         return EXIT_USAGE

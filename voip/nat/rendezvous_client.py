@@ -23,6 +23,7 @@ Transmit = tuple[bytes, Address]
 SIGNAL_RTO = 0.25  # first retransmission; a rendezvous is one round trip away, not a satellite
 SIGNAL_RC = 6  # sends before giving up: the last at 7.75 s, failure declared at 9.75 s
 SIGNAL_RM = 8
+RETRY_AFTER_UNREACHABLE = 2.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,10 @@ class RendezvousClient:
         out += resend
         for txn in failed:
             self._events.append(Unreachable(self.server, now - txn.started))
+            if self.mapped is not None and not self._closed:
+                # Registered before, so the server was there: it may be restarting. Keep trying,
+                # or the name lapses and a peer who calls later never finds us.
+                self._refresh_at = now + RETRY_AFTER_UNREACHABLE
         if self._refresh_at is not None and now >= self._refresh_at and not self._closed:
             self._refresh_at = None
             out.append(self._register(now))
