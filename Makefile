@@ -3,12 +3,20 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSLIBS := libopus0 libportaudio2
+# Opus and PortAudio for calls; iproute2, nftables and ethtool for the lab; espeak-ng for speech.
+SYSLIBS := libopus0 libportaudio2 iproute2 nftables ethtool espeak-ng
 
 .PHONY: demo test lint sys-deps venv clean
 
+# The lab (real NATs in network namespaces) needs Linux and root; elsewhere, the loopback demo.
 demo: $(STAMP)
-	$(BIN)/callpeer demo
+	@reason=$$($(BIN)/python -c 'from voip.lab.netns import lab_unavailable_reason as r; print(r() or "")'); \
+	if [ -z "$$reason" ]; then \
+		echo "running callpeer lab: alice and bob behind two NAT routers"; $(BIN)/callpeer lab; \
+	else \
+		echo "callpeer lab cannot run here ($$reason); running callpeer demo on loopback instead"; \
+		$(BIN)/callpeer demo; \
+	fi
 
 test: $(STAMP)
 	$(BIN)/ruff check .

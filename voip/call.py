@@ -256,9 +256,10 @@ class Call:
                 tried = ", ".join(str(c) for c in event.tried)
                 self._report.direct.reason = event.reason
                 self._fail(
-                    f"could not reach {self.peer} directly: {event.reason} (tried {tried}); "
-                    "both NATs may map per destination (symmetric), which needs a relay, "
-                    "and no relay is configured"
+                    f"could not reach {self.peer} directly: {event.reason} (tried {tried}). "
+                    "Punching cannot work when one NAT maps per destination (symmetric) and "
+                    "the other filters by port, or both map per destination; that needs a "
+                    "relay, and none is configured"
                 )
             elif isinstance(event, checks.ConsentLost):
                 self._finish("the path stopped answering (consent lost, RFC 7675)", ok=False)

@@ -19,6 +19,7 @@ from voip import events as ev
 from voip.call import Call, CallError, CallOptions
 from voip.codecs.opus import CodecUnavailable
 from voip.config import load_config
+from voip.lab.netns import LabError
 from voip.local_rendezvous import DEFAULT_SERVER, find_or_host
 from voip.media.audio_io import AudioSpecError, open_sink, open_source
 from voip.media.soundcard import SoundcardUnavailable
@@ -29,7 +30,6 @@ from voip.wire.signal import check_name
 from voip.wire.stun import Address
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-SUBCOMMANDS = ("demo", "devices")
 
 
 class UsageError(Exception):
@@ -39,7 +39,7 @@ class UsageError(Exception):
 def call_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="callpeer",
-        description="Call PEER directly through your NAT. Other commands: callpeer demo | devices.",
+        description="Call PEER directly through your NAT. Also: callpeer demo | lab | devices.",
         epilog="Both sides must ask for each other: `callpeer --as alice bob` and "
         "`callpeer --as bob alice`.",
     )
@@ -207,7 +207,7 @@ async def _server_address(
 
 
 async def run_call(args: argparse.Namespace) -> int:
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     config = load_config()
     name = args.name or config.name or getpass.getuser()
     try:
@@ -264,7 +264,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     from voip.codecs.pcm import dominant_frequency  # noqa: PLC0415
     from voip.media.audio_io import ToneSource, WavSink, read_wav  # noqa: PLC0415
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     server = await RendezvousServer().start("127.0.0.1", 0)
     err.print(
         f"demo: rendezvous on udp {format_address(server.address)}; alice sends 440 Hz, "
@@ -332,17 +332,21 @@ async def _hang_up_on_sigterm(coro: Coroutine[Any, Any, int]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         if argv and argv[0] == "devices":
             return run_devices()
+        if argv and argv[0] == "lab":
+            from voip.lab.cli import lab_parser, run_lab  # noqa: PLC0415 - Linux and root only
+
+            return run_lab(lab_parser().parse_args(argv[1:]))
         if argv and argv[0] == "demo":
             return asyncio.run(_hang_up_on_sigterm(run_demo(demo_parser().parse_args(argv[1:]))))
         return asyncio.run(_hang_up_on_sigterm(run_call(call_parser().parse_args(argv))))
     except (UsageError, AudioSpecError, ValueError) as exc:
         err.print(f"callpeer: {exc}", highlight=False, style="red")
         return EXIT_USAGE
-    except (SoundcardUnavailable, CodecUnavailable) as exc:
+    except (SoundcardUnavailable, CodecUnavailable, LabError) as exc:
         err.print(f"callpeer: {exc}", highlight=False, style="red")
         return EXIT_FAILED
     except OSError as exc:
@@ -350,3 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -38,7 +38,11 @@ TA = 0.05  # RFC 8445 §14.2: pace new checks 50 ms apart
 CHECK_RTO = 0.2  # lower than RFC 8445's 500 ms floor: one pair per candidate, a handful in all
 CHECK_RC = 7
 CHECK_RM = 8
-NOMINATE_AFTER = 0.2  # after the first valid pair, wait this long for a faster one to prove itself
+NOMINATE_AFTER = 0.2  # longest wait, after the first valid pair, for a faster one to prove itself
+# A pair still unanswered this long after its first check, relative to the best RTT seen, cannot
+# beat the best: 1.5 x RTT plus a little for the peer's scheduling.
+HOPELESS_FACTOR = 1.5
+HOPELESS_MARGIN = 0.005
 CONSENT_INTERVAL = 2.0  # RFC 7675 says 5 s +-20 %; checks also give the path's RTT, so more often
 CONSENT_TIMEOUT = 30.0  # RFC 7675 §5.1: no answer for 30 s and consent has expired
 
@@ -59,6 +63,7 @@ class Pair:
     peer_nominated: bool = False  # that check carried USE-CANDIDATE
     rtt: float | None = None
     mapped: Address | None = None  # our address as the peer saw it
+    first_check_at: float | None = None
 
     @property
     def valid(self) -> bool:
@@ -150,6 +155,8 @@ class ConnectivityChecks:
             times.append(t)
         if self._next_consent is not None:
             times.append(self._next_consent)
+        if (t := self._nomination_time()) is not None:
+            times.append(t)
         return min(times)
 
     def owns(self, transaction_id: bytes) -> bool:
@@ -241,7 +248,10 @@ class ConnectivityChecks:
             rm=CHECK_RM,
         )
         if not consent:
-            self.pairs[remote].state = PairState.IN_PROGRESS
+            pair = self.pairs[remote]
+            pair.state = PairState.IN_PROGRESS
+            if pair.first_check_at is None:
+                pair.first_check_at = now
         return self._txns.start(now, txn), remote
 
     # -- receiving ------------------------------------------------------------------------
@@ -333,17 +343,31 @@ class ConnectivityChecks:
         if not self.controlling and pair.peer_nominated and self.selected is None:
             self._select(pair, now)
 
-    def _maybe_nominate(self, now: float, out: list[Transmit]) -> None:
+    def _nomination_time(self) -> float | None:
+        """When the controlling side should nominate: once no pair left could beat the best
+        valid one (all checked, and each unanswered one slower than the best), at the latest
+        NOMINATE_AFTER after the first valid pair."""
         if not self.controlling or self._nominating is not None or self._first_valid_at is None:
-            return
-        pending = any(
-            p.state in (PairState.WAITING, PairState.IN_PROGRESS) for p in self.pairs.values()
-        )
-        if pending and now < self._first_valid_at + NOMINATE_AFTER:
+            return None
+        rtts = [p.rtt for p in self.pairs.values() if p.valid and p.rtt is not None]
+        if not rtts:
+            return None
+        latest = self._first_valid_at + NOMINATE_AFTER
+        if any(p.state == PairState.WAITING for p in self.pairs.values()):
+            return latest
+        patience = HOPELESS_FACTOR * min(rtts) + HOPELESS_MARGIN
+        hopeless_at = [
+            p.first_check_at + patience
+            for p in self.pairs.values()
+            if p.state == PairState.IN_PROGRESS and p.first_check_at is not None
+        ]
+        return min(latest, max(hopeless_at, default=self._first_valid_at))
+
+    def _maybe_nominate(self, now: float, out: list[Transmit]) -> None:
+        when = self._nomination_time()
+        if when is None or now < when:
             return
         valid = [p for p in self.pairs.values() if p.valid]
-        if not valid:
-            return
         best = min(valid, key=lambda p: (p.rtt or 0.0, -p.priority))
         self._nominating = best.remote.address
         out.append(self._check(best.remote.address, now, nominate=True))

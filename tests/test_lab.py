@@ -1,0 +1,204 @@
+"""The network lab: real Linux NATs in namespaces, the emulated internet, and the NAT matrix.
+
+These need root and Linux (network namespaces, veth, nftables); elsewhere they skip, saying so.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from voip.codecs.pcm import dominant_frequency
+from voip.lab.nat import NAT_KINDS
+from voip.lab.netns import lab_unavailable_reason, list_namespaces, run
+from voip.lab.scenario import run_lab_call
+from voip.lab.topology import PREFIX, SERVER_IP, Lab, LabConfig, remove_leftovers
+from voip.media.audio_io import read_wav
+
+REASON = lab_unavailable_reason()
+pytestmark = [pytest.mark.skipif(REASON is not None, reason=REASON or ""), pytest.mark.slow]
+
+ECHO_SERVER = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 9000))
+print("ready", flush=True)
+while True:
+    data, addr = s.recvfrom(2000)
+    if data.startswith(b"later:"):  # answer after a pause, to the mapping we saw
+        time.sleep(float(data[6:].decode()))
+    s.sendto(repr(addr).encode(), addr)
+"""
+
+PROBE = """
+import json, socket, sys, time
+count, payload, timeout = int(sys.argv[1]), sys.argv[2].encode(), float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(timeout)
+rtts, lost = [], 0
+for i in range(count):
+    t = time.perf_counter()
+    s.sendto(payload, ("203.0.113.10", 9000))
+    try:
+        s.recv(200)
+        rtts.append((time.perf_counter() - t) * 1000)
+    except TimeoutError:
+        lost += 1
+print(json.dumps({"rtts": rtts, "lost": lost}))
+"""
+
+
+def echo(lab: Lab) -> None:
+    proc = lab.start("server", [sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+
+
+def probe(lab: Lab, count: int, payload: str = "ping", timeout: float = 0.5) -> dict[str, object]:
+    out = lab.run("a", [sys.executable, "-c", PROBE, str(count), payload, str(timeout)])
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+# -- the emulated internet ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delay_ms", [20.0, 60.0])
+def test_configured_delay_shows_in_measured_rtt(delay_ms: float) -> None:
+    with Lab(LabConfig(nat_a="cone", delay_a=delay_ms)) as lab:
+        echo(lab)
+        result = probe(lab, 30)
+    rtts = result["rtts"]
+    assert isinstance(rtts, list) and len(rtts) == 30
+    median = statistics.median(rtts[1:])  # the first waits for ARP
+    # A round trip crosses a's link once (delay on the way in) and the server's (0 ms) once.
+    assert delay_ms <= median <= delay_ms + 3.0, median
+
+
+def test_loss_and_jitter_are_applied() -> None:
+    with Lab(LabConfig(nat_a="cone", delay_a=10, jitter=20, loss=25, seed=7)) as lab:
+        echo(lab)
+        result = probe(lab, 200, timeout=0.3)
+    lost, rtts = result["lost"], result["rtts"]
+    assert isinstance(lost, int) and isinstance(rtts, list)
+    assert 0.15 <= lost / 200 <= 0.35, lost  # 25 % on the way back to a
+    assert min(rtts) >= 10 and max(rtts) <= 10 + 20 + 5
+    assert statistics.pstdev(rtts) > 3  # uniform 0-20 ms: a standard deviation near 5.8 ms
+
+
+def test_router_nats_and_mapping_expires_after_its_timeout() -> None:
+    with Lab(LabConfig(nat_a="cone", udp_timeout=2)) as lab:
+        echo(lab)
+        seen = lab.run("a", [sys.executable, "-c", PROBE, "1", "ping", "1"])
+        assert json.loads(seen)["lost"] == 0
+        # The server answers 1 s later: the mapping (2 s) is still there.
+        alive = probe(lab, 1, "later:1", timeout=3)
+        # The server answers 4 s later, nothing sent meanwhile: the mapping has gone, and the
+        # router drops the answer as unsolicited.
+        dead = probe(lab, 1, "later:4", timeout=6)
+    assert alive["lost"] == 0
+    assert dead["lost"] == 1
+
+
+# -- lifecycle -----------------------------------------------------------------------------
+
+
+def test_lab_tears_down_after_an_exception() -> None:
+    before = {ns for ns in list_namespaces() if ns.startswith(PREFIX)}
+    built: list[str] = []
+
+    def build_and_fail() -> None:
+        with Lab(LabConfig()) as lab:
+            built.extend(lab.namespaces)
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        build_and_fail()
+    assert len(built) >= 6
+    assert {ns for ns in list_namespaces() if ns.startswith(PREFIX)} == before
+
+
+def test_leftovers_of_a_dead_run_are_removed_and_live_ones_kept() -> None:
+    dead = f"{PREFIX}999999-dead-a"  # no process 999999: a crashed run's namespace
+    live = f"{PREFIX}1-live-a"  # process 1 always exists
+    for ns in (dead, live):
+        run(["ip", "netns", "add", ns])
+    try:
+        removed = remove_leftovers()
+        names = list_namespaces()
+        assert dead in removed and dead not in names
+        assert live in names
+    finally:
+        run(["ip", "netns", "delete", live], check=False)
+        run(["ip", "netns", "delete", dead], check=False)
+
+
+# -- the NAT matrix ------------------------------------------------------------------------
+
+# Where a predictable mapping meets a permissive enough filter, punching works. A symmetric NAT
+# gives the peer a new port nobody announced: a port-restricted (cone) peer filters it out, and
+# two symmetric NATs never meet. Those need the relay.
+UNPUNCHABLE = {("cone", "symmetric"), ("symmetric", "symmetric")}
+MATRIX = [(a, b, False) for a, b in itertools.combinations_with_replacement(NAT_KINDS, 2)]
+MATRIX.append(("cone", "cone", True))
+
+
+def _public(result_nodes: dict[str, dict[str, str]], side: str) -> str:
+    return result_nodes[side]["public"]
+
+
+@pytest.mark.parametrize(
+    ("nat_a", "nat_b", "same_nat"),
+    MATRIX,
+    ids=[f"{a}-{b}{'-same' if s else ''}" for a, b, s in MATRIX],
+)
+def test_nat_matrix(tmp_path: Path, nat_a: str, nat_b: str, same_nat: bool) -> None:
+    config = LabConfig(nat_a=nat_a, nat_b=nat_b, same_nat=same_nat, delay_a=5, delay_b=5)
+    started = time.monotonic()
+    result = run_lab_call(
+        config, tmp_path, duration=2.0, speech=False, capture=not same_nat, wait=10
+    )
+    elapsed = time.monotonic() - started
+    alice, bob = result.callers["alice"], result.callers["bob"]
+    assert alice.report is not None and bob.report is not None
+    if (nat_a, nat_b) in UNPUNCHABLE:
+        for caller in (alice, bob):
+            assert caller.exit_code == 1
+            assert "could not reach" in caller.stderr and "(tried " in caller.stderr
+            assert "srflx 203.0.113." in caller.stderr  # the peer's public mapping was tried
+            assert caller.report is not None and caller.report["path"] == "none"
+            assert caller.report["paths"]["direct"]["available"] is False
+        return
+    assert alice.exit_code == 0, alice.stderr
+    assert bob.exit_code == 0, bob.stderr
+    for peer_side, caller in (("b", alice), ("a", bob)):
+        report = caller.report
+        assert report is not None and report["path"] == "direct"
+        remote = report["paths"]["direct"]["remote"]
+        rtt = report["paths"]["direct"]["rtt_ms"]
+        if same_nat:
+            # Same LAN: host candidates, no hairpinning needed, no lab delay on the path.
+            assert remote.startswith("198.18.1.")
+            assert rtt["median"] < 5
+        else:
+            # The peer's public address: its router's WAN (or the host itself when public).
+            assert remote.split(":")[0] == _public(result.nodes, peer_side)
+            assert 10.0 <= rtt["median"] <= 14.0, rtt
+    for me, heard in (("alice", 660), ("bob", 440)):
+        pcm, _ = read_wav(result.callers[me].wav)
+        assert dominant_frequency(pcm) == pytest.approx(heard, abs=3)
+    if same_nat:
+        return
+    # Outside the program: what a's router put on the wire went to b's public address.
+    capture = result.captures["a"]
+    alice_remote = alice.report["paths"]["direct"]["remote"]
+    assert capture[alice_remote]["rtp"] >= 80, capture
+    [source] = capture[alice_remote]["from"]  # one mapping carried it all: a's public address
+    assert source.split(":")[0] == _public(result.nodes, "a")
+    assert capture.get(f"{SERVER_IP}:3478", {}).get("rtp", 0) == 0
+    assert elapsed < 30

@@ -1,0 +1,149 @@
+"""`callpeer lab`: a call between two hosts behind real Linux NATs on an emulated internet."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from voip.codecs.pcm import dominant_frequency, rms_dbfs
+from voip.lab.nat import BEHAVIOUR, NAT_KINDS
+from voip.lab.scenario import TONES, LabCallResult, run_lab_call
+from voip.lab.topology import LabConfig
+from voip.media.audio_io import AudioSpecError, read_wav
+from voip.report import render_table
+
+
+def lab_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="callpeer lab",
+        description="Build two hosts behind NAT routers on an emulated internet (network "
+        "namespaces, nftables; needs root), run a call through it, print the "
+        "report and what the routers did, and tear it all down.",
+    )
+    p.add_argument("--nat-a", default="cone", choices=NAT_KINDS, help="NAT in front of alice")
+    p.add_argument("--nat-b", default="cone", choices=NAT_KINDS, help="NAT in front of bob")
+    p.add_argument(
+        "--same-nat",
+        action="store_true",
+        help="put bob on alice's LAN, behind the same router (no hairpinning)",
+    )
+    p.add_argument(
+        "--delay-a",
+        type=float,
+        default=5.0,
+        metavar="MS",
+        help="one-way delay on alice's link (default 5)",
+    )
+    p.add_argument("--delay-b", type=float, default=5.0, metavar="MS")
+    p.add_argument("--delay-relay", type=float, default=40.0, metavar="MS")
+    p.add_argument(
+        "--jitter",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="extra uniform delay 0..MS on alice's and bob's links",
+    )
+    p.add_argument(
+        "--loss",
+        type=float,
+        default=0.0,
+        metavar="PCT",
+        help="random loss on alice's and bob's links, each direction",
+    )
+    p.add_argument(
+        "--udp-timeout",
+        type=int,
+        metavar="S",
+        help="the routers' UDP mapping timeout (conntrack), default the kernel's",
+    )
+    p.add_argument("--duration", type=float, default=4.0, metavar="SECONDS")
+    p.add_argument("--no-speech", action="store_true", help="send tones both ways")
+    p.add_argument("--json", metavar="PATH|-", help="write the report as JSON (- for stdout)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> LabConfig:
+    return LabConfig(
+        nat_a=args.nat_a,
+        nat_b=args.nat_b,
+        same_nat=args.same_nat,
+        delay_a=args.delay_a,
+        delay_b=args.delay_b,
+        delay_relay=args.delay_relay,
+        jitter=args.jitter,
+        loss=args.loss,
+        udp_timeout=args.udp_timeout,
+    )
+
+
+def heard(result: LabCallResult) -> dict[str, str]:
+    """What each side's WAV holds, measured: the peer's tone frequency, or speech level."""
+    out = {}
+    for me, peer in (("alice", "bob"), ("bob", "alice")):
+        try:
+            pcm, _ = read_wav(result.callers[me].wav)
+        except AudioSpecError:
+            out[me] = "nothing (no audio written)"
+            continue
+        if result.inputs.get(peer, "").startswith("tone:"):
+            out[me] = f"{dominant_frequency(pcm):.0f} Hz ({peer} sent {TONES[peer]:g} Hz)"
+        else:
+            out[me] = f"{len(pcm) / 48000:.1f} s of {peer}'s speech at {rms_dbfs(pcm):.0f} dBFS"
+    return out
+
+
+def routers_table(result: LabCallResult) -> Table:
+    table = Table(title="what the routers did", title_justify="left")
+    for col in ("", "private address", "public mapping (seen by rendezvous)", "NAT"):
+        table.add_column(col)
+    for side, name in (("a", "alice"), ("b", "bob")):
+        node = result.nodes[side]
+        report = result.callers[name].report or {}
+        table.add_row(
+            name,
+            node["address"],
+            str(report.get("local_public") or "-"),
+            f"{node['nat']}: {BEHAVIOUR[node['nat']]}",
+        )
+    return table
+
+
+def run_lab(args: argparse.Namespace) -> int:
+    console = Console(stderr=args.json == "-", soft_wrap=True)
+    config = config_from_args(args)
+    same = ", same NAT" if config.same_nat else ""
+    console.print(
+        f"lab: alice behind {config.nat_a}, bob behind {config.nat_b}{same}; one-way "
+        f"delay {config.delay_a:g} + {config.delay_b:g} ms, loss {config.loss:g} %; "
+        f"{args.duration:g} s call",
+        highlight=False,
+    )
+    with tempfile.TemporaryDirectory(prefix="callpeer-lab-") as tmp:
+        result = run_lab_call(config, Path(tmp), duration=args.duration, speech=not args.no_speech)
+        what = heard(result)
+    console.print(routers_table(result))
+    alice = result.callers["alice"]
+    if alice.report is not None and alice.report.get("path") != "none":
+        console.print(render_table(alice.report))
+    for name, caller in result.callers.items():
+        if caller.exit_code != 0:
+            last = caller.stderr.strip().splitlines()[-1:] or ["(no message)"]
+            console.print(
+                f"{name}: exit {caller.exit_code}: {last[0]}", highlight=False, style="red"
+            )
+    console.print(f"alice heard {what['alice']}; bob heard {what['bob']}", highlight=False)
+    if args.json:
+        report: dict[str, Any] = dict(alice.report or {})
+        report["lab"] = {**result.to_dict(), "heard": what, "bob": result.callers["bob"].report}
+        text = json.dumps(report, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n", encoding="utf-8")
+    return 0 if all(c.exit_code == 0 for c in result.callers.values()) else 1

@@ -1,0 +1,168 @@
+"""A whole call in the lab: rendezvous, two `callpeer` processes behind their NATs, captures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voip.lab.netns import LabError
+from voip.lab.topology import SERVER_IP, Lab, LabConfig
+
+CALLERS = (("a", "alice", "bob"), ("b", "bob", "alice"))
+TONES = {"alice": 440.0, "bob": 660.0}
+
+
+@dataclass
+class CallerResult:
+    name: str
+    exit_code: int | None
+    stderr: str
+    report: dict[str, Any] | None
+    wav: Path
+
+
+@dataclass
+class LabCallResult:
+    config: LabConfig
+    nodes: dict[str, dict[str, str]]
+    callers: dict[str, CallerResult] = field(default_factory=dict)
+    captures: dict[str, dict[str, Any]] = field(default_factory=dict)  # side -> capture summary
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nat": {
+                "a": self.config.nat_a,
+                "b": self.config.nat_b,
+                "same_nat": self.config.same_nat,
+            },
+            "delay_ms": {
+                "a": self.config.delay_a,
+                "b": self.config.delay_b,
+                "relay": self.config.delay_relay,
+            },
+            "loss_pct": self.config.loss,
+            "nodes": self.nodes,
+            "inputs": self.inputs,
+            "exit_codes": {n: c.exit_code for n, c in self.callers.items()},
+            "captures": self.captures,
+        }
+
+
+def speech_wav(path: Path, text: str) -> Path | None:
+    """Real speech from espeak-ng, if it is installed."""
+    if shutil.which("espeak-ng") is None:
+        return None
+    subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
+    return path
+
+
+def _start_capture(lab: Lab, side: str) -> subprocess.Popen[str] | None:
+    node = lab.nodes[side]
+    if node.router_ns is None and node.nat != "none":
+        return None
+    ns_node = side if node.nat == "none" else None
+    args = [sys.executable, "-m", "voip.lab.capture", "--dev", "eth0" if ns_node else "wan"]
+    if ns_node:
+        proc = lab.start(side, args, stdout=subprocess.PIPE)
+    else:
+        from voip.lab.netns import popen  # noqa: PLC0415
+
+        assert node.router_ns is not None
+        proc = popen(args, ns=node.router_ns, stdout=subprocess.PIPE)
+        lab.processes.append(proc)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise LabError("packet capture did not start")
+    return proc
+
+
+def _stop_capture(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=5)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {}
+
+
+def run_lab_call(
+    config: LabConfig,
+    workdir: Path,
+    *,
+    duration: float = 4.0,
+    speech: bool = True,
+    capture: bool = False,
+    wait: float = 20.0,
+    extra_args: list[str] | None = None,
+) -> LabCallResult:
+    """Build the lab, run one call through it, return what each side reported."""
+    with Lab(config) as lab:
+        nodes = {
+            name: {"namespace": n.ns, "address": n.ip, "public": n.public_ip, "nat": n.nat}
+            for name, n in lab.nodes.items()
+        }
+        result = LabCallResult(config, nodes)
+        server = lab.start(
+            "server",
+            [sys.executable, "-m", "rendezvous", "--listen", f"{SERVER_IP}:3478"],
+            stdout=subprocess.PIPE,
+        )
+        assert server.stdout is not None
+        if "listening" not in server.stdout.readline():
+            raise LabError("callpeer-rendezvous did not start in the lab")
+        captures = {side: _start_capture(lab, side) for side in ("a", "b")} if capture else {}
+        inputs = {name: f"tone:{TONES[name]:g}" for _, name, _ in CALLERS}
+        if speech and (
+            wav := speech_wav(
+                workdir / "speech.wav",
+                "Hello Bob. This is Alice, calling you directly through two NAT routers.",
+            )
+        ):
+            inputs["alice"] = str(wav)
+        result.inputs = inputs
+        procs = {}
+        for side, me, peer in CALLERS:
+            args = [
+                sys.executable,
+                "-m",
+                "voip.cli",
+                "--as",
+                me,
+                peer,
+                "--server",
+                f"{SERVER_IP}:3478",
+                "--input",
+                inputs[me],
+                "--output",
+                str(workdir / f"{me}.wav"),
+                "--duration",
+                str(duration),
+                "--wait",
+                str(wait),
+                "--json",
+                str(workdir / f"{me}.json"),
+                *(extra_args or []),
+            ]
+            procs[me] = lab.start(side, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            time.sleep(0.2)  # alice waits first, as a person would
+        for me, proc in procs.items():
+            try:
+                _, err = proc.communicate(timeout=duration + wait + 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            report_path = workdir / f"{me}.json"
+            report = json.loads(report_path.read_text()) if report_path.exists() else None
+            result.callers[me] = CallerResult(
+                me, proc.returncode, err, report, workdir / f"{me}.wav"
+            )
+        for side, cap in captures.items():
+            if cap is not None:
+                result.captures[side] = _stop_capture(cap)
+    return result

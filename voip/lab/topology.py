@@ -1,0 +1,273 @@
+"""The lab: two hosts behind NAT routers, a rendezvous and a relay, on an emulated internet.
+
+    198.18.1.2 [a] --lan-- [ra] 203.0.113.1 --+                      +-- 203.0.113.10 [srv]
+                                               +-- [inet: switch] ---+
+    198.18.2.2 [b] --lan-- [rb] 203.0.113.2 --+                      +-- 203.0.113.20 [relay]
+
+Every node is a network namespace; veth pairs join them; the internet is the userspace switch
+in `inet`. Namespace names carry this process's PID, so concurrent labs never collide and a
+later lab can tell a crashed one's leftovers and remove them. `Lab` is a context manager that
+always tears down, after a failure or Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from voip.lab.nat import NAT_KINDS, router_ruleset
+from voip.lab.netns import (
+    LabError,
+    lab_unavailable_reason,
+    list_namespaces,
+    namespace_pids,
+    popen,
+    run,
+)
+
+PREFIX = "cplab-"
+INTERNET = "203.0.113.0/24"
+SERVER_IP = "203.0.113.10"
+RELAY_IP = "203.0.113.20"
+WAN_IPS = {"a": "203.0.113.1", "b": "203.0.113.2"}
+LANS = {"a": "198.18.1", "b": "198.18.2"}
+
+
+@dataclass
+class LabConfig:
+    nat_a: str = "cone"
+    nat_b: str = "cone"
+    same_nat: bool = False  # b sits on a's LAN, behind a's router
+    delay_a: float = 0.0  # ms, one way, on the way in to a's link
+    delay_b: float = 0.0
+    delay_relay: float = 0.0
+    delay_server: float = 0.0
+    jitter: float = 0.0  # ms, uniform extra delay on a's and b's links
+    loss: float = 0.0  # percent, on a's and b's links (each direction of a call once)
+    udp_timeout: int | None = None  # s, conntrack UDP timeout on the routers (mapping lifetime)
+    seed: int | None = None
+
+    def validate(self) -> None:
+        for side, kind in (("a", self.nat_a), ("b", self.nat_b)):
+            if kind not in NAT_KINDS:
+                raise LabError(f"--nat-{side}: {kind!r} is not one of {', '.join(NAT_KINDS)}")
+        if self.same_nat and self.nat_a == "none":
+            raise LabError("same-NAT needs a NAT: --nat-a cannot be none")
+        for name in ("delay_a", "delay_b", "delay_relay", "delay_server", "jitter"):
+            if not 0 <= getattr(self, name) <= 10_000:
+                raise LabError(f"{name.replace('_', '-')} must be 0-10000 ms")
+        if not 0 <= self.loss <= 100:
+            raise LabError("loss must be 0-100 %")
+
+
+@dataclass
+class Node:
+    ns: str
+    ip: str  # its own address
+    public_ip: str  # the address the internet sees for it
+    nat: str  # the kind of NAT in front of it
+    router_ns: str | None = None
+
+
+@dataclass
+class Lab:
+    config: LabConfig = field(default_factory=LabConfig)
+
+    def __post_init__(self) -> None:
+        self.config.validate()
+        self.tag = f"{PREFIX}{os.getpid()}-{secrets.token_hex(2)}-"
+        self.namespaces: list[str] = []
+        self.processes: list[subprocess.Popen[str]] = []
+        self.nodes: dict[str, Node] = {}
+        self.switch: subprocess.Popen[str] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def __enter__(self) -> Lab:
+        reason = lab_unavailable_reason()
+        if reason:
+            raise LabError(reason)
+        remove_leftovers()
+        try:
+            self._build()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.teardown()
+
+    def teardown(self) -> None:
+        for proc in [*self.processes, *([self.switch] if self.switch else [])]:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in [*self.processes, *([self.switch] if self.switch else [])]:
+            try:
+                proc.wait(3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for ns in reversed(self.namespaces):
+            _delete_namespace(ns)
+        self.namespaces.clear()
+
+    # -- building ------------------------------------------------------------------------
+    def _ns(self, role: str) -> str:
+        name = self.tag + role
+        run(["ip", "netns", "add", name])
+        self.namespaces.append(name)
+        run(["ip", "link", "set", "lo", "up"], ns=name)
+        # No IPv6 autoconfiguration chatter on the lab's links.
+        run(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"], ns=name)
+        run(["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"], ns=name)
+        return name
+
+    def _link(self, ns1: str, if1: str, ns2: str, if2: str) -> None:
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                "name",
+                if1,
+                "netns",
+                ns1,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                if2,
+                "netns",
+                ns2,
+            ]
+        )
+        for ns, dev in ((ns1, if1), (ns2, if2)):
+            # veth hands partially checksummed UDP to raw sockets; forwarded as they are, the
+            # receiver would drop them (DESIGN.md). Software checksums on every lab link.
+            run(["ethtool", "-K", dev, "tx", "off"], ns=ns)
+            run(["ip", "link", "set", dev, "up"], ns=ns)
+
+    def _addr(self, ns: str, dev: str, cidr: str) -> None:
+        run(["ip", "addr", "add", cidr, "dev", dev], ns=ns)
+
+    def _build(self) -> None:
+        cfg = self.config
+        inet = self._ns("inet")
+        ports: list[str] = []
+
+        def attach_to_internet(
+            ns: str,
+            dev: str,
+            ip: str,
+            port: str,
+            *,
+            delay: float,
+            jitter: float = 0.0,
+            loss: float = 0.0,
+        ) -> None:
+            self._link(inet, port, ns, dev)
+            self._addr(ns, dev, f"{ip}/24")
+            ports.append(f"{port}:{delay}:{jitter}:{loss}")
+
+        srv = self._ns("srv")
+        attach_to_internet(srv, "eth0", SERVER_IP, "p-srv", delay=cfg.delay_server)
+        self.nodes["server"] = Node(srv, SERVER_IP, SERVER_IP, "none")
+        relay = self._ns("relay")
+        attach_to_internet(relay, "eth0", RELAY_IP, "p-relay", delay=cfg.delay_relay)
+        self.nodes["relay"] = Node(relay, RELAY_IP, RELAY_IP, "none")
+
+        sides = [("a", cfg.nat_a, cfg.delay_a)]
+        if not cfg.same_nat:
+            sides.append(("b", cfg.nat_b, cfg.delay_b))
+        for side, kind, delay in sides:
+            host = self._ns(side)
+            wan_ip = WAN_IPS[side]
+            if kind == "none":
+                attach_to_internet(
+                    host, "eth0", wan_ip, f"p-{side}", delay=delay, jitter=cfg.jitter, loss=cfg.loss
+                )
+                run(["ip", "route", "add", "default", "dev", "eth0"], ns=host)
+                self.nodes[side] = Node(host, wan_ip, wan_ip, "none")
+                continue
+            router = self._ns(f"r{side}")
+            attach_to_internet(
+                router, "wan", wan_ip, f"p-r{side}", delay=delay, jitter=cfg.jitter, loss=cfg.loss
+            )
+            lan = LANS[side]
+            lan_hosts = [f"{lan}.2"] + ([f"{lan}.3"] if cfg.same_nat else [])
+            if cfg.same_nat:
+                run(["ip", "link", "add", "lan", "type", "bridge"], ns=router)
+                run(["ip", "link", "set", "lan", "up"], ns=router)
+            for i, host_ip in enumerate(lan_hosts):
+                host_ns = host if i == 0 else self._ns("b")
+                dev = "lan" if not cfg.same_nat else f"lan{i}"
+                self._link(router, dev, host_ns, "eth0")
+                if cfg.same_nat:
+                    run(["ip", "link", "set", dev, "master", "lan"], ns=router)
+                self._addr(host_ns, "eth0", f"{host_ip}/24")
+                run(["ip", "route", "add", "default", "via", f"{lan}.1"], ns=host_ns)
+                name = side if i == 0 else "b"
+                self.nodes[name] = Node(host_ns, host_ip, wan_ip, kind, router)
+            self._addr(router, "lan", f"{lan}.1/24")
+            run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=router)
+            run(["nft", "-f", "-"], ns=router, input_text=router_ruleset(kind, lan_hosts))
+            if cfg.udp_timeout is not None:
+                for key in ("nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"):
+                    run(["sysctl", "-qw", f"net.netfilter.{key}={cfg.udp_timeout}"], ns=router)
+        seed = ["--seed", str(cfg.seed)] if cfg.seed is not None else []
+        args = [sys.executable, "-m", "voip.lab.switch", *seed]
+        for p in ports:
+            args += ["--port", p]
+        self.switch = popen(args, ns=inet, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert self.switch.stdout is not None
+        if self.switch.stdout.readline().strip() != "ready":
+            err = self.switch.stderr.read() if self.switch.stderr else ""
+            raise LabError(f"the lab's switch did not start: {err.strip()}")
+
+    # -- using ----------------------------------------------------------------------------
+    def start(self, node: str, args: list[str], **kwargs: object) -> subprocess.Popen[str]:
+        """Start a program on a node; the lab stops it at teardown."""
+        proc = popen(args, ns=self.nodes[node].ns, **kwargs)
+        self.processes.append(proc)
+        return proc
+
+    def run(self, node: str, args: list[str]) -> str:
+        return run(args, ns=self.nodes[node].ns)
+
+
+def _delete_namespace(ns: str) -> None:
+    for pid in namespace_pids(ns):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+    run(["ip", "netns", "delete", ns], check=False)
+
+
+def remove_leftovers() -> list[str]:
+    """Delete lab namespaces whose creating process is gone (a crashed or killed run)."""
+    removed = []
+    for ns in list_namespaces():
+        if not ns.startswith(PREFIX):
+            continue
+        pid_text = ns[len(PREFIX) :].split("-", 1)[0]
+        if pid_text.isdigit() and _alive(int(pid_text)):
+            continue
+        _delete_namespace(ns)
+        removed.append(ns)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
