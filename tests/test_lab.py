@@ -92,7 +92,11 @@ def test_loss_and_jitter_are_applied() -> None:
 
 
 def test_router_nats_and_mapping_expires_after_its_timeout() -> None:
-    with Lab(LabConfig(nat_a="cone", udp_timeout=2)) as lab:
+    with Lab(LabConfig(nat_a="cone", nat_b="cone", udp_timeout_a=2)) as lab:
+        key = "net.netfilter.nf_conntrack_udp_timeout"
+        routers = {side: lab.nodes[side].router_ns for side in ("a", "b")}
+        assert run(["sysctl", "-n", key], ns=routers["a"]).strip() == "2"
+        assert run(["sysctl", "-n", key], ns=routers["b"]).strip() == "30"  # the kernel's own
         echo(lab)
         seen = lab.run("a", [sys.executable, "-c", PROBE, "1", "ping", "1"])
         assert json.loads(seen)["lost"] == 0

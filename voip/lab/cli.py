@@ -60,8 +60,10 @@ def lab_parser() -> argparse.ArgumentParser:
         "--udp-timeout",
         type=int,
         metavar="S",
-        help="the routers' UDP mapping timeout (conntrack), default the kernel's",
+        help="both routers' UDP mapping timeout (conntrack), default the kernel's",
     )
+    p.add_argument("--udp-timeout-a", type=int, metavar="S", help="alice's router only")
+    p.add_argument("--udp-timeout-b", type=int, metavar="S", help="bob's router only")
     p.add_argument("--duration", type=float, default=4.0, metavar="SECONDS")
     p.add_argument("--no-speech", action="store_true", help="send tones both ways")
     p.add_argument("--json", metavar="PATH|-", help="write the report as JSON (- for stdout)")
@@ -79,6 +81,8 @@ def config_from_args(args: argparse.Namespace) -> LabConfig:
         jitter=args.jitter,
         loss=args.loss,
         udp_timeout=args.udp_timeout,
+        udp_timeout_a=args.udp_timeout_a,
+        udp_timeout_b=args.udp_timeout_b,
     )
 
 

@@ -49,7 +49,14 @@ class LabConfig:
     delay_server: float = 0.0
     jitter: float = 0.0  # ms, uniform extra delay on a's and b's links
     loss: float = 0.0  # percent, on a's and b's links (each direction of a call once)
-    udp_timeout: int | None = None  # s, conntrack UDP timeout on the routers (mapping lifetime)
+    udp_timeout: int | None = None  # s, conntrack UDP timeout on both routers (mapping lifetime)
+    udp_timeout_a: int | None = None  # per router, overriding udp_timeout
+    udp_timeout_b: int | None = None
+
+    def timeout_for(self, side: str) -> int | None:
+        own = self.udp_timeout_a if side == "a" else self.udp_timeout_b
+        return own if own is not None else self.udp_timeout
+
     seed: int | None = None
 
     def validate(self) -> None:
@@ -218,9 +225,10 @@ class Lab:
             self._addr(router, "lan", f"{lan}.1/24")
             run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=router)
             run(["nft", "-f", "-"], ns=router, input_text=router_ruleset(kind, lan_hosts))
-            if cfg.udp_timeout is not None:
+            if (timeout := cfg.timeout_for(side)) is not None:
+                # Per namespace: each router keeps its own mapping lifetime.
                 for key in ("nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"):
-                    run(["sysctl", "-qw", f"net.netfilter.{key}={cfg.udp_timeout}"], ns=router)
+                    run(["sysctl", "-qw", f"net.netfilter.{key}={timeout}"], ns=router)
         seed = ["--seed", str(cfg.seed)] if cfg.seed is not None else []
         args = [sys.executable, "-m", "voip.lab.switch", *seed]
         for p in ports:

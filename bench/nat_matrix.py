@@ -1,0 +1,65 @@
+"""Benchmark: every pair of NAT kinds in the lab, with setup time and measured RTT (needs root).
+
+    sudo .venv/bin/python bench/nat_matrix.py [--repeat 3] [--delay 5]
+
+Each case runs a real call between two `callpeer` processes behind lab NAT routers, with the
+given one-way delay on each side, and prints the path it took, the setup time (introduction
+to path chosen, median over the repeats) and the median RTT the call measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from voip.lab.nat import NAT_KINDS
+from voip.lab.netns import lab_unavailable_reason
+from voip.lab.scenario import run_lab_call
+from voip.lab.topology import LabConfig
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--delay", type=float, default=5.0, help="one-way ms on each side")
+    args = p.parse_args()
+    if reason := lab_unavailable_reason():
+        print(f"cannot run: {reason}", file=sys.stderr)
+        return 1
+    cases = [(a, b, False) for a, b in itertools.combinations_with_replacement(NAT_KINDS, 2)]
+    cases.append(("cone", "cone", True))
+    print(
+        f"one-way delay {args.delay:g} ms each side (true RTT {2 * args.delay:g} ms), "
+        f"{args.repeat} calls per case"
+    )
+    print(f"| {'alice':9} | {'bob':9} | path   | setup ms (median) | RTT ms (median) |")
+    print("|-----------|-----------|--------|-------------------|-----------------|")
+    for a, b, same in cases:
+        paths, setups, rtts = [], [], []
+        for _ in range(args.repeat):
+            with tempfile.TemporaryDirectory() as tmp:
+                cfg = LabConfig(
+                    nat_a=a, nat_b=b, same_nat=same, delay_a=args.delay, delay_b=args.delay
+                )
+                result = run_lab_call(cfg, Path(tmp), duration=1.5, speech=False, wait=10)
+            report = result.callers["alice"].report or {}
+            paths.append(report.get("path", "none"))
+            if report.get("setup_ms") is not None:
+                setups.append(report["setup_ms"])
+                rtts.append(report["paths"]["direct"]["rtt_ms"]["median"])
+        path = "/".join(sorted(set(paths)))
+        setup = f"{statistics.median(setups):.0f}" if setups else "-"
+        rtt = f"{statistics.median(rtts):.1f}" if rtts else "-"
+        name_b = f"{b} (same)" if same else b
+        if path == "none":
+            path = "failed"
+        print(f"| {a:9} | {name_b:9} | {path:6} | {setup:>17} | {rtt:>15} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
