@@ -20,6 +20,14 @@ from voip.wire.rtp import RtpPacket
 LOOPBACK = CallOptions(bind_host="127.0.0.1")
 
 
+def silent_call(
+    me: str, peer: str, server: RendezvousServer, options: CallOptions = LOOPBACK
+) -> Call:
+    return Call(
+        me, peer, source=SilenceSource(), sink=NullSink(), server=server.address, options=options
+    )
+
+
 T = TypeVar("T")
 
 
@@ -80,22 +88,8 @@ def test_hangup_on_one_side_ends_the_other() -> None:
     async def scenario() -> Call:
         async with RendezvousServer() as server:
             await server.start("127.0.0.1", 0)
-            alice = Call(
-                "alice",
-                "bob",
-                source=SilenceSource(),
-                sink=NullSink(),
-                server=server.address,
-                options=LOOPBACK,
-            )
-            bob = Call(
-                "bob",
-                "alice",
-                source=SilenceSource(),
-                sink=NullSink(),
-                server=server.address,
-                options=LOOPBACK,
-            )
+            alice = silent_call("alice", "bob", server)
+            bob = silent_call("bob", "alice", server)
             async with alice, bob:
                 await asyncio.wait_for(asyncio.gather(alice.run(0.5), bob.run(None)), 5)
         return bob
@@ -109,14 +103,7 @@ def test_peer_that_never_calls_back_is_a_clear_error() -> None:
         async with RendezvousServer() as server:
             await server.start("127.0.0.1", 0)
             opts = CallOptions(bind_host="127.0.0.1", wait_timeout=0.5)
-            async with Call(
-                "alice",
-                "nobody",
-                source=SilenceSource(),
-                sink=NullSink(),
-                server=server.address,
-                options=opts,
-            ) as call:
+            async with silent_call("alice", "nobody", server, opts) as call:
                 await call.connected()
 
     with pytest.raises(CallError, match="nobody did not call back"):
@@ -127,22 +114,8 @@ def test_name_in_use_is_refused_with_the_reason() -> None:
     async def scenario() -> None:
         async with RendezvousServer() as server:
             await server.start("127.0.0.1", 0)
-            first = Call(
-                "alice",
-                "bob",
-                source=SilenceSource(),
-                sink=NullSink(),
-                server=server.address,
-                options=LOOPBACK,
-            )
-            second = Call(
-                "alice",
-                "carol",
-                source=SilenceSource(),
-                sink=NullSink(),
-                server=server.address,
-                options=LOOPBACK,
-            )
+            first = silent_call("alice", "bob", server)
+            second = silent_call("alice", "carol", server)
             async with first:
                 await asyncio.sleep(0.2)
                 async with second:
@@ -156,22 +129,8 @@ def test_media_from_a_stranger_is_not_played() -> None:
     async def scenario() -> tuple[Call, Call]:
         async with RendezvousServer() as server:
             await server.start("127.0.0.1", 0)
-            alice = Call(
-                "alice",
-                "bob",
-                source=SilenceSource(),
-                sink=NullSink(),
-                server=server.address,
-                options=LOOPBACK,
-            )
-            bob = Call(
-                "bob",
-                "alice",
-                source=SilenceSource(),
-                sink=NullSink(),
-                server=server.address,
-                options=LOOPBACK,
-            )
+            alice = silent_call("alice", "bob", server)
+            bob = silent_call("bob", "alice", server)
             async with alice, bob:
                 await alice.connected()
                 assert alice._endpoint is not None

@@ -18,6 +18,7 @@ from voip.codecs.pcm import dominant_frequency
 from voip.media.audio_io import read_wav
 
 BIN = Path(sys.executable).parent
+SILENT = ("--input", "silence", "--output", "null")  # no sound card needed
 
 
 def env(tmp_path: Path) -> dict[str, str]:
@@ -126,10 +127,7 @@ def test_unknown_peer_times_out_with_a_clear_message(tmp_path: Path, rendezvous:
         "nobody",
         "--server",
         rendezvous,
-        "--input",
-        "silence",
-        "--output",
-        "null",
+        *SILENT,
         "--wait",
         "1",
         tmp_path=tmp_path,
@@ -155,10 +153,7 @@ def test_bad_server_address(tmp_path: Path, server: str, message: str) -> None:
         "bob",
         "--server",
         server,
-        "--input",
-        "silence",
-        "--output",
-        "null",
+        *SILENT,
         tmp_path=tmp_path,
     )
     assert result.returncode == 2
@@ -242,10 +237,7 @@ def test_sigterm_hangs_up_and_frees_the_name(tmp_path: Path, rendezvous: str) ->
         "bob",
         "--server",
         rendezvous,
-        "--input",
-        "silence",
-        "--output",
-        "null",
+        *SILENT,
     ]
     proc = subprocess.Popen(
         [str(BIN / "callpeer"), *args, "--wait", "60"],
