@@ -1,19 +1,90 @@
-"""The rendezvous server's asyncio shell: one UDP socket around RendezvousLogic."""
+"""The rendezvous server's asyncio shell: one UDP socket around RendezvousLogic (and TURN)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 
 from rendezvous.logic import RendezvousLogic
+from rendezvous.turn_server import Out, TurnServer
 from voip.transport import Timer, UdpEndpoint
-from voip.wire.stun import Address
+from voip.wire.stun import Address, StunError, looks_like_stun, parse_message_untrusted
+from voip.wire.turn import looks_like_channel_data
+
+
+class SocketRelayPorts:
+    """Relayed transport addresses as real UDP sockets on `host`, read by the event loop."""
+
+    def __init__(self, host: str):
+        self.host = host
+        self.sockets: dict[Address, socket.socket] = {}
+        self.server: RendezvousServer | None = None
+
+    def open(self) -> Address | None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((self.host, 0))
+        except OSError:
+            sock.close()
+            return None
+        sock.setblocking(False)
+        host, port = sock.getsockname()[:2]
+        addr: Address = (str(host), int(port))
+        self.sockets[addr] = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, addr, sock)
+        return addr
+
+    def close(self, relayed: Address) -> None:
+        sock = self.sockets.pop(relayed, None)
+        if sock is not None:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+
+    def close_all(self) -> None:
+        for addr in list(self.sockets):
+            self.close(addr)
+
+    def send(self, data: bytes, dest: Address, via: Address) -> None:
+        sock = self.sockets.get(via)
+        if sock is not None:
+            with contextlib.suppress(OSError):  # a peer gone away: UDP has nothing to retry
+                sock.sendto(data, dest)
+
+    def _readable(self, relayed: Address, sock: socket.socket) -> None:
+        while True:
+            try:
+                data, src = sock.recvfrom(65535)
+            except (BlockingIOError, OSError):
+                return
+            if self.server is not None:
+                self.server.from_peer(data, relayed, (str(src[0]), int(src[1])))
 
 
 class RendezvousServer:
-    def __init__(self, logic: RendezvousLogic | None = None):
+    def __init__(
+        self,
+        logic: RendezvousLogic | None = None,
+        turn: TurnServer | None = None,
+        relay_ports: SocketRelayPorts | None = None,
+    ):
         self.logic = logic or RendezvousLogic()
+        self.turn = turn
+        self.relay_ports = relay_ports
+        if relay_ports is not None:
+            relay_ports.server = self
         self.endpoint: UdpEndpoint | None = None
         self._timer: Timer | None = None
+
+    @classmethod
+    def with_relay(
+        cls, relay_host: str, logic: RendezvousLogic | None = None, **policy: object
+    ) -> RendezvousServer:
+        """A rendezvous that is also a TURN relay, allocating on `relay_host`."""
+        from rendezvous.turn_server import TurnPolicy  # noqa: PLC0415
+
+        ports = SocketRelayPorts(relay_host)
+        return cls(logic, TurnServer(ports, TurnPolicy(**policy)), ports)  # type: ignore[arg-type]
 
     @property
     def address(self) -> Address:
@@ -22,21 +93,54 @@ class RendezvousServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 3478) -> RendezvousServer:
         self.endpoint = await UdpEndpoint.bind(host, port, self._on_datagram)
-        self._timer = Timer(self.endpoint.loop, self.logic.next_deadline, self._on_timer)
+        self._timer = Timer(self.endpoint.loop, self._next_deadline, self._on_timer)
         return self
+
+    def _next_deadline(self) -> float | None:
+        times = [self.logic.next_deadline(), self.turn.next_deadline() if self.turn else None]
+        return min((t for t in times if t is not None), default=None)
+
+    def _send(self, outs: list[Out]) -> None:
+        assert self.endpoint is not None
+        for out in outs:
+            if out.via is None:
+                self.endpoint.send(out.data, out.dest)
+            elif self.relay_ports is not None:
+                self.relay_ports.send(out.data, out.dest, out.via)
 
     def _on_datagram(self, data: bytes, src: Address, now: float) -> None:
         assert self.endpoint is not None and self._timer is not None
+        if self.turn is not None:
+            if looks_like_channel_data(data):
+                self._send(self.turn.handle_channel_data(data, src, now))
+                return
+            if looks_like_stun(data):
+                try:
+                    msg = parse_message_untrusted(data)
+                except StunError:
+                    msg = None
+                if msg is not None and self.turn.handles(msg):
+                    self._send(self.turn.handle_request(msg, data, src, now))
+                    self._timer.rearm()
+                    return
         self.endpoint.send_all(self.logic.handle_datagram(data, src, now))
         self._timer.rearm()
+
+    def from_peer(self, data: bytes, relayed: Address, peer: Address) -> None:
+        assert self.turn is not None and self.endpoint is not None
+        self._send(self.turn.handle_peer(data, relayed, peer, self.endpoint.loop.time()))
 
     def _on_timer(self, now: float) -> None:
         assert self.endpoint is not None
         self.endpoint.send_all(self.logic.poll(now))
+        if self.turn is not None:
+            self.turn.poll(now)
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self.relay_ports is not None:
+            self.relay_ports.close_all()
         if self.endpoint is not None:
             self.endpoint.close()
 
@@ -45,11 +149,3 @@ class RendezvousServer:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
-
-
-async def serve_forever(host: str, port: int) -> None:
-    server = await RendezvousServer().start(host, port)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        server.close()

@@ -61,7 +61,11 @@ class Attr(IntEnum):
     REALM = 0x0014
     NONCE = 0x0015
     XOR_RELAYED_ADDRESS = 0x0016
+    REQUESTED_ADDRESS_FAMILY = 0x0017  # RFC 8656
+    EVEN_PORT = 0x0018  # RFC 8656
     REQUESTED_TRANSPORT = 0x0019
+    DONT_FRAGMENT = 0x001A  # RFC 8656
+    RESERVATION_TOKEN = 0x0022  # RFC 8656
     MESSAGE_INTEGRITY_SHA256 = 0x001C
     USERHASH = 0x001E
     XOR_MAPPED_ADDRESS = 0x0020
@@ -86,6 +90,9 @@ class Attr(IntEnum):
     CP_REMOTE_PWD = 0xC007
     CP_ROLE = 0xC008
     CP_STATUS = 0xC009
+    CP_TURN_SERVER = 0xC00A  # the relay to allocate on, with short-lived credentials
+    CP_TURN_USERNAME = 0xC00B
+    CP_TURN_PASSWORD = 0xC00C
 
 
 def message_type(method: int, cls: Class) -> int:

@@ -1,0 +1,226 @@
+"""TURN relay and client, sans-IO: credentials, nonces, peers refused, quota, lifetimes, data."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from rendezvous.turn_server import PRIVATE, Out, TurnPolicy, TurnServer
+from voip.nat.turn_client import Allocated, PermissionRefused, TurnClient, TurnFailed
+from voip.wire.stun import Attr, Class, Message, Method, encode, parse_message_untrusted, u32
+from voip.wire.turn import (
+    looks_like_channel_data,
+    requested_transport,
+    rest_password,
+    rest_username,
+)
+
+SERVER = ("203.0.113.20", 3478)
+CLIENT = ("203.0.113.1", 40000)
+PEER = ("203.0.113.2", 50000)
+SECRET = "s3cret"
+
+
+class FakePorts:
+    def __init__(self) -> None:
+        self.open_ports: set[tuple[str, int]] = set()
+        self.next = 49152
+
+    def open(self) -> tuple[str, int] | None:
+        addr = ("203.0.113.20", self.next)
+        self.next += 1
+        self.open_ports.add(addr)
+        return addr
+
+    def close(self, relayed: tuple[str, int]) -> None:
+        self.open_ports.discard(relayed)
+
+
+def make_server(**policy: object) -> tuple[TurnServer, FakePorts]:
+    ports = FakePorts()
+    # Simulated time starts at 0; the wall clock says now is now, so REST expiries compare right.
+    server = TurnServer(ports, TurnPolicy(secret=SECRET, **policy), wallclock=time.time())  # type: ignore[arg-type]
+    return server, ports
+
+
+def rest_client(ttl: int = 600, name: str = "alice", secret: str = SECRET) -> TurnClient:
+    user = rest_username(int(time.time()) + ttl, name)
+    return TurnClient(SERVER, user, rest_password(secret, user))
+
+
+def exchange(
+    client: TurnClient,
+    server: TurnServer,
+    sent: list[tuple[bytes, tuple[str, int]]],
+    now: float,
+    src: tuple[str, int] = CLIENT,
+) -> list[Out]:
+    """Deliver client datagrams to the server and its answers back, until quiet."""
+    to_peer: list[Out] = []
+    while sent:
+        data, _ = sent.pop(0)
+        msg = parse_message_untrusted(data)
+        for out in server.handle_request(msg, data, src, now):
+            if out.via is not None:
+                to_peer.append(out)
+                continue
+            answer = client.handle(parse_message_untrusted(out.data), SERVER, now)
+            sent += answer or []
+    return to_peer
+
+
+def allocated(client: TurnClient, server: TurnServer, now: float = 0.0) -> Allocated:
+    exchange(client, server, client.start(now), now)
+    [event] = client.pop_events()
+    assert isinstance(event, Allocated), event
+    return event
+
+
+def test_allocate_is_challenged_then_succeeds_with_rest_credentials() -> None:
+    server, ports = make_server()
+    client = rest_client()
+    first = client.start(0.0)
+    challenge = server.handle_request(
+        parse_message_untrusted(first[0][0]), first[0][0], CLIENT, 0.0
+    )
+    [out] = challenge
+    reply = parse_message_untrusted(out.data)
+    assert reply.error() == (401, "")
+    assert reply.text(Attr.REALM) == "callpeer" and reply.text(Attr.NONCE)
+    event = allocated(rest_client(), server)
+    assert event.relayed in ports.open_ports and event.mapped == CLIENT
+    assert event.lifetime == 600
+
+
+def test_bad_password_is_refused() -> None:
+    server, _ = make_server()
+    client = rest_client(secret="not the secret")
+    exchange(client, server, client.start(0.0), 0.0)
+    [event] = client.pop_events()
+    assert isinstance(event, TurnFailed) and "refused the credentials" in event.reason
+    assert server.stats["bad_credentials"] == 1
+
+
+def test_expired_rest_credential_is_refused() -> None:
+    server, ports = make_server()
+    client = rest_client(ttl=-10)
+    exchange(client, server, client.start(0.0), 0.0)
+    [event] = client.pop_events()
+    assert isinstance(event, TurnFailed)
+    assert server.stats["rest_expired"] >= 1 and not ports.open_ports
+
+
+def test_stale_nonce_is_renewed_transparently() -> None:
+    server, _ = make_server()
+    client = rest_client()
+    allocated(client, server, now=0.0)
+    later = 700.0  # past the nonce lifetime: the refresh gets 438 and retries with a new nonce
+    exchange(client, server, client.permit([PEER[0]], later), later)
+    assert server.stats["challenge_438"] == 1 and server.stats["permission"] == 1
+    assert client.pop_events() == []
+
+
+@pytest.mark.parametrize("extra", [(), ((Attr.LIFETIME, u32(600)),)])
+def test_unauthenticated_request_never_gets_a_larger_reply(
+    extra: tuple[tuple[int, bytes], ...],
+) -> None:
+    server, _ = make_server()
+    req = Message(
+        Method.ALLOCATE,
+        Class.REQUEST,
+        attributes=((Attr.REQUESTED_TRANSPORT, requested_transport()), *extra),
+    )
+    data = encode(req)  # 28 or 36 bytes: smaller than any 401 that carries a nonce
+    assert server.handle_request(req, data, CLIENT, 0.0) == []
+    assert server.stats["challenge_withheld"] == 1
+    ours = rest_client().start(0.0)[0][0]
+    [out] = server.handle_request(parse_message_untrusted(ours), ours, CLIENT, 0.0)
+    assert len(out.data) <= len(ours)
+
+
+def test_loopback_and_private_peers_are_refused() -> None:
+    server, _ = make_server()
+    client = rest_client()
+    allocated(client, server)
+    private_ip = str(next(PRIVATE[0].hosts()))
+    exchange(
+        client, server, client.permit(["127.0.0.1", private_ip, "169.254.1.1", PEER[0]], 1.0), 1.0
+    )
+    refused = {e.peer_ip for e in client.pop_events() if isinstance(e, PermissionRefused)}
+    assert refused == {"127.0.0.1", private_ip, "169.254.1.1"}
+    assert server.stats["peer_refused"] == 3 and server.stats["permission"] == 1
+
+
+def test_allowed_private_range_is_relayed_to() -> None:
+    server, _ = make_server(allowed_peers=[PRIVATE[0]])
+    assert server.peer_refusal(str(next(PRIVATE[0].hosts()))) is None
+    assert server.peer_refusal("127.0.0.1") is not None  # loopback can never be allowed
+
+
+def test_quota_per_user() -> None:
+    server, _ = make_server(quota=1)
+    allocated(rest_client(), server)
+    second = rest_client()
+    exchange(second, server, second.start(0.0), 0.0, src=("203.0.113.1", 40001))
+    [event] = second.pop_events()
+    assert isinstance(event, TurnFailed) and "486" in event.reason
+
+
+def test_refresh_keeps_and_expiry_releases_the_allocation() -> None:
+    server, ports = make_server()
+    client = rest_client()
+    event = allocated(client, server)
+    refresh_at = client.next_deadline()
+    assert refresh_at == pytest.approx(540.0)  # lifetime minus a minute
+    exchange(client, server, client.poll(540.0), 540.0)
+    assert server.stats["refresh"] == 1
+    server.poll(900.0)
+    assert event.relayed in ports.open_ports  # refreshed at 540 s: good until 1140 s
+    server.poll(1141.0)
+    assert event.relayed not in ports.open_ports and server.stats["expired"] == 1
+
+
+def test_close_releases_at_once() -> None:
+    server, ports = make_server()
+    client = rest_client()
+    allocated(client, server)
+    [(data, _)] = client.close(5.0)
+    server.handle_request(parse_message_untrusted(data), data, CLIENT, 5.0)
+    assert not ports.open_ports and server.stats["released"] == 1
+
+
+def test_data_flows_both_ways_by_indication_and_by_channel() -> None:
+    server, _ = make_server()
+    client = rest_client()
+    relayed = allocated(client, server).relayed
+    # No permission yet: the peer's datagram is dropped, and so is our Send.
+    assert server.handle_peer(b"early", relayed, PEER, 1.0) == []
+    exchange(client, server, client.permit([PEER[0]], 1.0), 1.0)
+    data, _ = client.wrap(b"hello peer", PEER)
+    [out] = server.handle_request(parse_message_untrusted(data), data, CLIENT, 1.1)
+    assert out == Out(b"hello peer", PEER, relayed)
+    [back] = server.handle_peer(b"hello client", relayed, PEER, 1.2)
+    assert client.unwrap(parse_message_untrusted(back.data), SERVER) == (b"hello client", PEER)
+    # With a channel: 4 bytes of overhead instead of 36.
+    exchange(client, server, client.bind_channel(PEER, 2.0), 2.0)
+    data, dest = client.wrap(b"by channel", PEER)
+    assert looks_like_channel_data(data) and dest == SERVER
+    assert server.handle_channel_data(data, CLIENT, 2.1) == [Out(b"by channel", PEER, relayed)]
+    [back] = server.handle_peer(b"channel back", relayed, PEER, 2.2)
+    assert looks_like_channel_data(back.data)
+    assert client.unwrap_channel(back.data, SERVER) == (b"channel back", PEER)
+    # A stranger without permission still gets nothing through.
+    assert server.handle_peer(b"x", relayed, ("198.51.100.9", 1), 2.3) == []
+
+
+def test_retransmitted_allocate_gets_the_same_answer() -> None:
+    server, _ = make_server()
+    client = rest_client()
+    first = client.start(0.0)
+    challenge = server.handle_request(parse_message_untrusted(first[0][0]), first[0][0], CLIENT, 0)
+    [(authed, _)] = client.handle(parse_message_untrusted(challenge[0].data), SERVER, 0.0) or []
+    msg = parse_message_untrusted(authed)
+    one = server.handle_request(msg, authed, CLIENT, 0.1)
+    two = server.handle_request(msg, authed, CLIENT, 0.6)
+    assert one == two and server.stats["allocate"] == 1

@@ -1,0 +1,305 @@
+"""TURN client over UDP, sans-IO (RFC 8656): allocate, refresh, permissions, channels, data.
+
+It shares the caller's one socket: requests go to the TURN server and its answers, Data
+indications and ChannelData come back on the same socket, told apart by first byte (RFC 7983).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from voip.wire.stun import (
+    Address,
+    Attr,
+    Class,
+    Message,
+    Method,
+    StunError,
+    encode,
+    encode_xor_address,
+    long_term_key,
+    new_transaction_id,
+    text,
+    u32,
+)
+from voip.wire.transactions import Transaction, TransactionTable
+from voip.wire.turn import (
+    ALLOCATION_LIFETIME,
+    CHANNEL_LIFETIME,
+    CHANNEL_MIN,
+    PERMISSION_LIFETIME,
+    ChannelDataError,
+    pack_channel_data,
+    parse_channel_data_untrusted,
+    requested_transport,
+)
+
+Transmit = tuple[bytes, Address]
+# Long enough that the first, unauthenticated Allocate is larger than a minimal 401 answer:
+# a careful server (ours) will not answer a smaller request with a larger reply.
+SOFTWARE = "callpeer 0.1 TURN client (RFC 8656)"
+TURN_RTO = 0.25
+TURN_RC = 6
+TURN_RM = 8
+REFRESH_MARGIN = 60  # s before expiry
+
+
+@dataclass(frozen=True)
+class Allocated:
+    relayed: Address
+    mapped: Address
+    lifetime: int
+
+
+@dataclass(frozen=True)
+class TurnFailed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class PermissionRefused:
+    peer_ip: str
+    reason: str
+
+
+TurnEvent = Allocated | TurnFailed | PermissionRefused
+
+
+@dataclass(frozen=True)
+class _Req:
+    method: int
+    attrs: tuple[tuple[int, bytes], ...]  # without the credential attributes
+    peer: Address | None = None  # for permissions and channels
+    channel: int | None = None
+
+
+@dataclass(frozen=True)
+class _Sent:
+    req: _Req
+    authenticated: bool  # sent with MESSAGE-INTEGRITY: a 401 to it means bad credentials
+
+
+class TurnClient:
+    def __init__(self, server: Address, username: str, password: str):
+        self.server = server
+        self.username = username
+        self.password = password
+        self.realm: str | None = None
+        self.nonce: str | None = None
+        self.key: bytes | None = None
+        self.relayed: Address | None = None
+        self.mapped: Address | None = None
+        self.failed: str | None = None
+        self.permissions: dict[str, float] = {}  # peer IP -> when to refresh
+        self.channels: dict[Address, int] = {}  # bound (confirmed) channels
+        self._channel_refresh: dict[Address, float] = {}
+        self._by_channel: dict[int, Address] = {}
+        self._next_channel = CHANNEL_MIN
+        self._refresh_at: float | None = None
+        self._txns: TransactionTable[_Sent] = TransactionTable()
+        self._events: list[TurnEvent] = []
+
+    # -- outputs -------------------------------------------------------------------------
+    def pop_events(self) -> list[TurnEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def next_deadline(self) -> float | None:
+        times = [
+            self._txns.next_deadline(),
+            self._refresh_at,
+            *self.permissions.values(),
+            *self._channel_refresh.values(),
+        ]
+        return min((t for t in times if t is not None), default=None)
+
+    # -- requests ------------------------------------------------------------------------
+    def start(self, now: float) -> list[Transmit]:
+        return [
+            self._send(
+                _Req(
+                    Method.ALLOCATE,
+                    (
+                        (Attr.REQUESTED_TRANSPORT, requested_transport()),
+                        (Attr.LIFETIME, u32(ALLOCATION_LIFETIME)),
+                    ),
+                ),
+                now,
+            )
+        ]
+
+    def permit(self, ips: list[str], now: float) -> list[Transmit]:
+        """Install permissions for these peer IPs (one request each, so one refusal is one)."""
+        out = []
+        for ip in ips:
+            if ip in self.permissions or self.relayed is None:
+                continue
+            self.permissions[ip] = now + PERMISSION_LIFETIME - REFRESH_MARGIN
+            out.append(self._send(_Req(Method.CREATE_PERMISSION, (), (ip, 0)), now))
+        return out
+
+    def bind_channel(self, peer: Address, now: float) -> list[Transmit]:
+        if peer in self.channels or peer in self._channel_refresh or self.relayed is None:
+            return []
+        channel = self._next_channel
+        self._next_channel += 1
+        self._channel_refresh[peer] = now + CHANNEL_LIFETIME - REFRESH_MARGIN
+        return [self._send(_Req(Method.CHANNEL_BIND, (), peer, channel), now)]
+
+    def wrap(self, data: bytes, peer: Address) -> Transmit:
+        """`data` for `peer` through the relay: ChannelData when bound, else a Send indication."""
+        channel = self.channels.get(peer)
+        if channel is not None:
+            return pack_channel_data(channel, data), self.server
+        tid = new_transaction_id()
+        ind = Message(
+            Method.SEND,
+            Class.INDICATION,
+            tid,
+            ((Attr.XOR_PEER_ADDRESS, encode_xor_address(peer, tid)), (Attr.DATA, data)),
+        )
+        return encode(ind), self.server
+
+    def close(self, now: float) -> list[Transmit]:
+        """Release the allocation now rather than let it time out (Refresh, LIFETIME 0)."""
+        if self.relayed is None:
+            return []
+        self.relayed = None
+        self._txns.cancel_all()
+        self.permissions.clear()
+        self._channel_refresh.clear()
+        self._refresh_at = None
+        req = _Req(Method.REFRESH, ((Attr.LIFETIME, u32(0)),))
+        return [(self._encode(req, new_transaction_id()), self.server)]
+
+    # -- inputs ---------------------------------------------------------------------------
+    def poll(self, now: float) -> list[Transmit]:
+        resend, failed = self._txns.poll(now)
+        out = list(resend)
+        for txn in failed:
+            if txn.context.req.method == Method.ALLOCATE:
+                self._fail(f"no answer from TURN server {self.server[0]}:{self.server[1]}")
+        if self._refresh_at is not None and now >= self._refresh_at:
+            self._refresh_at = None
+            out.append(
+                self._send(_Req(Method.REFRESH, ((Attr.LIFETIME, u32(ALLOCATION_LIFETIME)),)), now)
+            )
+        for ip, when in list(self.permissions.items()):
+            if now >= when:
+                self.permissions[ip] = now + PERMISSION_LIFETIME - REFRESH_MARGIN
+                out.append(self._send(_Req(Method.CREATE_PERMISSION, (), (ip, 0)), now))
+        for peer, when in list(self._channel_refresh.items()):
+            if now >= when and peer in self.channels:
+                self._channel_refresh[peer] = now + CHANNEL_LIFETIME - REFRESH_MARGIN
+                req = _Req(Method.CHANNEL_BIND, (), peer, self.channels[peer])
+                out.append(self._send(req, now))
+        return out
+
+    def handle(self, msg: Message, src: Address, now: float) -> list[Transmit] | None:
+        """Answers to our TURN requests; None when the message is not one."""
+        if src != self.server or msg.cls not in (Class.SUCCESS, Class.ERROR):
+            return None
+        txn = self._txns.match(msg)
+        if txn is None:
+            return None
+        return self._on_answer(msg, txn.context.req, txn.context.authenticated, now)
+
+    def unwrap(self, msg: Message, src: Address) -> tuple[bytes, Address] | None:
+        """(payload, peer) of a Data indication from our server, else None."""
+        if src != self.server or msg.method != Method.DATA or msg.cls != Class.INDICATION:
+            return None
+        try:
+            peer = msg.xor_address(Attr.XOR_PEER_ADDRESS)
+        except StunError:
+            return None
+        data = msg.get(Attr.DATA)
+        return None if peer is None or data is None else (data, peer)
+
+    def unwrap_channel(self, data: bytes, src: Address) -> tuple[bytes, Address] | None:
+        if src != self.server:
+            return None
+        try:
+            channel, payload = parse_channel_data_untrusted(data)
+        except ChannelDataError:
+            return None
+        peer = self._by_channel.get(channel)
+        return None if peer is None else (payload, peer)
+
+    # -- internals ------------------------------------------------------------------------
+    def _encode(self, req: _Req, tid: bytes) -> bytes:
+        attrs = list(req.attrs)
+        if req.channel is not None:
+            attrs.append((Attr.CHANNEL_NUMBER, struct.pack("!HH", req.channel, 0)))
+        if req.peer is not None:
+            attrs.append((Attr.XOR_PEER_ADDRESS, encode_xor_address(req.peer, tid)))
+        if self.key is None:  # the first Allocate: no credentials yet, so the SOFTWARE pad
+            attrs.append((Attr.SOFTWARE, text(SOFTWARE)))
+            return encode(Message(req.method, Class.REQUEST, tid, tuple(attrs)), fingerprint=True)
+        assert self.realm is not None and self.nonce is not None
+        attrs += [
+            (Attr.USERNAME, text(self.username)),
+            (Attr.REALM, text(self.realm)),
+            (Attr.NONCE, text(self.nonce)),
+        ]
+        msg = Message(req.method, Class.REQUEST, tid, tuple(attrs))
+        return encode(msg, integrity_key=self.key, fingerprint=True)
+
+    def _send(self, req: _Req, now: float) -> Transmit:
+        tid = new_transaction_id()
+        sent = _Sent(req, self.key is not None)
+        txn = Transaction(
+            tid, self._encode(req, tid), self.server, sent, rto=TURN_RTO, rc=TURN_RC, rm=TURN_RM
+        )
+        return self._txns.start(now, txn), self.server
+
+    def _fail(self, reason: str) -> None:
+        if self.failed is None:
+            self.failed = reason
+            self._events.append(TurnFailed(reason))
+
+    def _on_answer(
+        self, msg: Message, req: _Req, authenticated: bool, now: float
+    ) -> list[Transmit]:
+        if msg.cls == Class.ERROR:
+            try:
+                code, reason = msg.error() or (500, "")
+            except StunError:
+                code, reason = 500, ""
+            if code in (401, 438) and msg.text(Attr.NONCE):
+                if code == 401 and authenticated:
+                    self._fail(f"the TURN server refused the credentials for {self.username!r}")
+                    return []
+                # 401: the challenge, answered with credentials; 438: a fresh nonce (§9.2.5)
+                self.realm = msg.text(Attr.REALM) or self.realm
+                self.nonce = msg.text(Attr.NONCE)
+                assert self.realm is not None
+                self.key = long_term_key(self.username, self.realm, self.password)
+                return [self._send(req, now)]
+            if req.method == Method.ALLOCATE:
+                self._fail(f"TURN allocation refused: {code} {reason}".strip())
+            elif req.method == Method.CREATE_PERMISSION and req.peer is not None:
+                self._events.append(PermissionRefused(req.peer[0], f"{code} {reason}".strip()))
+            elif req.method == Method.CHANNEL_BIND and req.peer is not None:
+                self._channel_refresh.pop(req.peer, None)
+            return []
+        if req.method == Method.ALLOCATE:
+            try:
+                relayed = msg.xor_address(Attr.XOR_RELAYED_ADDRESS)
+                mapped = msg.xor_address(Attr.XOR_MAPPED_ADDRESS)
+                lifetime = msg.u32(Attr.LIFETIME) or ALLOCATION_LIFETIME
+            except StunError:
+                relayed = None
+            if relayed is None or mapped is None:
+                self._fail("TURN allocation answer without XOR-RELAYED-ADDRESS")
+                return []
+            self.relayed, self.mapped = relayed, mapped
+            self._refresh_at = now + max(lifetime / 2, lifetime - REFRESH_MARGIN)
+            self._events.append(Allocated(relayed, mapped, lifetime))
+        elif req.method == Method.REFRESH:
+            lifetime = msg.u32(Attr.LIFETIME) or ALLOCATION_LIFETIME
+            self._refresh_at = now + max(lifetime / 2, lifetime - REFRESH_MARGIN)
+        elif req.method == Method.CHANNEL_BIND and req.peer is not None and req.channel:
+            self.channels[req.peer] = req.channel
+            self._by_channel[req.channel] = req.peer
+        return []

@@ -1,0 +1,74 @@
+"""TURN wire helpers, sans-IO: ChannelData, transports, REST API credentials (RFC 8656)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import struct
+
+UDP_TRANSPORT = 17  # REQUESTED-TRANSPORT protocol number (RFC 8656 §18.7)
+CHANNEL_MIN, CHANNEL_MAX = 0x4000, 0x4FFF  # RFC 8656 §12: numbers usable for channels
+ALLOCATION_LIFETIME = 600  # s, default and what we ask for (§7.2)
+MAX_LIFETIME = 3600
+PERMISSION_LIFETIME = 300  # s (§9)
+CHANNEL_LIFETIME = 600  # s (§12)
+
+
+class ChannelDataError(ValueError):
+    """A malformed ChannelData message."""
+
+
+def looks_like_channel_data(data: bytes) -> bool:
+    """RFC 7983 demultiplexing: a first byte of 64-79 is TURN ChannelData."""
+    return len(data) >= 4 and 64 <= data[0] <= 79
+
+
+def pack_channel_data(channel: int, payload: bytes) -> bytes:
+    # Over UDP the padding to 4 bytes is optional (RFC 8656 §12.5); we send none.
+    return struct.pack("!HH", channel, len(payload)) + payload
+
+
+def parse_channel_data_untrusted(data: bytes) -> tuple[int, bytes]:
+    if len(data) < 4:
+        raise ChannelDataError("ChannelData shorter than its header")
+    channel, length = struct.unpack_from("!HH", data)
+    if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
+        raise ChannelDataError(f"channel 0x{channel:04x} outside 0x4000-0x4FFF")
+    if 4 + length > len(data):
+        raise ChannelDataError("ChannelData length runs past the datagram")
+    return channel, data[4 : 4 + length]
+
+
+def requested_transport(protocol: int = UDP_TRANSPORT) -> bytes:
+    return struct.pack("!B3x", protocol)
+
+
+def rest_username(expiry_unix: int, name: str) -> str:
+    """The TURN REST API username coturn's `use-auth-secret` expects: "expiry:name"."""
+    return f"{expiry_unix}:{name}"
+
+
+def rest_password(secret: str, username: str) -> str:
+    """base64(HMAC-SHA1(secret, username)): the password both sides derive from the secret."""
+    mac = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return base64.b64encode(mac).decode()
+
+
+def rest_expiry(username: str) -> int | None:
+    """The expiry time in a REST username, or None if it has none."""
+    head = username.split(":", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def turn_url(text: str) -> tuple[str, int]:
+    """`turn:HOST:PORT` (or `turn:HOST`, port 3478) as (host, port); ValueError if not."""
+    if not text.startswith("turn:"):
+        raise ValueError(f"bad TURN server {text!r}: expected turn:HOST:PORT")
+    rest = text[5:].split("?", 1)[0]
+    host, sep, port = rest.rpartition(":")
+    if not sep:
+        host, port = rest, "3478"
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad TURN server {text!r}: expected turn:HOST:PORT")
+    return host, int(port)
