@@ -113,7 +113,7 @@ def test_expired_rest_credential_is_refused() -> None:
 
 def test_stale_nonce_is_renewed_transparently() -> None:
     server, _ = make_server()
-    client = rest_client()
+    client = rest_client(ttl=3600)
     allocated(client, server, now=0.0)
     later = 700.0  # past the nonce lifetime: the refresh gets 438 and retries with a new nonce
     exchange(client, server, client.permit([PEER[0]], later), later)
