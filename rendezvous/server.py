@@ -111,7 +111,7 @@ class RendezvousServer:
     def _on_datagram(self, data: bytes, src: Address, now: float) -> None:
         assert self.endpoint is not None and self._timer is not None
         if self.turn is not None:
-            if looks_like_channel_data(data):
+            if looks_like_channel_data(data, legacy=True):
                 self._send(self.turn.handle_channel_data(data, src, now))
                 return
             if looks_like_stun(data):

@@ -16,6 +16,7 @@ them, and sends what this logic returns through the socket each `Out` names.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -47,8 +48,8 @@ from voip.wire.stun import (
 from voip.wire.turn import (
     ALLOCATION_LIFETIME,
     CHANNEL_LIFETIME,
-    CHANNEL_MAX,
     CHANNEL_MIN,
+    LEGACY_CHANNEL_MAX,
     MAX_LIFETIME,
     PERMISSION_LIFETIME,
     UDP_TRANSPORT,
@@ -67,24 +68,27 @@ TURN_METHODS = {
     Method.SEND,
 }
 NONCE_LIFETIME = 600  # s
-# 32 bits of MAC: a forged nonce only skips the challenge round trip (MESSAGE-INTEGRITY still
-# decides), and a short nonce keeps the unauthenticated 401 down to 60 bytes (see _challenge).
-NONCE_MAC_HEX = 8
+# A nonce is 4 bytes of expiry and 5 of MAC, 12 characters of base64: a forged one only skips
+# the challenge round trip (MESSAGE-INTEGRITY still decides), and with the 2-character realm
+# the unauthenticated 401 is 52 bytes, so even coturn's turnutils_uclient's smallest Allocate
+# (52 bytes) can be challenged without the answer being larger than the question.
+NONCE_MAC_BYTES = 5
 # Always refused as peers (RFC 8656 §21.1, CVE-2020-26262): they reach the relay itself.
 ALWAYS_DENIED = [
     ipaddress.ip_network(n)
     for n in (
         "0.0.0.0/8",
-        "127.0.0.0/8",
         "169.254.0.0/16",
         "224.0.0.0/4",
         "255.255.255.255/32",
         "::/128",
-        "::1/128",
         "fe80::/10",
         "ff00::/8",
     )
 ]
+# Refused unless allow_loopback_peers: only for a relay that is itself on loopback (tests, and
+# the rendezvous a caller hosts for two terminals on one machine), like coturn's flag.
+LOOPBACK = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
 # Refused unless allowed: the relay's own site may be on them.
 PRIVATE = [
     ipaddress.ip_network(n)
@@ -127,10 +131,11 @@ class Allocation:
 
 @dataclass
 class TurnPolicy:
-    realm: str = "callpeer"
+    realm: str = "cp"  # short on purpose: see NONCE_MAC_BYTES
     secret: str | None = None  # TURN REST API shared secret (coturn's static-auth-secret)
     users: dict[str, str] = field(default_factory=dict)  # static long-term users
     allowed_peers: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
+    allow_loopback_peers: bool = False
     quota: int = 10  # allocations per username
     max_lifetime: int = MAX_LIFETIME
 
@@ -180,7 +185,7 @@ class TurnServer:
     def handle_channel_data(self, data: bytes, src: Address, now: float) -> list[Out]:
         alloc = self.allocations.get(src)
         try:
-            channel, payload = parse_channel_data_untrusted(data)
+            channel, payload = parse_channel_data_untrusted(data, legacy=True)
         except ChannelDataError:
             self.stats["malformed"] += 1
             return []
@@ -222,20 +227,24 @@ class TurnServer:
                 self.stats["expired"] += 1
 
     # -- authentication -------------------------------------------------------------------
+    def _nonce_mac(self, src: Address, expiry: bytes) -> bytes:
+        msg = f"{src[0]}:{src[1]}:".encode() + expiry
+        return hmac.new(self._nonce_key, msg, hashlib.sha256).digest()[:NONCE_MAC_BYTES]
+
     def _nonce(self, src: Address, now: float) -> str:
-        expiry = int(now + NONCE_LIFETIME)
-        mac = hmac.new(self._nonce_key, f"{src[0]}:{src[1]}:{expiry}".encode(), hashlib.sha256)
-        return f"{expiry:x}{mac.hexdigest()[:NONCE_MAC_HEX]}"
+        expiry = struct.pack("!I", int(now + NONCE_LIFETIME) & 0xFFFFFFFF)
+        return base64.urlsafe_b64encode(expiry + self._nonce_mac(src, expiry)).decode()
 
     def _nonce_valid(self, nonce: str, src: Address, now: float) -> bool:
-        head = nonce[:-NONCE_MAC_HEX]
         try:
-            expiry = int(head, 16)
-        except ValueError:
+            raw = base64.urlsafe_b64decode(nonce.encode())
+        except (ValueError, UnicodeEncodeError):
             return False
-        mac = hmac.new(self._nonce_key, f"{src[0]}:{src[1]}:{expiry}".encode(), hashlib.sha256)
-        return expiry > now and hmac.compare_digest(
-            nonce[-NONCE_MAC_HEX:], mac.hexdigest()[:NONCE_MAC_HEX]
+        if len(raw) != 4 + NONCE_MAC_BYTES:
+            return False
+        expiry, mac = raw[:4], raw[4:]
+        return struct.unpack("!I", expiry)[0] > now and hmac.compare_digest(
+            mac, self._nonce_mac(src, expiry)
         )
 
     def _password(self, username: str, now: float) -> str | None:
@@ -368,7 +377,9 @@ class TurnServer:
         except ValueError:
             return "not an IP address"
         if any(addr in n for n in ALWAYS_DENIED):
-            return "loopback, unspecified, link-local or multicast"
+            return "unspecified, link-local or multicast"
+        if any(addr in n for n in LOOPBACK) and not self.policy.allow_loopback_peers:
+            return "loopback"
         if any(addr in n for n in self.policy.allowed_peers):
             return None
         if any(addr in n for n in PRIVATE):
@@ -403,7 +414,7 @@ class TurnServer:
         if number is None or len(number) != 4 or len(peers) != 1:
             return self._error(msg, alloc.client, 400, "Bad Request", alloc.key)
         channel, peer = struct.unpack("!H", number[:2])[0], peers[0]
-        if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
+        if not CHANNEL_MIN <= channel <= LEGACY_CHANNEL_MAX:
             return self._error(msg, alloc.client, 400, "Bad Request: channel number", alloc.key)
         if self.peer_refusal(peer[0]) is not None:
             self.stats["peer_refused"] += 1

@@ -87,7 +87,8 @@ def test_allocate_is_challenged_then_succeeds_with_rest_credentials() -> None:
     [out] = challenge
     reply = parse_message_untrusted(out.data)
     assert reply.error() == (401, "")
-    assert reply.text(Attr.REALM) == "callpeer" and reply.text(Attr.NONCE)
+    assert reply.text(Attr.REALM) == "cp" and reply.text(Attr.NONCE)
+    assert len(out.data) == 52
     event = allocated(rest_client(), server)
     assert event.relayed in ports.open_ports and event.mapped == CLIENT
     assert event.lifetime == 600
@@ -155,7 +156,10 @@ def test_loopback_and_private_peers_are_refused() -> None:
 def test_allowed_private_range_is_relayed_to() -> None:
     server, _ = make_server(allowed_peers=[PRIVATE[0]])
     assert server.peer_refusal(str(next(PRIVATE[0].hosts()))) is None
-    assert server.peer_refusal("127.0.0.1") is not None  # loopback can never be allowed
+    assert server.peer_refusal("127.0.0.1") == "loopback"  # not by a private-range allowance
+    assert server.peer_refusal("0.0.0.1") is not None
+    loopback_ok, _ = make_server(allow_loopback_peers=True)
+    assert loopback_ok.peer_refusal("127.0.0.1") is None
 
 
 def test_quota_per_user() -> None:

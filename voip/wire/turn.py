@@ -9,6 +9,9 @@ import struct
 
 UDP_TRANSPORT = 17  # REQUESTED-TRANSPORT protocol number (RFC 8656 §18.7)
 CHANNEL_MIN, CHANNEL_MAX = 0x4000, 0x4FFF  # RFC 8656 §12: numbers usable for channels
+# RFC 5766 allowed up to 0x7FFE and older clients (coturn's turnutils_uclient) still use it. A
+# relay's own port carries only STUN and ChannelData, so it can accept them without confusion.
+LEGACY_CHANNEL_MAX = 0x7FFE
 ALLOCATION_LIFETIME = 600  # s, default and what we ask for (§7.2)
 MAX_LIFETIME = 3600
 PERMISSION_LIFETIME = 300  # s (§9)
@@ -19,9 +22,10 @@ class ChannelDataError(ValueError):
     """A malformed ChannelData message."""
 
 
-def looks_like_channel_data(data: bytes) -> bool:
-    """RFC 7983 demultiplexing: a first byte of 64-79 is TURN ChannelData."""
-    return len(data) >= 4 and 64 <= data[0] <= 79
+def looks_like_channel_data(data: bytes, legacy: bool = False) -> bool:
+    """RFC 7983 demultiplexing: a first byte of 64-79 is TURN ChannelData (64-127 on a relay's
+    own port, where RFC 5766 channel numbers can arrive)."""
+    return len(data) >= 4 and 64 <= data[0] <= (127 if legacy else 79)
 
 
 def pack_channel_data(channel: int, payload: bytes) -> bytes:
@@ -29,12 +33,13 @@ def pack_channel_data(channel: int, payload: bytes) -> bytes:
     return struct.pack("!HH", channel, len(payload)) + payload
 
 
-def parse_channel_data_untrusted(data: bytes) -> tuple[int, bytes]:
+def parse_channel_data_untrusted(data: bytes, legacy: bool = False) -> tuple[int, bytes]:
     if len(data) < 4:
         raise ChannelDataError("ChannelData shorter than its header")
     channel, length = struct.unpack_from("!HH", data)
-    if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
-        raise ChannelDataError(f"channel 0x{channel:04x} outside 0x4000-0x4FFF")
+    highest = LEGACY_CHANNEL_MAX if legacy else CHANNEL_MAX
+    if not CHANNEL_MIN <= channel <= highest:
+        raise ChannelDataError(f"channel 0x{channel:04x} outside 0x4000-0x{highest:04X}")
     if 4 + length > len(data):
         raise ChannelDataError("ChannelData length runs past the datagram")
     return channel, data[4 : 4 + length]
