@@ -1,14 +1,17 @@
-"""`callpeer-rendezvous`: run the rendezvous server."""
+"""`callpeer-rendezvous`: run the rendezvous server, and the TURN relay if asked."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import sys
 
-from rendezvous.logic import RendezvousLogic
+from rendezvous.logic import RelayOffer, RendezvousLogic
 from rendezvous.server import RendezvousServer
+from rendezvous.turn_server import TurnPolicy
 from voip.nat.candidates import format_address, parse_address
+from voip.wire.turn import turn_url
 
 DEFAULT_LISTEN = "0.0.0.0:3478"
 
@@ -16,7 +19,8 @@ DEFAULT_LISTEN = "0.0.0.0:3478"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="callpeer-rendezvous",
-        description="Rendezvous for callpeer: answers STUN Binding and introduces callers.",
+        description="Rendezvous for callpeer: answers STUN Binding, introduces callers, and "
+        "relays (TURN, RFC 8656) when asked to.",
     )
     p.add_argument(
         "--listen",
@@ -31,19 +35,82 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a name is kept without a refresh (default 30)",
     )
+    relay = p.add_argument_group("relay (TURN)")
+    relay.add_argument(
+        "--relay-address",
+        metavar="HOST",
+        help="be a TURN relay too, with relayed addresses on HOST (this machine's "
+        "public address); default: the --listen host if it is not 0.0.0.0",
+    )
+    relay.add_argument("--no-relay", action="store_true", help="never relay")
+    relay.add_argument(
+        "--turn-secret",
+        metavar="SECRET",
+        help="shared secret for TURN REST credentials (coturn's "
+        "static-auth-secret); default: a random one",
+    )
+    relay.add_argument(
+        "--turn-url",
+        metavar="turn:HOST:PORT",
+        help="offer callers this TURN server instead of our own (coturn with "
+        "use-auth-secret, or callpeer-rendezvous on the relay host), with "
+        "credentials from --turn-secret",
+    )
+    relay.add_argument(
+        "--allow-peer",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="relay to peers in this private range too (repeatable)",
+    )
+    relay.add_argument(
+        "--allow-loopback-peers",
+        action="store_true",
+        help="relay to loopback peers: only for a relay that is itself on loopback",
+    )
+    relay.add_argument("--quota", type=int, default=10, help="allocations per user (default 10)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return p
 
 
-async def _run(host: str, port: int, lifetime: float, quiet: bool) -> None:
-    server = await RendezvousServer(RendezvousLogic(lifetime)).start(host, port)
+def build_server(args: argparse.Namespace, host: str) -> RendezvousServer:
+    offer = None
+    if args.turn_url:
+        if not args.turn_secret:
+            raise ValueError("--turn-url needs --turn-secret (the TURN server's REST secret)")
+        offer = RelayOffer(turn_url(args.turn_url), args.turn_secret)
+    logic = RendezvousLogic(args.lifetime, relay=offer)
+    relay_host = args.relay_address or (host if host not in ("0.0.0.0", "") else None)  # noqa: S104
+    if args.no_relay or relay_host is None or (offer is not None and not args.relay_address):
+        return RendezvousServer(logic)
+    try:
+        allowed = [ipaddress.ip_network(c, strict=False) for c in args.allow_peer]
+    except ValueError as exc:
+        raise ValueError(f"--allow-peer: {exc}") from exc
+    policy = TurnPolicy(
+        secret=args.turn_secret,
+        allowed_peers=allowed,
+        allow_loopback_peers=args.allow_loopback_peers,
+        quota=args.quota,
+    )
+    return RendezvousServer.with_relay(relay_host, logic, policy)
+
+
+async def _run(server: RendezvousServer, host: str, port: int, quiet: bool) -> None:
+    await server.start(host, port)
     if not quiet:
         print(f"callpeer-rendezvous listening on udp {format_address(server.address)}", flush=True)
+        relay = server.logic.relay
+        if server.relay_ports is not None:
+            print(f"relaying (TURN) with allocations on {server.relay_ports.host}", flush=True)
+        if relay is not None:
+            print(f"offering callers the relay turn:{format_address(relay.server)}", flush=True)
     try:
         while True:
             await asyncio.sleep(60)
-            if not quiet and server.logic.stats:
-                counts = ", ".join(f"{k}={v}" for k, v in sorted(server.logic.stats.items()))
+            stats = {**server.logic.stats, **(server.turn.stats if server.turn else {})}
+            if not quiet and stats:
+                counts = ", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
                 print(f"{len(server.logic.registry)} online; {counts}", flush=True)
     finally:
         server.close()
@@ -53,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         host, port = parse_address(args.listen, default_port=3478, allow_any_port=True)
+        server = build_server(args, host)
     except ValueError as exc:
         print(f"callpeer-rendezvous: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_run(host, port, args.lifetime, args.quiet))
+        asyncio.run(_run(server, host, port, args.quiet))
     except OSError as exc:
         print(
             f"callpeer-rendezvous: cannot listen on {args.listen}: {exc.strerror or exc}",

@@ -8,6 +8,7 @@ candidates and fresh ICE credentials, retransmitted until each acknowledges.
 from __future__ import annotations
 
 import secrets
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from voip.wire.stun import (
     unknown_required,
 )
 from voip.wire.transactions import Transaction, TransactionTable
+from voip.wire.turn import rest_password, rest_username
 
 Transmit = tuple[bytes, Address]
 
@@ -43,15 +45,36 @@ PEER_READY_RM = 8
 
 
 @dataclass(frozen=True)
+class RelayOffer:
+    """The TURN relay callers are told to use, and the secret its REST credentials come from.
+
+    The relay may be this server (callpeer-rendezvous --relay-address), another instance on the
+    relay host, or coturn with use-auth-secret and the same secret.
+    """
+
+    server: Address
+    secret: str
+    ttl: int = 600  # s; callers re-register every 10 s and get fresh ones
+
+
+@dataclass(frozen=True)
 class _Intro:
     to: str
     peer: str
 
 
 class RendezvousLogic:
-    def __init__(self, lifetime: float = 30.0, software: str = SOFTWARE):
+    def __init__(
+        self,
+        lifetime: float = 30.0,
+        software: str = SOFTWARE,
+        relay: RelayOffer | None = None,
+        wallclock: float | None = None,
+    ):
         self.registry = Registry(lifetime)
         self.software = software
+        self.relay = relay
+        self.wall_offset = (time.time() - time.monotonic()) if wallclock is None else wallclock
         self.stats: Counter[str] = Counter()
         self._txns: TransactionTable[_Intro] = TransactionTable()
 
@@ -62,7 +85,8 @@ class RendezvousLogic:
         return min(times, default=None)
 
     def poll(self, now: float) -> list[Transmit]:
-        resend, failed = self._txns.poll(now)
+        resend_txns, failed = self._txns.poll(now)
+        resend = [(t.data, t.dest) for t in resend_txns]
         self.stats["peer_ready_unacknowledged"] += len(failed)
         self.stats["expired"] += len(self.registry.expire(now))
         return resend
@@ -177,12 +201,23 @@ class RendezvousLogic:
                     (Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id)),
                     (Attr.LIFETIME, u32(int(self.registry.lifetime))),
                     (Attr.CP_STATUS, text(status)),
+                    *self._relay_attributes(req.name, now),
                 ],
             )
         ]
         if peer is not None:
             out += self._introduce(entry, peer, now)
         return out
+
+    def _relay_attributes(self, name: str, now: float) -> list[tuple[int, bytes]]:
+        if self.relay is None:
+            return []
+        username = rest_username(int(now + self.wall_offset) + self.relay.ttl, name)
+        return [
+            (Attr.CP_TURN_SERVER, encode_address(self.relay.server)),
+            (Attr.CP_TURN_USERNAME, text(username)),
+            (Attr.CP_TURN_PASSWORD, text(rest_password(self.relay.secret, username))),
+        ]
 
     def _leave(self, msg: Message, src: Address) -> list[Transmit]:
         name = msg.text(Attr.CP_NAME) or ""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import socket
 
-from rendezvous.logic import RendezvousLogic
-from rendezvous.turn_server import Out, TurnServer
+from rendezvous.logic import RelayOffer, RendezvousLogic
+from rendezvous.turn_server import Out, TurnPolicy, TurnServer
 from voip.transport import Timer, UdpEndpoint
 from voip.wire.stun import Address, StunError, looks_like_stun, parse_message_untrusted
 from voip.wire.turn import looks_like_channel_data
@@ -78,13 +79,21 @@ class RendezvousServer:
 
     @classmethod
     def with_relay(
-        cls, relay_host: str, logic: RendezvousLogic | None = None, **policy: object
+        cls,
+        relay_host: str,
+        logic: RendezvousLogic | None = None,
+        policy: TurnPolicy | None = None,
     ) -> RendezvousServer:
-        """A rendezvous that is also a TURN relay, allocating on `relay_host`."""
-        from rendezvous.turn_server import TurnPolicy  # noqa: PLC0415
+        """A rendezvous that is also a TURN relay, allocating on `relay_host`.
 
+        Unless `logic` already names a relay to offer, it offers this one to its callers, with
+        REST credentials from the policy's secret (a random one if none is set).
+        """
+        policy = policy or TurnPolicy()
+        if policy.secret is None:
+            policy.secret = secrets.token_urlsafe(18)
         ports = SocketRelayPorts(relay_host)
-        return cls(logic, TurnServer(ports, TurnPolicy(**policy)), ports)  # type: ignore[arg-type]
+        return cls(logic, TurnServer(ports, policy), ports)
 
     @property
     def address(self) -> Address:
@@ -94,6 +103,10 @@ class RendezvousServer:
     async def start(self, host: str = "127.0.0.1", port: int = 3478) -> RendezvousServer:
         self.endpoint = await UdpEndpoint.bind(host, port, self._on_datagram)
         self._timer = Timer(self.endpoint.loop, self._next_deadline, self._on_timer)
+        if self.turn is not None and self.relay_ports is not None and self.logic.relay is None:
+            assert self.turn.policy.secret is not None
+            advertised = (self.relay_ports.host, self.address[1])
+            self.logic.relay = RelayOffer(advertised, self.turn.policy.secret)
         return self
 
     def _next_deadline(self) -> float | None:

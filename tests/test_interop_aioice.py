@@ -106,7 +106,7 @@ class ChecksShell:
 
     def _on_timer(self, now: float) -> None:
         assert self.endpoint is not None and self.agent is not None
-        self.endpoint.send_all(self.agent.poll(now))
+        self.endpoint.send_all([(d, dest) for d, dest, _ in self.agent.poll(now)])
         self._events()
 
     def _on_datagram(self, data: bytes, src: tuple[str, int], now: float) -> None:
@@ -117,7 +117,7 @@ class ChecksShell:
             self.data.append(data)
             return
         out = self.agent.handle(parse_message_untrusted(data), src, now)
-        self.endpoint.send_all(out or [])
+        self.endpoint.send_all([(d, dest) for d, dest, _ in out or []])
         self._events()
         if self.timer is not None:
             self.timer.rearm()

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from rendezvous.logic import RendezvousLogic
 from rendezvous.registry import NameTaken, Registry
 from voip.nat.candidates import Candidate, CandidateType
-from voip.nat.rendezvous_client import GotPeer, Refused, Registered, RendezvousClient, Unreachable
+from voip.nat.rendezvous_client import (
+    Asked,
+    GotPeer,
+    Refused,
+    Registered,
+    RendezvousClient,
+    Unreachable,
+)
 from voip.wire.signal import PeerReady, Register
 from voip.wire.stun import (
     Attr,
@@ -222,8 +229,9 @@ def test_client_registers_refreshes_and_gets_its_peer_once() -> None:
     client = RendezvousClient("alice", "bob", SERVER, ())
     for msg, _ in _answer(logic, client.start(0.0), A, 0.0):
         client.handle(msg, SERVER, 0.01)
-    [registered] = client.pop_events()
+    registered, asked = client.pop_events()
     assert registered == Registered(A, 30.0, "waiting")
+    assert asked == Asked("waiting")
     refresh_at = client.next_deadline()
     assert refresh_at is not None
     assert refresh_at == pytest.approx(10.01)  # a third of the lifetime

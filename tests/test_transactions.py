@@ -51,7 +51,7 @@ def test_new_checks_are_paced_ta_apart() -> None:
     first_send: dict[tuple[str, int], float] = {}
     now = 0.0
     while now < 0.5:
-        for data, dest in agent.poll(now):
+        for data, dest, _base in agent.poll(now):
             msg = parse_message_untrusted(data)
             assert msg.method == Method.BINDING and msg.cls == Class.REQUEST
             first_send.setdefault(dest, now)

@@ -5,8 +5,10 @@
         await call.run(duration=5)
     print(call.report().to_dict())
 
-One UDP socket carries everything (DESIGN.md): signalling to the rendezvous, connectivity
-checks, RTP and RTCP. Datagrams are told apart by their first byte (RFC 7983).
+One UDP socket carries everything (DESIGN.md): signalling to the rendezvous, TURN to the relay,
+connectivity checks, RTP and RTCP. Datagrams are told apart by their first byte (RFC 7983).
+Audio goes on the active path (direct, or through a relay); the other path is probed all call
+long, so the report can put the two side by side.
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ from voip.media.rtcp_session import PeerBye, RtcpSession, RttMeasured
 from voip.media.rtp_stream import RtpReceiverStats, RtpSender
 from voip.nat import checks
 from voip.nat.candidates import Candidate, CandidateType, format_address, is_usable_host_ip
-from voip.nat.connector import Connector, Introduced, PeerTimeout
+from voip.nat.connector import Connector, Introduced, PeerTimeout, RelayReady, RelayUnavailable
 from voip.nat.host_addresses import host_ipv4_addresses
-from voip.nat.rendezvous_client import Refused, Registered, Unreachable
-from voip.report import CallReport
+from voip.nat.rendezvous_client import Asked, Refused, Registered, TurnOffer, Unreachable
+from voip.report import CallReport, PathMetrics
 from voip.transport import Timer, UdpEndpoint
 from voip.wire.rtp import RtpError, is_rtcp, looks_like_rtp_or_rtcp, parse_rtp_untrusted
-from voip.wire.stun import Address, looks_like_stun
+from voip.wire.stun import Address
 
 FRAME_S = FRAME_MS / 1000.0
 MEDIA_TIMEOUT = 10.0  # no RTP from the peer for this long and the call is over
@@ -51,6 +53,8 @@ class CallOptions:
     stats_interval: float = 1.0
     bind_host: str = "0.0.0.0"  # noqa: S104 - a caller must receive from its peer on any interface
     bind_port: int = 0
+    relay: str = "auto"  # auto: relay only if direct fails; force: audio over it; off: none
+    turn: TurnOffer | None = None  # a TURN server of our own choosing (e.g. coturn)
 
 
 class Call:
@@ -79,7 +83,7 @@ class Call:
         self._endpoint: UdpEndpoint | None = None
         self._timer: Timer | None = None
         self._connector: Connector | None = None
-        self._remote: Address | None = None
+        self._active: checks.Pair | None = None
         self._connected = asyncio.Event()
         self._done = asyncio.Event()
         self._failure: CallError | None = None
@@ -125,6 +129,8 @@ class Call:
             hosts,
             wait_timeout=self.options.wait_timeout,
             punch_timeout=self.options.punch_timeout,
+            relay_mode=self.options.relay,
+            turn=self.options.turn,
         )
         self._timer = Timer(loop, self._connector.next_deadline, self._on_timer)
         self._endpoint.send_all(self._connector.start(loop.time()))
@@ -158,8 +164,8 @@ class Call:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if self._remote is not None and not self._done.is_set():
-            self._endpoint.send(self._rtcp.build_bye(now, reason), self._remote)
+        if self._active is not None and not self._done.is_set():
+            self._send_media(self._rtcp.build_bye(now, reason))
         self._finish(reason, ok=self._failure is None)
         for task in self._tasks:
             task.cancel()
@@ -178,12 +184,32 @@ class Call:
         self.sink.close()
 
     def report(self) -> CallReport:
+        """The call's figures so far (final once it has ended)."""
         r = self._report
-        if self._connected.is_set():
-            r.direct.jitter_ms = self._rx.jitter_ms
-            r.direct.loss_pct = self._rx.loss_pct
+        if self._active is not None:
+            active = self._metrics(self._active.kind)
+            active.jitter_ms = self._rx.jitter_ms
+            active.loss_pct = self._rx.loss_pct
+        for kind in (checks.DIRECT, checks.RELAYED):
+            metrics = self._metrics(kind)
+            if metrics.available and (self._active is None or kind != self._active.kind):
+                metrics.jitter_ms, metrics.loss_pct = (
+                    metrics.probe_jitter_ms(),
+                    metrics.probe_loss_pct(),
+                )
+        connector = self._connector
+        if connector is not None and connector.checks is not None:
+            for kind in (checks.DIRECT, checks.RELAYED):
+                metrics = self._metrics(kind)
+                if not metrics.available and metrics.reason is None:
+                    metrics.reason = connector.checks.unreached(kind)
+        if connector is not None and not r.relay.available and connector.relay_unavailable:
+            r.relay.reason = connector.relay_unavailable
         r.audio.frames_late = self._jb.late
         return r
+
+    def _metrics(self, kind: str) -> PathMetrics:
+        return self._report.direct if kind == checks.DIRECT else self._report.relay
 
     async def events(self) -> AsyncIterator[ev.CallEvent]:
         """Every event, in order, until the call has ended."""
@@ -206,18 +232,29 @@ class Call:
 
     def _on_datagram(self, data: bytes, src: Address, now: float) -> None:
         assert self._endpoint is not None and self._connector is not None
-        if looks_like_stun(data):
-            self._endpoint.send_all(self._connector.handle_stun(data, src, now))
+        if looks_like_rtp_or_rtcp(data):
+            self._on_media(data, src, checks.HOST, now)
+        else:
+            out, inner = self._connector.handle(data, src, now)
+            self._endpoint.send_all(out)
+            if inner is not None:
+                self._on_media(inner[0], inner[1], checks.RELAY, now)
             self._handle_connector_events(now)
-        elif looks_like_rtp_or_rtcp(data):
-            if src != self._remote:
-                return  # media only from the path the checks proved; anything else is a stranger
-            if is_rtcp(data):
-                self._on_rtcp(data, now)
-            else:
-                self._on_rtp(data, now)
         if self._timer is not None:
             self._timer.rearm()
+
+    def _on_media(self, data: bytes, src: Address, base: str, now: float) -> None:
+        if self._active is None or (base, src) != self._active.key:
+            return  # media only from the path the checks proved; anything else is a stranger
+        if is_rtcp(data):
+            self._on_rtcp(data, now)
+        else:
+            self._on_rtp(data, now)
+
+    def _send_media(self, data: bytes) -> None:
+        assert self._endpoint is not None and self._connector is not None
+        if self._active is not None:
+            self._endpoint.send(*self._connector.route(data, self._active))
 
     def _handle_connector_events(self, now: float) -> None:
         assert self._connector is not None
@@ -226,8 +263,13 @@ class Call:
             if isinstance(event, Registered):
                 self._report.local_public = format_address(event.mapped)
                 self._emit(ev.Registered(self.name, event.mapped))
+            elif isinstance(event, Asked):
                 if event.status == "waiting":
                     self._emit(ev.Waiting(self.peer, now))
+            elif isinstance(event, RelayReady):
+                self._emit(ev.RelayAllocated(event.relayed, event.server))
+            elif isinstance(event, RelayUnavailable):
+                self._report.relay.reason = event.reason
             elif isinstance(event, Refused):
                 self._fail(f"the rendezvous at {server} refused us: {event.code} {event.reason}")
             elif isinstance(event, Unreachable):
@@ -248,33 +290,50 @@ class Call:
                 self._report.wait_ms = (now - self._t_start) * 1000
                 self._report.candidates_tried = [str(c) for c in ready.candidates]
                 self._emit(ev.Punching(ready.peer, ready.candidates, ready.controlling))
-            elif isinstance(event, checks.PathSelected) and self._remote is None:
-                self._on_path(event.remote, now)
-            elif isinstance(event, checks.RttSample) and event.remote == self._remote:
-                self._report.direct.add_rtt(now - self._t_connected, event.rtt, "stun")
+            elif isinstance(event, checks.PathSelected) and self._active is None:
+                self._on_path(event.pair, now)
+            elif isinstance(event, checks.StandbyChanged):
+                metrics = self._metrics(event.pair.kind)
+                metrics.available = True
+                metrics.remote = self._connector.remote_shown(event.pair)
+                self._emit(ev.Standby(event.pair.kind, metrics.remote))
+            elif isinstance(event, checks.RttSample):
+                metrics = self._metrics(event.kind)
+                metrics.add_rtt(now - self._t_connected, event.rtt, "stun")
+                if not event.active:
+                    metrics.probes_answered += 1
+            elif isinstance(event, checks.ProbeLost):
+                self._metrics(event.kind).probes_lost += 1
             elif isinstance(event, checks.ChecksFailed):
-                tried = ", ".join(str(c) for c in event.tried)
                 self._report.direct.reason = event.reason
                 self._fail(
-                    f"could not reach {self.peer} directly: {event.reason} (tried {tried}). "
-                    "Punching cannot work when one NAT maps per destination (symmetric) and "
-                    "the other filters by port, or both map per destination; that needs a "
-                    "relay, and none is configured"
+                    f"could not reach {self.peer}: {event.reason} (tried "
+                    f"{', '.join(event.tried)}). Punching cannot work when one NAT maps per "
+                    "destination (symmetric) and the other filters by port, or both map per "
+                    f"destination; that needs a relay ({self._relay_state()})"
                 )
             elif isinstance(event, checks.ConsentLost):
                 self._finish("the path stopped answering (consent lost, RFC 7675)", ok=False)
 
-    def _on_path(self, remote: Candidate, now: float) -> None:
-        self._remote = remote.address
+    def _relay_state(self) -> str:
+        assert self._connector is not None
+        if self._connector.relay_unavailable:
+            return f"none here: {self._connector.relay_unavailable}"
+        return "and the relayed pairs did not answer either"
+
+    def _on_path(self, pair: checks.Pair, now: float) -> None:
+        assert self._connector is not None
+        self._active = pair
         self._t_connected = now
         self._last_rtp = now
         setup = (now - self._t_peer) * 1000
-        self._report.path = "direct"
+        metrics = self._metrics(pair.kind)
+        self._report.path = pair.kind
         self._report.setup_ms = setup
-        self._report.direct.available = True
-        self._report.direct.remote = format_address(remote.address)
+        metrics.available = True
+        metrics.remote = self._connector.remote_shown(pair)
         self._connected.set()
-        self._emit(ev.Connected("direct", remote, setup))
+        self._emit(ev.Connected(pair.kind, metrics.remote, pair.describe(), setup))
         loop = asyncio.get_running_loop()
         for coro in (
             self._send_loop(),
@@ -298,9 +357,10 @@ class Call:
         self._jb.push(ext, pkt.payload, now)
 
     def _on_rtcp(self, data: bytes, now: float) -> None:
+        assert self._active is not None
         for event in self._rtcp.handle(data, now):
             if isinstance(event, RttMeasured):
-                self._report.direct.add_rtt(now - self._t_connected, event.rtt, "rtcp")
+                self._metrics(self._active.kind).add_rtt(now - self._t_connected, event.rtt, "rtcp")
             elif isinstance(event, PeerBye):
                 self._finish(f"{self.peer} hung up", ok=True)
 
@@ -320,11 +380,10 @@ class Call:
             yield loop.time()
 
     async def _send_loop(self) -> None:
-        assert self._endpoint is not None and self._remote is not None
         async for _ in self._ticks(FRAME_S):
             pcm = self.source.read()
             pkt = self._sender.packetize(self._encoder.encode(pcm), FRAME_SAMPLES)
-            self._endpoint.send(bytes(pkt), self._remote)
+            self._send_media(bytes(pkt))
             self._report.audio.frames_sent += 1
 
     async def _playout_loop(self) -> None:
@@ -362,11 +421,10 @@ class Call:
                 break
 
     async def _rtcp_loop(self) -> None:
-        assert self._endpoint is not None and self._remote is not None
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
-            self._endpoint.send(self._rtcp.build_report(now, self._sender.timestamp), self._remote)
+            self._send_media(self._rtcp.build_report(now, self._sender.timestamp))
             await asyncio.sleep(self.options.rtcp_interval)
 
     async def _stats_loop(self) -> None:
@@ -377,7 +435,7 @@ class Call:
                 ev.LiveStats(
                     path=self._report.path,
                     elapsed=loop.time() - self._t_connected,
-                    rtt_ms=self._report.direct.latest_rtt_ms(),
+                    rtt_ms=self._metrics(self._report.path).latest_rtt_ms(),
                     jitter_ms=self._rx.jitter_ms,
                     loss_pct=self._rx.loss_pct,
                     frames_sent=self._report.audio.frames_sent,

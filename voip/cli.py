@@ -9,6 +9,7 @@ import getpass
 import json
 import signal
 import sys
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,16 @@ from voip.call import Call, CallError, CallOptions
 from voip.codecs.opus import CodecUnavailable
 from voip.config import load_config
 from voip.lab.netns import LabError
-from voip.local_rendezvous import DEFAULT_SERVER, find_or_host
+from voip.local_rendezvous import DEFAULT_SERVER, find_or_host, loopback_server
 from voip.media.audio_io import AudioSpecError, open_sink, open_source
 from voip.media.soundcard import SoundcardUnavailable
 from voip.nat.candidates import format_address, parse_address
+from voip.nat.rendezvous_client import TurnOffer
 from voip.report import render_table
 from voip.transport import resolve
 from voip.wire.signal import check_name
 from voip.wire.stun import Address
+from voip.wire.turn import rest_password, rest_username, turn_url
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -82,7 +85,46 @@ def call_parser() -> argparse.ArgumentParser:
         help="how long to wait for PEER to call back (default 120)",
     )
     p.add_argument("--json", metavar="PATH|-", help="write the call report as JSON (- for stdout)")
+    relay = p.add_argument_group("relay")
+    relay.add_argument(
+        "--relay",
+        choices=("auto", "force", "off"),
+        default="auto",
+        help="auto (default): audio direct when punching works, else relayed, "
+        "and the other path measured alongside; force: audio over the relay, "
+        "direct measured; off: never allocate",
+    )
+    relay.add_argument(
+        "--turn",
+        metavar="turn:HOST:PORT",
+        help="a TURN server of your own (e.g. coturn) instead of the one the rendezvous offers",
+    )
+    relay.add_argument(
+        "--turn-secret", metavar="SECRET", help="its REST API secret (coturn's static-auth-secret)"
+    )
+    relay.add_argument("--turn-user", metavar="USER", help="or long-term credentials: user")
+    relay.add_argument("--turn-password", metavar="PASSWORD", help="and password")
     return p
+
+
+def turn_offer(args: argparse.Namespace, name: str) -> TurnOffer | None:
+    """The --turn options as a TURN server with credentials; UsageError if incomplete."""
+    if args.turn is None:
+        if args.turn_secret or args.turn_user or args.turn_password:
+            raise UsageError("--turn-secret, --turn-user and --turn-password go with --turn")
+        return None
+    try:
+        host, port = turn_url(args.turn)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.turn_secret:
+        username = rest_username(int(time.time()) + 24 * 3600, name)
+        password = rest_password(args.turn_secret, username)
+    elif args.turn_user and args.turn_password:
+        username, password = args.turn_user, args.turn_password
+    else:
+        raise UsageError("--turn needs --turn-secret, or --turn-user and --turn-password")
+    return TurnOffer((host, port), username, password)
 
 
 def demo_parser() -> argparse.ArgumentParser:
@@ -142,11 +184,18 @@ class Presenter:
             role = "controlling" if event.controlling else "controlled"
             self._line(f"found {event.peer}: punching to {cands} ({role})")
             self._set_status("punching through the NATs")
+        elif isinstance(event, ev.RelayAllocated):
+            self._line(
+                f"relay allocated: {format_address(event.relayed)} on TURN server "
+                f"{format_address(event.server)}"
+            )
         elif isinstance(event, ev.Connected):
             self._line(
-                f"connected {event.path} to {event.remote} in {event.setup_ms:.0f} ms; "
-                "audio flowing"
+                f"connected {event.path} to {event.remote} ({event.pair}) in "
+                f"{event.setup_ms:.0f} ms; audio flowing"
             )
+        elif isinstance(event, ev.Standby):
+            self._line(f"measuring the {event.path} path alongside, via {event.remote}")
         elif isinstance(event, ev.LiveStats):
             rtt = "-" if event.rtt_ms is None else f"{event.rtt_ms:.1f} ms"
             text = (
@@ -223,6 +272,12 @@ async def run_call(args: argparse.Namespace) -> int:
     except Exception:
         source.close()
         raise
+    offer = turn_offer(args, name)
+    if offer is not None:
+        try:
+            offer = TurnOffer(await resolve(*offer.server), offer.username, offer.password)
+        except OSError as exc:
+            raise UsageError(f"--turn: cannot resolve {offer.server[0]!r}: {exc}") from exc
     server, hosted = await _server_address(args.server, config.server, err)
     if hosted is None:
         err.print(f"contacting the rendezvous at {format_address(server)}...", highlight=False)
@@ -233,7 +288,7 @@ async def run_call(args: argparse.Namespace) -> int:
         source=source,
         sink=sink,
         server=server,
-        options=CallOptions(wait_timeout=args.wait),
+        options=CallOptions(wait_timeout=args.wait, relay=args.relay, turn=offer),
         on_event=presenter,
     )
     status = EXIT_OK
@@ -260,12 +315,11 @@ async def run_demo(args: argparse.Namespace) -> int:
     """Rendezvous and both callers on loopback; each sends a tone and checks what it heard."""
     import tempfile  # noqa: PLC0415
 
-    from rendezvous.server import RendezvousServer  # noqa: PLC0415
     from voip.codecs.pcm import dominant_frequency  # noqa: PLC0415
     from voip.media.audio_io import ToneSource, WavSink, read_wav  # noqa: PLC0415
 
     err = Console(stderr=True, soft_wrap=True)
-    server = await RendezvousServer().start("127.0.0.1", 0)
+    server = await loopback_server().start("127.0.0.1", 0)
     err.print(
         f"demo: rendezvous on udp {format_address(server.address)}; alice sends 440 Hz, "
         f"bob sends 660 Hz, for {args.duration:g} s",

@@ -34,10 +34,23 @@ class Punching:
 
 
 @dataclass(frozen=True)
+class RelayAllocated:
+    relayed: Address  # our relayed address on the TURN server
+    server: Address
+
+
+@dataclass(frozen=True)
 class Connected:
-    path: str
-    remote: Candidate
+    path: str  # "direct" or "relay"
+    remote: str  # where the audio is sent
+    pair: str  # the candidate pair, described
     setup_ms: float
+
+
+@dataclass(frozen=True)
+class Standby:
+    path: str  # the other path, measured alongside
+    remote: str
 
 
 @dataclass(frozen=True)
@@ -57,4 +70,14 @@ class Ended:
     ok: bool
 
 
-CallEvent = ServerReady | Registered | Waiting | Punching | Connected | LiveStats | Ended
+CallEvent = (
+    ServerReady
+    | Registered
+    | Waiting
+    | RelayAllocated
+    | Punching
+    | Connected
+    | Standby
+    | LiveStats
+    | Ended
+)

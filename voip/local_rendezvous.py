@@ -6,6 +6,7 @@ import asyncio
 import errno
 
 from rendezvous.server import RendezvousServer
+from rendezvous.turn_server import TurnPolicy
 from voip.transport import UdpEndpoint
 from voip.wire.stun import (
     Address,
@@ -49,6 +50,12 @@ async def probe_stun(server: Address, timeout: float = 0.6, tries: int = 2) -> A
         endpoint.close()
 
 
+def loopback_server() -> RendezvousServer:
+    """A rendezvous and relay for callers on this machine: relaying to loopback is safe here,
+    since a relay bound to loopback is reachable from this machine alone."""
+    return RendezvousServer.with_relay("127.0.0.1", policy=TurnPolicy(allow_loopback_peers=True))
+
+
 async def find_or_host(server: Address = DEFAULT_SERVER) -> tuple[Address, RendezvousServer | None]:
     """Use the rendezvous at `server` if one answers; else host one there in this process.
 
@@ -59,7 +66,7 @@ async def find_or_host(server: Address = DEFAULT_SERVER) -> tuple[Address, Rende
         if await probe_stun(server) is not None:
             return server, None
         try:
-            hosted = await RendezvousServer().start(*server)
+            hosted = await loopback_server().start(*server)
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,20 @@ class PathMetrics:
     rtt_samples: list[tuple[float, float, str]] = field(default_factory=list)  # (t, rtt s, source)
     jitter_ms: float | None = None
     loss_pct: float | None = None
+    probes_answered: int = 0  # on the standby path: STUN probes, one a second
+    probes_lost: int = 0
+
+    def probe_loss_pct(self) -> float | None:
+        sent = self.probes_answered + self.probes_lost
+        return None if sent == 0 else 100.0 * self.probes_lost / sent
+
+    def probe_jitter_ms(self) -> float | None:
+        """Variation of the standby path's delay from its probes: half the mean change between
+        successive RTTs, as a one-way figure comparable with RFC 3550's interarrival jitter."""
+        rtts = [r for _, r, _ in self.rtt_samples]
+        if len(rtts) < 2:
+            return None
+        return 1000.0 * sum(abs(b - a) for a, b in itertools.pairwise(rtts)) / (2 * (len(rtts) - 1))
 
     def add_rtt(self, t: float, rtt: float, source: str) -> None:
         self.rtt_samples.append((t, rtt, source))
@@ -101,6 +116,10 @@ class CallReport:
     candidates_tried: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        paths = {
+            "direct": self.direct.to_dict(self.jitter_buffer_ms),
+            "relay": self.relay.to_dict(self.jitter_buffer_ms),
+        }
         return {
             "me": self.me,
             "peer": self.peer,
@@ -112,10 +131,8 @@ class CallReport:
             "local_public": self.local_public,
             "jitter_buffer_ms": self.jitter_buffer_ms,
             "candidates_tried": self.candidates_tried,
-            "paths": {
-                "direct": self.direct.to_dict(self.jitter_buffer_ms),
-                "relay": self.relay.to_dict(self.jitter_buffer_ms),
-            },
+            "paths": paths,
+            "verdict": verdict(self.path, paths),
             "audio": {
                 "frames_sent": self.audio.frames_sent,
                 "frames_received": self.audio.frames_received,
@@ -127,6 +144,29 @@ class CallReport:
         }
 
 
+def verdict(active: str, paths: dict[str, dict[str, Any]]) -> str:
+    """One line saying what going direct gained on this call, from the measured figures."""
+    direct, relay = paths["direct"], paths["relay"]
+    if direct["rtt_ms"] and relay["rtt_ms"]:
+        saved = relay["rtt_ms"]["median"] - direct["rtt_ms"]["median"]
+        how = f"saves {saved:.0f} ms" if saved >= 0 else f"costs {-saved:.0f} ms"
+        return (
+            f"direct {how} round trip; MOS {direct['mos']:.2f} direct vs "
+            f"{relay['mos']:.2f} relayed (audio went {active})"
+        )
+    if direct["rtt_ms"]:
+        return f"direct only: relay not measured ({relay.get('reason') or 'unavailable'})"
+    if relay["rtt_ms"]:
+        return f"relayed only: no direct path ({direct.get('reason') or 'unavailable'})"
+    return "no path was measured"
+
+
+def _difference(direct: Any, relay: Any, unit: str) -> str:
+    if not isinstance(direct, (int, float)) or not isinstance(relay, (int, float)):
+        return "-"
+    return f"{relay - direct:+.2f}{unit}"
+
+
 def _fmt(value: Any, unit: str = "") -> str:
     if value is None:
         return "-"
@@ -136,32 +176,37 @@ def _fmt(value: Any, unit: str = "") -> str:
 
 
 def render_table(report: dict[str, Any]) -> Any:
-    """A rich Table of a report dict (the JSON form, so a saved report renders the same)."""
+    """A rich Table of a report dict (the JSON form, so a saved report renders the same):
+    direct | relay | difference (relay minus direct), and the verdict under it."""
     from rich.table import Table  # noqa: PLC0415 - only the CLI draws tables
 
     title = (
-        f"callpeer: {report['me']} <-> {report['peer']}, path {report['path']}, "
+        f"callpeer: {report['me']} <-> {report['peer']}, audio {report['path']}, "
         f"setup {_fmt(report['setup_ms'], ' ms')}"
     )
     table = Table(title=title, title_justify="left")
     table.add_column("")
-    names = ("direct", "relay")
-    paths = [report["paths"][n] for n in names]
-    for name in names:
+    direct, relay = report["paths"]["direct"], report["paths"]["relay"]
+    for name in ("direct", "relay", "relay - direct"):
         table.add_column(name, justify="right")
 
     def availability(p: dict[str, Any]) -> str:
         return "yes" if p["available"] else f"no ({p.get('reason') or '-'})"
 
-    table.add_row("available", *(availability(p) for p in paths))
-    table.add_row("remote", *(_fmt(p.get("remote")) for p in paths))
+    def row(label: str, get: Any, unit: str = "", diff: bool = True) -> None:
+        a, b = get(direct), get(relay)
+        table.add_row(label, _fmt(a, unit), _fmt(b, unit), _difference(a, b, unit) if diff else "")
+
+    table.add_row("available", availability(direct), availability(relay), "")
+    row("remote", lambda p: p.get("remote"), diff=False)
     for stat in ("median", "p95"):
-        table.add_row(f"RTT {stat}", *(_fmt((p["rtt_ms"] or {}).get(stat), " ms") for p in paths))
-    table.add_row("jitter", *(_fmt(p.get("jitter_ms"), " ms") for p in paths))
-    table.add_row("loss", *(_fmt(p.get("loss_pct"), " %") for p in paths))
-    table.add_row("MOS (G.107)", *(_fmt(p.get("mos")) for p in paths))
+        row(f"RTT {stat}", lambda p, s=stat: (p["rtt_ms"] or {}).get(s), " ms")
+    row("jitter", lambda p: p.get("jitter_ms"), " ms")
+    row("loss", lambda p: p.get("loss_pct"), " %")
+    row("MOS (G.107)", lambda p: p.get("mos"))
     a = report["audio"]
     table.caption = (
+        f"{report.get('verdict', '')}\n"
         f"audio frames: sent {a['frames_sent']}, received {a['frames_received']}, "
         f"concealed {a['frames_concealed']}, FEC-recovered {a['frames_recovered']}; "
         f"ended: {report['ended']}"

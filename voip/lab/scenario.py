@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from voip.lab.netns import LabError
-from voip.lab.topology import SERVER_IP, Lab, LabConfig
+from voip.lab.topology import RELAY_IP, SERVER_IP, Lab, LabConfig
 
 CALLERS = (("a", "alice", "bob"), ("b", "bob", "alice"))
 TONES = {"alice": 440.0, "bob": 660.0}
@@ -108,14 +109,24 @@ def run_lab_call(
             for name, n in lab.nodes.items()
         }
         result = LabCallResult(config, nodes)
-        server = lab.start(
-            "server",
-            [sys.executable, "-m", "rendezvous", "--listen", f"{SERVER_IP}:3478"],
+        # The relay host runs the TURN relay; the rendezvous offers it to callers, with REST
+        # credentials from the secret they share (as it would offer a coturn fleet).
+        secret = secrets.token_urlsafe(12)
+        rendezvous = [sys.executable, "-m", "rendezvous", "--turn-secret", secret, "--listen"]
+        relay = lab.start(
+            "relay",
+            [*rendezvous, f"{RELAY_IP}:3478", "--relay-address", RELAY_IP],
             stdout=subprocess.PIPE,
         )
-        assert server.stdout is not None
-        if "listening" not in server.stdout.readline():
-            raise LabError("callpeer-rendezvous did not start in the lab")
+        server = lab.start(
+            "server",
+            [*rendezvous, f"{SERVER_IP}:3478", "--turn-url", f"turn:{RELAY_IP}:3478"],
+            stdout=subprocess.PIPE,
+        )
+        for proc, what in ((relay, "relay"), (server, "rendezvous")):
+            assert proc.stdout is not None
+            if "listening" not in proc.stdout.readline():
+                raise LabError(f"callpeer-rendezvous ({what}) did not start in the lab")
         captures = {side: _start_capture(lab, side) for side in ("a", "b")} if capture else {}
         inputs = {name: f"tone:{TONES[name]:g}" for _, name, _ in CALLERS}
         if speech and (

@@ -1,10 +1,16 @@
 """Simultaneous hole punching as ICE connectivity checks, sans-IO (RFC 8445 §7, RFC 7675).
 
-One socket means one local base, so a check list is one pair per remote candidate. Both sides
-start at the moment the rendezvous introduces them; each sends paced, authenticated Binding
-checks to every remote candidate. The first check through a NAT opens its mapping for the
-other side's checks, and a check received triggers one back at once (RFC 8445 §7.3.1.4), so
-the path usually opens in one round trip after the slower side starts.
+Both sides start at the moment the rendezvous introduces them; each sends paced,
+authenticated Binding checks on every candidate pair. The first check through a NAT opens its
+mapping for the other side's checks, and a check received triggers one back at once (RFC 8445
+§7.3.1.4), so a path usually opens one round trip after the slower side starts.
+
+One socket gives one host base; a TURN allocation on it gives a second, relayed base. A pair
+is (base, remote candidate). Pairs are of two kinds: *direct* (host base, remote not relayed)
+and *relay* (anything through a relay). The controlling side nominates the active pair: the
+lowest-RTT direct pair, or with the relay forced, or when no direct pair answers, the best
+relay pair. The best valid pair of the other kind stays the *standby* and is probed all call
+long, so both paths are measured side by side on the same call.
 """
 
 from __future__ import annotations
@@ -32,10 +38,12 @@ from voip.wire.stun import (
 )
 from voip.wire.transactions import Transaction, TransactionTable
 
-Transmit = tuple[bytes, Address]
+HOST, RELAY = "host", "relay"  # local bases
+DIRECT, RELAYED = "direct", "relay"  # kinds of path
+Send = tuple[bytes, Address, str]  # datagram, destination, base to send it from
 
 TA = 0.05  # RFC 8445 §14.2: pace new checks 50 ms apart
-CHECK_RTO = 0.2  # lower than RFC 8445's 500 ms floor: one pair per candidate, a handful in all
+CHECK_RTO = 0.2  # lower than RFC 8445's 500 ms floor: a handful of pairs, not hundreds
 CHECK_RC = 7
 CHECK_RM = 8
 NOMINATE_AFTER = 0.2  # longest wait, after the first valid pair, for a faster one to prove itself
@@ -43,8 +51,11 @@ NOMINATE_AFTER = 0.2  # longest wait, after the first valid pair, for a faster o
 # beat the best: 1.5 x RTT plus a little for the peer's scheduling.
 HOPELESS_FACTOR = 1.5
 HOPELESS_MARGIN = 0.005
+RELAY_GRACE = 1.5  # with a relay pair valid, how long to wait for a direct one before using it
 CONSENT_INTERVAL = 2.0  # RFC 7675 says 5 s +-20 %; checks also give the path's RTT, so more often
 CONSENT_TIMEOUT = 30.0  # RFC 7675 §5.1: no answer for 30 s and consent has expired
+PROBE_INTERVAL = 1.0  # the standby path: one probe a second
+PROBE_TIMEOUT = 2.0  # a probe unanswered this long is lost (probes are never retransmitted)
 
 
 class PairState(Enum):
@@ -56,6 +67,7 @@ class PairState(Enum):
 
 @dataclass
 class Pair:
+    base: str
     remote: Candidate
     priority: int
     state: PairState = PairState.WAITING
@@ -66,33 +78,55 @@ class Pair:
     first_check_at: float | None = None
 
     @property
+    def key(self) -> tuple[str, Address]:
+        return self.base, self.remote.address
+
+    @property
+    def kind(self) -> str:
+        relayed = self.base == RELAY or self.remote.kind == CandidateType.RELAY
+        return RELAYED if relayed else DIRECT
+
+    @property
     def valid(self) -> bool:
         """Usable both ways: our check was answered and the peer's check reached us."""
         return self.state == PairState.SUCCEEDED and self.peer_checked
 
+    def describe(self) -> str:
+        via = " via our relay" if self.base == RELAY else ""
+        return f"{self.remote}{via}"
+
 
 @dataclass(frozen=True)
 class PairValid:
-    remote: Address
-    rtt: float
+    pair: Pair
 
 
 @dataclass(frozen=True)
 class PathSelected:
-    remote: Candidate
-    rtt: float | None
+    pair: Pair
+
+
+@dataclass(frozen=True)
+class StandbyChanged:
+    pair: Pair
 
 
 @dataclass(frozen=True)
 class ChecksFailed:
     reason: str
-    tried: tuple[Candidate, ...]
+    tried: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class RttSample:
-    remote: Address
+    kind: str  # DIRECT or RELAYED
     rtt: float
+    active: bool  # on the path carrying audio, or on the standby
+
+
+@dataclass(frozen=True)
+class ProbeLost:
+    kind: str
 
 
 @dataclass(frozen=True)
@@ -100,14 +134,16 @@ class ConsentLost:
     remote: Address
 
 
-CheckEvent = PairValid | PathSelected | ChecksFailed | RttSample | ConsentLost
+CheckEvent = (
+    PairValid | PathSelected | StandbyChanged | ChecksFailed | RttSample | ProbeLost | ConsentLost
+)
 
 
 @dataclass(frozen=True)
 class _CheckCtx:
-    remote: Address
-    nominate: bool
-    consent: bool
+    key: tuple[str, Address]
+    nominate: bool = False
+    probe: bool = False  # consent on the active pair, or a probe of the standby
 
 
 @dataclass
@@ -120,26 +156,29 @@ class ConnectivityChecks:
     remote_candidates: tuple[Candidate, ...]
     now: float
     timeout: float = 10.0
+    relay_mode: str = "auto"  # auto: direct if it works; force: audio over the relay; off
+    bases: tuple[str, ...] = (HOST,)
     tiebreaker: int = field(default_factory=lambda: struct.unpack("!Q", os.urandom(8))[0])
     ignored: int = 0  # checks dropped for bad credentials or a bad fingerprint
 
     def __post_init__(self) -> None:
-        self.pairs: dict[Address, Pair] = {}
+        self.pairs: dict[tuple[str, Address], Pair] = {}
         for cand in sorted(self.remote_candidates, key=lambda c: -c.priority):
-            if cand.address not in self.pairs:  # a public host is both host and srflx: one pair
-                self._add_pair(cand)
+            for base in self.bases:
+                self._add_pair(base, cand)
         self.selected: Pair | None = None
+        self.standby: Pair | None = None
         self._txns: TransactionTable[_CheckCtx] = TransactionTable()
-        self._triggered: list[Address] = []
+        self._triggered: list[tuple[str, Address]] = []
         self._events: list[CheckEvent] = []
         self._started = self.now
         self._next_tick = self.now
-        self._first_valid_at: float | None = None
-        self._nominating: Address | None = None
+        self._first_valid_at: dict[str, float] = {}
+        self._nominating: tuple[str, Address] | None = None
         self._failed = False
         self._next_consent: float | None = None
+        self._next_probe: float | None = None
         self._last_consent: float = self.now
-        self._local_prflx_priority = candidate_priority(CandidateType.PRFLX)
 
     # -- outputs --------------------------------------------------------------------------
     def pop_events(self) -> list[CheckEvent]:
@@ -149,123 +188,158 @@ class ConnectivityChecks:
     def next_deadline(self) -> float | None:
         if self._failed:
             return None
-        # The pacing tick matters only while checking; after selection it would be stale.
-        times = [self._next_tick] if self.selected is None else []
-        if (t := self._txns.next_deadline()) is not None:
-            times.append(t)
-        if self._next_consent is not None:
-            times.append(self._next_consent)
-        if (t := self._nomination_time()) is not None:
-            times.append(t)
-        return min(times)
+        times = [
+            self._txns.next_deadline(),
+            self._next_consent,
+            self._next_probe,
+            self._nomination_time(),
+        ]
+        if self._still_checking():
+            times.append(self._next_tick)
+        return min((t for t in times if t is not None), default=None)
 
-    def owns(self, transaction_id: bytes) -> bool:
-        return transaction_id in self._txns
+    def pair_for(self, base: str, remote: Address) -> Pair | None:
+        return self.pairs.get((base, remote))
 
     # -- inputs ---------------------------------------------------------------------------
-    def poll(self, now: float) -> list[Transmit]:
+    def poll(self, now: float) -> list[Send]:
         if self._failed:
             return []
-        out: list[Transmit] = []
+        out: list[Send] = []
         resend, failed = self._txns.poll(now)
-        out += resend
+        out += [(t.data, t.dest, t.context.key[0]) for t in resend]
         for txn in failed:
             self._on_check_timeout(txn.context, now)
+        if self._still_checking() and now >= self._next_tick:
+            self._next_tick = now + TA
+            out += self._send_next_check(now)
         if self.selected is None:
-            if now >= self._next_tick:
-                self._next_tick = now + TA
-                out += self._send_next_check(now)
             self._maybe_nominate(now, out)
             if self.selected is None and now - self._started > self.timeout and not self._failed:
                 self._fail(f"no path answered within {self.timeout:.0f} s")
-        elif self._next_consent is not None and now >= self._next_consent:
-            self._next_consent = now + CONSENT_INTERVAL
-            out.append(self._check(self.selected.remote.address, now, nominate=False, consent=True))
-            if now - self._last_consent > CONSENT_TIMEOUT:
-                self._next_consent = None
-                self._events.append(ConsentLost(self.selected.remote.address))
+        else:
+            if self._next_consent is not None and now >= self._next_consent:
+                self._next_consent = now + CONSENT_INTERVAL
+                out.append(self._check(self.selected.key, now, probe=True))
+                if now - self._last_consent > CONSENT_TIMEOUT:
+                    self._next_consent = None
+                    self._events.append(ConsentLost(self.selected.remote.address))
+            if (
+                self.standby is not None
+                and self._next_probe is not None
+                and now >= self._next_probe
+            ):
+                self._next_probe = now + PROBE_INTERVAL
+                out.append(self._check(self.standby.key, now, probe=True))
         return out
 
-    def handle(self, msg: Message, src: Address, now: float) -> list[Transmit] | None:
-        """Handle a Binding check or check response; None when the message is not ours."""
+    def handle(self, msg: Message, src: Address, now: float, base: str = HOST) -> list[Send] | None:
+        """Handle a Binding check or its answer arriving on `base`; None when not ours."""
         if msg.method != Method.BINDING:
             return None
         if msg.cls == Class.REQUEST and msg.has(Attr.USERNAME):
-            return self._on_request(msg, src, now)
+            return self._on_request(msg, src, now, base)
         if msg.cls in (Class.SUCCESS, Class.ERROR) and msg.transaction_id in self._txns:
             txn = self._txns.match(msg)
             assert txn is not None
             self._on_response(msg, src, txn, now)
-            out: list[Transmit] = []
+            out: list[Send] = []
             if self.selected is None:
                 self._maybe_nominate(now, out)
             return out
         return None
 
     # -- sending checks -------------------------------------------------------------------
-    def _add_pair(self, cand: Candidate) -> Pair:
-        g, d = (self._local_priority(), cand.priority)
-        prio = pair_priority(g, d) if self.controlling else pair_priority(d, g)
-        pair = Pair(cand, prio)
-        self.pairs[cand.address] = pair
+    def _wanted(self, kind: str) -> bool:
+        return not (kind == RELAYED and self.relay_mode == "off")
+
+    def _add_pair(self, base: str, cand: Candidate) -> Pair | None:
+        # Through our relay, only public candidates: the relay refuses private peers anyway.
+        if base == RELAY and cand.kind == CandidateType.HOST:
+            return None
+        if (base, cand.address) in self.pairs:  # a public host is both host and srflx: one pair
+            return self.pairs[(base, cand.address)]
+        local = candidate_priority(CandidateType.HOST if base == HOST else CandidateType.RELAY)
+        prio = (
+            pair_priority(local, cand.priority)
+            if self.controlling
+            else pair_priority(cand.priority, local)
+        )
+        pair = Pair(base, cand, prio)
+        if not self._wanted(pair.kind):
+            return None
+        self.pairs[pair.key] = pair
         return pair
 
-    def _local_priority(self) -> int:
-        return candidate_priority(CandidateType.HOST)
+    def _still_checking(self) -> bool:
+        """Whether there are pairs worth a new check: before selection, or for the standby."""
+        if self._failed:
+            return False
+        if self.selected is None:
+            return True
+        return self.standby is None and any(
+            p.state == PairState.WAITING and p.kind != self.selected.kind
+            for p in self.pairs.values()
+        )
 
-    def _send_next_check(self, now: float) -> list[Transmit]:
+    def _send_next_check(self, now: float) -> list[Send]:
         while self._triggered:
-            addr = self._triggered.pop(0)
-            pair = self.pairs[addr]
+            key = self._triggered.pop(0)
+            pair = self.pairs[key]
             if pair.state in (PairState.WAITING, PairState.FAILED):
-                return [self._check(addr, now, nominate=False)]
-        waiting = [p for p in self.pairs.values() if p.state == PairState.WAITING]
+                return [self._check(key, now)]
+        waiting = [
+            p
+            for p in self.pairs.values()
+            if p.state == PairState.WAITING
+            and (self.selected is None or p.kind != self.selected.kind)
+        ]
         if not waiting:
             return []
         pair = max(waiting, key=lambda p: p.priority)
-        return [self._check(pair.remote.address, now, nominate=False)]
+        return [self._check(pair.key, now)]
 
     def _check(
-        self, remote: Address, now: float, *, nominate: bool, consent: bool = False
-    ) -> Transmit:
+        self, key: tuple[str, Address], now: float, *, nominate: bool = False, probe: bool = False
+    ) -> Send:
+        base, remote = key
         role_attr = Attr.ICE_CONTROLLING if self.controlling else Attr.ICE_CONTROLLED
         attrs = [
             (Attr.USERNAME, text(f"{self.remote_ufrag}:{self.local_ufrag}")),
-            (Attr.PRIORITY, u32(self._local_prflx_priority)),
+            (Attr.PRIORITY, u32(candidate_priority(CandidateType.PRFLX))),
             (role_attr, u64(self.tiebreaker)),
         ]
         if nominate:
             attrs.append((Attr.USE_CANDIDATE, b""))
         req = Message(Method.BINDING, Class.REQUEST, attributes=tuple(attrs))
         data = encode(req, integrity_key=self.remote_pwd.encode(), fingerprint=True)
-        txn = Transaction(
-            req.transaction_id,
-            data,
-            remote,
-            _CheckCtx(remote, nominate, consent),
-            rto=CHECK_RTO,
-            rc=CHECK_RC,
-            rm=CHECK_RM,
+        ctx = _CheckCtx(key, nominate, probe)
+        # Probes are never retransmitted: an unanswered one is a lost packet, not a slow one.
+        txn = (
+            Transaction(req.transaction_id, data, remote, ctx, rto=PROBE_TIMEOUT, rc=1, rm=1)
+            if probe
+            else Transaction(
+                req.transaction_id, data, remote, ctx, rto=CHECK_RTO, rc=CHECK_RC, rm=CHECK_RM
+            )
         )
-        if not consent:
-            pair = self.pairs[remote]
+        if not probe:
+            pair = self.pairs[key]
             pair.state = PairState.IN_PROGRESS
             if pair.first_check_at is None:
                 pair.first_check_at = now
-        return self._txns.start(now, txn), remote
+        return self._txns.start(now, txn), remote, base
 
     # -- receiving ------------------------------------------------------------------------
     def _authentic(self, msg: Message, key: str) -> bool:
         return check_fingerprint(msg) and check_integrity(msg, key.encode())
 
-    def _on_request(self, msg: Message, src: Address, now: float) -> list[Transmit]:
+    def _on_request(self, msg: Message, src: Address, now: float, base: str) -> list[Send]:
         username = msg.text(Attr.USERNAME) or ""
         if username != f"{self.local_ufrag}:{self.remote_ufrag}" or not self._authentic(
             msg, self.local_pwd
         ):
             self.ignored += 1  # a stranger, or a stale call: never answer, never learn from it
             return []
-        out: list[Transmit] = []
         # RFC 8445 §7.3.1.1 role conflict: the larger tie-breaker stays controlling.
         peer_controlling = msg.u64(Attr.ICE_CONTROLLING)
         if peer_controlling is not None and self.controlling:
@@ -274,25 +348,34 @@ class ConnectivityChecks:
                     Class.ERROR, [(Attr.ERROR_CODE, encode_error_code(487, "Role Conflict"))]
                 )
                 return [
-                    (encode(reply, integrity_key=self.local_pwd.encode(), fingerprint=True), src)
+                    (
+                        encode(reply, integrity_key=self.local_pwd.encode(), fingerprint=True),
+                        src,
+                        base,
+                    )
                 ]
             self.controlling = False
-        pair = self.pairs.get(src)
+        pair = self.pairs.get((base, src))
         if pair is None:  # peer-reflexive: the peer's NAT mapped it to an address nobody told us
             prio = msg.u32(Attr.PRIORITY) or candidate_priority(CandidateType.PRFLX)
-            pair = self._add_pair(Candidate(CandidateType.PRFLX, src, prio))
+            cand = Candidate(CandidateType.PRFLX, src, prio)
+            pair = self._add_pair(base, cand) if base == HOST else self._add_relay_prflx(cand)
         reply = msg.reply(
             Class.SUCCESS, [(Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id))]
         )
-        out.append((encode(reply, integrity_key=self.local_pwd.encode(), fingerprint=True), src))
-        if self.selected is not None and self.selected.remote.address == src:
+        out: list[Send] = [
+            (encode(reply, integrity_key=self.local_pwd.encode(), fingerprint=True), src, base)
+        ]
+        if pair is None:
+            return out  # answered, but a kind of path this call does not use
+        if self.selected is not None and self.selected.key == pair.key:
             self._last_consent = now
         pair.peer_checked = True
         if msg.has(Attr.USE_CANDIDATE) and not self.controlling:
             pair.peer_nominated = True
-        if pair.state in (PairState.WAITING, PairState.FAILED) and src not in self._triggered:
-            self._triggered.append(src)  # triggered check: answer the punch with a punch
-            if self.selected is None and now >= self._next_tick:  # pacing allows it right now
+        if pair.state in (PairState.WAITING, PairState.FAILED) and pair.key not in self._triggered:
+            self._triggered.append(pair.key)  # triggered check: answer the punch with a punch
+            if self._still_checking() and now >= self._next_tick:  # pacing allows it right now
                 self._next_tick = now + TA
                 out += self._send_next_check(now)
         self._note_valid(pair, now)
@@ -300,34 +383,49 @@ class ConnectivityChecks:
             self._maybe_nominate(now, out)
         return out
 
+    def _add_relay_prflx(self, cand: Candidate) -> Pair | None:
+        # Learned through our relay: its public address was permitted, so it is reachable there.
+        local = candidate_priority(CandidateType.RELAY)
+        prio = (
+            pair_priority(local, cand.priority)
+            if self.controlling
+            else pair_priority(cand.priority, local)
+        )
+        pair = Pair(RELAY, cand, prio)
+        if not self._wanted(pair.kind):
+            return None
+        self.pairs[pair.key] = pair
+        return pair
+
     def _on_response(
         self, msg: Message, src: Address, txn: Transaction[_CheckCtx], now: float
     ) -> None:
         ctx = txn.context
-        pair = self.pairs[ctx.remote]
+        pair = self.pairs[ctx.key]
         if not self._authentic(msg, self.remote_pwd):
             self.ignored += 1
             self._txns.restore(txn)  # a forged answer must not end the real transaction
             return
-        if src != ctx.remote:  # RFC 8445 §7.2.5.2.1: responses must come back symmetrically
+        if src != ctx.key[1]:  # RFC 8445 §7.2.5.2.1: responses must come back symmetrically
             pair.state = PairState.FAILED
             return
         rtt = now - txn.last_sent
-        if ctx.consent:
-            self._last_consent = now
-            self._events.append(RttSample(src, rtt))
+        if ctx.probe:
+            if self.selected is not None and pair.key == self.selected.key:
+                self._last_consent = now
+            self._events.append(RttSample(pair.kind, rtt, self.selected is pair))
             return
         if msg.cls == Class.ERROR:
             err = msg.error()
             if err and err[0] == 487:  # role conflict: switch role and try again
                 self.controlling = not self.controlling
-                self._triggered.append(ctx.remote)
+                self._triggered.append(ctx.key)
             pair.state = PairState.FAILED
             return
         pair.state = PairState.SUCCEEDED
         pair.rtt = rtt if pair.rtt is None else min(pair.rtt, rtt)
         pair.mapped = msg.xor_address()
-        self._events.append(RttSample(src, rtt))
+        self._events.append(RttSample(pair.kind, rtt, self.selected is pair))
         if ctx.nominate:
             self._select(pair, now)
             return
@@ -336,41 +434,69 @@ class ConnectivityChecks:
     def _note_valid(self, pair: Pair, now: float) -> None:
         if not pair.valid:
             return
-        if self._first_valid_at is None:
-            self._first_valid_at = now
-        assert pair.rtt is not None
-        self._events.append(PairValid(pair.remote.address, pair.rtt))
-        if not self.controlling and pair.peer_nominated and self.selected is None:
-            self._select(pair, now)
+        self._first_valid_at.setdefault(pair.kind, now)
+        self._events.append(PairValid(pair))
+        if self.selected is None:
+            if not self.controlling and pair.peer_nominated:
+                self._select(pair, now)
+        elif pair.kind != self.selected.kind:
+            self._update_standby(now)
+
+    # -- choosing -------------------------------------------------------------------------
+    def _valid(self, kind: str) -> list[Pair]:
+        return [p for p in self.pairs.values() if p.valid and p.kind == kind and p.rtt is not None]
+
+    def _best(self, kind: str) -> Pair | None:
+        return min(self._valid(kind), key=lambda p: (p.rtt or 0.0, -p.priority), default=None)
+
+    def _settled_time(self, kind: str) -> float | None:
+        """When no pair of `kind` left could beat the best valid one of that kind."""
+        valid = self._valid(kind)
+        if not valid:
+            return None
+        first = self._first_valid_at[kind]
+        latest = first + NOMINATE_AFTER
+        pending = [
+            p
+            for p in self.pairs.values()
+            if p.kind == kind and p.state in (PairState.WAITING, PairState.IN_PROGRESS)
+        ]
+        if any(p.state == PairState.WAITING for p in pending):
+            return latest
+        patience = HOPELESS_FACTOR * min(p.rtt or 0.0 for p in valid) + HOPELESS_MARGIN
+        hopeless_at = [p.first_check_at + patience for p in pending if p.first_check_at is not None]
+        return min(latest, max(hopeless_at, default=first))
+
+    def _nomination_choice(self) -> tuple[float, str] | None:
+        """(when, kind) the controlling side should nominate, or None for not yet."""
+        if not self.controlling or self._nominating is not None or self.selected is not None:
+            return None
+        direct = self._settled_time(DIRECT)
+        relayed = self._settled_time(RELAYED)
+        if self.relay_mode == "force":
+            return None if relayed is None else (relayed, RELAYED)
+        if direct is not None:
+            return direct, DIRECT
+        if relayed is not None:
+            direct_hopeless = all(
+                p.state == PairState.FAILED for p in self.pairs.values() if p.kind == DIRECT
+            )
+            grace = relayed if direct_hopeless else self._first_valid_at[RELAYED] + RELAY_GRACE
+            return max(relayed, grace), RELAYED
+        return None
 
     def _nomination_time(self) -> float | None:
-        """When the controlling side should nominate: once no pair left could beat the best
-        valid one (all checked, and each unanswered one slower than the best), at the latest
-        NOMINATE_AFTER after the first valid pair."""
-        if not self.controlling or self._nominating is not None or self._first_valid_at is None:
-            return None
-        rtts = [p.rtt for p in self.pairs.values() if p.valid and p.rtt is not None]
-        if not rtts:
-            return None
-        latest = self._first_valid_at + NOMINATE_AFTER
-        if any(p.state == PairState.WAITING for p in self.pairs.values()):
-            return latest
-        patience = HOPELESS_FACTOR * min(rtts) + HOPELESS_MARGIN
-        hopeless_at = [
-            p.first_check_at + patience
-            for p in self.pairs.values()
-            if p.state == PairState.IN_PROGRESS and p.first_check_at is not None
-        ]
-        return min(latest, max(hopeless_at, default=self._first_valid_at))
+        choice = self._nomination_choice()
+        return None if choice is None else choice[0]
 
-    def _maybe_nominate(self, now: float, out: list[Transmit]) -> None:
-        when = self._nomination_time()
-        if when is None or now < when:
+    def _maybe_nominate(self, now: float, out: list[Send]) -> None:
+        choice = self._nomination_choice()
+        if choice is None or now < choice[0]:
             return
-        valid = [p for p in self.pairs.values() if p.valid]
-        best = min(valid, key=lambda p: (p.rtt or 0.0, -p.priority))
-        self._nominating = best.remote.address
-        out.append(self._check(best.remote.address, now, nominate=True))
+        best = self._best(choice[1])
+        assert best is not None
+        self._nominating = best.key
+        out.append(self._check(best.key, now, nominate=True))
 
     def _select(self, pair: Pair, now: float) -> None:
         if self.selected is not None:
@@ -378,17 +504,31 @@ class ConnectivityChecks:
         self.selected = pair
         self._last_consent = now
         self._next_consent = now + CONSENT_INTERVAL
-        self._triggered.clear()
-        # Unanswered checks on other pairs are moot once a path is chosen.
+        self._triggered = [k for k in self._triggered if self.pairs[k].kind != pair.kind]
+        # Unanswered checks on other pairs of the same kind are moot once a path is chosen.
         for txn in self._txns.pending():
-            if txn.context.remote != pair.remote.address:
+            other = self.pairs[txn.context.key]
+            if other.key != pair.key and other.kind == pair.kind:
                 self._txns.cancel(txn.transaction_id)
-        self._events.append(PathSelected(pair.remote, pair.rtt))
+        self._events.append(PathSelected(pair))
+        self._update_standby(now)
+
+    def _update_standby(self, now: float) -> None:
+        assert self.selected is not None
+        other = RELAYED if self.selected.kind == DIRECT else DIRECT
+        best = self._best(other)
+        if best is not None and best is not self.standby:
+            self.standby = best
+            self._next_probe = now + PROBE_INTERVAL
+            self._events.append(StandbyChanged(best))
 
     def _on_check_timeout(self, ctx: _CheckCtx, now: float) -> None:
-        if ctx.consent:
+        pair = self.pairs[ctx.key]
+        if ctx.probe:
+            if self.selected is not None and pair is not self.selected:
+                self._events.append(ProbeLost(pair.kind))
             return
-        self.pairs[ctx.remote].state = PairState.FAILED
+        pair.state = PairState.FAILED
         if ctx.nominate:
             self._nominating = None  # nominate the next best
         if self.selected is None and all(p.state == PairState.FAILED for p in self.pairs.values()):
@@ -397,4 +537,11 @@ class ConnectivityChecks:
     def _fail(self, reason: str) -> None:
         self._failed = True
         self._txns.cancel_all()
-        self._events.append(ChecksFailed(reason, tuple(p.remote for p in self.pairs.values())))
+        self._events.append(ChecksFailed(reason, tuple(p.describe() for p in self.pairs.values())))
+
+    def unreached(self, kind: str) -> str:
+        """Why no pair of `kind` works, for the report."""
+        tried = [p.describe() for p in self.pairs.values() if p.kind == kind]
+        if not tried:
+            return "no candidates of this kind"
+        return f"no answer from {', '.join(tried)}"

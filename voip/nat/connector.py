@@ -1,8 +1,10 @@
-"""From a name to a working path, sans-IO: rendezvous signalling, then connectivity checks.
+"""From a name to working paths, sans-IO: rendezvous signalling, a relay, connectivity checks.
 
-This is everything a caller does with STUN on its one socket, as one object: datagrams and time
-in, datagrams and events out. The asyncio `Call` only moves bytes; tests drive the same object
-through a simulated network with NATs.
+This is everything a caller does with STUN and TURN on its one socket, as one object: datagrams
+and time in, datagrams and events out. It registers; gathers a relayed candidate (from the
+relay the rendezvous offers, or one given with --turn) before asking for the peer, the way ICE
+gathers before it offers; then runs the checks over the host and relayed bases. The asyncio
+`Call` only moves bytes; tests drive the same object through a simulated network with NATs.
 """
 
 from __future__ import annotations
@@ -10,18 +12,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from voip.nat import checks
-from voip.nat.candidates import Candidate
+from voip.nat.candidates import Candidate, CandidateType, format_address
 from voip.nat.rendezvous_client import (
+    Asked,
     GotPeer,
     Refused,
     Registered,
     RendezvousClient,
+    TurnOffer,
     Unreachable,
 )
+from voip.nat.turn_client import Allocated, PermissionRefused, TurnClient, TurnFailed
+from voip.wire.rtp import looks_like_rtp_or_rtcp
 from voip.wire.signal import PeerReady
-from voip.wire.stun import Address, StunError, parse_message_untrusted
+from voip.wire.stun import Address, Message, StunError, looks_like_stun, parse_message_untrusted
+from voip.wire.turn import looks_like_channel_data
 
 Transmit = tuple[bytes, Address]
+GATHER_TIMEOUT = 2.0  # s to wait for a relayed candidate before asking for the peer without
 
 
 @dataclass(frozen=True)
@@ -34,16 +42,27 @@ class Introduced:
     ready: PeerReady
 
 
+@dataclass(frozen=True)
+class RelayReady:
+    relayed: Address
+    server: Address
+
+
+@dataclass(frozen=True)
+class RelayUnavailable:
+    reason: str
+
+
 ConnectorEvent = (
     Registered
+    | Asked
     | Refused
     | Unreachable
     | Introduced
     | PeerTimeout
-    | checks.PathSelected
-    | checks.RttSample
-    | checks.ChecksFailed
-    | checks.ConsentLost
+    | RelayReady
+    | RelayUnavailable
+    | checks.CheckEvent
 )
 
 
@@ -57,29 +76,31 @@ class Connector:
         *,
         wait_timeout: float = 120.0,
         punch_timeout: float = 10.0,
+        relay_mode: str = "auto",
+        turn: TurnOffer | None = None,
     ):
-        self.signal = RendezvousClient(name, peer, server, host_candidates)
+        if relay_mode not in ("auto", "force", "off"):
+            raise ValueError(f"relay mode must be auto, force or off, not {relay_mode!r}")
+        self.relay_mode = relay_mode
+        self.signal = RendezvousClient(
+            name, peer, server, host_candidates, ask_now=relay_mode == "off"
+        )
+        self.explicit_turn = turn
+        self.turn: TurnClient | None = None
+        self.relay_unavailable: str | None = (
+            "relay off (--relay off)" if relay_mode == "off" else None
+        )
         self.checks: checks.ConnectivityChecks | None = None
         self.wait_timeout = wait_timeout
         self.punch_timeout = punch_timeout
         self.malformed = 0
         self._started = 0.0
+        self._asked = relay_mode == "off"
+        self._gather_deadline: float | None = None
         self._wait_deadline: float | None = None
         self._events: list[ConnectorEvent] = []
 
-    @property
-    def selected(self) -> Candidate | None:
-        if self.checks is None or self.checks.selected is None:
-            return None
-        return self.checks.selected.remote
-
-    def start(self, now: float) -> list[Transmit]:
-        self._started = now
-        return self.signal.start(now)
-
-    def leave(self, now: float) -> list[Transmit]:
-        return self.signal.leave(now)
-
+    # -- outputs --------------------------------------------------------------------------
     def pop_events(self) -> list[ConnectorEvent]:
         events, self._events = self._events, []
         return events
@@ -88,55 +109,186 @@ class Connector:
         times = [
             self.signal.next_deadline(),
             self._wait_deadline,
+            self._gather_deadline,
+            self.turn.next_deadline() if self.turn else None,
             self.checks.next_deadline() if self.checks else None,
         ]
         return min((t for t in times if t is not None), default=None)
 
+    def route(self, data: bytes, pair: checks.Pair) -> Transmit:
+        """How to send `data` on `pair`: straight to the remote, or wrapped for our relay."""
+        if pair.base == checks.RELAY:
+            assert self.turn is not None
+            return self.turn.wrap(data, pair.remote.address)
+        return data, pair.remote.address
+
+    def remote_shown(self, pair: checks.Pair) -> str:
+        """The address this pair's packets are sent to, as the report shows it."""
+        if pair.base == checks.RELAY and self.turn is not None:
+            return format_address(self.turn.server)
+        return format_address(pair.remote.address)
+
+    # -- inputs ---------------------------------------------------------------------------
+    def start(self, now: float) -> list[Transmit]:
+        self._started = now
+        out = self.signal.start(now)
+        if self.relay_mode != "off" and self.explicit_turn is not None:
+            out += self._start_turn(self.explicit_turn, now)
+        return out
+
+    def leave(self, now: float) -> list[Transmit]:
+        out = self.signal.leave(now)
+        if self.turn is not None:
+            out += self.turn.close(now)
+        return out
+
     def poll(self, now: float) -> list[Transmit]:
         out = self.signal.poll(now)
+        if self.turn is not None:
+            out += self.turn.poll(now)
+        if self._gather_deadline is not None and now >= self._gather_deadline:
+            self._relay_gone("no answer from the relay in time", now, out)
         if self.checks is not None:
-            out += self.checks.poll(now)
+            out += self._routed(self.checks.poll(now))
         if self._wait_deadline is not None and now >= self._wait_deadline:
             self._wait_deadline = None
             self._events.append(PeerTimeout(now - self._started))
         self._collect(now, out)
         return out
 
-    def handle_stun(self, data: bytes, src: Address, now: float) -> list[Transmit]:
-        try:
-            msg = parse_message_untrusted(data)
-        except StunError:
-            self.malformed += 1
-            return []
-        out = self.checks.handle(msg, src, now) if self.checks is not None else None
-        if out is None:
-            out = self.signal.handle(msg, src, now)
-        out = out or []
+    def handle(
+        self, data: bytes, src: Address, now: float
+    ) -> tuple[list[Transmit], tuple[bytes, Address] | None]:
+        """A STUN or TURN datagram: what to send, and media that came out of the relay, if any."""
+        out: list[Transmit] = []
+        inner: tuple[bytes, Address] | None = None
+        if self.turn is not None and src == self.turn.server and looks_like_channel_data(data):
+            inner = self.turn.unwrap_channel(data, src)
+        elif looks_like_stun(data):
+            try:
+                msg = parse_message_untrusted(data)
+            except StunError:
+                self.malformed += 1
+                return [], None
+            inner = self._stun(msg, src, now, out)
+        if inner is not None:  # arrived through our relay: a check, or media
+            payload, peer = inner
+            inner = None
+            if looks_like_stun(payload) and self.checks is not None:
+                try:
+                    sent = self.checks.handle(
+                        parse_message_untrusted(payload), peer, now, checks.RELAY
+                    )
+                except StunError:
+                    sent = None
+                out += self._routed(sent or [])
+            elif looks_like_rtp_or_rtcp(payload):
+                inner = (payload, peer)
         self._collect(now, out)
+        return out, inner
+
+    def _stun(
+        self, msg: Message, src: Address, now: float, out: list[Transmit]
+    ) -> tuple[bytes, Address] | None:
+        if self.turn is not None and src == self.turn.server:
+            answered = self.turn.handle(msg, src, now)
+            if answered is not None:
+                out += answered
+                return None
+            unwrapped = self.turn.unwrap(msg, src)
+            if unwrapped is not None:
+                return unwrapped
+        sent = self.checks.handle(msg, src, now, checks.HOST) if self.checks is not None else None
+        if sent is not None:
+            out += self._routed(sent)
+            return None
+        out += self.signal.handle(msg, src, now) or []
+        return None
+
+    # -- internals ------------------------------------------------------------------------
+    def _routed(self, sends: list[checks.Send]) -> list[Transmit]:
+        out = []
+        for data, dest, base in sends:
+            if base == checks.RELAY:
+                if self.turn is not None and self.turn.relayed is not None:
+                    out.append(self.turn.wrap(data, dest))
+            else:
+                out.append((data, dest))
         return out
+
+    def _start_turn(self, offer: TurnOffer, now: float) -> list[Transmit]:
+        self.turn = TurnClient(offer.server, offer.username, offer.password)
+        self._gather_deadline = now + GATHER_TIMEOUT
+        return self.turn.start(now)
+
+    def _ask(self, now: float, out: list[Transmit]) -> None:
+        if self._asked:
+            return
+        self._asked = True
+        self._gather_deadline = None
+        relayed = self.turn.relayed if self.turn is not None else None
+        extra = (Candidate.make(CandidateType.RELAY, relayed),) if relayed else ()
+        out += self.signal.ask(now, extra)
+
+    def _relay_gone(self, reason: str, now: float, out: list[Transmit]) -> None:
+        self._gather_deadline = None
+        if self.relay_unavailable is None:
+            self.relay_unavailable = reason
+            self._events.append(RelayUnavailable(reason))
+        self._ask(now, out)
 
     def _collect(self, now: float, out: list[Transmit]) -> None:
         for event in self.signal.pop_events():
-            if isinstance(event, Registered):  # waiting from now (a lost introduction too)
-                self._wait_deadline = self._started + self.wait_timeout
+            if isinstance(event, Registered):
+                self._wait_deadline = now + self.wait_timeout
+                if not self._asked and self.turn is None:
+                    if event.turn is not None:
+                        out += self._start_turn(event.turn, now)
+                    else:
+                        self._relay_gone(
+                            "the rendezvous offers no relay, and no --turn given", now, out
+                        )
             if isinstance(event, GotPeer):
                 self._wait_deadline = None
-                ready = event.ready
-                self.checks = checks.ConnectivityChecks(
-                    local_ufrag=ready.local_ufrag,
-                    local_pwd=ready.local_pwd,
-                    remote_ufrag=ready.remote_ufrag,
-                    remote_pwd=ready.remote_pwd,
-                    controlling=ready.controlling,
-                    remote_candidates=ready.candidates,
-                    now=now,
-                    timeout=self.punch_timeout,
-                )
-                self._events.append(Introduced(ready))
-                out += self.checks.poll(now)
+                self._start_checks(event.ready, now, out)
+                self._events.append(Introduced(event.ready))
             else:
                 self._events.append(event)
+        if self.turn is not None:
+            for turn_event in self.turn.pop_events():
+                if isinstance(turn_event, Allocated):
+                    self._events.append(RelayReady(turn_event.relayed, self.turn.server))
+                    self._ask(now, out)
+                elif isinstance(turn_event, TurnFailed):
+                    self._relay_gone(turn_event.reason, now, out)
+                elif isinstance(turn_event, PermissionRefused):
+                    pass  # that candidate's pairs through the relay fail on their own
         if self.checks is not None:
-            self._events += [
-                e for e in self.checks.pop_events() if not isinstance(e, checks.PairValid)
-            ]
+            for check_event in self.checks.pop_events():
+                if isinstance(check_event, (checks.PathSelected, checks.StandbyChanged)):
+                    pair = check_event.pair
+                    if pair.base == checks.RELAY and self.turn is not None:
+                        out += self.turn.bind_channel(pair.remote.address, now)
+                self._events.append(check_event)
+
+    def _start_checks(self, ready: PeerReady, now: float, out: list[Transmit]) -> None:
+        relayed = self.turn is not None and self.turn.relayed is not None
+        self.checks = checks.ConnectivityChecks(
+            local_ufrag=ready.local_ufrag,
+            local_pwd=ready.local_pwd,
+            remote_ufrag=ready.remote_ufrag,
+            remote_pwd=ready.remote_pwd,
+            controlling=ready.controlling,
+            remote_candidates=ready.candidates,
+            now=now,
+            timeout=self.punch_timeout,
+            relay_mode=self.relay_mode,
+            bases=(checks.HOST, checks.RELAY) if relayed else (checks.HOST,),
+        )
+        if relayed and self.turn is not None:
+            # The relay forwards only from permitted peers: the peer's public addresses.
+            public = sorted(
+                {c.address[0] for c in ready.candidates if c.kind != CandidateType.HOST}
+            )
+            out += self.turn.permit(public, now)
+        out += self._routed(self.checks.poll(now))

@@ -27,10 +27,25 @@ RETRY_AFTER_UNREACHABLE = 2.0
 
 
 @dataclass(frozen=True)
+class TurnOffer:
+    """A relay the rendezvous offers, with short-lived credentials for it."""
+
+    server: Address
+    username: str
+    password: str
+
+
+@dataclass(frozen=True)
 class Registered:
     mapped: Address  # our public address as the server saw it (server-reflexive)
     lifetime: float
-    status: str  # "waiting" until the peer asks for us too
+    status: str  # "registered"; "waiting" or "matched" once we ask for the peer
+    turn: TurnOffer | None = None
+
+
+@dataclass(frozen=True)
+class Asked:
+    status: str  # "waiting" for the peer, or "matched" at once
 
 
 @dataclass(frozen=True)
@@ -50,17 +65,23 @@ class GotPeer:
     ready: PeerReady
 
 
-SignalEvent = Registered | Refused | Unreachable | GotPeer
+SignalEvent = Registered | Asked | Refused | Unreachable | GotPeer
 
 
 class RendezvousClient:
     """Registers `name` asking for `peer`, refreshes before expiry, answers PEER-READY."""
 
     def __init__(
-        self, name: str, peer: str, server: Address, host_candidates: tuple[Candidate, ...]
+        self,
+        name: str,
+        peer: str,
+        server: Address,
+        host_candidates: tuple[Candidate, ...],
+        ask_now: bool = True,
     ):
         self.name = name
-        self.peer: str | None = peer
+        self.peer: str | None = peer if ask_now else None
+        self._wanted_peer = peer
         self.server = server
         self.host_candidates = host_candidates
         self.mapped: Address | None = None
@@ -69,6 +90,7 @@ class RendezvousClient:
         self._events: list[SignalEvent] = []
         self._refresh_at: float | None = None
         self._closed = False
+        self._asked_reported = False
 
     # -- outputs --------------------------------------------------------------------------
     def pop_events(self) -> list[SignalEvent]:
@@ -83,6 +105,13 @@ class RendezvousClient:
     def start(self, now: float) -> list[Transmit]:
         return [self._register(now)]
 
+    def ask(self, now: float, more_candidates: tuple[Candidate, ...] = ()) -> list[Transmit]:
+        """Ask for the peer now, with candidates gathered since registering (a relayed one)."""
+        self.peer = self._wanted_peer
+        self.host_candidates = (*self.host_candidates, *more_candidates)
+        self._txns.cancel_all()
+        return [self._register(now)]
+
     def leave(self, now: float) -> list[Transmit]:
         """Release the name at once (best effort, one datagram) instead of waiting for expiry."""
         self._closed = True
@@ -94,7 +123,7 @@ class RendezvousClient:
     def poll(self, now: float) -> list[Transmit]:
         out: list[Transmit] = []
         resend, failed = self._txns.poll(now)
-        out += resend
+        out += [(t.data, t.dest) for t in resend]
         for txn in failed:
             self._events.append(Unreachable(self.server, now - txn.started))
             if self.mapped is not None and not self._closed:
@@ -113,8 +142,9 @@ class RendezvousClient:
                 return []  # only the server we registered with may introduce a peer
             return self._on_peer_ready(msg, now)
         if msg.cls in (Class.SUCCESS, Class.ERROR) and msg.transaction_id in self._txns:
-            self._txns.match(msg)
-            self._on_register_answer(msg, now)
+            txn = self._txns.match(msg)
+            assert txn is not None
+            self._on_register_answer(msg, txn.context == "ask", now)
             return []
         return None
 
@@ -126,14 +156,14 @@ class RendezvousClient:
             req.transaction_id,
             data,
             self.server,
-            "register",
+            "ask" if self.peer is not None else "register",
             rto=SIGNAL_RTO,
             rc=SIGNAL_RC,
             rm=SIGNAL_RM,
         )
         return self._txns.start(now, txn), self.server
 
-    def _on_register_answer(self, msg: Message, now: float) -> None:
+    def _on_register_answer(self, msg: Message, asked: bool, now: float) -> None:
         if msg.cls == Class.ERROR:
             try:
                 code, reason = msg.error() or (500, "error with no ERROR-CODE")
@@ -145,6 +175,7 @@ class RendezvousClient:
             mapped = msg.xor_address()
             lifetime = float(msg.u32(Attr.LIFETIME) or 30)
             status = msg.text(Attr.CP_STATUS) or "waiting"
+            turn = _turn_offer(msg)
         except StunError:
             return
         if mapped is None:
@@ -154,7 +185,10 @@ class RendezvousClient:
         # Refresh at a third of the lifetime, so two lost refreshes still keep the name.
         self._refresh_at = now + max(1.0, lifetime / 3)
         if first:
-            self._events.append(Registered(mapped, lifetime, status))
+            self._events.append(Registered(mapped, lifetime, status, turn))
+        if asked and not self._asked_reported:
+            self._asked_reported = True
+            self._events.append(Asked(status))
 
     def _on_peer_ready(self, msg: Message, now: float) -> list[Transmit]:
         try:
@@ -167,3 +201,12 @@ class RendezvousClient:
             self.peer = None  # refreshes no longer ask for a call, so the server won't re-match
             self._events.append(GotPeer(ready))
         return [(ack, self.server)]
+
+
+def _turn_offer(msg: Message) -> TurnOffer | None:
+    server = msg.address(Attr.CP_TURN_SERVER)
+    username = msg.text(Attr.CP_TURN_USERNAME)
+    password = msg.text(Attr.CP_TURN_PASSWORD)
+    if server is None or username is None or password is None:
+        return None
+    return TurnOffer(server, username, password)

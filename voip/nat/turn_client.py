@@ -176,7 +176,7 @@ class TurnClient:
     # -- inputs ---------------------------------------------------------------------------
     def poll(self, now: float) -> list[Transmit]:
         resend, failed = self._txns.poll(now)
-        out = list(resend)
+        out = [(t.data, t.dest) for t in resend]
         for txn in failed:
             if txn.context.req.method == Method.ALLOCATE:
                 self._fail(f"no answer from TURN server {self.server[0]}:{self.server[1]}")

@@ -93,17 +93,19 @@ class TransactionTable(Generic[T]):
     def next_deadline(self) -> float | None:
         return min((t.deadline for t in self._pending.values()), default=None)
 
-    def poll(self, now: float) -> tuple[list[tuple[bytes, Address]], list[Transaction[T]]]:
-        """(datagrams to resend, transactions that timed out) as of `now`."""
-        resend: list[tuple[bytes, Address]] = []
+    def poll(self, now: float) -> tuple[list[Transaction[T]], list[Transaction[T]]]:
+        """(transactions to send again now, transactions that timed out) as of `now`.
+
+        A transaction to resend carries its bytes, destination and context.
+        """
+        resend: list[Transaction[T]] = []
         failed: list[Transaction[T]] = []
         for tid, txn in list(self._pending.items()):
             if txn.deadline > now:
                 continue
-            data = txn.on_deadline(now)
-            if data is None:
+            if txn.on_deadline(now) is None:
                 del self._pending[tid]
                 failed.append(txn)
             else:
-                resend.append((data, txn.dest))
+                resend.append(txn)
         return resend, failed
