@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Opus and PortAudio for calls; iproute2, nftables and ethtool for the lab; espeak-ng for speech.
-SYSLIBS := libopus0 libportaudio2 iproute2 nftables ethtool espeak-ng
+# Opus and PortAudio for calls; iproute2, nftables and ethtool for the lab; espeak-ng for speech;
+# coturn to interoperate with (its turnserver and test clients, started only by the tests).
+SYSLIBS := libopus0 libportaudio2 iproute2 nftables ethtool espeak-ng coturn
 
 .PHONY: demo test lint sys-deps venv clean
 

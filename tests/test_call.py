@@ -14,6 +14,7 @@ from rendezvous.server import RendezvousServer
 from voip import Call, CallError, CallOptions, NullSink, SilenceSource, ToneSource, WavSink
 from voip import events as ev
 from voip.codecs.pcm import dominant_frequency
+from voip.local_rendezvous import loopback_server
 from voip.media.audio_io import read_wav
 from voip.wire.rtp import RtpPacket
 
@@ -148,3 +149,35 @@ def test_media_from_a_stranger_is_not_played() -> None:
     alice, bob = run(scenario())
     assert alice._rx.ssrc == bob._sender.ssrc
     assert alice._rx.received <= bob._sender.packet_count
+
+
+@pytest.mark.parametrize("mode", ["auto", "force", "off"])
+def test_relay_modes_on_loopback(mode: str) -> None:
+    """auto: audio direct, relay measured alongside; force: the reverse; off: no relay at all."""
+
+    async def scenario() -> tuple[Call, Call]:
+        async with loopback_server() as server:
+            await server.start("127.0.0.1", 0)
+            opts = CallOptions(bind_host="127.0.0.1", relay=mode)
+            alice, bob = (
+                silent_call("alice", "bob", server, opts),
+                silent_call("bob", "alice", server, opts),
+            )
+            async with alice, bob:
+                await asyncio.gather(alice.run(2.5), bob.run(2.5))
+        return alice, bob
+
+    alice, bob = run(scenario())
+    for call in (alice, bob):
+        report = call.report().to_dict()
+        direct, relay = report["paths"]["direct"], report["paths"]["relay"]
+        assert report["path"] == ("relay" if mode == "force" else "direct")
+        assert direct["available"] and direct["rtt_ms"]["samples"] >= 1
+        if mode == "off":
+            assert relay["available"] is False and relay["reason"] == "relay off (--relay off)"
+            assert report["verdict"].startswith("direct only")
+        else:
+            assert relay["available"] and relay["rtt_ms"]["samples"] >= 1
+            assert relay["loss_pct"] == 0.0
+            assert "round trip" in report["verdict"]
+        assert report["audio"]["frames_received"] >= 100

@@ -175,6 +175,9 @@ def test_unreadable_wav_is_refused_before_anything_starts(tmp_path: Path) -> Non
         (["--as", "bad name", "bob"], "bad name"),
         (["--as", "alice", "alice"], "cannot call yourself"),
         (["--as", "alice", "bob", "--input", "tone:abc"], "expected tone:HZ"),
+        (["--as", "alice", "bob", "--turn-secret", "x"], "go with --turn"),
+        (["--as", "alice", "bob", "--turn", "stun:example.org"], "expected turn:HOST:PORT"),
+        (["--as", "alice", "bob", "--turn", "turn:127.0.0.1:3478"], "--turn needs --turn-secret"),
     ],
 )
 def test_bad_input_is_a_usage_error(tmp_path: Path, args: list[str], message: str) -> None:
@@ -195,6 +198,17 @@ def test_missing_sound_card_names_the_alternatives(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "--input tone:440" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_rendezvous_turn_url_needs_the_secret(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(BIN / "callpeer-rendezvous"), "--turn-url", "turn:127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    assert result.returncode == 2 and "--turn-url needs --turn-secret" in result.stderr
 
 
 def test_rendezvous_command_rejects_bad_listen_address(tmp_path: Path) -> None:

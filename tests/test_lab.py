@@ -19,7 +19,7 @@ from voip.codecs.pcm import dominant_frequency
 from voip.lab.nat import NAT_KINDS
 from voip.lab.netns import lab_unavailable_reason, list_namespaces, run
 from voip.lab.scenario import run_lab_call
-from voip.lab.topology import PREFIX, SERVER_IP, Lab, LabConfig, remove_leftovers
+from voip.lab.topology import PREFIX, RELAY_IP, SERVER_IP, Lab, LabConfig, remove_leftovers
 from voip.media.audio_io import read_wav
 
 REASON = lab_unavailable_reason()
@@ -146,7 +146,7 @@ def test_leftovers_of_a_dead_run_are_removed_and_live_ones_kept() -> None:
 
 # Where a predictable mapping meets a permissive enough filter, punching works. A symmetric NAT
 # gives the peer a new port nobody announced: a port-restricted (cone) peer filters it out, and
-# two symmetric NATs never meet. Those need the relay.
+# two symmetric NATs never meet. Those go through the relay.
 UNPUNCHABLE = {("cone", "symmetric"), ("symmetric", "symmetric")}
 MATRIX = [(a, b, False) for a, b in itertools.combinations_with_replacement(NAT_KINDS, 2)]
 MATRIX.append(("cone", "cone", True))
@@ -169,22 +169,21 @@ def test_nat_matrix(tmp_path: Path, nat_a: str, nat_b: str, same_nat: bool) -> N
     )
     elapsed = time.monotonic() - started
     alice, bob = result.callers["alice"], result.callers["bob"]
-    assert alice.report is not None and bob.report is not None
-    if (nat_a, nat_b) in UNPUNCHABLE:
-        for caller in (alice, bob):
-            assert caller.exit_code == 1
-            assert "could not reach" in caller.stderr and "(tried " in caller.stderr
-            assert "srflx 203.0.113." in caller.stderr  # the peer's public mapping was tried
-            assert caller.report is not None and caller.report["path"] == "none"
-            assert caller.report["paths"]["direct"]["available"] is False
-        return
     assert alice.exit_code == 0, alice.stderr
     assert bob.exit_code == 0, bob.stderr
+    relayed = (nat_a, nat_b) in UNPUNCHABLE
     for peer_side, caller in (("b", alice), ("a", bob)):
         report = caller.report
-        assert report is not None and report["path"] == "direct"
-        remote = report["paths"]["direct"]["remote"]
-        rtt = report["paths"]["direct"]["rtt_ms"]
+        assert report is not None
+        direct, relay = report["paths"]["direct"], report["paths"]["relay"]
+        if relayed:
+            assert report["path"] == "relay"
+            assert direct["available"] is False and "no answer from" in direct["reason"]
+            assert relay["remote"].startswith(f"{RELAY_IP}:")
+            assert 10.0 <= relay["rtt_ms"]["median"] <= 14.0  # relay link delay is 0 here
+            continue
+        assert report["path"] == "direct"
+        remote, rtt = direct["remote"], direct["rtt_ms"]
         if same_nat:
             # Same LAN: host candidates, no hairpinning needed, no lab delay on the path.
             assert remote.startswith("198.18.1.")
@@ -198,11 +197,56 @@ def test_nat_matrix(tmp_path: Path, nat_a: str, nat_b: str, same_nat: bool) -> N
         assert dominant_frequency(pcm) == pytest.approx(heard, abs=3)
     if same_nat:
         return
-    # Outside the program: what a's router put on the wire went to b's public address.
+    # Outside the program: where a's router really sent the RTP, after NAT.
     capture = result.captures["a"]
-    alice_remote = alice.report["paths"]["direct"]["remote"]
-    assert capture[alice_remote]["rtp"] >= 80, capture
-    [source] = capture[alice_remote]["from"]  # one mapping carried it all: a's public address
-    assert source.split(":")[0] == _public(result.nodes, "a")
-    assert capture.get(f"{SERVER_IP}:3478", {}).get("rtp", 0) == 0
+    rtp_to = {dst: c["rtp"] for dst, c in capture.items() if c["rtp"]}
+    relayed_media = {
+        dst: c["rtp"] + c["channel"]
+        for dst, c in capture.items()
+        if dst.startswith(f"{RELAY_IP}:") and c["rtp"] + c["channel"]
+    }
+    assert capture.get(f"{SERVER_IP}:3478", {}).get("rtp", 0) == 0  # never to the rendezvous
+    if relayed:
+        # Everything went to the relay: raw RTP to the peer's relayed address, or wrapped in
+        # ChannelData to the relay's port; nothing straight to the peer.
+        assert all(dst.startswith(f"{RELAY_IP}:") for dst in rtp_to), rtp_to
+        assert sum(relayed_media.values()) >= 80, capture
+        assert not any(dst.startswith(_public(result.nodes, "b")) for dst in rtp_to)
+    else:
+        assert alice.report is not None
+        alice_remote = alice.report["paths"]["direct"]["remote"]
+        assert rtp_to == {alice_remote: rtp_to[alice_remote]} and rtp_to[alice_remote] >= 80
+        [source] = capture[alice_remote]["from"]  # one mapping carried it: a's public address
+        assert source.split(":")[0] == _public(result.nodes, "a")
     assert elapsed < 30
+
+
+def _figures(report: dict[str, object]) -> tuple[float, float]:
+    paths = report["paths"]
+    assert isinstance(paths, dict)
+    return paths["direct"]["rtt_ms"]["median"], paths["relay"]["rtt_ms"]["median"]
+
+
+@pytest.mark.parametrize("relay_mode", ["auto", "force"])
+def test_both_paths_measured_against_the_configured_truth(tmp_path: Path, relay_mode: str) -> None:
+    """5 ms each side and 40 ms to the relay: direct RTT is 10 ms, relayed 90 ms (the relayed
+    round trip crosses the relay's link twice), whichever path carries the audio."""
+    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5, delay_relay=40)
+    result = run_lab_call(
+        config, tmp_path, duration=4.0, speech=False, extra_args=["--relay", relay_mode]
+    )
+    for caller in result.callers.values():
+        assert caller.exit_code == 0, caller.stderr
+        report = caller.report
+        assert report is not None
+        assert report["path"] == ("relay" if relay_mode == "force" else "direct")
+        direct_rtt, relay_rtt = _figures(report)
+        assert 10.0 <= direct_rtt <= 13.5, report
+        assert 90.0 <= relay_rtt <= 96.0, report
+        assert report["paths"]["relay"]["remote"].startswith(f"{RELAY_IP}:")
+        assert report["verdict"].startswith(f"direct saves {relay_rtt - direct_rtt:.0f} ms")
+        direct, relay = report["paths"]["direct"], report["paths"]["relay"]
+        assert direct["mos"] > relay["mos"]
+        assert direct["loss_pct"] == 0.0 and relay["loss_pct"] == 0.0
+    pcm, _ = read_wav(result.callers["alice"].wav)
+    assert dominant_frequency(pcm) == pytest.approx(660, abs=3)

@@ -297,7 +297,9 @@ class Call:
                 metrics.available = True
                 metrics.remote = self._connector.remote_shown(event.pair)
                 self._emit(ev.Standby(event.pair.kind, metrics.remote))
-            elif isinstance(event, checks.RttSample):
+            elif isinstance(event, checks.RttSample) and self._active is not None:
+                # Only samples from the call itself: during the checks both ends are busy
+                # setting up, which a path's figures should not be charged with.
                 metrics = self._metrics(event.kind)
                 metrics.add_rtt(now - self._t_connected, event.rtt, "stun")
                 if not event.active:

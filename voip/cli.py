@@ -266,18 +266,18 @@ async def run_call(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     if name == args.peer:
         raise UsageError(f"you cannot call yourself ({name!r}); pass --as with your own name")
-    source = open_source(args.input)
-    try:
-        sink = open_sink(args.output)
-    except Exception:
-        source.close()
-        raise
     offer = turn_offer(args, name)
     if offer is not None:
         try:
             offer = TurnOffer(await resolve(*offer.server), offer.username, offer.password)
         except OSError as exc:
             raise UsageError(f"--turn: cannot resolve {offer.server[0]!r}: {exc}") from exc
+    source = open_source(args.input)
+    try:
+        sink = open_sink(args.output)
+    except Exception:
+        source.close()
+        raise
     server, hosted = await _server_address(args.server, config.server, err)
     if hosted is None:
         err.print(f"contacting the rendezvous at {format_address(server)}...", highlight=False)

@@ -32,6 +32,8 @@ def classify(payload: bytes) -> str:
     first = payload[0]
     if first < 4:
         return "stun"
+    if 64 <= first <= 79:
+        return "channel"  # TURN ChannelData: media (or checks) wrapped for a relay
     if 128 <= first <= 191:
         return "rtcp" if len(payload) > 1 and 192 <= payload[1] <= 223 else "rtp"
     return "other"
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dev", required=True)
     args = p.parse_args(argv)
     counts: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"stun": 0, "rtp": 0, "rtcp": 0, "other": 0, "from": set()}
+        lambda: {"stun": 0, "rtp": 0, "rtcp": 0, "channel": 0, "other": 0, "from": set()}
     )
     # Outgoing frames reach only ETH_P_ALL taps, not sockets bound to one protocol.
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))

@@ -1,0 +1,254 @@
+"""Interop with coturn, the TURN server most of the world runs: both directions, on loopback.
+
+Our TURN client allocates on a real coturn (use-auth-secret, the REST credentials our
+rendezvous hands out) and a whole call goes through it; coturn's own test client,
+turnutils_uclient, allocates on our relay and gets its data echoed back through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rendezvous.server import RendezvousServer
+from rendezvous.turn_server import TurnPolicy
+from voip import Call, CallOptions, ToneSource, WavSink
+from voip.codecs.pcm import dominant_frequency
+from voip.local_rendezvous import probe_stun
+from voip.media.audio_io import read_wav
+from voip.nat.rendezvous_client import TurnOffer
+from voip.nat.turn_client import Allocated, TurnClient
+from voip.transport import Timer, UdpEndpoint
+from voip.wire.stun import looks_like_stun, parse_message_untrusted
+from voip.wire.turn import looks_like_channel_data, rest_password, rest_username
+
+SECRET = "interop-secret"
+pytestmark = pytest.mark.skipif(
+    shutil.which("turnserver") is None or shutil.which("turnutils_uclient") is None,
+    reason="coturn is not installed (apt-get install coturn)",
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def coturn(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "turnserver",
+            "-n",
+            "--listening-ip=127.0.0.1",
+            f"--listening-port={port}",
+            "--relay-ip=127.0.0.1",
+            "--use-auth-secret",
+            f"--static-auth-secret={SECRET}",
+            "--realm=coturn.test",
+            "--allow-loopback-peers",
+            "--no-tls",
+            "--no-dtls",
+            "--no-cli",
+            "--min-port=49200",
+            "--max-port=49300",
+            f"--log-file={tmp_path / 'coturn.log'}",
+            "--simple-log",
+            "--no-stdout-log",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while asyncio.run(probe_stun(("127.0.0.1", port), timeout=0.2, tries=1)) is None:
+            assert proc.poll() is None, "coturn exited"
+            assert time.monotonic() < deadline, "coturn did not answer STUN"
+        yield "127.0.0.1", port
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def rest(name: str) -> tuple[str, str]:
+    user = rest_username(int(time.time()) + 600, name)
+    return user, rest_password(SECRET, user)
+
+
+class TurnShell:
+    """Our TURN client on a real socket, with a timer: the few lines the Connector has."""
+
+    def __init__(self, client: TurnClient):
+        self.client = client
+        self.received: list[tuple[bytes, tuple[str, int]]] = []
+        self.allocated = asyncio.Event()
+
+    async def start(self) -> None:
+        self.endpoint = await UdpEndpoint.bind("127.0.0.1", 0, self._on_datagram)
+        self.timer = Timer(self.endpoint.loop, self.client.next_deadline, self._on_timer)
+        self.endpoint.send_all(self.client.start(self.endpoint.loop.time()))
+        self.timer.rearm()
+
+    def _on_timer(self, now: float) -> None:
+        self.endpoint.send_all(self.client.poll(now))
+        self._events()
+
+    def _on_datagram(self, data: bytes, src: tuple[str, int], now: float) -> None:
+        if looks_like_channel_data(data):
+            inner = self.client.unwrap_channel(data, src)
+            if inner:
+                self.received.append(inner)
+        elif looks_like_stun(data):
+            msg = parse_message_untrusted(data)
+            out = self.client.handle(msg, src, now)
+            if out is None:
+                inner = self.client.unwrap(msg, src)
+                if inner:
+                    self.received.append(inner)
+            self.endpoint.send_all(out or [])
+        self._events()
+        self.timer.rearm()
+
+    def _events(self) -> None:
+        for event in self.client.pop_events():
+            assert isinstance(event, Allocated), event
+            self.allocated.set()
+
+
+async def _until(predicate: object, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def test_our_client_allocates_on_coturn_and_data_flows(coturn: tuple[str, int]) -> None:
+    async def scenario() -> None:
+        shell = TurnShell(TurnClient(coturn, *rest("alice")))
+        await shell.start()
+        await asyncio.wait_for(shell.allocated.wait(), 5)
+        relayed = shell.client.relayed
+        assert relayed is not None and relayed[0] == "127.0.0.1"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            peer.settimeout(3)
+            peer_addr = peer.getsockname()
+            loop = asyncio.get_running_loop()
+            shell.endpoint.send_all(shell.client.permit(["127.0.0.1"], loop.time()))
+            await asyncio.sleep(0.3)
+            peer.sendto(b"from the peer", relayed)  # arrives as a Data indication
+            await _until(lambda: shell.received)
+            assert shell.received[0] == (b"from the peer", peer_addr)
+            shell.endpoint.send(*shell.client.wrap(b"to the peer", peer_addr))
+            assert peer.recvfrom(100) == (b"to the peer", relayed)
+            shell.endpoint.send_all(shell.client.bind_channel(peer_addr, loop.time()))
+            await _until(lambda: peer_addr in shell.client.channels)
+            data, _ = shell.client.wrap(b"by channel", peer_addr)
+            assert looks_like_channel_data(data)
+            shell.endpoint.send(data, coturn)
+            assert peer.recvfrom(100) == (b"by channel", relayed)
+            peer.sendto(b"channel back", relayed)
+            await _until(lambda: len(shell.received) == 2)
+            assert shell.received[1] == (b"channel back", peer_addr)
+        shell.endpoint.send_all(shell.client.close(loop.time()))
+        shell.timer.cancel()
+        shell.endpoint.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_call_goes_through_coturn(coturn: tuple[str, int], tmp_path: Path) -> None:
+    async def scenario() -> tuple[Call, Call]:
+        async with RendezvousServer() as server:  # offers no relay: coturn comes from --turn
+            await server.start("127.0.0.1", 0)
+            calls = []
+            for me, peer, hz in (("alice", "bob", 440), ("bob", "alice", 660)):
+                opts = CallOptions(
+                    bind_host="127.0.0.1", relay="force", turn=TurnOffer(coturn, *rest(me))
+                )
+                calls.append(
+                    Call(
+                        me,
+                        peer,
+                        source=ToneSource(hz),
+                        sink=WavSink(tmp_path / f"{me}.wav"),
+                        server=server.address,
+                        options=opts,
+                    )
+                )
+            alice, bob = calls
+            async with alice, bob:
+                await asyncio.gather(alice.run(2.5), bob.run(2.5))
+        return alice, bob
+
+    alice, bob = asyncio.run(scenario())
+    for call, heard in ((alice, 660), (bob, 440)):
+        report = call.report().to_dict()
+        assert report["path"] == "relay", report
+        relay = report["paths"]["relay"]
+        assert relay["available"] and relay["rtt_ms"]["samples"] >= 1
+        assert relay["remote"].startswith("127.0.0.1:")
+        pcm, _ = read_wav(tmp_path / f"{call.name}.wav")
+        assert dominant_frequency(pcm) == pytest.approx(heard, abs=3)
+        assert report["audio"]["frames_received"] >= 100
+
+
+def test_turnutils_uclient_relays_through_our_relay() -> None:
+    async def scenario() -> str:
+        policy = TurnPolicy(secret=SECRET, allow_loopback_peers=True)
+        server = RendezvousServer.with_relay("127.0.0.1", policy=policy)
+        await server.start("127.0.0.1", 0)
+        peer_port = free_port()
+        echo = await asyncio.create_subprocess_exec(
+            "turnutils_peer",
+            "-p",
+            str(peer_port),
+            "-L",
+            "127.0.0.1",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            await asyncio.sleep(0.3)
+            client = await asyncio.create_subprocess_exec(
+                "turnutils_uclient",
+                "-n",
+                "20",
+                "-c",
+                "-W",
+                SECRET,
+                "-u",
+                "uclient",
+                "-e",
+                "127.0.0.1",
+                "-r",
+                str(peer_port),
+                "-p",
+                str(server.address[1]),
+                "-X",
+                "127.0.0.1",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await asyncio.wait_for(client.communicate(), 30)
+            assert server.turn is not None
+            assert server.turn.stats["allocate"] >= 1 and server.turn.stats["channel_bind"] >= 1
+            return out.decode(errors="replace")
+        finally:
+            echo.terminate()
+            await echo.wait()
+            server.close()
+
+    output = asyncio.run(scenario())
+    assert re.search(r"tot_send_msgs=20, tot_recv_msgs=20", output), output[-2000:]
+    assert "Total lost packets 0 (0.000000%)" in output
