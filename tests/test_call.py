@@ -181,3 +181,21 @@ def test_relay_modes_on_loopback(mode: str) -> None:
             assert relay["loss_pct"] == 0.0
             assert "round trip" in report["verdict"]
         assert report["audio"]["frames_received"] >= 100
+
+
+def test_rtt_plot_is_drawn_for_both_paths(tmp_path: Path) -> None:
+    from voip.plot import plot_rtt
+
+    async def scenario() -> Call:
+        async with loopback_server() as server:
+            await server.start("127.0.0.1", 0)
+            alice, bob = silent_call("alice", "bob", server), silent_call("bob", "alice", server)
+            async with alice, bob:
+                await asyncio.gather(alice.run(2.5), bob.run(2.5))
+        return alice
+
+    report = run(scenario()).report()
+    assert report.direct.rtt_samples and report.relay.rtt_samples
+    png = plot_rtt(report, tmp_path / "rtt.png")
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

@@ -26,6 +26,7 @@ from voip.media.audio_io import AudioSpecError, open_sink, open_source
 from voip.media.soundcard import SoundcardUnavailable
 from voip.nat.candidates import format_address, parse_address
 from voip.nat.rendezvous_client import TurnOffer
+from voip.plot import PlotUnavailable
 from voip.report import render_table
 from voip.transport import resolve
 from voip.wire.signal import check_name
@@ -85,6 +86,7 @@ def call_parser() -> argparse.ArgumentParser:
         help="how long to wait for PEER to call back (default 120)",
     )
     p.add_argument("--json", metavar="PATH|-", help="write the call report as JSON (- for stdout)")
+    p.add_argument("--plot", metavar="FILE.png", help="draw RTT over time for both paths")
     relay = p.add_argument_group("relay")
     relay.add_argument(
         "--relay",
@@ -308,6 +310,10 @@ async def run_call(args: argparse.Namespace) -> int:
         show_report(call.report().to_dict(), args.json)
     elif args.json:
         write_json(call.report().to_dict(), args.json)
+    if args.plot:
+        from voip.plot import plot_rtt  # noqa: PLC0415 - matplotlib only when asked for
+
+        err.print(f"RTT plot written to {plot_rtt(call.report(), args.plot)}", highlight=False)
     return status
 
 
@@ -400,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, AudioSpecError, ValueError) as exc:
         err.print(f"callpeer: {exc}", highlight=False, style="red")
         return EXIT_USAGE
-    except (SoundcardUnavailable, CodecUnavailable, LabError) as exc:
+    except (SoundcardUnavailable, CodecUnavailable, LabError, PlotUnavailable) as exc:
         err.print(f"callpeer: {exc}", highlight=False, style="red")
         return EXIT_FAILED
     except OSError as exc:

@@ -67,6 +67,13 @@ def lab_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=4.0, metavar="SECONDS")
     p.add_argument("--no-speech", action="store_true", help="send tones both ways")
     p.add_argument("--json", metavar="PATH|-", help="write the report as JSON (- for stdout)")
+    p.add_argument("--plot", metavar="FILE.png", help="draw alice's RTT over time, both paths")
+    p.add_argument(
+        "--relay",
+        choices=("auto", "force", "off"),
+        default="auto",
+        help="the callers' --relay (default auto)",
+    )
     return p
 
 
@@ -129,7 +136,14 @@ def run_lab(args: argparse.Namespace) -> int:
         highlight=False,
     )
     with tempfile.TemporaryDirectory(prefix="callpeer-lab-") as tmp:
-        result = run_lab_call(config, Path(tmp), duration=args.duration, speech=not args.no_speech)
+        result = run_lab_call(
+            config,
+            Path(tmp),
+            duration=args.duration,
+            speech=not args.no_speech,
+            extra_args=["--relay", args.relay],
+            plot=Path(args.plot).resolve() if args.plot else None,
+        )
         what = heard(result)
     console.print(routers_table(result))
     alice = result.callers["alice"]

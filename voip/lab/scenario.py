@@ -101,6 +101,7 @@ def run_lab_call(
     capture: bool = False,
     wait: float = 20.0,
     extra_args: list[str] | None = None,
+    plot: Path | None = None,
 ) -> LabCallResult:
     """Build the lab, run one call through it, return what each side reported."""
     with Lab(config) as lab:
@@ -159,6 +160,7 @@ def run_lab_call(
                 "--json",
                 str(workdir / f"{me}.json"),
                 *(extra_args or []),
+                *(["--plot", str(plot)] if plot is not None and me == "alice" else []),
             ]
             procs[me] = lab.start(side, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             time.sleep(0.2)  # alice waits first, as a person would
