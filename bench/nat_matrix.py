@@ -26,38 +26,51 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--delay", type=float, default=5.0, help="one-way ms on each side")
+    p.add_argument("--delay-relay", type=float, default=40.0, help="one-way ms to the relay")
     args = p.parse_args()
     if reason := lab_unavailable_reason():
         print(f"cannot run: {reason}", file=sys.stderr)
         return 1
     cases = [(a, b, False) for a, b in itertools.combinations_with_replacement(NAT_KINDS, 2)]
     cases.append(("cone", "cone", True))
+    truth_relay = 2 * args.delay + 2 * args.delay_relay
     print(
-        f"one-way delay {args.delay:g} ms each side (true RTT {2 * args.delay:g} ms), "
+        f"one-way delay {args.delay:g} ms each side, {args.delay_relay:g} ms to the relay "
+        f"(true RTT {2 * args.delay:g} ms direct, {truth_relay:g} ms relayed); "
         f"{args.repeat} calls per case"
     )
-    print(f"| {'alice':9} | {'bob':9} | path   | setup ms (median) | RTT ms (median) |")
-    print("|-----------|-----------|--------|-------------------|-----------------|")
+    print("| alice | bob | audio went | setup ms | direct RTT ms | relay RTT ms |")
+    print("|---|---|---|---|---|---|")
     for a, b, same in cases:
-        paths, setups, rtts = [], [], []
+        paths, setups = [], []
+        rtts: dict[str, list[float]] = {"direct": [], "relay": []}
         for _ in range(args.repeat):
             with tempfile.TemporaryDirectory() as tmp:
                 cfg = LabConfig(
-                    nat_a=a, nat_b=b, same_nat=same, delay_a=args.delay, delay_b=args.delay
+                    nat_a=a,
+                    nat_b=b,
+                    same_nat=same,
+                    delay_a=args.delay,
+                    delay_b=args.delay,
+                    delay_relay=args.delay_relay,
                 )
                 result = run_lab_call(cfg, Path(tmp), duration=1.5, speech=False, wait=10)
             report = result.callers["alice"].report or {}
             paths.append(report.get("path", "none"))
             if report.get("setup_ms") is not None:
                 setups.append(report["setup_ms"])
-                rtts.append(report["paths"]["direct"]["rtt_ms"]["median"])
-        path = "/".join(sorted(set(paths)))
+            for kind, values in rtts.items():
+                rtt = report.get("paths", {}).get(kind, {}).get("rtt_ms")
+                if rtt:
+                    values.append(rtt["median"])
+        path = "/".join(sorted(set(paths))).replace("none", "failed")
         setup = f"{statistics.median(setups):.0f}" if setups else "-"
-        rtt = f"{statistics.median(rtts):.1f}" if rtts else "-"
-        name_b = f"{b} (same)" if same else b
-        if path == "none":
-            path = "failed"
-        print(f"| {a:9} | {name_b:9} | {path:6} | {setup:>17} | {rtt:>15} |", flush=True)
+        figures = {k: f"{statistics.median(v):.1f}" if v else "-" for k, v in rtts.items()}
+        name_a = f"{a} (same router as bob)" if same else a
+        print(
+            f"| {name_a} | {b} | {path} | {setup} | {figures['direct']} | {figures['relay']} |",
+            flush=True,
+        )
     return 0
 
 
