@@ -200,25 +200,23 @@ def test_missing_sound_card_names_the_alternatives(tmp_path: Path) -> None:
     assert "--input tone:440" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_rendezvous_turn_url_needs_the_secret(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [str(BIN / "callpeer-rendezvous"), "--turn-url", "turn:127.0.0.1:1"],
+def rendezvous_command(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "callpeer-rendezvous"), *args],
         capture_output=True,
         text=True,
         timeout=10,
         check=False,
     )
+
+
+def test_rendezvous_turn_url_needs_the_secret(tmp_path: Path) -> None:
+    result = rendezvous_command("--turn-url", "turn:127.0.0.1:1")
     assert result.returncode == 2 and "--turn-url needs --turn-secret" in result.stderr
 
 
 def test_rendezvous_command_rejects_bad_listen_address(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [str(BIN / "callpeer-rendezvous"), "--listen", "127.0.0.1:http"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
+    result = rendezvous_command("--listen", "127.0.0.1:http")
     assert result.returncode == 2 and "port must be 0-65535" in result.stderr
 
 

@@ -16,13 +16,10 @@ from voip.wire.stun import (
     encode,
     text,
 )
-from voip.wire.transactions import Transaction, TransactionTable
+from voip.wire.transactions import SERVER_SCHEDULE, Transaction, TransactionTable
 
 Transmit = tuple[bytes, Address]
 
-SIGNAL_RTO = 0.25  # first retransmission; a rendezvous is one round trip away, not a satellite
-SIGNAL_RC = 6  # sends before giving up: the last at 7.75 s, failure declared at 9.75 s
-SIGNAL_RM = 8
 RETRY_AFTER_UNREACHABLE = 2.0
 
 
@@ -152,15 +149,8 @@ class RendezvousClient:
     def _register(self, now: float) -> Transmit:
         req = Register(self.name, self.peer, self.host_candidates).to_message()
         data = encode(req, fingerprint=True)
-        txn = Transaction(
-            req.transaction_id,
-            data,
-            self.server,
-            "ask" if self.peer is not None else "register",
-            rto=SIGNAL_RTO,
-            rc=SIGNAL_RC,
-            rm=SIGNAL_RM,
-        )
+        context = "ask" if self.peer is not None else "register"
+        txn = Transaction.scheduled(req.transaction_id, data, self.server, context, SERVER_SCHEDULE)
         return self._txns.start(now, txn), self.server
 
     def _on_register_answer(self, msg: Message, asked: bool, now: float) -> None:

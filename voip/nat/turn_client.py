@@ -23,7 +23,7 @@ from voip.wire.stun import (
     text,
     u32,
 )
-from voip.wire.transactions import Transaction, TransactionTable
+from voip.wire.transactions import SERVER_SCHEDULE, Transaction, TransactionTable
 from voip.wire.turn import (
     ALLOCATION_LIFETIME,
     CHANNEL_LIFETIME,
@@ -39,9 +39,6 @@ Transmit = tuple[bytes, Address]
 # Long enough that the first, unauthenticated Allocate is larger than a minimal 401 answer:
 # a careful server (ours) will not answer a smaller request with a larger reply.
 SOFTWARE = "callpeer 0.1 TURN client (RFC 8656)"
-TURN_RTO = 0.25
-TURN_RC = 6
-TURN_RM = 8
 REFRESH_MARGIN = 60  # s before expiry
 
 
@@ -248,9 +245,7 @@ class TurnClient:
     def _send(self, req: _Req, now: float) -> Transmit:
         tid = new_transaction_id()
         sent = _Sent(req, self.key is not None)
-        txn = Transaction(
-            tid, self._encode(req, tid), self.server, sent, rto=TURN_RTO, rc=TURN_RC, rm=TURN_RM
-        )
+        txn = Transaction.scheduled(tid, self._encode(req, tid), self.server, sent, SERVER_SCHEDULE)
         return self._txns.start(now, txn), self.server
 
     def _fail(self, reason: str) -> None:

@@ -16,6 +16,18 @@ DEFAULT_RC = 7
 DEFAULT_RM = 16
 
 
+@dataclass(frozen=True)
+class Schedule:
+    rto: float
+    rc: int
+    rm: int
+
+
+# For requests to a server a round trip away (rendezvous, TURN): a quicker first retransmission
+# than the RFC's 500 ms, and failure declared after 9.75 s (last send at 7.75 s), not 39.5 s.
+SERVER_SCHEDULE = Schedule(rto=0.25, rc=6, rm=8)
+
+
 @dataclass
 class Transaction(Generic[T]):
     """One outstanding request: the bytes to (re)send, where to, and when."""
@@ -32,6 +44,12 @@ class Transaction(Generic[T]):
     last_sent: float = 0.0
     deadline: float = 0.0
     _interval: float = field(default=0.0, repr=False)
+
+    @classmethod
+    def scheduled(
+        cls, transaction_id: bytes, data: bytes, dest: Address, context: T, schedule: Schedule
+    ) -> Transaction[T]:
+        return cls(transaction_id, data, dest, context, schedule.rto, schedule.rc, schedule.rm)
 
     def first_send(self, now: float) -> bytes:
         self.started = self.last_sent = now
