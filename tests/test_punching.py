@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from rendezvous.logic import RendezvousLogic
+from rendezvous.logic import RelayOffer, RendezvousLogic
 from tests.netsim import Address, Nat, Network, Transmit
 from voip.nat import checks
 from voip.nat.candidates import Candidate, CandidateType
-from voip.nat.connector import Connector, ConnectorEvent, Introduced, PeerTimeout
+from voip.nat.connector import (
+    GATHER_TIMEOUT,
+    Connector,
+    ConnectorEvent,
+    Introduced,
+    PeerTimeout,
+    RelayUnavailable,
+)
 from voip.wire.stun import Attr, Class, Message, Method, encode, message_type, text, u32, u64
 
 SERVER: Address = ("203.0.113.10", 3478)
@@ -224,3 +231,25 @@ def test_peer_that_never_calls_back_times_out() -> None:
     net.run(10.0, stop=lambda: a.first(PeerTimeout) is not None)
     timeout = a.first(PeerTimeout)
     assert isinstance(timeout, PeerTimeout) and timeout.waited == pytest.approx(3.0, abs=0.01)
+
+
+def test_an_unreachable_relay_delays_but_does_not_stop_the_call() -> None:
+    """The rendezvous offers a relay nobody answers at: after the gather timeout each side asks
+    for its peer anyway, punches, and reports the relay as unavailable with the reason."""
+    net = Network()
+    logic_node = ServerNode()
+    logic_node.logic.relay = RelayOffer(("203.0.113.99", 3478), "secret")  # nothing there
+    net.attach(SERVER, logic_node)
+    a = ClientNode("alice", "bob", ("203.0.113.2", 5000), relay_mode="auto")
+    b = ClientNode("bob", "alice", ("203.0.113.3", 6000), relay_mode="auto")
+    net.attach(("203.0.113.2", 5000), a)
+    net.attach(("203.0.113.3", 6000), b)
+    net.send(("203.0.113.2", 5000), a.connector.start(0.0))
+    net.send(("203.0.113.3", 6000), b.connector.start(0.0))
+    net.run(10.0, stop=lambda: selected(a) is not None and selected(b) is not None)
+    sa = selected(a)
+    assert sa is not None and sa.pair.kind == "direct"
+    assert GATHER_TIMEOUT <= net.now < GATHER_TIMEOUT + 0.5
+    unavailable = a.first(RelayUnavailable)
+    assert isinstance(unavailable, RelayUnavailable)
+    assert "relay" in unavailable.reason
