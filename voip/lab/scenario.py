@@ -113,7 +113,8 @@ def run_lab_call(
         # The relay host runs the TURN relay; the rendezvous offers it to callers, with REST
         # credentials from the secret they share (as it would offer a coturn fleet).
         secret = secrets.token_urlsafe(12)
-        rendezvous = [sys.executable, "-m", "rendezvous", "--turn-secret", secret, "--listen"]
+        # "=": a random secret may begin with "-", which argparse would take for an option.
+        rendezvous = [sys.executable, "-m", "rendezvous", f"--turn-secret={secret}", "--listen"]
         relay = lab.start(
             "relay",
             [*rendezvous, f"{RELAY_IP}:3478", "--relay-address", RELAY_IP],
