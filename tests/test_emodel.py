@@ -28,3 +28,11 @@ def test_more_delay_or_loss_never_scores_better() -> None:
     assert emodel.mos(45, 0, 60) < base
     assert emodel.mos(5, 3, 60) < base
     assert emodel.mos(200, 10, 60) < emodel.mos(45, 0, 60)
+
+
+def test_opus_delay_constant_matches_libopus() -> None:
+    from voip.codecs.opus import OpusEncoder
+
+    # 20 ms frames plus the encoder's lookahead, as libopus itself reports it (OPUS_GET_LOOKAHEAD).
+    lookahead_ms = OpusEncoder().lookahead_samples / 48
+    assert 20 + lookahead_ms == pytest.approx(emodel.OPUS_ALGORITHMIC_DELAY_MS)

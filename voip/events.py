@@ -9,12 +9,6 @@ from voip.wire.stun import Address
 
 
 @dataclass(frozen=True)
-class ServerReady:
-    server: Address
-    hosted_here: bool  # no rendezvous answered, so this process runs one
-
-
-@dataclass(frozen=True)
 class Registered:
     name: str
     public: Address  # our public address as the rendezvous saw it
@@ -71,13 +65,5 @@ class Ended:
 
 
 CallEvent = (
-    ServerReady
-    | Registered
-    | Waiting
-    | RelayAllocated
-    | Punching
-    | Connected
-    | Standby
-    | LiveStats
-    | Ended
+    Registered | Waiting | RelayAllocated | Punching | Connected | Standby | LiveStats | Ended
 )

@@ -198,9 +198,6 @@ class ConnectivityChecks:
             times.append(self._next_tick)
         return min((t for t in times if t is not None), default=None)
 
-    def pair_for(self, base: str, remote: Address) -> Pair | None:
-        return self.pairs.get((base, remote))
-
     # -- inputs ---------------------------------------------------------------------------
     def poll(self, now: float) -> list[Send]:
         if self._failed:
