@@ -1,45 +1,98 @@
-"""The fixed jitter buffer: delay, reordering, late and duplicate packets, gaps."""
+"""The adaptive jitter buffer in simulated time: it learns jitter, hides it, shrinks back."""
 
 from __future__ import annotations
 
-from voip.media.jitter_buffer import FixedJitterBuffer, Frame, Gap
+import itertools
+import random
+from collections.abc import Sequence
+
+from voip.media.jitter_buffer import AdaptiveJitterBuffer, Expand, Frame, Gap
+
+FRAME = 0.02
 
 
-def test_playout_waits_for_the_delay_then_plays_in_order() -> None:
-    jb = FixedJitterBuffer(delay=0.06)
-    jb.push(10, b"a", 1.0)
-    jb.push(12, b"c", 1.03)
-    jb.push(11, b"b", 1.035)  # reordered
-    assert jb.pop(1.05) is None  # before playout starts
-    assert jb.pop(1.06) == Frame(10, b"a")
-    assert jb.pop(1.08) == Frame(11, b"b")
-    assert jb.pop(1.10) == Frame(12, b"c")
+def simulate(
+    delays: Sequence[float | None], tick_offset: float = 0.0
+) -> tuple[AdaptiveJitterBuffer, list[tuple[float, object]]]:
+    """Packet i is sent at i*20 ms and arrives delays[i] later (None: lost). Playout ticks every
+    20 ms from the first arrival. Returns the buffer and what each tick played."""
+    jb = AdaptiveJitterBuffer(FRAME)
+    events: list[tuple[float, int, int]] = []  # (time, kind 0=arrive 1=tick, seq)
+    for seq, d in enumerate(delays):
+        if d is not None:
+            events.append((seq * FRAME + d, 0, seq))
+    start = min(t for t, _, _ in events) + tick_offset
+    n_ticks = len(delays) + 20
+    events += [(start + k * FRAME + 1e-6, 1, k) for k in range(n_ticks)]
+    played: list[tuple[float, object]] = []
+    for t, kind, seq in sorted(events):
+        if kind == 0:
+            jb.push(seq, bytes([seq % 256]), t)
+        else:
+            item = jb.pop(t)
+            if item is not None:
+                played.append((t, item))
+    return jb, played
 
 
-def test_gap_offers_the_next_packet_for_fec() -> None:
-    jb = FixedJitterBuffer(delay=0.0)
-    jb.push(1, b"a", 0.0)
-    jb.push(3, b"c", 0.01)
-    assert jb.pop(0.0) == Frame(1, b"a")
-    assert jb.pop(0.02) == Gap(2, b"c")
-    assert jb.pop(0.04) == Frame(3, b"c")
-    assert jb.pop(0.06) == Gap(4, None)
+def concealed(played: list[tuple[float, object]], t0: float, t1: float) -> int:
+    """Frames concealed between t0 and t1 (after t1 the simulated stream has ended)."""
+    return sum(1 for t, item in played if t0 <= t < t1 and isinstance(item, (Gap, Expand)))
 
 
-def test_late_and_duplicate_packets_are_refused_and_counted() -> None:
-    jb = FixedJitterBuffer(delay=0.0)
-    assert jb.push(5, b"x", 0.0)
-    assert not jb.push(5, b"x", 0.001)
-    assert jb.duplicates == 1
-    jb.pop(0.0)
-    assert not jb.push(5, b"x", 0.03)
-    assert not jb.push(4, b"w", 0.03)
-    assert jb.late == 2
+def test_a_perfect_network_needs_one_frame_and_conceals_nothing() -> None:
+    jb, played = simulate([0.005] * 500)
+    assert jb.target_frames == 1
+    assert concealed(played, 0.0, 500 * FRAME) == 0
+    frames = [item.seq for _, item in played if isinstance(item, Frame)]
+    assert frames == list(range(500))
 
 
-def test_far_jump_resynchronises() -> None:
-    jb = FixedJitterBuffer(delay=0.0, capacity=8)
-    jb.push(1, b"a", 0.0)
-    jb.push(100, b"z", 0.01)
-    assert jb.overflow == 1
-    assert jb.pop(0.02) == Frame(100, b"z")
+def test_20ms_of_jitter_is_hidden_once_adapted() -> None:
+    rng = random.Random(1)
+    jb, played = simulate([0.005 + rng.uniform(0, 0.020) for _ in range(1500)])  # 30 s
+    # It starts at one frame and may expand while it learns; after 3 s, nothing is concealed.
+    assert concealed(played, 3.0, 1500 * FRAME) == 0
+    # The 95th percentile of 0-20 ms lateness fits in a frame; early expands added the slack.
+    assert 1 <= jb.target_frames <= 2
+    frames = [item.seq for _, item in played if isinstance(item, Frame)]
+    assert frames == sorted(frames) and len(frames) >= 1500 - jb.dropped_to_shrink
+
+
+def test_the_target_follows_jitter_up_and_back_down_smoothly() -> None:
+    rng = random.Random(2)
+    calm = [0.005] * 500
+    rough = [0.005 + rng.uniform(0, 0.080) for _ in range(500)]
+    jb, _ = simulate(calm + rough + calm * 3)
+    history = jb.target_history
+    peak = max(history)
+    assert peak >= 4  # 80 ms of jitter needs 4 or more frames
+    assert history[-1] <= 2  # and once calm again it comes back down
+    # It moves a frame at a time as the histogram forgets, never jumping down all at once.
+    drops = [a - b for a, b in itertools.pairwise(history) if a > b]
+    assert max(drops) <= 2
+    assert jb.dropped_to_shrink >= peak - 2  # the buffer itself shrank too, frame by frame
+
+
+def test_lost_packets_are_gaps_with_the_next_packet_for_fec() -> None:
+    rng = random.Random(3)
+    delays: list[float | None] = [None if rng.random() < 0.05 else 0.005 for _ in range(1000)]
+    lost = {i for i, d in enumerate(delays) if d is None}
+    _, played = simulate(delays)
+    gaps = [item for _, item in played if isinstance(item, Gap)]
+    assert {g.seq for g in gaps} == lost - {999}  # the last one has nothing after it
+    assert all(g.next_payload == bytes([(g.seq + 1) % 256]) for g in gaps if g.seq + 1 not in lost)
+    # A loss cannot be told from lateness until the next packet is in: the first one costs an
+    # expand, which leaves the slack that makes every later loss a plain gap.
+    expands = [t for t, item in played if isinstance(item, Expand) and t < 1000 * FRAME]
+    assert len(expands) <= 2
+
+
+def test_a_late_packet_after_an_expand_still_plays() -> None:
+    delays = [0.005] * 100
+    delays[50] = 0.045  # 40 ms later than the rest: the buffer runs dry waiting for it
+    delays[51] = 0.026  # sent 20 ms after it, arriving just after it
+    jb, played = simulate(delays)
+    seqs = [item.seq for _, item in played if isinstance(item, Frame)]
+    assert 50 in seqs and 51 in seqs  # waited for, not skipped
+    assert jb.expands >= 1 and jb.late == 0

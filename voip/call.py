@@ -23,8 +23,8 @@ from voip import events as ev
 from voip.codecs.opus import OpusDecoder, OpusEncoder
 from voip.codecs.pcm import FRAME_MS, FRAME_SAMPLES
 from voip.media.audio_io import AudioSink, AudioSource
-from voip.media.jitter_buffer import FixedJitterBuffer, Frame, Gap
-from voip.media.rtcp_session import PeerBye, RtcpSession, RttMeasured
+from voip.media.jitter_buffer import AdaptiveJitterBuffer, Expand, Frame, Gap
+from voip.media.rtcp_session import PeerBye, PeerReceptionReport, RtcpSession, RttMeasured
 from voip.media.rtp_stream import RtpReceiverStats, RtpSender
 from voip.nat import checks
 from voip.nat.candidates import Candidate, CandidateType, format_address, is_usable_host_ip
@@ -48,7 +48,6 @@ class CallError(Exception):
 class CallOptions:
     wait_timeout: float = 120.0  # how long to wait for the peer to call back
     punch_timeout: float = 10.0
-    jitter_delay: float = 0.06
     rtcp_interval: float = 1.0
     stats_interval: float = 1.0
     bind_host: str = "0.0.0.0"  # noqa: S104 - a caller must receive from its peer on any interface
@@ -77,9 +76,7 @@ class Call:
         self.options = options or CallOptions()
         self.on_event = on_event
         self._queue: asyncio.Queue[ev.CallEvent] = asyncio.Queue()
-        self._report = CallReport(
-            me=name, peer=peer, jitter_buffer_ms=self.options.jitter_delay * 1000
-        )
+        self._report = CallReport(me=name, peer=peer)
         self._endpoint: UdpEndpoint | None = None
         self._timer: Timer | None = None
         self._connector: Connector | None = None
@@ -97,7 +94,7 @@ class Call:
         self._sender = RtpSender()
         self._rx = RtpReceiverStats()
         self._rtcp = RtcpSession(self._sender, self._rx, time.time() - time.monotonic())
-        self._jb = FixedJitterBuffer(self.options.jitter_delay)
+        self._jb = AdaptiveJitterBuffer(FRAME_S)
 
     # -- public API -----------------------------------------------------------------------
     async def __aenter__(self) -> Call:
@@ -206,6 +203,9 @@ class Call:
         if connector is not None and not r.relay.available and connector.relay_unavailable:
             r.relay.reason = connector.relay_unavailable
         r.audio.frames_late = self._jb.late
+        history = self._jb.target_history
+        if history:  # the delay the buffer actually added, which the E-model charges
+            r.jitter_buffer_ms = round(1000 * FRAME_S * sum(history) / len(history), 1)
         return r
 
     def _metrics(self, kind: str) -> PathMetrics:
@@ -363,6 +363,11 @@ class Call:
         for event in self._rtcp.handle(data, now):
             if isinstance(event, RttMeasured):
                 self._metrics(self._active.kind).add_rtt(now - self._t_connected, event.rtt, "rtcp")
+            elif isinstance(event, PeerReceptionReport):
+                # The peer's loss sizes our in-band FEC: Opus spends bits on LBRR only as
+                # much as the expected loss says is worth it.
+                self._encoder.set_expected_loss(round(100 * event.fraction_lost))
+                self._report.audio.peer_loss_pct = round(100 * event.fraction_lost, 1)
             elif isinstance(event, PeerBye):
                 self._finish(f"{self.peer} hung up", ok=True)
 
@@ -394,10 +399,12 @@ class Call:
             if now - self._last_rtp > MEDIA_TIMEOUT:
                 self._finish(f"no audio from {self.peer} for {MEDIA_TIMEOUT:.0f} s", ok=False)
 
-    def _play_one(self, now: float) -> bool:
+    def _play_one(self, now: float) -> None:
         item = self._jb.pop(now)
-        if item is None:
-            return False
+        if item is not None:
+            self._play_item(item)
+
+    def _play_item(self, item: Frame | Gap | Expand) -> None:
         audio = self._report.audio
         if isinstance(item, Frame):
             try:
@@ -410,17 +417,18 @@ class Call:
         elif isinstance(item, Gap) and item.next_payload is not None:
             pcm = self._decoder.recover(item.next_payload)
             audio.frames_recovered += 1
-        else:
+        else:  # a Gap with nothing after it, or an Expand waiting for a late frame
             pcm = self._decoder.conceal()
             audio.frames_concealed += 1
+            audio.concealed_at.append(asyncio.get_running_loop().time() - self._t_connected)
+            if isinstance(item, Expand):
+                audio.frames_expanded += 1
         self.sink.write(pcm)
-        return True
 
     def _drain_playout(self) -> None:
         """At the end, play what already arrived rather than drop it."""
-        while self._jb.depth > 0:
-            if not self._play_one(float("inf")):
-                break
+        for item in self._jb.drain():
+            self._play_item(item)
 
     async def _rtcp_loop(self) -> None:
         loop = asyncio.get_running_loop()

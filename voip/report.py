@@ -94,8 +94,14 @@ class AudioCounts:
     frames_sent: int = 0
     frames_received: int = 0  # decoded from packets that arrived in time
     frames_concealed: int = 0  # missing frames filled by Opus PLC
-    frames_recovered: int = 0  # missing frames rebuilt from in-band FEC
+    # Missing frames decoded from the next packet's in-band FEC (LBRR). libopus 1.3 cannot say
+    # whether a packet carries LBRR (opus_packet_has_lbrr is 1.5), so this counts decodes: one
+    # from a packet without LBRR comes out as concealment.
+    frames_recovered: int = 0
     frames_late: int = 0  # arrived after their playout time
+    frames_expanded: int = 0  # of the concealed: stretched while the buffer grew
+    concealed_at: list[float] = field(default_factory=list)  # call time of each concealment
+    peer_loss_pct: float | None = None  # what the peer last reported losing of our audio
     packets_malformed: int = 0
 
 
@@ -109,7 +115,7 @@ class CallReport:
     duration_s: float = 0.0
     ended: str = ""
     local_public: str | None = None
-    jitter_buffer_ms: float = 60.0
+    jitter_buffer_ms: float = 20.0  # the mean delay the adaptive buffer added
     direct: PathMetrics = field(default_factory=PathMetrics)
     relay: PathMetrics = field(default_factory=lambda: PathMetrics(reason="no relay configured"))
     audio: AudioCounts = field(default_factory=AudioCounts)
@@ -139,6 +145,11 @@ class CallReport:
                 "frames_concealed": self.audio.frames_concealed,
                 "frames_recovered": self.audio.frames_recovered,
                 "frames_late": self.audio.frames_late,
+                "frames_expanded": self.audio.frames_expanded,
+                # after the buffer has had time to learn the path (its histogram's half-life
+                # is about 3 s): what a listener hears once the call has settled
+                "frames_concealed_after_3s": sum(1 for t in self.audio.concealed_at if t >= 3.0),
+                "peer_loss_pct": self.audio.peer_loss_pct,
                 "packets_malformed": self.audio.packets_malformed,
             },
         }
