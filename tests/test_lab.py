@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -250,3 +251,44 @@ def test_both_paths_measured_against_the_configured_truth(tmp_path: Path, relay_
         assert direct["loss_pct"] == 0.0 and relay["loss_pct"] == 0.0
     pcm, _ = read_wav(result.callers["alice"].wav)
     assert dominant_frequency(pcm) == pytest.approx(660, abs=3)
+
+
+def _call_with(tmp_path: Path, **link: float) -> dict[str, dict[str, Any]]:
+    config = LabConfig(
+        nat_a="cone",
+        nat_b="cone",
+        delay_a=5,
+        delay_b=5,
+        seed=11,
+        jitter=link.get("jitter", 0.0),
+        loss=link.get("loss", 0.0),
+    )
+    result = run_lab_call(config, tmp_path, duration=10.0, speech=False)
+    reports = {}
+    for name, caller in result.callers.items():
+        assert caller.exit_code == 0, caller.stderr
+        assert caller.report is not None
+        reports[name] = caller.report
+    return reports
+
+
+def test_jitter_buffer_hides_20ms_of_jitter_once_adapted(tmp_path: Path) -> None:
+    for report in _call_with(tmp_path, jitter=20.0).values():
+        audio, direct = report["audio"], report["paths"]["direct"]
+        assert isinstance(audio, dict) and isinstance(direct, dict)
+        assert audio["frames_concealed_after_3s"] == 0, audio
+        # RFC 3550 jitter of uniform 0-20 ms one-way delay: E|U1 - U2| = 20/3 ms
+        assert 4.0 <= direct["jitter_ms"] <= 10.0
+        assert audio["frames_received"] >= 490
+
+
+def test_five_percent_loss_is_concealed_and_fec_rebuilds_most(tmp_path: Path) -> None:
+    for report in _call_with(tmp_path, loss=5.0).values():
+        audio, direct = report["audio"], report["paths"]["direct"]
+        assert isinstance(audio, dict) and isinstance(direct, dict)
+        assert 2.0 <= direct["loss_pct"] <= 9.0
+        missing = audio["frames_recovered"] + audio["frames_concealed"]
+        assert missing >= 10
+        assert audio["frames_recovered"] >= 0.7 * missing, audio  # rebuilt from the next packet
+        assert audio["frames_received"] + missing >= 495  # every frame played, one way or another
+        assert audio["peer_loss_pct"] is not None  # the peer's reports reached the encoder
