@@ -96,3 +96,20 @@ def test_a_late_packet_after_an_expand_still_plays() -> None:
     seqs = [item.seq for _, item in played if isinstance(item, Frame)]
     assert 50 in seqs and 51 in seqs  # waited for, not skipped
     assert jb.expands >= 1 and jb.late == 0
+
+
+def test_an_outage_is_heard_once_not_twice() -> None:
+    delays: list[float | None] = [0.005] * 300
+    for seq in range(100, 125):  # 500 ms of nothing: a path that died, then came back
+        delays[seq] = None
+    jb, played = simulate(delays)
+    run = longest = 0
+    for _, item in played[: 300 - 10]:
+        run = 0 if isinstance(item, Frame) else run + 1
+        longest = max(longest, run)
+    # The 25 frames of the outage are concealed while waiting; when audio resumes the hole
+    # behind it is skipped, not concealed a second time.
+    assert 24 <= longest <= 27
+    assert jb.skipped >= 20
+    frames = [item.seq for _, item in played if isinstance(item, Frame)]
+    assert frames[-1] == 299 and 125 in frames

@@ -20,7 +20,15 @@ from voip.codecs.pcm import dominant_frequency
 from voip.lab.nat import NAT_KINDS
 from voip.lab.netns import lab_unavailable_reason, list_namespaces, run
 from voip.lab.scenario import run_lab_call
-from voip.lab.topology import PREFIX, RELAY_IP, SERVER_IP, Lab, LabConfig, remove_leftovers
+from voip.lab.topology import (
+    PREFIX,
+    RELAY_IP,
+    SERVER_IP,
+    WAN_IPS,
+    Lab,
+    LabConfig,
+    remove_leftovers,
+)
 from voip.media.audio_io import read_wav
 
 REASON = lab_unavailable_reason()
@@ -292,3 +300,32 @@ def test_five_percent_loss_is_concealed_and_fec_rebuilds_most(tmp_path: Path) ->
         assert audio["frames_recovered"] >= 0.7 * missing, audio  # rebuilt from the next packet
         assert audio["frames_received"] + missing >= 495  # every frame played, one way or another
         assert audio["peer_loss_pct"] is not None  # the peer's reports reached the encoder
+
+
+def test_a_cut_direct_path_fails_over_to_the_relay_and_back(tmp_path: Path) -> None:
+    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5, delay_relay=40)
+    result = run_lab_call(
+        config,
+        tmp_path,
+        duration=12.0,
+        speech=False,
+        actions=[
+            (4.5, lambda lab: lab.cut("a", WAN_IPS["b"])),  # the direct path dies...
+            (8.5, lambda lab: lab.restore("a")),
+        ],  # ...and comes back
+    )
+    for caller in result.callers.values():
+        assert caller.exit_code == 0, caller.stderr
+        report = caller.report
+        assert report is not None
+        assert report["path"] == "direct"  # back where it started
+        # To the relay and back; the controlled side may take one more step, following the
+        # controlling side's choice of relayed pair. More than that would be flapping.
+        assert 2 <= report["path_switches"] <= 3, caller.stderr
+        assert "audio moved to the relay path" in caller.stderr
+        audio = report["audio"]
+        assert audio["longest_gap_ms"] < 300, audio  # the goal: fail over within the gap budget
+        assert audio["frames_received"] >= 560  # of 600: only the failover gap is missing
+    for me, heard in (("alice", 660), ("bob", 440)):
+        pcm, _ = read_wav(result.callers[me].wav)
+        assert dominant_frequency(pcm) == pytest.approx(heard, abs=3)

@@ -38,6 +38,12 @@ from voip.wire.stun import Address
 
 FRAME_S = FRAME_MS / 1000.0
 MEDIA_TIMEOUT = 10.0  # no RTP from the peer for this long and the call is over
+# At 50 packets a second, 200 ms without one on the active path is not jitter: move to the
+# standby path. The goal is an audible gap under 300 ms, detection included.
+FAILOVER_AFTER = 0.2
+FOLLOW_AFTER = 0.06  # audio on the standby while the active is this quiet: the peer moved
+RETURN_AFTER_PROBES = 2  # consecutive answered probes before going back to direct
+SWITCH_HOLDOFF = 1.0  # no second switch within this long of the last
 
 
 class CallError(Exception):
@@ -89,6 +95,9 @@ class Call:
         self._t_peer = 0.0
         self._t_connected = 0.0
         self._last_rtp = 0.0
+        self._last_switch = 0.0
+        self._failed_over = False  # on the relay because direct died: come back when it lives
+        self._gap_run = 0  # consecutive frames concealed so far
         self._encoder = OpusEncoder()
         self._decoder = OpusDecoder()
         self._sender = RtpSender()
@@ -244,12 +253,26 @@ class Call:
             self._timer.rearm()
 
     def _on_media(self, data: bytes, src: Address, base: str, now: float) -> None:
-        if self._active is None or (base, src) != self._active.key:
-            return  # media only from the path the checks proved; anything else is a stranger
+        if self._active is None:
+            return
+        if (base, src) != self._active.key:
+            checks_ = self._connector.checks if self._connector is not None else None
+            pair = checks_.pairs.get((base, src)) if checks_ is not None else None
+            if pair is None or not pair.valid:
+                return  # media only from pairs the checks proved both ways; else a stranger
+            assert checks_ is not None
+            if is_rtcp(data) or checks_.controlling or now - self._last_rtp < FOLLOW_AFTER:
+                # A straggler from before a switch; or we control, and the peer will follow us
+                # (if both followed, two sides that picked different relayed pairs would chase
+                # each other forever). Played all the same: it came on a proved pair.
+                if not is_rtcp(data):
+                    self._on_rtp(data, now, on_active=False)
+                return
+            self._switch(now, f"{self.peer} moved to it", to=pair)  # the peer switched: follow
         if is_rtcp(data):
             self._on_rtcp(data, now)
         else:
-            self._on_rtp(data, now)
+            self._on_rtp(data, now, on_active=True)
 
     def _send_media(self, data: bytes) -> None:
         assert self._endpoint is not None and self._connector is not None
@@ -346,7 +369,7 @@ class Call:
             self._tasks.append(loop.create_task(coro))
 
     # -- media ----------------------------------------------------------------------------
-    def _on_rtp(self, data: bytes, now: float) -> None:
+    def _on_rtp(self, data: bytes, now: float, on_active: bool) -> None:
         try:
             pkt = parse_rtp_untrusted(data)
         except RtpError:
@@ -355,7 +378,8 @@ class Call:
         ext = self._rx.update(pkt, now)
         if ext is None:
             return
-        self._last_rtp = now
+        if on_active:  # the failover watch asks whether the *active* path still carries audio
+            self._last_rtp = now
         self._jb.push(ext, pkt.payload, now)
 
     def _on_rtcp(self, data: bytes, now: float) -> None:
@@ -396,6 +420,7 @@ class Call:
     async def _playout_loop(self) -> None:
         async for now in self._ticks(FRAME_S):
             self._play_one(now)
+            self._watch_path(now)
             if now - self._last_rtp > MEDIA_TIMEOUT:
                 self._finish(f"no audio from {self.peer} for {MEDIA_TIMEOUT:.0f} s", ok=False)
 
@@ -404,8 +429,43 @@ class Call:
         if item is not None:
             self._play_item(item)
 
+    def _watch_path(self, now: float) -> None:
+        """Fail over when the active path goes quiet; come back when direct lives again."""
+        checks_ = self._connector.checks if self._connector is not None else None
+        if checks_ is None or checks_.standby is None or now - self._last_switch < SWITCH_HOLDOFF:
+            return
+        if self._rx.received == 0:
+            return  # the peer has not started sending yet: that is not a dead path
+        if now - self._last_rtp > FAILOVER_AFTER:
+            self._switch(now, f"no audio on it for {1000 * (now - self._last_rtp):.0f} ms")
+        elif (
+            self._failed_over
+            and checks_.controlling
+            and checks_.standby.kind == checks.DIRECT
+            and checks_.standby_streak >= RETURN_AFTER_PROBES
+        ):
+            self._switch(now, "the direct path answers again")
+
+    def _switch(self, now: float, why: str, to: checks.Pair | None = None) -> None:
+        assert self._connector is not None and self._connector.checks is not None
+        old = self._active
+        new = self._connector.checks.switch(now, to)
+        if new is None or old is None:
+            return
+        self._active = new
+        self._last_switch = self._last_rtp = now
+        self._failed_over = self.options.relay == "auto" and new.kind == checks.RELAYED
+        self._report.path = new.kind
+        self._report.path_switches += 1
+        metrics = self._metrics(new.kind)
+        metrics.available = True
+        metrics.remote = self._connector.remote_shown(new)
+        self._emit(ev.PathSwitched(new.kind, metrics.remote, why))
+
     def _play_item(self, item: Frame | Gap | Expand) -> None:
         audio = self._report.audio
+        self._gap_run = 0 if isinstance(item, Frame) else self._gap_run + 1
+        audio.longest_gap_ms = max(audio.longest_gap_ms, 1000 * FRAME_S * self._gap_run)
         if isinstance(item, Frame):
             try:
                 pcm = self._decoder.decode(item.payload)

@@ -196,6 +196,8 @@ class Presenter:
                 f"connected {event.path} to {event.remote} ({event.pair}) in "
                 f"{event.setup_ms:.0f} ms; audio flowing"
             )
+        elif isinstance(event, ev.PathSwitched):
+            self._line(f"audio moved to the {event.path} path ({event.remote}): {event.why}")
         elif isinstance(event, ev.Standby):
             self._line(f"measuring the {event.path} path alongside, via {event.remote}")
         elif isinstance(event, ev.LiveStats):

@@ -48,6 +48,13 @@ class Standby:
 
 
 @dataclass(frozen=True)
+class PathSwitched:
+    path: str  # the path the audio moved to
+    remote: str
+    why: str
+
+
+@dataclass(frozen=True)
 class LiveStats:
     path: str
     elapsed: float
@@ -65,5 +72,13 @@ class Ended:
 
 
 CallEvent = (
-    Registered | Waiting | RelayAllocated | Punching | Connected | Standby | LiveStats | Ended
+    Registered
+    | Waiting
+    | RelayAllocated
+    | Punching
+    | Connected
+    | Standby
+    | PathSwitched
+    | LiveStats
+    | Ended
 )

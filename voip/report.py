@@ -102,6 +102,7 @@ class AudioCounts:
     frames_expanded: int = 0  # of the concealed: stretched while the buffer grew
     concealed_at: list[float] = field(default_factory=list)  # call time of each concealment
     peer_loss_pct: float | None = None  # what the peer last reported losing of our audio
+    longest_gap_ms: float = 0.0  # the longest run of concealed audio a listener heard
     packets_malformed: int = 0
 
 
@@ -115,6 +116,7 @@ class CallReport:
     duration_s: float = 0.0
     ended: str = ""
     local_public: str | None = None
+    path_switches: int = 0
     jitter_buffer_ms: float = 20.0  # the mean delay the adaptive buffer added
     direct: PathMetrics = field(default_factory=PathMetrics)
     relay: PathMetrics = field(default_factory=lambda: PathMetrics(reason="no relay configured"))
@@ -135,6 +137,7 @@ class CallReport:
             "duration_s": round(self.duration_s, 2),
             "ended": self.ended,
             "local_public": self.local_public,
+            "path_switches": self.path_switches,
             "jitter_buffer_ms": self.jitter_buffer_ms,
             "candidates_tried": self.candidates_tried,
             "paths": paths,
@@ -150,6 +153,7 @@ class CallReport:
                 # is about 3 s): what a listener hears once the call has settled
                 "frames_concealed_after_3s": sum(1 for t in self.audio.concealed_at if t >= 3.0),
                 "peer_loss_pct": self.audio.peer_loss_pct,
+                "longest_gap_ms": self.audio.longest_gap_ms,
                 "packets_malformed": self.audio.packets_malformed,
             },
         }

@@ -8,7 +8,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,7 @@ def run_lab_call(
     wait: float = 20.0,
     extra_args: list[str] | None = None,
     plot: Path | None = None,
+    actions: list[tuple[float, Callable[[Lab], None]]] | None = None,
 ) -> LabCallResult:
     """Build the lab, run one call through it, return what each side reported."""
     with Lab(config) as lab:
@@ -165,6 +168,9 @@ def run_lab_call(
             ]
             procs[me] = lab.start(side, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             time.sleep(0.2)  # alice waits first, as a person would
+        timers = [threading.Timer(delay, action, args=(lab,)) for delay, action in actions or []]
+        for timer in timers:  # things that happen to the network during the call
+            timer.start()
         for me, proc in procs.items():
             try:
                 _, err = proc.communicate(timeout=duration + wait + 30)
@@ -176,6 +182,8 @@ def run_lab_call(
             result.callers[me] = CallerResult(
                 me, proc.returncode, err, report, workdir / f"{me}.wav"
             )
+        for timer in timers:
+            timer.cancel()
         for side, cap in captures.items():
             if cap is not None:
                 result.captures[side] = _stop_capture(cap)

@@ -249,6 +249,28 @@ class Lab:
     def run(self, node: str, args: list[str]) -> str:
         return run(args, ns=self.nodes[node].ns)
 
+    def cut(self, side: str, peer_ip: str) -> None:
+        """Block everything between `side`'s router and `peer_ip`: a direct path dies, while
+        traffic to the rendezvous and the relay goes on."""
+        router = self.nodes[side].router_ns
+        if router is None:
+            raise LabError(f"{side} has no router to cut the path on")
+        ruleset = f"""
+table ip lab_cut {{
+    chain forward {{
+        type filter hook forward priority -10; policy accept;
+        ip daddr {peer_ip} drop
+        ip saddr {peer_ip} drop
+    }}
+}}
+"""
+        run(["nft", "-f", "-"], ns=router, input_text=ruleset)
+
+    def restore(self, side: str) -> None:
+        router = self.nodes[side].router_ns
+        if router is not None:
+            run(["nft", "delete", "table", "ip", "lab_cut"], ns=router, check=False)
+
 
 def _delete_namespace(ns: str) -> None:
     for pid in namespace_pids(ns):

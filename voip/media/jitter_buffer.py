@@ -64,6 +64,7 @@ class AdaptiveJitterBuffer:
         self.duplicates = 0
         self.expands = 0
         self.dropped_to_shrink = 0
+        self.skipped = 0  # frames jumped over after an outage
         self.target_history: list[int] = []
 
     # -- arrival ------------------------------------------------------------------------
@@ -148,6 +149,13 @@ class AdaptiveJitterBuffer:
             self._next_seq += 1
             return Frame(seq, payload)
         if self._highest is not None and self._highest > seq:
+            if self.level > self.target_frames + SHRINK_MARGIN:
+                # A hole after an outage, with plenty buffered behind it: concealing the hole
+                # frame by frame would make the listener hear the outage twice. Skip it.
+                following = min(s for s in self._packets if s > seq)
+                self.skipped += following - seq
+                self._next_seq = following + 1
+                return Frame(following, self._packets.pop(following))
             self._next_seq += 1  # later frames are here: this one is lost
             return Gap(seq, self._packets.get(seq + 1))
         self.expands += 1  # nothing newer either: stretch and wait for it

@@ -134,8 +134,23 @@ class ConsentLost:
     remote: Address
 
 
+@dataclass(frozen=True)
+class PathSwitched:
+    """The active and standby pairs traded places (failover, or the way back)."""
+
+    active: Pair
+    standby: Pair
+
+
 CheckEvent = (
-    PairValid | PathSelected | StandbyChanged | ChecksFailed | RttSample | ProbeLost | ConsentLost
+    PairValid
+    | PathSelected
+    | StandbyChanged
+    | ChecksFailed
+    | RttSample
+    | ProbeLost
+    | ConsentLost
+    | PathSwitched
 )
 
 
@@ -179,6 +194,7 @@ class ConnectivityChecks:
         self._next_consent: float | None = None
         self._next_probe: float | None = None
         self._last_consent: float = self.now
+        self.standby_streak = 0  # consecutive answered probes on the standby pair
 
     # -- outputs --------------------------------------------------------------------------
     def pop_events(self) -> list[CheckEvent]:
@@ -410,6 +426,8 @@ class ConnectivityChecks:
         if ctx.probe:
             if self.selected is not None and pair.key == self.selected.key:
                 self._last_consent = now
+            elif self.standby is not None and pair.key == self.standby.key:
+                self.standby_streak += 1
             self._events.append(RttSample(pair.kind, rtt, self.selected is pair))
             return
         if msg.cls == Class.ERROR:
@@ -510,6 +528,22 @@ class ConnectivityChecks:
         self._events.append(PathSelected(pair))
         self._update_standby(now)
 
+    def switch(self, now: float, to: Pair | None = None) -> Pair | None:
+        """Make `to` (by default the standby) active, and the active pair the standby.
+
+        `to` may be any valid pair: the peer may have moved to a relayed pair other than the
+        one we would have picked (each side relays through its own allocation)."""
+        to = to or self.standby
+        if self.selected is None or to is None or not to.valid or to is self.selected:
+            return None
+        self.selected, self.standby = to, self.selected
+        self.standby_streak = 0
+        self._last_consent = now
+        self._next_consent = now + CONSENT_INTERVAL
+        self._next_probe = now + PROBE_INTERVAL / 4  # learn soon whether the old path lives
+        self._events.append(PathSwitched(self.selected, self.standby))
+        return self.selected
+
     def _update_standby(self, now: float) -> None:
         assert self.selected is not None
         other = RELAYED if self.selected.kind == DIRECT else DIRECT
@@ -524,6 +558,8 @@ class ConnectivityChecks:
         if ctx.probe:
             if self.selected is not None and pair is not self.selected:
                 self._events.append(ProbeLost(pair.kind))
+                if pair is self.standby:
+                    self.standby_streak = 0
             return
         pair.state = PairState.FAILED
         if ctx.nominate:
