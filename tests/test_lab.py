@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from voip.codecs.pcm import dominant_frequency
+from voip.lab.latency import mouth_to_ear_ms
 from voip.lab.nat import NAT_KINDS
 from voip.lab.netns import lab_unavailable_reason, list_namespaces, run
 from voip.lab.scenario import run_lab_call
@@ -329,3 +330,26 @@ def test_a_cut_direct_path_fails_over_to_the_relay_and_back(tmp_path: Path) -> N
     for me, heard in (("alice", 660), ("bob", 440)):
         pcm, _ = read_wav(result.callers[me].wav)
         assert dominant_frequency(pcm) == pytest.approx(heard, abs=3)
+
+
+def test_mouth_to_ear_latency_from_marks_in_the_audio(tmp_path: Path) -> None:
+    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5)
+    run_lab_call(
+        config,
+        tmp_path,
+        duration=8.0,
+        speech=False,
+        inputs={"alice": "clicks", "bob": "clicks"},
+        timeline=True,
+    )
+    for me, peer in (("alice", "bob"), ("bob", "alice")):
+        sent = json.loads((tmp_path / f"{peer}.timeline.json").read_text())
+        heard = json.loads((tmp_path / f"{me}.timeline.json").read_text())
+        pcm, _ = read_wav(tmp_path / f"{me}.wav")
+        latencies = mouth_to_ear_ms(sent["captured_at"], heard["played_at"], pcm)
+        assert len(latencies) >= 7  # a mark a second, the first half a second in
+        software = statistics.median(latencies) - 5.0  # minus the network's one way
+        # The floor: a 20 ms frame and Opus's 6.5 ms lookahead. The goal: at most 50 ms; the
+        # playout tick's phase against arrivals varies by up to a frame between calls.
+        assert 26.5 <= software <= 55.0, latencies
+        assert max(latencies) - min(latencies) < 10.0  # steady once playing

@@ -59,6 +59,7 @@ class CallOptions:
     bind_host: str = "0.0.0.0"  # noqa: S104 - a caller must receive from its peer on any interface
     bind_port: int = 0
     relay: str = "auto"  # auto: relay only if direct fails; force: audio over it; off: none
+    timeline: bool = False  # record when each frame was read from the source and played
     turn: TurnOffer | None = None  # a TURN server of our own choosing (e.g. coturn)
 
 
@@ -98,6 +99,10 @@ class Call:
         self._last_switch = 0.0
         self._failed_over = False  # on the relay because direct died: come back when it lives
         self._gap_run = 0  # consecutive frames concealed so far
+        # With options.timeline: when (time.monotonic, shared by every process on the machine)
+        # each source frame was read, and each frame went to the sink.
+        self.captured_at: list[float] = []
+        self.played_at: list[float] = []
         self._encoder = OpusEncoder()
         self._decoder = OpusDecoder()
         self._sender = RtpSender()
@@ -413,6 +418,8 @@ class Call:
     async def _send_loop(self) -> None:
         async for _ in self._ticks(FRAME_S):
             pcm = self.source.read()
+            if self.options.timeline:
+                self.captured_at.append(time.monotonic())
             pkt = self._sender.packetize(self._encoder.encode(pcm), FRAME_SAMPLES)
             self._send_media(bytes(pkt))
             self._report.audio.frames_sent += 1
@@ -484,6 +491,8 @@ class Call:
             if isinstance(item, Expand):
                 audio.frames_expanded += 1
         self.sink.write(pcm)
+        if self.options.timeline:
+            self.played_at.append(time.monotonic())
 
     def _drain_playout(self) -> None:
         """At the end, play what already arrived rather than drop it."""

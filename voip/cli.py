@@ -87,6 +87,12 @@ def call_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", metavar="PATH|-", help="write the call report as JSON (- for stdout)")
     p.add_argument("--plot", metavar="FILE.png", help="draw RTT over time for both paths")
+    p.add_argument(
+        "--timeline",
+        metavar="PATH",
+        help="write when each frame was read from the input and played to the output "
+        "(monotonic clock, JSON), for measuring mouth-to-ear latency",
+    )
     relay = p.add_argument_group("relay")
     relay.add_argument(
         "--relay",
@@ -292,7 +298,9 @@ async def run_call(args: argparse.Namespace) -> int:
         source=source,
         sink=sink,
         server=server,
-        options=CallOptions(wait_timeout=args.wait, relay=args.relay, turn=offer),
+        options=CallOptions(
+            wait_timeout=args.wait, relay=args.relay, turn=offer, timeline=args.timeline is not None
+        ),
         on_event=presenter,
     )
     status = EXIT_OK
@@ -312,6 +320,19 @@ async def run_call(args: argparse.Namespace) -> int:
         show_report(call.report().to_dict(), args.json)
     elif args.json:
         write_json(call.report().to_dict(), args.json)
+    if args.timeline:
+        Path(args.timeline).write_text(
+            json.dumps(
+                {
+                    "clock": "monotonic",
+                    "frame_ms": 20,
+                    "captured_at": call.captured_at,
+                    "played_at": call.played_at,
+                }
+            )
+            + "\n",
+            encoding="utf-8",
+        )
     if args.plot:
         from voip.plot import plot_rtt  # noqa: PLC0415 - matplotlib only when asked for
 

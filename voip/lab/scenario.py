@@ -105,6 +105,8 @@ def run_lab_call(
     extra_args: list[str] | None = None,
     plot: Path | None = None,
     actions: list[tuple[float, Callable[[Lab], None]]] | None = None,
+    inputs: dict[str, str] | None = None,
+    timeline: bool = False,
 ) -> LabCallResult:
     """Build the lab, run one call through it, return what each side reported."""
     with Lab(config) as lab:
@@ -133,11 +135,16 @@ def run_lab_call(
             if "listening" not in proc.stdout.readline():
                 raise LabError(f"callpeer-rendezvous ({what}) did not start in the lab")
         captures = {side: _start_capture(lab, side) for side in ("a", "b")} if capture else {}
-        inputs = {name: f"tone:{TONES[name]:g}" for _, name, _ in CALLERS}
-        if speech and (
-            wav := speech_wav(
-                workdir / "speech.wav",
-                "Hello Bob. This is Alice, calling you directly through two NAT routers.",
+        chosen = inputs or {}
+        inputs = {name: chosen.get(name, f"tone:{TONES[name]:g}") for _, name, _ in CALLERS}
+        if (
+            speech
+            and "alice" not in chosen
+            and (
+                wav := speech_wav(
+                    workdir / "speech.wav",
+                    "Hello Bob. This is Alice, calling you directly through two NAT routers.",
+                )
             )
         ):
             inputs["alice"] = str(wav)
@@ -165,6 +172,7 @@ def run_lab_call(
                 str(workdir / f"{me}.json"),
                 *(extra_args or []),
                 *(["--plot", str(plot)] if plot is not None and me == "alice" else []),
+                *(["--timeline", str(workdir / f"{me}.timeline.json")] if timeline else []),
             ]
             procs[me] = lab.start(side, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             time.sleep(0.2)  # alice waits first, as a person would

@@ -51,6 +51,38 @@ class ToneSource:
         pass
 
 
+CLICK_PERIOD = 48_000  # one mark a second
+CLICK_OFFSET = 24_000  # half a second in, so the first mark is clear of call set-up
+CLICK_SAMPLES = 480  # 10 ms
+CLICK_HZ = 1000.0
+
+
+def click_positions(count: int) -> list[int]:
+    """Sample indices where ClickSource's marks begin."""
+    return [CLICK_OFFSET + k * CLICK_PERIOD for k in range(count)]
+
+
+class ClickSource:
+    """Silence with a 10 ms 1 kHz burst at known sample positions, once a second: marks to find
+    in the received audio, for measuring mouth-to-ear latency."""
+
+    description = "clicks (10 ms 1 kHz, once a second)"
+
+    def __init__(self) -> None:
+        self._pos = 0
+
+    def read(self) -> Pcm:
+        idx = np.arange(self._pos, self._pos + FRAME_SAMPLES)
+        self._pos += FRAME_SAMPLES
+        phase = (idx - CLICK_OFFSET) % CLICK_PERIOD
+        on = (idx >= CLICK_OFFSET) & (phase < CLICK_SAMPLES)
+        burst = np.round(0.5 * 32767 * np.sin(2 * np.pi * CLICK_HZ * phase / SAMPLE_RATE))
+        return np.where(on, burst, 0).astype(np.int16)
+
+    def close(self) -> None:
+        pass
+
+
 class SilenceSource:
     description = "silence"
 
@@ -148,13 +180,15 @@ class WavSink:
 
 
 def open_source(spec: str) -> AudioSource:
-    """`mic`, `tone:HZ`, `silence` or a WAV path (see DESIGN.md)."""
+    """`mic`, `tone:HZ`, `silence`, `clicks` or a WAV path (see DESIGN.md)."""
     if spec == "mic":
         from voip.media.soundcard import MicSource  # noqa: PLC0415 - PortAudio only when used
 
         return MicSource()
     if spec == "silence":
         return SilenceSource()
+    if spec == "clicks":
+        return ClickSource()
     if spec.startswith("tone:"):
         try:
             freq = float(spec[5:])

@@ -8,8 +8,8 @@ is the histogram's 95th percentile, rounded up to whole frames, never below one 
 Playout pops one frame a tick. The buffer grows by itself: when the next frame has not arrived
 and nothing after it has either, the decoder conceals *without* advancing (NetEq's "expand"),
 so a late packet still plays and the delay has grown by a frame. It shrinks gently: while it
-holds more than the target plus a margin, it drops one frame, at most one in `SHRINK_EVERY`
-ticks (NetEq "accelerates" by time-compression instead; dropping is the simple version).
+never fell to its target over the last half second, one frame is surplus and is dropped (NetEq
+"accelerates" by time-compression instead; dropping a frame is the simple version).
 """
 
 from __future__ import annotations
@@ -23,8 +23,12 @@ BINS = 200  # up to 1 s of lateness
 FORGET = 0.995  # per packet: a half-life of ~140 packets, ~2.8 s at 50 packets a second
 PERCENTILE = 0.95
 BASELINE_WINDOW = 3.0  # s over which the fastest packet sets the baseline
-SHRINK_MARGIN = 2  # frames above target before dropping one
-SHRINK_EVERY = 10  # ticks between two drops
+SHRINK_WINDOW = 25  # ticks (0.5 s): a buffer that never fell to its target over this is too deep
+SKIP_MARGIN = 2  # frames above target with a hole at the front: skip the hole (an outage)
+# After a loss, keep two frames for this long: in-band FEC rebuilds a lost frame from the packet
+# after it, which must already be here when the lost one is due.
+FEC_FLOOR_FRAMES = 2
+FEC_FLOOR_HOLD = 10.0  # s
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,11 @@ class AdaptiveJitterBuffer:
         self._hist = [0.0] * BINS
         self._baseline: deque[tuple[float, float]] = deque()  # (arrival, relative delay)
         self._started = False
-        self._since_shrink = SHRINK_EVERY
+        self._lowest_level = self.capacity  # over the current shrink window
+        self._window_ticks = 0
         self.target_frames = 1
+        self._jitter_frames = 1  # what the lateness histogram alone asks for
+        self._fec_floor_until = float("-inf")
         self.late = 0
         self.duplicates = 0
         self.expands = 0
@@ -98,7 +105,12 @@ class AdaptiveJitterBuffer:
         for i in range(BINS):
             self._hist[i] *= FORGET
         self._hist[min(BINS - 1, int(lateness_ms / BIN_MS))] += 1.0 - FORGET
-        self.target_frames = max(1, math.ceil(self._percentile_ms() / (1000 * self.frame_s)))
+        self._jitter_frames = max(1, math.ceil(self._percentile_ms() / (1000 * self.frame_s)))
+        self._retarget(now)
+
+    def _retarget(self, now: float) -> None:
+        floor = FEC_FLOOR_FRAMES if now < self._fec_floor_until else 1
+        self.target_frames = max(floor, self._jitter_frames)
 
     def _percentile_ms(self) -> float:
         total = sum(self._hist)
@@ -132,24 +144,27 @@ class AdaptiveJitterBuffer:
         """The frame due this tick; None before playout has started."""
         if self._next_seq is None:
             return None
+        self._retarget(now)
         if not self._started:
             if self.level < self.target_frames:
                 return None
             self._started = True
         self.target_history.append(self.target_frames)
-        self._since_shrink += 1
-        if self.level > self.target_frames + SHRINK_MARGIN and self._since_shrink >= SHRINK_EVERY:
-            self._since_shrink = 0
-            self.dropped_to_shrink += 1
-            self._packets.pop(self._next_seq, None)
-            self._next_seq += 1
+        self._lowest_level = min(self._lowest_level, self.level)
+        self._window_ticks += 1
+        if self._window_ticks >= SHRINK_WINDOW:
+            if self._lowest_level > self.target_frames and self._next_seq in self._packets:
+                self.dropped_to_shrink += 1  # always a frame too many: let one go
+                del self._packets[self._next_seq]
+                self._next_seq += 1
+            self._lowest_level, self._window_ticks = self.capacity, 0
         seq = self._next_seq
         payload = self._packets.pop(seq, None)
         if payload is not None:
             self._next_seq += 1
             return Frame(seq, payload)
         if self._highest is not None and self._highest > seq:
-            if self.level > self.target_frames + SHRINK_MARGIN:
+            if self.level > self.target_frames + SKIP_MARGIN:
                 # A hole after an outage, with plenty buffered behind it: concealing the hole
                 # frame by frame would make the listener hear the outage twice. Skip it.
                 following = min(s for s in self._packets if s > seq)
@@ -157,6 +172,9 @@ class AdaptiveJitterBuffer:
                 self._next_seq = following + 1
                 return Frame(following, self._packets.pop(following))
             self._next_seq += 1  # later frames are here: this one is lost
+            if now != float("inf"):
+                self._fec_floor_until = now + FEC_FLOOR_HOLD
+                self._retarget(now)
             return Gap(seq, self._packets.get(seq + 1))
         self.expands += 1  # nothing newer either: stretch and wait for it
         return Expand(seq)

@@ -1,0 +1,69 @@
+"""Benchmark: mouth-to-ear latency in the lab, from marks in the audio (needs root).
+
+    sudo .venv/bin/python bench/mouth_to_ear.py [--delay 5] [--jitter 0] [--duration 10]
+
+Both callers send a 10 ms burst once a second and record when each frame was read and played
+(--timeline); the bursts found in the received audio give end-to-end latency, and end-to-end
+minus the lab's one-way delay is what the software adds (packetization, codec lookahead,
+jitter buffer, scheduling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from voip.lab.latency import mouth_to_ear_ms
+from voip.lab.netns import lab_unavailable_reason
+from voip.lab.scenario import run_lab_call
+from voip.lab.topology import LabConfig
+from voip.media.audio_io import read_wav
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--delay", type=float, default=5.0, help="one-way ms on each side")
+    p.add_argument("--jitter", type=float, default=0.0)
+    p.add_argument("--duration", type=float, default=10.0)
+    args = p.parse_args()
+    if reason := lab_unavailable_reason():
+        print(f"cannot run: {reason}", file=sys.stderr)
+        return 1
+    config = LabConfig(
+        nat_a="cone", nat_b="cone", delay_a=args.delay, delay_b=args.delay, jitter=args.jitter
+    )
+    print(
+        f"one-way network delay {args.delay:g} ms, jitter 0-{args.jitter:g} ms, "
+        f"{args.duration:g} s call, 20 ms frames"
+    )
+    print("| listener | marks | end-to-end ms (median) | min | max | software adds ms |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        run_lab_call(
+            config,
+            work,
+            duration=args.duration,
+            speech=False,
+            inputs={"alice": "clicks", "bob": "clicks"},
+            timeline=True,
+        )
+        for me, peer in (("alice", "bob"), ("bob", "alice")):
+            sent = json.loads((work / f"{peer}.timeline.json").read_text())
+            heard = json.loads((work / f"{me}.timeline.json").read_text())
+            pcm, _ = read_wav(work / f"{me}.wav")
+            lat = mouth_to_ear_ms(sent["captured_at"], heard["played_at"], pcm)
+            med = statistics.median(lat)
+            print(
+                f"| {me} | {len(lat)} | {med:.1f} | {min(lat):.1f} | {max(lat):.1f} | "
+                f"{med - args.delay:.1f} |"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
