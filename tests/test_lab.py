@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -353,3 +354,20 @@ def test_mouth_to_ear_latency_from_marks_in_the_audio(tmp_path: Path) -> None:
         # playout tick's phase against arrivals varies by up to a frame between calls.
         assert 26.5 <= software <= 55.0, latencies
         assert max(latencies) - min(latencies) < 10.0  # steady once playing
+
+
+def test_sigterm_to_callpeer_lab_tears_its_namespaces_down() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voip.cli", "lab", "--duration", "30", "--no-speech"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    mine = f"{PREFIX}{proc.pid}-"
+    deadline = time.monotonic() + 15
+    while not any(ns.startswith(mine) for ns in list_namespaces()):
+        assert time.monotonic() < deadline, "the lab never came up"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 128 + signal.SIGTERM
+    assert not any(ns.startswith(mine) for ns in list_namespaces())

@@ -60,6 +60,7 @@ class CallOptions:
     bind_port: int = 0
     relay: str = "auto"  # auto: relay only if direct fails; force: audio over it; off: none
     timeline: bool = False  # record when each frame was read from the source and played
+    fec: bool = True  # Opus in-band FEC: send it, and rebuild lost frames from it
     turn: TurnOffer | None = None  # a TURN server of our own choosing (e.g. coturn)
 
 
@@ -103,12 +104,12 @@ class Call:
         # each source frame was read, and each frame went to the sink.
         self.captured_at: list[float] = []
         self.played_at: list[float] = []
-        self._encoder = OpusEncoder()
+        self._encoder = OpusEncoder(fec=self.options.fec)
         self._decoder = OpusDecoder()
         self._sender = RtpSender()
         self._rx = RtpReceiverStats()
         self._rtcp = RtcpSession(self._sender, self._rx, time.time() - time.monotonic())
-        self._jb = AdaptiveJitterBuffer(FRAME_S)
+        self._jb = AdaptiveJitterBuffer(FRAME_S, fec=self.options.fec)
 
     # -- public API -----------------------------------------------------------------------
     async def __aenter__(self) -> Call:
@@ -481,7 +482,7 @@ class Call:
                 audio.packets_malformed += 1
                 pcm = self._decoder.conceal()
                 audio.frames_concealed += 1
-        elif isinstance(item, Gap) and item.next_payload is not None:
+        elif isinstance(item, Gap) and item.next_payload is not None and self.options.fec:
             pcm = self._decoder.recover(item.next_payload)
             audio.frames_recovered += 1
         else:  # a Gap with nothing after it, or an Expand waiting for a late frame

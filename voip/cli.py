@@ -93,6 +93,12 @@ def call_parser() -> argparse.ArgumentParser:
         help="write when each frame was read from the input and played to the output "
         "(monotonic clock, JSON), for measuring mouth-to-ear latency",
     )
+    p.add_argument(
+        "--no-fec",
+        dest="fec",
+        action="store_false",
+        help="no Opus in-band FEC: lost frames are only concealed",
+    )
     relay = p.add_argument_group("relay")
     relay.add_argument(
         "--relay",
@@ -299,7 +305,11 @@ async def run_call(args: argparse.Namespace) -> int:
         sink=sink,
         server=server,
         options=CallOptions(
-            wait_timeout=args.wait, relay=args.relay, turn=offer, timeline=args.timeline is not None
+            wait_timeout=args.wait,
+            relay=args.relay,
+            turn=offer,
+            timeline=args.timeline is not None,
+            fec=args.fec,
         ),
         on_event=presenter,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,9 @@ def routers_table(result: LabCallResult) -> Table:
 
 
 def run_lab(args: argparse.Namespace) -> int:
+    # SIGTERM becomes SystemExit, so the lab's context manager tears everything down as it does
+    # after Ctrl-C; left to the default, the namespaces would outlive us (until the next run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     console = Console(stderr=args.json == "-", soft_wrap=True)
     config = config_from_args(args)
     same = ", same NAT" if config.same_nat else ""

@@ -107,6 +107,7 @@ def run_lab_call(
     actions: list[tuple[float, Callable[[Lab], None]]] | None = None,
     inputs: dict[str, str] | None = None,
     timeline: bool = False,
+    speech_text: str = "Hello Bob. This is Alice, calling you directly through two NAT routers.",
 ) -> LabCallResult:
     """Build the lab, run one call through it, return what each side reported."""
     with Lab(config) as lab:
@@ -140,12 +141,7 @@ def run_lab_call(
         if (
             speech
             and "alice" not in chosen
-            and (
-                wav := speech_wav(
-                    workdir / "speech.wav",
-                    "Hello Bob. This is Alice, calling you directly through two NAT routers.",
-                )
-            )
+            and (wav := speech_wav(workdir / "speech.wav", speech_text))
         ):
             inputs["alice"] = str(wav)
         result.inputs = inputs

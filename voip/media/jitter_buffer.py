@@ -53,8 +53,9 @@ class Expand:
 
 
 class AdaptiveJitterBuffer:
-    def __init__(self, frame_s: float = 0.02, capacity: int = 100):
+    def __init__(self, frame_s: float = 0.02, capacity: int = 100, fec: bool = True):
         self.frame_s = frame_s
+        self.fec = fec  # hold a frame for FEC after a loss only if FEC is used
         self.capacity = capacity
         self._packets: dict[int, bytes] = {}
         self._next_seq: int | None = None
@@ -172,7 +173,7 @@ class AdaptiveJitterBuffer:
                 self._next_seq = following + 1
                 return Frame(following, self._packets.pop(following))
             self._next_seq += 1  # later frames are here: this one is lost
-            if now != float("inf"):
+            if self.fec and now != float("inf"):
                 self._fec_floor_until = now + FEC_FLOOR_HOLD
                 self._retarget(now)
             return Gap(seq, self._packets.get(seq + 1))
