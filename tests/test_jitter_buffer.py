@@ -6,9 +6,13 @@ import itertools
 import random
 from collections.abc import Sequence
 
-from voip.media.jitter_buffer import AdaptiveJitterBuffer, Expand, Frame, Gap
+from voip.media.jitter_buffer import AdaptiveJitterBuffer, Comfort, Expand, Frame, Gap
 
 FRAME = 0.02
+
+
+def payload(seq: int) -> bytes:
+    return bytes([seq % 256]) * 60  # speech-sized: a 1-3 byte packet would be DTX comfort noise
 
 
 def simulate(
@@ -27,7 +31,7 @@ def simulate(
     played: list[tuple[float, object]] = []
     for t, kind, seq in sorted(events):
         if kind == 0:
-            jb.push(seq, bytes([seq % 256]), t)
+            jb.push(seq, payload(seq), t)
         else:
             item = jb.pop(t)
             if item is not None:
@@ -81,7 +85,7 @@ def test_lost_packets_are_gaps_with_the_next_packet_for_fec() -> None:
     _, played = simulate(delays)
     gaps = [item for _, item in played if isinstance(item, Gap)]
     assert {g.seq for g in gaps} == lost - {999}  # the last one has nothing after it
-    assert all(g.next_payload == bytes([(g.seq + 1) % 256]) for g in gaps if g.seq + 1 not in lost)
+    assert all(g.next_payload == payload(g.seq + 1) for g in gaps if g.seq + 1 not in lost)
     # A loss cannot be told from lateness until the next packet is in: the first one costs an
     # expand, which leaves the slack that makes every later loss a plain gap.
     expands = [t for t, item in played if isinstance(item, Expand) and t < 1000 * FRAME]
@@ -113,3 +117,31 @@ def test_an_outage_is_heard_once_not_twice() -> None:
     assert jb.skipped >= 20
     frames = [item.seq for _, item in played if isinstance(item, Frame)]
     assert frames[-1] == 299 and 125 in frames
+
+
+def test_dtx_silence_is_comfort_noise_not_loss_or_lateness() -> None:
+    """Talk, then DTX: a 3-byte update every 400 ms (20 frames), the clock moving on while the
+    sequence moves by one; then talk again. Nothing is concealed, the target stays one frame."""
+    jb = AdaptiveJitterBuffer(FRAME)
+    sends: list[tuple[int, int, bytes]] = []  # (sequence, frame index in time, payload)
+    seq = 0
+    for frame in range(300):
+        talking = frame < 50 or frame >= 250
+        if talking or frame % 20 == 10:
+            sends.append((seq, frame, payload(seq) if talking else b"\x08\x0b\xa4"))
+            seq += 1
+    events = [(frame * FRAME + 0.005, 0, s, p, frame) for s, frame, p in sends]
+    events += [(0.005 + k * FRAME + 1e-6, 1, k, b"", 0) for k in range(300)]
+    played = []
+    for t, kind, s, p, frame in sorted(events):
+        if kind == 0:
+            jb.push(s, p, t, timestamp=(12345 + 960 * frame) % 2**32)
+        else:
+            played.append(jb.pop(t))
+    kinds = {type(item).__name__ for item in played if item is not None}
+    assert "Comfort" in kinds
+    assert sum(isinstance(i, Comfort) for i in played) >= 150
+    assert not any(isinstance(i, (Gap, Expand)) for i in played)
+    assert jb.target_frames == 1  # the 400 ms pauses were not taken for lateness
+    frames = [i.seq for i in played if isinstance(i, Frame)]
+    assert frames == list(range(seq))

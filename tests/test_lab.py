@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from voip.codecs.pcm import dominant_frequency
+from voip.codecs.pcm import dominant_frequency, silence, tone
 from voip.lab.latency import mouth_to_ear_ms
 from voip.lab.nat import NAT_KINDS
 from voip.lab.netns import lab_unavailable_reason, list_namespaces, run
@@ -31,7 +31,7 @@ from voip.lab.topology import (
     LabConfig,
     remove_leftovers,
 )
-from voip.media.audio_io import read_wav
+from voip.media.audio_io import WavSink, read_wav
 
 REASON = lab_unavailable_reason()
 pytestmark = [pytest.mark.skipif(REASON is not None, reason=REASON or ""), pytest.mark.slow]
@@ -371,3 +371,35 @@ def test_sigterm_to_callpeer_lab_tears_its_namespaces_down() -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 128 + signal.SIGTERM
     assert not any(ns.startswith(mine) for ns in list_namespaces())
+
+
+def test_a_quiet_dtx_call_outlives_a_short_nat_timeout(tmp_path: Path) -> None:
+    """2 s of tone, 10 s of silence, 2 s of tone, with DTX: in the silence only a comfort-noise
+    update every 400 ms (and consent checks) cross the routers, whose mappings here expire after
+    3 s of nothing (harsher than the 30 s the issue asks for). The call must stay up and direct,
+    and the tone after the silence must arrive."""
+    talk = tmp_path / "talk.wav"
+    sink = WavSink(talk)
+    for i in range(700):
+        sink.write(tone(660, i * 960) if i < 100 or i >= 600 else silence())
+    sink.close()
+    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5, udp_timeout=3)
+    result = run_lab_call(
+        config,
+        tmp_path,
+        duration=14.5,
+        speech=False,
+        inputs={"alice": str(talk), "bob": str(talk)},
+        extra_args=["--dtx"],
+    )
+    for caller in result.callers.values():
+        assert caller.exit_code == 0, caller.stderr
+        report = caller.report
+        assert report is not None
+        assert report["path"] == "direct" and report["path_switches"] == 0, caller.stderr
+        audio = report["audio"]
+        assert audio["frames_not_sent"] >= 400  # the silence cost next to nothing to send
+        assert audio["frames_comfort"] >= 300  # and was played as comfort noise
+        assert audio["frames_concealed"] <= 5
+        pcm, _ = read_wav(caller.wav)
+        assert dominant_frequency(pcm[-48000:]) == pytest.approx(660, abs=3)  # talk resumed

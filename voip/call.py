@@ -23,7 +23,14 @@ from voip import events as ev
 from voip.codecs.opus import OpusDecoder, OpusEncoder
 from voip.codecs.pcm import FRAME_MS, FRAME_SAMPLES
 from voip.media.audio_io import AudioSink, AudioSource
-from voip.media.jitter_buffer import AdaptiveJitterBuffer, Expand, Frame, Gap
+from voip.media.jitter_buffer import (
+    COMFORT_NOISE_BYTES,
+    AdaptiveJitterBuffer,
+    Comfort,
+    Expand,
+    Frame,
+    Gap,
+)
 from voip.media.rtcp_session import PeerBye, PeerReceptionReport, RtcpSession, RttMeasured
 from voip.media.rtp_stream import RtpReceiverStats, RtpSender
 from voip.nat import checks
@@ -41,6 +48,8 @@ MEDIA_TIMEOUT = 10.0  # no RTP from the peer for this long and the call is over
 # At 50 packets a second, 200 ms without one on the active path is not jitter: move to the
 # standby path. The goal is an audible gap under 300 ms, detection included.
 FAILOVER_AFTER = 0.2
+FAILOVER_AFTER_DTX = 1.0  # in DTX silence a packet comes only every 400 ms: allow two missing
+DTX_SKIP_BYTES = 2
 FOLLOW_AFTER = 0.06  # audio on the standby while the active is this quiet: the peer moved
 RETURN_AFTER_PROBES = 2  # consecutive answered probes before going back to direct
 SWITCH_HOLDOFF = 1.0  # no second switch within this long of the last
@@ -61,6 +70,7 @@ class CallOptions:
     relay: str = "auto"  # auto: relay only if direct fails; force: audio over it; off: none
     timeline: bool = False  # record when each frame was read from the source and played
     fec: bool = True  # Opus in-band FEC: send it, and rebuild lost frames from it
+    dtx: bool = False  # Opus DTX: in silence, a comfort-noise update every 400 ms and nothing else
     turn: TurnOffer | None = None  # a TURN server of our own choosing (e.g. coturn)
 
 
@@ -104,7 +114,9 @@ class Call:
         # each source frame was read, and each frame went to the sink.
         self.captured_at: list[float] = []
         self.played_at: list[float] = []
-        self._encoder = OpusEncoder(fec=self.options.fec)
+        self._encoder = OpusEncoder(fec=self.options.fec, dtx=self.options.dtx)
+        self._in_dtx = False
+        self._peer_in_dtx = False  # the last packet was a comfort-noise update
         self._decoder = OpusDecoder()
         self._sender = RtpSender()
         self._rx = RtpReceiverStats()
@@ -386,7 +398,8 @@ class Call:
             return
         if on_active:  # the failover watch asks whether the *active* path still carries audio
             self._last_rtp = now
-        self._jb.push(ext, pkt.payload, now)
+            self._peer_in_dtx = len(pkt.payload) <= COMFORT_NOISE_BYTES
+        self._jb.push(ext, pkt.payload, now, pkt.timestamp)
 
     def _on_rtcp(self, data: bytes, now: float) -> None:
         assert self._active is not None
@@ -421,7 +434,16 @@ class Call:
             pcm = self.source.read()
             if self.options.timeline:
                 self.captured_at.append(time.monotonic())
-            pkt = self._sender.packetize(self._encoder.encode(pcm), FRAME_SAMPLES)
+            payload = self._encoder.encode(pcm)
+            if len(payload) <= DTX_SKIP_BYTES:
+                # libopus: "2 bytes or less ... does not need to be transmitted" (DTX)
+                self._sender.skip(FRAME_SAMPLES)
+                self._in_dtx = True
+                self._report.audio.frames_not_sent += 1
+                continue
+            # The marker bit opens a talkspurt after silence (RFC 3551 §4.1)
+            pkt = self._sender.packetize(payload, FRAME_SAMPLES, marker=self._in_dtx)
+            self._in_dtx = False
             self._send_media(bytes(pkt))
             self._report.audio.frames_sent += 1
 
@@ -444,7 +466,8 @@ class Call:
             return
         if self._rx.received == 0:
             return  # the peer has not started sending yet: that is not a dead path
-        if now - self._last_rtp > FAILOVER_AFTER:
+        quiet_for = FAILOVER_AFTER_DTX if self._peer_in_dtx else FAILOVER_AFTER
+        if now - self._last_rtp > quiet_for:
             self._switch(now, f"no audio on it for {1000 * (now - self._last_rtp):.0f} ms")
         elif (
             self._failed_over
@@ -470,8 +493,15 @@ class Call:
         metrics.remote = self._connector.remote_shown(new)
         self._emit(ev.PathSwitched(new.kind, metrics.remote, why))
 
-    def _play_item(self, item: Frame | Gap | Expand) -> None:
+    def _play_item(self, item: Frame | Gap | Expand | Comfort) -> None:
         audio = self._report.audio
+        if isinstance(item, Comfort):  # silence the talker chose: not a gap, not a loss
+            self._gap_run = 0
+            audio.frames_comfort += 1
+            self.sink.write(self._decoder.conceal())  # Opus continues its comfort noise
+            if self.options.timeline:
+                self.played_at.append(time.monotonic())
+            return
         self._gap_run = 0 if isinstance(item, Frame) else self._gap_run + 1
         audio.longest_gap_ms = max(audio.longest_gap_ms, 1000 * FRAME_S * self._gap_run)
         if isinstance(item, Frame):

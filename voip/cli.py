@@ -94,6 +94,11 @@ def call_parser() -> argparse.ArgumentParser:
         "(monotonic clock, JSON), for measuring mouth-to-ear latency",
     )
     p.add_argument(
+        "--dtx",
+        action="store_true",
+        help="Opus DTX: in silence send a comfort-noise update every 400 ms only",
+    )
+    p.add_argument(
         "--no-fec",
         dest="fec",
         action="store_false",
@@ -310,6 +315,7 @@ async def run_call(args: argparse.Namespace) -> int:
             turn=offer,
             timeline=args.timeline is not None,
             fec=args.fec,
+            dtx=args.dtx,
         ),
         on_event=presenter,
     )

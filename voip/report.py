@@ -92,6 +92,8 @@ def percentile(values: list[float], pct: float) -> float:
 @dataclass
 class AudioCounts:
     frames_sent: int = 0
+    frames_not_sent: int = 0  # DTX: silence that needed no packet
+    frames_comfort: int = 0  # DTX silence played as comfort noise, not counted as concealed
     frames_received: int = 0  # decoded from packets that arrived in time
     frames_concealed: int = 0  # missing frames filled by Opus PLC
     # Missing frames decoded from the next packet's in-band FEC (LBRR). libopus 1.3 cannot say
@@ -144,6 +146,8 @@ class CallReport:
             "verdict": verdict(self.path, paths),
             "audio": {
                 "frames_sent": self.audio.frames_sent,
+                "frames_not_sent": self.audio.frames_not_sent,
+                "frames_comfort": self.audio.frames_comfort,
                 "frames_received": self.audio.frames_received,
                 "frames_concealed": self.audio.frames_concealed,
                 "frames_recovered": self.audio.frames_recovered,

@@ -29,6 +29,7 @@ SKIP_MARGIN = 2  # frames above target with a hole at the front: skip the hole (
 # after it, which must already be here when the lost one is due.
 FEC_FLOOR_FRAMES = 2
 FEC_FLOOR_HOLD = 10.0  # s
+COMFORT_NOISE_BYTES = 3  # an Opus packet this small is a DTX comfort-noise update, not speech
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,13 @@ class Gap:
 
     seq: int
     next_payload: bytes | None
+
+
+@dataclass(frozen=True)
+class Comfort:
+    """DTX silence: the last packet was a comfort-noise update and the next is not due yet."""
+
+    seq: int
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,9 @@ class AdaptiveJitterBuffer:
         self.target_frames = 1
         self._jitter_frames = 1  # what the lateness histogram alone asks for
         self._fec_floor_until = float("-inf")
+        self._ts_ref: int | None = None  # RTP timestamp of the newest packet, for unwrapping
+        self._ts_ref_ext = 0
+        self._last_played_small = False
         self.late = 0
         self.duplicates = 0
         self.expands = 0
@@ -76,13 +87,16 @@ class AdaptiveJitterBuffer:
         self.target_history: list[int] = []
 
     # -- arrival ------------------------------------------------------------------------
-    def push(self, ext_seq: int, payload: bytes, now: float) -> bool:
-        """Add a packet by extended sequence number; False if too late or a duplicate."""
+    def push(self, ext_seq: int, payload: bytes, now: float, timestamp: int | None = None) -> bool:
+        """Add a packet by extended sequence number; False if too late or a duplicate.
+
+        With the RTP `timestamp`, lateness is measured against the media clock, so a DTX pause
+        (the sequence moves by one while the clock moves by seconds) is not taken for delay."""
         if self._next_seq is None:
             self._next_seq = ext_seq
         if ext_seq < self._next_seq:
             self.late += 1
-            self._observe(ext_seq, now)  # a late packet is exactly what the target must learn
+            self._observe(self._stream_time(ext_seq, timestamp), now)  # a late packet teaches
             return False
         if ext_seq in self._packets:
             self.duplicates += 1
@@ -92,11 +106,25 @@ class AdaptiveJitterBuffer:
             self._next_seq = ext_seq
         self._packets[ext_seq] = payload
         self._highest = ext_seq if self._highest is None else max(self._highest, ext_seq)
-        self._observe(ext_seq, now)
+        self._observe(self._stream_time(ext_seq, timestamp), now)
         return True
 
-    def _observe(self, ext_seq: int, now: float) -> None:
-        relative = now - ext_seq * self.frame_s  # constant on a perfect network
+    def _stream_time(self, ext_seq: int, timestamp: int | None) -> float:
+        """Where this packet sits in the stream, in seconds."""
+        if timestamp is None:
+            return ext_seq * self.frame_s
+        if self._ts_ref is None:
+            self._ts_ref = timestamp
+        delta = (timestamp - self._ts_ref) & 0xFFFFFFFF
+        if delta >= 1 << 31:
+            delta -= 1 << 32  # older than the newest: a reordered packet
+        ext = self._ts_ref_ext + delta
+        if delta > 0:
+            self._ts_ref, self._ts_ref_ext = timestamp, ext
+        return ext / 48_000.0  # the RTP clock of Opus, whatever it codes (RFC 7587)
+
+    def _observe(self, stream_time: float, now: float) -> None:
+        relative = now - stream_time  # constant on a perfect network
         while self._baseline and now - self._baseline[0][0] > BASELINE_WINDOW:
             self._baseline.popleft()
         while self._baseline and self._baseline[-1][1] >= relative:
@@ -141,7 +169,7 @@ class AdaptiveJitterBuffer:
         """The delay the buffer adds now: its level in frames."""
         return 1000.0 * self.level * self.frame_s
 
-    def pop(self, now: float) -> Frame | Gap | Expand | None:
+    def pop(self, now: float) -> Frame | Gap | Expand | Comfort | None:
         """The frame due this tick; None before playout has started."""
         if self._next_seq is None:
             return None
@@ -163,6 +191,7 @@ class AdaptiveJitterBuffer:
         payload = self._packets.pop(seq, None)
         if payload is not None:
             self._next_seq += 1
+            self._last_played_small = len(payload) <= COMFORT_NOISE_BYTES
             return Frame(seq, payload)
         if self._highest is not None and self._highest > seq:
             if self.level > self.target_frames + SKIP_MARGIN:
@@ -177,6 +206,8 @@ class AdaptiveJitterBuffer:
                 self._fec_floor_until = now + FEC_FLOOR_HOLD
                 self._retarget(now)
             return Gap(seq, self._packets.get(seq + 1))
+        if self._last_played_small:
+            return Comfort(seq)  # DTX: silence until the next update or the talker's return
         self.expands += 1  # nothing newer either: stretch and wait for it
         return Expand(seq)
 

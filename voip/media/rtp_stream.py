@@ -23,6 +23,10 @@ class RtpSender:
     packet_count: int = 0
     octet_count: int = 0
 
+    def skip(self, samples: int) -> None:
+        """A frame not sent (DTX): the clock moves on, the sequence does not (RFC 3550 §5.1)."""
+        self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF
+
     def packetize(self, payload: bytes, samples: int, marker: bool = False) -> RtpPacket:
         pkt = RtpPacket(
             self.payload_type, self.sequence, self.timestamp, self.ssrc, payload, marker
