@@ -11,17 +11,14 @@ jitter buffer, scheduling).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from voip.lab.latency import mouth_to_ear_ms
+from voip.lab.latency import lab_mouth_to_ear
 from voip.lab.netns import lab_unavailable_reason
-from voip.lab.scenario import run_lab_call
 from voip.lab.topology import LabConfig
-from voip.media.audio_io import read_wav
 
 
 def main() -> int:
@@ -43,25 +40,13 @@ def main() -> int:
     print("| listener | marks | end-to-end ms (median) | min | max | software adds ms |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        run_lab_call(
-            config,
-            work,
-            duration=args.duration,
-            speech=False,
-            inputs={"alice": "clicks", "bob": "clicks"},
-            timeline=True,
+        latencies = lab_mouth_to_ear(config, Path(tmp), args.duration)
+    for me, lat in latencies.items():
+        med = statistics.median(lat)
+        print(
+            f"| {me} | {len(lat)} | {med:.1f} | {min(lat):.1f} | {max(lat):.1f} | "
+            f"{med - args.delay:.1f} |"
         )
-        for me, peer in (("alice", "bob"), ("bob", "alice")):
-            sent = json.loads((work / f"{peer}.timeline.json").read_text())
-            heard = json.loads((work / f"{me}.timeline.json").read_text())
-            pcm, _ = read_wav(work / f"{me}.wav")
-            lat = mouth_to_ear_ms(sent["captured_at"], heard["played_at"], pcm)
-            med = statistics.median(lat)
-            print(
-                f"| {me} | {len(lat)} | {med:.1f} | {min(lat):.1f} | {max(lat):.1f} | "
-                f"{med - args.delay:.1f} |"
-            )
     return 0
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from voip.codecs.pcm import dominant_frequency, silence, tone
-from voip.lab.latency import mouth_to_ear_ms
+from voip.lab.latency import lab_mouth_to_ear
 from voip.lab.nat import NAT_KINDS
 from voip.lab.netns import lab_unavailable_reason, list_namespaces, run
 from voip.lab.scenario import run_lab_call
@@ -335,19 +335,7 @@ def test_a_cut_direct_path_fails_over_to_the_relay_and_back(tmp_path: Path) -> N
 
 def test_mouth_to_ear_latency_from_marks_in_the_audio(tmp_path: Path) -> None:
     config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5)
-    run_lab_call(
-        config,
-        tmp_path,
-        duration=8.0,
-        speech=False,
-        inputs={"alice": "clicks", "bob": "clicks"},
-        timeline=True,
-    )
-    for me, peer in (("alice", "bob"), ("bob", "alice")):
-        sent = json.loads((tmp_path / f"{peer}.timeline.json").read_text())
-        heard = json.loads((tmp_path / f"{me}.timeline.json").read_text())
-        pcm, _ = read_wav(tmp_path / f"{me}.wav")
-        latencies = mouth_to_ear_ms(sent["captured_at"], heard["played_at"], pcm)
+    for latencies in lab_mouth_to_ear(config, tmp_path, duration=8.0).values():
         assert len(latencies) >= 7  # a mark a second, the first half a second in
         software = statistics.median(latencies) - 5.0  # minus the network's one way
         # The floor: a 20 ms frame and Opus's 6.5 ms lookahead. The goal: at most 50 ms; the

@@ -9,10 +9,15 @@ mark found at received sample r was heard when its frame was played plus its pla
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from voip.codecs.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm
-from voip.media.audio_io import click_positions
+from voip.lab.scenario import run_lab_call
+from voip.lab.topology import LabConfig
+from voip.media.audio_io import click_positions, read_wav
 
 FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
 
@@ -44,3 +49,22 @@ def mouth_to_ear_ms(captured_at: list[float], played_at: list[float], received: 
         if before and heard - before[-1] < 0.5:  # marks are 1 s apart: the last one before
             latencies.append(1000.0 * (heard - before[-1]))
     return latencies
+
+
+def lab_mouth_to_ear(config: LabConfig, workdir: Path, duration: float) -> dict[str, list[float]]:
+    """Run a call in the lab with marks both ways; each listener's mouth-to-ear latencies, ms."""
+    run_lab_call(
+        config,
+        workdir,
+        duration=duration,
+        speech=False,
+        inputs={"alice": "clicks", "bob": "clicks"},
+        timeline=True,
+    )
+    out = {}
+    for me, peer in (("alice", "bob"), ("bob", "alice")):
+        sent = json.loads((workdir / f"{peer}.timeline.json").read_text())
+        heard = json.loads((workdir / f"{me}.timeline.json").read_text())
+        pcm, _ = read_wav(workdir / f"{me}.wav")
+        out[me] = mouth_to_ear_ms(sent["captured_at"], heard["played_at"], pcm)
+    return out
