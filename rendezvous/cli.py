@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"UDP address to listen on (default {DEFAULT_LISTEN})",
     )
     p.add_argument(
+        "--alt-address",
+        metavar="HOST",
+        help="a second IP of this host: listen there too, and on port+1 of both, for RFC 5780 "
+        "NAT behaviour tests (callpeer natcheck)",
+    )
+    p.add_argument(
         "--lifetime",
         type=float,
         default=30.0,
@@ -96,8 +102,10 @@ def build_server(args: argparse.Namespace, host: str) -> RendezvousServer:
     return RendezvousServer.with_relay(relay_host, logic, policy)
 
 
-async def _run(server: RendezvousServer, host: str, port: int, quiet: bool) -> None:
-    await server.start(host, port)
+async def _run(
+    server: RendezvousServer, host: str, port: int, quiet: bool, alt_host: str | None = None
+) -> None:
+    await server.start(host, port, alt_host)
     if not quiet:
         print(f"callpeer-rendezvous listening on udp {format_address(server.address)}", flush=True)
         relay = server.logic.relay
@@ -105,6 +113,10 @@ async def _run(server: RendezvousServer, host: str, port: int, quiet: bool) -> N
             print(f"relaying (TURN) with allocations on {server.relay_ports.host}", flush=True)
         if relay is not None:
             print(f"offering callers the relay turn:{format_address(relay.server)}", flush=True)
+        addresses = server.logic.addresses
+        if addresses is not None and addresses.alternate is not None:
+            where = ", ".join(format_address(a) for a in addresses.all())
+            print(f"NAT behaviour tests (RFC 5780) on {where}", flush=True)
     try:
         while True:
             await asyncio.sleep(60)
@@ -125,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"callpeer-rendezvous: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_run(server, host, port, args.quiet))
+        asyncio.run(_run(server, host, port, args.quiet, args.alt_address))
     except OSError as exc:
         print(
             f"callpeer-rendezvous: cannot listen on {args.listen}: {exc.strerror or exc}",

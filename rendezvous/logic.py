@@ -12,7 +12,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+from rendezvous.behaviour import Addresses, answer_binding
 from rendezvous.registry import Entry, NameTaken, Registry
+from rendezvous.turn_server import Out
 from voip.nat.candidates import Candidate, CandidateType
 from voip.wire.signal import ERR_BAD_REQUEST, ERR_NAME_TAKEN, PeerReady, Register
 from voip.wire.stun import (
@@ -70,10 +72,12 @@ class RendezvousLogic:
         software: str = SOFTWARE,
         relay: RelayOffer | None = None,
         wallclock: float | None = None,
+        addresses: Addresses | None = None,
     ):
         self.registry = Registry(lifetime)
         self.software = software
         self.relay = relay
+        self.addresses = addresses  # our transport addresses, with the RFC 5780 alternate
         self.wall_offset = (time.time() - time.monotonic()) if wallclock is None else wallclock
         self.stats: Counter[str] = Counter()
         self._txns: TransactionTable[_Intro] = TransactionTable()
@@ -155,20 +159,16 @@ class RendezvousLogic:
             )
         ]
 
-    def _binding(self, msg: Message, src: Address) -> list[Transmit]:
+    def binding(self, msg: Message, src: Address, local: Address) -> list[Out]:
+        """A Binding request that arrived on our `local` address (RFC 5780 when we have an
+        alternate address; see rendezvous/behaviour.py)."""
         self.stats["binding"] += 1
-        if msg.is_classic:
-            return [
-                self._reply(msg, src, Class.SUCCESS, [(Attr.MAPPED_ADDRESS, encode_address(src))])
-            ]
-        return [
-            self._reply(
-                msg,
-                src,
-                Class.SUCCESS,
-                [(Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id))],
-            )
-        ]
+        addresses = self.addresses or Addresses(local)
+        return answer_binding(msg, src, local, addresses, self.software)
+
+    def _binding(self, msg: Message, src: Address) -> list[Transmit]:
+        primary = self.addresses.primary if self.addresses else ("0.0.0.0", 0)  # noqa: S104
+        return [(out.data, out.dest) for out in self.binding(msg, src, primary)]
 
     def _register(self, msg: Message, src: Address, now: float) -> list[Transmit]:
         try:

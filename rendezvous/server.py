@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import socket
 
+from rendezvous.behaviour import Addresses
 from rendezvous.logic import RelayOffer, RendezvousLogic
 from rendezvous.turn_server import Out, TurnPolicy, TurnServer
 from voip.transport import Timer, UdpEndpoint
-from voip.wire.stun import Address, StunError, looks_like_stun, parse_message_untrusted
+from voip.wire.stun import (
+    Address,
+    Class,
+    Method,
+    StunError,
+    looks_like_stun,
+    parse_message_untrusted,
+)
 from voip.wire.turn import looks_like_channel_data
 
 
@@ -75,6 +84,7 @@ class RendezvousServer:
         if relay_ports is not None:
             relay_ports.server = self
         self.endpoint: UdpEndpoint | None = None
+        self.behaviour_endpoints: dict[Address, UdpEndpoint] = {}  # RFC 5780's other three
         self._timer: Timer | None = None
 
     @classmethod
@@ -100,14 +110,52 @@ class RendezvousServer:
         assert self.endpoint is not None
         return self.endpoint.local_address
 
-    async def start(self, host: str = "127.0.0.1", port: int = 3478) -> RendezvousServer:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 3478, alt_host: str | None = None
+    ) -> RendezvousServer:
+        """Listen on host:port; with `alt_host`, also on the alternate port (port + 1) and on
+        alt_host with both ports, for RFC 5780 NAT behaviour discovery."""
         self.endpoint = await UdpEndpoint.bind(host, port, self._on_datagram)
+        if alt_host is not None:
+            await self._start_behaviour(host, alt_host)
         self._timer = Timer(self.endpoint.loop, self._next_deadline, self._on_timer)
         if self.turn is not None and self.relay_ports is not None and self.logic.relay is None:
             assert self.turn.policy.secret is not None
             advertised = (self.relay_ports.host, self.address[1])
             self.logic.relay = RelayOffer(advertised, self.turn.policy.secret)
         return self
+
+    async def _start_behaviour(self, host: str, alt_host: str) -> None:
+        primary = self.address
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104
+            raise OSError("--alt-address needs --listen on a specific address, not a wildcard")
+        alt_port = primary[1] + 1
+        addresses = Addresses(primary, (alt_host, alt_port))
+        for local in addresses.all()[1:]:
+            self.behaviour_endpoints[local] = await UdpEndpoint.bind(
+                local[0], local[1], functools.partial(self._on_behaviour, local=local)
+            )
+        self.logic.addresses = addresses
+
+    def _send_from(self, out: Out) -> None:
+        """Send from the local address an RFC 5780 answer names as its origin."""
+        assert self.endpoint is not None
+        endpoint = self.behaviour_endpoints.get(out.via or self.address, self.endpoint)
+        endpoint.send(out.data, out.dest)
+
+    def _on_behaviour(self, data: bytes, src: Address, now: float, *, local: Address) -> bool:
+        """Answer a Binding request on any of our addresses; False if `data` is not one."""
+        if not looks_like_stun(data):
+            return False
+        try:
+            msg = parse_message_untrusted(data)
+            if msg.method != Method.BINDING or msg.cls != Class.REQUEST:
+                return False
+            for out in self.logic.binding(msg, src, local):
+                self._send_from(out)
+        except StunError:
+            self.logic.stats["malformed"] += 1
+        return True
 
     def _next_deadline(self) -> float | None:
         times = [self.logic.next_deadline(), self.turn.next_deadline() if self.turn else None]
@@ -136,6 +184,9 @@ class RendezvousServer:
                     self._send(self.turn.handle_request(msg, data, src, now))
                     self._timer.rearm()
                     return
+        # With RFC 5780 addresses, a Binding may ask to be answered from another one.
+        if self.behaviour_endpoints and self._on_behaviour(data, src, now, local=self.address):
+            return
         self.endpoint.send_all(self.logic.handle_datagram(data, src, now))
         self._timer.rearm()
 
@@ -156,6 +207,8 @@ class RendezvousServer:
             self.relay_ports.close_all()
         if self.endpoint is not None:
             self.endpoint.close()
+        for endpoint in self.behaviour_endpoints.values():
+            endpoint.close()
 
     async def __aenter__(self) -> RendezvousServer:
         return self

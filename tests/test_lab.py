@@ -25,6 +25,7 @@ from voip.lab.scenario import run_lab_call
 from voip.lab.topology import (
     PREFIX,
     RELAY_IP,
+    SERVER_ALT_IP,
     SERVER_IP,
     WAN_IPS,
     Lab,
@@ -391,3 +392,47 @@ def test_a_quiet_dtx_call_outlives_a_short_nat_timeout(tmp_path: Path) -> None:
         assert audio["frames_concealed"] <= 5
         pcm, _ = read_wav(caller.wav)
         assert dominant_frequency(pcm[-48000:]) == pytest.approx(660, abs=3)  # talk resumed
+
+
+@pytest.mark.parametrize(
+    ("kind", "mapping", "filtering"),
+    [
+        ("none", "endpoint-independent", "endpoint-independent"),
+        ("cone", "endpoint-independent", "address-and-port-dependent"),
+        ("full-cone", "endpoint-independent", "endpoint-independent"),
+        ("symmetric", "address-and-port-dependent", "address-and-port-dependent"),
+    ],
+)
+def test_natcheck_classifies_each_lab_nat_exactly(kind: str, mapping: str, filtering: str) -> None:
+    with Lab(LabConfig(nat_a=kind)) as lab:
+        server = lab.start(
+            "server",
+            [
+                sys.executable,
+                "-m",
+                "rendezvous",
+                "--listen",
+                f"{SERVER_IP}:3478",
+                "--alt-address",
+                SERVER_ALT_IP,
+            ],
+            stdout=subprocess.PIPE,
+        )
+        assert server.stdout is not None and "listening" in server.stdout.readline()
+        out = lab.run(
+            "a",
+            [
+                sys.executable,
+                "-m",
+                "voip.cli",
+                "natcheck",
+                "--server",
+                f"{SERVER_IP}:3478",
+                "--json",
+                "-",
+            ],
+        )
+    report = json.loads(out)
+    assert (report["mapping"], report["filtering"]) == (mapping, filtering), report
+    assert report["behind_nat"] is (kind != "none")
+    assert report["public"].split(":")[0] == lab.nodes["a"].public_ip

@@ -43,7 +43,8 @@ class UsageError(Exception):
 def call_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="callpeer",
-        description="Call PEER directly through your NAT. Also: callpeer demo | lab | devices.",
+        description="Call PEER directly through your NAT. Also: callpeer demo | lab | natcheck | "
+        "devices.",
         epilog="Both sides must ask for each other: `callpeer --as alice bob` and "
         "`callpeer --as bob alice`.",
     )
@@ -410,6 +411,58 @@ async def run_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def natcheck_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="callpeer natcheck",
+        description="How does your NAT map and filter, and which peers can you call directly? "
+        "(RFC 5780 tests against a STUN server with an alternate address: "
+        "callpeer-rendezvous --alt-address, or any RFC 5780 server)",
+    )
+    p.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="the STUN server (default: config 'server', else 127.0.0.1:3478)",
+    )
+    p.add_argument("--json", metavar="PATH|-", help="write the result as JSON (- for stdout)")
+    return p
+
+
+async def run_natcheck(args: argparse.Namespace) -> int:
+    from voip.nat.natcheck import classify  # noqa: PLC0415
+    from voip.natcheck_client import run_tests  # noqa: PLC0415
+
+    console = Console(stderr=args.json == "-", soft_wrap=True)
+    config = load_config()
+    text = args.server or config.server or format_address(DEFAULT_SERVER)
+    try:
+        host, port = parse_address(text, default_port=3478)
+        server = await resolve(host, port)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"--server: {exc}") from exc
+    console.print(
+        f"testing how your NAT behaves, with {format_address(server)}...", highlight=False
+    )
+    tests = await run_tests(server)
+    verdict = classify(tests)
+    result = verdict.to_dict(tests)
+    rows = [
+        ("your address here", result["local"]),
+        ("as the internet sees it", result["public"]),
+        ("mapping", result["mapping"] or "unknown"),
+        ("filtering", result["filtering"] or "unknown"),
+        ("so", verdict.kind),
+        ("direct calls work with", verdict.direct_with),
+        ("what would help", verdict.advice),
+    ]
+    for label, value in rows:
+        console.print(f"{label:>24}: {value}", highlight=False)
+    for note in tests.notes:
+        console.print(f"{'note':>24}: {note}", highlight=False)
+    if args.json:
+        write_json(result, args.json)
+    return EXIT_OK if verdict.reachable else EXIT_FAILED
+
+
 def run_devices() -> int:
     from voip.media.soundcard import list_devices  # noqa: PLC0415
 
@@ -439,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
             from voip.lab.cli import lab_parser, run_lab  # noqa: PLC0415 - Linux and root only
 
             return run_lab(lab_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "natcheck":
+            return asyncio.run(run_natcheck(natcheck_parser().parse_args(argv[1:])))
         if argv and argv[0] == "demo":
             return asyncio.run(_hang_up_on_sigterm(run_demo(demo_parser().parse_args(argv[1:]))))
         return asyncio.run(_hang_up_on_sigterm(run_call(call_parser().parse_args(argv))))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from voip.wire.stun import Address
 
-DatagramHandler = Callable[[bytes, Address, float], None]
+DatagramHandler = Callable[[bytes, Address, float], object]  # the result is ignored
 
 
 class _Protocol(asyncio.DatagramProtocol):

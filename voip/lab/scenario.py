@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from voip.lab.netns import LabError
-from voip.lab.topology import RELAY_IP, SERVER_IP, Lab, LabConfig
+from voip.lab.topology import RELAY_IP, SERVER_ALT_IP, SERVER_IP, Lab, LabConfig
 
 CALLERS = (("a", "alice", "bob"), ("b", "bob", "alice"))
 TONES = {"alice": 440.0, "bob": 660.0}
@@ -128,7 +128,14 @@ def run_lab_call(
         )
         server = lab.start(
             "server",
-            [*rendezvous, f"{SERVER_IP}:3478", "--turn-url", f"turn:{RELAY_IP}:3478"],
+            [
+                *rendezvous,
+                f"{SERVER_IP}:3478",
+                "--turn-url",
+                f"turn:{RELAY_IP}:3478",
+                "--alt-address",
+                SERVER_ALT_IP,
+            ],
             stdout=subprocess.PIPE,
         )
         for proc, what in ((relay, "relay"), (server, "rendezvous")):

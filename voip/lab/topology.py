@@ -33,6 +33,7 @@ from voip.lab.netns import (
 PREFIX = "cplab-"
 INTERNET = "203.0.113.0/24"
 SERVER_IP = "203.0.113.10"
+SERVER_ALT_IP = "203.0.113.11"  # the rendezvous's second address, for RFC 5780 tests
 RELAY_IP = "203.0.113.20"
 WAN_IPS = {"a": "203.0.113.1", "b": "203.0.113.2"}
 LANS = {"a": "198.18.1", "b": "198.18.2"}
@@ -185,6 +186,7 @@ class Lab:
 
         srv = self._ns("srv")
         attach_to_internet(srv, "eth0", SERVER_IP, "p-srv", delay=cfg.delay_server)
+        self._addr(srv, "eth0", f"{SERVER_ALT_IP}/24")
         self.nodes["server"] = Node(srv, SERVER_IP, SERVER_IP, "none")
         relay = self._ns("relay")
         attach_to_internet(relay, "eth0", RELAY_IP, "p-relay", delay=cfg.delay_relay)

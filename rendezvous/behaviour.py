@@ -1,0 +1,105 @@
+"""Binding answers for NAT behaviour discovery, sans-IO (RFC 5780 §7; RFC 3489 for old clients).
+
+With an alternate address the server listens on four transport addresses: its primary and
+alternate IP, each on the primary and the alternate port. Every Binding answer carries
+RESPONSE-ORIGIN (where it was sent from) and OTHER-ADDRESS (the alternate IP and port), and a
+CHANGE-REQUEST is honoured by answering from the other IP and/or port. Those are what let a
+client tell how its NAT maps and filters. Without an alternate address the server still
+answers, with no OTHER-ADDRESS, so a client knows which tests it cannot run here; a
+CHANGE-REQUEST then gets 420, as RFC 5780 §6.1 says.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from rendezvous.turn_server import Out
+from voip.wire.stun import (
+    Address,
+    Attr,
+    Class,
+    Message,
+    StunError,
+    encode,
+    encode_address,
+    encode_error_code,
+    encode_unknown_attributes,
+    encode_xor_address,
+    text,
+)
+
+CHANGE_IP = 0x04
+CHANGE_PORT = 0x02
+# RFC 3489 attributes an old client (Debian's `stun`) still reads
+CHANGED_ADDRESS = 0x0005
+SOURCE_ADDRESS = 0x0004
+
+
+@dataclass(frozen=True)
+class Addresses:
+    primary: Address
+    alternate: Address | None = None  # (alternate IP, alternate port)
+
+    def all(self) -> list[Address]:
+        if self.alternate is None:
+            return [self.primary]
+        (ip1, p1), (ip2, p2) = self.primary, self.alternate
+        return [(ip1, p1), (ip1, p2), (ip2, p1), (ip2, p2)]
+
+    def changed(self, local: Address, change_ip: bool, change_port: bool) -> Address:
+        """The local address that differs from `local` in IP and/or port, as asked."""
+        assert self.alternate is not None
+        ips = (self.primary[0], self.alternate[0])
+        ports = (self.primary[1], self.alternate[1])
+        ip = ips[1 - ips.index(local[0])] if change_ip else local[0]
+        port = ports[1 - ports.index(local[1])] if change_port else local[1]
+        return ip, port
+
+
+def change_request(flags: int) -> bytes:
+    return struct.pack("!I", flags)
+
+
+def answer_binding(
+    msg: Message, src: Address, local: Address, addresses: Addresses, software: str
+) -> list[Out]:
+    """The answer to a Binding request that arrived from `src` on our `local` address."""
+    flags = 0
+    raw = msg.get(Attr.CHANGE_REQUEST)
+    if raw is not None:
+        if len(raw) != 4:
+            raise StunError("CHANGE-REQUEST must be 4 bytes")
+        flags = struct.unpack("!I", raw)[0]
+    wants_change = bool(flags & (CHANGE_IP | CHANGE_PORT))
+    if wants_change and addresses.alternate is None:
+        reply = msg.reply(
+            Class.ERROR,
+            [
+                (
+                    Attr.ERROR_CODE,
+                    encode_error_code(420, "Unknown Attribute: no alternate address"),
+                ),
+                (Attr.UNKNOWN_ATTRIBUTES, encode_unknown_attributes([Attr.CHANGE_REQUEST])),
+            ],
+        )
+        return [Out(encode(reply, fingerprint=not msg.is_classic), src, local)]
+    origin = (
+        addresses.changed(local, bool(flags & CHANGE_IP), bool(flags & CHANGE_PORT))
+        if wants_change
+        else local
+    )
+    attrs: list[tuple[int, bytes]] = []
+    if msg.is_classic:  # RFC 3489: plain addresses, and its names for the same facts
+        attrs.append((Attr.MAPPED_ADDRESS, encode_address(src)))
+        attrs.append((SOURCE_ADDRESS, encode_address(origin)))
+        if addresses.alternate is not None:
+            attrs.append((CHANGED_ADDRESS, encode_address(addresses.alternate)))
+    else:
+        attrs.append((Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id)))
+        attrs.append((Attr.RESPONSE_ORIGIN, encode_address(origin)))
+        if addresses.alternate is not None:
+            attrs.append((Attr.OTHER_ADDRESS, encode_address(addresses.alternate)))
+    attrs.append((Attr.SOFTWARE, text(software)))
+    reply = msg.reply(Class.SUCCESS, attrs)
+    return [Out(encode(reply, fingerprint=not msg.is_classic), src, origin)]
