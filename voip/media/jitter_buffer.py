@@ -160,15 +160,6 @@ class AdaptiveJitterBuffer:
             return 0
         return self._highest - self._next_seq + 1
 
-    @property
-    def depth(self) -> int:
-        return len(self._packets)
-
-    @property
-    def delay_ms(self) -> float:
-        """The delay the buffer adds now: its level in frames."""
-        return 1000.0 * self.level * self.frame_s
-
     def pop(self, now: float) -> Frame | Gap | Expand | Comfort | None:
         """The frame due this tick; None before playout has started."""
         if self._next_seq is None:
