@@ -6,7 +6,9 @@ RESPONSE-ORIGIN (where it was sent from) and OTHER-ADDRESS (the alternate IP and
 CHANGE-REQUEST is honoured by answering from the other IP and/or port. Those are what let a
 client tell how its NAT maps and filters. Without an alternate address the server still
 answers, with no OTHER-ADDRESS, so a client knows which tests it cannot run here; a
-CHANGE-REQUEST then gets 420, as RFC 5780 §6.1 says.
+CHANGE-REQUEST then gets 420, as RFC 5780 §6.1 says. RESPONSE-PORT (§7.5) sends the answer to
+another port of the asking IP: that is how a client learns whether an idle mapping still lives
+without refreshing it.
 """
 
 from __future__ import annotations
@@ -71,6 +73,16 @@ def answer_binding(
         if len(raw) != 4:
             raise StunError("CHANGE-REQUEST must be 4 bytes")
         flags = struct.unpack("!I", raw)[0]
+    dest = src
+    raw_port = msg.get(Attr.RESPONSE_PORT)
+    if raw_port is not None and not msg.is_classic:
+        if len(raw_port) != 4:
+            raise StunError("RESPONSE-PORT must be 4 bytes")
+        port = struct.unpack("!H", raw_port[:2])[0]
+        if port == 0:
+            raise StunError("RESPONSE-PORT 0")
+        # The same IP only, so it cannot aim answers at anyone else.
+        dest = (src[0], port)
     wants_change = bool(flags & (CHANGE_IP | CHANGE_PORT))
     if wants_change and addresses.alternate is None:
         reply = msg.reply(
@@ -102,4 +114,4 @@ def answer_binding(
             attrs.append((Attr.OTHER_ADDRESS, encode_address(addresses.alternate)))
     attrs.append((Attr.SOFTWARE, text(software)))
     reply = msg.reply(Class.SUCCESS, attrs)
-    return [Out(encode(reply, fingerprint=not msg.is_classic), src, origin)]
+    return [Out(encode(reply, fingerprint=not msg.is_classic), dest, origin)]

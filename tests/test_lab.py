@@ -398,45 +398,85 @@ def test_a_quiet_dtx_call_outlives_a_short_nat_timeout(tmp_path: Path) -> None:
         assert dominant_frequency(pcm[-48000:]) == pytest.approx(660, abs=3)  # talk resumed
 
 
+def natcheck_in_lab(lab: Lab, cache: Path, *extra: str) -> dict[str, Any]:
+    """Run the rendezvous with its alternate address, then `callpeer natcheck` on alice."""
+    server = lab.start(
+        "server",
+        [
+            sys.executable,
+            "-m",
+            "rendezvous",
+            "--listen",
+            f"{SERVER_IP}:3478",
+            "--alt-address",
+            SERVER_ALT_IP,
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert server.stdout is not None and "listening" in server.stdout.readline()
+    out = lab.run(
+        "a",
+        [
+            "env",
+            f"XDG_CACHE_HOME={cache}",
+            sys.executable,
+            "-m",
+            "voip.cli",
+            "natcheck",
+            "--server",
+            f"{SERVER_IP}:3478",
+            "--json",
+            "-",
+            *extra,
+        ],
+    )
+    report: dict[str, Any] = json.loads(out)
+    return report
+
+
 @pytest.mark.parametrize(
-    ("kind", "mapping", "filtering"),
+    ("kind", "mapping", "filtering", "ports"),
     [
-        ("none", "endpoint-independent", "endpoint-independent"),
-        ("cone", "endpoint-independent", "address-and-port-dependent"),
-        ("full-cone", "endpoint-independent", "endpoint-independent"),
-        ("symmetric", "address-and-port-dependent", "address-and-port-dependent"),
+        ("none", "endpoint-independent", "endpoint-independent", "not translated"),
+        ("cone", "endpoint-independent", "address-and-port-dependent", "preserved"),
+        ("full-cone", "endpoint-independent", "endpoint-independent", "preserved"),
+        ("symmetric", "address-and-port-dependent", "address-and-port-dependent", "random"),
     ],
 )
-def test_natcheck_classifies_each_lab_nat_exactly(kind: str, mapping: str, filtering: str) -> None:
+def test_natcheck_classifies_each_lab_nat_exactly(
+    kind: str, mapping: str, filtering: str, ports: str, tmp_path: Path
+) -> None:
     with Lab(LabConfig(nat_a=kind)) as lab:
-        server = lab.start(
-            "server",
-            [
-                sys.executable,
-                "-m",
-                "rendezvous",
-                "--listen",
-                f"{SERVER_IP}:3478",
-                "--alt-address",
-                SERVER_ALT_IP,
-            ],
-            stdout=subprocess.PIPE,
-        )
-        assert server.stdout is not None and "listening" in server.stdout.readline()
-        out = lab.run(
-            "a",
-            [
-                sys.executable,
-                "-m",
-                "voip.cli",
-                "natcheck",
-                "--server",
-                f"{SERVER_IP}:3478",
-                "--json",
-                "-",
-            ],
-        )
-    report = json.loads(out)
+        report = natcheck_in_lab(lab, tmp_path)
     assert (report["mapping"], report["filtering"]) == (mapping, filtering), report
     assert report["behind_nat"] is (kind != "none")
     assert report["public"].split(":")[0] == lab.nodes["a"].public_ip
+    assert report["port_allocation"].startswith(ports), report
+    # None of these routers hairpins; with no NAT there is nothing to hairpin.
+    assert report["tests"]["hairpin_arrived"] is (None if kind == "none" else False)
+
+
+@pytest.mark.parametrize("kind", ["cone", "symmetric"])
+def test_natcheck_sees_a_hairpinning_router(kind: str, tmp_path: Path) -> None:
+    with Lab(LabConfig(nat_a=kind, hairpin=True)) as lab:
+        report = natcheck_in_lab(lab, tmp_path)
+    tests = report["tests"]
+    assert tests["hairpin_arrived"] is True
+    # It came back in with the sender's public mapping as its source, as RFC 4787 asks.
+    assert tests["hairpin_source"] == tests["hairpin_sender_public"]
+    assert tests["hairpin_source"].split(":")[0] == lab.nodes["a"].public_ip
+    assert report["hairpinning"].startswith("yes, from the sender's public address")
+
+
+@pytest.mark.parametrize("kind", ["cone", "symmetric"])
+def test_natcheck_measures_the_mapping_lifetime(kind: str, tmp_path: Path) -> None:
+    truth = 4  # s: the router's conntrack UDP timeout
+    with Lab(LabConfig(nat_a=kind, udp_timeout=truth)) as lab:
+        report = natcheck_in_lab(lab, tmp_path, "--lifetime", "10")
+    alive, gone = report["lifetime_s"]["alive_after"], report["lifetime_s"]["gone_by"]
+    # Quiet periods 2, 4, 8, 10 then 2.4 ... 3.6: the truth lies between the last one that
+    # lived and the first one that died, one refinement step (0.4 s) apart.
+    assert gone is not None and alive <= truth + 0.05 and gone >= truth - 0.1, report
+    assert gone - alive <= 0.45, report
+    saved = json.loads((tmp_path / "callpeer" / "nat.json").read_text())
+    assert saved[lab.nodes["a"].ip]["lifetime"] == alive  # kept for calls

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,29 @@ from pathlib import Path
 import pytest
 
 from rendezvous.behaviour import CHANGE_IP, CHANGE_PORT, Addresses, answer_binding, change_request
-from voip.nat.natcheck import ADM, APDM, EIM, NatTests, classify
-from voip.wire.stun import Attr, Class, Message, Method, encode, parse_message_untrusted
+from voip.nat.nat_memory import MAX_AGE, memory_path, recall, remember
+from voip.nat.natcheck import (
+    ADM,
+    APDM,
+    EIM,
+    NatTests,
+    bounds,
+    classify,
+    coarse_waits,
+    hairpinning,
+    keepalive_interval,
+    port_allocation,
+    refine_waits,
+)
+from voip.wire.stun import (
+    Attr,
+    Class,
+    Message,
+    Method,
+    StunError,
+    encode,
+    parse_message_untrusted,
+)
 
 P1, P2 = ("203.0.113.10", 3478), ("203.0.113.11", 3479)
 CLIENT = ("198.51.100.5", 40000)
@@ -66,6 +88,18 @@ def test_classic_rfc3489_client_gets_its_attributes() -> None:
     assert reply.address() == CLIENT  # MAPPED-ADDRESS
     assert reply.address(0x0004) == (P1[0], P2[1])  # SOURCE-ADDRESS: where it came from
     assert reply.address(0x0005) == P2  # CHANGED-ADDRESS
+
+
+def test_response_port_aims_the_answer_at_another_port_of_the_same_ip() -> None:
+    attrs = ((Attr.RESPONSE_PORT, bytes([0x9C, 0x41, 0, 0])),)  # port 40001
+    req = parse_message_untrusted(encode(Message(Method.BINDING, Class.REQUEST, attributes=attrs)))
+    [out] = answer_binding(req, CLIENT, P1, ADDRS, "test")
+    assert out.dest == (CLIENT[0], 40001)
+    assert parse_message_untrusted(out.data).xor_address() == CLIENT  # still who asked
+    bad = ((Attr.RESPONSE_PORT, bytes(4)),)
+    req = parse_message_untrusted(encode(Message(Method.BINDING, Class.REQUEST, attributes=bad)))
+    with pytest.raises(StunError):
+        answer_binding(req, CLIENT, P1, ADDRS, "test")
 
 
 LOCAL = ("198.18.1.2", 5000)
@@ -143,6 +177,66 @@ def test_no_answer_and_no_alternate_are_said_plainly() -> None:
     assert partial.reachable and partial.mapping is None and "OTHER-ADDRESS" in partial.kind
 
 
+def test_hairpinning_words_follow_the_source_the_request_came_from() -> None:
+    pub = ("203.0.113.1", 5000)
+    t = NatTests(local=LOCAL, server=P1, mapped1=pub, sender_local=("198.18.1.2", 5001))
+    assert hairpinning(t) is None  # not tested
+    t.hairpin = False
+    assert (hairpinning(t) or "").startswith("no")
+    t.hairpin, t.sender_mapped = True, ("203.0.113.1", 5001)
+    t.hairpin_source = t.sender_mapped
+    assert "public address" in (hairpinning(t) or "")
+    t.hairpin_source = t.sender_local
+    assert "local address" in (hairpinning(t) or "")
+
+
+@pytest.mark.parametrize(
+    ("ports", "behind", "starts"),
+    [
+        ([(5000, 5000), (5001, 5001)], True, None),  # too few to tell
+        ([(5000, 5000), (5001, 5001), (6000, 6000)], False, "not translated"),
+        ([(5000, 5000), (5001, 5001), (6000, 6000)], True, "preserved"),
+        ([(5000, 1024), (5001, 1025), (6000, 1027), (6100, 1028)], True, "sequential"),
+        ([(5000, 1024), (5001, 1025), (6000, 1024)], True, "random"),  # a step back
+        ([(5000, 31000), (5001, 4500), (6000, 52000)], True, "random"),
+    ],
+)
+def test_port_allocation(ports: list[tuple[int, int]], behind: bool, starts: str | None) -> None:
+    words = port_allocation(ports, behind)
+    assert (words or "").startswith(starts or "") and (words is None) == (starts is None)
+
+
+def test_lifetime_search_plans_and_bounds() -> None:
+    assert coarse_waits(10) == [2, 4, 8, 10]
+    assert coarse_waits(120) == [2, 4, 8, 15, 30, 60, 120]
+    assert refine_waits(30, 60) == [36, 42, 48, 54]
+    assert bounds({2: True, 4: True, 8: False}) == (4, 8)
+    assert bounds({36: True, 42: False}, 30, 60) == (36, 42)  # refines, never widens
+    assert bounds({2: True, 10: True}) == (10, None)  # outlived the longest tried
+    assert keepalive_interval(30) == 10 and keepalive_interval(4) == 4 / 3
+    assert keepalive_interval(0.5) == 1.0 and keepalive_interval(600) == 10
+
+
+def test_nat_memory_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    pub = ("203.0.113.1", 5000)
+    tests = NatTests(local=LOCAL, server=P1, other=P2, mapped1=pub, mapped2=pub, filter_any=True)
+    tests.lifetime = (24.0, 30.0)
+    assert remember(tests, classify(tests), now=1000.0) == memory_path()
+    known = recall(LOCAL[0], now=2000.0)
+    assert known is not None and known.lifetime == 24.0 and known.mapping == EIM
+    assert recall("192.0.2.7", now=2000.0) is None  # another network
+    assert recall(LOCAL[0], now=1000.0 + MAX_AGE + 1) is None  # too old
+    tests.lifetime = None  # a later run without --lifetime keeps the measured one
+    remember(tests, classify(tests), now=3000.0)
+    again = recall(LOCAL[0], now=3000.0)
+    assert again is not None and again.lifetime == 24.0 and again.measured_at == 3000.0
+    memory_path().write_text("{not json", encoding="utf-8")
+    assert recall(LOCAL[0], now=3000.0) is None
+    memory_path().write_text(json.dumps({LOCAL[0]: {"measured_at": "x"}}), encoding="utf-8")
+    assert recall(LOCAL[0], now=3000.0) is None
+
+
 BIN = Path(sys.executable).parent
 
 
@@ -160,8 +254,11 @@ def test_natcheck_command_on_loopback(tmp_path: Path, alternate: bool) -> None:
                 f"127.0.0.1:{server.address[1]}",
                 "--json",
                 "-",
+                "--lifetime",
+                "2",
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)},
             )
             out, err = await asyncio.wait_for(proc.communicate(), 30)
             return subprocess.CompletedProcess([], proc.returncode or 0, out.decode(), err.decode())
@@ -172,6 +269,11 @@ def test_natcheck_command_on_loopback(tmp_path: Path, alternate: bool) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["behind_nat"] is False and report["public"] == report["local"]
+    # No NAT: a quiet socket stays reachable (RESPONSE-PORT answers reach it), ports unchanged.
+    assert report["lifetime_s"] == {"alive_after": 2.0, "gone_by": None}
+    assert report["port_allocation"].startswith("not translated")
+    assert report["hairpinning"] is None  # nothing to turn around without a NAT
+    assert "a mapping quiet for 2.0 s still lets answers in" in result.stderr
     if alternate:
         assert (report["mapping"], report["filtering"]) == (EIM, EIM)
         assert "no NAT" in report["kind"]

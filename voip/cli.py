@@ -423,14 +423,30 @@ def natcheck_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="the STUN server (default: config 'server', else 127.0.0.1:3478)",
     )
+    p.add_argument(
+        "--lifetime",
+        nargs="?",
+        type=float,
+        const=LIFETIME_LIMIT,
+        metavar="MAX_SECONDS",
+        help="also measure how long the NAT keeps a quiet mapping, trying quiet periods up to "
+        f"MAX_SECONDS (default {LIFETIME_LIMIT:.0f}); takes up to twice that. Calls then "
+        "send keepalives to match",
+    )
     p.add_argument("--json", metavar="PATH|-", help="write the result as JSON (- for stdout)")
     return p
 
 
-async def run_natcheck(args: argparse.Namespace) -> int:
-    from voip.nat.natcheck import classify  # noqa: PLC0415
-    from voip.natcheck_client import run_tests  # noqa: PLC0415
+LIFETIME_LIMIT = 120.0
 
+
+async def run_natcheck(args: argparse.Namespace) -> int:
+    from voip.nat.nat_memory import remember  # noqa: PLC0415
+    from voip.nat.natcheck import classify  # noqa: PLC0415
+    from voip.natcheck_client import measure_lifetime, run_tests  # noqa: PLC0415
+
+    if args.lifetime is not None and not 2 <= args.lifetime <= 3600:
+        raise UsageError("--lifetime: MAX_SECONDS must be 2-3600")
     console = Console(stderr=args.json == "-", soft_wrap=True)
     config = load_config()
     text = args.server or config.server or format_address(DEFAULT_SERVER)
@@ -443,6 +459,19 @@ async def run_natcheck(args: argparse.Namespace) -> int:
         f"testing how your NAT behaves, with {format_address(server)}...", highlight=False
     )
     tests = await run_tests(server)
+    if args.lifetime is not None and tests.mapped1 is not None:
+        console.print(
+            f"measuring how long your NAT keeps a quiet mapping (up to {args.lifetime:.0f} s "
+            f"of quiet; this takes up to {2 * args.lifetime:.0f} s)...",
+            highlight=False,
+        )
+        started = asyncio.get_running_loop().time()
+
+        def progress(line: str) -> None:
+            elapsed = asyncio.get_running_loop().time() - started
+            console.print(f"  [{elapsed:5.1f} s] {line}", highlight=False)
+
+        await measure_lifetime(server, args.lifetime, progress, tests)
     verdict = classify(tests)
     result = verdict.to_dict(tests)
     rows = [
@@ -450,6 +479,9 @@ async def run_natcheck(args: argparse.Namespace) -> int:
         ("as the internet sees it", result["public"]),
         ("mapping", result["mapping"] or "unknown"),
         ("filtering", result["filtering"] or "unknown"),
+        ("hairpinning", verdict.hairpinning or "not tested"),
+        ("public ports", verdict.port_allocation or "not tested"),
+        ("mapping lifetime", verdict.lifetime or "not measured (--lifetime)"),
         ("so", verdict.kind),
         ("direct calls work with", verdict.direct_with),
         ("what would help", verdict.advice),
@@ -458,6 +490,10 @@ async def run_natcheck(args: argparse.Namespace) -> int:
         console.print(f"{label:>24}: {value}", highlight=False)
     for note in tests.notes:
         console.print(f"{'note':>24}: {note}", highlight=False)
+    if verdict.reachable:
+        saved = remember(tests, verdict)
+        if saved is not None and tests.lifetime is not None:
+            console.print(f"{'saved for calls':>24}: {saved}", highlight=False)
     if args.json:
         write_json(result, args.json)
     return EXIT_OK if verdict.reachable else EXIT_FAILED

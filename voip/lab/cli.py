@@ -33,7 +33,12 @@ def lab_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--same-nat",
         action="store_true",
-        help="put bob on alice's LAN, behind the same router (no hairpinning)",
+        help="put bob on alice's LAN, behind the same router",
+    )
+    p.add_argument(
+        "--hairpin",
+        action="store_true",
+        help="routers turn packets for their own public addresses back inside (hairpinning)",
     )
     p.add_argument(
         "--delay-a",
@@ -84,6 +89,7 @@ def config_from_args(args: argparse.Namespace) -> LabConfig:
         nat_a=args.nat_a,
         nat_b=args.nat_b,
         same_nat=args.same_nat,
+        hairpin=args.hairpin,
         delay_a=args.delay_a,
         delay_b=args.delay_b,
         delay_relay=args.delay_relay,
@@ -133,7 +139,7 @@ def run_lab(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     console = Console(stderr=args.json == "-", soft_wrap=True)
     config = config_from_args(args)
-    same = ", same NAT" if config.same_nat else ""
+    same = (", same NAT" if config.same_nat else "") + (", hairpinning" if config.hairpin else "")
     console.print(
         f"lab: alice behind {config.nat_a}, bob behind {config.nat_b}{same}; one-way "
         f"delay {config.delay_a:g} + {config.delay_b:g} ms, loss {config.loss:g} %; "

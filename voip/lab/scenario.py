@@ -45,6 +45,7 @@ class LabCallResult:
                 "a": self.config.nat_a,
                 "b": self.config.nat_b,
                 "same_nat": self.config.same_nat,
+                "hairpin": self.config.hairpin,
             },
             "delay_ms": {
                 "a": self.config.delay_a,

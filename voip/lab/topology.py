@@ -44,6 +44,7 @@ class LabConfig:
     nat_a: str = "cone"
     nat_b: str = "cone"
     same_nat: bool = False  # b sits on a's LAN, behind a's router
+    hairpin: bool = False  # routers turn packets for their own public addresses back inside
     delay_a: float = 0.0  # ms, one way, on the way in to a's link
     delay_b: float = 0.0
     delay_relay: float = 0.0
@@ -226,7 +227,11 @@ class Lab:
                 self.nodes[name] = Node(host_ns, host_ip, wan_ip, kind, router)
             self._addr(router, "lan", f"{lan}.1/24")
             run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=router)
-            run(["nft", "-f", "-"], ns=router, input_text=router_ruleset(kind, lan_hosts))
+            # A hairpinned packet leaves by the interface it came in on: no ICMP redirects.
+            for conf in ("all", "default", "lan"):
+                run(["sysctl", "-qw", f"net.ipv4.conf.{conf}.send_redirects=0"], ns=router)
+            ruleset = router_ruleset(kind, lan_hosts, hairpin=cfg.hairpin, wan_ip=wan_ip)
+            run(["nft", "-f", "-"], ns=router, input_text=ruleset)
             if (timeout := cfg.timeout_for(side)) is not None:
                 # Per namespace: each router keeps its own mapping lifetime.
                 for key in ("nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"):

@@ -14,6 +14,7 @@ Filtering (§4.4):
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,12 @@ class NatTests:
     mapped3: Address | None = None
     filter_any: bool | None = None  # answer from the other IP and port arrived
     filter_port: bool | None = None  # answer from the other port arrived
+    hairpin: bool | None = None  # a request to our own public address came back in
+    hairpin_source: Address | None = None  # where that request seemed to come from
+    sender_local: Address | None = None  # the socket that sent it, and its public address
+    sender_mapped: Address | None = None
+    ports: list[tuple[int, int]] = field(default_factory=list)  # (local, public), in order
+    lifetime: tuple[float, float | None] | None = None  # (alive after, gone by) in s
     notes: list[str] = field(default_factory=list)
 
 
@@ -49,6 +56,9 @@ class NatVerdict:
     kind: str  # in plain words
     direct_with: str  # which peers a direct call works with
     advice: str
+    hairpinning: str | None = None
+    port_allocation: str | None = None
+    lifetime: str | None = None
 
     def to_dict(self, tests: NatTests) -> dict[str, Any]:
         def addr(a: Address | None) -> str | None:
@@ -64,6 +74,12 @@ class NatVerdict:
             "kind": self.kind,
             "direct_with": self.direct_with,
             "advice": self.advice,
+            "hairpinning": self.hairpinning,
+            "port_allocation": self.port_allocation,
+            "lifetime": self.lifetime,
+            "lifetime_s": None
+            if tests.lifetime is None
+            else {"alive_after": tests.lifetime[0], "gone_by": tests.lifetime[1]},
             "tests": {
                 "mapped_primary": addr(tests.mapped1),
                 "mapped_alternate_ip": addr(tests.mapped2),
@@ -71,6 +87,10 @@ class NatVerdict:
                 "answer_from_other_ip_and_port": tests.filter_any,
                 "answer_from_other_port": tests.filter_port,
                 "server_other_address": addr(tests.other),
+                "hairpin_arrived": tests.hairpin,
+                "hairpin_source": addr(tests.hairpin_source),
+                "hairpin_sender_public": addr(tests.sender_mapped),
+                "ports_local_public": [list(p) for p in tests.ports],
             },
             "notes": tests.notes,
         }
@@ -100,7 +120,100 @@ def classify(t: NatTests) -> NatVerdict:
             filtering = EIM
         elif t.filter_port is not None:
             filtering = ADM if t.filter_port else APDM
-    return NatVerdict(True, behind, mapping, filtering, *_words(behind, mapping, filtering))
+    return NatVerdict(
+        True,
+        behind,
+        mapping,
+        filtering,
+        *_words(behind, mapping, filtering),
+        hairpinning=hairpinning(t),
+        port_allocation=port_allocation(t.ports, behind),
+        lifetime=lifetime_words(t.lifetime),
+    )
+
+
+def hairpinning(t: NatTests) -> str | None:
+    if t.hairpin is None:
+        return None
+    if not t.hairpin:
+        return (
+            "no: a packet to your own public address does not come back in, so two people "
+            "behind this router reach each other only by their local addresses"
+        )
+    if t.hairpin_source is not None and t.hairpin_source == t.sender_mapped:
+        return "yes, from the sender's public address (RFC 4787 REQ-9)"
+    if t.hairpin_source is not None and t.hairpin_source == t.sender_local:
+        return (
+            "yes, but from the sender's local address, not its public one (RFC 4787 REQ-9 "
+            "wants the public one): a peer's checks may not match"
+        )
+    return "yes"
+
+
+SEQUENTIAL_STEP = 16  # largest step between consecutive new public ports still called sequential
+
+
+def port_allocation(ports: list[tuple[int, int]], behind: bool) -> str | None:
+    """How public ports are chosen, from (local, public) pairs of fresh sockets in order."""
+    if len(ports) < 3:
+        return None
+    if not behind:
+        return "not translated: your public port is your local port"
+    if all(local == public for local, public in ports):
+        return "preserved: your public port is your local port"
+    public = [p for _, p in ports]
+    steps = [b - a for a, b in itertools.pairwise(public)]
+    if all(0 < s <= SEQUENTIAL_STEP for s in steps):
+        return (
+            f"sequential (steps of {'/'.join(str(s) for s in sorted(set(steps)))}): the next "
+            "public port can be predicted"
+        )
+    return "random: the next public port cannot be predicted"
+
+
+def lifetime_words(lifetime: tuple[float, float | None] | None) -> str | None:
+    if lifetime is None:
+        return None
+    alive, gone = lifetime
+    if gone is None:
+        return f"over {alive:.0f} s (the longest quiet tried)"
+    return (
+        f"between {alive:.1f} and {gone:.1f} s of quiet; a keepalive every "
+        f"{keepalive_interval(alive):.0f} s holds it"
+    )
+
+
+def keepalive_interval(lifetime: float, default: float = 10.0) -> float:
+    """How often to send on an idle mapping that lives `lifetime` s: a third, so two lost
+    keepalives in a row still hold it, and never slower than `default`."""
+    return max(1.0, min(default, lifetime / 3))
+
+
+# -- the mapping lifetime search (pure planning; the client runs the probes) ------------------
+COARSE_WAITS = (2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 240.0, 480.0)
+REFINE_POINTS = 4
+
+
+def coarse_waits(limit: float) -> list[float]:
+    """Quiet periods for the first round: doubling-ish, up to and including `limit`."""
+    return [w for w in COARSE_WAITS if w < limit] + [limit]
+
+
+def refine_waits(alive: float, gone: float, points: int = REFINE_POINTS) -> list[float]:
+    """Quiet periods for the second round, evenly inside (alive, gone)."""
+    return [alive + (gone - alive) * i / (points + 1) for i in range(1, points + 1)]
+
+
+def bounds(
+    results: dict[float, bool], alive: float = 0.0, gone: float | None = None
+) -> tuple[float, float | None]:
+    """(longest quiet a mapping outlived, shortest it did not) from {wait: outlived}."""
+    for wait, lived in results.items():
+        if lived:
+            alive = max(alive, wait)
+        elif gone is None or wait < gone:
+            gone = wait
+    return alive, gone
 
 
 def _words(behind: bool, mapping: str | None, filtering: str | None) -> tuple[str, str, str]:
