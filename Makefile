@@ -4,8 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Opus and PortAudio for calls; iproute2, nftables and ethtool for the lab; espeak-ng for speech;
-# coturn to interoperate with (its turnserver and test clients, started only by the tests).
-SYSLIBS := libopus0 libportaudio2 iproute2 nftables ethtool espeak-ng coturn
+# coturn to interoperate with (its turnserver and test clients, started only by the tests);
+# stun-client, Debian's RFC 3489 client, to check natcheck against.
+SYSLIBS := libopus0 libportaudio2 iproute2 nftables ethtool espeak-ng coturn stun-client
 
 .PHONY: demo test lint sys-deps venv clean
 

@@ -112,6 +112,10 @@ def answer_binding(
         attrs.append((Attr.RESPONSE_ORIGIN, encode_address(origin)))
         if addresses.alternate is not None:
             attrs.append((Attr.OTHER_ADDRESS, encode_address(addresses.alternate)))
+    if msg.is_classic:
+        # RFC 3489's SERVER attribute is a multiple of 4 bytes long; an old client (Debian's
+        # `stun`) rejects any other length, so pad with spaces as RFC 5769's vectors do.
+        software += " " * (-len(software.encode()) % 4)
     attrs.append((Attr.SOFTWARE, text(software)))
     reply = msg.reply(Class.SUCCESS, attrs)
     return [Out(encode(reply, fingerprint=not msg.is_classic), dest, origin)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import signal
 import statistics
 import subprocess
@@ -480,3 +481,52 @@ def test_natcheck_measures_the_mapping_lifetime(kind: str, tmp_path: Path) -> No
     assert gone - alive <= 0.45, report
     saved = json.loads((tmp_path / "callpeer" / "nat.json").read_text())
     assert saved[lab.nodes["a"].ip]["lifetime"] == alive  # kept for calls
+
+
+# What Debian's RFC 3489 client prints (stund's client.cxx) for each of our classifications.
+STUN_MAPPING = {"Independent Mapping": "endpoint-independent", "Dependent Mapping": "dependent"}
+STUN_FILTER = {
+    "Independent Filter": "endpoint-independent",
+    "Address Dependent Filter": "address-dependent",
+    "Port Dependent Filter": "address-and-port-dependent",
+}
+
+
+def classic_stun_verdict(line: str) -> dict[str, Any]:
+    """Debian `stun`'s summary, e.g. 'Primary: Independent Mapping, Port Dependent Filter,
+    preserves ports, no hairpin', in natcheck's terms."""
+    parts = [p.strip() for p in line.split(":", 1)[1].split(",")]
+    if parts[0] == "Open":
+        return {"behind_nat": False, "mapping": "endpoint-independent", "filtering": None}
+    return {
+        "behind_nat": True,
+        "mapping": STUN_MAPPING[parts[0]],
+        "filtering": next((STUN_FILTER[p] for p in parts if p in STUN_FILTER), None),
+        "preserves": "preserves ports" in parts,
+        "hairpin": "will hairpin" in parts,
+    }
+
+
+@pytest.mark.skipif(shutil.which("stun") is None, reason="Debian's stun-client is not installed")
+@pytest.mark.parametrize(
+    ("kind", "hairpin"),
+    [("none", False), ("cone", False), ("full-cone", False), ("symmetric", False), ("cone", True)],
+)
+def test_debian_stun_client_agrees_with_natcheck(kind: str, hairpin: bool, tmp_path: Path) -> None:
+    with Lab(LabConfig(nat_a=kind, hairpin=hairpin)) as lab:
+        ours = natcheck_in_lab(lab, tmp_path)
+        # RFC 3489, against the same server; its exit status is the NAT type's code.
+        out = lab.run("a", ["stun", SERVER_IP], check=False)
+    [summary] = [line for line in out.splitlines() if line.startswith("Primary:")]
+    theirs = classic_stun_verdict(summary)
+    assert theirs["behind_nat"] is ours["behind_nat"], (summary, ours)
+    # RFC 3489 lumps address- and port-dependent mapping together as "Dependent".
+    our_mapping = "dependent" if ours["mapping"] != "endpoint-independent" else ours["mapping"]
+    assert theirs["mapping"] == our_mapping, (summary, ours)
+    if kind == "none":
+        assert ours["filtering"] == "endpoint-independent"  # "Open"
+        return
+    if theirs["mapping"] == "endpoint-independent":  # stun tests filtering only then
+        assert theirs["filtering"] == ours["filtering"], (summary, ours)
+    assert theirs["preserves"] is ours["port_allocation"].startswith("preserved"), summary
+    assert theirs["hairpin"] is hairpin is ours["tests"]["hairpin_arrived"], (summary, ours)

@@ -253,8 +253,8 @@ class Lab:
         self.processes.append(proc)
         return proc
 
-    def run(self, node: str, args: list[str]) -> str:
-        return run(args, ns=self.nodes[node].ns)
+    def run(self, node: str, args: list[str], *, check: bool = True) -> str:
+        return run(args, ns=self.nodes[node].ns, check=check)
 
     def cut(self, side: str, peer_ip: str) -> None:
         """Block everything between `side`'s router and `peer_ip`: a direct path dies, while
