@@ -179,7 +179,9 @@ class RendezvousLogic:
         if req.peer == req.name:
             return self._error(msg, src, ERR_BAD_REQUEST, "cannot call yourself")
         try:
-            entry = self.registry.register(req.name, src, req.host_candidates, req.peer, now)
+            entry = self.registry.register(
+                req.name, src, req.host_candidates, req.peer, now, mapping=req.mapping
+            )
         except NameTaken:
             self.stats["name_taken"] += 1
             return self._error(
@@ -202,12 +204,19 @@ class RendezvousLogic:
                     (Attr.LIFETIME, u32(int(self.registry.lifetime))),
                     (Attr.CP_STATUS, text(status)),
                     *self._relay_attributes(req.name, now),
+                    *self._other_address(),
                 ],
             )
         ]
         if peer is not None:
             out += self._introduce(entry, peer, now)
         return out
+
+    def _other_address(self) -> list[tuple[int, bytes]]:
+        """OTHER-ADDRESS, so a client can learn its NAT's mapping with one more Binding."""
+        if self.addresses is None or self.addresses.alternate is None:
+            return []
+        return [(Attr.OTHER_ADDRESS, encode_address(self.addresses.alternate))]
 
     def _relay_attributes(self, name: str, now: float) -> list[tuple[int, bytes]]:
         if self.relay is None:
@@ -245,6 +254,7 @@ class RendezvousLogic:
                 remote_ufrag=creds[peer.name][0],
                 remote_pwd=creds[peer.name][1],
                 controlling=me is first,
+                peer_mapping=peer.mapping,
             )
             req = ready.to_message()
             data = encode(req, fingerprint=True)

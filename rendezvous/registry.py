@@ -16,6 +16,7 @@ class Entry:
     expires: float
     since: float  # first registration; the earlier caller gets the controlling role
     wants: str | None = None
+    mapping: str | None = None  # its NAT's mapping behaviour, if the client found out
 
 
 class NameTaken(Exception):
@@ -49,6 +50,8 @@ class Registry:
         host_candidates: tuple[Candidate, ...],
         wants: str | None,
         now: float,
+        *,
+        mapping: str | None = None,
     ) -> Entry:
         """Add or refresh `name`. A live name held from another address raises NameTaken."""
         entry = self.get(name, now)
@@ -63,6 +66,8 @@ class Registry:
             if wants is not None and entry.wants != wants:
                 entry.since = now  # a new call request waits from now
             entry.wants = wants
+        if mapping is not None:
+            entry.mapping = mapping
         return entry
 
     def remove(self, name: str, reflexive: Address) -> bool:

@@ -530,3 +530,69 @@ def test_debian_stun_client_agrees_with_natcheck(kind: str, hairpin: bool, tmp_p
         assert theirs["filtering"] == ours["filtering"], (summary, ours)
     assert theirs["preserves"] is ours["port_allocation"].startswith("preserved"), summary
     assert theirs["hairpin"] is hairpin is ours["tests"]["hairpin_arrived"], (summary, ours)
+
+
+def test_both_symmetric_nats_go_straight_to_the_relay(tmp_path: Path) -> None:
+    """Each caller learns at registration that its NAT maps per destination; knowing both do,
+    they use the relay as soon as it answers, without RELAY_GRACE (1.5 s) for direct pairs."""
+    cfg = LabConfig(nat_a="symmetric", nat_b="symmetric", delay_a=5, delay_b=5, delay_relay=40)
+    result = run_lab_call(cfg, tmp_path, duration=2, speech=False)
+    for name in ("alice", "bob"):
+        report = result.callers[name].report
+        assert report is not None, result.callers[name].stderr
+        assert report["path"] == "relay"
+        assert report["nat_mapping"] == {"mine": "dependent", "peer": "dependent"}
+    alice = result.callers["alice"].report
+    assert alice is not None
+    # Relay checks and nomination are ~2.5 relayed round trips (93 ms) after a permission:
+    # ~440 ms measured; 1.79 s when the grace is spent (bench/hopeless_punching.py).
+    assert alice["setup_ms"] < 1000, alice["setup_ms"]
+    assert "both NATs map per destination" in alice["paths"]["direct"]["reason"]
+
+
+@pytest.mark.parametrize("measured", [False, True])
+def test_keepalive_follows_the_mapping_lifetime_natcheck_measured(
+    measured: bool, tmp_path: Path
+) -> None:
+    """Alice's symmetric NAT forgets a quiet mapping after 4 s; she waits 12 s for bob. By
+    default she refreshes her name every 10 s, by then from a new public port, which the
+    rendezvous cannot tell from a stranger taking her name. After `natcheck --lifetime` the
+    call refreshes often enough to keep the mapping, and bob finds her."""
+    cache = tmp_path / "cache"
+    cfg = LabConfig(nat_a="symmetric", nat_b="cone", udp_timeout_a=4)
+
+    def natcheck(lab: Lab) -> None:
+        lab.run(
+            "a",
+            [
+                "env",
+                f"XDG_CACHE_HOME={cache}",
+                sys.executable,
+                "-m",
+                "voip.cli",
+                "natcheck",
+                "--server",
+                f"{SERVER_IP}:3478",
+                "--lifetime",
+                "8",
+            ],
+        )
+
+    result = run_lab_call(
+        cfg,
+        tmp_path,
+        duration=2,
+        speech=False,
+        wait=30,
+        bob_after=12,
+        prepare=natcheck if measured else None,
+        env={"XDG_CACHE_HOME": str(cache)},
+    )
+    alice = result.callers["alice"]
+    if measured:
+        assert alice.exit_code == 0, alice.stderr
+        assert alice.report is not None and alice.report["keepalive_s"] <= 4 / 2
+        assert "keepalives every" in alice.stderr
+    else:
+        assert alice.exit_code != 0
+        assert "409" in alice.stderr, alice.stderr

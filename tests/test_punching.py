@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from rendezvous.behaviour import Addresses
 from rendezvous.logic import RelayOffer, RendezvousLogic
 from tests.netsim import Address, Nat, Network, Transmit
 from voip.nat import checks
@@ -16,7 +17,19 @@ from voip.nat.connector import (
     PeerTimeout,
     RelayUnavailable,
 )
-from voip.wire.stun import Attr, Class, Message, Method, encode, message_type, text, u32, u64
+from voip.wire.signal import MAPPING_DEPENDENT, MAPPING_INDEPENDENT
+from voip.wire.stun import (
+    Attr,
+    Class,
+    Message,
+    Method,
+    encode,
+    message_type,
+    parse_message_untrusted,
+    text,
+    u32,
+    u64,
+)
 
 SERVER: Address = ("203.0.113.10", 3478)
 
@@ -33,6 +46,23 @@ class ServerNode:
 
     def next_deadline(self) -> float | None:
         return self.logic.next_deadline()
+
+
+class AlternateNode:
+    """The rendezvous's RFC 5780 alternate address: Binding answers only, from there."""
+
+    def __init__(self, logic: RendezvousLogic, local: Address):
+        self.logic, self.local = logic, local
+
+    def handle(self, data: bytes, src: Address, now: float) -> list[Transmit]:
+        msg = parse_message_untrusted(data)
+        return [(out.data, out.dest) for out in self.logic.binding(msg, src, self.local)]
+
+    def poll(self, now: float) -> list[Transmit]:
+        return []
+
+    def next_deadline(self) -> float | None:
+        return None
 
 
 class ClientNode:
@@ -253,3 +283,75 @@ def test_an_unreachable_relay_delays_but_does_not_stop_the_call() -> None:
     unavailable = a.first(RelayUnavailable)
     assert isinstance(unavailable, RelayUnavailable)
     assert "relay" in unavailable.reason
+
+
+ALTERNATE: Address = ("203.0.113.11", 3479)
+MAPPING = {
+    None: MAPPING_INDEPENDENT,
+    "cone": MAPPING_INDEPENDENT,
+    "full-cone": MAPPING_INDEPENDENT,
+    "symmetric": MAPPING_DEPENDENT,
+}
+
+
+def introduce_with_probes(
+    nat_a: str | None, nat_b: str | None, alternate: str = "answers"
+) -> tuple[Network, ClientNode, ClientNode]:
+    net = Network()
+    server = ServerNode()
+    if alternate != "none":
+        server.logic.addresses = Addresses(SERVER, ALTERNATE)
+    if alternate == "answers":
+        alt_local = (ALTERNATE[0], SERVER[1])
+        net.attach(alt_local, AlternateNode(server.logic, alt_local))
+    net.attach(SERVER, server)
+    nats = [
+        net.add_nat(Nat(ip, kind)) if kind else None
+        for ip, kind in (("203.0.113.100", nat_a), ("198.51.100.200", nat_b))
+    ]
+    addrs: list[Address] = [
+        ("198.18.1.2", 5000) if nat_a else ("203.0.113.2", 5000),
+        ("198.18.2.2", 6000) if nat_b else ("203.0.113.3", 6000),
+    ]
+    a = ClientNode("alice", "bob", addrs[0], relay_mode="auto")
+    b = ClientNode("bob", "alice", addrs[1], relay_mode="auto")
+    for addr, node, nat in zip(addrs, (a, b), nats, strict=True):
+        net.attach(addr, node, nat)
+        net.send(addr, node.connector.start(0.0))
+    net.run(3.0, stop=lambda: a.first(Introduced) is not None and b.first(Introduced) is not None)
+    return net, a, b
+
+
+@pytest.mark.parametrize(
+    ("nat_a", "nat_b"),
+    [("symmetric", "symmetric"), ("cone", "symmetric"), (None, "full-cone")],
+)
+def test_each_side_learns_its_mapping_at_registration_and_hears_the_peers(
+    nat_a: str | None, nat_b: str | None
+) -> None:
+    """With an alternate address the server says so in its REGISTER answer; one Binding there
+    tells each client its NAT's mapping, which it sends with its call request and the server
+    hands to the peer. Only when both map per destination is punching called hopeless."""
+    net, a, b = introduce_with_probes(nat_a, nat_b)
+    assert net.now < 0.1  # one more round trip, in parallel with gathering, not a timeout
+    for me, mine, theirs in ((a, nat_a, nat_b), (b, nat_b, nat_a)):
+        assert me.connector.own_mapping == MAPPING[mine]
+        intro = me.first(Introduced)
+        assert isinstance(intro, Introduced) and intro.ready.peer_mapping == MAPPING[theirs]
+        hopeless = nat_a == nat_b == "symmetric"
+        assert me.connector.punch_hopeless is hopeless
+        assert me.connector.checks is not None and me.connector.checks.punch_hopeless is hopeless
+
+
+def test_without_an_alternate_address_nothing_is_probed() -> None:
+    net, a, _ = introduce_with_probes("symmetric", "symmetric", alternate="none")
+    assert a.first(Introduced) is not None and net.now < 0.1  # no probe to wait for either
+    assert a.connector.probe is None and a.connector.own_mapping is None
+    assert not a.connector.punch_hopeless  # unknown is not hopeless: punching is tried
+
+
+def test_a_silent_alternate_address_delays_the_call_request_by_a_second_at_most() -> None:
+    net, a, _ = introduce_with_probes("symmetric", "symmetric", alternate="silent")
+    assert a.first(Introduced) is not None and 0.9 < net.now < 1.1
+    assert a.connector.probe is not None and a.connector.own_mapping is None
+    assert not a.connector.punch_hopeless

@@ -72,6 +72,10 @@ class CallOptions:
     fec: bool = True  # Opus in-band FEC: send it, and rebuild lost frames from it
     dtx: bool = False  # Opus DTX: in silence, a comfort-noise update every 400 ms and nothing else
     turn: TurnOffer | None = None  # a TURN server of our own choosing (e.g. coturn)
+    # Seconds between packets on a quiet mapping (to the rendezvous and the relay, while
+    # waiting): for a NAT that forgets mappings sooner than the defaults allow for. The CLI
+    # takes it from `callpeer natcheck --lifetime`.
+    keepalive: float | None = None
 
 
 class Call:
@@ -155,7 +159,9 @@ class Call:
             punch_timeout=self.options.punch_timeout,
             relay_mode=self.options.relay,
             turn=self.options.turn,
+            keepalive=self.options.keepalive,
         )
+        self._report.keepalive_s = self.options.keepalive
         self._timer = Timer(loop, self._connector.next_deadline, self._on_timer)
         self._endpoint.send_all(self._connector.start(loop.time()))
         self._timer.rearm()
@@ -227,6 +233,11 @@ class Call:
                 metrics = self._metrics(kind)
                 if not metrics.available and metrics.reason is None:
                     metrics.reason = connector.checks.unreached(kind)
+                    if kind == checks.DIRECT and connector.punch_hopeless:
+                        metrics.reason = (
+                            "both NATs map per destination (symmetric), so the relay was "
+                            f"used at once; {metrics.reason}"
+                        )
         if connector is not None and not r.relay.available and connector.relay_unavailable:
             r.relay.reason = connector.relay_unavailable
         r.audio.frames_late = self._jb.late
@@ -330,6 +341,10 @@ class Call:
                 self._t_peer = now
                 self._report.wait_ms = (now - self._t_start) * 1000
                 self._report.candidates_tried = [str(c) for c in ready.candidates]
+                self._report.nat_mapping = {
+                    "mine": self._connector.own_mapping,
+                    "peer": ready.peer_mapping,
+                }
                 self._emit(ev.Punching(ready.peer, ready.candidates, ready.controlling))
             elif isinstance(event, checks.PathSelected) and self._active is None:
                 self._on_path(event.pair, now)

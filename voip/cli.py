@@ -277,6 +277,27 @@ async def _server_address(
         raise UsageError(f"--server: cannot resolve {host!r}: {exc.strerror or exc}") from exc
 
 
+def _measured_keepalive(server: Address, err: Console) -> float | None:
+    """A keepalive interval from the mapping lifetime natcheck measured on this network."""
+    from voip.nat.nat_memory import recall  # noqa: PLC0415
+    from voip.nat.natcheck import keepalive_interval  # noqa: PLC0415
+    from voip.natcheck_client import local_ip_towards  # noqa: PLC0415
+
+    try:
+        memory = recall(local_ip_towards(server))
+    except OSError:
+        return None
+    if memory is None or memory.lifetime is None:
+        return None
+    interval = keepalive_interval(memory.lifetime)
+    err.print(
+        f"your NAT keeps a quiet mapping {memory.lifetime:.0f} s or more (natcheck "
+        f"--lifetime): keepalives every {interval:.1f} s",
+        highlight=False,
+    )
+    return interval
+
+
 async def run_call(args: argparse.Namespace) -> int:
     err = Console(stderr=True, soft_wrap=True)
     config = load_config()
@@ -303,6 +324,7 @@ async def run_call(args: argparse.Namespace) -> int:
     server, hosted = await _server_address(args.server, config.server, err)
     if hosted is None:
         err.print(f"contacting the rendezvous at {format_address(server)}...", highlight=False)
+    keepalive = _measured_keepalive(server, err)
     presenter = Presenter(err)
     call = Call(
         name,
@@ -317,6 +339,7 @@ async def run_call(args: argparse.Namespace) -> int:
             timeline=args.timeline is not None,
             fec=args.fec,
             dtx=args.dtx,
+            keepalive=keepalive,
         ),
         on_event=presenter,
     )

@@ -124,6 +124,9 @@ class CallReport:
     relay: PathMetrics = field(default_factory=lambda: PathMetrics(reason="no relay configured"))
     audio: AudioCounts = field(default_factory=AudioCounts)
     candidates_tried: list[str] = field(default_factory=list)
+    # Each side's NAT mapping as learned at registration ("endpoint-independent", "dependent")
+    nat_mapping: dict[str, str | None] = field(default_factory=dict)
+    keepalive_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         paths = {
@@ -142,6 +145,8 @@ class CallReport:
             "path_switches": self.path_switches,
             "jitter_buffer_ms": self.jitter_buffer_ms,
             "candidates_tried": self.candidates_tried,
+            "nat_mapping": self.nat_mapping,
+            "keepalive_s": self.keepalive_s,
             "paths": paths,
             "verdict": verdict(self.path, paths),
             "audio": {

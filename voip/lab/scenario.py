@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -109,8 +110,17 @@ def run_lab_call(
     inputs: dict[str, str] | None = None,
     timeline: bool = False,
     speech_text: str = "Hello Bob. This is Alice, calling you directly through two NAT routers.",
+    alternate_address: bool = True,
+    bob_after: float = 0.2,
+    prepare: Callable[[Lab], None] | None = None,
+    env: dict[str, str] | None = None,
 ) -> LabCallResult:
-    """Build the lab, run one call through it, return what each side reported."""
+    """Build the lab, run one call through it, return what each side reported.
+
+    Without `alternate_address` the rendezvous has no RFC 5780 address, so callers cannot learn
+    their NAT's mapping at registration (to compare setup with and without it). `prepare` runs
+    once the servers are up, before the callers start; bob calls `bob_after` s after alice;
+    `env` is added to the callers' environment."""
     with Lab(config) as lab:
         nodes = {
             name: {"namespace": n.ns, "address": n.ip, "public": n.public_ip, "nat": n.nat}
@@ -134,8 +144,7 @@ def run_lab_call(
                 f"{SERVER_IP}:3478",
                 "--turn-url",
                 f"turn:{RELAY_IP}:3478",
-                "--alt-address",
-                SERVER_ALT_IP,
+                *(["--alt-address", SERVER_ALT_IP] if alternate_address else []),
             ],
             stdout=subprocess.PIPE,
         )
@@ -143,6 +152,8 @@ def run_lab_call(
             assert proc.stdout is not None
             if "listening" not in proc.stdout.readline():
                 raise LabError(f"callpeer-rendezvous ({what}) did not start in the lab")
+        if prepare is not None:
+            prepare(lab)
         captures = {side: _start_capture(lab, side) for side in ("a", "b")} if capture else {}
         chosen = inputs or {}
         inputs = {name: chosen.get(name, f"tone:{TONES[name]:g}") for _, name, _ in CALLERS}
@@ -178,8 +189,15 @@ def run_lab_call(
                 *(["--plot", str(plot)] if plot is not None and me == "alice" else []),
                 *(["--timeline", str(workdir / f"{me}.timeline.json")] if timeline else []),
             ]
-            procs[me] = lab.start(side, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            time.sleep(0.2)  # alice waits first, as a person would
+            procs[me] = lab.start(
+                side,
+                args,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={**os.environ, **(env or {})},
+            )
+            if me == "alice":
+                time.sleep(bob_after)  # alice waits first, as a person would
         timers = [threading.Timer(delay, action, args=(lab,)) for delay, action in actions or []]
         for timer in timers:  # things that happen to the network during the call
             timer.start()

@@ -173,6 +173,10 @@ class ConnectivityChecks:
     timeout: float = 10.0
     relay_mode: str = "auto"  # auto: direct if it works; force: audio over the relay; off
     bases: tuple[str, ...] = (HOST,)
+    # Both NATs map per destination (learned at registration): no server-reflexive pair can
+    # work, so the relay is used as soon as it answers instead of after RELAY_GRACE. Host pairs
+    # (a shared LAN) are still checked first, and a direct pair proven later still wins.
+    punch_hopeless: bool = False
     tiebreaker: int = field(default_factory=lambda: struct.unpack("!Q", os.urandom(8))[0])
     ignored: int = 0  # checks dropped for bad credentials or a bad fingerprint
 
@@ -496,7 +500,10 @@ class ConnectivityChecks:
             direct_hopeless = all(
                 p.state == PairState.FAILED for p in self.pairs.values() if p.kind == DIRECT
             )
-            grace = relayed if direct_hopeless else self._first_valid_at[RELAYED] + RELAY_GRACE
+            if direct_hopeless or self.punch_hopeless:
+                grace = relayed
+            else:
+                grace = self._first_valid_at[RELAYED] + RELAY_GRACE
             return max(relayed, grace), RELAYED
         return None
 

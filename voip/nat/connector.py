@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from voip.nat import checks
 from voip.nat.candidates import Candidate, CandidateType, format_address
+from voip.nat.mapping_probe import MappingProbe
 from voip.nat.rendezvous_client import (
     Asked,
     GotPeer,
@@ -24,8 +25,17 @@ from voip.nat.rendezvous_client import (
 )
 from voip.nat.turn_client import Allocated, PermissionRefused, TurnClient, TurnFailed
 from voip.wire.rtp import looks_like_rtp_or_rtcp
-from voip.wire.signal import PeerReady
-from voip.wire.stun import Address, Message, StunError, looks_like_stun, parse_message_untrusted
+from voip.wire.signal import MAPPING_DEPENDENT, PeerReady
+from voip.wire.stun import (
+    Address,
+    Class,
+    Message,
+    Method,
+    StunError,
+    encode,
+    looks_like_stun,
+    parse_message_untrusted,
+)
 from voip.wire.turn import looks_like_channel_data
 
 Transmit = tuple[bytes, Address]
@@ -78,19 +88,26 @@ class Connector:
         punch_timeout: float = 10.0,
         relay_mode: str = "auto",
         turn: TurnOffer | None = None,
+        keepalive: float | None = None,
     ):
         if relay_mode not in ("auto", "force", "off"):
             raise ValueError(f"relay mode must be auto, force or off, not {relay_mode!r}")
         self.relay_mode = relay_mode
         self.signal = RendezvousClient(
-            name, peer, server, host_candidates, ask_now=relay_mode == "off"
+            name, peer, server, host_candidates, ask_now=relay_mode == "off", keepalive=keepalive
         )
+        # Seconds between packets on every mapping we hold while waiting (the rendezvous, the
+        # relay), when natcheck measured how soon this NAT forgets a quiet one.
+        self.keepalive = keepalive
+        self._turn_keepalive_at: float | None = None
+        self.probe: MappingProbe | None = None
         self.explicit_turn = turn
         self.turn: TurnClient | None = None
         self.relay_unavailable: str | None = (
             "relay off (--relay off)" if relay_mode == "off" else None
         )
         self.checks: checks.ConnectivityChecks | None = None
+        self.checks_ready: PeerReady | None = None
         self.wait_timeout = wait_timeout
         self.punch_timeout = punch_timeout
         self.malformed = 0
@@ -110,10 +127,23 @@ class Connector:
             self.signal.next_deadline(),
             self._wait_deadline,
             self._gather_deadline,
+            self._turn_keepalive_at,
+            self.probe.next_deadline() if self.probe else None,
             self.turn.next_deadline() if self.turn else None,
             self.checks.next_deadline() if self.checks else None,
         ]
         return min((t for t in times if t is not None), default=None)
+
+    @property
+    def own_mapping(self) -> str | None:
+        """Our NAT's mapping behaviour, if the registration probe found out."""
+        return self.probe.result if self.probe is not None else None
+
+    @property
+    def punch_hopeless(self) -> bool:
+        """Both NATs map per destination: no peer ever learns the port the other will use."""
+        peer = self.checks_ready.peer_mapping if self.checks_ready is not None else None
+        return self.own_mapping == MAPPING_DEPENDENT and peer == MAPPING_DEPENDENT
 
     def route(self, data: bytes, pair: checks.Pair) -> Transmit:
         """How to send `data` on `pair`: straight to the remote, or wrapped for our relay."""
@@ -144,8 +174,17 @@ class Connector:
 
     def poll(self, now: float) -> list[Transmit]:
         out = self.signal.poll(now)
+        if self.probe is not None and not self.probe.done:
+            out += self.probe.poll(now)
+            self._ask(now, out)  # which waits until the probe is done
         if self.turn is not None:
             out += self.turn.poll(now)
+            if self._turn_keepalive_at is not None and now >= self._turn_keepalive_at:
+                assert self.keepalive is not None
+                self._turn_keepalive_at = now + self.keepalive
+                # A Binding indication: no answer, but it holds our NAT's mapping to the relay.
+                keep = Message(Method.BINDING, Class.INDICATION)
+                out.append((encode(keep, fingerprint=True), self.turn.server))
         if self._gather_deadline is not None and now >= self._gather_deadline:
             self._relay_gone("no answer from the relay in time", now, out)
         if self.checks is not None:
@@ -198,6 +237,9 @@ class Connector:
             unwrapped = self.turn.unwrap(msg, src)
             if unwrapped is not None:
                 return unwrapped
+        if self.probe is not None and not self.probe.done and self.probe.handle(msg, src):
+            self._ask(now, out)
+            return None
         sent = self.checks.handle(msg, src, now, checks.HOST) if self.checks is not None else None
         if sent is not None:
             out += self._routed(sent)
@@ -222,13 +264,15 @@ class Connector:
         return self.turn.start(now)
 
     def _ask(self, now: float, out: list[Transmit]) -> None:
-        if self._asked:
+        """Ask for the peer, once the relay is gathered (or gone) and the mapping probed."""
+        if self._asked or self._gather_deadline is not None:
+            return
+        if self.probe is not None and not self.probe.done:
             return
         self._asked = True
-        self._gather_deadline = None
         relayed = self.turn.relayed if self.turn is not None else None
         extra = (Candidate.make(CandidateType.RELAY, relayed),) if relayed else ()
-        out += self.signal.ask(now, extra)
+        out += self.signal.ask(now, extra, self.own_mapping)
 
     def _relay_gone(self, reason: str, now: float, out: list[Transmit]) -> None:
         self._gather_deadline = None
@@ -241,6 +285,9 @@ class Connector:
         for event in self.signal.pop_events():
             if isinstance(event, Registered):
                 self._wait_deadline = now + self.wait_timeout
+                if event.other is not None and not self._asked and self.probe is None:
+                    self.probe = MappingProbe(event.mapped, self.signal.server, event.other)
+                    out += self.probe.start(now)
                 if not self._asked and self.turn is None:
                     if event.turn is not None:
                         out += self._start_turn(event.turn, now)
@@ -258,6 +305,9 @@ class Connector:
             for turn_event in self.turn.pop_events():
                 if isinstance(turn_event, Allocated):
                     self._events.append(RelayReady(turn_event.relayed, self.turn.server))
+                    self._gather_deadline = None
+                    if self.keepalive is not None:
+                        self._turn_keepalive_at = now + self.keepalive
                     self._ask(now, out)
                 elif isinstance(turn_event, TurnFailed):
                     self._relay_gone(turn_event.reason, now, out)
@@ -273,6 +323,7 @@ class Connector:
 
     def _start_checks(self, ready: PeerReady, now: float, out: list[Transmit]) -> None:
         relayed = self.turn is not None and self.turn.relayed is not None
+        self.checks_ready = ready
         self.checks = checks.ConnectivityChecks(
             local_ufrag=ready.local_ufrag,
             local_pwd=ready.local_pwd,
@@ -284,6 +335,7 @@ class Connector:
             timeout=self.punch_timeout,
             relay_mode=self.relay_mode,
             bases=(checks.HOST, checks.RELAY) if relayed else (checks.HOST,),
+            punch_hopeless=self.punch_hopeless,
         )
         if relayed and self.turn is not None:
             # The relay forwards only from permitted peers: the peer's public addresses.

@@ -38,6 +38,7 @@ class Registered:
     lifetime: float
     status: str  # "registered"; "waiting" or "matched" once we ask for the peer
     turn: TurnOffer | None = None
+    other: Address | None = None  # the server's RFC 5780 alternate address, if it has one
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,9 @@ class RendezvousClient:
         peer: str,
         server: Address,
         host_candidates: tuple[Candidate, ...],
+        *,
         ask_now: bool = True,
+        keepalive: float | None = None,
     ):
         self.name = name
         self.peer: str | None = peer if ask_now else None
@@ -82,6 +85,11 @@ class RendezvousClient:
         self.server = server
         self.host_candidates = host_candidates
         self.mapped: Address | None = None
+        self.mapping: str | None = None  # our NAT's mapping behaviour, told to the server
+        # Seconds between refreshes at most: a NAT that forgets a quiet mapping sooner than
+        # the name's refresh would cut the server off from us, and a symmetric one would give
+        # the refresh a new public port, which the server refuses as someone else.
+        self.keepalive = keepalive
         self.peer_ready: PeerReady | None = None
         self._txns: TransactionTable[str] = TransactionTable()
         self._events: list[SignalEvent] = []
@@ -102,9 +110,13 @@ class RendezvousClient:
     def start(self, now: float) -> list[Transmit]:
         return [self._register(now)]
 
-    def ask(self, now: float, more_candidates: tuple[Candidate, ...] = ()) -> list[Transmit]:
-        """Ask for the peer now, with candidates gathered since registering (a relayed one)."""
+    def ask(
+        self, now: float, more_candidates: tuple[Candidate, ...] = (), mapping: str | None = None
+    ) -> list[Transmit]:
+        """Ask for the peer now, with candidates gathered since registering (a relayed one)
+        and what we learned of our NAT's mapping."""
         self.peer = self._wanted_peer
+        self.mapping = mapping
         self.host_candidates = (*self.host_candidates, *more_candidates)
         self._txns.cancel_all()
         return [self._register(now)]
@@ -147,7 +159,7 @@ class RendezvousClient:
 
     # -- internals ------------------------------------------------------------------------
     def _register(self, now: float) -> Transmit:
-        req = Register(self.name, self.peer, self.host_candidates).to_message()
+        req = Register(self.name, self.peer, self.host_candidates, self.mapping).to_message()
         data = encode(req, fingerprint=True)
         context = "ask" if self.peer is not None else "register"
         txn = Transaction.scheduled(req.transaction_id, data, self.server, context, SERVER_SCHEDULE)
@@ -166,6 +178,7 @@ class RendezvousClient:
             lifetime = float(msg.u32(Attr.LIFETIME) or 30)
             status = msg.text(Attr.CP_STATUS) or "waiting"
             turn = _turn_offer(msg)
+            other = msg.address(Attr.OTHER_ADDRESS)
         except StunError:
             return
         if mapped is None:
@@ -173,9 +186,12 @@ class RendezvousClient:
         first = self.mapped is None
         self.mapped = mapped
         # Refresh at a third of the lifetime, so two lost refreshes still keep the name.
-        self._refresh_at = now + max(1.0, lifetime / 3)
+        interval = max(1.0, lifetime / 3)
+        if self.keepalive is not None:
+            interval = min(interval, self.keepalive)
+        self._refresh_at = now + interval
         if first:
-            self._events.append(Registered(mapped, lifetime, status, turn))
+            self._events.append(Registered(mapped, lifetime, status, turn, other))
         if asked and not self._asked_reported:
             self._asked_reported = True
             self._events.append(Asked(status))

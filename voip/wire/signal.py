@@ -24,6 +24,12 @@ from voip.wire.stun import (
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
+# What a client learned of its NAT's mapping at registration (RFC 5780 test II): one public port
+# for every destination, or one per destination (address- or address-and-port-dependent).
+MAPPING_INDEPENDENT = "endpoint-independent"
+MAPPING_DEPENDENT = "dependent"
+MAPPINGS = (MAPPING_INDEPENDENT, MAPPING_DEPENDENT)
+
 # Error codes the server answers with. 409 is not in STUN's registry; the reason phrase says it.
 ERR_BAD_REQUEST = 400
 ERR_NAME_TAKEN = 409
@@ -58,6 +64,12 @@ def _candidates(msg: Message) -> tuple[Candidate, ...]:
     return tuple(decode_candidate_untrusted(v) for v in msg.get_all(Attr.CP_CANDIDATE))
 
 
+def _mapping(msg: Message, attr: Attr) -> str | None:
+    """A mapping attribute, or None when absent or not one we know (it is advice only)."""
+    value = msg.text(attr)
+    return value if value in MAPPINGS else None
+
+
 def _required_text(msg: Message, attr: Attr) -> str:
     value = msg.text(attr)
     if value is None:
@@ -75,12 +87,15 @@ class Register:
     name: str
     peer: str | None
     host_candidates: tuple[Candidate, ...] = ()
+    mapping: str | None = None  # MAPPING_INDEPENDENT or MAPPING_DEPENDENT, once known
 
     def to_message(self, transaction_id: bytes | None = None) -> Message:
         attrs = [(Attr.CP_NAME, text(self.name))]
         if self.peer is not None:
             attrs.append((Attr.CP_PEER, text(self.peer)))
         attrs += [(Attr.CP_CANDIDATE, encode_candidate(c)) for c in self.host_candidates]
+        if self.mapping is not None:
+            attrs.append((Attr.CP_NAT_MAPPING, text(self.mapping)))
         if transaction_id is None:
             return Message(Method.CP_REGISTER, Class.REQUEST, attributes=tuple(attrs))
         return Message(Method.CP_REGISTER, Class.REQUEST, transaction_id, tuple(attrs))
@@ -95,7 +110,7 @@ class Register:
                 check_name(peer)
         except ValueError as exc:
             raise StunError(str(exc)) from exc
-        return cls(name, peer, _candidates(msg))
+        return cls(name, peer, _candidates(msg), _mapping(msg, Attr.CP_NAT_MAPPING))
 
 
 @dataclass(frozen=True)
@@ -113,6 +128,7 @@ class PeerReady:
     remote_ufrag: str
     remote_pwd: str
     controlling: bool
+    peer_mapping: str | None = None  # what the peer's NAT mapping is, if it found out
 
     def to_message(self, transaction_id: bytes | None = None) -> Message:
         attrs = [
@@ -124,6 +140,8 @@ class PeerReady:
             (Attr.CP_REMOTE_PWD, text(self.remote_pwd)),
             (Attr.CP_ROLE, text("controlling" if self.controlling else "controlled")),
         ]
+        if self.peer_mapping is not None:
+            attrs.append((Attr.CP_PEER_NAT_MAPPING, text(self.peer_mapping)))
         if transaction_id is None:
             return Message(Method.CP_PEER_READY, Class.REQUEST, attributes=tuple(attrs))
         return Message(Method.CP_PEER_READY, Class.REQUEST, transaction_id, tuple(attrs))
@@ -141,4 +159,5 @@ class PeerReady:
             remote_ufrag=_required_text(msg, Attr.CP_REMOTE_UFRAG),
             remote_pwd=_required_text(msg, Attr.CP_REMOTE_PWD),
             controlling=role == "controlling",
+            peer_mapping=_mapping(msg, Attr.CP_PEER_NAT_MAPPING),
         )

@@ -93,6 +93,8 @@ class Attr(IntEnum):
     CP_TURN_SERVER = 0xC00A  # the relay to allocate on, with short-lived credentials
     CP_TURN_USERNAME = 0xC00B
     CP_TURN_PASSWORD = 0xC00C
+    CP_NAT_MAPPING = 0xC00D  # the sender's NAT mapping, as learned at registration
+    CP_PEER_NAT_MAPPING = 0xC00E  # the peer's, handed on in PEER-READY
 
 
 def message_type(method: int, cls: Class) -> int:
