@@ -28,6 +28,7 @@ from voip.wire.stun import (
     check_fingerprint,
     encode,
     parse_message_untrusted,
+    text,
 )
 
 A = ("203.0.113.5", 4000)
@@ -303,3 +304,25 @@ def test_client_keeps_retrying_after_a_refresh_goes_unanswered() -> None:
     replies = _answer(revived, out, A, now)
     assert replies and replies[0][0].cls == Class.SUCCESS
     assert revived.registry.get("alice", now) is not None
+
+
+def test_client_refreshes_within_the_nat_keepalive_when_one_is_known() -> None:
+    logic = RendezvousLogic(lifetime=30)
+    client = RendezvousClient("alice", "bob", SERVER, (), keepalive=1.3)
+    for msg, _ in _answer(logic, client.start(0.0), A, 0.0):
+        client.handle(msg, SERVER, 0.01)
+    assert client.next_deadline() == pytest.approx(1.31)  # not 10 s: the NAT forgets sooner
+
+
+def test_mapping_advice_travels_and_unknown_values_are_dropped() -> None:
+    reg = Register("alice", "bob", (), "dependent").to_message()
+    assert Register.from_message_untrusted(reg).mapping == "dependent"
+    odd = Message(
+        Method.CP_REGISTER,
+        Class.REQUEST,
+        attributes=((Attr.CP_NAME, text("alice")), (Attr.CP_NAT_MAPPING, text("sideways"))),
+    )
+    assert Register.from_message_untrusted(odd).mapping is None  # advice only: ignored
+    ready = PeerReady("bob", (), "u1", "p1", "u2", "p2", True, "endpoint-independent")
+    parsed = PeerReady.from_message_untrusted(parse_message_untrusted(encode(ready.to_message())))
+    assert parsed.peer_mapping == "endpoint-independent"
