@@ -415,24 +415,14 @@ def natcheck_in_lab(lab: Lab, cache: Path, *extra: str) -> dict[str, Any]:
         stdout=subprocess.PIPE,
     )
     assert server.stdout is not None and "listening" in server.stdout.readline()
-    out = lab.run(
-        "a",
-        [
-            "env",
-            f"XDG_CACHE_HOME={cache}",
-            sys.executable,
-            "-m",
-            "voip.cli",
-            "natcheck",
-            "--server",
-            f"{SERVER_IP}:3478",
-            "--json",
-            "-",
-            *extra,
-        ],
-    )
-    report: dict[str, Any] = json.loads(out)
+    report: dict[str, Any] = json.loads(run_natcheck(lab, cache, "--json", "-", *extra))
     return report
+
+
+def run_natcheck(lab: Lab, cache: Path, *args: str) -> str:
+    """`callpeer natcheck` on alice against the lab's rendezvous, keeping results in `cache`."""
+    natcheck = [sys.executable, "-m", "voip.cli", "natcheck", "--server", f"{SERVER_IP}:3478"]
+    return lab.run("a", ["env", f"XDG_CACHE_HOME={cache}", *natcheck, *args])
 
 
 @pytest.mark.parametrize(
@@ -562,21 +552,7 @@ def test_keepalive_follows_the_mapping_lifetime_natcheck_measured(
     cfg = LabConfig(nat_a="symmetric", nat_b="cone", udp_timeout_a=4)
 
     def natcheck(lab: Lab) -> None:
-        lab.run(
-            "a",
-            [
-                "env",
-                f"XDG_CACHE_HOME={cache}",
-                sys.executable,
-                "-m",
-                "voip.cli",
-                "natcheck",
-                "--server",
-                f"{SERVER_IP}:3478",
-                "--lifetime",
-                "8",
-            ],
-        )
+        run_natcheck(lab, cache, "--lifetime", "8")
 
     result = run_lab_call(
         cfg,
