@@ -206,7 +206,10 @@ def test_nat_matrix(tmp_path: Path, nat_a: str, nat_b: str, same_nat: bool) -> N
         else:
             # The peer's public address: its router's WAN (or the host itself when public).
             assert remote.split(":")[0] == _public(result.nodes, peer_side)
-            assert 10.0 <= rtt["median"] <= 14.0, rtt
+            # The least-delayed sample tracks the 10 ms truth (plus ~1.5 ms of userspace
+            # switch); a short call has only a few samples and, on a loaded 2-core machine, two
+            # of three can carry a few ms of event-loop delay, so the median gets more slack.
+            assert 10.0 <= rtt["min"] <= 12.5 and rtt["median"] <= 15.0, rtt
     for me, heard in (("alice", 660), ("bob", 440)):
         pcm, _ = read_wav(result.callers[me].wav)
         assert dominant_frequency(pcm) == pytest.approx(heard, abs=3)
