@@ -3,7 +3,8 @@
 Each packet's lateness is how much later it arrived than the fastest packet of the last few
 seconds would have (arrival time minus its place in the stream, against the running minimum of
 that). Latenesses go into a histogram that forgets old packets exponentially; the target delay
-is the histogram's 95th percentile, rounded up to whole frames, never below one frame.
+is the histogram's 95th percentile plus a little headroom, rounded up to whole frames, never
+below one frame.
 
 Playout pops one frame a tick. The buffer grows by itself: when the next frame has not arrived
 and nothing after it has either, the decoder conceals *without* advancing (NetEq's "expand"),
@@ -22,6 +23,10 @@ BIN_MS = 5.0
 BINS = 200  # up to 1 s of lateness
 FORGET = 0.995  # per packet: a half-life of ~140 packets, ~2.8 s at 50 packets a second
 PERCENTILE = 0.95
+# The playout tick and the receiving event loop add a few ms of their own. Without headroom,
+# jitter that just fills whole frames (uniform 0-20 ms against 20 ms frames) sits on the edge
+# of one frame, and every scheduling hiccup past it is a concealed frame.
+HEADROOM_MS = 5.0
 BASELINE_WINDOW = 3.0  # s over which the fastest packet sets the baseline
 SHRINK_WINDOW = 25  # ticks (0.5 s): a buffer that never fell to its target over this is too deep
 SKIP_MARGIN = 2  # frames above target with a hole at the front: skip the hole (an outage)
@@ -134,7 +139,8 @@ class AdaptiveJitterBuffer:
         for i in range(BINS):
             self._hist[i] *= FORGET
         self._hist[min(BINS - 1, int(lateness_ms / BIN_MS))] += 1.0 - FORGET
-        self._jitter_frames = max(1, math.ceil(self._percentile_ms() / (1000 * self.frame_s)))
+        target_ms = self._percentile_ms() + HEADROOM_MS
+        self._jitter_frames = max(1, math.ceil(target_ms / (1000 * self.frame_s)))
         self._retarget(now)
 
     def _retarget(self, now: float) -> None:
