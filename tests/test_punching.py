@@ -355,3 +355,47 @@ def test_a_silent_alternate_address_delays_the_call_request_by_a_second_at_most(
     assert a.first(Introduced) is not None and 0.9 < net.now < 1.1
     assert a.connector.probe is not None and a.connector.own_mapping is None
     assert not a.connector.punch_hopeless
+
+
+def test_direct_pairs_are_checked_before_triggered_relayed_ones() -> None:
+    """A peer's checks arriving through a relay trigger relayed checks; queued first, paced Ta
+    apart, they would hold back the direct pairs (and so the direct decision) by Ta each."""
+    peer_host, peer_srflx, peer_relay = (
+        ("198.18.2.2", 6000),
+        ("198.51.100.200", 40000),
+        ("203.0.113.20", 50000),
+    )
+    alice = checks.ConnectivityChecks(
+        "ua",
+        "pa" * 11,
+        "ub",
+        "pb" * 11,
+        controlling=True,
+        remote_candidates=(
+            Candidate.make(CandidateType.HOST, peer_host),
+            Candidate.make(CandidateType.SRFLX, peer_srflx),
+            Candidate.make(CandidateType.RELAY, peer_relay),
+        ),
+        now=0.0,
+        bases=(checks.HOST, checks.RELAY),
+    )
+    bob = checks.ConnectivityChecks(
+        "ub",
+        "pb" * 11,
+        "ua",
+        "pa" * 11,
+        controlling=False,
+        remote_candidates=(Candidate.make(CandidateType.HOST, ("203.0.113.2", 5000)),),
+        now=0.0,
+    )
+    assert len(alice.poll(0.0)) == 1
+    assert alice.pairs[(checks.HOST, peer_host)].state == checks.PairState.IN_PROGRESS
+    [(bobs_check, _, _)] = bob.poll(0.0)
+    # Bob's check reaches alice from his relayed address: she answers, and queues a triggered
+    # check on that (relayed) pair.
+    answer = alice.handle(parse_message_untrusted(bobs_check), peer_relay, 0.01, checks.HOST)
+    assert answer
+    sent = [(dest, base) for _, dest, base in alice.poll(checks.TA)]
+    assert sent == [(peer_srflx, checks.HOST)]  # the direct pair first
+    sent = [(dest, base) for _, dest, base in alice.poll(2 * checks.TA)]
+    assert sent == [(peer_relay, checks.HOST)]  # then the triggered relayed one

@@ -300,21 +300,35 @@ class ConnectivityChecks:
         )
 
     def _send_next_check(self, now: float) -> list[Send]:
-        while self._triggered:
-            key = self._triggered.pop(0)
-            pair = self.pairs[key]
-            if pair.state in (PairState.WAITING, PairState.FAILED):
-                return [self._check(key, now)]
-        waiting = [
+        self._triggered = [
+            k
+            for k in self._triggered
+            if self.pairs[k].state in (PairState.WAITING, PairState.FAILED)
+        ]
+        triggered = set(self._triggered)
+        candidates = [self.pairs[k] for k in self._triggered] + [
             p
             for p in self.pairs.values()
             if p.state == PairState.WAITING
+            and p.key not in triggered
             and (self.selected is None or p.kind != self.selected.kind)
         ]
-        if not waiting:
+        if not candidates:
             return []
-        pair = max(waiting, key=lambda p: p.priority)
+        # The kind we would rather use goes first, then triggered checks (RFC 8445 §7.2.5.4),
+        # then priority. Checks are paced Ta apart, so a peer's triggered relayed checks queued
+        # ahead of a direct pair would hold the direct decision back by Ta each.
+        pair = max(candidates, key=lambda p: (self._preferred(p), p.key in triggered, p.priority))
+        if pair.key in triggered:
+            self._triggered.remove(pair.key)
         return [self._check(pair.key, now)]
+
+    def _preferred(self, pair: Pair) -> bool:
+        if self.relay_mode == "force":
+            return pair.kind == RELAYED
+        if self.punch_hopeless:  # the peer's public addresses cannot work: relay and LAN first
+            return pair.kind == RELAYED or pair.remote.kind == CandidateType.HOST
+        return pair.kind == DIRECT
 
     def _check(
         self, key: tuple[str, Address], now: float, *, nominate: bool = False, probe: bool = False
