@@ -107,7 +107,6 @@ class Connector:
             "relay off (--relay off)" if relay_mode == "off" else None
         )
         self.checks: checks.ConnectivityChecks | None = None
-        self.checks_ready: PeerReady | None = None
         self.wait_timeout = wait_timeout
         self.punch_timeout = punch_timeout
         self.malformed = 0
@@ -141,9 +140,8 @@ class Connector:
 
     @property
     def punch_hopeless(self) -> bool:
-        """Both NATs map per destination: no peer ever learns the port the other will use."""
-        peer = self.checks_ready.peer_mapping if self.checks_ready is not None else None
-        return self.own_mapping == MAPPING_DEPENDENT and peer == MAPPING_DEPENDENT
+        """Both NATs map per destination, as the checks were told when they started."""
+        return self.checks is not None and self.checks.punch_hopeless
 
     def route(self, data: bytes, pair: checks.Pair) -> Transmit:
         """How to send `data` on `pair`: straight to the remote, or wrapped for our relay."""
@@ -323,7 +321,6 @@ class Connector:
 
     def _start_checks(self, ready: PeerReady, now: float, out: list[Transmit]) -> None:
         relayed = self.turn is not None and self.turn.relayed is not None
-        self.checks_ready = ready
         self.checks = checks.ConnectivityChecks(
             local_ufrag=ready.local_ufrag,
             local_pwd=ready.local_pwd,
@@ -335,7 +332,8 @@ class Connector:
             timeout=self.punch_timeout,
             relay_mode=self.relay_mode,
             bases=(checks.HOST, checks.RELAY) if relayed else (checks.HOST,),
-            punch_hopeless=self.punch_hopeless,
+            # Both NATs map per destination: no peer ever learns the port the other will use.
+            punch_hopeless=self.own_mapping == MAPPING_DEPENDENT == ready.peer_mapping,
         )
         if relayed and self.turn is not None:
             # The relay forwards only from permitted peers: the peer's public addresses.
