@@ -5,7 +5,9 @@
 Both callers send a 10 ms burst once a second and record when each frame was read and played
 (--timeline); the bursts found in the received audio give end-to-end latency, and end-to-end
 minus the lab's one-way delay is what the software adds (packetization, codec lookahead,
-jitter buffer, scheduling).
+jitter buffer, scheduling). The network's one way is half the plain echo measured through the
+same lab just before the call (`voip.lab.echo`): the configured delay plus what the lab's switch
+adds on this machine.
 """
 
 from __future__ import annotations
@@ -40,13 +42,15 @@ def main() -> int:
     print("| listener | marks | end-to-end ms (median) | min | max | software adds ms |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        latencies = lab_mouth_to_ear(config, Path(tmp), args.duration)
-    for me, lat in latencies.items():
+        measured = lab_mouth_to_ear(config, Path(tmp), args.duration)
+    one_way = measured.network_one_way()
+    for me, lat in measured.latencies.items():
         med = statistics.median(lat)
         print(
             f"| {me} | {len(lat)} | {med:.1f} | {min(lat):.1f} | {max(lat):.1f} | "
-            f"{med - args.delay:.1f} |"
+            f"{med - one_way:.1f} |"
         )
+    print(f"network one way (half the lab's plain echo before the call): {one_way:.2f} ms")
     return 0
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from voip.codecs.pcm import dominant_frequency, silence, tone
+from voip.lab.echo import EchoRtt
 from voip.lab.latency import lab_mouth_to_ear
 from voip.lab.nat import NAT_KINDS
 from voip.lab.netns import lab_unavailable_reason, list_namespaces, run
@@ -84,23 +85,26 @@ def probe(lab: Lab, count: int, payload: str = "ping", timeout: float = 0.5) -> 
 @pytest.mark.parametrize("delay_ms", [20.0, 60.0])
 def test_configured_delay_shows_in_measured_rtt(delay_ms: float) -> None:
     with Lab(LabConfig(nat_a="cone", delay_a=delay_ms)) as lab:
-        echo(lab)
-        result = probe(lab, 30)
-    rtts = result["rtts"]
-    assert isinstance(rtts, list) and len(rtts) == 30
-    median = statistics.median(rtts[1:])  # the first waits for ARP
-    # A round trip crosses a's link once (delay on the way in) and the server's (0 ms) once.
-    assert delay_ms <= median <= delay_ms + 3.0, median
+        # Alice to the server crosses a's link (delayed on the way in) and the server's (0 ms);
+        # the relay host to the server crosses two undelayed links of the same switch: what
+        # the switch and this machine add, measured in the same run.
+        delayed, undelayed = lab.baseline([("a", "server"), ("relay", "server")], "--count", "30")
+    assert len(delayed.samples) == 30
+    assert delayed.min >= delay_ms
+    assert delay_ms - 0.5 <= delayed.median - undelayed.median <= delay_ms + 1.0, (
+        delayed.to_dict(),
+        undelayed.to_dict(),
+    )
 
 
 def test_loss_and_jitter_are_applied() -> None:
     with Lab(LabConfig(nat_a="cone", delay_a=10, jitter=20, loss=25, seed=7)) as lab:
-        echo(lab)
-        result = probe(lab, 200, timeout=0.3)
-    lost, rtts = result["lost"], result["rtts"]
-    assert isinstance(lost, int) and isinstance(rtts, list)
-    assert 0.15 <= lost / 200 <= 0.35, lost  # 25 % on the way back to a
-    assert min(rtts) >= 10 and max(rtts) <= 10 + 20 + 5
+        args = ("--count", "200", "--timeout", "0.3")
+        shaped, plain = lab.baseline([("a", "server"), ("relay", "server")], *args)
+    assert 0.15 <= shaped.lost / 200 <= 0.35, shaped.lost  # 25 % on the way back to a
+    rtts = shaped.samples
+    # Uniform 0-20 ms on top of 10: never under 10, never over 30 plus what the lab adds.
+    assert min(rtts) >= 10 and max(rtts) <= 10 + 20 + plain.max + 1.0, (min(rtts), plain.max)
     assert statistics.pstdev(rtts) > 3  # uniform 0-20 ms: a standard deviation near 5.8 ms
 
 
@@ -165,6 +169,23 @@ MATRIX = [(a, b, False) for a, b in itertools.combinations_with_replacement(NAT_
 MATRIX.append(("cone", "cone", True))
 
 
+# How far a call's RTT may lie above the plain echo measured just before it in the same lab. The
+# fastest sample is the tight check: RTCP's DLSR takes the peer's holding time out, and every
+# datagram is stamped by the kernel on arrival. A relayed path is probed with STUN checks, which
+# include the peer's time to answer, and crosses the relay process twice.
+DIRECT, RELAY = 2.0, 3.0
+# The median of a short call's few samples: on a loaded 2-core machine some carry event-loop delay.
+MEDIAN_SLACK = 4.0
+
+
+def assert_tracks_baseline(rtt: dict[str, Any], echo: EchoRtt, truth: float, slack: float) -> None:
+    """A measured RTT against the configured truth, which no real measurement goes under, and
+    against this lab's own echo on the same path, which says what this machine adds to it."""
+    assert rtt["min"] >= truth - 0.1, rtt  # RFC 3550's 1/65536 s units round
+    assert rtt["min"] <= echo.median + slack, (rtt, echo.to_dict())
+    assert rtt["median"] <= echo.median + slack + MEDIAN_SLACK, (rtt, echo.to_dict())
+
+
 def _public(result_nodes: dict[str, dict[str, str]], side: str) -> str:
     return result_nodes[side]["public"]
 
@@ -202,7 +223,7 @@ def test_nat_matrix(tmp_path: Path, nat_a: str, nat_b: str, same_nat: bool) -> N
         if same_nat:
             # Same LAN: host candidates, no hairpinning needed, no lab delay on the path.
             assert remote.startswith("198.18.1.")
-            assert rtt["median"] < 5
+            assert_tracks_baseline(rtt, result.baseline["direct"], 0.0, DIRECT)
         else:
             # The peer's public address: its router's WAN (or the host itself when public).
             assert remote.split(":")[0] == _public(result.nodes, peer_side)
@@ -239,12 +260,6 @@ def test_nat_matrix(tmp_path: Path, nat_a: str, nat_b: str, same_nat: bool) -> N
     assert elapsed < 30
 
 
-def _figures(report: dict[str, object]) -> tuple[float, float]:
-    paths = report["paths"]
-    assert isinstance(paths, dict)
-    return paths["direct"]["rtt_ms"]["median"], paths["relay"]["rtt_ms"]["median"]
-
-
 @pytest.mark.parametrize("relay_mode", ["auto", "force"])
 def test_both_paths_measured_against_the_configured_truth(tmp_path: Path, relay_mode: str) -> None:
     """5 ms each side and 40 ms to the relay: direct RTT is 10 ms, relayed 90 ms (the relayed
@@ -258,12 +273,12 @@ def test_both_paths_measured_against_the_configured_truth(tmp_path: Path, relay_
         report = caller.report
         assert report is not None
         assert report["path"] == ("relay" if relay_mode == "force" else "direct")
-        direct_rtt, relay_rtt = _figures(report)
-        assert 10.0 <= direct_rtt <= 13.5, report
-        assert 90.0 <= relay_rtt <= 96.0, report
-        assert report["paths"]["relay"]["remote"].startswith(f"{RELAY_IP}:")
-        assert report["verdict"].startswith(f"direct saves {relay_rtt - direct_rtt:.0f} ms")
         direct, relay = report["paths"]["direct"], report["paths"]["relay"]
+        assert_tracks_baseline(direct["rtt_ms"], result.baseline["direct"], 10.0, DIRECT)
+        assert_tracks_baseline(relay["rtt_ms"], result.baseline["relay"], 90.0, RELAY)
+        assert relay["remote"].startswith(f"{RELAY_IP}:")
+        saved = relay["rtt_ms"]["median"] - direct["rtt_ms"]["median"]
+        assert report["verdict"].startswith(f"direct saves {saved:.0f} ms")
         assert direct["mos"] > relay["mos"]
         assert direct["loss_pct"] == 0.0 and relay["loss_pct"] == 0.0
     pcm, _ = read_wav(result.callers["alice"].wav)
@@ -348,12 +363,18 @@ def test_a_cut_direct_path_fails_over_to_the_relay_and_back(tmp_path: Path) -> N
 
 def test_mouth_to_ear_latency_from_marks_in_the_audio(tmp_path: Path) -> None:
     config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5)
-    for latencies in lab_mouth_to_ear(config, tmp_path, duration=8.0).values():
+    measured = lab_mouth_to_ear(config, tmp_path, duration=8.0)
+    for me, latencies in measured.latencies.items():
         assert len(latencies) >= 7  # a mark a second, the first half a second in
-        software = statistics.median(latencies) - 5.0  # minus the network's one way
-        # The floor: a 20 ms frame and Opus's 6.5 ms lookahead. The goal: at most 50 ms; the
-        # playout tick's phase against arrivals varies by up to a frame between calls.
-        assert 26.5 <= software <= 55.0, latencies
+        # Minus the network's one way, measured by the lab's plain echo just before the call.
+        software = statistics.median(latencies) - measured.network_one_way()
+        report = measured.call.callers[me].report
+        assert report is not None
+        # The floor: a 20 ms frame and Opus's 6.5 ms lookahead. Above it: the jitter buffer the
+        # listener reports, and up to a frame of the playout tick's phase against arrivals,
+        # plus a few ms of scheduling. The absolute goal (50 ms) is bench/mouth_to_ear.py's.
+        ceiling = 26.5 + report["jitter_buffer_ms"] + 20.0 + 5.0
+        assert 26.5 <= software <= ceiling, (latencies, report["jitter_buffer_ms"])
         assert max(latencies) - min(latencies) < 10.0  # steady once playing
 
 

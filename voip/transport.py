@@ -3,71 +3,156 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+import struct
+import sys
+import time
 from collections.abc import Callable
 
 from voip.wire.stun import Address
 
 DatagramHandler = Callable[[bytes, Address, float], object]  # the result is ignored
 
+log = logging.getLogger(__name__)
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, endpoint: UdpEndpoint):
-        self.endpoint = endpoint
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        host, port = addr[0], addr[1]
-        assert isinstance(host, str) and isinstance(port, int)
-        self.endpoint.received += 1
-        self.endpoint.on_datagram(data, (host, port), self.endpoint.loop.time())
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and the like: a peer candidate that goes nowhere. Checks time out
-        # on their own; counting is all there is to do.
-        self.endpoint.errors += 1
+# Linux <asm-generic/socket.h>; Python's socket module does not name it. The kernel stamps
+# each datagram on arrival, so an RTT or a jitter figure is the network's, not our event loop's.
+SO_TIMESTAMPNS = 35
+TIMESPEC = struct.Struct("@qq")
+ANCILLARY = socket.CMSG_SPACE(TIMESPEC.size)
+BATCH = 64  # datagrams read per wake-up before other work gets a turn
+LOG_EVERY = 10.0  # s between two log lines about datagrams a handler could not take
+MAX_AGE = 5.0  # s: a stamp further from now means the wall clock was stepped
+OFFSET_EVERY = 1.0  # s between readings of the wall clock against the loop's
 
 
 class UdpEndpoint:
-    """One bound UDP socket; every datagram goes to `on_datagram(data, src, now)`."""
+    """One bound UDP socket; every datagram goes to `on_datagram(data, src, now)`, where `now`
+    is when the kernel received it, on the event loop's clock.
+
+    This is the one guarded entry for datagrams: a handler's exception is counted and logged at
+    most once per LOG_EVERY seconds, never raised into the event loop, so garbage from the
+    network cannot fill a disk with tracebacks."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_datagram: DatagramHandler):
         self.loop = loop
         self.on_datagram = on_datagram
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock: socket.socket | None = None
         self.received = 0
         self.sent = 0
-        self.errors = 0
+        self.errors = 0  # ICMP errors and sends the kernel refused
+        self.handler_failures = 0
+        self._timestamps = False
+        self._logged_at = -LOG_EVERY
+        self._offset = 0.0  # wall clock minus loop clock
+        self._offset_at = -OFFSET_EVERY
 
     @classmethod
     async def bind(cls, host: str, port: int, on_datagram: DatagramHandler) -> UdpEndpoint:
         loop = asyncio.get_running_loop()
         self = cls(loop, on_datagram)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self), local_addr=(host, port), family=family
-        )
-        self.transport = transport
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        if sys.platform.startswith("linux"):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                self._timestamps = True
+            except OSError:
+                pass
+        self.sock = sock
+        loop.add_reader(sock.fileno(), self._readable)
         return self
 
     @property
     def local_address(self) -> Address:
-        assert self.transport is not None
-        host, port = self.transport.get_extra_info("sockname")[:2]
+        assert self.sock is not None
+        host, port = self.sock.getsockname()[:2]
         return str(host), int(port)
 
     def send(self, data: bytes, dest: Address) -> None:
-        if self.transport is None or self.transport.is_closing():
+        if self.sock is None:
             return
-        self.sent += 1
-        self.transport.sendto(data, dest)
+        try:
+            self.sock.sendto(data, dest)
+            self.sent += 1
+        except OSError:  # a full buffer, no route, a firewall: UDP has nothing to retry
+            self.errors += 1
 
     def send_all(self, datagrams: list[tuple[bytes, Address]]) -> None:
         for data, dest in datagrams:
             self.send(data, dest)
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        if self.sock is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+
+    def _readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        loop_now = self.loop.time()
+        if self._timestamps and loop_now - self._offset_at >= OFFSET_EVERY:
+            self._offset, self._offset_at = _wall_minus(self.loop), loop_now
+        for _ in range(BATCH):
+            try:
+                if self._timestamps:
+                    data, ancillary, _, src = sock.recvmsg(65535, ANCILLARY)
+                    now = _stamp(ancillary, loop_now + self._offset) - self._offset
+                    if abs(now - loop_now) > MAX_AGE:
+                        now = loop_now
+                else:
+                    data, src = sock.recvfrom(65535)
+                    now = loop_now
+            except BlockingIOError:
+                return
+            except OSError:  # ICMP port unreachable from a candidate that goes nowhere
+                self.errors += 1
+                continue
+            self.received += 1
+            try:
+                self.on_datagram(data, (str(src[0]), int(src[1])), now)
+            except Exception:
+                self.handler_failures += 1
+                if loop_now - self._logged_at >= LOG_EVERY:
+                    self._logged_at = loop_now
+                    log.exception(
+                        "a datagram from %s:%s could not be handled (%d so far)",
+                        src[0],
+                        src[1],
+                        self.handler_failures,
+                    )
+            if self.sock is None:  # the handler closed us
+                return
+
+
+def _wall_minus(loop: asyncio.AbstractEventLoop) -> float:
+    """time.time() minus loop.time(), from the tightest of three bracketed readings (a reading
+    interrupted by the scheduler would skew every stamp until the next)."""
+    best = (float("inf"), 0.0)
+    for _ in range(3):
+        before = loop.time()
+        wall = time.time()
+        after = loop.time()
+        best = min(best, (after - before, wall - (before + after) / 2))
+    return best[1]
+
+
+def _stamp(ancillary: list[tuple[int, int, bytes]], default: float) -> float:
+    """The kernel's arrival time (CLOCK_REALTIME) of a datagram, or `default`."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= TIMESPEC.size:
+            sec, nsec = TIMESPEC.unpack_from(data)
+            return float(sec + nsec / 1e9)
+    return default
 
 
 class Timer:

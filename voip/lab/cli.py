@@ -133,6 +133,21 @@ def routers_table(result: LabCallResult) -> Table:
     return table
 
 
+def baseline_line(result: LabCallResult) -> str:
+    """What the lab itself adds: plain echoes before the call against the configured delays."""
+    cfg, base = result.config, result.baseline
+    if not base:
+        return ""
+    truth = {
+        "direct": cfg.delay_a + cfg.delay_b if not cfg.same_nat else 0.0,
+        "relay": cfg.delay_a + cfg.delay_b + 2 * cfg.delay_relay,
+    }
+    parts = [
+        f"{path} {rtt.median:.2f} ms (configured {truth[path]:g})" for path, rtt in base.items()
+    ]
+    return "plain UDP echo before the call, median RTT: " + ", ".join(parts)
+
+
 def run_lab(args: argparse.Namespace) -> int:
     # SIGTERM becomes SystemExit, so the lab's context manager tears everything down as it does
     # after Ctrl-C; left to the default, the namespaces would outlive us (until the next run).
@@ -157,6 +172,8 @@ def run_lab(args: argparse.Namespace) -> int:
         )
         what = heard(result)
     console.print(routers_table(result))
+    if echo := baseline_line(result):
+        console.print(echo, highlight=False)
     alice = result.callers["alice"]
     if alice.report is not None and alice.report.get("path") != "none":
         console.print(render_table(alice.report))

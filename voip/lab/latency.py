@@ -10,12 +10,13 @@ mark found at received sample r was heard when its frame was played plus its pla
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from voip.codecs.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm
-from voip.lab.scenario import run_lab_call
+from voip.lab.scenario import LabCallResult, run_lab_call
 from voip.lab.topology import LabConfig
 from voip.media.audio_io import click_positions, read_wav
 
@@ -51,9 +52,19 @@ def mouth_to_ear_ms(captured_at: list[float], played_at: list[float], received: 
     return latencies
 
 
-def lab_mouth_to_ear(config: LabConfig, workdir: Path, duration: float) -> dict[str, list[float]]:
-    """Run a call in the lab with marks both ways; each listener's mouth-to-ear latencies, ms."""
-    run_lab_call(
+@dataclass
+class MouthToEar:
+    latencies: dict[str, list[float]]  # each listener's, ms
+    call: LabCallResult  # the reports, and the lab's baseline echo before the call
+
+    def network_one_way(self) -> float:
+        """Half the plain echo's median RTT on the direct path: the network's part, ms."""
+        return self.call.baseline["direct"].median / 2
+
+
+def lab_mouth_to_ear(config: LabConfig, workdir: Path, duration: float) -> MouthToEar:
+    """Run a call in the lab with marks both ways; each listener's mouth-to-ear latencies."""
+    call = run_lab_call(
         config,
         workdir,
         duration=duration,
@@ -67,4 +78,4 @@ def lab_mouth_to_ear(config: LabConfig, workdir: Path, duration: float) -> dict[
         heard = json.loads((workdir / f"{me}.timeline.json").read_text())
         pcm, _ = read_wav(workdir / f"{me}.wav")
         out[me] = mouth_to_ear_ms(sent["captured_at"], heard["played_at"], pcm)
-    return out
+    return MouthToEar(out, call)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from voip.lab.echo import ECHO_PORT
+
 NAT_KINDS = ("none", "cone", "full-cone", "symmetric")
 
 # What each kind does, for reports and messages.
@@ -26,7 +28,8 @@ def router_ruleset(
 ) -> str:
     """The nft ruleset of a router of `kind` whose LAN holds `lan_hosts`.
 
-    Every router drops unsolicited packets arriving on its WAN, as real ones do; without that,
+    Every router drops unsolicited packets arriving on its WAN, as real ones do (but for the
+    lab's baseline echo on the router's own port 7, which no call uses); without that,
     a peer's early punch is confirmed by conntrack on the router's own stack and masquerade
     then picks another port for our outgoing packet (DESIGN.md).
 
@@ -83,6 +86,7 @@ table ip lab_nat {{{learn}
 table ip lab_filter {{
     chain input {{
         type filter hook input priority filter; policy accept;
+        iifname "{wan_if}" udp dport {ECHO_PORT} accept
         iifname "{wan_if}" ct state new drop
     }}
     chain forward {{

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from voip.lab.echo import EchoRtt
 from voip.lab.netns import LabError
 from voip.lab.topology import RELAY_IP, SERVER_ALT_IP, SERVER_IP, Lab, LabConfig
 
@@ -39,6 +40,8 @@ class LabCallResult:
     callers: dict[str, CallerResult] = field(default_factory=dict)
     captures: dict[str, dict[str, Any]] = field(default_factory=dict)  # side -> capture summary
     inputs: dict[str, str] = field(default_factory=dict)
+    # Plain UDP echoes just before the call, over the paths it can take: what the lab adds.
+    baseline: dict[str, EchoRtt] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +61,7 @@ class LabCallResult:
             "inputs": self.inputs,
             "exit_codes": {n: c.exit_code for n, c in self.callers.items()},
             "captures": self.captures,
+            "baseline_rtt_ms": {path: rtt.to_dict() for path, rtt in self.baseline.items()},
         }
 
 
@@ -114,13 +118,16 @@ def run_lab_call(
     bob_after: float = 0.2,
     prepare: Callable[[Lab], None] | None = None,
     env: dict[str, str] | None = None,
+    baseline: bool = True,
 ) -> LabCallResult:
     """Build the lab, run one call through it, return what each side reported.
 
     Without `alternate_address` the rendezvous has no RFC 5780 address, so callers cannot learn
     their NAT's mapping at registration (to compare setup with and without it). `prepare` runs
     once the servers are up, before the callers start; bob calls `bob_after` s after alice;
-    `env` is added to the callers' environment."""
+    `env` is added to the callers' environment. With `baseline`, plain UDP echoes measure
+    the direct path (alice to bob's router) and the relayed one (alice to the relay plus bob to
+    the relay) first, so a call's figures can be held against this lab on this machine."""
     with Lab(config) as lab:
         nodes = {
             name: {"namespace": n.ns, "address": n.ip, "public": n.public_ip, "nat": n.nat}
@@ -152,6 +159,10 @@ def run_lab_call(
             assert proc.stdout is not None
             if "listening" not in proc.stdout.readline():
                 raise LabError(f"callpeer-rendezvous ({what}) did not start in the lab")
+        if baseline:
+            legs = [("a", "b"), ("a", "relay"), ("b", "relay")]
+            direct, to_relay_a, to_relay_b = lab.baseline(legs)
+            result.baseline = {"direct": direct, "relay": to_relay_a + to_relay_b}
         if prepare is not None:
             prepare(lab)
         captures = {side: _start_capture(lab, side) for side in ("a", "b")} if capture else {}

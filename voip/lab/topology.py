@@ -13,6 +13,7 @@ always tears down, after a failure or Ctrl-C too.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import subprocess
@@ -20,6 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from voip.lab.echo import EchoRtt
 from voip.lab.nat import NAT_KINDS, router_ruleset
 from voip.lab.netns import (
     LabError,
@@ -256,6 +258,48 @@ class Lab:
     def run(self, node: str, args: list[str], *, check: bool = True) -> str:
         return run(args, ns=self.nodes[node].ns, check=check)
 
+    def baseline(self, legs: list[tuple[str, str]], *probe_args: str) -> list[EchoRtt]:
+        """Plain UDP echoes from host to node, all at once, through the same switch and routers
+        a call crosses: what the lab itself adds to a path's configured delay. `probe_args`
+        go to `python -m voip.lab.echo probe` (--count, --interval, --timeout)."""
+        targets = [self._echo_target(src, dst) for src, dst in legs]
+        procs: list[subprocess.Popen[str]] = []
+        try:
+            for ns, ip in dict.fromkeys(targets):  # one server per answering node
+                server = popen(_echo("serve", ip), ns=ns, stdout=subprocess.PIPE)
+                procs.append(server)
+                assert server.stdout is not None
+                if server.stdout.readline().strip() != "ready":
+                    raise LabError(f"the lab's baseline echo on {ip} did not start")
+            probes = [
+                popen(
+                    _echo("probe", ip, *probe_args), ns=self.nodes[src].ns, stdout=subprocess.PIPE
+                )
+                for (src, _), (_, ip) in zip(legs, targets, strict=True)
+            ]
+            procs += probes
+            results = []
+            for (_, ip), proc in zip(targets, probes, strict=True):
+                out, _ = proc.communicate(timeout=120)
+                data = json.loads(out or "{}")
+                if not data.get("samples"):
+                    raise LabError(f"the lab's baseline echo to {ip} never answered")
+                results.append(EchoRtt(tuple(data["samples"]), data["lost"]))
+            return results
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+
+    def _echo_target(self, src: str, dst: str) -> tuple[str, str]:
+        """Where an echo for `dst` answers, as seen from `src`: a host on the same LAN answers
+        itself; behind another router, the router does (the LAN hop after it is the kernel's)."""
+        node = self.nodes[dst]
+        if node.router_ns is None or node.router_ns == self.nodes[src].router_ns:
+            return node.ns, node.ip
+        return node.router_ns, node.public_ip
+
     def cut(self, side: str, peer_ip: str) -> None:
         """Block everything between `side`'s router and `peer_ip`: a direct path dies, while
         traffic to the rendezvous and the relay goes on."""
@@ -277,6 +321,10 @@ table ip lab_cut {{
         router = self.nodes[side].router_ns
         if router is not None:
             run(["nft", "delete", "table", "ip", "lab_cut"], ns=router, check=False)
+
+
+def _echo(*args: str) -> list[str]:
+    return [sys.executable, "-m", "voip.lab.echo", *args]
 
 
 def _delete_namespace(ns: str) -> None:
