@@ -9,6 +9,14 @@ answers, with no OTHER-ADDRESS, so a client knows which tests it cannot run here
 CHANGE-REQUEST then gets 420, as RFC 5780 §6.1 says. RESPONSE-PORT (§7.5) sends the answer to
 another port of the asking IP: that is how a client learns whether an idle mapping still lives
 without refreshing it.
+
+Binding is the one request every STUN server answers unauthenticated, so its answer is kept to
+what a client cannot do without: XOR-MAPPED-ADDRESS, and FINGERPRINT if the request had one (40
+bytes for IPv4). RESPONSE-ORIGIN, OTHER-ADDRESS and SOFTWARE are added only while the answer
+stays no larger than the request: a client that wants them pads its request (RFC 5780's
+PADDING), as natcheck does. An RFC 3489 client testing its NAT (a CHANGE-REQUEST, 28 bytes)
+gets MAPPED-ADDRESS and, when there is one, CHANGED-ADDRESS, which it cannot test without: 44
+bytes, a smaller factor than a plain Binding's 32 for 20.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from dataclasses import dataclass
 
 from rendezvous.turn_server import Out
 from voip.wire.stun import (
+    HEADER_LEN,
     Address,
     Attr,
     Class,
@@ -63,6 +72,11 @@ def change_request(flags: int) -> bytes:
     return struct.pack("!I", flags)
 
 
+def attribute_size(value: bytes) -> int:
+    """Bytes an attribute takes on the wire: header, value, padding to 4 (RFC 8489 §14)."""
+    return 4 + len(value) + (-len(value) % 4)
+
+
 def answer_binding(
     msg: Message, src: Address, local: Address, addresses: Addresses, software: str
 ) -> list[Out]:
@@ -83,39 +97,44 @@ def answer_binding(
             raise StunError("RESPONSE-PORT 0")
         # The same IP only, so it cannot aim answers at anyone else.
         dest = (src[0], port)
+    fingerprint = not msg.is_classic and msg.fingerprint_at is not None
+    budget = len(msg.raw) - (8 if fingerprint else 0) - HEADER_LEN  # bytes of attributes
     wants_change = bool(flags & (CHANGE_IP | CHANGE_PORT))
     if wants_change and addresses.alternate is None:
-        reply = msg.reply(
-            Class.ERROR,
-            [
-                (
-                    Attr.ERROR_CODE,
-                    encode_error_code(420, "Unknown Attribute: no alternate address"),
-                ),
-                (Attr.UNKNOWN_ATTRIBUTES, encode_unknown_attributes([Attr.CHANGE_REQUEST])),
-            ],
-        )
-        return [Out(encode(reply, fingerprint=not msg.is_classic), src, local)]
+        error: list[tuple[int, bytes]] = [
+            (Attr.ERROR_CODE, encode_error_code(420, "")),
+            (Attr.UNKNOWN_ATTRIBUTES, encode_unknown_attributes([Attr.CHANGE_REQUEST])),
+        ]
+        if sum(attribute_size(v) for _, v in error) > budget:
+            return []  # an error no larger than the question, or none
+        reply = msg.reply(Class.ERROR, error)
+        return [Out(encode(reply, fingerprint=fingerprint), src, local)]
     origin = (
         addresses.changed(local, bool(flags & CHANGE_IP), bool(flags & CHANGE_PORT))
         if wants_change
         else local
     )
     attrs: list[tuple[int, bytes]] = []
+    optional: list[tuple[int, bytes]] = []
     if msg.is_classic:  # RFC 3489: plain addresses, and its names for the same facts
         attrs.append((Attr.MAPPED_ADDRESS, encode_address(src)))
-        attrs.append((SOURCE_ADDRESS, encode_address(origin)))
         if addresses.alternate is not None:
-            attrs.append((CHANGED_ADDRESS, encode_address(addresses.alternate)))
-    else:
-        attrs.append((Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id)))
-        attrs.append((Attr.RESPONSE_ORIGIN, encode_address(origin)))
-        if addresses.alternate is not None:
-            attrs.append((Attr.OTHER_ADDRESS, encode_address(addresses.alternate)))
-    if msg.is_classic:
+            changed = (CHANGED_ADDRESS, encode_address(addresses.alternate))
+            (attrs if raw is not None else optional).append(changed)
+        optional.append((SOURCE_ADDRESS, encode_address(origin)))
         # RFC 3489's SERVER attribute is a multiple of 4 bytes long; an old client (Debian's
         # `stun`) rejects any other length, so pad with spaces as RFC 5769's vectors do.
-        software += " " * (-len(software.encode()) % 4)
-    attrs.append((Attr.SOFTWARE, text(software)))
+        optional.append((Attr.SOFTWARE, text(software + " " * (-len(software.encode()) % 4))))
+    else:
+        attrs.append((Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id)))
+        optional.append((Attr.RESPONSE_ORIGIN, encode_address(origin)))
+        if addresses.alternate is not None:
+            optional.append((Attr.OTHER_ADDRESS, encode_address(addresses.alternate)))
+        optional.append((Attr.SOFTWARE, text(software)))
+    used = sum(attribute_size(v) for _, v in attrs)
+    for attr in optional:
+        if used + attribute_size(attr[1]) <= budget:
+            attrs.append(attr)
+            used += attribute_size(attr[1])
     reply = msg.reply(Class.SUCCESS, attrs)
-    return [Out(encode(reply, fingerprint=not msg.is_classic), dest, origin)]
+    return [Out(encode(reply, fingerprint=fingerprint), dest, origin)]

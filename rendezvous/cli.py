@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
+import resource
 import sys
 
+from rendezvous.limits import OPTIONS as LIMIT_OPTIONS
+from rendezvous.limits import Limits
 from rendezvous.logic import RelayOffer, RendezvousLogic
 from rendezvous.server import RendezvousServer
 from rendezvous.turn_server import TurnPolicy
@@ -67,16 +71,38 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="CIDR",
-        help="relay to peers in this private range too (repeatable)",
+        help="relay to peers in this range too, though it is not globally reachable (private, "
+        "carrier-grade NAT, documentation and other IANA special-purpose ranges are refused "
+        "by default; repeatable)",
     )
     relay.add_argument(
         "--allow-loopback-peers",
         action="store_true",
         help="relay to loopback peers: only for a relay that is itself on loopback",
     )
-    relay.add_argument("--quota", type=int, default=10, help="allocations per user (default 10)")
+    caps = p.add_argument_group("limits (what strangers can make this server hold)")
+    defaults = Limits()
+    for option, name, what in LIMIT_OPTIONS:
+        caps.add_argument(
+            option,
+            dest=name,
+            type=positive_int,
+            default=getattr(defaults, name),
+            metavar="N",
+            help=f"{what} (default {getattr(defaults, name):,})",
+        )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return p
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def build_server(args: argparse.Namespace, host: str) -> RendezvousServer:
@@ -85,7 +111,8 @@ def build_server(args: argparse.Namespace, host: str) -> RendezvousServer:
         if not args.turn_secret:
             raise ValueError("--turn-url needs --turn-secret (the TURN server's REST secret)")
         offer = RelayOffer(turn_url(args.turn_url), args.turn_secret)
-    logic = RendezvousLogic(args.lifetime, relay=offer)
+    limits = Limits(**{name: getattr(args, name) for _, name, _ in LIMIT_OPTIONS})
+    logic = RendezvousLogic(args.lifetime, relay=offer, limits=limits)
     relay_host = args.relay_address or (host if host not in ("0.0.0.0", "") else None)  # noqa: S104
     if args.no_relay or relay_host is None or (offer is not None and not args.relay_address):
         return RendezvousServer(logic)
@@ -97,7 +124,7 @@ def build_server(args: argparse.Namespace, host: str) -> RendezvousServer:
         secret=args.turn_secret,
         allowed_peers=allowed,
         allow_loopback_peers=args.allow_loopback_peers,
-        quota=args.quota,
+        limits=limits,
     )
     return RendezvousServer.with_relay(relay_host, logic, policy)
 
@@ -128,8 +155,19 @@ async def _run(
         server.close()
 
 
+def raise_open_file_limit() -> None:
+    """Every relay allocation is a socket: take the open-file limit up to what the system
+    allows (the soft default is often 1024), as coturn does."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = min(hard, 1 << 20) if hard != resource.RLIM_INFINITY else 1 << 20
+        if soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    raise_open_file_limit()
     try:
         host, port = parse_address(args.listen, default_port=3478, allow_any_port=True)
         server = build_server(args, host)

@@ -3,6 +3,14 @@
 It answers STUN Binding requests from anyone (RFC 8489 §12), keeps the presence registry, and
 when two clients have each asked for the other, sends both a PEER-READY in the same instant:
 candidates and fresh ICE credentials, retransmitted until each acknowledges.
+
+Nothing a stranger sends makes it keep, introduce or retransmit anything, or answer with more
+bytes than it sent. A REGISTER is first answered 401 with a cookie (rendezvous/cookies.py), no
+larger than the request; only one that brings the cookie back, proving that its sender receives
+at its address, is served. Its public key agrees a key with ours (voip/security/registration.py),
+and every later message either way carries MESSAGE-INTEGRITY-SHA256 under it, so only the
+caller that registered a name can refresh, move or release it, and a caller can tell our
+PEER-READY from a forged one.
 """
 
 from __future__ import annotations
@@ -10,13 +18,27 @@ from __future__ import annotations
 import secrets
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rendezvous.behaviour import Addresses, answer_binding
-from rendezvous.registry import Entry, NameTaken, Registry
+from rendezvous.cookies import CookieJar
+from rendezvous.limits import Limits
+from rendezvous.registry import Entry, NameTaken, Registry, RegistryFull
 from rendezvous.turn_server import Out
 from voip.nat.candidates import Candidate, CandidateType
-from voip.wire.signal import ERR_BAD_REQUEST, ERR_NAME_TAKEN, PeerReady, Register
+from voip.security.registration import BadPublicKey, RegistrationKeyPair
+from voip.wire.signal import (
+    ERR_BAD_REQUEST,
+    ERR_CAPACITY,
+    ERR_NAME_TAKEN,
+    ERR_QUOTA,
+    ERR_UNAUTHENTICATED,
+    ERR_UNKNOWN_ATTRIBUTE,
+    REASONS,
+    PeerReady,
+    Register,
+)
 from voip.wire.stun import (
     MAX_DATAGRAM,
     Address,
@@ -25,6 +47,7 @@ from voip.wire.stun import (
     Message,
     Method,
     StunError,
+    check_integrity,
     encode,
     encode_address,
     encode_error_code,
@@ -44,6 +67,8 @@ SOFTWARE = "callpeer-rendezvous 0.1"
 PEER_READY_RTO = 0.25
 PEER_READY_RC = 7
 PEER_READY_RM = 8
+COOKIE_LIFETIME = 3600.0  # s; an expired cookie costs its client one more round trip
+MAX_UNKNOWN_LISTED = 8  # attribute types named in a 420 answer
 
 
 @dataclass(frozen=True)
@@ -65,6 +90,11 @@ class _Intro:
     peer: str
 
 
+def signed(msg: Message, key: bytes) -> bytes:
+    """A message to or from a registered caller: MESSAGE-INTEGRITY-SHA256 and FINGERPRINT."""
+    return encode(msg, integrity_key=key, integrity_sha256=True, fingerprint=True)
+
+
 class RendezvousLogic:
     def __init__(
         self,
@@ -73,13 +103,18 @@ class RendezvousLogic:
         relay: RelayOffer | None = None,
         wallclock: float | None = None,
         addresses: Addresses | None = None,
+        *,
+        limits: Limits | None = None,
     ):
-        self.registry = Registry(lifetime)
+        self.limits = limits or Limits()
+        self.registry = Registry(lifetime, self.limits.names, self.limits.names_per_ip)
         self.software = software
         self.relay = relay
         self.addresses = addresses  # our transport addresses, with the RFC 5780 alternate
         self.wall_offset = (time.time() - time.monotonic()) if wallclock is None else wallclock
         self.stats: Counter[str] = Counter()
+        self.cookies = CookieJar(COOKIE_LIFETIME)
+        self.keys = RegistrationKeyPair()
         self._txns: TransactionTable[_Intro] = TransactionTable()
 
     def next_deadline(self) -> float | None:
@@ -102,32 +137,41 @@ class RendezvousLogic:
             return []
         try:
             msg = parse_message_untrusted(data)
-            return self._dispatch(msg, src, now)
+        except StunError:
+            self.stats["malformed"] += 1
+            return []
+        return [(out.data, out.dest) for out in self.handle_message(msg, src, now)]
+
+    def handle_message(
+        self, msg: Message, src: Address, now: float, local: Address | None = None
+    ) -> list[Out]:
+        """A parsed STUN message that arrived on our `local` address (the primary if None)."""
+        try:
+            return self._dispatch(msg, src, now, local or self._primary())
         except StunError:
             self.stats["malformed"] += 1
             return []
 
+    def _primary(self) -> Address:
+        return self.addresses.primary if self.addresses else ("0.0.0.0", 0)  # noqa: S104
+
     # -- dispatch ---------------------------------------------------------------------------
-    def _dispatch(self, msg: Message, src: Address, now: float) -> list[Transmit]:
+    def _dispatch(self, msg: Message, src: Address, now: float, local: Address) -> list[Out]:
         if msg.cls == Class.REQUEST:
             unknown = unknown_required(msg)
             if unknown:
                 self.stats["unknown_attribute"] += 1
-                return self._error(
-                    msg,
-                    src,
-                    420,
-                    "Unknown Attribute",
-                    [(Attr.UNKNOWN_ATTRIBUTES, encode_unknown_attributes(unknown))],
-                )
+                listed = encode_unknown_attributes(unknown[:MAX_UNKNOWN_LISTED])
+                extra = [(Attr.UNKNOWN_ATTRIBUTES, listed)]
+                return self._refuse(msg, src, ERR_UNKNOWN_ATTRIBUTE, extra)
             if msg.method == Method.BINDING:
-                return self._binding(msg, src)
+                return self.binding(msg, src, local)
             if msg.method == Method.CP_REGISTER:
                 return self._register(msg, src, now)
             if msg.method == Method.CP_LEAVE:
-                return self._leave(msg, src)
+                return self._leave(msg, src, now)
             self.stats["unknown_method"] += 1
-            return self._error(msg, src, ERR_BAD_REQUEST, "Unknown method")
+            return self._refuse(msg, src, ERR_BAD_REQUEST)
         if msg.cls == Class.SUCCESS and msg.method == Method.CP_PEER_READY:
             if self._txns.match(msg) is not None:
                 self.stats["peer_ready_acknowledged"] += 1
@@ -135,29 +179,26 @@ class RendezvousLogic:
         self.stats["ignored"] += 1
         return []
 
-    def _reply(
-        self, msg: Message, src: Address, cls: Class, attrs: list[tuple[int, bytes]]
-    ) -> Transmit:
-        attrs = [*attrs, (Attr.SOFTWARE, text(self.software))]
-        # An RFC 3489 client has no FINGERPRINT and cannot read XOR addresses.
-        return encode(msg.reply(cls, attrs), fingerprint=not msg.is_classic), src
+    def _unproven(self, msg: Message, data: bytes, src: Address) -> list[Out]:
+        """An answer to a source that has not shown it receives there: never more bytes than
+        it sent, or a spoofed request would make us a reflector."""
+        if len(data) > len(msg.raw):
+            self.stats["answer_withheld"] += 1
+            return []
+        return [Out(data, src)]
 
-    def _error(
+    def _refuse(
         self,
         msg: Message,
         src: Address,
         code: int,
-        reason: str,
-        extra: list[tuple[int, bytes]] | None = None,
-    ) -> list[Transmit]:
-        return [
-            self._reply(
-                msg,
-                src,
-                Class.ERROR,
-                [(Attr.ERROR_CODE, encode_error_code(code, reason)), *(extra or [])],
-            )
-        ]
+        extra: Sequence[tuple[int, bytes]] = (),
+    ) -> list[Out]:
+        """An error to an unproven source: fixed reason, no SOFTWARE, FINGERPRINT only if the
+        request had one."""
+        attrs = [(Attr.ERROR_CODE, encode_error_code(code, REASONS[code])), *extra]
+        reply = encode(msg.reply(Class.ERROR, attrs), fingerprint=msg.fingerprint_at is not None)
+        return self._unproven(msg, reply, src)
 
     def binding(self, msg: Message, src: Address, local: Address) -> list[Out]:
         """A Binding request that arrived on our `local` address (RFC 5780 when we have an
@@ -166,51 +207,78 @@ class RendezvousLogic:
         addresses = self.addresses or Addresses(local)
         return answer_binding(msg, src, local, addresses, self.software)
 
-    def _binding(self, msg: Message, src: Address) -> list[Transmit]:
-        primary = self.addresses.primary if self.addresses else ("0.0.0.0", 0)  # noqa: S104
-        return [(out.data, out.dest) for out in self.binding(msg, src, primary)]
-
-    def _register(self, msg: Message, src: Address, now: float) -> list[Transmit]:
+    # -- registration -----------------------------------------------------------------------
+    def _register(self, msg: Message, src: Address, now: float) -> list[Out]:
         try:
             req = Register.from_message_untrusted(msg)
-        except StunError as exc:
+        except StunError:
             self.stats["bad_register"] += 1
-            return self._error(msg, src, ERR_BAD_REQUEST, str(exc))
+            return self._refuse(msg, src, ERR_BAD_REQUEST)
+        if req.key is None:
+            self.stats["bad_register"] += 1
+            return self._refuse(msg, src, ERR_BAD_REQUEST)
+        if not self.cookies.valid(req.nonce, src, now):
+            self.stats["register_challenged"] += 1
+            nonce = [(Attr.NONCE, text(self.cookies.make(src, now)))]
+            return self._refuse(msg, src, ERR_UNAUTHENTICATED, nonce)
+        # The source receives where it says it is: from here on, answers may be larger.
+        holder = self.registry.get(req.name, now)
+        if holder is not None and holder.client_key == req.key:
+            key = holder.key
+            # From a new address, only the holder's MAC moves the name there. From its own, the
+            # cookie is proof enough: the holder may not have had our answer, and our key, yet.
+            if holder.reflexive != src and not check_integrity(msg, key):
+                self.stats["register_forged"] += 1
+                return []
+        else:
+            try:
+                key = self.keys.agree_untrusted(req.key, we_are_client=False)
+            except BadPublicKey:
+                self.stats["bad_register"] += 1
+                return self._refuse(msg, src, ERR_BAD_REQUEST)
         if req.peer == req.name:
-            return self._error(msg, src, ERR_BAD_REQUEST, "cannot call yourself")
+            return self._signed_error(msg, src, key, ERR_BAD_REQUEST)
+        hosts = req.host_candidates[: self.limits.candidates]
         try:
             entry = self.registry.register(
-                req.name, src, req.host_candidates, req.peer, now, mapping=req.mapping
+                req.name,
+                src,
+                hosts,
+                req.peer,
+                now,
+                mapping=req.mapping,
+                client_key=req.key,
+                key=key,
             )
         except NameTaken:
             self.stats["name_taken"] += 1
-            return self._error(
-                msg,
-                src,
-                ERR_NAME_TAKEN,
-                f"Name Taken: {req.name!r} is in use by a live client at another address; it "
-                f"is freed {self.registry.lifetime:.0f} s after that client stops refreshing",
-            )
+            return self._signed_error(msg, src, key, ERR_NAME_TAKEN)
+        except RegistryFull as full:
+            self.stats["registry_full_per_ip" if full.per_ip else "registry_full"] += 1
+            return self._signed_error(msg, src, key, ERR_QUOTA if full.per_ip else ERR_CAPACITY)
         self.stats["register"] += 1
         peer = self.registry.match(req.name, now)
         status = "matched" if peer is not None else ("waiting" if req.peer else "registered")
-        out = [
-            self._reply(
-                msg,
-                src,
-                Class.SUCCESS,
-                [
-                    (Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id)),
-                    (Attr.LIFETIME, u32(int(self.registry.lifetime))),
-                    (Attr.CP_STATUS, text(status)),
-                    *self._relay_attributes(req.name, now),
-                    *self._other_address(),
-                ],
-            )
+        attrs = [
+            (Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id)),
+            (Attr.LIFETIME, u32(int(self.registry.lifetime))),
+            (Attr.CP_STATUS, text(status)),
+            (Attr.CP_KEY, self.keys.public),
+            *self._relay_attributes(req.name, now),
+            *self._other_address(),
         ]
+        out = [Out(signed(msg.reply(Class.SUCCESS, attrs), key), src)]
         if peer is not None:
             out += self._introduce(entry, peer, now)
         return out
+
+    def _signed_error(self, msg: Message, src: Address, key: bytes, code: int) -> list[Out]:
+        """An error to a proven source, with our key so it can check the answer is ours."""
+        attrs = [
+            (Attr.ERROR_CODE, encode_error_code(code, REASONS[code])),
+            (Attr.CP_KEY, self.keys.public),
+        ]
+        return [Out(signed(msg.reply(Class.ERROR, attrs), key), src)]
 
     def _other_address(self) -> list[tuple[int, bytes]]:
         """OTHER-ADDRESS, so a client can learn its NAT's mapping with one more Binding."""
@@ -219,6 +287,7 @@ class RendezvousLogic:
         return [(Attr.OTHER_ADDRESS, encode_address(self.addresses.alternate))]
 
     def _relay_attributes(self, name: str, now: float) -> list[tuple[int, bytes]]:
+        """Relay credentials: only ever in an answer to a registered, proven caller."""
         if self.relay is None:
             return []
         username = rest_username(int(now + self.wall_offset) + self.relay.ttl, name)
@@ -228,20 +297,26 @@ class RendezvousLogic:
             (Attr.CP_TURN_PASSWORD, text(rest_password(self.relay.secret, username))),
         ]
 
-    def _leave(self, msg: Message, src: Address) -> list[Transmit]:
+    def _leave(self, msg: Message, src: Address, now: float) -> list[Out]:
+        """Release a name: only its holder, from its address, under its key. Anything else
+        gets no answer at all."""
         name = msg.text(Attr.CP_NAME) or ""
-        if self.registry.remove(name, src):
-            self.stats["leave"] += 1
-        return [self._reply(msg, src, Class.SUCCESS, [])]
+        entry = self.registry.get(name, now)
+        if entry is None or entry.reflexive != src or not check_integrity(msg, entry.key):
+            self.stats["leave_refused"] += 1
+            return []
+        self.registry.remove(name, src)
+        self.stats["leave"] += 1
+        return [Out(signed(msg.reply(Class.SUCCESS), entry.key), src)]
 
     # -- introductions ----------------------------------------------------------------------
-    def _introduce(self, a: Entry, b: Entry, now: float) -> list[Transmit]:
+    def _introduce(self, a: Entry, b: Entry, now: float) -> list[Out]:
         """Send both sides each other's candidates in one go, so they punch at the same moment."""
         self.stats["matched"] += 1
         a.wants = b.wants = None  # this request is served; a new call needs a new request
         creds = {e.name: (secrets.token_hex(4), secrets.token_urlsafe(18)) for e in (a, b)}
         first = a if a.since <= b.since else b  # the one who waited longest controls (RFC 8445)
-        out: list[Transmit] = []
+        out: list[Out] = []
         for me, peer in ((a, b), (b, a)):
             ready = PeerReady(
                 peer=peer.name,
@@ -257,7 +332,7 @@ class RendezvousLogic:
                 peer_mapping=peer.mapping,
             )
             req = ready.to_message()
-            data = encode(req, fingerprint=True)
+            data = signed(req, me.key)
             txn = Transaction(
                 req.transaction_id,
                 data,
@@ -267,5 +342,5 @@ class RendezvousLogic:
                 rc=PEER_READY_RC,
                 rm=PEER_READY_RM,
             )
-            out.append((self._txns.start(now, txn), me.reflexive))
+            out.append(Out(self._txns.start(now, txn), me.reflexive))
         return out

@@ -1,7 +1,14 @@
-"""Presence registry: who is online, at which addresses, and whom they want to call (pure)."""
+"""Presence registry: who is online, at which addresses, and whom they want to call (pure).
+
+Names expire from a heap (O(log n) per registration, however many are online), and the registry
+caps how many names it holds in all and from one public IP, so no stranger can grow it without
+bound.
+"""
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
 from dataclasses import dataclass
 
 from voip.nat.candidates import Candidate
@@ -17,6 +24,8 @@ class Entry:
     since: float  # first registration; the earlier caller gets the controlling role
     wants: str | None = None
     mapping: str | None = None  # its NAT's mapping behaviour, if the client found out
+    client_key: bytes = b""  # the caller's public registration key
+    key: bytes = b""  # the message-integrity key agreed with that caller
 
 
 class NameTaken(Exception):
@@ -28,10 +37,23 @@ class NameTaken(Exception):
         self.holder = holder
 
 
+class RegistryFull(Exception):
+    """No room: `per_ip` when this public IP holds its share of names, else the whole table."""
+
+    def __init__(self, per_ip: bool):
+        super().__init__("names per address" if per_ip else "names in all")
+        self.per_ip = per_ip
+
+
 class Registry:
-    def __init__(self, lifetime: float = 30.0):
+    def __init__(self, lifetime: float = 30.0, capacity: int = 100_000, per_ip: int = 64):
         self.lifetime = lifetime
+        self.capacity = capacity
+        self.per_ip = per_ip
         self._entries: dict[str, Entry] = {}
+        self._by_ip: Counter[str] = Counter()
+        # (expires, name): a refresh pushes a new item and leaves the old one to be skipped
+        self._expiries: list[tuple[float, str]] = []
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -39,7 +61,7 @@ class Registry:
     def get(self, name: str, now: float) -> Entry | None:
         entry = self._entries.get(name)
         if entry is not None and entry.expires <= now:
-            del self._entries[name]
+            self._drop(name)
             return None
         return entry
 
@@ -52,20 +74,37 @@ class Registry:
         now: float,
         *,
         mapping: str | None = None,
+        client_key: bytes = b"",
+        key: bytes = b"",
     ) -> Entry:
-        """Add or refresh `name`. A live name held from another address raises NameTaken."""
+        """Add or refresh `name`. The caller has already checked that the request comes from
+        the name's holder when `client_key` is the holder's: then the name follows it to a new
+        address (a NAT that rebinds). Another key from another address raises NameTaken; one
+        from the holder's own address replaces it (a new run on the same socket)."""
         entry = self.get(name, now)
-        if entry is not None and entry.reflexive != reflexive:
+        if entry is not None and entry.client_key != client_key and entry.reflexive != reflexive:
             raise NameTaken(name, entry.reflexive)
+        moving = entry is None or entry.reflexive[0] != reflexive[0]
+        if moving and self._by_ip[reflexive[0]] >= self.per_ip:
+            raise RegistryFull(per_ip=True)
         if entry is None:
+            if len(self._entries) >= self.capacity:
+                raise RegistryFull(per_ip=False)
             entry = Entry(name, reflexive, host_candidates, now + self.lifetime, now, wants)
             self._entries[name] = entry
+            self._by_ip[reflexive[0]] += 1
         else:
+            if moving:
+                self._uncount(entry.reflexive[0])
+                self._by_ip[reflexive[0]] += 1
+            entry.reflexive = reflexive
             entry.host_candidates = host_candidates
             entry.expires = now + self.lifetime
             if wants is not None and entry.wants != wants:
                 entry.since = now  # a new call request waits from now
             entry.wants = wants
+        heapq.heappush(self._expiries, (entry.expires, name))
+        entry.client_key, entry.key = client_key, key
         if mapping is not None:
             entry.mapping = mapping
         return entry
@@ -75,7 +114,7 @@ class Registry:
         entry = self._entries.get(name)
         if entry is None or entry.reflexive != reflexive:
             return False
-        del self._entries[name]
+        self._drop(name)
         return True
 
     def match(self, name: str, now: float) -> Entry | None:
@@ -89,10 +128,29 @@ class Registry:
         return peer
 
     def expire(self, now: float) -> list[str]:
-        gone = [n for n, e in self._entries.items() if e.expires <= now]
-        for n in gone:
-            del self._entries[n]
+        gone = []
+        while self._expiries and self._expiries[0][0] <= now:
+            expires, name = heapq.heappop(self._expiries)
+            entry = self._entries.get(name)
+            if entry is not None and entry.expires == expires:
+                self._drop(name)
+                gone.append(name)
         return gone
 
     def next_expiry(self) -> float | None:
-        return min((e.expires for e in self._entries.values()), default=None)
+        while self._expiries:
+            expires, name = self._expiries[0]
+            entry = self._entries.get(name)
+            if entry is not None and entry.expires == expires:
+                return expires
+            heapq.heappop(self._expiries)  # refreshed or removed since: skip it
+        return None
+
+    def _drop(self, name: str) -> None:
+        entry = self._entries.pop(name)
+        self._uncount(entry.reflexive[0])
+
+    def _uncount(self, ip: str) -> None:
+        self._by_ip[ip] -= 1
+        if self._by_ip[ip] <= 0:
+            del self._by_ip[ip]

@@ -10,17 +10,11 @@ import socket
 
 from rendezvous.behaviour import Addresses
 from rendezvous.logic import RelayOffer, RendezvousLogic
+from rendezvous.node import RendezvousNode
 from rendezvous.turn_server import Out, TurnPolicy, TurnServer
-from voip.transport import Timer, UdpEndpoint
-from voip.wire.stun import (
-    Address,
-    Class,
-    Method,
-    StunError,
-    looks_like_stun,
-    parse_message_untrusted,
-)
-from voip.wire.turn import looks_like_channel_data
+from voip.nat.host_addresses import host_ipv4_addresses
+from voip.transport import BATCH, Timer, UdpEndpoint
+from voip.wire.stun import Address
 
 
 class SocketRelayPorts:
@@ -32,7 +26,10 @@ class SocketRelayPorts:
         self.server: RendezvousServer | None = None
 
     def open(self) -> Address | None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:  # at the open-file limit socket() itself fails (EMFILE): the caller answers 508
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        except OSError:
+            return None
         try:
             sock.bind((self.host, 0))
         except OSError:
@@ -62,7 +59,7 @@ class SocketRelayPorts:
                 sock.sendto(data, dest)
 
     def _readable(self, relayed: Address, sock: socket.socket) -> None:
-        while True:
+        for _ in range(BATCH):
             try:
                 data, src = sock.recvfrom(65535)
             except (BlockingIOError, OSError):
@@ -72,6 +69,8 @@ class SocketRelayPorts:
 
 
 class RendezvousServer:
+    """The asyncio shell: the sockets, and a timer, around a RendezvousNode."""
+
     def __init__(
         self,
         logic: RendezvousLogic | None = None,
@@ -83,6 +82,7 @@ class RendezvousServer:
         self.relay_ports = relay_ports
         if relay_ports is not None:
             relay_ports.server = self
+        self.node: RendezvousNode | None = None
         self.endpoint: UdpEndpoint | None = None
         self.behaviour_endpoints: dict[Address, UdpEndpoint] = {}  # RFC 5780's other three
         self._timer: Timer | None = None
@@ -116,9 +116,18 @@ class RendezvousServer:
         """Listen on host:port; with `alt_host`, also on the alternate port (port + 1) and on
         alt_host with both ports, for RFC 5780 NAT behaviour discovery."""
         self.endpoint = await UdpEndpoint.bind(host, port, self._on_datagram)
+        self.node = RendezvousNode(self.logic, self.turn, self.address)
         if alt_host is not None:
             await self._start_behaviour(host, alt_host)
-        self._timer = Timer(self.endpoint.loop, self._next_deadline, self._on_timer)
+        self._timer = Timer(self.endpoint.loop, self.node.next_deadline, self._on_timer)
+        if self.turn is not None:
+            # Never a peer: where we listen and relay, and (on a wildcard) every local address.
+            own = [host, *([alt_host] if alt_host else [])]
+            if self.relay_ports is not None:
+                own.append(self.relay_ports.host)
+            if host in ("0.0.0.0", ""):  # noqa: S104
+                own += host_ipv4_addresses()
+            self.turn.add_own_addresses(own)
         if self.turn is not None and self.relay_ports is not None and self.logic.relay is None:
             assert self.turn.policy.secret is not None
             advertised = (self.relay_ports.host, self.address[1])
@@ -133,72 +142,38 @@ class RendezvousServer:
         addresses = Addresses(primary, (alt_host, alt_port))
         for local in addresses.all()[1:]:
             self.behaviour_endpoints[local] = await UdpEndpoint.bind(
-                local[0], local[1], functools.partial(self._on_behaviour, local=local)
+                local[0], local[1], functools.partial(self._on_datagram, local=local)
             )
         self.logic.addresses = addresses
 
-    def _send_from(self, out: Out) -> None:
-        """Send from the local address an RFC 5780 answer names as its origin."""
-        assert self.endpoint is not None
-        endpoint = self.behaviour_endpoints.get(out.via or self.address, self.endpoint)
-        endpoint.send(out.data, out.dest)
-
-    def _on_behaviour(self, data: bytes, src: Address, now: float, *, local: Address) -> bool:
-        """Answer a Binding request on any of our addresses; False if `data` is not one."""
-        if not looks_like_stun(data):
-            return False
-        try:
-            msg = parse_message_untrusted(data)
-            if msg.method != Method.BINDING or msg.cls != Class.REQUEST:
-                return False
-            for out in self.logic.binding(msg, src, local):
-                self._send_from(out)
-        except StunError:
-            self.logic.stats["malformed"] += 1
-        return True
-
-    def _next_deadline(self) -> float | None:
-        times = [self.logic.next_deadline(), self.turn.next_deadline() if self.turn else None]
-        return min((t for t in times if t is not None), default=None)
-
     def _send(self, outs: list[Out]) -> None:
+        """Each answer from the socket it names: ours, an RFC 5780 one, or a relayed port."""
         assert self.endpoint is not None
         for out in outs:
-            if out.via is None:
+            if out.via is None or out.via == self.address:
                 self.endpoint.send(out.data, out.dest)
+            elif (endpoint := self.behaviour_endpoints.get(out.via)) is not None:
+                endpoint.send(out.data, out.dest)
             elif self.relay_ports is not None:
                 self.relay_ports.send(out.data, out.dest, out.via)
 
-    def _on_datagram(self, data: bytes, src: Address, now: float) -> None:
-        assert self.endpoint is not None and self._timer is not None
-        if self.turn is not None:
-            if looks_like_channel_data(data, legacy=True):
-                self._send(self.turn.handle_channel_data(data, src, now))
-                return
-            if looks_like_stun(data):
-                try:
-                    msg = parse_message_untrusted(data)
-                except StunError:
-                    msg = None
-                if msg is not None and self.turn.handles(msg):
-                    self._send(self.turn.handle_request(msg, data, src, now))
-                    self._timer.rearm()
-                    return
-        # With RFC 5780 addresses, a Binding may ask to be answered from another one.
-        if self.behaviour_endpoints and self._on_behaviour(data, src, now, local=self.address):
-            return
-        self.endpoint.send_all(self.logic.handle_datagram(data, src, now))
+    def _on_datagram(
+        self, data: bytes, src: Address, now: float, *, local: Address | None = None
+    ) -> None:
+        assert self.node is not None and self._timer is not None
+        self._send(self.node.handle(data, src, local or self.address, now))
         self._timer.rearm()
 
     def from_peer(self, data: bytes, relayed: Address, peer: Address) -> None:
-        assert self.turn is not None and self.endpoint is not None
-        self._send(self.turn.handle_peer(data, relayed, peer, self.endpoint.loop.time()))
+        assert self.node is not None and self.endpoint is not None
+        try:
+            self._send(self.node.from_peer(data, relayed, peer, self.endpoint.loop.time()))
+        except Exception:  # as UdpEndpoint does: counted, logged at a limited rate, never raised
+            self.endpoint.handler_failed((str(peer[0]), peer[1]))
 
     def _on_timer(self, now: float) -> None:
-        assert self.endpoint is not None
-        self.endpoint.send_all(self.logic.poll(now))
-        if self.turn is not None:
-            self.turn.poll(now)
+        assert self.node is not None
+        self._send(self.node.poll(now))
 
     def close(self) -> None:
         if self._timer is not None:

@@ -1,14 +1,14 @@
-"""TURN relay server logic over UDP, sans-IO (RFC 8656).
+"""TURN relay server logic over UDP, sans-IO (RFC 8656): dispatch, allocations, relaying.
 
 Allocate, Refresh, CreatePermission, ChannelBind, Send and Data indications, ChannelData;
-allocation, permission (300 s) and channel (600 s) lifetimes; long-term credentials with
-stateless nonces, including the TURN REST API credentials of coturn's `use-auth-secret`, so one
-secret serves this relay and a coturn fleet alike.
+allocation, permission (300 s) and channel (600 s) lifetimes. Credentials and nonces are
+rendezvous/turn_auth.py's, one allocation's tables rendezvous/allocation.py's, which peers may be
+reached rendezvous/peer_filter.py's.
 
-Defences: peers on loopback, 0.0.0.0/8, link-local, multicast and (unless allowed) private
-ranges are refused (coturn's fix for CVE-2020-26262); a per-user allocation quota; and an
-unauthenticated request never gets an answer larger than itself, so the relay cannot be used to
-amplify a spoofed flood.
+Defences: peers refused by the peer filter get 403, and a peer of another address family 443;
+allocations are capped per user, per source IP and in all (486 for a client's share, 508 when
+the relay or its sockets are exhausted); permissions and channels per allocation are capped and
+purged when they expire; an unauthenticated request never gets an answer larger than itself.
 
 Relayed sockets are the shell's business: it passes in a `RelayPorts` that opens and closes
 them, and sends what this logic returns through the socket each `Out` names.
@@ -16,18 +16,17 @@ them, and sends what this logic returns through the socket each `Out` names.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import ipaddress
-import os
+import heapq
 import struct
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from rendezvous.allocation import Allocation, ChannelInUse, TableFull
+from rendezvous.peer_filter import PeerFilter, family_of
+from rendezvous.relay_policy import TurnPolicy
+from rendezvous.turn_auth import TurnAuth
 from voip.wire.stun import (
     Address,
     Attr,
@@ -35,30 +34,24 @@ from voip.wire.stun import (
     Message,
     Method,
     StunError,
-    check_integrity,
     decode_xor_address,
     encode,
     encode_error_code,
     encode_xor_address,
-    long_term_key,
     new_transaction_id,
-    text,
     u32,
 )
 from voip.wire.turn import (
     ALLOCATION_LIFETIME,
-    CHANNEL_LIFETIME,
     CHANNEL_MIN,
     LEGACY_CHANNEL_MAX,
-    MAX_LIFETIME,
-    PERMISSION_LIFETIME,
     UDP_TRANSPORT,
     ChannelDataError,
     pack_channel_data,
     parse_channel_data_untrusted,
-    rest_expiry,
-    rest_password,
 )
+
+__all__ = ["Allocation", "Out", "RelayPorts", "TurnPolicy", "TurnServer"]
 
 TURN_METHODS = {
     Method.ALLOCATE,
@@ -67,39 +60,6 @@ TURN_METHODS = {
     Method.CHANNEL_BIND,
     Method.SEND,
 }
-NONCE_LIFETIME = 600  # s
-# A nonce is 4 bytes of expiry and 5 of MAC, 12 characters of base64: a forged one only skips
-# the challenge round trip (MESSAGE-INTEGRITY still decides), and with the 2-character realm
-# the unauthenticated 401 is 52 bytes, so even coturn's turnutils_uclient's smallest Allocate
-# (52 bytes) can be challenged without the answer being larger than the question.
-NONCE_MAC_BYTES = 5
-# Always refused as peers (RFC 8656 §21.1, CVE-2020-26262): they reach the relay itself.
-ALWAYS_DENIED = [
-    ipaddress.ip_network(n)
-    for n in (
-        "0.0.0.0/8",
-        "169.254.0.0/16",
-        "224.0.0.0/4",
-        "255.255.255.255/32",
-        "::/128",
-        "fe80::/10",
-        "ff00::/8",
-    )
-]
-# Refused unless allow_loopback_peers: only for a relay that is itself on loopback (tests, and
-# the rendezvous a caller hosts for two terminals on one machine), like coturn's flag.
-LOOPBACK = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
-# Refused unless allowed: the relay's own site may be on them.
-PRIVATE = [
-    ipaddress.ip_network(n)
-    for n in (
-        "10.0.0.0/8",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "100.64.0.0/10",
-        "fc00::/7",
-    )
-]
 
 
 class Out(NamedTuple):
@@ -115,43 +75,25 @@ class RelayPorts(Protocol):
     def close(self, relayed: Address) -> None: ...
 
 
-@dataclass
-class Allocation:
-    client: Address
-    relayed: Address
-    username: str
-    key: bytes
-    expires: float
-    permissions: dict[str, float] = field(default_factory=dict)  # peer IP -> expiry
-    channels: dict[int, tuple[Address, float]] = field(default_factory=dict)
-    by_peer: dict[Address, int] = field(default_factory=dict)
-    allocate_tid: bytes = b""
-    allocate_reply: bytes = b""
-
-
-@dataclass
-class TurnPolicy:
-    realm: str = "cp"  # short on purpose: see NONCE_MAC_BYTES
-    secret: str | None = None  # TURN REST API shared secret (coturn's static-auth-secret)
-    users: dict[str, str] = field(default_factory=dict)  # static long-term users
-    allowed_peers: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
-    allow_loopback_peers: bool = False
-    quota: int = 10  # allocations per username
-    max_lifetime: int = MAX_LIFETIME
-
-
 class TurnServer:
     def __init__(
         self, ports: RelayPorts, policy: TurnPolicy | None = None, wallclock: float | None = None
     ):
         self.ports = ports
         self.policy = policy or TurnPolicy()
+        self.limits = self.policy.limits
+        self.stats: Counter[str] = Counter()
         # unix time = now + offset; REST usernames carry unix expiry times
-        self.wall_offset = (time.time() - time.monotonic()) if wallclock is None else wallclock
+        offset = (time.time() - time.monotonic()) if wallclock is None else wallclock
+        self.auth = TurnAuth(self.policy, offset, self.stats)
+        self.peers = PeerFilter(
+            list(self.policy.allowed_peers), allow_loopback=self.policy.allow_loopback_peers
+        )
         self.allocations: dict[Address, Allocation] = {}  # by client 5-tuple (UDP: address)
         self.by_relayed: dict[Address, Allocation] = {}
-        self.stats: Counter[str] = Counter()
-        self._nonce_key = os.urandom(16)
+        self._per_user: Counter[str] = Counter()
+        self._per_ip: Counter[str] = Counter()
+        self._expiries: list[tuple[float, Address]] = []  # (expires, client), stale ones skipped
 
     # -- entry points -------------------------------------------------------------------------
     def handles(self, msg: Message) -> bool:
@@ -164,9 +106,9 @@ class TurnServer:
         if msg.cls != Class.REQUEST:
             return []
         try:
-            auth = self._authenticate(msg, data, src, now)
-            if isinstance(auth, list):
-                return auth
+            auth = self.auth.authenticate(msg, data, src, now)
+            if isinstance(auth, bytes):
+                return [Out(auth, src)] if auth else []
             username, key = auth
             if msg.method == Method.ALLOCATE:
                 return self._allocate(msg, src, username, key, now)
@@ -189,11 +131,9 @@ class TurnServer:
         except ChannelDataError:
             self.stats["malformed"] += 1
             return []
-        if alloc is None or channel not in alloc.channels:
+        peer = alloc.channel_peer(channel, now) if alloc is not None else None
+        if alloc is None or peer is None:
             self.stats["channel_unknown"] += 1
-            return []
-        peer, expires = alloc.channels[channel]
-        if expires <= now or not self._permitted(alloc, peer[0], now):
             return []
         self.stats["relayed_to_peer"] += 1
         return [Out(payload, peer, alloc.relayed)]
@@ -201,12 +141,12 @@ class TurnServer:
     def handle_peer(self, data: bytes, relayed: Address, peer: Address, now: float) -> list[Out]:
         """A datagram that arrived on relayed address `relayed` from `peer`."""
         alloc = self.by_relayed.get(relayed)
-        if alloc is None or alloc.expires <= now or not self._permitted(alloc, peer[0], now):
+        if alloc is None or alloc.expires <= now or not alloc.permitted(peer[0], now):
             self.stats["peer_not_permitted"] += 1
             return []
         self.stats["relayed_to_client"] += 1
-        channel = alloc.by_peer.get(peer)
-        if channel is not None and alloc.channels[channel][1] > now:
+        channel = alloc.channel_for(peer, now)
+        if channel is not None:
             return [Out(pack_channel_data(channel, data), alloc.client)]
         tid = new_transaction_id()
         ind = Message(
@@ -218,85 +158,29 @@ class TurnServer:
         return [Out(encode(ind), alloc.client)]
 
     def next_deadline(self) -> float | None:
-        return min((a.expires for a in self.allocations.values()), default=None)
+        while self._expiries:
+            expires, client = self._expiries[0]
+            alloc = self.allocations.get(client)
+            if alloc is not None and alloc.expires == expires:
+                return expires
+            heapq.heappop(self._expiries)  # refreshed or released since
+        return None
 
     def poll(self, now: float) -> None:
-        for client, alloc in list(self.allocations.items()):
-            if alloc.expires <= now:
+        while self._expiries and self._expiries[0][0] <= now:
+            expires, client = heapq.heappop(self._expiries)
+            alloc = self.allocations.get(client)
+            if alloc is not None and alloc.expires == expires:
                 self._release(client)
                 self.stats["expired"] += 1
 
-    # -- authentication -------------------------------------------------------------------
-    def _nonce_mac(self, src: Address, expiry: bytes) -> bytes:
-        msg = f"{src[0]}:{src[1]}:".encode() + expiry
-        return hmac.new(self._nonce_key, msg, hashlib.sha256).digest()[:NONCE_MAC_BYTES]
+    def add_own_addresses(self, ips: Iterable[str]) -> None:
+        """The relay's own addresses (where it listens and relays): never a peer."""
+        self.peers.add_own(ips)
 
-    def _nonce(self, src: Address, now: float) -> str:
-        expiry = struct.pack("!I", int(now + NONCE_LIFETIME) & 0xFFFFFFFF)
-        return base64.urlsafe_b64encode(expiry + self._nonce_mac(src, expiry)).decode()
-
-    def _nonce_valid(self, nonce: str, src: Address, now: float) -> bool:
-        try:
-            raw = base64.urlsafe_b64decode(nonce.encode())
-        except (ValueError, UnicodeEncodeError):
-            return False
-        if len(raw) != 4 + NONCE_MAC_BYTES:
-            return False
-        expiry, mac = raw[:4], raw[4:]
-        return struct.unpack("!I", expiry)[0] > now and hmac.compare_digest(
-            mac, self._nonce_mac(src, expiry)
-        )
-
-    def _password(self, username: str, now: float) -> str | None:
-        if username in self.policy.users:
-            return self.policy.users[username]
-        if self.policy.secret is not None:
-            expiry = rest_expiry(username)
-            if expiry is None or expiry < now + self.wall_offset:
-                self.stats["rest_expired" if expiry is not None else "rest_malformed"] += 1
-                return None
-            return rest_password(self.policy.secret, username)
-        return None
-
-    def _challenge(
-        self, msg: Message, data: bytes, src: Address, now: float, code: int
-    ) -> list[Out]:
-        reply = encode(
-            msg.reply(
-                Class.ERROR,
-                [
-                    (
-                        Attr.ERROR_CODE,
-                        encode_error_code(code, ""),
-                    ),  # no reason phrase: bytes count here
-                    (Attr.REALM, text(self.policy.realm)),
-                    (Attr.NONCE, text(self._nonce(src, now))),
-                ],
-            )
-        )
-        # Never answer a request we cannot authenticate with more bytes than it carried.
-        if len(reply) > len(data):
-            self.stats["challenge_withheld"] += 1
-            return []
-        self.stats[f"challenge_{code}"] += 1
-        return [Out(reply, src)]
-
-    def _authenticate(
-        self, msg: Message, data: bytes, src: Address, now: float
-    ) -> tuple[str, bytes] | list[Out]:
-        username = msg.text(Attr.USERNAME)
-        nonce = msg.text(Attr.NONCE)
-        realm = msg.text(Attr.REALM)
-        if msg.integrity_at is None or username is None or nonce is None or realm is None:
-            return self._challenge(msg, data, src, now, 401)
-        if not self._nonce_valid(nonce, src, now):
-            return self._challenge(msg, data, src, now, 438)
-        password = self._password(username, now) if realm == self.policy.realm else None
-        key = long_term_key(username, realm, password) if password is not None else None
-        if key is None or not check_integrity(msg, key):
-            self.stats["bad_credentials"] += 1
-            return self._challenge(msg, data, src, now, 401)
-        return username, key
+    def peer_refusal(self, ip: str) -> str | None:
+        """Why a peer address may not be relayed to, or None when it may."""
+        return self.peers.refusal(ip)
 
     # -- requests ---------------------------------------------------------------------------
     def _reply(
@@ -328,19 +212,24 @@ class TurnServer:
                 return [Out(existing.allocate_reply, src)]
             return self._error(msg, src, 437, "Allocation Mismatch", key)
         transport = msg.get(Attr.REQUESTED_TRANSPORT)
-        if transport is None:
-            return self._error(msg, src, 400, "Bad Request: no REQUESTED-TRANSPORT", key)
+        if transport is None or len(transport) != 4:
+            return self._error(msg, src, 400, "Bad Request", key)
         if transport[0] != UDP_TRANSPORT:
             return self._error(msg, src, 442, "Unsupported Transport Protocol", key)
         family = msg.get(Attr.REQUESTED_ADDRESS_FAMILY)
         if family is not None and family[:1] != b"\x01":
             return self._error(msg, src, 440, "Address Family not Supported", key)
         if msg.has(Attr.RESERVATION_TOKEN):
-            return self._error(msg, src, 508, "Insufficient Capacity: no reservations", key)
-        if sum(a.username == username for a in self.allocations.values()) >= self.policy.quota:
+            return self._error(msg, src, 508, "Insufficient Capacity", key)
+        if (
+            self._per_user[username] >= self.limits.allocations_per_user
+            or self._per_ip[src[0]] >= self.limits.allocations_per_ip
+        ):
             return self._error(msg, src, 486, "Allocation Quota Reached", key)
+        if len(self.allocations) >= self.limits.allocations:
+            return self._error(msg, src, 508, "Insufficient Capacity", key)
         relayed = self.ports.open()
-        if relayed is None:
+        if relayed is None:  # out of ports or file descriptors
             return self._error(msg, src, 508, "Insufficient Capacity", key)
         lifetime = self._lifetime(msg, ALLOCATION_LIFETIME)
         alloc = Allocation(src, relayed, username, key, now + lifetime)
@@ -357,6 +246,9 @@ class TurnServer:
         alloc.allocate_tid, alloc.allocate_reply = msg.transaction_id, reply[0].data
         self.allocations[src] = alloc
         self.by_relayed[relayed] = alloc
+        self._per_user[username] += 1
+        self._per_ip[src[0]] += 1
+        heapq.heappush(self._expiries, (alloc.expires, src))
         self.stats["allocate"] += 1
         return reply
 
@@ -367,44 +259,39 @@ class TurnServer:
             self.stats["released"] += 1
         else:
             alloc.expires = now + lifetime
+            alloc.purge(now)
+            heapq.heappush(self._expiries, (alloc.expires, alloc.client))
             self.stats["refresh"] += 1
         return self._reply(msg, alloc.client, alloc.key, [(Attr.LIFETIME, u32(lifetime))])
-
-    def peer_refusal(self, ip: str) -> str | None:
-        """Why a peer address may not be relayed to, or None when it may."""
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return "not an IP address"
-        if any(addr in n for n in ALWAYS_DENIED):
-            return "unspecified, link-local or multicast"
-        if any(addr in n for n in LOOPBACK) and not self.policy.allow_loopback_peers:
-            return "loopback"
-        if any(addr in n for n in self.policy.allowed_peers):
-            return None
-        if any(addr in n for n in PRIVATE):
-            return "a private address"
-        return None
 
     def _peers(self, msg: Message) -> list[Address]:
         return [
             decode_xor_address(v, msg.transaction_id) for v in msg.get_all(Attr.XOR_PEER_ADDRESS)
         ]
 
+    def _peer_error(self, msg: Message, alloc: Allocation, peers: list[Address]) -> list[Out]:
+        """The answer for the first peer we may not relay to, or [] when all are fine."""
+        for peer in peers:
+            if family_of(peer[0]) != 4:  # our relayed addresses are IPv4 (RFC 8656 §9.1)
+                self.stats["peer_family_mismatch"] += 1
+                return self._error(
+                    msg, alloc.client, 443, "Peer Address Family Mismatch", alloc.key
+                )
+            if self.peers.refusal(peer[0]) is not None:
+                self.stats["peer_refused"] += 1
+                return self._error(msg, alloc.client, 403, "Forbidden", alloc.key)
+        return []
+
     def _create_permission(self, msg: Message, alloc: Allocation, now: float) -> list[Out]:
         peers = self._peers(msg)
         if not peers:
-            return self._error(
-                msg, alloc.client, 400, "Bad Request: no XOR-PEER-ADDRESS", alloc.key
-            )
-        for peer in peers:
-            if self.peer_refusal(peer[0]) is not None:
-                self.stats["peer_refused"] += 1
-                return self._error(
-                    msg, alloc.client, 403, "Forbidden: peer address refused", alloc.key
-                )
-        for peer in peers:
-            alloc.permissions[peer[0]] = now + PERMISSION_LIFETIME
+            return self._error(msg, alloc.client, 400, "Bad Request", alloc.key)
+        if refused := self._peer_error(msg, alloc, peers):
+            return refused
+        try:
+            alloc.permit([ip for ip, _ in peers], now, self.limits.permissions_per_allocation)
+        except TableFull:
+            return self._error(msg, alloc.client, 508, "Insufficient Capacity", alloc.key)
         self.stats["permission"] += 1
         return self._reply(msg, alloc.client, alloc.key, [])
 
@@ -415,16 +302,15 @@ class TurnServer:
             return self._error(msg, alloc.client, 400, "Bad Request", alloc.key)
         channel, peer = struct.unpack("!H", number[:2])[0], peers[0]
         if not CHANNEL_MIN <= channel <= LEGACY_CHANNEL_MAX:
-            return self._error(msg, alloc.client, 400, "Bad Request: channel number", alloc.key)
-        if self.peer_refusal(peer[0]) is not None:
-            self.stats["peer_refused"] += 1
-            return self._error(msg, alloc.client, 403, "Forbidden: peer address refused", alloc.key)
-        bound = alloc.channels.get(channel)
-        if (bound is not None and bound[0] != peer) or alloc.by_peer.get(peer, channel) != channel:
-            return self._error(msg, alloc.client, 400, "Bad Request: channel in use", alloc.key)
-        alloc.channels[channel] = (peer, now + CHANNEL_LIFETIME)
-        alloc.by_peer[peer] = channel
-        alloc.permissions[peer[0]] = now + PERMISSION_LIFETIME  # §12.2: binding installs one
+            return self._error(msg, alloc.client, 400, "Bad Request", alloc.key)
+        if refused := self._peer_error(msg, alloc, peers):
+            return refused
+        try:
+            alloc.bind(channel, peer, now, self.limits.channels_per_allocation)
+        except ChannelInUse:
+            return self._error(msg, alloc.client, 400, "Bad Request", alloc.key)
+        except TableFull:
+            return self._error(msg, alloc.client, 508, "Insufficient Capacity", alloc.key)
         self.stats["channel_bind"] += 1
         return self._reply(msg, alloc.client, alloc.key, [])
 
@@ -437,17 +323,19 @@ class TurnServer:
         except StunError:
             return []
         data = msg.get(Attr.DATA)
-        if peer is None or data is None or not self._permitted(alloc, peer[0], now):
+        if peer is None or data is None or not alloc.permitted(peer[0], now):
             self.stats["send_not_permitted"] += 1
             return []
         self.stats["relayed_to_peer"] += 1
         return [Out(data, peer, alloc.relayed)]
 
-    def _permitted(self, alloc: Allocation, ip: str, now: float) -> bool:
-        return alloc.permissions.get(ip, 0.0) > now
-
     def _release(self, client: Address) -> None:
         alloc = self.allocations.pop(client, None)
-        if alloc is not None:
-            self.by_relayed.pop(alloc.relayed, None)
-            self.ports.close(alloc.relayed)
+        if alloc is None:
+            return
+        self.by_relayed.pop(alloc.relayed, None)
+        for table, key in ((self._per_user, alloc.username), (self._per_ip, client[0])):
+            table[key] -= 1
+            if table[key] <= 0:
+                del table[key]
+        self.ports.close(alloc.relayed)

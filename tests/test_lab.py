@@ -573,9 +573,10 @@ def test_keepalive_follows_the_mapping_lifetime_natcheck_measured(
     measured: bool, tmp_path: Path
 ) -> None:
     """Alice's symmetric NAT forgets a quiet mapping after 4 s; she waits 12 s for bob. By
-    default she refreshes her name every 10 s, by then from a new public port, which the
-    rendezvous cannot tell from a stranger taking her name. After `natcheck --lifetime` the
-    call refreshes often enough to keep the mapping, and bob finds her."""
+    default she refreshes her name every 10 s, by then from a new public port: the refresh
+    carries her registration key's MAC, so the name follows her there (it used to be refused
+    as someone else taking it). After `natcheck --lifetime` the call refreshes often enough to
+    keep the mapping at all. Either way bob finds her."""
     cache = tmp_path / "cache"
     cfg = LabConfig(nat_a="symmetric", nat_b="cone", udp_timeout_a=4)
 
@@ -593,10 +594,10 @@ def test_keepalive_follows_the_mapping_lifetime_natcheck_measured(
         env={"XDG_CACHE_HOME": str(cache)},
     )
     alice = result.callers["alice"]
+    assert alice.exit_code == 0, alice.stderr
+    assert alice.report is not None
     if measured:
-        assert alice.exit_code == 0, alice.stderr
-        assert alice.report is not None and alice.report["keepalive_s"] <= 4 / 2
+        assert alice.report["keepalive_s"] <= 4 / 2
         assert "keepalives every" in alice.stderr
     else:
-        assert alice.exit_code != 0
-        assert "409" in alice.stderr, alice.stderr
+        assert alice.report["keepalive_s"] is None  # the default: a third of the name's lifetime

@@ -26,6 +26,7 @@ from voip.nat.natcheck import (
     port_allocation,
     refine_waits,
 )
+from voip.natcheck_client import padded
 from voip.wire.stun import (
     Attr,
     Class,
@@ -42,11 +43,14 @@ ADDRS = Addresses(P1, P2)
 
 
 def ask(
-    flags: int, local: tuple[str, int] = P1, addrs: Addresses = ADDRS
+    flags: int, local: tuple[str, int] = P1, addrs: Addresses = ADDRS, pad: bool = True
 ) -> tuple[Message, object]:
+    """A Binding as natcheck sends it: padded, so the answer has room for RFC 5780's attributes."""
     attrs = ((Attr.CHANGE_REQUEST, change_request(flags)),) if flags else ()
-    req = parse_message_untrusted(encode(Message(Method.BINDING, Class.REQUEST, attributes=attrs)))
+    msg = Message(Method.BINDING, Class.REQUEST, attributes=padded(attrs) if pad else attrs)
+    req = parse_message_untrusted(encode(msg, fingerprint=True))
     [out] = answer_binding(req, CLIENT, local, addrs, "test")
+    assert len(out.data) <= max(len(req.raw), 40)  # never amplified past a plain Binding's 40
     return parse_message_untrusted(out.data), out.via
 
 
@@ -72,22 +76,49 @@ def test_change_request_without_an_alternate_address_is_420() -> None:
     assert reply.error() is not None and reply.error()[0] == 420  # type: ignore[index]
     plain, _ = ask(0, addrs=Addresses(P1))
     assert plain.address(Attr.OTHER_ADDRESS) is None  # the client learns it cannot test here
+    # Unpadded (28 bytes), the 420 would be larger than the question: no answer at all.
+    small = Message(
+        Method.BINDING, Class.REQUEST, attributes=((Attr.CHANGE_REQUEST, bytes(3) + b"\x04"),)
+    )
+    req = parse_message_untrusted(encode(small))
+    assert answer_binding(req, CLIENT, P1, Addresses(P1), "test") == []
+
+
+def test_an_unpadded_binding_gets_the_mapped_address_alone() -> None:
+    """Binding is answered to anyone, so its answer is the least a client needs: 32 bytes to a
+    20-byte request, 40 with FINGERPRINT; RFC 5780's extras and SOFTWARE only in the room the
+    request itself made."""
+    for fingerprint, size in ((False, 32), (True, 40)):
+        data = encode(Message(Method.BINDING, Class.REQUEST), fingerprint=fingerprint)
+        [out] = answer_binding(parse_message_untrusted(data), CLIENT, P1, ADDRS, "test")
+        reply = parse_message_untrusted(out.data)
+        assert len(out.data) == size and reply.xor_address() == CLIENT
+        assert [t for t, _ in reply.attributes if t != Attr.FINGERPRINT] == [
+            Attr.XOR_MAPPED_ADDRESS
+        ]
+    reply, _ = ask(0)  # natcheck's padded request gets everything
+    assert reply.address(Attr.OTHER_ADDRESS) == P2 and reply.text(Attr.SOFTWARE) == "test"
 
 
 def test_classic_rfc3489_client_gets_its_attributes() -> None:
     import struct
 
-    data = (
-        struct.pack("!HHI", 0x0001, 8, 0x01020304)
-        + bytes(12)
-        + struct.pack("!HHI", Attr.CHANGE_REQUEST, 4, CHANGE_PORT)
-    )
-    req = parse_message_untrusted(data)
-    [out] = answer_binding(req, CLIENT, P1, ADDRS, "test")
+    def classic(padding: int) -> bytes:  # as Debian's `stun` sends it, 28 bytes, or padded
+        return (
+            struct.pack("!HHI", 0x0001, 8 + padding, 0x01020304)
+            + bytes(12)
+            + struct.pack("!HHI", Attr.CHANGE_REQUEST, 4, CHANGE_PORT)
+            + bytes(padding)
+        )
+
+    [out] = answer_binding(parse_message_untrusted(classic(0)), CLIENT, P1, ADDRS, "test")
     reply = parse_message_untrusted(out.data)
     assert reply.address() == CLIENT  # MAPPED-ADDRESS
+    assert reply.address(0x0005) == P2  # CHANGED-ADDRESS: without it, it cannot test its NAT
+    assert len(out.data) == 44  # of 28: a smaller factor than a plain Binding's 32 of 20
+    [out] = answer_binding(parse_message_untrusted(classic(64)), CLIENT, P1, ADDRS, "test")
+    reply = parse_message_untrusted(out.data)
     assert reply.address(0x0004) == (P1[0], P2[1])  # SOURCE-ADDRESS: where it came from
-    assert reply.address(0x0005) == P2  # CHANGED-ADDRESS
     # RFC 3489 attributes are whole words; Debian's `stun` rejects a SERVER of another length.
     assert len(reply.get(Attr.SOFTWARE) or b"") % 4 == 0
 

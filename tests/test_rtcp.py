@@ -69,7 +69,21 @@ def test_report_without_lsr_gives_no_rtt_and_bye_is_reported() -> None:
     b_rx.update(RtpPacket(111, 1, 0, a.sender.ssrc, b""), 0.0)
     events = a.handle(b.build_report(1.0, 0), 1.1)
     assert not any(isinstance(e, RttMeasured) for e in events)
-    assert PeerBye("bye now") in a.handle(b.build_bye(2.0, "bye now"), 2.1)
+    # A BYE counts only from the stream we receive: before any of b's RTP, not at all.
+    assert not any(isinstance(e, PeerBye) for e in a.handle(b.build_bye(2.0, "bye now"), 2.1))
+    a.receiver.update(RtpPacket(111, 1, 0, b.sender.ssrc, b""), 2.2)
+    assert PeerBye("bye now") in a.handle(b.build_bye(2.3, "bye now"), 2.4)
+
+
+def test_a_forged_bye_with_another_ssrc_does_not_end_the_call() -> None:
+    """A 12-byte BYE from the peer's address with any SSRC used to end the call."""
+    a = RtcpSession(RtpSender(), RtpReceiverStats(), 0.0)
+    peer_ssrc = 0x1234_5678
+    a.receiver.update(RtpPacket(111, 1, 0, peer_ssrc, b""), 0.0)
+    forged = pack_compound([Bye((peer_ssrc ^ 1,))])
+    assert len(forged) == 8 and a.handle(forged, 1.0) == []
+    assert a.foreign_byes == 1
+    assert a.handle(pack_compound([Bye((peer_ssrc,))]), 1.1) == [PeerBye("")]
 
 
 def test_garbage_is_counted_not_raised() -> None:

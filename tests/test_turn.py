@@ -1,17 +1,31 @@
-"""TURN relay and client, sans-IO: credentials, nonces, peers refused, quota, lifetimes, data."""
+"""TURN relay and client, sans-IO: credentials, nonces, peers refused, quotas, lifetimes, data."""
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 import pytest
 
-from rendezvous.turn_server import PRIVATE, Out, TurnPolicy, TurnServer
+from rendezvous.limits import Limits
+from rendezvous.peer_filter import NOT_GLOBAL
+from rendezvous.turn_server import Out, TurnPolicy, TurnServer
 from voip.nat.turn_client import Allocated, PermissionRefused, TurnClient, TurnFailed
-from voip.wire.stun import Attr, Class, Message, Method, encode, parse_message_untrusted, u32
+from voip.wire.stun import (
+    Attr,
+    Class,
+    Message,
+    Method,
+    encode,
+    long_term_key,
+    parse_message_untrusted,
+    text,
+    u32,
+)
 from voip.wire.turn import (
     looks_like_channel_data,
     requested_transport,
+    rest_expiry,
     rest_password,
     rest_username,
 )
@@ -20,6 +34,9 @@ SERVER = ("203.0.113.20", 3478)
 CLIENT = ("203.0.113.1", 40000)
 PEER = ("203.0.113.2", 50000)
 SECRET = "s3cret"
+# The tests' internet is a documentation range, refused by default: opened as the lab opens it.
+INTERNET = ipaddress.ip_network("203.0.113.0/24")
+PRIVATE = next(n for n in NOT_GLOBAL if n.version == 4 and n.prefixlen == 8)  # RFC 1918's /8
 
 
 class FakePorts:
@@ -39,6 +56,7 @@ class FakePorts:
 
 def make_server(**policy: object) -> tuple[TurnServer, FakePorts]:
     ports = FakePorts()
+    policy.setdefault("allowed_peers", [INTERNET])
     # Simulated time starts at 0; the wall clock says now is now, so REST expiries compare right.
     server = TurnServer(ports, TurnPolicy(secret=SECRET, **policy), wallclock=time.time())  # type: ignore[arg-type]
     return server, ports
@@ -144,7 +162,7 @@ def test_loopback_and_private_peers_are_refused() -> None:
     server, _ = make_server()
     client = rest_client()
     allocated(client, server)
-    private_ip = str(next(PRIVATE[0].hosts()))
+    private_ip = str(next(PRIVATE.hosts()))
     exchange(
         client, server, client.permit(["127.0.0.1", private_ip, "169.254.1.1", PEER[0]], 1.0), 1.0
     )
@@ -154,8 +172,8 @@ def test_loopback_and_private_peers_are_refused() -> None:
 
 
 def test_allowed_private_range_is_relayed_to() -> None:
-    server, _ = make_server(allowed_peers=[PRIVATE[0]])
-    assert server.peer_refusal(str(next(PRIVATE[0].hosts()))) is None
+    server, _ = make_server(allowed_peers=[PRIVATE])
+    assert server.peer_refusal(str(next(PRIVATE.hosts()))) is None
     assert server.peer_refusal("127.0.0.1") == "loopback"  # not by a private-range allowance
     assert server.peer_refusal("0.0.0.1") is not None
     loopback_ok, _ = make_server(allow_loopback_peers=True)
@@ -163,7 +181,7 @@ def test_allowed_private_range_is_relayed_to() -> None:
 
 
 def test_quota_per_user() -> None:
-    server, _ = make_server(quota=1)
+    server, _ = make_server(limits=Limits(allocations_per_user=1))
     allocated(rest_client(), server)
     second = rest_client()
     exchange(second, server, second.start(0.0), 0.0, src=("203.0.113.1", 40001))
@@ -228,3 +246,153 @@ def test_retransmitted_allocate_gets_the_same_answer() -> None:
     one = server.handle_request(msg, authed, CLIENT, 0.1)
     two = server.handle_request(msg, authed, CLIENT, 0.6)
     assert one == two and server.stats["allocate"] == 1
+
+
+# -- abuse (issue: harden the rendezvous and the relay) -----------------------------------
+
+
+def mapped_v6(ip: str) -> str:
+    return str(ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ipaddress.IPv4Address(ip).packed))
+
+
+@pytest.mark.parametrize(
+    "peer",
+    [
+        "::ffff:127.0.0.1",
+        "::ffff:7f00:1",
+        mapped_v6(str(next(PRIVATE.hosts()))),
+        "::ffff:0.0.0.0",
+        "::127.0.0.1",  # IPv4-compatible
+        "64:ff9b::7f00:1",  # NAT64's well-known prefix around loopback
+    ],
+)
+def test_ipv4_inside_ipv6_is_judged_as_ipv4_and_gets_443_on_an_ipv4_allocation(peer: str) -> None:
+    server, _ = make_server()
+    assert server.peer_refusal(peer) is not None  # what it carries is refused...
+    client = rest_client()
+    allocated(client, server)
+    exchange(client, server, client.permit([peer], 1.0), 1.0)
+    [event] = client.pop_events()
+    # ...and an IPv4 allocation relays to IPv4 peers only (RFC 8656 §9.1).
+    assert isinstance(event, PermissionRefused) and event.reason.startswith("443"), event
+    assert server.stats["permission"] == 0
+
+
+@pytest.mark.parametrize(
+    ("peer", "why"),
+    [
+        ("192.0.0.8", "not globally reachable"),
+        ("198.18.0.1", "not globally reachable"),  # benchmarking: the lab's LANs
+        ("198.51.100.1", "not globally reachable"),
+        ("240.0.0.1", "not globally reachable"),
+        ("100.64.0.1", "not globally reachable"),  # carrier-grade NAT
+        ("224.0.0.1", "multicast"),
+        ("0.0.0.0", "unspecified"),
+        ("127.0.0.2", "loopback"),
+    ],
+)
+def test_special_purpose_ranges_are_refused_by_default(peer: str, why: str) -> None:
+    server, _ = make_server(allowed_peers=[])
+    assert why in (server.peer_refusal(peer) or ""), server.peer_refusal(peer)
+    assert server.peer_refusal("8.8.8.8") is None  # a globally reachable address is fine
+    opened, _ = make_server(allowed_peers=[ipaddress.ip_network("198.18.0.0/15")])
+    assert opened.peer_refusal("198.18.0.1") is None  # --allow-peer opens a range
+    assert opened.peer_refusal("0.0.0.0") is not None  # but never "this host"
+
+
+def test_the_relays_own_address_is_never_a_peer() -> None:
+    server, _ = make_server()  # 203.0.113.0/24 allowed, and the relay is on it
+    server.add_own_addresses([SERVER[0], "0.0.0.0"])
+    client = rest_client()
+    allocated(client, server)
+    exchange(client, server, client.permit([SERVER[0], PEER[0]], 1.0), 1.0)
+    refused = [e for e in client.pop_events() if isinstance(e, PermissionRefused)]
+    assert [e.peer_ip for e in refused] == [SERVER[0]] and refused[0].reason.startswith("403")
+    assert server.peer_refusal(SERVER[0]) == "the relay's own address"
+    assert server.peer_refusal(mapped_v6(SERVER[0])) == "the relay's own address"
+
+
+def test_allocations_are_capped_per_source_ip_and_in_all() -> None:
+    server, ports = make_server(limits=Limits(allocations_per_ip=2, allocations=3))
+
+    def allocate(name: str, src: tuple[str, int]) -> list[object]:
+        client = rest_client(name=name)
+        exchange(client, server, client.start(0.0), 0.0, src=src)
+        return list(client.pop_events())
+
+    for i in range(2):  # two names from one address: both get one
+        assert isinstance(allocate(f"u{i}", ("203.0.113.1", 40000 + i))[0], Allocated)
+    [event] = allocate("u2", ("203.0.113.1", 40002))
+    assert isinstance(event, TurnFailed) and "486" in event.reason  # this source's share
+    assert isinstance(allocate("u3", ("198.51.100.7", 40000))[0], Allocated)
+    assert len(ports.open_ports) == 3
+    [event] = allocate("u4", ("198.51.100.8", 40000))
+    assert isinstance(event, TurnFailed) and "508" in event.reason  # the relay is full
+
+
+def test_no_socket_to_be_had_is_508_not_an_exception() -> None:
+    server, ports = make_server()
+    ports.open = lambda: None  # type: ignore[method-assign]  # as at EMFILE
+    client = rest_client()
+    exchange(client, server, client.start(0.0), 0.0)
+    [event] = client.pop_events()
+    assert isinstance(event, TurnFailed) and "508" in event.reason
+
+
+def test_permissions_and_channels_per_allocation_are_capped_and_purged() -> None:
+    server, _ = make_server(limits=Limits(permissions_per_allocation=2, channels_per_allocation=1))
+    client = rest_client(ttl=3600)
+    allocated(client, server)
+    peers = ["203.0.113.51", "203.0.113.52", "203.0.113.53"]
+    exchange(client, server, client.permit(peers, 1.0), 1.0)
+    [full] = [e for e in client.pop_events() if isinstance(e, PermissionRefused)]
+    assert full.peer_ip == peers[2] and full.reason.startswith("508")
+    alloc = next(iter(server.allocations.values()))
+    assert set(alloc.permissions) == set(peers[:2])
+    exchange(client, server, client.bind_channel((peers[0], 5000), 2.0), 2.0)
+    assert len(alloc.channels) == 1
+    # Permissions last 300 s, channels 600 s: past both, they are purged when next written to.
+    later = 700.0
+    client.permissions.clear()
+    exchange(client, server, client.permit([peers[2]], later), later)
+    assert set(alloc.permissions) == {peers[2]} and alloc.channels == {}
+
+
+def test_a_username_of_non_ascii_digits_is_a_bad_credential_not_an_exception() -> None:
+    assert rest_expiry("²:x") is None and rest_expiry("12:x") == 12
+    server, _ = make_server()
+    nonce = server.auth.nonces.make(CLIENT, 0.0)
+    key = long_term_key("²:x", "cp", "whatever")
+    req = Message(
+        Method.ALLOCATE,
+        Class.REQUEST,
+        attributes=(
+            (Attr.REQUESTED_TRANSPORT, requested_transport()),
+            (Attr.USERNAME, text("²:x")),
+            (Attr.REALM, text("cp")),
+            (Attr.NONCE, text(nonce)),
+        ),
+    )
+    data = encode(req, integrity_key=key)
+    [out] = server.handle_request(parse_message_untrusted(data), data, CLIENT, 0.0)
+    assert parse_message_untrusted(out.data).error() == (401, "")
+    assert server.stats["rest_malformed"] == 1
+
+
+def test_an_empty_requested_transport_gets_400() -> None:
+    server, _ = make_server()
+    user = rest_username(int(time.time()) + 600, "alice")
+    key = long_term_key(user, "cp", rest_password(SECRET, user))
+    req = Message(
+        Method.ALLOCATE,
+        Class.REQUEST,
+        attributes=(
+            (Attr.REQUESTED_TRANSPORT, b""),
+            (Attr.USERNAME, text(user)),
+            (Attr.REALM, text("cp")),
+            (Attr.NONCE, text(server.auth.nonces.make(CLIENT, 0.0))),
+        ),
+    )
+    data = encode(req, integrity_key=key)
+    [out] = server.handle_request(parse_message_untrusted(data), data, CLIENT, 0.0)
+    assert parse_message_untrusted(out.data).error() == (400, "Bad Request")

@@ -41,9 +41,17 @@ from voip.nat.rendezvous_client import Asked, Refused, Registered, TurnOffer, Un
 from voip.report import CallReport, PathMetrics
 from voip.transport import Timer, UdpEndpoint
 from voip.wire.rtp import RtpError, is_rtcp, looks_like_rtp_or_rtcp, parse_rtp_untrusted
+from voip.wire.signal import ERR_CAPACITY, ERR_NAME_TAKEN, ERR_QUOTA
 from voip.wire.stun import Address
 
 FRAME_S = FRAME_MS / 1000.0
+# What a refusal means for the user; the server's reason phrases are fixed and short.
+REFUSAL_HINTS = {
+    ERR_NAME_TAKEN: " (another caller holds the name {name!r}; it is free once they hang up, or "
+    "when their registration lapses after they stop refreshing it: 30 s by default)",
+    ERR_QUOTA: " (too many names are registered from your public address)",
+    ERR_CAPACITY: " (the rendezvous is full; try again later or use another)",
+}
 MEDIA_TIMEOUT = 10.0  # no RTP from the peer for this long and the call is over
 # At 50 packets a second, 200 ms without one on the active path is not jitter: move to the
 # standby path. The goal is an audible gap under 300 ms, detection included.
@@ -323,7 +331,10 @@ class Call:
             elif isinstance(event, RelayUnavailable):
                 self._report.relay.reason = event.reason
             elif isinstance(event, Refused):
-                self._fail(f"the rendezvous at {server} refused us: {event.code} {event.reason}")
+                hint = REFUSAL_HINTS.get(event.code, "").format(name=self.name)
+                self._fail(
+                    f"the rendezvous at {server} refused us: {event.code} {event.reason}{hint}"
+                )
             elif isinstance(event, Unreachable):
                 if self._connector.signal.mapped is None:
                     self._fail(

@@ -13,6 +13,7 @@ from rendezvous.behaviour import CHANGE_IP, CHANGE_PORT, change_request
 from voip.nat.natcheck import NatTests, bounds, coarse_waits, refine_waits
 from voip.transport import UdpEndpoint
 from voip.wire.stun import (
+    HEADER_LEN,
     Address,
     Attr,
     Class,
@@ -26,6 +27,9 @@ from voip.wire.stun import (
 
 WAITS = (0.3, 0.6, 1.2)  # s: a request and two retransmissions; silence after that is an answer
 PORT_SAMPLES = 4  # fresh sockets whose public ports show how the router allocates them
+# Room for XOR-MAPPED-ADDRESS, RESPONSE-ORIGIN, OTHER-ADDRESS (12 bytes each for IPv4, 24 for
+# IPv6), SOFTWARE and FINGERPRINT in the answer: see padded().
+REQUEST_BYTES = 160
 
 Progress = Callable[[str], None]
 
@@ -71,7 +75,7 @@ class _Requester:
     async def ask_from(
         self, endpoint: UdpEndpoint, dest: Address, attrs: tuple[tuple[int, bytes], ...] = ()
     ) -> Answer | None:
-        req = Message(Method.BINDING, Class.REQUEST, attributes=attrs)
+        req = Message(Method.BINDING, Class.REQUEST, attributes=padded(attrs))
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self.waiting[req.transaction_id] = fut
         data = encode(req, fingerprint=True)
@@ -90,6 +94,16 @@ class _Requester:
         attrs = ((Attr.CHANGE_REQUEST, change_request(flags)),) if flags else ()
         got = await self.ask_from(endpoint, dest, attrs)
         return None if got is None else got.msg
+
+
+def padded(attrs: tuple[tuple[int, bytes], ...]) -> tuple[tuple[int, bytes], ...]:
+    """`attrs` and a PADDING attribute (RFC 5780 §7.6) that makes the request REQUEST_BYTES
+    long. A server that will not amplify answers a small request with XOR-MAPPED-ADDRESS
+    alone; the tests need RESPONSE-ORIGIN and OTHER-ADDRESS too, and room for them is asked
+    for by sending as many bytes as the answer will take."""
+    size = HEADER_LEN + sum(4 + len(v) + (-len(v) % 4) for _, v in attrs) + 8  # 8: FINGERPRINT
+    room = (REQUEST_BYTES - size - 4) // 4 * 4
+    return (*attrs, (Attr.PADDING, bytes(room))) if room > 0 else attrs
 
 
 def _mapped(msg: Message | None) -> Address | None:

@@ -121,17 +121,23 @@ class UdpEndpoint:
             try:
                 self.on_datagram(data, (str(src[0]), int(src[1])), now)
             except Exception:
-                self.handler_failures += 1
-                if loop_now - self._logged_at >= LOG_EVERY:
-                    self._logged_at = loop_now
-                    log.exception(
-                        "a datagram from %s:%s could not be handled (%d so far)",
-                        src[0],
-                        src[1],
-                        self.handler_failures,
-                    )
+                self.handler_failed((str(src[0]), int(src[1])))
             if self.sock is None:  # the handler closed us
                 return
+
+    def handler_failed(self, src: Address) -> None:
+        """Count a datagram a handler could not take; log one a LOG_EVERY seconds at most
+        (inside an `except` block: the traceback goes with it)."""
+        self.handler_failures += 1
+        now = self.loop.time()
+        if now - self._logged_at >= LOG_EVERY:
+            self._logged_at = now
+            log.exception(
+                "a datagram from %s:%s could not be handled (%d so far)",
+                src[0],
+                src[1],
+                self.handler_failures,
+            )
 
 
 def _wall_minus(loop: asyncio.AbstractEventLoop) -> float:
@@ -168,14 +174,20 @@ class Timer:
         self.deadline = deadline
         self.fire = fire
         self._handle: asyncio.TimerHandle | None = None
+        self._when = 0.0
 
     def rearm(self) -> None:
-        """Call after anything that may have moved the earliest deadline."""
+        """Call after anything that may have moved the earliest deadline. A timer already set
+        no later than needed is kept (firing early costs one idle poll); a server calls this
+        for every datagram, and cancelling and scheduling each time would cost more."""
+        when = self.deadline()
         if self._handle is not None:
+            if when is not None and self._when <= when:
+                return
             self._handle.cancel()
             self._handle = None
-        when = self.deadline()
         if when is not None:
+            self._when = when
             self._handle = self.loop.call_at(when, self._run)
 
     def _run(self) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from voip.lab.echo import EchoRtt
 from voip.lab.netns import LabError
-from voip.lab.topology import RELAY_IP, SERVER_ALT_IP, SERVER_IP, Lab, LabConfig
+from voip.lab.topology import INTERNET, RELAY_IP, SERVER_ALT_IP, SERVER_IP, Lab, LabConfig
 
 CALLERS = (("a", "alice", "bob"), ("b", "bob", "alice"))
 TONES = {"alice": 440.0, "bob": 660.0}
@@ -141,7 +141,15 @@ def run_lab_call(
         rendezvous = [sys.executable, "-m", "rendezvous", f"--turn-secret={secret}", "--listen"]
         relay = lab.start(
             "relay",
-            [*rendezvous, f"{RELAY_IP}:3478", "--relay-address", RELAY_IP],
+            # The lab's internet is a documentation range, which a relay refuses by default.
+            [
+                *rendezvous,
+                f"{RELAY_IP}:3478",
+                "--relay-address",
+                RELAY_IP,
+                "--allow-peer",
+                INTERNET,
+            ],
             stdout=subprocess.PIPE,
         )
         server = lab.start(

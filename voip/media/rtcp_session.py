@@ -62,6 +62,7 @@ class RtcpSession:
         self._last_sr_middle = 0  # LSR for our next report block
         self._last_sr_arrival: float | None = None
         self.malformed = 0
+        self.foreign_byes = 0
 
     def _ntp(self, now: float) -> int:
         return ntp64(now + self.wallclock_offset)
@@ -110,7 +111,12 @@ class RtcpSession:
         events: list[RtcpEvent] = []
         for pkt in packets:
             if isinstance(pkt, Bye):
-                events.append(PeerBye(pkt.reason))
+                # Only the peer's own stream can end the call: a BYE for any other SSRC is
+                # a forgery (or someone else's), and is ignored.
+                if self.receiver.ssrc is not None and self.receiver.ssrc in pkt.ssrcs:
+                    events.append(PeerBye(pkt.reason))
+                else:
+                    self.foreign_byes += 1
                 continue
             if isinstance(pkt, SenderReport):
                 self._last_sr_middle = ntp_middle32(pkt.ntp_timestamp)

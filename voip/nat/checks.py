@@ -27,6 +27,7 @@ from voip.wire.stun import (
     Class,
     Message,
     Method,
+    StunError,
     check_fingerprint,
     check_integrity,
     encode,
@@ -255,7 +256,11 @@ class ConnectivityChecks:
         if msg.method != Method.BINDING:
             return None
         if msg.cls == Class.REQUEST and msg.has(Attr.USERNAME):
-            return self._on_request(msg, src, now, base)
+            try:
+                return self._on_request(msg, src, now, base)
+            except StunError:  # a USERNAME that is not UTF-8, a PRIORITY of the wrong size
+                self.ignored += 1
+                return []
         if msg.cls in (Class.SUCCESS, Class.ERROR) and msg.transaction_id in self._txns:
             txn = self._txns.match(msg)
             assert txn is not None

@@ -1,11 +1,19 @@
-"""Client side of rendezvous signalling: register, keep the name, get the peer (sans-IO)."""
+"""Client side of rendezvous signalling: register, keep the name, get the peer (sans-IO).
+
+The first REGISTER is answered 401 with a cookie, which every later one carries: it shows the
+server we receive at our address. Our public key in REGISTER and the server's in its answer
+agree a key (voip/security/registration.py); from then on every message either way carries
+MESSAGE-INTEGRITY-SHA256 under it, and a PEER-READY or answer without a good one is dropped,
+as is a PEER-READY for anyone but the peer we asked for.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from voip.nat.candidates import Candidate
-from voip.wire.signal import PeerReady, Register
+from voip.security.registration import BadPublicKey, RegistrationKeyPair
+from voip.wire.signal import ERR_UNAUTHENTICATED, PeerReady, Register
 from voip.wire.stun import (
     Address,
     Attr,
@@ -13,6 +21,7 @@ from voip.wire.stun import (
     Message,
     Method,
     StunError,
+    check_integrity,
     encode,
     text,
 )
@@ -21,6 +30,7 @@ from voip.wire.transactions import SERVER_SCHEDULE, Transaction, TransactionTabl
 Transmit = tuple[bytes, Address]
 
 RETRY_AFTER_UNREACHABLE = 2.0
+MAX_CHALLENGES = 3  # 401s in a row, each with a fresh cookie, before we give up
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,12 @@ class RendezvousClient:
         self._refresh_at: float | None = None
         self._closed = False
         self._asked_reported = False
+        self.keys = RegistrationKeyPair()
+        self._key: bytes | None = None  # agreed with the server
+        self._server_key: bytes | None = None
+        self._nonce: str | None = None  # the server's cookie for our address
+        self._challenges = 0
+        self.forged = 0  # signalling whose MESSAGE-INTEGRITY failed, or for another peer
 
     # -- outputs --------------------------------------------------------------------------
     def pop_events(self) -> list[SignalEvent]:
@@ -127,7 +143,7 @@ class RendezvousClient:
         self._txns.cancel_all()
         self._refresh_at = None
         msg = Message(Method.CP_LEAVE, Class.REQUEST, attributes=((Attr.CP_NAME, text(self.name)),))
-        return [(encode(msg, fingerprint=True), self.server)]
+        return [(self._encode(msg), self.server)]
 
     def poll(self, now: float) -> list[Transmit]:
         out: list[Transmit] = []
@@ -153,26 +169,61 @@ class RendezvousClient:
         if msg.cls in (Class.SUCCESS, Class.ERROR) and msg.transaction_id in self._txns:
             txn = self._txns.match(msg)
             assert txn is not None
-            self._on_register_answer(msg, txn.context == "ask", now)
-            return []
+            return self._on_register_answer(msg, txn.context == "ask", now)
         return None
 
     # -- internals ------------------------------------------------------------------------
+    def _encode(self, msg: Message) -> bytes:
+        if self._key is None:
+            return encode(msg, fingerprint=True)
+        return encode(msg, integrity_key=self._key, integrity_sha256=True, fingerprint=True)
+
+    def _authentic(self, msg: Message) -> bool:
+        """An answer or request really from our server: under the key we agreed, or a new one
+        (the server restarted) agreed from the public key it carries."""
+        server_key = msg.get(Attr.CP_KEY)
+        if server_key is not None and server_key != self._server_key:
+            try:
+                key = self.keys.agree_untrusted(server_key, we_are_client=True)
+            except BadPublicKey:
+                return False
+            if not check_integrity(msg, key):
+                return False
+            self._key, self._server_key = key, server_key
+            return True
+        return self._key is not None and check_integrity(msg, self._key)
+
     def _register(self, now: float) -> Transmit:
-        req = Register(self.name, self.peer, self.host_candidates, self.mapping).to_message()
-        data = encode(req, fingerprint=True)
+        req = Register(
+            self.name, self.peer, self.host_candidates, self.mapping, self._nonce, self.keys.public
+        ).to_message()
+        data = self._encode(req)
         context = "ask" if self.peer is not None else "register"
         txn = Transaction.scheduled(req.transaction_id, data, self.server, context, SERVER_SCHEDULE)
         return self._txns.start(now, txn), self.server
 
-    def _on_register_answer(self, msg: Message, asked: bool, now: float) -> None:
+    def _on_register_answer(self, msg: Message, asked: bool, now: float) -> list[Transmit]:
+        code, reason = 0, ""
         if msg.cls == Class.ERROR:
             try:
                 code, reason = msg.error() or (500, "error with no ERROR-CODE")
             except StunError:
                 code, reason = 500, "unreadable ERROR-CODE"
+        nonce = msg.text(Attr.NONCE) if code == ERR_UNAUTHENTICATED else None
+        if nonce is not None:  # a cookie for our address: ask again with it
+            self._nonce = nonce
+            self._challenges += 1
+            if self._challenges <= MAX_CHALLENGES:
+                return [self._register(now)]
+            self._events.append(Refused(code, "the server does not accept its own cookie"))
+            return []
+        if not self._authentic(msg):
+            self.forged += 1
+            return []
+        self._challenges = 0
+        if msg.cls == Class.ERROR:
             self._events.append(Refused(code, reason))
-            return
+            return []
         try:
             mapped = msg.xor_address()
             lifetime = float(msg.u32(Attr.LIFETIME) or 30)
@@ -180,9 +231,9 @@ class RendezvousClient:
             turn = _turn_offer(msg)
             other = msg.address(Attr.OTHER_ADDRESS)
         except StunError:
-            return
+            return []
         if mapped is None:
-            return
+            return []
         first = self.mapped is None
         self.mapped = mapped
         # Refresh at a third of the lifetime, so two lost refreshes still keep the name.
@@ -195,13 +246,20 @@ class RendezvousClient:
         if asked and not self._asked_reported:
             self._asked_reported = True
             self._events.append(Asked(status))
+        return []
 
     def _on_peer_ready(self, msg: Message, now: float) -> list[Transmit]:
+        if self._key is None or not check_integrity(msg, self._key):
+            self.forged += 1  # not from the server we registered with
+            return []
         try:
             ready = PeerReady.from_message_untrusted(msg)
         except StunError:
             return []
-        ack = encode(msg.reply(Class.SUCCESS), fingerprint=True)
+        if ready.peer != self._wanted_peer:
+            self.forged += 1  # an introduction to someone we never asked for
+            return []
+        ack = self._encode(msg.reply(Class.SUCCESS))
         if self.peer_ready is None:  # a retransmission is acknowledged again, reported once
             self.peer_ready = ready
             self.peer = None  # refreshes no longer ask for a call, so the server won't re-match

@@ -32,7 +32,22 @@ MAPPINGS = (MAPPING_INDEPENDENT, MAPPING_DEPENDENT)
 
 # Error codes the server answers with. 409 is not in STUN's registry; the reason phrase says it.
 ERR_BAD_REQUEST = 400
+ERR_UNAUTHENTICATED = 401  # carries a NONCE: send the request again with it
 ERR_NAME_TAKEN = 409
+ERR_UNKNOWN_ATTRIBUTE = 420
+ERR_QUOTA = 486  # this client's share (names from one address) is used up
+ERR_CAPACITY = 508  # the server is full
+# Reason phrases are fixed text (RFC 8489 §14.8: under 128 characters) and never echo input: an
+# answer built from what a stranger sent could be made as large as they like.
+REASONS = {
+    ERR_BAD_REQUEST: "Bad Request",
+    ERR_UNAUTHENTICATED: "Unauthenticated",
+    ERR_NAME_TAKEN: "Name Taken",
+    ERR_UNKNOWN_ATTRIBUTE: "Unknown Attribute",
+    ERR_QUOTA: "Quota Reached",
+    ERR_CAPACITY: "Insufficient Capacity",
+}
+MAX_CANDIDATES = 16  # host candidates in one REGISTER; more is not a real host
 
 
 def check_name(name: str) -> str:
@@ -61,7 +76,10 @@ def decode_candidate_untrusted(value: bytes) -> Candidate:
 
 
 def _candidates(msg: Message) -> tuple[Candidate, ...]:
-    return tuple(decode_candidate_untrusted(v) for v in msg.get_all(Attr.CP_CANDIDATE))
+    values = msg.get_all(Attr.CP_CANDIDATE)
+    if len(values) > MAX_CANDIDATES:
+        raise StunError(f"more than {MAX_CANDIDATES} candidates")
+    return tuple(decode_candidate_untrusted(v) for v in values)
 
 
 def _mapping(msg: Message, attr: Attr) -> str | None:
@@ -82,15 +100,23 @@ class Register:
     """Client -> server: I am `name`, reachable at these host candidates; I want to call `peer`.
 
     Sent again as a keepalive; the server keeps the name for the lifetime it answers with.
+    `nonce` is the server's cookie, proof that we receive at our address (the first REGISTER
+    has none and is answered 401 with one); `key` is our public registration key.
     """
 
     name: str
     peer: str | None
     host_candidates: tuple[Candidate, ...] = ()
     mapping: str | None = None  # MAPPING_INDEPENDENT or MAPPING_DEPENDENT, once known
+    nonce: str | None = None
+    key: bytes | None = None
 
     def to_message(self, transaction_id: bytes | None = None) -> Message:
         attrs = [(Attr.CP_NAME, text(self.name))]
+        if self.nonce is not None:
+            attrs.append((Attr.NONCE, text(self.nonce)))
+        if self.key is not None:
+            attrs.append((Attr.CP_KEY, self.key))
         if self.peer is not None:
             attrs.append((Attr.CP_PEER, text(self.peer)))
         attrs += [(Attr.CP_CANDIDATE, encode_candidate(c)) for c in self.host_candidates]
@@ -110,7 +136,14 @@ class Register:
                 check_name(peer)
         except ValueError as exc:
             raise StunError(str(exc)) from exc
-        return cls(name, peer, _candidates(msg), _mapping(msg, Attr.CP_NAT_MAPPING))
+        return cls(
+            name,
+            peer,
+            _candidates(msg),
+            _mapping(msg, Attr.CP_NAT_MAPPING),
+            msg.text(Attr.NONCE),
+            msg.get(Attr.CP_KEY),
+        )
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ class Attr(IntEnum):
     CP_TURN_PASSWORD = 0xC00C
     CP_NAT_MAPPING = 0xC00D  # the sender's NAT mapping, as learned at registration
     CP_PEER_NAT_MAPPING = 0xC00E  # the peer's, handed on in PEER-READY
+    CP_KEY = 0xC00F  # an X25519 public key: the caller's in REGISTER, the server's in answers
 
 
 def message_type(method: int, cls: Class) -> int:

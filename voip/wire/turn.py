@@ -63,7 +63,8 @@ def rest_password(secret: str, username: str) -> str:
 def rest_expiry(username: str) -> int | None:
     """The expiry time in a REST username, or None if it has none."""
     head = username.split(":", 1)[0]
-    return int(head) if head.isdigit() else None
+    # ASCII digits only: str.isdigit() is True for "²", which int() refuses.
+    return int(head) if head.isascii() and head.isdigit() else None
 
 
 def turn_url(text: str) -> tuple[str, int]:

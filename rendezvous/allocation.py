@@ -1,0 +1,80 @@
+"""One TURN allocation: permissions and channels, their lifetimes and caps (RFC 8656 §9, §12).
+
+Both tables are capped (a client cannot grow them without bound) and purged of what has
+expired whenever they are written to, so an allocation's size follows what is live.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from voip.wire.stun import Address
+from voip.wire.turn import CHANNEL_LIFETIME, PERMISSION_LIFETIME
+
+
+class TableFull(Exception):
+    """An allocation holds as many permissions or channels as it may."""
+
+
+class ChannelInUse(Exception):
+    """The channel is bound to another peer, or the peer to another channel (RFC 8656 §12.2)."""
+
+
+@dataclass
+class Allocation:
+    client: Address
+    relayed: Address
+    username: str
+    key: bytes
+    expires: float
+    permissions: dict[str, float] = field(default_factory=dict)  # peer IP -> expiry
+    channels: dict[int, tuple[Address, float]] = field(default_factory=dict)
+    by_peer: dict[Address, int] = field(default_factory=dict)
+    allocate_tid: bytes = b""
+    allocate_reply: bytes = b""
+
+    def permitted(self, ip: str, now: float) -> bool:
+        return self.permissions.get(ip, 0.0) > now
+
+    def permit(self, ips: list[str], now: float, cap: int) -> None:
+        """Install or refresh permissions for all of `ips`, or for none (TableFull)."""
+        self.purge(now)
+        new = {ip for ip in ips if ip not in self.permissions}
+        if len(self.permissions) + len(new) > cap:
+            raise TableFull
+        for ip in ips:
+            self.permissions[ip] = now + PERMISSION_LIFETIME
+
+    def bind(self, channel: int, peer: Address, now: float, cap: int) -> None:
+        """Bind or refresh `channel` to `peer`; a binding installs a permission too (§12.2)."""
+        self.purge(now)
+        bound = self.channels.get(channel)
+        if (bound is not None and bound[0] != peer) or self.by_peer.get(peer, channel) != channel:
+            raise ChannelInUse
+        if bound is None and len(self.channels) >= cap:
+            raise TableFull
+        if peer[0] not in self.permissions and len(self.permissions) >= cap:
+            raise TableFull
+        self.channels[channel] = (peer, now + CHANNEL_LIFETIME)
+        self.by_peer[peer] = channel
+        self.permissions[peer[0]] = now + PERMISSION_LIFETIME
+
+    def channel_peer(self, channel: int, now: float) -> Address | None:
+        """Where ChannelData on `channel` goes, if the binding and its permission are live."""
+        bound = self.channels.get(channel)
+        if bound is None or bound[1] <= now or not self.permitted(bound[0][0], now):
+            return None
+        return bound[0]
+
+    def channel_for(self, peer: Address, now: float) -> int | None:
+        channel = self.by_peer.get(peer)
+        if channel is None or self.channels[channel][1] <= now:
+            return None
+        return channel
+
+    def purge(self, now: float) -> None:
+        for ip in [ip for ip, expiry in self.permissions.items() if expiry <= now]:
+            del self.permissions[ip]
+        for channel in [c for c, (_, expiry) in self.channels.items() if expiry <= now]:
+            peer, _ = self.channels.pop(channel)
+            self.by_peer.pop(peer, None)

@@ -1,0 +1,37 @@
+"""What one rendezvous and relay will hold for strangers: every table a client can grow is capped.
+
+Each cap is a `callpeer-rendezvous` option; the defaults fit one small public host. A request
+past a cap gets 486 (this client's share is used up) or 508 (the server is full), as RFC 8656
+answers for allocations, never a silent drop that would make the client retry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    # the rendezvous
+    names: int = 100_000  # registered names in all
+    names_per_ip: int = 64  # names held from one public IP (a carrier-grade NAT shares one)
+    candidates: int = 16  # host candidates kept per registration
+    # the relay (coturn's total-quota and user-quota, and per source address)
+    allocations: int = 10_000
+    allocations_per_user: int = 10
+    allocations_per_ip: int = 32
+    permissions_per_allocation: int = 64  # peer IPs
+    channels_per_allocation: int = 64
+
+
+# (option, field, help) for the command line; the defaults come from Limits.
+OPTIONS = (
+    ("--max-names", "names", "names registered in all"),
+    ("--names-per-ip", "names_per_ip", "names held from one public IP address"),
+    ("--max-candidates", "candidates", "host candidates kept per registration"),
+    ("--total-quota", "allocations", "relay allocations in all (coturn's total-quota)"),
+    ("--quota", "allocations_per_user", "relay allocations per user (coturn's user-quota)"),
+    ("--quota-per-ip", "allocations_per_ip", "relay allocations from one source IP address"),
+    ("--max-permissions", "permissions_per_allocation", "peer IPs permitted per allocation"),
+    ("--max-channels", "channels_per_allocation", "channels bound per allocation"),
+)

@@ -1,0 +1,71 @@
+"""Every datagram that reaches the rendezvous, on any of its ports, sans-IO: which logic takes it.
+
+The main port carries STUN Binding, callpeer's signalling and TURN (requests and ChannelData:
+RFC 7983 demultiplexing by first byte); the other RFC 5780 ports answer Binding requests only;
+a relayed port carries a peer's datagrams for its allocation. Nothing raises out of here: what
+cannot be parsed is counted and dropped. The asyncio shell (rendezvous/server.py) only moves
+datagrams between sockets and this node, so tests can put the whole server on any network.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rendezvous.logic import RendezvousLogic
+from rendezvous.turn_server import Out, TurnServer
+from voip.wire.stun import (
+    MAX_DATAGRAM,
+    Address,
+    Class,
+    Method,
+    StunError,
+    looks_like_stun,
+    parse_message_untrusted,
+)
+from voip.wire.turn import looks_like_channel_data
+
+
+class RendezvousNode:
+    def __init__(self, logic: RendezvousLogic, turn: TurnServer | None, primary: Address):
+        self.logic = logic
+        self.turn = turn
+        self.primary = primary  # the main port: signalling and TURN; the others are RFC 5780's
+
+    @property
+    def stats(self) -> Counter[str]:
+        return self.logic.stats + (self.turn.stats if self.turn else Counter())
+
+    def handle(self, data: bytes, src: Address, local: Address, now: float) -> list[Out]:
+        """A datagram from `src` that arrived on our address `local`."""
+        main = local == self.primary
+        if main and self.turn is not None and looks_like_channel_data(data, legacy=True):
+            return self.turn.handle_channel_data(data, src, now)
+        if not looks_like_stun(data) or len(data) > MAX_DATAGRAM:
+            self.logic.stats["not_stun"] += 1
+            return []
+        try:
+            msg = parse_message_untrusted(data)
+        except StunError:
+            self.logic.stats["malformed"] += 1
+            return []
+        if main and self.turn is not None and self.turn.handles(msg):
+            return self.turn.handle_request(msg, data, src, now)
+        if not main and (msg.method != Method.BINDING or msg.cls != Class.REQUEST):
+            self.logic.stats["ignored"] += 1  # the RFC 5780 ports answer Binding only
+            return []
+        return self.logic.handle_message(msg, src, now, local)
+
+    def from_peer(self, data: bytes, relayed: Address, peer: Address, now: float) -> list[Out]:
+        if self.turn is None:
+            return []
+        return self.turn.handle_peer(data, relayed, peer, now)
+
+    def next_deadline(self) -> float | None:
+        times = [self.logic.next_deadline(), self.turn.next_deadline() if self.turn else None]
+        return min((t for t in times if t is not None), default=None)
+
+    def poll(self, now: float) -> list[Out]:
+        out = [Out(data, dest) for data, dest in self.logic.poll(now)]
+        if self.turn is not None:
+            self.turn.poll(now)
+        return out

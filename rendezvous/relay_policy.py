@@ -1,0 +1,21 @@
+"""What a TURN relay accepts: credentials (static users or REST), peers it may reach, its limits."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from rendezvous.limits import Limits
+from voip.wire.turn import MAX_LIFETIME
+
+
+@dataclass
+class TurnPolicy:
+    realm: str = "cp"  # short on purpose: see turn_auth.NONCE_MAC_BYTES
+    secret: str | None = None  # TURN REST API shared secret (coturn's static-auth-secret)
+    users: dict[str, str] = field(default_factory=dict)  # static long-term users
+    # Ranges opened again among those refused by default (rendezvous/peer_filter.py).
+    allowed_peers: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
+    allow_loopback_peers: bool = False  # only for a relay that is itself on loopback
+    limits: Limits = field(default_factory=Limits)
+    max_lifetime: int = MAX_LIFETIME

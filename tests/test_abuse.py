@@ -1,0 +1,237 @@
+"""The rendezvous and relay as an attacker sees them: spoofed sources, garbage, floods, caps.
+
+Each test here failed on the code before the hardening issue: the figures in the comments are
+what it measured then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rendezvous.behaviour import Addresses
+from rendezvous.limits import Limits
+from rendezvous.logic import RelayOffer, RendezvousLogic
+from rendezvous.node import RendezvousNode
+from rendezvous.turn_server import TurnPolicy, TurnServer
+from voip.nat import checks
+from voip.nat.candidates import Candidate, CandidateType
+from voip.nat.rendezvous_client import Refused, Registered, RendezvousClient
+from voip.transport import UdpEndpoint
+from voip.wire.signal import MAX_CANDIDATES, Register
+from voip.wire.stun import (
+    Attr,
+    Class,
+    Message,
+    Method,
+    encode,
+    parse_message_untrusted,
+    text,
+)
+
+PRIMARY, ALTERNATE = ("203.0.113.10", 3478), ("203.0.113.11", 3479)
+LOCALS = Addresses(PRIMARY, ALTERNATE).all()
+VICTIM = ("198.51.100.99", 5060)  # a spoofed source: whoever it names gets the answers
+SERVER = PRIMARY
+
+
+class NoPorts:
+    def open(self) -> None:
+        return None
+
+    def close(self, relayed: tuple[str, int]) -> None: ...
+
+
+def full_server() -> RendezvousNode:
+    """Rendezvous, RFC 5780 ports and a relay offering credentials: every door there is."""
+    logic = RendezvousLogic(
+        relay=RelayOffer(("203.0.113.20", 3478), "secret"), addresses=Addresses(*LOCALS[::3])
+    )
+    turn = TurnServer(NoPorts(), TurnPolicy(secret="secret"))
+    return RendezvousNode(logic, turn, PRIMARY)
+
+
+def binding_cap(data: bytes) -> int:
+    """What a Binding may be answered with whatever its size: XOR-MAPPED-ADDRESS and
+    FINGERPRINT, 40 bytes for IPv4; an RFC 3489 NAT test gets MAPPED- and CHANGED-ADDRESS, 44."""
+    classic = data[4:8] != bytes.fromhex("2112a442")
+    return 44 if classic else 40
+
+
+METHODS = [
+    Method.BINDING,
+    Method.CP_REGISTER,
+    Method.CP_LEAVE,
+    Method.CP_PEER_READY,
+    Method.ALLOCATE,
+    Method.REFRESH,
+    Method.CREATE_PERMISSION,
+    Method.CHANNEL_BIND,
+    Method.SEND,
+    0x0FF,  # a method nobody knows
+]
+ATTRS = [int(a) for a in Attr] + [0x7F01, 0x0003]  # and an unknown comprehension-required one
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    method=st.sampled_from(METHODS),
+    cls=st.sampled_from(list(Class)),
+    attrs=st.lists(st.tuples(st.sampled_from(ATTRS), st.binary(max_size=40)), max_size=6),
+    fingerprint=st.booleans(),
+    classic=st.booleans(),
+    local=st.sampled_from(LOCALS),
+)
+def test_no_unauthenticated_request_gets_a_larger_answer_on_any_port(
+    method: int,
+    cls: Class,
+    attrs: list[tuple[int, bytes]],
+    fingerprint: bool,
+    classic: bool,
+    local: tuple[str, int],
+) -> None:
+    node = full_server()
+    cookie = 0x0BADF00D if classic else 0x2112A442
+    data = encode(
+        Message(method, cls, attributes=tuple(attrs), cookie=cookie), fingerprint=fingerprint
+    )
+    budget = max(len(data), binding_cap(data)) if method == Method.BINDING else len(data)
+    for out in node.handle(data, VICTIM, local, 0.0):
+        assert len(out.data) <= budget, (
+            len(data),
+            len(out.data),
+            parse_message_untrusted(out.data),
+        )
+        assert out.dest[0] == VICTIM[0]  # never anyone else (RESPONSE-PORT: the same IP only)
+    # And it keeps nothing, and will send nothing later, for a source that proved nothing.
+    assert len(node.logic.registry) == 0 and not node.turn.allocations  # type: ignore[union-attr]
+    assert node.next_deadline() is None
+
+
+def test_what_used_to_amplify_no_longer_does() -> None:
+    node = full_server()
+    # Binding 20 B: was answered with 92 B (SOFTWARE, RFC 5780 addresses).
+    binding = encode(Message(Method.BINDING, Class.REQUEST))
+    [out] = node.handle(binding, VICTIM, PRIMARY, 0.0)
+    assert len(out.data) == 32
+    # REGISTER of 28 B: was 164 B, relay credentials included. Now no answer at all: the
+    # challenge (48 B) would be larger.
+    register = encode(
+        Message(Method.CP_REGISTER, Class.REQUEST, attributes=((Attr.CP_NAME, text("bob")),))
+    )
+    assert len(register) == 28 and node.handle(register, VICTIM, PRIMARY, 0.0) == []
+    # A real REGISTER (a key, 84 B) gets a cookie and nothing else, relay credentials least.
+    first, _ = RendezvousClient("bob", "alice", SERVER, ()).start(0.0)[0]
+    [challenge] = node.handle(first, VICTIM, PRIMARY, 0.0)
+    reply = parse_message_untrusted(challenge.data)
+    assert len(challenge.data) <= len(first) and reply.error() == (401, "Unauthenticated")
+    assert reply.get(Attr.CP_TURN_PASSWORD) is None
+    assert node.logic.stats["register_challenged"] == 1
+
+
+def test_two_spoofed_registers_introduce_no_one_and_retransmit_nothing() -> None:
+    """Two 36 B REGISTERs asking for each other from one spoofed source used to make the server
+    send PEER-READY seven times each over 16 s: 72 B in, 2,456 B out."""
+    node = full_server()
+    sent = received = 0
+    for name, peer in (("alice", "bob"), ("bob", "alice")):
+        data = encode(Register(name, peer).to_message())
+        sent += len(data)
+        answers = node.handle(data, VICTIM, PRIMARY, 0.0)
+        assert all(parse_message_untrusted(o.data).cls == Class.ERROR for o in answers)
+        received += sum(len(o.data) for o in answers)
+    assert node.next_deadline() is None
+    later = [node.poll(t) for t in (0.25, 1.0, 4.0, 16.0)]
+    assert received <= sent and later == [[], [], [], []]
+    assert node.logic.stats["matched"] == 0
+
+
+def registered(logic: RendezvousLogic, name: str, src: tuple[str, int]) -> RendezvousClient:
+    client = RendezvousClient(name, "nobody", SERVER, (), ask_now=False)
+    queue = [(src, d) for d, _ in client.start(0.0)]
+    while queue:
+        where, data = queue.pop(0)
+        for out, dest in logic.handle_datagram(data, where, 0.0):
+            queue += [
+                (dest, d) for d, _ in client.handle(parse_message_untrusted(out), SERVER, 0.0) or []
+            ]
+    return client
+
+
+def test_names_from_one_address_are_capped_and_say_486() -> None:
+    """One source could hold any number of names (and with them relay credentials)."""
+    logic = RendezvousLogic(limits=Limits(names_per_ip=3, names=5))
+    for i in range(3):
+        events = registered(logic, f"n{i}", ("203.0.113.7", 4000 + i)).pop_events()
+        assert [type(e) for e in events] == [Registered]
+    over = registered(logic, "n3", ("203.0.113.7", 4003))
+    assert any(isinstance(e, Refused) and e.code == 486 for e in over.pop_events())
+    for i in range(2):
+        registered(logic, f"m{i}", ("198.51.100.7", 4000 + i))
+    full = registered(logic, "m2", ("192.0.2.7", 4000))
+    assert any(isinstance(e, Refused) and e.code == 508 for e in full.pop_events())
+    assert len(logic.registry) == 5
+
+
+def test_candidates_per_registration_are_capped() -> None:
+    """A REGISTER with 45 candidates used to cost 12.9 KB of server memory."""
+    many = tuple(Candidate.make(CandidateType.HOST, ("198.18.0.1", 1000 + i)) for i in range(45))
+    logic = RendezvousLogic(limits=Limits(candidates=4))
+    client = RendezvousClient("alice", "bob", SERVER, many[: MAX_CANDIDATES + 1])
+    [(first, _)] = client.start(0.0)
+    [(refused, _)] = logic.handle_datagram(first, VICTIM, 0.0)  # 17 of them: a bad request
+    assert parse_message_untrusted(refused).error() == (400, "Bad Request")
+    assert logic.stats["bad_register"] == 1 and len(logic.registry) == 0
+    kept = RendezvousClient("alice", "bob", SERVER, many[:10])
+    queue = [(VICTIM, d) for d, _ in kept.start(0.0)]
+    while queue:
+        where, data = queue.pop(0)
+        for out, dest in logic.handle_datagram(data, where, 0.0):
+            queue += [
+                (dest, d) for d, _ in kept.handle(parse_message_untrusted(out), SERVER, 0.0) or []
+            ]
+    entry = logic.registry.get("alice", 0.0)
+    assert entry is not None and len(entry.host_candidates) == 4
+
+
+def test_a_check_with_a_username_that_is_not_utf8_is_ignored_not_raised() -> None:
+    agent = checks.ConnectivityChecks(
+        "ua", "pa" * 11, "ub", "pb" * 11, controlling=True, remote_candidates=(), now=0.0
+    )
+    msg = Message(Method.BINDING, Class.REQUEST, attributes=((Attr.USERNAME, b"\xff\xfe:x"),))
+    before = agent.ignored
+    assert agent.handle(parse_message_untrusted(encode(msg, fingerprint=True)), VICTIM, 0.0) == []
+    assert agent.ignored == before + 1
+
+
+def test_a_handler_that_raises_is_counted_and_logged_at_a_limited_rate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """100k garbage datagrams used to make 1,520 tracebacks (2 MB of log)."""
+
+    def broken(data: bytes, src: tuple[str, int], now: float) -> None:
+        raise ValueError("a parser bug")
+
+    async def flood() -> UdpEndpoint:
+        endpoint = await UdpEndpoint.bind("127.0.0.1", 0, broken)
+        sender = await UdpEndpoint.bind("127.0.0.1", 0, lambda *a: None)
+        for _ in range(6):  # in bursts a socket buffer holds
+            for _ in range(50):
+                sender.send(b"\x00garbage", endpoint.local_address)
+            await asyncio.sleep(0.02)
+        for _ in range(100):
+            if endpoint.handler_failures == 300:
+                break
+            await asyncio.sleep(0.01)
+        sender.close()
+        endpoint.close()
+        return endpoint
+
+    with caplog.at_level(logging.ERROR, logger="voip.transport"):
+        endpoint = asyncio.run(flood())
+    assert endpoint.handler_failures == 300 and endpoint.received == 300
+    assert len(caplog.records) == 1  # one line (with its traceback) per 10 s, not one per datagram
