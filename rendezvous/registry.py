@@ -103,7 +103,7 @@ class Registry:
             if wants is not None and entry.wants != wants:
                 entry.since = now  # a new call request waits from now
             entry.wants = wants
-        heapq.heappush(self._expiries, (entry.expires, name))
+        self._schedule(entry)
         entry.client_key, entry.key = client_key, key
         if mapping is not None:
             entry.mapping = mapping
@@ -145,6 +145,14 @@ class Registry:
                 return expires
             heapq.heappop(self._expiries)  # refreshed or removed since: skip it
         return None
+
+    def _schedule(self, entry: Entry) -> None:
+        heapq.heappush(self._expiries, (entry.expires, entry.name))
+        # Every refresh leaves a stale item behind: a client refreshing in a tight loop must not
+        # grow the heap without bound, so rebuild it from the live entries now and then.
+        if len(self._expiries) > 2 * len(self._entries) + 1024:
+            self._expiries = [(e.expires, n) for n, e in self._entries.items()]
+            heapq.heapify(self._expiries)
 
     def _drop(self, name: str) -> None:
         entry = self._entries.pop(name)

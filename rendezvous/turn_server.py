@@ -248,7 +248,7 @@ class TurnServer:
         self.by_relayed[relayed] = alloc
         self._per_user[username] += 1
         self._per_ip[src[0]] += 1
-        heapq.heappush(self._expiries, (alloc.expires, src))
+        self._schedule(alloc)
         self.stats["allocate"] += 1
         return reply
 
@@ -260,7 +260,7 @@ class TurnServer:
         else:
             alloc.expires = now + lifetime
             alloc.purge(now)
-            heapq.heappush(self._expiries, (alloc.expires, alloc.client))
+            self._schedule(alloc)
             self.stats["refresh"] += 1
         return self._reply(msg, alloc.client, alloc.key, [(Attr.LIFETIME, u32(lifetime))])
 
@@ -328,6 +328,12 @@ class TurnServer:
             return []
         self.stats["relayed_to_peer"] += 1
         return [Out(data, peer, alloc.relayed)]
+
+    def _schedule(self, alloc: Allocation) -> None:
+        heapq.heappush(self._expiries, (alloc.expires, alloc.client))
+        if len(self._expiries) > 2 * len(self.allocations) + 1024:  # stale refreshes: rebuild
+            self._expiries = [(a.expires, c) for c, a in self.allocations.items()]
+            heapq.heapify(self._expiries)
 
     def _release(self, client: Address) -> None:
         alloc = self.allocations.pop(client, None)

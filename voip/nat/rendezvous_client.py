@@ -137,6 +137,10 @@ class RendezvousClient:
         self._txns.cancel_all()
         return [self._register(now)]
 
+    def refresh(self, now: float) -> list[Transmit]:
+        """Refresh the registration now, not at its time (after the network changed, say)."""
+        return [] if self._closed else [self._register(now)]
+
     def leave(self, now: float) -> list[Transmit]:
         """Release the name at once (best effort, one datagram) instead of waiting for expiry."""
         self._closed = True
