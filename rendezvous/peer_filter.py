@@ -5,7 +5,8 @@ the relay host (its loopback, or its own public address where a service listens 
 private networks beside it, and through IPv4-mapped IPv6 addresses to all of those again. So:
 
 - the relay's own addresses are refused always (a relay on loopback that allows loopback peers
-  excepted: there every peer is on its address);
+  excepted: there every peer is on its address); the relay reaches its own allocations inside
+  itself, never through the network (rendezvous/turn_server.py);
 - addresses that reach no one or everyone (unspecified, broadcast, multicast) are refused always,
   as coturn does since CVE-2020-26262;
 - by default, every range the IANA registries mark "not globally reachable" is refused (the set
@@ -94,8 +95,17 @@ class PeerFilter:
     def add_own(self, ips: Iterable[str]) -> None:
         for ip in ips:
             addr = ipaddress.ip_address(ip)
-            if not addr.is_unspecified:
+            # A relay on loopback that allows loopback peers shares its address with them all.
+            if not addr.is_unspecified and not (self.allow_loopback and addr.is_loopback):
                 self.own.add(addr)
+
+    def is_own(self, ip: str) -> bool:
+        """Whether `ip` (or the IPv4 address it carries) is one of the relay's own."""
+        try:
+            addr: IPAddress = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return addr in self.own or embedded_ipv4(addr) in self.own
 
     def refusal(self, ip: str) -> str | None:
         """Why a peer address may not be relayed to, or None when it may. Fixed text: it goes

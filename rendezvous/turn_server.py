@@ -6,6 +6,9 @@ rendezvous/turn_auth.py's, one allocation's tables rendezvous/allocation.py's, w
 reached rendezvous/peer_filter.py's.
 
 Defences: peers refused by the peer filter get 403, and a peer of another address family 443;
+the relay's own addresses are never sent to over the network: a datagram for another allocation
+on this relay is handed to it inside (two callers on one relay reach each other relayed to
+relayed), and one for any other port of ours is dropped;
 allocations are capped per user, per source IP and in all (486 for a client's share, 508 when
 the relay or its sockets are exhausted); permissions and channels per allocation are capped and
 purged when they expire; an unauthenticated request never gets an answer larger than itself.
@@ -135,8 +138,7 @@ class TurnServer:
         if alloc is None or peer is None:
             self.stats["channel_unknown"] += 1
             return []
-        self.stats["relayed_to_peer"] += 1
-        return [Out(payload, peer, alloc.relayed)]
+        return self._relay_out(payload, alloc, peer, now)
 
     def handle_peer(self, data: bytes, relayed: Address, peer: Address, now: float) -> list[Out]:
         """A datagram that arrived on relayed address `relayed` from `peer`."""
@@ -177,6 +179,11 @@ class TurnServer:
     def add_own_addresses(self, ips: Iterable[str]) -> None:
         """The relay's own addresses (where it listens and relays): never a peer."""
         self.peers.add_own(ips)
+
+    def _relays_on(self, ip: str) -> bool:
+        """Whether our relayed addresses are on `ip`: a permission there is for allocations
+        of ours, reached inside the relay (see _relay_out)."""
+        return self.peers.is_own(ip) and any(r[0] == ip for r in self.by_relayed)
 
     def peer_refusal(self, ip: str) -> str | None:
         """Why a peer address may not be relayed to, or None when it may."""
@@ -277,7 +284,7 @@ class TurnServer:
                 return self._error(
                     msg, alloc.client, 443, "Peer Address Family Mismatch", alloc.key
                 )
-            if self.peers.refusal(peer[0]) is not None:
+            if self.peers.refusal(peer[0]) is not None and not self._relays_on(peer[0]):
                 self.stats["peer_refused"] += 1
                 return self._error(msg, alloc.client, 403, "Forbidden", alloc.key)
         return []
@@ -325,6 +332,17 @@ class TurnServer:
         data = msg.get(Attr.DATA)
         if peer is None or data is None or not alloc.permitted(peer[0], now):
             self.stats["send_not_permitted"] += 1
+            return []
+        return self._relay_out(data, alloc, peer, now)
+
+    def _relay_out(self, data: bytes, alloc: Allocation, peer: Address, now: float) -> list[Out]:
+        """Send `data` from `alloc`'s relayed address to `peer`: over the network, or, for
+        another allocation of ours, inside the relay; never to any other port of ours."""
+        if self.peers.is_own(peer[0]):
+            if peer in self.by_relayed:
+                self.stats["relayed_inside"] += 1
+                return self.handle_peer(data, peer, alloc.relayed, now)
+            self.stats["own_address_dropped"] += 1
             return []
         self.stats["relayed_to_peer"] += 1
         return [Out(data, peer, alloc.relayed)]

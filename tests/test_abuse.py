@@ -235,3 +235,19 @@ def test_a_handler_that_raises_is_counted_and_logged_at_a_limited_rate(
         endpoint = asyncio.run(flood())
     assert endpoint.handler_failures == 300 and endpoint.received == 300
     assert len(caplog.records) == 1  # one line (with its traceback) per 10 s, not one per datagram
+
+
+def test_at_the_open_file_limit_a_relay_port_is_none_not_an_exception(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """socket() itself raised EMFILE, uncaught, and the Allocate got no answer at all."""
+    import errno
+    import socket
+
+    from rendezvous.server import SocketRelayPorts
+
+    def no_more_files(*args: object, **kwargs: object) -> socket.socket:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(socket, "socket", no_more_files)
+    assert SocketRelayPorts("127.0.0.1").open() is None  # and TurnServer answers 508

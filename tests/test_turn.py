@@ -300,16 +300,36 @@ def test_special_purpose_ranges_are_refused_by_default(peer: str, why: str) -> N
     assert opened.peer_refusal("0.0.0.0") is not None  # but never "this host"
 
 
-def test_the_relays_own_address_is_never_a_peer() -> None:
-    server, _ = make_server()  # 203.0.113.0/24 allowed, and the relay is on it
-    server.add_own_addresses([SERVER[0], "0.0.0.0"])
-    client = rest_client()
-    allocated(client, server)
-    exchange(client, server, client.permit([SERVER[0], PEER[0]], 1.0), 1.0)
-    refused = [e for e in client.pop_events() if isinstance(e, PermissionRefused)]
-    assert [e.peer_ip for e in refused] == [SERVER[0]] and refused[0].reason.startswith("403")
-    assert server.peer_refusal(SERVER[0]) == "the relay's own address"
+def test_the_relays_own_address_is_never_reached_over_the_network() -> None:
+    """Relaying to the relay's own address reached services listening on 0.0.0.0 of its host.
+    Now a datagram for another allocation of ours is handed to it inside the relay (two
+    callers on one relay still reach each other relayed to relayed), and one for any other port
+    of ours goes nowhere."""
+    server, ports = make_server()  # 203.0.113.0/24 allowed, and the relay is on it
+    server.add_own_addresses([SERVER[0], "203.0.113.30", "0.0.0.0"])
+    alice, bob = rest_client(name="alice"), rest_client(name="bob")
+    alice_relayed = allocated(alice, server).relayed
+    bob_src = ("203.0.113.2", 40000)
+    exchange(bob, server, bob.start(0.0), 0.0, src=bob_src)
+    [bob_alloc] = [e for e in bob.pop_events() if isinstance(e, Allocated)]
+    # Permission for the relay's own IP: allowed, it hosts allocations. For another IP of the
+    # host that hosts none: refused.
+    exchange(alice, server, alice.permit([SERVER[0], "203.0.113.30"], 1.0), 1.0)
+    refused = [e for e in alice.pop_events() if isinstance(e, PermissionRefused)]
+    assert [e.peer_ip for e in refused] == ["203.0.113.30"] and refused[0].reason.startswith("403")
+    exchange(bob, server, bob.permit([SERVER[0]], 1.0), 1.0, src=bob_src)
+    # Alice to bob's relayed address: delivered to bob inside the relay, never sent out.
+    data, _ = alice.wrap(b"to bob", bob_alloc.relayed)
+    [out] = server.handle_request(parse_message_untrusted(data), data, CLIENT, 1.1)
+    assert out.via is None and out.dest == bob_src
+    assert bob.unwrap(parse_message_untrusted(out.data), SERVER) == (b"to bob", alice_relayed)
+    # Alice to the relay's listening port, or any port of its own that is no allocation: dropped.
+    for port in (SERVER[1], 22, 49999):
+        data, _ = alice.wrap(b"hello, services", (SERVER[0], port))
+        assert server.handle_request(parse_message_untrusted(data), data, CLIENT, 1.2) == []
+    assert server.stats["own_address_dropped"] == 3 and server.stats["relayed_inside"] == 1
     assert server.peer_refusal(mapped_v6(SERVER[0])) == "the relay's own address"
+    assert ports.open_ports  # (both allocations still there)
 
 
 def test_allocations_are_capped_per_source_ip_and_in_all() -> None:
