@@ -18,6 +18,7 @@ from rendezvous.limits import Limits
 from rendezvous.logic import RelayOffer, RendezvousLogic
 from rendezvous.node import RendezvousNode
 from rendezvous.turn_server import TurnPolicy, TurnServer
+from tests.test_rendezvous import converse
 from voip.nat import checks
 from voip.nat.candidates import Candidate, CandidateType
 from voip.nat.rendezvous_client import Refused, Registered, RendezvousClient
@@ -152,13 +153,7 @@ def test_two_spoofed_registers_introduce_no_one_and_retransmit_nothing() -> None
 
 def registered(logic: RendezvousLogic, name: str, src: tuple[str, int]) -> RendezvousClient:
     client = RendezvousClient(name, "nobody", SERVER, (), ask_now=False)
-    queue = [(src, d) for d, _ in client.start(0.0)]
-    while queue:
-        where, data = queue.pop(0)
-        for out, dest in logic.handle_datagram(data, where, 0.0):
-            queue += [
-                (dest, d) for d, _ in client.handle(parse_message_untrusted(out), SERVER, 0.0) or []
-            ]
+    converse(logic, {src: client}, [(src, d) for d, _ in client.start(0.0)], 0.0)
     return client
 
 
@@ -187,13 +182,7 @@ def test_candidates_per_registration_are_capped() -> None:
     assert parse_message_untrusted(refused).error() == (400, "Bad Request")
     assert logic.stats["bad_register"] == 1 and len(logic.registry) == 0
     kept = RendezvousClient("alice", "bob", SERVER, many[:10])
-    queue = [(VICTIM, d) for d, _ in kept.start(0.0)]
-    while queue:
-        where, data = queue.pop(0)
-        for out, dest in logic.handle_datagram(data, where, 0.0):
-            queue += [
-                (dest, d) for d, _ in kept.handle(parse_message_untrusted(out), SERVER, 0.0) or []
-            ]
+    converse(logic, {VICTIM: kept}, [(VICTIM, d) for d, _ in kept.start(0.0)], 0.0)
     entry = logic.registry.get("alice", 0.0)
     assert entry is not None and len(entry.host_candidates) == 4
 
