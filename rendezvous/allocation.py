@@ -45,15 +45,18 @@ class Allocation:
         for ip in ips:
             self.permissions[ip] = now + PERMISSION_LIFETIME
 
-    def bind(self, channel: int, peer: Address, now: float, cap: int) -> None:
-        """Bind or refresh `channel` to `peer`; a binding installs a permission too (§12.2)."""
+    def bind(
+        self, channel: int, peer: Address, now: float, *, channels: int, permissions: int
+    ) -> None:
+        """Bind or refresh `channel` to `peer`; a binding installs a permission too (§12.2).
+        `channels` and `permissions` are the caps on each table."""
         self.purge(now)
         bound = self.channels.get(channel)
         if (bound is not None and bound[0] != peer) or self.by_peer.get(peer, channel) != channel:
             raise ChannelInUse
-        if bound is None and len(self.channels) >= cap:
+        if bound is None and len(self.channels) >= channels:
             raise TableFull
-        if peer[0] not in self.permissions and len(self.permissions) >= cap:
+        if peer[0] not in self.permissions and len(self.permissions) >= permissions:
             raise TableFull
         self.channels[channel] = (peer, now + CHANNEL_LIFETIME)
         self.by_peer[peer] = channel

@@ -113,7 +113,8 @@ def build_server(args: argparse.Namespace, host: str) -> RendezvousServer:
         offer = RelayOffer(turn_url(args.turn_url), args.turn_secret)
     limits = Limits(**{name: getattr(args, name) for _, name, _ in LIMIT_OPTIONS})
     logic = RendezvousLogic(args.lifetime, relay=offer, limits=limits)
-    relay_host = args.relay_address or (host if host not in ("0.0.0.0", "") else None)  # noqa: S104
+    wildcard = host in ("0.0.0.0", "::", "")  # noqa: S104
+    relay_host = args.relay_address or (None if wildcard else host)
     if args.no_relay or relay_host is None or (offer is not None and not args.relay_address):
         return RendezvousServer(logic)
     try:

@@ -7,6 +7,7 @@ answers for allocations, never a silent drop that would make the client retry.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 
@@ -35,3 +36,12 @@ OPTIONS = (
     ("--max-permissions", "permissions_per_allocation", "peer IPs permitted per allocation"),
     ("--max-channels", "channels_per_allocation", "channels bound per allocation"),
 )
+
+
+def address_block(ip: str) -> str:
+    """What one source is, for the caps per address: an IPv4 address, or the /64 an IPv6 one
+    is in (one home or one phone holds a whole /64, RFC 6177)."""
+    addr = ipaddress.ip_address(ip)
+    if addr.version == 4:
+        return ip
+    return str(ipaddress.ip_network(f"{addr}/64", strict=False))

@@ -116,6 +116,9 @@ class RendezvousLogic:
         self.cookies = CookieJar(COOKIE_LIFETIME)
         self.keys = RegistrationKeyPair()
         self._txns: TransactionTable[_Intro] = TransactionTable()
+        # One introduction in flight per name: a caller asking again and again replaces its
+        # own, so the table never holds more than there are names.
+        self._intro_of: dict[str, bytes] = {}
 
     def next_deadline(self) -> float | None:
         times = [
@@ -126,6 +129,8 @@ class RendezvousLogic:
     def poll(self, now: float) -> list[Transmit]:
         resend_txns, failed = self._txns.poll(now)
         resend = [(t.data, t.dest) for t in resend_txns]
+        for txn in failed:
+            self._intro_of.pop(txn.context.to, None)
         self.stats["peer_ready_unacknowledged"] += len(failed)
         self.stats["expired"] += len(self.registry.expire(now))
         return resend
@@ -173,7 +178,8 @@ class RendezvousLogic:
             self.stats["unknown_method"] += 1
             return self._refuse(msg, src, ERR_BAD_REQUEST)
         if msg.cls == Class.SUCCESS and msg.method == Method.CP_PEER_READY:
-            if self._txns.match(msg) is not None:
+            if (txn := self._txns.match(msg)) is not None:
+                self._intro_of.pop(txn.context.to, None)
                 self.stats["peer_ready_acknowledged"] += 1
             return []
         self.stats["ignored"] += 1
@@ -342,5 +348,8 @@ class RendezvousLogic:
                 rc=PEER_READY_RC,
                 rm=PEER_READY_RM,
             )
+            if (previous := self._intro_of.get(me.name)) is not None:
+                self._txns.cancel(previous)
+            self._intro_of[me.name] = txn.transaction_id
             out.append(Out(self._txns.start(now, txn), me.reflexive))
         return out

@@ -11,6 +11,7 @@ import heapq
 from collections import Counter
 from dataclasses import dataclass
 
+from rendezvous.limits import address_block
 from voip.nat.candidates import Candidate
 from voip.wire.stun import Address
 
@@ -84,19 +85,20 @@ class Registry:
         entry = self.get(name, now)
         if entry is not None and entry.client_key != client_key and entry.reflexive != reflexive:
             raise NameTaken(name, entry.reflexive)
-        moving = entry is None or entry.reflexive[0] != reflexive[0]
-        if moving and self._by_ip[reflexive[0]] >= self.per_ip:
+        block = address_block(reflexive[0])
+        moving = entry is None or address_block(entry.reflexive[0]) != block
+        if moving and self._by_ip[block] >= self.per_ip:
             raise RegistryFull(per_ip=True)
         if entry is None:
             if len(self._entries) >= self.capacity:
                 raise RegistryFull(per_ip=False)
             entry = Entry(name, reflexive, host_candidates, now + self.lifetime, now, wants)
             self._entries[name] = entry
-            self._by_ip[reflexive[0]] += 1
+            self._by_ip[block] += 1
         else:
             if moving:
                 self._uncount(entry.reflexive[0])
-                self._by_ip[reflexive[0]] += 1
+                self._by_ip[block] += 1
             entry.reflexive = reflexive
             entry.host_candidates = host_candidates
             entry.expires = now + self.lifetime
@@ -159,6 +161,7 @@ class Registry:
         self._uncount(entry.reflexive[0])
 
     def _uncount(self, ip: str) -> None:
-        self._by_ip[ip] -= 1
-        if self._by_ip[ip] <= 0:
-            del self._by_ip[ip]
+        block = address_block(ip)
+        self._by_ip[block] -= 1
+        if self._by_ip[block] <= 0:
+            del self._by_ip[block]

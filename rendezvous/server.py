@@ -121,12 +121,11 @@ class RendezvousServer:
             await self._start_behaviour(host, alt_host)
         self._timer = Timer(self.endpoint.loop, self.node.next_deadline, self._on_timer)
         if self.turn is not None:
-            # Never a peer: where we listen and relay, and (on a wildcard) every local address.
-            own = [host, *([alt_host] if alt_host else [])]
+            # Never a peer: where we listen and relay, and every address of this host (a
+            # service there may listen on all of them).
+            own = [host, *([alt_host] if alt_host else []), *host_ipv4_addresses()]
             if self.relay_ports is not None:
                 own.append(self.relay_ports.host)
-            if host in ("0.0.0.0", ""):  # noqa: S104
-                own += host_ipv4_addresses()
             self.turn.add_own_addresses(own)
         if self.turn is not None and self.relay_ports is not None and self.logic.relay is None:
             assert self.turn.policy.secret is not None

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
 from rendezvous.allocation import Allocation, ChannelInUse, TableFull
+from rendezvous.limits import address_block
 from rendezvous.peer_filter import PeerFilter, family_of
 from rendezvous.relay_policy import TurnPolicy
 from rendezvous.turn_auth import TurnAuth
@@ -52,6 +53,7 @@ from voip.wire.turn import (
     ChannelDataError,
     pack_channel_data,
     parse_channel_data_untrusted,
+    rest_user,
 )
 
 __all__ = ["Allocation", "Out", "RelayPorts", "TurnPolicy", "TurnServer"]
@@ -229,8 +231,8 @@ class TurnServer:
         if msg.has(Attr.RESERVATION_TOKEN):
             return self._error(msg, src, 508, "Insufficient Capacity", key)
         if (
-            self._per_user[username] >= self.limits.allocations_per_user
-            or self._per_ip[src[0]] >= self.limits.allocations_per_ip
+            self._per_user[rest_user(username)] >= self.limits.allocations_per_user
+            or self._per_ip[address_block(src[0])] >= self.limits.allocations_per_ip
         ):
             return self._error(msg, src, 486, "Allocation Quota Reached", key)
         if len(self.allocations) >= self.limits.allocations:
@@ -253,8 +255,8 @@ class TurnServer:
         alloc.allocate_tid, alloc.allocate_reply = msg.transaction_id, reply[0].data
         self.allocations[src] = alloc
         self.by_relayed[relayed] = alloc
-        self._per_user[username] += 1
-        self._per_ip[src[0]] += 1
+        self._per_user[rest_user(username)] += 1
+        self._per_ip[address_block(src[0])] += 1
         self._schedule(alloc)
         self.stats["allocate"] += 1
         return reply
@@ -313,7 +315,13 @@ class TurnServer:
         if refused := self._peer_error(msg, alloc, peers):
             return refused
         try:
-            alloc.bind(channel, peer, now, self.limits.channels_per_allocation)
+            alloc.bind(
+                channel,
+                peer,
+                now,
+                channels=self.limits.channels_per_allocation,
+                permissions=self.limits.permissions_per_allocation,
+            )
         except ChannelInUse:
             return self._error(msg, alloc.client, 400, "Bad Request", alloc.key)
         except TableFull:
@@ -358,7 +366,11 @@ class TurnServer:
         if alloc is None:
             return
         self.by_relayed.pop(alloc.relayed, None)
-        for table, key in ((self._per_user, alloc.username), (self._per_ip, client[0])):
+        counted = (
+            (self._per_user, rest_user(alloc.username)),
+            (self._per_ip, address_block(client[0])),
+        )
+        for table, key in counted:
             table[key] -= 1
             if table[key] <= 0:
                 del table[key]

@@ -176,8 +176,10 @@ def test_candidates_per_registration_are_capped() -> None:
     """A REGISTER with 45 candidates used to cost 12.9 KB of server memory."""
     many = tuple(Candidate.make(CandidateType.HOST, ("198.18.0.1", 1000 + i)) for i in range(45))
     logic = RendezvousLogic(limits=Limits(candidates=4))
-    client = RendezvousClient("alice", "bob", SERVER, many[: MAX_CANDIDATES + 1])
-    [(first, _)] = client.start(0.0)
+    # Our client sends at most MAX_CANDIDATES; a hostile one sending more is refused.
+    assert len(RendezvousClient("alice", "bob", SERVER, many).host_candidates) == MAX_CANDIDATES
+    hostile = Register("alice", "bob", many[: MAX_CANDIDATES + 1], key=bytes(32)).to_message()
+    first = encode(hostile, fingerprint=True)
     [(refused, _)] = logic.handle_datagram(first, VICTIM, 0.0)  # 17 of them: a bad request
     assert parse_message_untrusted(refused).error() == (400, "Bad Request")
     assert logic.stats["bad_register"] == 1 and len(logic.registry) == 0
@@ -240,3 +242,107 @@ def test_at_the_open_file_limit_a_relay_port_is_none_not_an_exception(
 
     monkeypatch.setattr(socket, "socket", no_more_files)
     assert SocketRelayPorts("127.0.0.1").open() is None  # and TurnServer answers 508
+
+
+# -- found in review ---------------------------------------------------------------------
+
+
+def test_a_pair_asking_again_and_again_keeps_one_introduction_each_in_flight() -> None:
+    """Two names of one client asking for each other over and over used to start two more
+    PEER-READY transactions every time, never cancelled, and every datagram got slower."""
+    logic = RendezvousLogic()
+    alice, bob = (
+        RendezvousClient(n, p, SERVER, ()) for n, p in (("alice", "bob"), ("bob", "alice"))
+    )
+    where = {("203.0.113.7", 4000): alice, ("203.0.113.7", 4001): bob}
+    for src, client in where.items():
+        # No answers delivered to the clients' PEER-READY handlers: nothing is acknowledged.
+        converse(logic, {src: client}, [(src, d) for d, _ in client.start(0.0)], 0.0)
+    for i in range(200):
+        for src, client in where.items():
+            client.peer_ready = None
+            converse(logic, {}, [(src, d) for d, _ in client.ask(0.01 * i)], 0.01 * i)
+    assert logic.stats["matched"] >= 100
+    assert len(logic._txns) <= 2
+
+
+def test_the_server_key_changes_only_after_the_server_forgot_our_cookie() -> None:
+    """Anyone who saw one refresh could answer it with a key of their own, and the client took
+    it. Now a new server key is taken only right after a 401 (a restarted server)."""
+    from voip.security.registration import RegistrationKeyPair
+    from voip.wire.stun import check_integrity
+
+    logic = RendezvousLogic()
+    client = RendezvousClient("alice", "bob", SERVER, ())
+    converse(logic, {VICTIM: client}, [(VICTIM, d) for d, _ in client.start(0.0)], 0.0)
+    [(refresh, _)] = client.refresh(1.0)
+    request = parse_message_untrusted(refresh)
+    mallory = RegistrationKeyPair()
+    key = mallory.agree_untrusted(client.keys.public, we_are_client=False)
+    forged = request.reply(Class.SUCCESS, [(Attr.CP_KEY, mallory.public)])
+    data = encode(forged, integrity_key=key, integrity_sha256=True, fingerprint=True)
+    assert check_integrity(parse_message_untrusted(data), key)
+    assert client.handle(parse_message_untrusted(data), SERVER, 1.0) == []
+    assert client.forged == 1 and client._server_key == logic.keys.public
+    # The real answer still counts: the forgery did not end the transaction.
+    [(answer, _)] = logic.handle_datagram(refresh, VICTIM, 1.0)
+    client.handle(parse_message_untrusted(answer), SERVER, 1.0)
+    assert client.forged == 1
+
+
+def test_an_unsigned_refusal_before_any_key_is_believed() -> None:
+    client = RendezvousClient("alice", "bob", SERVER, ())
+    [(first, _)] = client.start(0.0)
+    request = parse_message_untrusted(first)
+    refusal = request.reply(Class.ERROR, [(Attr.ERROR_CODE, b"\0\0\x04\x00Bad Request")])
+    client.handle(parse_message_untrusted(encode(refusal)), SERVER, 0.1)
+    [event] = client.pop_events()
+    assert isinstance(event, Refused) and event.code == 400
+
+
+def test_an_introduction_carries_a_full_set_of_candidates() -> None:
+    """The server adds the peer's server-reflexive address to its MAX_CANDIDATES."""
+    many = tuple(Candidate.make(CandidateType.HOST, ("198.18.0.1", 1000 + i)) for i in range(20))
+    logic = RendezvousLogic()
+    alice = RendezvousClient("alice", "bob", SERVER, many)
+    bob = RendezvousClient("bob", "alice", SERVER, ())
+    clients = {("203.0.113.7", 4000): alice, ("203.0.113.8", 4000): bob}
+    for src, client in clients.items():
+        converse(logic, clients, [(src, d) for d, _ in client.start(0.0)], 0.0)
+    assert bob.peer_ready is not None and len(bob.peer_ready.candidates) == MAX_CANDIDATES + 1
+
+
+def test_relay_quotas_count_the_name_not_each_rest_username() -> None:
+    """Each registration brings a new REST username ("expiry:name") for the same name."""
+    from voip.nat.turn_client import Allocated, TurnClient
+    from voip.wire.turn import rest_password, rest_username
+
+    ports = iter(range(50000, 50100))
+
+    class Ports:
+        def open(self) -> tuple[str, int]:
+            return ("203.0.113.20", next(ports))
+
+        def close(self, relayed: tuple[str, int]) -> None: ...
+
+    server = TurnServer(Ports(), TurnPolicy(secret="s", limits=Limits(allocations_per_user=2)))
+    got = 0
+    for i in range(6):
+        user = rest_username(2_000_000_000 + i, "alice")
+        client = TurnClient(SERVER, user, rest_password("s", user))
+        src = ("198.51.100.7", 4000 + i)
+        queue = client.start(0.0)
+        while queue:
+            data, _ = queue.pop(0)
+            for out in server.handle_request(parse_message_untrusted(data), data, src, 0.0):
+                queue += client.handle(parse_message_untrusted(out.data), SERVER, 0.0) or []
+        got += any(isinstance(e, Allocated) for e in client.pop_events())
+    assert got == 2
+
+
+def test_ipv6_sources_are_counted_by_their_64() -> None:
+    from rendezvous.limits import address_block
+
+    assert address_block("2001:db8:1:2::1") == address_block("2001:db8:1:2:ffff::9")
+    assert address_block("2001:db8:1:3::1") != address_block("2001:db8:1:2::1")
+    assert address_block("203.0.113.7") == "203.0.113.7"

@@ -416,3 +416,15 @@ def test_an_empty_requested_transport_gets_400() -> None:
     data = encode(req, integrity_key=key)
     [out] = server.handle_request(parse_message_untrusted(data), data, CLIENT, 0.0)
     assert parse_message_untrusted(out.data).error() == (400, "Bad Request")
+
+
+def test_channel_binds_count_against_the_permission_cap() -> None:
+    """A ChannelBind installs a permission: it used to be held to the channel cap instead."""
+    server, _ = make_server(limits=Limits(permissions_per_allocation=2, channels_per_allocation=64))
+    client = rest_client()
+    allocated(client, server)
+    for i in range(3):
+        exchange(client, server, client.bind_channel((f"203.0.113.{60 + i}", 5000), 1.0), 1.0)
+    alloc = next(iter(server.allocations.values()))
+    assert len(alloc.permissions) == 2 and len(alloc.channels) == 2
+    assert server.stats["error_508"] == 1

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from voip.nat.candidates import Candidate
 from voip.security.registration import BadPublicKey, RegistrationKeyPair
-from voip.wire.signal import ERR_UNAUTHENTICATED, PeerReady, Register
+from voip.wire.signal import ERR_UNAUTHENTICATED, MAX_CANDIDATES, PeerReady, Register
 from voip.wire.stun import (
     Address,
     Attr,
@@ -93,7 +93,7 @@ class RendezvousClient:
         self.peer: str | None = peer if ask_now else None
         self._wanted_peer = peer
         self.server = server
-        self.host_candidates = host_candidates
+        self.host_candidates = host_candidates[:MAX_CANDIDATES]
         self.mapped: Address | None = None
         self.mapping: str | None = None  # our NAT's mapping behaviour, told to the server
         # Seconds between refreshes at most: a NAT that forgets a quiet mapping sooner than
@@ -111,6 +111,9 @@ class RendezvousClient:
         self._server_key: bytes | None = None
         self._nonce: str | None = None  # the server's cookie for our address
         self._challenges = 0
+        # A new server key is taken only on the first registration, or right after a 401: a
+        # restarted server has a new key, and it no longer knows our cookie either.
+        self._rekey_allowed = True
         self.forged = 0  # signalling whose MESSAGE-INTEGRITY failed, or for another peer
 
     # -- outputs --------------------------------------------------------------------------
@@ -133,7 +136,9 @@ class RendezvousClient:
         and what we learned of our NAT's mapping."""
         self.peer = self._wanted_peer
         self.mapping = mapping
-        self.host_candidates = (*self.host_candidates, *more_candidates)
+        # The server takes MAX_CANDIDATES: the relayed ones first, then hosts in their order.
+        room = max(0, MAX_CANDIDATES - len(more_candidates))
+        self.host_candidates = (*self.host_candidates[:room], *more_candidates)
         self._txns.cancel_all()
         return [self._register(now)]
 
@@ -173,7 +178,7 @@ class RendezvousClient:
         if msg.cls in (Class.SUCCESS, Class.ERROR) and msg.transaction_id in self._txns:
             txn = self._txns.match(msg)
             assert txn is not None
-            return self._on_register_answer(msg, txn.context == "ask", now)
+            return self._on_register_answer(txn, msg, now)
         return None
 
     # -- internals ------------------------------------------------------------------------
@@ -183,10 +188,10 @@ class RendezvousClient:
         return encode(msg, integrity_key=self._key, integrity_sha256=True, fingerprint=True)
 
     def _authentic(self, msg: Message) -> bool:
-        """An answer or request really from our server: under the key we agreed, or a new one
-        (the server restarted) agreed from the public key it carries."""
+        """An answer or request really from our server: under the key we agreed, or, when a
+        new one may be taken, under a key agreed from the public key it carries."""
         server_key = msg.get(Attr.CP_KEY)
-        if server_key is not None and server_key != self._server_key:
+        if server_key is not None and server_key != self._server_key and self._rekey_allowed:
             try:
                 key = self.keys.agree_untrusted(server_key, we_are_client=True)
             except BadPublicKey:
@@ -194,6 +199,7 @@ class RendezvousClient:
             if not check_integrity(msg, key):
                 return False
             self._key, self._server_key = key, server_key
+            self._rekey_allowed = False
             return True
         return self._key is not None and check_integrity(msg, self._key)
 
@@ -206,23 +212,33 @@ class RendezvousClient:
         txn = Transaction.scheduled(req.transaction_id, data, self.server, context, SERVER_SCHEDULE)
         return self._txns.start(now, txn), self.server
 
-    def _on_register_answer(self, msg: Message, asked: bool, now: float) -> list[Transmit]:
+    def _on_register_answer(
+        self, txn: Transaction[str], msg: Message, now: float
+    ) -> list[Transmit]:
         code, reason = 0, ""
-        if msg.cls == Class.ERROR:
-            try:
+        try:
+            if msg.cls == Class.ERROR:
                 code, reason = msg.error() or (500, "error with no ERROR-CODE")
-            except StunError:
-                code, reason = 500, "unreadable ERROR-CODE"
-        nonce = msg.text(Attr.NONCE) if code == ERR_UNAUTHENTICATED else None
+            nonce = msg.text(Attr.NONCE) if code == ERR_UNAUTHENTICATED else None
+        except StunError:
+            self._txns.restore(txn)  # not an answer we can read: wait for the real one
+            return []
         if nonce is not None:  # a cookie for our address: ask again with it
             self._nonce = nonce
+            self._rekey_allowed = True
             self._challenges += 1
             if self._challenges <= MAX_CHALLENGES:
                 return [self._register(now)]
             self._events.append(Refused(code, "the server does not accept its own cookie"))
             return []
         if not self._authentic(msg):
+            if msg.cls == Class.ERROR and self._key is None:
+                # Before any key is agreed the server cannot sign its refusal (a malformed
+                # request, an unknown attribute): believe it, it answered our transaction.
+                self._events.append(Refused(code, reason))
+                return []
             self.forged += 1
+            self._txns.restore(txn)  # a forgery must not end the real transaction
             return []
         self._challenges = 0
         if msg.cls == Class.ERROR:
@@ -247,7 +263,7 @@ class RendezvousClient:
         self._refresh_at = now + interval
         if first:
             self._events.append(Registered(mapped, lifetime, status, turn, other))
-        if asked and not self._asked_reported:
+        if txn.context == "ask" and not self._asked_reported:
             self._asked_reported = True
             self._events.append(Asked(status))
         return []

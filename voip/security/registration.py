@@ -3,9 +3,10 @@
 A caller makes a fresh key pair for each run and sends the public half in REGISTER; the server
 answers with its own public key. Both derive the same 32-byte key, and every later message
 between them carries MESSAGE-INTEGRITY-SHA256 (RFC 8489 §14.6) under it: a PEER-READY or an
-answer forged by anyone who did not see the registration fails it, and only the caller that
-registered a name can refresh it, move it to a new address or release it. The server itself
-could still lie about a peer; end-to-end identity of the peer is a layer above this one.
+answer forged by anyone off the path fails it, and only the caller that registered a name can
+refresh it, move it to a new address or release it. Someone on the path could stand in the
+middle of the agreement, and the server itself could lie about a peer: end-to-end identity of
+the peer is a layer above this one.
 """
 
 from __future__ import annotations

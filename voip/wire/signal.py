@@ -75,10 +75,10 @@ def decode_candidate_untrusted(value: bytes) -> Candidate:
     return Candidate(ctype, decode_address(value[8:]), priority)
 
 
-def _candidates(msg: Message) -> tuple[Candidate, ...]:
+def _candidates(msg: Message, limit: int = MAX_CANDIDATES) -> tuple[Candidate, ...]:
     values = msg.get_all(Attr.CP_CANDIDATE)
-    if len(values) > MAX_CANDIDATES:
-        raise StunError(f"more than {MAX_CANDIDATES} candidates")
+    if len(values) > limit:
+        raise StunError(f"more than {limit} candidates")
     return tuple(decode_candidate_untrusted(v) for v in values)
 
 
@@ -186,7 +186,8 @@ class PeerReady:
             raise StunError(f"bad role {role!r}")
         return cls(
             peer=_required_text(msg, Attr.CP_PEER),
-            candidates=_candidates(msg),
+            # The peer's registered candidates and the address the server saw it at.
+            candidates=_candidates(msg, MAX_CANDIDATES + 1),
             local_ufrag=_required_text(msg, Attr.CP_LOCAL_UFRAG),
             local_pwd=_required_text(msg, Attr.CP_LOCAL_PWD),
             remote_ufrag=_required_text(msg, Attr.CP_REMOTE_UFRAG),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -75,11 +77,17 @@ class TransactionTable(Generic[T]):
     """Outstanding client transactions keyed by transaction ID.
 
     The owner calls `start` to send, `match` with every response it parses, and `poll` at
-    `next_deadline()`; poll returns what to resend and what timed out.
+    `next_deadline()`; poll returns what to resend and what timed out. Deadlines sit in a heap,
+    so a server with many transactions out pays O(log n) per one, not a scan of all of them.
     """
 
     def __init__(self) -> None:
         self._pending: dict[bytes, Transaction[T]] = {}
+        # (deadline, sequence, transaction ID); items whose transaction has gone or moved on
+        # to another deadline are skipped when they come up, and the heap is rebuilt when
+        # they outnumber the live ones.
+        self._deadlines: list[tuple[float, int, bytes]] = []
+        self._seq = itertools.count()
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -87,9 +95,23 @@ class TransactionTable(Generic[T]):
     def __contains__(self, transaction_id: bytes) -> bool:
         return transaction_id in self._pending
 
+    def _schedule(self, txn: Transaction[T]) -> None:
+        heapq.heappush(self._deadlines, (txn.deadline, next(self._seq), txn.transaction_id))
+        if len(self._deadlines) > 2 * len(self._pending) + 64:
+            self._deadlines = [
+                (t.deadline, next(self._seq), tid) for tid, t in self._pending.items()
+            ]
+            heapq.heapify(self._deadlines)
+
+    def _live(self, item: tuple[float, int, bytes]) -> Transaction[T] | None:
+        txn = self._pending.get(item[2])
+        return txn if txn is not None and txn.deadline == item[0] else None
+
     def start(self, now: float, txn: Transaction[T]) -> bytes:
         self._pending[txn.transaction_id] = txn
-        return txn.first_send(now)
+        data = txn.first_send(now)
+        self._schedule(txn)
+        return data
 
     def match(self, response: Message) -> Transaction[T] | None:
         """The transaction this response answers, removed from the table; None for a stray."""
@@ -98,6 +120,7 @@ class TransactionTable(Generic[T]):
     def restore(self, txn: Transaction[T]) -> None:
         """Put back a transaction that `match` took for an answer that turned out not to be one."""
         self._pending[txn.transaction_id] = txn
+        self._schedule(txn)
 
     def pending(self) -> list[Transaction[T]]:
         return list(self._pending.values())
@@ -107,9 +130,14 @@ class TransactionTable(Generic[T]):
 
     def cancel_all(self) -> None:
         self._pending.clear()
+        self._deadlines.clear()
 
     def next_deadline(self) -> float | None:
-        return min((t.deadline for t in self._pending.values()), default=None)
+        while self._deadlines:
+            if self._live(self._deadlines[0]) is not None:
+                return self._deadlines[0][0]
+            heapq.heappop(self._deadlines)
+        return None
 
     def poll(self, now: float) -> tuple[list[Transaction[T]], list[Transaction[T]]]:
         """(transactions to send again now, transactions that timed out) as of `now`.
@@ -118,12 +146,14 @@ class TransactionTable(Generic[T]):
         """
         resend: list[Transaction[T]] = []
         failed: list[Transaction[T]] = []
-        for tid, txn in list(self._pending.items()):
-            if txn.deadline > now:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            txn = self._live(heapq.heappop(self._deadlines))
+            if txn is None:
                 continue
             if txn.on_deadline(now) is None:
-                del self._pending[tid]
+                del self._pending[txn.transaction_id]
                 failed.append(txn)
             else:
                 resend.append(txn)
+                self._schedule(txn)
         return resend, failed

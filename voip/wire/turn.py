@@ -67,6 +67,13 @@ def rest_expiry(username: str) -> int | None:
     return int(head) if head.isascii() and head.isdigit() else None
 
 
+def rest_user(username: str) -> str:
+    """Who a username is for: the name in a REST username "expiry:name", else all of it. Each
+    registration brings a new REST username for the same name; quotas count the name."""
+    expiry, sep, name = username.partition(":")
+    return name if sep and expiry.isascii() and expiry.isdigit() else username
+
+
 def turn_url(text: str) -> tuple[str, int]:
     """`turn:HOST:PORT` (or `turn:HOST`, port 3478) as (host, port); ValueError if not."""
     if not text.startswith("turn:"):
