@@ -147,8 +147,8 @@ def test_media_from_a_stranger_is_not_played() -> None:
         return alice, bob
 
     alice, bob = run(scenario())
-    assert alice._rx.ssrc == bob._sender.ssrc
-    assert alice._rx.received <= bob._sender.packet_count
+    assert alice._audio.rx.ssrc == bob._audio.sender.ssrc
+    assert alice._audio.rx.received <= bob._audio.sender.packet_count
 
 
 @pytest.mark.parametrize("mode", ["auto", "force", "off"])

@@ -1,0 +1,76 @@
+"""The call report, built from what happened: fed events as the call goes, read at any time.
+
+`CallRecorder` keeps what the events said (the paths found, every RTT sample, the switches, the
+end); `build()` adds what the audio session and the checks know at that moment and returns a new
+`CallReport`, so reading a report never changes the call's state or a later report.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from voip.media.audio_session import AudioSession
+from voip.nat.checks import DIRECT, RELAYED, ConnectivityChecks
+from voip.report import CallReport, PathMetrics
+
+HOPELESS_PUNCHING = "both NATs map per destination (symmetric), so the relay was used at once"
+
+
+class CallRecorder:
+    def __init__(self, me: str, peer: str):
+        self.base = CallReport(me=me, peer=peer)
+        self.active_kind: str | None = None
+
+    def metrics(self, kind: str) -> PathMetrics:
+        return self.base.direct if kind == DIRECT else self.base.relay
+
+    def path_found(self, kind: str, remote: str) -> None:
+        """A path proved both ways (active or standby): it is available, at `remote`."""
+        metrics = self.metrics(kind)
+        metrics.available = True
+        metrics.remote = remote
+
+    def path_active(self, kind: str, remote: str) -> None:
+        self.path_found(kind, remote)
+        if self.active_kind is not None:
+            self.base.path_switches += 1
+        self.active_kind = self.base.path = kind
+
+    def rtt(self, kind: str, t: float, rtt: float, source: str) -> None:
+        self.metrics(kind).add_rtt(t, rtt, source)
+
+    def build(
+        self,
+        audio: AudioSession | None,
+        checks: ConnectivityChecks | None,
+        *,
+        punch_hopeless: bool = False,
+        relay_unavailable: str | None = None,
+    ) -> CallReport:
+        r = copy.deepcopy(self.base)
+        for kind in (DIRECT, RELAYED):
+            metrics = self.metrics_of(r, kind)
+            if kind == self.active_kind and audio is not None:  # RFC 3550 statistics
+                metrics.jitter_ms, metrics.loss_pct = audio.rx.jitter_ms, audio.rx.loss_pct
+            elif metrics.available:  # the standby: what its probes showed
+                metrics.jitter_ms, metrics.loss_pct = (
+                    metrics.probe_jitter_ms(),
+                    metrics.probe_loss_pct(),
+                )
+            elif metrics.reason is None and checks is not None:
+                metrics.reason = checks.unreached(kind)
+                if kind == DIRECT and punch_hopeless:
+                    metrics.reason = f"{HOPELESS_PUNCHING}; {metrics.reason}"
+        if not r.relay.available and relay_unavailable:
+            r.relay.reason = relay_unavailable
+        if audio is not None:
+            r.audio = copy.deepcopy(audio.counts)
+            r.audio.frames_late = audio.jitter_buffer.late
+            buffered = audio.jitter_buffer_ms()
+            if buffered is not None:
+                r.jitter_buffer_ms = buffered
+        return r
+
+    @staticmethod
+    def metrics_of(report: CallReport, kind: str) -> PathMetrics:
+        return report.direct if kind == DIRECT else report.relay
