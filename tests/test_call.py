@@ -147,8 +147,8 @@ def test_media_from_a_stranger_is_not_played() -> None:
         return alice, bob
 
     alice, bob = run(scenario())
-    assert alice._audio.rx.ssrc == bob._audio.sender.ssrc
-    assert alice._audio.rx.received <= bob._audio.sender.packet_count
+    assert alice._core.audio.rx.ssrc == bob._core.audio.sender.ssrc  # type: ignore[union-attr]
+    assert alice._core.audio.rx.received <= bob._core.audio.sender.packet_count  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("mode", ["auto", "force", "off"])

@@ -41,9 +41,16 @@ class ToneSource:
         self.freq = freq
         self.description = f"{freq:g} Hz tone"
         self._pos = 0
+        # A whole number of hertz repeats every second: compute that second once, not a sine
+        # per frame (a frame of numpy sine costs more than Opus encoding it).
+        self._second = tone(freq, 0, SAMPLE_RATE) if float(freq).is_integer() else None
 
     def read(self) -> Pcm:
-        frame = tone(self.freq, self._pos)
+        if self._second is not None:
+            start = self._pos % SAMPLE_RATE  # 48000 is a whole number of frames
+            frame = self._second[start : start + FRAME_SAMPLES]
+        else:
+            frame = tone(self.freq, self._pos)
         self._pos += FRAME_SAMPLES
         return frame
 

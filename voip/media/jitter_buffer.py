@@ -22,6 +22,7 @@ from dataclasses import dataclass
 BIN_MS = 5.0
 BINS = 200  # up to 1 s of lateness
 FORGET = 0.995  # per packet: a half-life of ~140 packets, ~2.8 s at 50 packets a second
+RESCALE_ABOVE = 1e100  # a new packet's weight (1/FORGET per packet) past this: every ~46k
 PERCENTILE = 0.95
 # The playout tick and the receiving event loop add a few ms of their own. Without headroom,
 # jitter that just fills whole frames (uniform 0-20 ms against 20 ms frames) sits on the edge
@@ -73,7 +74,12 @@ class AdaptiveJitterBuffer:
         self._packets: dict[int, bytes] = {}
         self._next_seq: int | None = None
         self._highest: int | None = None
+        # The decaying histogram, kept without touching every bin per packet: each new packet
+        # weighs 1/FORGET times the one before, which is the same as decaying all the others,
+        # and a percentile does not care about the scale. Rescaled once in a long while.
         self._hist = [0.0] * BINS
+        self._hist_total = 0.0
+        self._weight = 1.0 - FORGET
         self._baseline: deque[tuple[float, float]] = deque()  # (arrival, relative delay)
         self._started = False
         self._lowest_level = self.capacity  # over the current shrink window
@@ -136,9 +142,13 @@ class AdaptiveJitterBuffer:
             self._baseline.pop()  # a monotonic deque: the front is the window's minimum
         self._baseline.append((now, relative))
         lateness_ms = 1000.0 * (relative - self._baseline[0][1])
-        for i in range(BINS):
-            self._hist[i] *= FORGET
-        self._hist[min(BINS - 1, int(lateness_ms / BIN_MS))] += 1.0 - FORGET
+        self._weight /= FORGET
+        if self._weight > RESCALE_ABOVE:
+            self._hist = [h / self._weight for h in self._hist]
+            self._hist_total /= self._weight
+            self._weight = 1.0
+        self._hist[min(BINS - 1, int(lateness_ms / BIN_MS))] += self._weight
+        self._hist_total += self._weight
         target_ms = self._percentile_ms() + HEADROOM_MS
         self._jitter_frames = max(1, math.ceil(target_ms / (1000 * self.frame_s)))
         self._retarget(now)
@@ -148,7 +158,7 @@ class AdaptiveJitterBuffer:
         self.target_frames = max(floor, self._jitter_frames)
 
     def _percentile_ms(self) -> float:
-        total = sum(self._hist)
+        total = self._hist_total
         if total <= 0:
             return 0.0
         running = 0.0

@@ -1,0 +1,304 @@
+"""A whole call, sans-IO: datagrams and the time in; datagrams, audio and events out.
+
+`CallCore` puts the parts together: the `Connector` finds the paths (signalling, relay, checks),
+the `PathManager` picks the one that carries audio, the `AudioSession` turns 20 ms frames into
+RTP and back, and the `CallRecorder` keeps the report. The media tick is one more deadline: every
+20 ms `poll` reads a frame from the source, sends it, plays one into the sink and watches the
+path. The asyncio `Call` (voip/call.py) only moves datagrams and fires `poll` at
+`next_deadline()`; tests drive the same object through a simulated network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from voip import events as ev
+from voip.call_messages import failure_message
+from voip.call_recorder import CallRecorder
+from voip.codecs.pcm import FRAME_MS, Pcm
+from voip.media.audio_io import AudioSink, AudioSource
+from voip.media.audio_session import AudioSession
+from voip.media.rtcp_session import PeerBye, RttMeasured
+from voip.nat import checks
+from voip.nat.candidates import Candidate, format_address
+from voip.nat.connector import Connector, ConnectorEvent, Introduced, RelayReady, RelayUnavailable
+from voip.nat.path_manager import Media, PathManager, Switched
+from voip.nat.rendezvous_client import Asked, Registered, TurnOffer
+from voip.report import CallReport
+from voip.wire.rtp import is_rtcp, looks_like_rtp_or_rtcp
+from voip.wire.stun import Address
+
+FRAME_S = FRAME_MS / 1000.0
+MEDIA_TIMEOUT = 10.0  # no RTP from the peer for this long and the call is over
+Transmit = tuple[bytes, Address]
+
+
+@dataclass
+class CallOptions:
+    wait_timeout: float = 120.0  # how long to wait for the peer to call back
+    punch_timeout: float = 10.0
+    rtcp_interval: float = 1.0
+    stats_interval: float = 1.0
+    bind_host: str = "0.0.0.0"  # noqa: S104 - a caller must receive from its peer on any interface
+    bind_port: int = 0
+    relay: str = "auto"  # auto: relay only if direct fails; force: audio over it; off: none
+    timeline: bool = False  # record when each frame was read from the source and played
+    fec: bool = True  # Opus in-band FEC: send it, and rebuild lost frames from it
+    dtx: bool = False  # Opus DTX: in silence, a comfort-noise update every 400 ms and nothing else
+    turn: TurnOffer | None = None  # a TURN server of our own choosing (e.g. coturn)
+    # Seconds between packets on a quiet mapping (to the rendezvous and the relay, while
+    # waiting): for a NAT that forgets mappings sooner than the defaults allow for. The CLI
+    # takes it from `callpeer natcheck --lifetime`.
+    keepalive: float | None = None
+
+
+class CallCore:
+    def __init__(
+        self,
+        name: str,
+        peer: str,
+        server: Address,
+        hosts: tuple[Candidate, ...],
+        *,
+        source: AudioSource,
+        sink: AudioSink,
+        options: CallOptions,
+        wallclock_offset: float = 0.0,
+    ):
+        self.name, self.peer, self.server = name, peer, server
+        self.source, self.sink, self.options = source, sink, options
+        self.connector = Connector(
+            name,
+            peer,
+            server,
+            hosts,
+            wait_timeout=options.wait_timeout,
+            punch_timeout=options.punch_timeout,
+            relay_mode=options.relay,
+            turn=options.turn,
+            keepalive=options.keepalive,
+        )
+        self.audio = AudioSession(
+            fec=options.fec, dtx=options.dtx, wallclock_offset=wallclock_offset
+        )
+        self.recorder = CallRecorder(name, peer)
+        self.recorder.base.keepalive_s = options.keepalive
+        self.paths: PathManager | None = None
+        self.connected = False
+        self.done = False
+        self.failure: str | None = None  # why the call could not be made, in a user's words
+        # With options.timeline: when (the caller's clock) each frame was read and played.
+        self.captured_at: list[float] = []
+        self.played_at: list[float] = []
+        self._events: list[ev.CallEvent] = []
+        self._t_start = self._t_peer = self._t_connected = 0.0
+        self._next_frame: float | None = None
+        self._next_rtcp = self._next_stats = 0.0
+
+    # -- outputs ----------------------------------------------------------------------------
+    def pop_events(self) -> list[ev.CallEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def next_deadline(self) -> float | None:
+        times = [self.connector.next_deadline(), self._next_frame]
+        return min((t for t in times if t is not None), default=None)
+
+    def report(self) -> CallReport:
+        """The call's figures so far (final once it has ended). Reading it changes nothing."""
+        return self.recorder.build(
+            self.audio,
+            self.connector.checks,
+            punch_hopeless=self.connector.punch_hopeless,
+            relay_unavailable=self.connector.relay_unavailable,
+        )
+
+    @property
+    def active(self) -> checks.Pair | None:
+        return self.paths.active if self.paths is not None else None
+
+    # -- inputs ---------------------------------------------------------------------------
+    def start(self, now: float) -> list[Transmit]:
+        self._t_start = now
+        return self.connector.start(now)
+
+    def handle(self, data: bytes, src: Address, now: float) -> list[Transmit]:
+        if looks_like_rtp_or_rtcp(data):
+            return self._on_media(data, (checks.HOST, src), now)
+        out, inner = self.connector.handle(data, src, now)
+        if inner is not None:
+            out += self._on_media(inner[0], (checks.RELAY, inner[1]), now)
+        self._connector_events(now)
+        return out
+
+    def poll(self, now: float) -> list[Transmit]:
+        out = self.connector.poll(now)
+        self._connector_events(now)
+        if self._next_frame is not None and now >= self._next_frame and not self.done:
+            out += self._media_tick(now)
+        return out
+
+    def hangup(self, now: float, reason: str = "hung up") -> list[Transmit]:
+        """End the call: BYE to the peer, play out what is buffered, release the name."""
+        out = [] if self.done else self._media(self.audio.bye(now, reason))
+        self.finish(now, reason, ok=self.failure is None)
+        for pcm in self.audio.drain(now):  # play what already arrived rather than drop it
+            self._play(pcm, now)
+        return out + self.connector.leave(now)
+
+    def finish(self, now: float, reason: str, ok: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._next_frame = None
+        self.recorder.base.ended = reason
+        if self.connected:
+            self.recorder.base.duration_s = now - self._t_connected
+        self._events.append(ev.Ended(reason, ok))
+
+    # -- media ----------------------------------------------------------------------------
+    def _media(self, data: bytes) -> list[Transmit]:
+        return [] if self.active is None else [self.connector.route(data, self.active)]
+
+    def _on_media(self, data: bytes, key: tuple[str, Address], now: float) -> list[Transmit]:
+        if self.paths is None:
+            return []
+        rtcp = is_rtcp(data)
+        verdict, switched = self.paths.classify(key, rtcp, now)
+        if switched is not None:
+            self._switched(switched)
+        if verdict is Media.DROP:
+            return []
+        if rtcp:
+            if verdict is Media.ACTIVE:
+                self._on_rtcp(data, now)
+            return []
+        active = verdict is Media.ACTIVE
+        if self.audio.on_rtp(data, now, on_active=active) and active:
+            self.paths.heard(now, self.audio.peer_in_dtx)
+        return []
+
+    def _on_rtcp(self, data: bytes, now: float) -> None:
+        assert self.active is not None
+        for event in self.audio.on_rtcp(data, now):
+            if isinstance(event, RttMeasured):
+                self.recorder.rtt(self.active.kind, now - self._t_connected, event.rtt, "rtcp")
+            elif isinstance(event, PeerBye):
+                self.finish(now, f"{self.peer} hung up", ok=True)
+
+    def _media_tick(self, now: float) -> list[Transmit]:
+        """A frame out, a frame played, the path watched; RTCP and live figures once a second.
+        Ticks keep to absolute time (no drift); after a stall they skip ahead, not burst."""
+        assert self._next_frame is not None and self.paths is not None
+        if now >= self._next_rtcp:
+            # On its own, before the codec's work (the frame follows at once, in the next
+            # poll): a report says when it was sent (its NTP timestamp, or for the peer its
+            # DLSR), and every ms between `now` and the send would count as round trip.
+            self._next_rtcp = now + self.options.rtcp_interval
+            return self._media(self.audio.report(now))
+        self._next_frame += FRAME_S
+        if now - self._next_frame > 10 * FRAME_S:
+            self._next_frame = now + FRAME_S
+        out: list[Transmit] = []
+        pcm_in = self.source.read()
+        if self.options.timeline:
+            self.captured_at.append(now)
+        packet = self.audio.packetize(pcm_in)
+        if packet is not None:
+            out += self._media(packet)
+        if (pcm := self.audio.tick(now)) is not None:
+            self._play(pcm, now)
+        if (switched := self.paths.tick(now)) is not None:
+            self._switched(switched)
+        if now - self.paths.last_audio > MEDIA_TIMEOUT:
+            self.finish(now, f"no audio from {self.peer} for {MEDIA_TIMEOUT:.0f} s", ok=False)
+        if now >= self._next_stats:
+            self._next_stats = now + self.options.stats_interval
+            self._events.append(self._live_stats(now))
+        return out
+
+    def _play(self, pcm: Pcm, now: float) -> None:
+        self.sink.write(pcm)
+        if self.options.timeline:
+            self.played_at.append(now)
+
+    def _live_stats(self, now: float) -> ev.LiveStats:
+        base, rx = self.recorder.base, self.audio.rx
+        return ev.LiveStats(
+            path=base.path,
+            elapsed=now - self._t_connected,
+            rtt_ms=self.recorder.metrics(base.path).latest_rtt_ms(),
+            jitter_ms=rx.jitter_ms,
+            loss_pct=rx.loss_pct,
+            frames_sent=self.audio.counts.frames_sent,
+            frames_received=self.audio.counts.frames_received,
+        )
+
+    # -- paths ------------------------------------------------------------------------------
+    def _connector_events(self, now: float) -> None:
+        for event in self.connector.pop_events():
+            self._connector_event(event, now)
+
+    def _connector_event(self, event: ConnectorEvent, now: float) -> None:
+        base = self.recorder.base
+        if isinstance(event, Registered):
+            base.local_public = format_address(event.mapped)
+            self._events.append(ev.Registered(self.name, event.mapped))
+        elif isinstance(event, Asked):
+            if event.status == "waiting":
+                self._events.append(ev.Waiting(self.peer, now))
+        elif isinstance(event, RelayReady):
+            self._events.append(ev.RelayAllocated(event.relayed, event.server))
+        elif isinstance(event, RelayUnavailable):
+            base.relay.reason = event.reason
+        elif isinstance(event, Introduced):
+            ready = event.ready
+            self._t_peer = now
+            base.wait_ms = (now - self._t_start) * 1000
+            base.candidates_tried = [str(c) for c in ready.candidates]
+            base.nat_mapping = {"mine": self.connector.own_mapping, "peer": ready.peer_mapping}
+            self._events.append(ev.Punching(ready.peer, ready.candidates, ready.controlling))
+        elif isinstance(event, checks.PathSelected):
+            if self.paths is None:
+                self._on_path(event.pair, now)
+        elif isinstance(event, checks.StandbyChanged):
+            remote = self.connector.remote_shown(event.pair)
+            self.recorder.path_found(event.pair.kind, remote)
+            self._events.append(ev.Standby(event.pair.kind, remote))
+        elif isinstance(event, checks.RttSample):
+            # Only samples from the call itself: during the checks both ends are busy setting
+            # up, which a path's figures should not be charged with.
+            if self.connected:
+                self.recorder.rtt(event.kind, now - self._t_connected, event.rtt, "stun")
+                if not event.active:
+                    self.recorder.metrics(event.kind).probes_answered += 1
+        elif isinstance(event, checks.ProbeLost):
+            self.recorder.metrics(event.kind).probes_lost += 1
+        elif isinstance(event, checks.ConsentLost):
+            self.finish(now, "the path stopped answering (consent lost, RFC 7675)", ok=False)
+        elif (message := failure_message(self, event)) is not None and self.failure is None:
+            if isinstance(event, checks.ChecksFailed):
+                base.direct.reason = event.reason
+            self.failure = message
+            self.finish(now, message, ok=False)
+
+    def _on_path(self, pair: checks.Pair, now: float) -> None:
+        assert self.connector.checks is not None
+        self.paths = PathManager(
+            self.connector.checks, return_to_direct=self.options.relay == "auto"
+        )
+        self.paths.select(pair, now)
+        self.connected = True
+        self._t_connected = now
+        setup = (now - self._t_peer) * 1000
+        remote = self.connector.remote_shown(pair)
+        self.recorder.path_active(pair.kind, remote)
+        self.recorder.base.setup_ms = setup
+        self._next_frame = self._next_rtcp = now
+        self._next_stats = now + self.options.stats_interval
+        self._events.append(ev.Connected(pair.kind, remote, pair.describe(), setup))
+
+    def _switched(self, switched: Switched) -> None:
+        remote = self.connector.remote_shown(switched.pair)
+        self.recorder.path_active(switched.pair.kind, remote)
+        self._events.append(ev.PathSwitched(switched.pair.kind, remote, switched.why))

@@ -1,0 +1,50 @@
+"""Why a call could not be made, in a user's words, from the events that end it before it starts."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from voip.nat import checks
+from voip.nat.candidates import format_address
+from voip.nat.connector import ConnectorEvent, PeerTimeout
+from voip.nat.rendezvous_client import Refused, Unreachable
+from voip.wire.signal import ERR_CAPACITY, ERR_NAME_TAKEN, ERR_QUOTA
+
+if TYPE_CHECKING:
+    from voip.call_core import CallCore
+
+# What a refusal means for the user; the server's reason phrases are fixed and short.
+REFUSAL_HINTS = {
+    ERR_NAME_TAKEN: " (another caller holds the name {name!r}; it is free once they hang up, or "
+    "when their registration lapses after they stop refreshing it: 30 s by default)",
+    ERR_QUOTA: " (too many names are registered from your public address)",
+    ERR_CAPACITY: " (the rendezvous is full; try again later or use another)",
+}
+
+
+def failure_message(call: CallCore, event: ConnectorEvent) -> str | None:
+    """The message that ends `call` for `event`, or None when the event does not end it."""
+    server = format_address(call.server)
+    if isinstance(event, Refused):
+        hint = REFUSAL_HINTS.get(event.code, "").format(name=call.name)
+        return f"the rendezvous at {server} refused us: {event.code} {event.reason}{hint}"
+    if isinstance(event, Unreachable) and call.connector.signal.mapped is None:
+        return (
+            f"no answer from the rendezvous at {server} after {event.waited:.0f} s (is "
+            "callpeer-rendezvous running there, and is UDP let through?)"
+        )
+    if isinstance(event, PeerTimeout):
+        return (
+            f"{call.peer} did not call back within {event.waited:.0f} s "
+            f"(they must run: callpeer --as {call.peer} {call.name})"
+        )
+    if isinstance(event, checks.ChecksFailed):
+        relay = call.connector.relay_unavailable
+        state = f"none here: {relay}" if relay else "and the relayed pairs did not answer either"
+        return (
+            f"could not reach {call.peer}: {event.reason} (tried {', '.join(event.tried)}). "
+            "Punching cannot work when one NAT maps per destination (symmetric) and the "
+            "other filters by port, or both map per destination; that needs a relay "
+            f"({state})"
+        )
+    return None
