@@ -20,14 +20,14 @@ demo: $(STAMP)
 		$(BIN)/callpeer demo; \
 	fi
 
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/mypy
+test: lint
 	$(BIN)/pytest
 
+# ruff, strict mypy, and the import contract (pyproject.toml: layers point one way)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # System libraries: installed with apt-get when we are root on Debian and they are missing;
 # otherwise we say what is missing (callpeer still runs; it names what it cannot use).

@@ -14,9 +14,9 @@ import asyncio
 import json
 import sys
 
+from rendezvous.local import find_or_host
 from voip import Call, CallError, NullSink, ToneSource
 from voip.events import Connected, Ended, LiveStats
-from voip.local_rendezvous import find_or_host
 
 
 async def main(me: str, peer: str) -> int:

@@ -26,7 +26,11 @@ from dataclasses import dataclass
 
 from rendezvous.turn_server import Out
 from voip.wire.stun import (
+    CHANGE_IP,
+    CHANGE_PORT,
+    CHANGED_ADDRESS,
     HEADER_LEN,
+    SOURCE_ADDRESS,
     Address,
     Attr,
     Class,
@@ -39,12 +43,6 @@ from voip.wire.stun import (
     encode_xor_address,
     text,
 )
-
-CHANGE_IP = 0x04
-CHANGE_PORT = 0x02
-# RFC 3489 attributes an old client (Debian's `stun`) still reads
-CHANGED_ADDRESS = 0x0005
-SOURCE_ADDRESS = 0x0004
 
 
 @dataclass(frozen=True)
@@ -66,10 +64,6 @@ class Addresses:
         ip = ips[1 - ips.index(local[0])] if change_ip else local[0]
         port = ports[1 - ports.index(local[1])] if change_port else local[1]
         return ip, port
-
-
-def change_request(flags: int) -> bytes:
-    return struct.pack("!I", flags)
 
 
 def attribute_size(value: bytes) -> int:

@@ -14,7 +14,7 @@ from rendezvous.limits import Limits
 from rendezvous.logic import RelayOffer, RendezvousLogic
 from rendezvous.server import RendezvousServer
 from rendezvous.turn_server import TurnPolicy
-from voip.nat.candidates import format_address, parse_address
+from voip.wire.candidates import format_address, parse_address
 from voip.wire.turn import turn_url
 
 DEFAULT_LISTEN = "0.0.0.0:3478"

@@ -26,8 +26,8 @@ from rendezvous.cookies import CookieJar
 from rendezvous.limits import Limits
 from rendezvous.registry import Entry, NameTaken, Registry, RegistryFull
 from rendezvous.turn_server import Out
-from voip.nat.candidates import Candidate, CandidateType
 from voip.security.registration import BadPublicKey, RegistrationKeyPair
+from voip.wire.candidates import Candidate, CandidateType
 from voip.wire.signal import (
     ERR_BAD_REQUEST,
     ERR_CAPACITY,

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from rendezvous.limits import address_block
-from voip.nat.candidates import Candidate
+from voip.wire.candidates import Candidate
 from voip.wire.stun import Address
 
 

@@ -12,7 +12,7 @@ from rendezvous.behaviour import Addresses
 from rendezvous.logic import RelayOffer, RendezvousLogic
 from rendezvous.node import RendezvousNode
 from rendezvous.turn_server import Out, TurnPolicy, TurnServer
-from voip.nat.host_addresses import host_ipv4_addresses
+from voip.host_addresses import host_ipv4_addresses
 from voip.transport import BATCH, Timer, UdpEndpoint
 from voip.wire.stun import Address
 

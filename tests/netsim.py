@@ -65,6 +65,14 @@ class Network:
         self.sent: list[tuple[float, Address, Address, bytes]] = []  # after translation
         self._queue: list[tuple[float, int, bytes, Address, Address]] = []
         self._seq = itertools.count()
+        self.cuts: set[frozenset[str]] = set()  # IP pairs between which nothing gets through
+
+    def cut(self, ip_a: str, ip_b: str) -> None:
+        """From now on drop everything between two public addresses (a path dies)."""
+        self.cuts.add(frozenset((ip_a, ip_b)))
+
+    def restore(self, ip_a: str, ip_b: str) -> None:
+        self.cuts.discard(frozenset((ip_a, ip_b)))
 
     def add_nat(self, nat: Nat) -> Nat:
         self.nats[nat.public_ip] = nat
@@ -91,6 +99,8 @@ class Network:
                     nat.dropped += 1
                     continue
                 wire_src = nat.outbound(src, dst)
+            if frozenset((wire_src[0], dst[0])) in self.cuts:
+                continue
             self.sent.append((self.now, wire_src, dst, data))
             heapq.heappush(
                 self._queue,

@@ -20,9 +20,9 @@ from rendezvous.node import RendezvousNode
 from rendezvous.turn_server import TurnPolicy, TurnServer
 from tests.test_rendezvous import converse
 from voip.nat import checks
-from voip.nat.candidates import Candidate, CandidateType
 from voip.nat.rendezvous_client import Refused, Registered, RendezvousClient
 from voip.transport import UdpEndpoint
+from voip.wire.candidates import Candidate, CandidateType
 from voip.wire.signal import MAX_CANDIDATES, Register
 from voip.wire.stun import (
     Attr,

@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 
 import pytest
 
+from rendezvous.local import loopback_server
 from rendezvous.server import RendezvousServer
 from voip import Call, CallError, CallOptions, NullSink, SilenceSource, ToneSource, WavSink
 from voip import events as ev
 from voip.codecs.pcm import dominant_frequency
-from voip.local_rendezvous import loopback_server
 from voip.media.audio_io import read_wav
 from voip.wire.rtp import RtpPacket
 

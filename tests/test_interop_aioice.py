@@ -11,8 +11,8 @@ from aioice import stun as astun
 
 from rendezvous.server import RendezvousServer
 from voip.nat import checks
-from voip.nat.candidates import Candidate, CandidateType
 from voip.transport import Timer, UdpEndpoint
+from voip.wire.candidates import Candidate, CandidateType
 from voip.wire.stun import (
     Attr,
     Class,

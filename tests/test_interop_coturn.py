@@ -18,16 +18,17 @@ from pathlib import Path
 
 import pytest
 
+from rendezvous.local import probe_stun
 from rendezvous.server import RendezvousServer
 from rendezvous.turn_server import TurnPolicy
 from voip import Call, CallOptions, ToneSource, WavSink
 from voip.codecs.pcm import dominant_frequency
-from voip.local_rendezvous import probe_stun
 from voip.media.audio_io import read_wav
 from voip.nat.rendezvous_client import TurnOffer
 from voip.nat.turn_client import Allocated, TurnClient
 from voip.transport import Timer, UdpEndpoint
 from voip.wire.stun import looks_like_stun, parse_message_untrusted
+from voip.wire.transactions import Schedule
 from voip.wire.turn import looks_like_channel_data, rest_password, rest_username
 
 SECRET = "interop-secret"
@@ -71,7 +72,8 @@ def coturn(tmp_path: Path) -> Iterator[tuple[str, int]]:
     )
     try:
         deadline = time.monotonic() + 10
-        while asyncio.run(probe_stun(("127.0.0.1", port), timeout=0.2, tries=1)) is None:
+        once = Schedule(rto=0.2, rc=1, rm=1)  # one try: the loop around it is the retry
+        while asyncio.run(probe_stun(("127.0.0.1", port), once)) is None:
             assert proc.poll() is None, "coturn exited"
             assert time.monotonic() < deadline, "coturn did not answer STUN"
         yield "127.0.0.1", port

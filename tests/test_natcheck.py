@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from rendezvous.behaviour import CHANGE_IP, CHANGE_PORT, Addresses, answer_binding, change_request
-from voip.nat.nat_memory import MAX_AGE, memory_path, recall, remember
-from voip.nat.natcheck import (
+from rendezvous.behaviour import Addresses, answer_binding
+from voip.natcheck.memory import MAX_AGE, memory_path, recall, remember
+from voip.natcheck.probing import padded
+from voip.natcheck.verdict import (
     ADM,
     APDM,
     EIM,
@@ -26,13 +27,15 @@ from voip.nat.natcheck import (
     port_allocation,
     refine_waits,
 )
-from voip.natcheck_client import padded
 from voip.wire.stun import (
+    CHANGE_IP,
+    CHANGE_PORT,
     Attr,
     Class,
     Message,
     Method,
     StunError,
+    change_request,
     encode,
     parse_message_untrusted,
 )

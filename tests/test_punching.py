@@ -8,7 +8,6 @@ from rendezvous.behaviour import Addresses
 from rendezvous.logic import RelayOffer, RendezvousLogic
 from tests.netsim import Address, Nat, Network, Transmit
 from voip.nat import checks
-from voip.nat.candidates import Candidate, CandidateType
 from voip.nat.connector import (
     GATHER_TIMEOUT,
     Connector,
@@ -17,6 +16,7 @@ from voip.nat.connector import (
     PeerTimeout,
     RelayUnavailable,
 )
+from voip.wire.candidates import Candidate, CandidateType
 from voip.wire.signal import MAPPING_DEPENDENT, MAPPING_INDEPENDENT
 from voip.wire.stun import (
     Attr,

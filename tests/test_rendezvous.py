@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from rendezvous.logic import RendezvousLogic
 from rendezvous.registry import NameTaken, Registry, RegistryFull
-from voip.nat.candidates import Candidate, CandidateType
 from voip.nat.rendezvous_client import (
     Asked,
     GotPeer,
@@ -19,6 +18,7 @@ from voip.nat.rendezvous_client import (
     RendezvousClient,
     Unreachable,
 )
+from voip.wire.candidates import Candidate, CandidateType
 from voip.wire.signal import PeerReady, Register
 from voip.wire.stun import (
     Attr,

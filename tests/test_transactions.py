@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from voip.nat import checks
-from voip.nat.candidates import Candidate, CandidateType
+from voip.wire.candidates import Candidate, CandidateType
 from voip.wire.stun import Class, Message, Method, parse_message_untrusted
 from voip.wire.transactions import Transaction, TransactionTable
 

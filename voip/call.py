@@ -5,7 +5,7 @@
         await call.run(duration=5)
     print(call.report().to_dict())
 
-One UDP socket carries everything (DESIGN.md): signalling to the rendezvous, TURN to the relay,
+One UDP socket carries everything (README, "How it works"): signalling, TURN to the relay,
 connectivity checks, RTP and RTCP. Datagrams are told apart by their first byte (RFC 7983).
 Audio goes on the active path (direct, or through a relay); the other path is probed all call
 long, so the report can put the two side by side.
@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator, Callable
 
 from voip import events as ev
 from voip.call_core import CallCore, CallOptions
+from voip.host_addresses import host_ipv4_addresses
 from voip.media.audio_io import AudioSink, AudioSource
-from voip.nat.candidates import Candidate, CandidateType, is_usable_host_ip
-from voip.nat.host_addresses import host_ipv4_addresses
 from voip.report import CallReport
 from voip.transport import Timer, UdpEndpoint
+from voip.wire.candidates import Candidate, CandidateType, is_usable_host_ip
 from voip.wire.stun import Address
 
 __all__ = ["Call", "CallError", "CallOptions"]

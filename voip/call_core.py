@@ -20,11 +20,11 @@ from voip.media.audio_io import AudioSink, AudioSource
 from voip.media.audio_session import AudioSession
 from voip.media.rtcp_session import PeerBye, RttMeasured
 from voip.nat import checks
-from voip.nat.candidates import Candidate, format_address
 from voip.nat.connector import Connector, ConnectorEvent, Introduced, RelayReady, RelayUnavailable
 from voip.nat.path_manager import Media, PathManager, Switched
 from voip.nat.rendezvous_client import Asked, Registered, TurnOffer
 from voip.report import CallReport
+from voip.wire.candidates import Candidate, format_address
 from voip.wire.rtp import is_rtcp, looks_like_rtp_or_rtcp
 from voip.wire.stun import Address
 
@@ -210,7 +210,7 @@ class CallCore:
             self._play(pcm, now)
         if (switched := self.paths.tick(now)) is not None:
             self._switched(switched)
-        if now - self.paths.last_audio > MEDIA_TIMEOUT:
+        if now - self.paths.last_heard > MEDIA_TIMEOUT:
             self.finish(now, f"no audio from {self.peer} for {MEDIA_TIMEOUT:.0f} s", ok=False)
         if now >= self._next_stats:
             self._next_stats = now + self.options.stats_interval

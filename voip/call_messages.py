@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from voip.nat import checks
-from voip.nat.candidates import format_address
 from voip.nat.connector import ConnectorEvent, PeerTimeout
 from voip.nat.rendezvous_client import Refused, Unreachable
+from voip.wire.candidates import format_address
 from voip.wire.signal import ERR_CAPACITY, ERR_NAME_TAKEN, ERR_QUOTA
 
 if TYPE_CHECKING:

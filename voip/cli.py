@@ -16,19 +16,19 @@ from typing import Any
 
 from rich.console import Console
 
+from rendezvous.local import DEFAULT_SERVER, find_or_host, loopback_server
 from voip import events as ev
 from voip.call import Call, CallError, CallOptions
 from voip.codecs.opus import CodecUnavailable
 from voip.config import load_config
 from voip.lab.netns import LabError
-from voip.local_rendezvous import DEFAULT_SERVER, find_or_host, loopback_server
 from voip.media.audio_io import AudioSpecError, open_sink, open_source
 from voip.media.soundcard import SoundcardUnavailable
-from voip.nat.candidates import format_address, parse_address
 from voip.nat.rendezvous_client import TurnOffer
 from voip.plot import PlotUnavailable
 from voip.report import render_table
 from voip.transport import resolve
+from voip.wire.candidates import format_address, parse_address
 from voip.wire.signal import check_name
 from voip.wire.stun import Address
 from voip.wire.turn import rest_password, rest_username, turn_url
@@ -279,9 +279,9 @@ async def _server_address(
 
 def _measured_keepalive(server: Address, err: Console) -> float | None:
     """A keepalive interval from the mapping lifetime natcheck measured on this network."""
-    from voip.nat.nat_memory import recall  # noqa: PLC0415
-    from voip.nat.natcheck import keepalive_interval  # noqa: PLC0415
-    from voip.natcheck_client import local_ip_towards  # noqa: PLC0415
+    from voip.natcheck.memory import recall  # noqa: PLC0415
+    from voip.natcheck.probing import local_ip_towards  # noqa: PLC0415
+    from voip.natcheck.verdict import keepalive_interval  # noqa: PLC0415
 
     try:
         memory = recall(local_ip_towards(server))
@@ -464,9 +464,9 @@ LIFETIME_LIMIT = 120.0
 
 
 async def run_natcheck(args: argparse.Namespace) -> int:
-    from voip.nat.nat_memory import remember  # noqa: PLC0415
-    from voip.nat.natcheck import classify  # noqa: PLC0415
-    from voip.natcheck_client import measure_lifetime, run_tests  # noqa: PLC0415
+    from voip.natcheck.memory import remember  # noqa: PLC0415
+    from voip.natcheck.probing import measure_lifetime, run_tests  # noqa: PLC0415
+    from voip.natcheck.verdict import classify  # noqa: PLC0415
 
     if args.lifetime is not None and not 2 <= args.lifetime <= 3600:
         raise UsageError("--lifetime: MAX_SECONDS must be 2-3600")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from voip.nat.candidates import Candidate
+from voip.wire.candidates import Candidate
 from voip.wire.stun import Address
 
 

@@ -1,4 +1,4 @@
-"""The call report: the JSON contract of DESIGN.md and the table printed at the end of a call."""
+"""The call report: its JSON (docs/report.md is the contract) and the table printed at the end."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voip.media import emodel
+from voip.media.audio_counts import AudioCounts
 
 
 @dataclass
@@ -87,25 +88,6 @@ def percentile(values: list[float], pct: float) -> float:
     lo = int(k)
     hi = min(lo + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
-
-@dataclass
-class AudioCounts:
-    frames_sent: int = 0
-    frames_not_sent: int = 0  # DTX: silence that needed no packet
-    frames_comfort: int = 0  # DTX silence played as comfort noise, not counted as concealed
-    frames_received: int = 0  # decoded from packets that arrived in time
-    frames_concealed: int = 0  # missing frames filled by Opus PLC
-    # Missing frames decoded from the next packet's in-band FEC (LBRR). libopus 1.3 cannot say
-    # whether a packet carries LBRR (opus_packet_has_lbrr is 1.5), so this counts decodes: one
-    # from a packet without LBRR comes out as concealment.
-    frames_recovered: int = 0
-    frames_late: int = 0  # arrived after their playout time
-    frames_expanded: int = 0  # of the concealed: stretched while the buffer grew
-    concealed_at: list[float] = field(default_factory=list)  # call time of each concealment
-    peer_loss_pct: float | None = None  # what the peer last reported losing of our audio
-    longest_gap_ms: float = 0.0  # the longest run of concealed audio a listener heard
-    packets_malformed: int = 0
 
 
 @dataclass

@@ -9,8 +9,12 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from voip.wire.stun import Address
+from voip.wire.transactions import Schedule, Transaction
+
+T = TypeVar("T")
 
 DatagramHandler = Callable[[bytes, Address, float], object]  # the result is ignored
 
@@ -199,6 +203,29 @@ class Timer:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+
+async def request(
+    endpoint: UdpEndpoint,
+    data: bytes,
+    dest: Address,
+    answer: asyncio.Future[T],
+    schedule: Schedule,
+) -> T | None:
+    """Send a request, and again on `schedule` (a STUN transaction's retransmissions, RFC 8489
+    §6.2.1), until `answer` is resolved by whoever reads the replies; None if it never is."""
+    loop = asyncio.get_running_loop()
+    txn: Transaction[None] = Transaction.scheduled(b"", data, dest, None, schedule)
+    endpoint.send(txn.first_send(loop.time()), dest)
+    while True:
+        wait = max(0.0, txn.deadline - loop.time())
+        try:
+            return await asyncio.wait_for(asyncio.shield(answer), wait)
+        except TimeoutError:
+            again = txn.on_deadline(loop.time())
+            if again is None:
+                return None
+            endpoint.send(again, dest)
 
 
 async def resolve(host: str, port: int) -> Address:

@@ -31,7 +31,7 @@ def router_ruleset(
     Every router drops unsolicited packets arriving on its WAN, as real ones do (but for the
     lab's baseline echo on the router's own port 7, which no call uses); without that,
     a peer's early punch is confirmed by conntrack on the router's own stack and masquerade
-    then picks another port for our outgoing packet (DESIGN.md).
+    then picks another port for our outgoing packet.
 
     With `hairpin`, a packet from the LAN to one of the router's own public mappings is turned
     back to the LAN host that owns it, with the sender's public mapping as its source (RFC 4787

@@ -3,7 +3,7 @@
 This kernel has no netem, so links are shaped here: one AF_PACKET socket per veth port in the
 internet namespace; every frame delivered *to* a port waits that port's one-way delay (plus
 uniform jitter) and is dropped with that port's loss probability. RTT(A, B) is therefore
-delay-a + delay-b (DESIGN.md, "Delay model").
+delay-a + delay-b: a relayed round trip crosses the relay's link twice.
 
     python -m voip.lab.switch --port NAME:DELAY_MS:JITTER_MS:LOSS_PCT [--port ...] [--seed N]
 

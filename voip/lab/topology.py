@@ -161,7 +161,7 @@ class Lab:
         )
         for ns, dev in ((ns1, if1), (ns2, if2)):
             # veth hands partially checksummed UDP to raw sockets; forwarded as they are, the
-            # receiver would drop them (DESIGN.md). Software checksums on every lab link.
+            # receiver would drop them. Software checksums on every lab link.
             run(["ethtool", "-K", dev, "tx", "off"], ns=ns)
             run(["ip", "link", "set", dev, "up"], ns=ns)
 

@@ -187,7 +187,7 @@ class WavSink:
 
 
 def open_source(spec: str) -> AudioSource:
-    """`mic`, `tone:HZ`, `silence`, `clicks` or a WAV path (see DESIGN.md)."""
+    """`mic`, `tone:HZ`, `silence`, `clicks` or a WAV path (`callpeer --help`, `--input`)."""
     if spec == "mic":
         from voip.media.soundcard import MicSource  # noqa: PLC0415 - PortAudio only when used
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from voip.codecs.opus import OpusDecoder, OpusEncoder
 from voip.codecs.pcm import FRAME_MS, FRAME_SAMPLES, Pcm
+from voip.media.audio_counts import AudioCounts
 from voip.media.jitter_buffer import (
     COMFORT_NOISE_BYTES,
     AdaptiveJitterBuffer,
@@ -23,7 +24,6 @@ from voip.media.jitter_buffer import (
 )
 from voip.media.rtcp_session import PeerBye, PeerReceptionReport, RtcpSession, RttMeasured
 from voip.media.rtp_stream import RtpReceiverStats, RtpSender
-from voip.report import AudioCounts
 from voip.wire.rtp import RtpError, parse_rtp_untrusted
 
 FRAME_S = FRAME_MS / 1000.0

@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass, field
 from enum import Enum
 
-from voip.nat.candidates import Candidate, CandidateType, candidate_priority, pair_priority
+from voip.wire.candidates import Candidate, CandidateType, candidate_priority, pair_priority
 from voip.wire.stun import (
     Address,
     Attr,

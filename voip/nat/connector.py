@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from voip.nat import checks
-from voip.nat.candidates import Candidate, CandidateType, format_address
 from voip.nat.mapping_probe import MappingProbe
 from voip.nat.rendezvous_client import (
     Asked,
@@ -24,6 +23,7 @@ from voip.nat.rendezvous_client import (
     Unreachable,
 )
 from voip.nat.turn_client import Allocated, PermissionRefused, TurnClient, TurnFailed
+from voip.wire.candidates import Candidate, CandidateType, format_address
 from voip.wire.rtp import looks_like_rtp_or_rtcp
 from voip.wire.signal import MAPPING_DEPENDENT, PeerReady
 from voip.wire.stun import (

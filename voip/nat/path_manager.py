@@ -4,7 +4,8 @@ The checks keep two proved pairs: the active one and the standby of the other ki
 a second. This decides when the audio moves between them:
 
 - *failover*: no audio on the active path for 200 ms (1 s in DTX silence, where a packet comes
-  every 400 ms) moves it to the standby;
+  every 400 ms) moves it to the standby, if the standby answered its last probe (two dead
+  paths are not swapped back and forth: the call ends when no audio has come for long enough);
 - *following*: the controlled side moves to whichever proved pair the controlling side's audio
   now arrives on (the controlling side does not follow, or two sides that picked different
   relayed pairs would chase each other forever);
@@ -52,7 +53,8 @@ class PathManager:
         self.return_to_direct = return_to_direct
         self.active: Pair | None = None
         self.switches = 0
-        self.last_audio = 0.0  # when audio last arrived on the active path
+        self.last_audio = 0.0  # when audio last arrived on the active path (or it became so)
+        self.last_heard = 0.0  # when audio last arrived at all
         self._peer_in_dtx = False
         self._heard_any = False
         self._last_switch = 0.0
@@ -61,11 +63,11 @@ class PathManager:
     def select(self, pair: Pair, now: float) -> None:
         """The checks chose the first path."""
         self.active = pair
-        self.last_audio = now
+        self.last_audio = self.last_heard = now
 
     def heard(self, now: float, comfort_noise: bool) -> None:
         """Audio arrived on the active path (a comfort-noise update, in DTX)."""
-        self.last_audio = now
+        self.last_audio = self.last_heard = now
         self._peer_in_dtx = comfort_noise
         self._heard_any = True
 
@@ -91,7 +93,8 @@ class PathManager:
         if standby is None or not self._heard_any or now - self._last_switch < SWITCH_HOLDOFF:
             return None  # nothing to move to, or the peer has not started sending yet
         quiet = now - self.last_audio
-        if quiet > (FAILOVER_AFTER_DTX if self._peer_in_dtx else FAILOVER_AFTER):
+        limit = FAILOVER_AFTER_DTX if self._peer_in_dtx else FAILOVER_AFTER
+        if quiet > limit and self.checks.standby_streak >= 1:
             return self._switch(now, f"no audio on it for {1000 * quiet:.0f} ms")
         if (
             self._failed_over

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from voip.nat.candidates import Candidate
 from voip.security.registration import BadPublicKey, RegistrationKeyPair
+from voip.wire.candidates import Candidate
 from voip.wire.signal import ERR_UNAUTHENTICATED, MAX_CANDIDATES, PeerReady, Register
 from voip.wire.stun import (
     Address,

@@ -10,7 +10,7 @@ import re
 import struct
 from dataclasses import dataclass
 
-from voip.nat.candidates import Candidate, CandidateType
+from voip.wire.candidates import Candidate, CandidateType
 from voip.wire.stun import (
     Attr,
     Class,

@@ -41,7 +41,7 @@ class Method(IntEnum):
     CREATE_PERMISSION = 0x008
     CHANNEL_BIND = 0x009
     # callpeer signalling with the rendezvous server; unassigned by IANA, used only between
-    # callpeer and its own server, on the same socket as everything else (DESIGN.md).
+    # callpeer and its own server, on the same socket as everything else.
     CP_REGISTER = 0x0C1
     CP_LEAVE = 0x0C2
     CP_PEER_READY = 0x0C3
@@ -96,6 +96,19 @@ class Attr(IntEnum):
     CP_NAT_MAPPING = 0xC00D  # the sender's NAT mapping, as learned at registration
     CP_PEER_NAT_MAPPING = 0xC00E  # the peer's, handed on in PEER-READY
     CP_KEY = 0xC00F  # an X25519 public key: the caller's in REGISTER, the server's in answers
+
+
+# CHANGE-REQUEST flags (RFC 5780 §7.2), and the RFC 3489 attributes an old client (Debian's
+# `stun`) still reads in a Binding answer.
+CHANGE_IP = 0x04
+CHANGE_PORT = 0x02
+SOURCE_ADDRESS = 0x0004
+CHANGED_ADDRESS = 0x0005
+
+
+def change_request(flags: int) -> bytes:
+    """A CHANGE-REQUEST attribute's value."""
+    return struct.pack("!I", flags)
 
 
 def message_type(method: int, cls: Class) -> int:

@@ -7,7 +7,7 @@ import errno
 
 from rendezvous.server import RendezvousServer
 from rendezvous.turn_server import TurnPolicy
-from voip.transport import UdpEndpoint
+from voip.transport import UdpEndpoint, request
 from voip.wire.stun import (
     Address,
     Class,
@@ -17,35 +17,31 @@ from voip.wire.stun import (
     encode,
     parse_message_untrusted,
 )
+from voip.wire.transactions import Schedule
 
 DEFAULT_SERVER: Address = ("127.0.0.1", 3478)
+PROBE = Schedule(rto=0.6, rc=2, rm=1)  # two tries 0.6 s apart: a server on loopback answers fast
 
 
-async def probe_stun(server: Address, timeout: float = 0.6, tries: int = 2) -> Address | None:
+async def probe_stun(server: Address, schedule: Schedule = PROBE) -> Address | None:
     """Our mapped address as `server` reports it, or None if no STUN server answers there."""
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[Address] = loop.create_future()
-    request = Message(Method.BINDING, Class.REQUEST)
+    req = Message(Method.BINDING, Class.REQUEST)
 
     def on_datagram(data: bytes, src: Address, now: float) -> None:
         try:
             msg = parse_message_untrusted(data)
         except StunError:
             return
-        if msg.transaction_id == request.transaction_id and msg.cls == Class.SUCCESS:
+        if msg.transaction_id == req.transaction_id and msg.cls == Class.SUCCESS:
             mapped = msg.xor_address()
             if mapped is not None and not answer.done():
                 answer.set_result(mapped)
 
     endpoint = await UdpEndpoint.bind("0.0.0.0", 0, on_datagram)  # noqa: S104
     try:
-        for _ in range(tries):
-            endpoint.send(encode(request, fingerprint=True), server)
-            try:
-                return await asyncio.wait_for(asyncio.shield(answer), timeout)
-            except TimeoutError:
-                continue
-        return None
+        return await request(endpoint, encode(req, fingerprint=True), server, answer, schedule)
     finally:
         endpoint.close()
 

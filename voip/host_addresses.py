@@ -6,7 +6,7 @@ import socket
 
 import psutil
 
-from voip.nat.candidates import is_usable_host_ip
+from voip.wire.candidates import is_usable_host_ip
 
 
 def host_ipv4_addresses() -> list[str]:

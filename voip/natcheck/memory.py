@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from voip.nat.natcheck import NatTests, NatVerdict
+from voip.natcheck.verdict import NatTests, NatVerdict
 
 MAX_AGE = 7 * 24 * 3600.0  # s: after a week the network may well be another one
 

@@ -9,10 +9,11 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rendezvous.behaviour import CHANGE_IP, CHANGE_PORT, change_request
-from voip.nat.natcheck import NatTests, bounds, coarse_waits, refine_waits
-from voip.transport import UdpEndpoint
+from voip.natcheck.verdict import NatTests, bounds, coarse_waits, refine_waits
+from voip.transport import UdpEndpoint, request
 from voip.wire.stun import (
+    CHANGE_IP,
+    CHANGE_PORT,
     HEADER_LEN,
     Address,
     Attr,
@@ -20,12 +21,15 @@ from voip.wire.stun import (
     Message,
     Method,
     StunError,
+    change_request,
     encode,
     looks_like_stun,
     parse_message_untrusted,
 )
+from voip.wire.transactions import Schedule
 
-WAITS = (0.3, 0.6, 1.2)  # s: a request and two retransmissions; silence after that is an answer
+# A request and two retransmissions, 0.3 s, 0.6 s and 1.2 s apart: silence after that is an answer.
+WAITS = Schedule(rto=0.3, rc=3, rm=4)
 PORT_SAMPLES = 4  # fresh sockets whose public ports show how the router allocates them
 # Room for XOR-MAPPED-ADDRESS, RESPONSE-ORIGIN, OTHER-ADDRESS (12 bytes each for IPv4, 24 for
 # IPv6), SOFTWARE and FINGERPRINT in the answer: see padded().
@@ -78,15 +82,8 @@ class _Requester:
         req = Message(Method.BINDING, Class.REQUEST, attributes=padded(attrs))
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self.waiting[req.transaction_id] = fut
-        data = encode(req, fingerprint=True)
         try:
-            for wait in WAITS:
-                endpoint.send(data, dest)
-                try:
-                    return await asyncio.wait_for(asyncio.shield(fut), wait)
-                except TimeoutError:
-                    continue
-            return None
+            return await request(endpoint, encode(req, fingerprint=True), dest, fut, WAITS)
         finally:
             del self.waiting[req.transaction_id]
 

@@ -18,7 +18,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from voip.nat.candidates import format_address
+from voip.wire.candidates import format_address
 from voip.wire.stun import Address
 
 EIM = "endpoint-independent"
