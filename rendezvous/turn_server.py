@@ -19,7 +19,6 @@ them, and sends what this logic returns through the socket each `Out` names.
 
 from __future__ import annotations
 
-import heapq
 import struct
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
 from rendezvous.allocation import Allocation, ChannelInUse, TableFull
-from rendezvous.limits import address_block
+from rendezvous.allocations import AllocationTable
 from rendezvous.peer_filter import PeerFilter, family_of
 from rendezvous.relay_policy import TurnPolicy
 from rendezvous.turn_auth import TurnAuth
@@ -53,7 +52,6 @@ from voip.wire.turn import (
     ChannelDataError,
     pack_channel_data,
     parse_channel_data_untrusted,
-    rest_user,
 )
 
 __all__ = ["Allocation", "Out", "RelayPorts", "TurnPolicy", "TurnServer"]
@@ -80,6 +78,17 @@ class RelayPorts(Protocol):
     def close(self, relayed: Address) -> None: ...
 
 
+def reply(
+    msg: Message,
+    dest: Address,
+    key: bytes,
+    attrs: Iterable[tuple[int, bytes]],
+    cls: Class = Class.SUCCESS,
+) -> list[Out]:
+    """An answer to an authenticated request: MESSAGE-INTEGRITY under its key, FINGERPRINT."""
+    return [Out(encode(msg.reply(cls, attrs), integrity_key=key, fingerprint=True), dest)]
+
+
 class TurnServer:
     def __init__(
         self, ports: RelayPorts, policy: TurnPolicy | None = None, wallclock: float | None = None
@@ -94,13 +103,10 @@ class TurnServer:
         self.peers = PeerFilter(
             list(self.policy.allowed_peers), allow_loopback=self.policy.allow_loopback_peers
         )
-        self.allocations: dict[Address, Allocation] = {}  # by client 5-tuple (UDP: address)
-        self.by_relayed: dict[Address, Allocation] = {}
-        self._per_user: Counter[str] = Counter()
-        self._per_ip: Counter[str] = Counter()
-        self._expiries: list[tuple[float, Address]] = []  # (expires, client), stale ones skipped
+        self.table = AllocationTable(self.limits)
+        self.allocations = self.table.by_client
+        self.by_relayed = self.table.by_relayed
 
-    # -- entry points -------------------------------------------------------------------------
     def handles(self, msg: Message) -> bool:
         return msg.method in TURN_METHODS
 
@@ -162,21 +168,12 @@ class TurnServer:
         return [Out(encode(ind), alloc.client)]
 
     def next_deadline(self) -> float | None:
-        while self._expiries:
-            expires, client = self._expiries[0]
-            alloc = self.allocations.get(client)
-            if alloc is not None and alloc.expires == expires:
-                return expires
-            heapq.heappop(self._expiries)  # refreshed or released since
-        return None
+        return self.table.next_expiry()
 
     def poll(self, now: float) -> None:
-        while self._expiries and self._expiries[0][0] <= now:
-            expires, client = heapq.heappop(self._expiries)
-            alloc = self.allocations.get(client)
-            if alloc is not None and alloc.expires == expires:
-                self._release(client)
-                self.stats["expired"] += 1
+        for client in self.table.expired(now):
+            self._release(client)
+            self.stats["expired"] += 1
 
     def add_own_addresses(self, ips: Iterable[str]) -> None:
         """The relay's own addresses (where it listens and relays): never a peer."""
@@ -191,20 +188,9 @@ class TurnServer:
         """Why a peer address may not be relayed to, or None when it may."""
         return self.peers.refusal(ip)
 
-    # -- requests ---------------------------------------------------------------------------
-    def _reply(
-        self,
-        msg: Message,
-        dest: Address,
-        key: bytes,
-        attrs: Iterable[tuple[int, bytes]],
-        cls: Class = Class.SUCCESS,
-    ) -> list[Out]:
-        return [Out(encode(msg.reply(cls, attrs), integrity_key=key, fingerprint=True), dest)]
-
     def _error(self, msg: Message, dest: Address, code: int, reason: str, key: bytes) -> list[Out]:
         self.stats[f"error_{code}"] += 1
-        return self._reply(
+        return reply(
             msg, dest, key, [(Attr.ERROR_CODE, encode_error_code(code, reason))], Class.ERROR
         )
 
@@ -230,19 +216,15 @@ class TurnServer:
             return self._error(msg, src, 440, "Address Family not Supported", key)
         if msg.has(Attr.RESERVATION_TOKEN):
             return self._error(msg, src, 508, "Insufficient Capacity", key)
-        if (
-            self._per_user[rest_user(username)] >= self.limits.allocations_per_user
-            or self._per_ip[address_block(src[0])] >= self.limits.allocations_per_ip
-        ):
-            return self._error(msg, src, 486, "Allocation Quota Reached", key)
-        if len(self.allocations) >= self.limits.allocations:
-            return self._error(msg, src, 508, "Insufficient Capacity", key)
+        if (refused := self.table.refusal(username, src)) is not None:
+            reason = "Allocation Quota Reached" if refused == 486 else "Insufficient Capacity"
+            return self._error(msg, src, refused, reason, key)
         relayed = self.ports.open()
         if relayed is None:  # out of ports or file descriptors
             return self._error(msg, src, 508, "Insufficient Capacity", key)
         lifetime = self._lifetime(msg, ALLOCATION_LIFETIME)
         alloc = Allocation(src, relayed, username, key, now + lifetime)
-        reply = self._reply(
+        answer = reply(
             msg,
             src,
             key,
@@ -252,14 +234,10 @@ class TurnServer:
                 (Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id)),
             ],
         )
-        alloc.allocate_tid, alloc.allocate_reply = msg.transaction_id, reply[0].data
-        self.allocations[src] = alloc
-        self.by_relayed[relayed] = alloc
-        self._per_user[rest_user(username)] += 1
-        self._per_ip[address_block(src[0])] += 1
-        self._schedule(alloc)
+        alloc.allocate_tid, alloc.allocate_reply = msg.transaction_id, answer[0].data
+        self.table.add(alloc)
         self.stats["allocate"] += 1
-        return reply
+        return answer
 
     def _refresh(self, msg: Message, alloc: Allocation, now: float) -> list[Out]:
         lifetime = self._lifetime(msg, ALLOCATION_LIFETIME)
@@ -269,9 +247,9 @@ class TurnServer:
         else:
             alloc.expires = now + lifetime
             alloc.purge(now)
-            self._schedule(alloc)
+            self.table.schedule(alloc)
             self.stats["refresh"] += 1
-        return self._reply(msg, alloc.client, alloc.key, [(Attr.LIFETIME, u32(lifetime))])
+        return reply(msg, alloc.client, alloc.key, [(Attr.LIFETIME, u32(lifetime))])
 
     def _peers(self, msg: Message) -> list[Address]:
         return [
@@ -302,7 +280,7 @@ class TurnServer:
         except TableFull:
             return self._error(msg, alloc.client, 508, "Insufficient Capacity", alloc.key)
         self.stats["permission"] += 1
-        return self._reply(msg, alloc.client, alloc.key, [])
+        return reply(msg, alloc.client, alloc.key, [])
 
     def _channel_bind(self, msg: Message, alloc: Allocation, now: float) -> list[Out]:
         number = msg.get(Attr.CHANNEL_NUMBER)
@@ -327,7 +305,7 @@ class TurnServer:
         except TableFull:
             return self._error(msg, alloc.client, 508, "Insufficient Capacity", alloc.key)
         self.stats["channel_bind"] += 1
-        return self._reply(msg, alloc.client, alloc.key, [])
+        return reply(msg, alloc.client, alloc.key, [])
 
     def _send_indication(self, msg: Message, src: Address, now: float) -> list[Out]:
         alloc = self.allocations.get(src)
@@ -355,23 +333,7 @@ class TurnServer:
         self.stats["relayed_to_peer"] += 1
         return [Out(data, peer, alloc.relayed)]
 
-    def _schedule(self, alloc: Allocation) -> None:
-        heapq.heappush(self._expiries, (alloc.expires, alloc.client))
-        if len(self._expiries) > 2 * len(self.allocations) + 1024:  # stale refreshes: rebuild
-            self._expiries = [(a.expires, c) for c, a in self.allocations.items()]
-            heapq.heapify(self._expiries)
-
     def _release(self, client: Address) -> None:
-        alloc = self.allocations.pop(client, None)
-        if alloc is None:
-            return
-        self.by_relayed.pop(alloc.relayed, None)
-        counted = (
-            (self._per_user, rest_user(alloc.username)),
-            (self._per_ip, address_block(client[0])),
-        )
-        for table, key in counted:
-            table[key] -= 1
-            if table[key] <= 0:
-                del table[key]
-        self.ports.close(alloc.relayed)
+        alloc = self.table.remove(client)
+        if alloc is not None:
+            self.ports.close(alloc.relayed)

@@ -8,6 +8,7 @@ from rendezvous.behaviour import Addresses
 from rendezvous.logic import RelayOffer, RendezvousLogic
 from tests.netsim import Address, Nat, Network, Transmit
 from voip.nat import checks
+from voip.nat.checklist import TA
 from voip.nat.connector import (
     GATHER_TIMEOUT,
     Connector,
@@ -206,7 +207,7 @@ def test_lowest_rtt_valid_pair_is_chosen_over_higher_priority() -> None:
     assert sa.pair.remote.kind == CandidateType.SRFLX
     assert sb.pair.remote.address[0] == "203.0.113.100"  # bob agrees: the nominated pair
     assert a.connector.checks is not None
-    host_pair = a.connector.checks.pairs[("host", ("198.18.1.3", 6000))]
+    host_pair = a.connector.checks.pairs[(checks.HOST, ("198.18.1.3", 6000))]
     assert sa.pair.rtt == pytest.approx(0.004, abs=0.001)
     # The LAN pair (60 ms round trip) was still unanswered when the 4 ms pair was nominated:
     # a pair that has not answered within 1.5 x the best RTT cannot beat it.
@@ -397,7 +398,7 @@ def test_direct_pairs_are_checked_before_triggered_relayed_ones() -> None:
     # check on that (relayed) pair.
     answer = alice.handle(parse_message_untrusted(bobs_check), peer_relay, 0.01, checks.HOST)
     assert answer
-    sent = [(dest, base) for _, dest, base in alice.poll(checks.TA)]
+    sent = [(dest, base) for _, dest, base in alice.poll(TA)]
     assert sent == [(peer_srflx, checks.HOST)]  # the direct pair first
-    sent = [(dest, base) for _, dest, base in alice.poll(2 * checks.TA)]
+    sent = [(dest, base) for _, dest, base in alice.poll(2 * TA)]
     assert sent == [(peer_relay, checks.HOST)]  # then the triggered relayed one

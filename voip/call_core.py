@@ -95,7 +95,6 @@ class CallCore:
         self._next_frame: float | None = None
         self._next_rtcp = self._next_stats = 0.0
 
-    # -- outputs ----------------------------------------------------------------------------
     def pop_events(self) -> list[ev.CallEvent]:
         events, self._events = self._events, []
         return events
@@ -117,7 +116,6 @@ class CallCore:
     def active(self) -> checks.Pair | None:
         return self.paths.active if self.paths is not None else None
 
-    # -- inputs ---------------------------------------------------------------------------
     def start(self, now: float) -> list[Transmit]:
         self._t_start = now
         return self.connector.start(now)
@@ -156,11 +154,12 @@ class CallCore:
             self.recorder.base.duration_s = now - self._t_connected
         self._events.append(ev.Ended(reason, ok))
 
-    # -- media ----------------------------------------------------------------------------
     def _media(self, data: bytes) -> list[Transmit]:
         return [] if self.active is None else [self.connector.route(data, self.active)]
 
-    def _on_media(self, data: bytes, key: tuple[str, Address], now: float) -> list[Transmit]:
+    def _on_media(
+        self, data: bytes, key: tuple[checks.Base, Address], now: float
+    ) -> list[Transmit]:
         if self.paths is None:
             return []
         rtcp = is_rtcp(data)
@@ -234,7 +233,6 @@ class CallCore:
             frames_received=self.audio.counts.frames_received,
         )
 
-    # -- paths ------------------------------------------------------------------------------
     def _connector_events(self, now: float) -> None:
         for event in self.connector.pop_events():
             self._connector_event(event, now)

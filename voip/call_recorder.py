@@ -58,7 +58,7 @@ class CallRecorder:
                     metrics.probe_loss_pct(),
                 )
             elif metrics.reason is None and checks is not None:
-                metrics.reason = checks.unreached(kind)
+                metrics.reason = checks.checklist.unreached(kind)
                 if kind == DIRECT and punch_hopeless:
                     metrics.reason = f"{HOPELESS_PUNCHING}; {metrics.reason}"
         if not r.relay.available and relay_unavailable:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from voip.nat import checks
 from voip.nat.mapping_probe import MappingProbe
+from voip.nat.pairs import RelayMode
 from voip.nat.rendezvous_client import (
     Asked,
     GotPeer,
@@ -28,11 +29,8 @@ from voip.wire.rtp import looks_like_rtp_or_rtcp
 from voip.wire.signal import MAPPING_DEPENDENT, PeerReady
 from voip.wire.stun import (
     Address,
-    Class,
     Message,
-    Method,
     StunError,
-    encode,
     looks_like_stun,
     parse_message_untrusted,
 )
@@ -86,37 +84,32 @@ class Connector:
         *,
         wait_timeout: float = 120.0,
         punch_timeout: float = 10.0,
-        relay_mode: str = "auto",
+        relay_mode: RelayMode | str = RelayMode.AUTO,
         turn: TurnOffer | None = None,
         keepalive: float | None = None,
     ):
-        if relay_mode not in ("auto", "force", "off"):
-            raise ValueError(f"relay mode must be auto, force or off, not {relay_mode!r}")
-        self.relay_mode = relay_mode
+        self.relay_mode = RelayMode(relay_mode)  # ValueError for anything else
+        off = self.relay_mode == RelayMode.OFF
         self.signal = RendezvousClient(
-            name, peer, server, host_candidates, ask_now=relay_mode == "off", keepalive=keepalive
+            name, peer, server, host_candidates, ask_now=off, keepalive=keepalive
         )
         # Seconds between packets on every mapping we hold while waiting (the rendezvous, the
         # relay), when natcheck measured how soon this NAT forgets a quiet one.
         self.keepalive = keepalive
-        self._turn_keepalive_at: float | None = None
         self.probe: MappingProbe | None = None
         self.explicit_turn = turn
         self.turn: TurnClient | None = None
-        self.relay_unavailable: str | None = (
-            "relay off (--relay off)" if relay_mode == "off" else None
-        )
+        self.relay_unavailable: str | None = "relay off (--relay off)" if off else None
         self.checks: checks.ConnectivityChecks | None = None
         self.wait_timeout = wait_timeout
         self.punch_timeout = punch_timeout
         self.malformed = 0
         self._started = 0.0
-        self._asked = relay_mode == "off"
+        self._asked = off
         self._gather_deadline: float | None = None
         self._wait_deadline: float | None = None
         self._events: list[ConnectorEvent] = []
 
-    # -- outputs --------------------------------------------------------------------------
     def pop_events(self) -> list[ConnectorEvent]:
         events, self._events = self._events, []
         return events
@@ -126,7 +119,6 @@ class Connector:
             self.signal.next_deadline(),
             self._wait_deadline,
             self._gather_deadline,
-            self._turn_keepalive_at,
             self.probe.next_deadline() if self.probe else None,
             self.turn.next_deadline() if self.turn else None,
             self.checks.next_deadline() if self.checks else None,
@@ -156,11 +148,10 @@ class Connector:
             return format_address(self.turn.server)
         return format_address(pair.remote.address)
 
-    # -- inputs ---------------------------------------------------------------------------
     def start(self, now: float) -> list[Transmit]:
         self._started = now
         out = self.signal.start(now)
-        if self.relay_mode != "off" and self.explicit_turn is not None:
+        if self.relay_mode != RelayMode.OFF and self.explicit_turn is not None:
             out += self._start_turn(self.explicit_turn, now)
         return out
 
@@ -177,12 +168,6 @@ class Connector:
             self._ask(now, out)  # which waits until the probe is done
         if self.turn is not None:
             out += self.turn.poll(now)
-            if self._turn_keepalive_at is not None and now >= self._turn_keepalive_at:
-                assert self.keepalive is not None
-                self._turn_keepalive_at = now + self.keepalive
-                # A Binding indication: no answer, but it holds our NAT's mapping to the relay.
-                keep = Message(Method.BINDING, Class.INDICATION)
-                out.append((encode(keep, fingerprint=True), self.turn.server))
         if self._gather_deadline is not None and now >= self._gather_deadline:
             self._relay_gone("no answer from the relay in time", now, out)
         if self.checks is not None:
@@ -245,7 +230,6 @@ class Connector:
         out += self.signal.handle(msg, src, now) or []
         return None
 
-    # -- internals ------------------------------------------------------------------------
     def _routed(self, sends: list[checks.Send]) -> list[Transmit]:
         out = []
         for data, dest, base in sends:
@@ -257,7 +241,7 @@ class Connector:
         return out
 
     def _start_turn(self, offer: TurnOffer, now: float) -> list[Transmit]:
-        self.turn = TurnClient(offer.server, offer.username, offer.password)
+        self.turn = TurnClient(offer.server, offer.username, offer.password, self.keepalive)
         self._gather_deadline = now + GATHER_TIMEOUT
         return self.turn.start(now)
 
@@ -304,8 +288,6 @@ class Connector:
                 if isinstance(turn_event, Allocated):
                     self._events.append(RelayReady(turn_event.relayed, self.turn.server))
                     self._gather_deadline = None
-                    if self.keepalive is not None:
-                        self._turn_keepalive_at = now + self.keepalive
                     self._ask(now, out)
                 elif isinstance(turn_event, TurnFailed):
                     self._relay_gone(turn_event.reason, now, out)

@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from voip.nat.checks import DIRECT, RELAYED, ConnectivityChecks, Pair
+from voip.nat.checks import ConnectivityChecks
+from voip.nat.pairs import Base, Pair, PathKind
 from voip.wire.stun import Address
 
 # At 50 packets a second, 200 ms without one on the active path is not jitter. The goal is an
@@ -72,7 +73,7 @@ class PathManager:
         self._heard_any = True
 
     def classify(
-        self, key: tuple[str, Address], rtcp: bool, now: float
+        self, key: tuple[Base, Address], rtcp: bool, now: float
     ) -> tuple[Media, Switched | None]:
         """Where a media datagram that arrived on pair `key` belongs; a switch if it shows the
         peer has moved."""
@@ -94,13 +95,13 @@ class PathManager:
             return None  # nothing to move to, or the peer has not started sending yet
         quiet = now - self.last_audio
         limit = FAILOVER_AFTER_DTX if self._peer_in_dtx else FAILOVER_AFTER
-        if quiet > limit and self.checks.standby_streak >= 1:
+        if quiet > limit and self.checks.liveness.standby_streak >= 1:
             return self._switch(now, f"no audio on it for {1000 * quiet:.0f} ms")
         if (
             self._failed_over
             and self.checks.controlling
-            and standby.kind == DIRECT
-            and self.checks.standby_streak >= RETURN_AFTER_PROBES
+            and standby.kind == PathKind.DIRECT
+            and self.checks.liveness.standby_streak >= RETURN_AFTER_PROBES
         ):
             return self._switch(now, "the direct path answers again")
         return None
@@ -114,5 +115,5 @@ class PathManager:
         self.active = new
         self.switches += 1
         self._last_switch = self.last_audio = now
-        self._failed_over = self.return_to_direct and new.kind == RELAYED
+        self._failed_over = self.return_to_direct and new.kind == PathKind.RELAYED
         return Switched(new, why)

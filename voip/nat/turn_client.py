@@ -78,8 +78,14 @@ class _Sent:
 
 
 class TurnClient:
-    def __init__(self, server: Address, username: str, password: str):
+    def __init__(
+        self, server: Address, username: str, password: str, keepalive: float | None = None
+    ):
         self.server = server
+        # Seconds between packets to the relay when natcheck measured how soon this NAT forgets
+        # a quiet mapping: a Binding indication (no answer) holds the mapping open.
+        self.keepalive = keepalive
+        self._keepalive_at: float | None = None
         self.username = username
         self.password = password
         self.realm: str | None = None
@@ -106,6 +112,7 @@ class TurnClient:
         times = [
             self._txns.next_deadline(),
             self._refresh_at,
+            self._keepalive_at,
             *self.permissions.values(),
             *self._channel_refresh.values(),
         ]
@@ -191,6 +198,10 @@ class TurnClient:
                 self._channel_refresh[peer] = now + CHANNEL_LIFETIME - REFRESH_MARGIN
                 req = _Req(Method.CHANNEL_BIND, (), peer, self.channels[peer])
                 out.append(self._send(req, now))
+        if self._keepalive_at is not None and self.keepalive and now >= self._keepalive_at:
+            self._keepalive_at = now + self.keepalive
+            keep = Message(Method.BINDING, Class.INDICATION)
+            out.append((encode(keep, fingerprint=True), self.server))
         return out
 
     def handle(self, msg: Message, src: Address, now: float) -> list[Transmit] | None:
@@ -290,6 +301,8 @@ class TurnClient:
                 return []
             self.relayed, self.mapped = relayed, mapped
             self._refresh_at = now + max(lifetime / 2, lifetime - REFRESH_MARGIN)
+            if self.keepalive is not None:
+                self._keepalive_at = now + self.keepalive
             self._events.append(Allocated(relayed, mapped, lifetime))
         elif req.method == Method.REFRESH:
             lifetime = msg.u32(Attr.LIFETIME) or ALLOCATION_LIFETIME

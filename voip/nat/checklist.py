@@ -1,0 +1,112 @@
+"""The check list: every candidate pair, and which one to check next (RFC 8445 §6.1.2, §7.2.5.4).
+
+Pairs are formed from our bases and the peer's candidates, and learned as peer-reflexive when
+a check arrives from an address nobody told us. The next pair to check is of the kind the
+nominator would rather use, then a triggered one (a peer's check answered with ours at once),
+then by priority. Checks are paced Ta apart, so a peer's triggered relayed checks queued ahead
+of a direct pair would hold the direct decision back by Ta each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from voip.nat.nominator import Nominator
+from voip.nat.pairs import Base, Pair, PairState, PathKind
+from voip.wire.candidates import Candidate, CandidateType
+from voip.wire.stun import Address
+
+Key = tuple[Base, Address]
+TA = 0.05  # RFC 8445 §14.2: pace new checks 50 ms apart
+
+
+class Checklist:
+    def __init__(self, nominator: Nominator, controlling: bool, now: float):
+        self.nominator = nominator
+        self.next_tick = now  # when pacing allows the next new check
+        self.controlling = controlling  # priorities are computed from our role when formed
+        self.pairs: dict[Key, Pair] = {}
+        self._triggered: list[Key] = []
+
+    def __iter__(self) -> Iterator[Pair]:
+        return iter(self.pairs.values())
+
+    def get(self, key: Key) -> Pair | None:
+        return self.pairs.get(key)
+
+    def form(self, candidates: Iterable[Candidate], bases: Iterable[Base]) -> None:
+        for cand in sorted(candidates, key=lambda c: -c.priority):
+            for base in bases:
+                self.add(base, cand)
+
+    def add(self, base: Base, cand: Candidate) -> Pair | None:
+        """The pair of `base` and `cand`, formed if new; None for a pair this call won't use."""
+        # Through our relay, only public candidates: the relay refuses private peers anyway.
+        if base == Base.RELAY and cand.kind == CandidateType.HOST:
+            return None
+        if (base, cand.address) in self.pairs:  # a public host is both host and srflx: one pair
+            return self.pairs[(base, cand.address)]
+        pair = Pair.make(base, cand, self.controlling)
+        if not self.nominator.wanted(pair.kind):
+            return None
+        self.pairs[pair.key] = pair
+        return pair
+
+    def learn(self, base: Base, src: Address, priority: int) -> Pair | None:
+        """A peer-reflexive candidate: the peer's NAT mapped a check to an address nobody told
+        us. Through our relay its public address was permitted, so it is reachable there."""
+        cand = Candidate(CandidateType.PRFLX, src, priority)
+        if base == Base.HOST:
+            return self.add(base, cand)
+        pair = Pair.make(Base.RELAY, cand, self.controlling)
+        if not self.nominator.wanted(pair.kind):
+            return None
+        self.pairs[pair.key] = pair
+        return pair
+
+    def trigger(self, key: Key) -> bool:
+        """Queue a triggered check on `key` (answer a punch with a punch); False if queued."""
+        if key in self._triggered:
+            return False
+        self._triggered.append(key)
+        return True
+
+    def untrigger(self, kind: PathKind) -> None:
+        self._triggered = [k for k in self._triggered if self.pairs[k].kind != kind]
+
+    def waiting(self, besides: PathKind | None) -> bool:
+        """Whether a pair of a kind other than `besides` still waits for its first check."""
+        return any(p.state == PairState.WAITING and p.kind != besides for p in self)
+
+    def paced(self, now: float, besides: PathKind | None) -> Pair | None:
+        """The next pair to check, if pacing (Ta) allows a check now."""
+        if now < self.next_tick:
+            return None
+        self.next_tick = now + TA
+        return self.next(besides)
+
+    def next(self, besides: PathKind | None) -> Pair | None:
+        """The pair to check next, of a kind other than `besides` (the selected path's)."""
+        retry = (PairState.WAITING, PairState.FAILED)
+        self._triggered = [k for k in self._triggered if self.pairs[k].state in retry]
+        triggered = set(self._triggered)
+        candidates = [self.pairs[k] for k in self._triggered] + [
+            p
+            for p in self
+            if p.state == PairState.WAITING and p.key not in triggered and p.kind != besides
+        ]
+        if not candidates:
+            return None
+        pair = max(
+            candidates, key=lambda p: (self.nominator.preferred(p), p.key in triggered, p.priority)
+        )
+        if pair.key in triggered:
+            self._triggered.remove(pair.key)
+        return pair
+
+    def unreached(self, kind: PathKind) -> str:
+        """Why no pair of `kind` works, for the report."""
+        tried = [p.describe() for p in self if p.kind == kind]
+        if not tried:
+            return "no candidates of this kind"
+        return f"no answer from {', '.join(tried)}"

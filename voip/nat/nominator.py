@@ -1,0 +1,103 @@
+"""callpeer's choice among valid pairs: which kind to check first, what to nominate and when.
+
+The RFC 8445 engine (voip/nat/checks.py) finds which pairs work; this says which one carries the
+call, the way pion/ice keeps its selectors apart from its agent:
+
+- the kind we would rather use is checked first: direct, unless the relay is forced or both
+  NATs are known to map per destination (then the relay, and host pairs on a shared LAN);
+- the controlling side nominates the lowest-RTT valid pair of the preferred kind as soon as no
+  pair of that kind left could beat it (every pair checked, each unanswered one given 1.5 times
+  the best RTT), and at most 200 ms after the first valid pair;
+- a relayed pair is nominated when no direct pair can work, or RELAY_GRACE after the first
+  valid relayed pair if direct pairs are still being tried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from voip.nat.pairs import Pair, PairState, PathKind, RelayMode
+from voip.wire.candidates import CandidateType
+
+NOMINATE_AFTER = 0.2  # longest wait, after the first valid pair, for a faster one to prove itself
+# A pair still unanswered this long after its first check, relative to the best RTT seen, cannot
+# beat the best: 1.5 x RTT plus a little for the peer's scheduling.
+HOPELESS_FACTOR = 1.5
+HOPELESS_MARGIN = 0.005
+RELAY_GRACE = 1.5  # with a relay pair valid, how long to wait for a direct one before using it
+
+
+class Nominator:
+    def __init__(self, relay_mode: RelayMode, punch_hopeless: bool):
+        self.relay_mode = relay_mode
+        # Both NATs map per destination (learned at registration): no server-reflexive pair
+        # can work, so the relay is used as soon as it answers instead of after RELAY_GRACE.
+        self.punch_hopeless = punch_hopeless
+        self.first_valid_at: dict[PathKind, float] = {}
+
+    def wanted(self, kind: PathKind) -> bool:
+        """Whether pairs of this kind are checked at all."""
+        return not (kind == PathKind.RELAYED and self.relay_mode == RelayMode.OFF)
+
+    def preferred(self, pair: Pair) -> bool:
+        """Whether to check this pair before the others."""
+        if self.relay_mode == RelayMode.FORCE:
+            return pair.kind == PathKind.RELAYED
+        if self.punch_hopeless:  # the peer's public addresses cannot work: relay and LAN first
+            return pair.kind == PathKind.RELAYED or pair.remote.kind == CandidateType.HOST
+        return pair.kind == PathKind.DIRECT
+
+    def valid(self, pair: Pair, now: float) -> None:
+        self.first_valid_at.setdefault(pair.kind, now)
+
+    @staticmethod
+    def best(pairs: Iterable[Pair], kind: PathKind) -> Pair | None:
+        return min(
+            (p for p in pairs if p.valid and p.kind == kind and p.rtt is not None),
+            key=lambda p: (p.rtt or 0.0, -p.priority),
+            default=None,
+        )
+
+    def _settled_time(self, pairs: list[Pair], kind: PathKind) -> float | None:
+        """When no pair of `kind` left could beat the best valid one of that kind."""
+        valid = [p for p in pairs if p.valid and p.kind == kind and p.rtt is not None]
+        if not valid:
+            return None
+        first = self.first_valid_at[kind]
+        latest = first + NOMINATE_AFTER
+        pending = [p for p in pairs if p.kind == kind and p.pending]
+        if any(p.state == PairState.WAITING for p in pending):
+            return latest
+        patience = HOPELESS_FACTOR * min(p.rtt or 0.0 for p in valid) + HOPELESS_MARGIN
+        hopeless_at = [p.first_check_at + patience for p in pending if p.first_check_at is not None]
+        return min(latest, max(hopeless_at, default=first))
+
+    def when(self, pairs: Iterable[Pair]) -> float | None:
+        """When the controlling side should nominate, or None for not yet."""
+        choice = self.choice(list(pairs))
+        return None if choice is None else choice[0]
+
+    def due(self, pairs: Iterable[Pair], now: float) -> Pair | None:
+        """The pair to nominate now, if it is time."""
+        pairs = list(pairs)
+        choice = self.choice(pairs)
+        if choice is None or now < choice[0]:
+            return None
+        return self.best(pairs, choice[1])
+
+    def choice(self, pairs: list[Pair]) -> tuple[float, PathKind] | None:
+        """(when, kind) to nominate, or None for not yet. Only the controlling side asks."""
+        direct = self._settled_time(pairs, PathKind.DIRECT)
+        relayed = self._settled_time(pairs, PathKind.RELAYED)
+        if self.relay_mode == RelayMode.FORCE:
+            return None if relayed is None else (relayed, PathKind.RELAYED)
+        if direct is not None:
+            return direct, PathKind.DIRECT
+        if relayed is None:
+            return None
+        direct_hopeless = all(
+            p.state == PairState.FAILED for p in pairs if p.kind == PathKind.DIRECT
+        )
+        if direct_hopeless or self.punch_hopeless:
+            return relayed, PathKind.RELAYED
+        return max(relayed, self.first_valid_at[PathKind.RELAYED] + RELAY_GRACE), PathKind.RELAYED
