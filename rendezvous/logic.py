@@ -59,7 +59,7 @@ from voip.wire.stun import (
     unknown_required,
 )
 from voip.wire.transactions import Transaction, TransactionTable
-from voip.wire.turn import rest_password, rest_username
+from voip.wire.turn import REST_CREDENTIAL_TTL, rest_credentials
 
 Transmit = tuple[bytes, Address]
 
@@ -81,7 +81,7 @@ class RelayOffer:
 
     server: Address
     secret: str
-    ttl: int = 600  # s; callers re-register every 10 s and get fresh ones
+    ttl: int = REST_CREDENTIAL_TTL  # s; a call keeps the credentials it started with
 
 
 @dataclass(frozen=True)
@@ -296,11 +296,13 @@ class RendezvousLogic:
         """Relay credentials: only ever in an answer to a registered, proven caller."""
         if self.relay is None:
             return []
-        username = rest_username(int(now + self.wall_offset) + self.relay.ttl, name)
+        username, password = rest_credentials(
+            self.relay.secret, name, now + self.wall_offset, self.relay.ttl
+        )
         return [
             (Attr.CP_TURN_SERVER, encode_address(self.relay.server)),
             (Attr.CP_TURN_USERNAME, text(username)),
-            (Attr.CP_TURN_PASSWORD, text(rest_password(self.relay.secret, username))),
+            (Attr.CP_TURN_PASSWORD, text(password)),
         ]
 
     def _leave(self, msg: Message, src: Address, now: float) -> list[Out]:

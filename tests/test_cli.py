@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
+from argparse import Namespace
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from voip import cli
 from voip.codecs.pcm import dominant_frequency
 from voip.media.audio_io import read_wav
+from voip.wire.turn import REST_CREDENTIAL_TTL, rest_expiry, rest_password
 
 BIN = Path(sys.executable).parent
 SILENT = ("--input", "silence", "--output", "null")  # no sound card needed
+COMMANDS = ("call", "demo", "lab", "natcheck", "devices")
 
 
 def env(tmp_path: Path) -> dict[str, str]:
@@ -271,3 +277,194 @@ def test_sigterm_hangs_up_and_frees_the_name(tmp_path: Path, rendezvous: str) ->
     assert again.returncode == 1
     # (Not "409" alone: a port number in the output may contain it.)
     assert "did not call back" in again.stderr and "refused us" not in again.stderr
+
+
+# -- commands, the PEER shorthand and exit statuses ------------------------------------------
+
+
+def run_main(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str, str]:
+    """`callpeer` in this process, for what needs a monkeypatch or only parses its arguments:
+    (exit status, stdout, stderr), argparse's own exits included."""
+    for key, value in env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("CALLPEER_SERVER", raising=False)
+    monkeypatch.delenv("CALLPEER_NAME", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no natcheck memory either
+    monkeypatch.chdir(tmp_path)
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    try:
+        status = cli.main(argv)
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_callpeer_help_lists_every_command_with_a_line(tmp_path: Path) -> None:
+    result = callpeer("--help", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for command in COMMANDS:
+        [line] = [x for x in lines if x.split()[:1] == [command]]
+        assert len(line.split()) > 3, line  # a description after the name
+    assert "callpeer [call options] PEER" in result.stdout
+    assert "callpeer call lab" in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_its_own_help(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status, out, _ = run_main([command, "--help"], tmp_path, monkeypatch)
+    assert status == 0
+    assert out.startswith(f"usage: callpeer {command} [-h]")
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("call", ["--as", "--relay", "--turn-secret", "--no-fec", "--timeline", "PEER"]),
+        ("demo", ["--duration", "--json"]),
+        ("lab", ["--nat-a", "--same-nat", "--udp-timeout-b", "--no-speech", "--relay"]),
+        ("natcheck", ["--server", "--lifetime", "--json"]),
+    ],
+)
+def test_commands_keep_their_options(
+    command: str, options: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, out, _ = run_main([command, "--help"], tmp_path, monkeypatch)
+    for option in options:
+        assert option in out
+
+
+def test_options_may_come_before_or_after_peer() -> None:
+    for words in (["--as", "alice", "bob", "--wait", "3"], ["bob", "--wait", "3", "--as", "alice"]):
+        args = cli.parse_args(words)
+        assert (args.command, args.name, args.peer, args.wait) == ("call", "alice", "bob", 3.0)
+    assert cli.parse_args(["call", "--as", "alice", "bob"]).peer == "bob"
+    assert cli.parse_args(["lab", "--nat-a", "symmetric"]).command == "lab"
+
+
+@pytest.mark.parametrize(
+    ("args", "who", "hint"),
+    [
+        # `call` spelled out: a person named like a command is called, not the command run.
+        (["call", "--as", "alice", "lab"], "lab", "they run: callpeer --as lab alice"),
+        # Being named like a command is fine; the peer is told to spell `call` out.
+        (["--as", "lab", "bob"], "bob", "they run: callpeer call --as bob lab"),
+    ],
+)
+def test_call_lab_calls_someone_named_lab(
+    tmp_path: Path, rendezvous: str, args: list[str], who: str, hint: str
+) -> None:
+    result = callpeer(*args, "--server", rendezvous, *SILENT, "--wait", "1", tmp_path=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert f"{who} did not call back within 1 s" in result.stderr
+    assert hint in result.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_command_name_as_peer_without_call_says_what_to_type(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status, _, err = run_main(["--as", "alice", command, "--wait", "1"], tmp_path, monkeypatch)
+    assert status == 2
+    assert f"callpeer call --as alice {command} --wait 1" in err
+    assert f"callpeer {command} --help" in err
+    assert "Traceback" not in err
+
+
+def test_a_command_name_as_peer_is_refused_before_other_options_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status, _, err = run_main(["--as", "alice", "lab", "--nat-a", "cone"], tmp_path, monkeypatch)
+    assert status == 2 and "callpeer call --as alice lab --nat-a cone" in err
+
+
+def test_ambiguous_peer_through_the_installed_command(tmp_path: Path) -> None:
+    result = callpeer("--as", "alice", "lab", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert "to call someone named lab, type: callpeer call --as alice lab" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--as", "alice", "bob", "--bogus"], "unrecognized arguments: --bogus"),
+        (["call", "--as", "alice"], "required: PEER"),
+        (["lab", "--nat-a", "carrier-grade"], "invalid choice"),
+        (["lab", "--loss", "200"], "loss must be 0-100 %"),  # checked before anything is built
+        (["natcheck", "--lifetime", "1"], "MAX_SECONDS must be 2-3600"),
+        (["devices", "extra"], "unrecognized arguments: extra"),
+    ],
+)
+def test_bad_options_exit_2(
+    argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_lab(_args: Namespace) -> int:
+        raise AssertionError("the lab ran with options it should have refused")
+
+    monkeypatch.setattr(cli, "run_lab", no_lab)
+    status, _, err = run_main(argv, tmp_path, monkeypatch)
+    assert status == 2 and message in err
+
+
+def test_a_bad_config_file_is_the_users_to_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config" / "callpeer" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("name = 3\n")
+    status, _, err = run_main(["--as", "alice", "bob", *SILENT], tmp_path, monkeypatch)
+    assert status == 2 and "'name' must be a string" in err
+
+
+def test_a_plot_file_matplotlib_cannot_write_is_refused_before_the_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("matplotlib")
+    argv = ["--as", "alice", "bob", *SILENT, "--server", "127.0.0.1:9", "--plot", "rtt.xyz"]
+    status, _, err = run_main(argv, tmp_path, monkeypatch)
+    assert status == 2 and "cannot draw a .xyz file" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "target"),
+    [
+        (["--as", "alice", "bob", *SILENT, "--server", "127.0.0.1:9"], "_measured_keepalive"),
+        (["natcheck", "--server", "127.0.0.1:9"], "run_tests"),
+    ],
+)
+def test_an_internal_value_error_is_a_failure_not_a_usage_error(
+    argv: list[str], target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only what the user typed is exit 2: a ValueError from inside is a bug, exit 1, said so."""
+    from voip import cli_call
+    from voip.natcheck import probing
+
+    def broken(*_args: object) -> None:
+        raise ValueError("something inside went wrong")
+
+    monkeypatch.setattr(cli_call if target == "_measured_keepalive" else probing, target, broken)
+    status, _, err = run_main(argv, tmp_path, monkeypatch)
+    assert status == 1
+    assert "callpeer: internal error: ValueError: something inside went wrong" in err
+
+
+def test_turn_secret_makes_credentials_as_the_rendezvous_does() -> None:
+    from voip.cli_call import turn_offer
+
+    args = Namespace(
+        turn="turn:198.51.100.7:3478", turn_secret="s3cret", turn_user=None, turn_password=None
+    )
+    before = int(time.time())
+    offer = turn_offer(args, "alice")
+    after = int(time.time())
+    assert offer is not None and offer.server == ("198.51.100.7", 3478)
+    expiry = rest_expiry(offer.username)
+    assert expiry is not None and before <= expiry - REST_CREDENTIAL_TTL <= after
+    assert offer.username.endswith(":alice")
+    assert offer.password == rest_password("s3cret", offer.username)

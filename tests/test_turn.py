@@ -23,8 +23,10 @@ from voip.wire.stun import (
     u32,
 )
 from voip.wire.turn import (
+    REST_CREDENTIAL_TTL,
     looks_like_channel_data,
     requested_transport,
+    rest_credentials,
     rest_expiry,
     rest_password,
     rest_username,
@@ -428,3 +430,29 @@ def test_channel_binds_count_against_the_permission_cap() -> None:
     alloc = next(iter(server.allocations.values()))
     assert len(alloc.permissions) == 2 and len(alloc.channels) == 2
     assert server.stats["error_508"] == 1
+
+
+def test_rest_credentials_are_what_the_relay_checks_and_outlast_a_long_call() -> None:
+    """The one maker of REST credentials (the rendezvous for its callers, `--turn-secret`). A
+    client keeps its credentials all call and the relay checks each Refresh, permission and
+    channel against them, so the default lifetime must outlast the call: 600 s did not."""
+    now = time.time()
+    user, password = rest_credentials(SECRET, "alice", now)
+    assert user == f"{int(now) + REST_CREDENTIAL_TTL}:alice"
+    assert password == rest_password(SECRET, user)
+
+    def refused_at(ttl: int) -> float | None:
+        server, _ = make_server()
+        client = TurnClient(SERVER, *rest_credentials(SECRET, "alice", time.time(), ttl))
+        allocated(client, server)
+        exchange(client, server, client.permit([PEER[0]], 0.0), 0.0)
+        for second in range(1, 30 * 60):  # a half-hour call, the relay kept throughout
+            exchange(client, server, client.poll(float(second)), float(second))
+            if client.failed is not None:
+                assert "refused the credentials" in client.failed
+                return second
+        return None
+
+    assert refused_at(REST_CREDENTIAL_TTL) is None
+    short = refused_at(600)
+    assert short is not None and 600 < short < 900

@@ -1,383 +1,138 @@
-"""`callpeer`: call a peer by name, run the loopback demo, or list audio devices."""
+"""`callpeer`: its commands (call, demo, lab, natcheck, devices), `callpeer PEER` for a call."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import getpass
-import json
+import shlex
 import signal
 import sys
-import time
+import traceback
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from rendezvous.local import DEFAULT_SERVER, find_or_host, loopback_server
-from voip import events as ev
+from rendezvous.local import DEFAULT_SERVER, loopback_server
 from voip.call import Call, CallError, CallOptions
+from voip.cli_call import (
+    CALL_DESCRIPTION,
+    CALL_EPILOG,
+    CALL_HELP,
+    add_call_arguments,
+    check_plot_path,
+    run_call,
+    user_config,
+)
+from voip.cli_output import (
+    COMMANDS,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Presenter,
+    UsageError,
+    show_report,
+    write_json,
+)
 from voip.codecs.opus import CodecUnavailable
-from voip.config import load_config
+from voip.lab.cli import LAB_DESCRIPTION, LAB_HELP, add_lab_arguments, config_from_args, run_lab
 from voip.lab.netns import LabError
-from voip.media.audio_io import AudioSpecError, open_sink, open_source
 from voip.media.soundcard import SoundcardUnavailable
-from voip.nat.rendezvous_client import TurnOffer
 from voip.plot import PlotUnavailable
-from voip.report import render_table
 from voip.transport import resolve
 from voip.wire.candidates import format_address, parse_address
-from voip.wire.signal import check_name
-from voip.wire.stun import Address
-from voip.wire.turn import rest_password, rest_username, turn_url
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
+LIFETIME_LIMIT = 120.0
+NATCHECK_DESCRIPTION = (
+    "How does your NAT map and filter, and which peers can you call directly? "
+    "(RFC 5780 tests against a STUN server with an alternate address: "
+    "callpeer-rendezvous --alt-address, or any RFC 5780 server)"
+)
 
 
-def call_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="callpeer",
-        description="Call PEER directly through your NAT. Also: callpeer demo | lab | natcheck | "
-        "devices.",
-        epilog="Both sides must ask for each other: `callpeer --as alice bob` and "
-        "`callpeer --as bob alice`.",
+        usage="%(prog)s [-h] COMMAND ...\n       %(prog)s [call options] PEER",
+        description="Peer-to-peer voice calls through NAT routers.",
+        epilog="`callpeer PEER [options]` is short for `callpeer call PEER [options]`, "
+        "options before or after PEER. A first word that names a command runs it: to call "
+        "someone named like a command, type `callpeer call lab`. "
+        "`callpeer COMMAND --help` lists a command's options.",
     )
-    p.add_argument("peer", metavar="PEER", help="the name of the person to call")
-    p.add_argument(
-        "--as",
-        dest="name",
-        metavar="NAME",
-        help="your name on the rendezvous (default: config 'name' or your login)",
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands", required=True)
+    call = sub.add_parser(
+        "call",
+        prog="callpeer call",
+        help=CALL_HELP,
+        description=CALL_DESCRIPTION,
+        epilog=CALL_EPILOG,
     )
-    p.add_argument(
+    add_call_arguments(call)
+    demo = sub.add_parser(
+        "demo",
+        prog="callpeer demo",
+        help="a call between two callpeers on this machine, no set-up",
+        description="A call between two callpeers on this machine, no set-up.",
+    )
+    demo.add_argument("--duration", type=float, default=4.0, metavar="SECONDS")
+    demo.add_argument("--json", metavar="PATH|-", help="write the report as JSON (- for stdout)")
+    add_lab_arguments(
+        sub.add_parser("lab", prog="callpeer lab", help=LAB_HELP, description=LAB_DESCRIPTION)
+    )
+    natcheck = sub.add_parser(
+        "natcheck",
+        prog="callpeer natcheck",
+        help="how your NAT maps and filters, and which peers you can call directly",
+        description=NATCHECK_DESCRIPTION,
+    )
+    natcheck.add_argument(
         "--server",
         metavar="HOST:PORT",
-        help="the rendezvous (default: config 'server', else 127.0.0.1:3478, hosted "
-        "in this process if none answers there)",
+        help="the STUN server (default: config 'server', else 127.0.0.1:3478)",
     )
-    p.add_argument(
-        "--input",
-        default="mic",
-        metavar="SRC",
-        help="mic (default), tone:HZ, silence, or a WAV file",
-    )
-    p.add_argument(
-        "--output",
-        default="speaker",
-        metavar="SINK",
-        help="speaker (default), null, or a WAV file to write",
-    )
-    p.add_argument(
-        "--duration",
+    natcheck.add_argument(
+        "--lifetime",
+        nargs="?",
         type=float,
-        metavar="SECONDS",
-        help="hang up after this many seconds of call (default: until Ctrl-C)",
+        const=LIFETIME_LIMIT,
+        metavar="MAX_SECONDS",
+        help="also measure how long the NAT keeps a quiet mapping, trying quiet periods up to "
+        f"MAX_SECONDS (default {LIFETIME_LIMIT:.0f}); takes up to twice that. Calls then "
+        "send keepalives to match",
     )
-    p.add_argument(
-        "--wait",
-        type=float,
-        default=120.0,
-        metavar="SECONDS",
-        help="how long to wait for PEER to call back (default 120)",
+    natcheck.add_argument(
+        "--json", metavar="PATH|-", help="write the result as JSON (- for stdout)"
     )
-    p.add_argument("--json", metavar="PATH|-", help="write the call report as JSON (- for stdout)")
-    p.add_argument("--plot", metavar="FILE.png", help="draw RTT over time for both paths")
-    p.add_argument(
-        "--timeline",
-        metavar="PATH",
-        help="write when each frame was read from the input and played to the output "
-        "(monotonic clock, JSON), for measuring mouth-to-ear latency",
+    sub.add_parser(
+        "devices",
+        prog="callpeer devices",
+        help="the sound devices PortAudio sees",
+        description="List the sound devices PortAudio sees.",
     )
-    p.add_argument(
-        "--dtx",
-        action="store_true",
-        help="Opus DTX: in silence send a comfort-noise update every 400 ms only",
-    )
-    p.add_argument(
-        "--no-fec",
-        dest="fec",
-        action="store_false",
-        help="no Opus in-band FEC: lost frames are only concealed",
-    )
-    relay = p.add_argument_group("relay")
-    relay.add_argument(
-        "--relay",
-        choices=("auto", "force", "off"),
-        default="auto",
-        help="auto (default): audio direct when punching works, else relayed, "
-        "and the other path measured alongside; force: audio over the relay, "
-        "direct measured; off: never allocate",
-    )
-    relay.add_argument(
-        "--turn",
-        metavar="turn:HOST:PORT",
-        help="a TURN server of your own (e.g. coturn) instead of the one the rendezvous offers",
-    )
-    relay.add_argument(
-        "--turn-secret", metavar="SECRET", help="its REST API secret (coturn's static-auth-secret)"
-    )
-    relay.add_argument("--turn-user", metavar="USER", help="or long-term credentials: user")
-    relay.add_argument("--turn-password", metavar="PASSWORD", help="and password")
     return p
 
 
-def turn_offer(args: argparse.Namespace, name: str) -> TurnOffer | None:
-    """The --turn options as a TURN server with credentials; UsageError if incomplete."""
-    if args.turn is None:
-        if args.turn_secret or args.turn_user or args.turn_password:
-            raise UsageError("--turn-secret, --turn-user and --turn-password go with --turn")
-        return None
-    try:
-        host, port = turn_url(args.turn)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-    if args.turn_secret:
-        username = rest_username(int(time.time()) + 24 * 3600, name)
-        password = rest_password(args.turn_secret, username)
-    elif args.turn_user and args.turn_password:
-        username, password = args.turn_user, args.turn_password
-    else:
-        raise UsageError("--turn needs --turn-secret, or --turn-user and --turn-password")
-    return TurnOffer((host, port), username, password)
-
-
-def demo_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="callpeer demo", description="A call between two callpeers on this machine, no set-up."
-    )
-    p.add_argument("--duration", type=float, default=4.0, metavar="SECONDS")
-    p.add_argument("--json", metavar="PATH|-", help="write the report as JSON (- for stdout)")
-    return p
-
-
-# -- output ------------------------------------------------------------------------------
-
-
-class Presenter:
-    """Progress lines and the live call line on stderr; rich when it is a terminal."""
-
-    def __init__(self, console: Console, label: str = ""):
-        self.console = console
-        self.label = label
-        self._status: Any = None
-        self._name = "<your name>"
-        self._last_plain = 0.0
-
-    def _line(self, text: str) -> None:
-        self.console.print(f"{self.label}{text}", highlight=False)
-
-    def _set_status(self, text: str) -> None:
-        if not self.console.is_terminal:
-            return
-        if self._status is None:
-            self._status = self.console.status(text)
-            self._status.start()
-        else:
-            self._status.update(text)
-
-    def stop(self) -> None:
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
-
-    def __call__(self, event: ev.CallEvent) -> None:
-        if isinstance(event, ev.Registered):
-            self._name = event.name
-            self._line(
-                f"registered as {event.name}; the rendezvous sees you at "
-                f"{format_address(event.public)}"
-            )
-        elif isinstance(event, ev.Waiting):
-            self._line(
-                f"waiting for {event.peer} to call you (they run: callpeer --as "
-                f"{event.peer} {self._name})..."
-            )
-            self._set_status(f"waiting for {event.peer}")
-        elif isinstance(event, ev.Punching):
-            cands = ", ".join(str(c) for c in event.candidates)
-            role = "controlling" if event.controlling else "controlled"
-            self._line(f"found {event.peer}: punching to {cands} ({role})")
-            self._set_status("punching through the NATs")
-        elif isinstance(event, ev.RelayAllocated):
-            self._line(
-                f"relay allocated: {format_address(event.relayed)} on TURN server "
-                f"{format_address(event.server)}"
-            )
-        elif isinstance(event, ev.Connected):
-            self._line(
-                f"connected {event.path} to {event.remote} ({event.pair}) in "
-                f"{event.setup_ms:.0f} ms; audio flowing"
-            )
-        elif isinstance(event, ev.PathSwitched):
-            self._line(f"audio moved to the {event.path} path ({event.remote}): {event.why}")
-        elif isinstance(event, ev.Standby):
-            self._line(f"measuring the {event.path} path alongside, via {event.remote}")
-        elif isinstance(event, ev.LiveStats):
-            rtt = "-" if event.rtt_ms is None else f"{event.rtt_ms:.1f} ms"
-            text = (
-                f"{event.path} | {event.elapsed:5.1f} s | RTT {rtt} | jitter "
-                f"{event.jitter_ms:.1f} ms | loss {event.loss_pct:.1f} % | frames "
-                f"{event.frames_sent} sent, {event.frames_received} played"
-            )
-            if self.console.is_terminal:
-                self._set_status(text)
-            elif event.elapsed - self._last_plain >= 5.0:
-                self._last_plain = event.elapsed
-                self._line(text)
-        elif isinstance(event, ev.Ended):
-            self.stop()
-            self._line(f"call ended: {event.reason}")
-
-
-def write_json(report: dict[str, Any], target: str) -> None:
-    text = json.dumps(report, indent=2)
-    if target == "-":
-        sys.stdout.write(text + "\n")
-    else:
-        Path(target).write_text(text + "\n", encoding="utf-8")
-
-
-def show_report(report: dict[str, Any], json_target: str | None) -> None:
-    # With --json -, stdout is for the JSON alone; the table goes to stderr.
-    console = Console(stderr=json_target == "-")
-    console.print(render_table(report))
-    if json_target:
-        write_json(report, json_target)
-
-
-# -- commands ----------------------------------------------------------------------------
-
-
-async def _server_address(
-    arg: str | None, config_server: str | None, err: Console
-) -> tuple[Address, Any]:
-    text = arg or config_server
-    if text is None:
-        address, hosted = await find_or_host(DEFAULT_SERVER)
-        if hosted is not None:
-            err.print(
-                f"no rendezvous answered on {format_address(DEFAULT_SERVER)}; hosting one in "
-                "this process (it lives as long as this call)",
-                highlight=False,
-            )
-        return address, hosted
-    try:
-        host, port = parse_address(text, default_port=3478)
-    except ValueError as exc:
-        raise UsageError(f"--server: {exc}") from exc
-    try:
-        return await resolve(host, port), None
-    except OSError as exc:
-        raise UsageError(f"--server: cannot resolve {host!r}: {exc.strerror or exc}") from exc
-
-
-def _measured_keepalive(server: Address, err: Console) -> float | None:
-    """A keepalive interval from the mapping lifetime natcheck measured on this network."""
-    from voip.natcheck.memory import recall  # noqa: PLC0415
-    from voip.natcheck.probing import local_ip_towards  # noqa: PLC0415
-    from voip.natcheck.verdict import keepalive_interval  # noqa: PLC0415
-
-    try:
-        memory = recall(local_ip_towards(server))
-    except OSError:
-        return None
-    if memory is None or memory.lifetime is None:
-        return None
-    interval = keepalive_interval(memory.lifetime)
-    err.print(
-        f"your NAT keeps a quiet mapping {memory.lifetime:.0f} s or more (natcheck "
-        f"--lifetime): keepalives every {interval:.1f} s",
-        highlight=False,
-    )
-    return interval
-
-
-async def run_call(args: argparse.Namespace) -> int:
-    err = Console(stderr=True, soft_wrap=True)
-    config = load_config()
-    name = args.name or config.name or getpass.getuser()
-    try:
-        check_name(name)
-        check_name(args.peer)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-    if name == args.peer:
-        raise UsageError(f"you cannot call yourself ({name!r}); pass --as with your own name")
-    offer = turn_offer(args, name)
-    if offer is not None:
-        try:
-            offer = TurnOffer(await resolve(*offer.server), offer.username, offer.password)
-        except OSError as exc:
-            raise UsageError(f"--turn: cannot resolve {offer.server[0]!r}: {exc}") from exc
-    source = open_source(args.input)
-    try:
-        sink = open_sink(args.output)
-    except Exception:
-        source.close()
-        raise
-    server, hosted = await _server_address(args.server, config.server, err)
-    if hosted is None:
-        err.print(f"contacting the rendezvous at {format_address(server)}...", highlight=False)
-    keepalive = _measured_keepalive(server, err)
-    presenter = Presenter(err)
-    call = Call(
-        name,
-        args.peer,
-        source=source,
-        sink=sink,
-        server=server,
-        options=CallOptions(
-            wait_timeout=args.wait,
-            relay=args.relay,
-            turn=offer,
-            timeline=args.timeline is not None,
-            fec=args.fec,
-            dtx=args.dtx,
-            keepalive=keepalive,
-        ),
-        on_event=presenter,
-    )
-    status = EXIT_OK
-    try:
-        await call.start()
-        try:
-            await call.run(args.duration)
-        except CallError as exc:
-            err.print(f"callpeer: {exc}", highlight=False, style="red")
-            status = EXIT_FAILED
-    finally:
-        await call.hangup("hung up")
-        presenter.stop()
-        if hosted is not None:
-            hosted.close()
-    if call.report().path != "none":
-        show_report(call.report().to_dict(), args.json)
-    elif args.json:
-        write_json(call.report().to_dict(), args.json)
-    if args.timeline:
-        Path(args.timeline).write_text(
-            json.dumps(
-                {
-                    "clock": "monotonic",
-                    "frame_ms": 20,
-                    "captured_at": call.captured_at,
-                    "played_at": call.played_at,
-                }
-            )
-            + "\n",
-            encoding="utf-8",
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line, by one rule: a first word that names a command runs that command (so
+    do -h, --help and nothing at all); anything else is a call, as if `call` came first. In that
+    shorthand PEER may not be a command's name: `callpeer --as alice lab` is refused, saying to
+    type `callpeer call --as alice lab`, rather than guessed at."""
+    parser = build_parser()
+    if not argv or argv[0] in COMMANDS or argv[0] in ("-h", "--help"):
+        return parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(["call", *argv])
+    if args.peer in COMMANDS:
+        raise UsageError(
+            f"{args.peer!r} is a callpeer command, not a name to call without `call`: to run "
+            f"it, put it first (callpeer {args.peer} --help); to call someone named "
+            f"{args.peer}, type: callpeer call {shlex.join(argv)}"
         )
-    if args.plot:
-        from voip.plot import plot_rtt  # noqa: PLC0415 - matplotlib only when asked for
-
-        err.print(f"RTT plot written to {plot_rtt(call.report(), args.plot)}", highlight=False)
-    return status
+    if unknown:  # checked after PEER, so `--as alice lab --nat-a cone` gets the line above
+        parser.parse_args(["call", *argv])  # argparse says what it did not know, and exits 2
+    return args
 
 
 async def run_demo(args: argparse.Namespace) -> int:
@@ -434,35 +189,6 @@ async def run_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def natcheck_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="callpeer natcheck",
-        description="How does your NAT map and filter, and which peers can you call directly? "
-        "(RFC 5780 tests against a STUN server with an alternate address: "
-        "callpeer-rendezvous --alt-address, or any RFC 5780 server)",
-    )
-    p.add_argument(
-        "--server",
-        metavar="HOST:PORT",
-        help="the STUN server (default: config 'server', else 127.0.0.1:3478)",
-    )
-    p.add_argument(
-        "--lifetime",
-        nargs="?",
-        type=float,
-        const=LIFETIME_LIMIT,
-        metavar="MAX_SECONDS",
-        help="also measure how long the NAT keeps a quiet mapping, trying quiet periods up to "
-        f"MAX_SECONDS (default {LIFETIME_LIMIT:.0f}); takes up to twice that. Calls then "
-        "send keepalives to match",
-    )
-    p.add_argument("--json", metavar="PATH|-", help="write the result as JSON (- for stdout)")
-    return p
-
-
-LIFETIME_LIMIT = 120.0
-
-
 async def run_natcheck(args: argparse.Namespace) -> int:
     from voip.natcheck.memory import remember  # noqa: PLC0415
     from voip.natcheck.probing import measure_lifetime, run_tests  # noqa: PLC0415
@@ -471,7 +197,7 @@ async def run_natcheck(args: argparse.Namespace) -> int:
     if args.lifetime is not None and not 2 <= args.lifetime <= 3600:
         raise UsageError("--lifetime: MAX_SECONDS must be 2-3600")
     console = Console(stderr=args.json == "-", soft_wrap=True)
-    config = load_config()
+    config = user_config()
     text = args.server or config.server or format_address(DEFAULT_SERVER)
     try:
         host, port = parse_address(text, default_port=3478)
@@ -529,6 +255,17 @@ def run_devices() -> int:
     return EXIT_OK
 
 
+def run_checked_lab(args: argparse.Namespace) -> int:
+    """`callpeer lab`, its options checked before anything is built: a bad one is exit 2."""
+    try:
+        config_from_args(args).validate()
+    except LabError as exc:  # validate() judges only the options
+        raise UsageError(str(exc)) from exc
+    if args.plot:
+        check_plot_path(args.plot)  # alice's callpeer would refuse it and bob wait in vain
+    return run_lab(args)
+
+
 async def _hang_up_on_sigterm(coro: Coroutine[Any, Any, int]) -> int:
     """Run a command so that SIGTERM, like Ctrl-C, hangs up properly (BYE, name released)."""
     task = asyncio.ensure_future(coro)
@@ -541,32 +278,36 @@ async def _hang_up_on_sigterm(coro: Coroutine[Any, Any, int]) -> int:
         return 128 + signal.SIGTERM
 
 
+def run(args: argparse.Namespace) -> int:
+    if args.command == "devices":
+        return run_devices()
+    if args.command == "lab":
+        return run_checked_lab(args)
+    if args.command == "natcheck":
+        return asyncio.run(run_natcheck(args))
+    command = run_demo(args) if args.command == "demo" else run_call(args)
+    return asyncio.run(_hang_up_on_sigterm(command))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     err = Console(stderr=True, soft_wrap=True)
     try:
-        if argv and argv[0] == "devices":
-            return run_devices()
-        if argv and argv[0] == "lab":
-            from voip.lab.cli import lab_parser, run_lab  # noqa: PLC0415 - Linux and root only
-
-            return run_lab(lab_parser().parse_args(argv[1:]))
-        if argv and argv[0] == "natcheck":
-            return asyncio.run(run_natcheck(natcheck_parser().parse_args(argv[1:])))
-        if argv and argv[0] == "demo":
-            return asyncio.run(_hang_up_on_sigterm(run_demo(demo_parser().parse_args(argv[1:]))))
-        return asyncio.run(_hang_up_on_sigterm(run_call(call_parser().parse_args(argv))))
-    except (UsageError, AudioSpecError, ValueError) as exc:
+        return run(parse_args(argv))
+    except UsageError as exc:  # only what the user typed, checked where it is read, is exit 2
         err.print(f"callpeer: {exc}", highlight=False, style="red")
         return EXIT_USAGE
-    except (SoundcardUnavailable, CodecUnavailable, LabError, PlotUnavailable) as exc:
-        err.print(f"callpeer: {exc}", highlight=False, style="red")
-        return EXIT_FAILED
-    except OSError as exc:
+    except (SoundcardUnavailable, CodecUnavailable, LabError, PlotUnavailable, OSError) as exc:
         err.print(f"callpeer: {exc}", highlight=False, style="red")
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug, never the user's input: the traceback is for the report
+        traceback.print_exc()
+        err.print(
+            f"callpeer: internal error: {type(exc).__name__}: {exc}", highlight=False, style="red"
+        )
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -20,14 +20,16 @@ from voip.lab.topology import LabConfig
 from voip.media.audio_io import AudioSpecError, read_wav
 from voip.report import render_table
 
+LAB_HELP = "a call through two real NAT routers on an emulated internet (root, Linux)"
+LAB_DESCRIPTION = (
+    "Build two hosts behind NAT routers on an emulated internet (network "
+    "namespaces, nftables; needs root), run a call through it, print the "
+    "report and what the routers did, and tear it all down."
+)
 
-def lab_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="callpeer lab",
-        description="Build two hosts behind NAT routers on an emulated internet (network "
-        "namespaces, nftables; needs root), run a call through it, print the "
-        "report and what the routers did, and tear it all down.",
-    )
+
+def add_lab_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `callpeer lab`, on the parser `callpeer` makes for it."""
     p.add_argument("--nat-a", default="cone", choices=NAT_KINDS, help="NAT in front of alice")
     p.add_argument("--nat-b", default="cone", choices=NAT_KINDS, help="NAT in front of bob")
     p.add_argument(
@@ -81,7 +83,6 @@ def lab_parser() -> argparse.ArgumentParser:
         default="auto",
         help="the callers' --relay (default auto)",
     )
-    return p
 
 
 def config_from_args(args: argparse.Namespace) -> LabConfig:

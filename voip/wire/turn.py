@@ -16,6 +16,11 @@ ALLOCATION_LIFETIME = 600  # s, default and what we ask for (§7.2)
 MAX_LIFETIME = 3600
 PERMISSION_LIFETIME = 300  # s (§9)
 CHANNEL_LIFETIME = 600  # s (§12)
+# How long REST credentials stay valid, wherever they are made. A caller keeps its credentials
+# for the whole call and every Refresh, permission and channel is checked against them, so they
+# must outlast the call: 600 s cut relayed calls off after 12 minutes. One day is what the TURN
+# REST API draft (draft-uberti-behave-turn-rest-00) recommends.
+REST_CREDENTIAL_TTL = 24 * 3600
 
 
 class ChannelDataError(ValueError):
@@ -58,6 +63,15 @@ def rest_password(secret: str, username: str) -> str:
     """base64(HMAC-SHA1(secret, username)): the password both sides derive from the secret."""
     mac = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
     return base64.b64encode(mac).decode()
+
+
+def rest_credentials(
+    secret: str, name: str, now_unix: float, ttl: int = REST_CREDENTIAL_TTL
+) -> tuple[str, str]:
+    """(username, password) for `name`, valid for `ttl` seconds from `now_unix`: the one place
+    TURN REST credentials are made, by the rendezvous for its callers and by `--turn-secret`."""
+    username = rest_username(int(now_unix) + ttl, name)
+    return username, rest_password(secret, username)
 
 
 def rest_expiry(username: str) -> int | None:

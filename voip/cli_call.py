@@ -1,0 +1,283 @@
+"""`callpeer call`: a call's options, TURN credentials from them, and one call to its end."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from rendezvous.local import DEFAULT_SERVER, find_or_host
+from voip.call import Call, CallError, CallOptions
+from voip.cli_output import EXIT_FAILED, EXIT_OK, Presenter, UsageError, show_report, write_json
+from voip.config import Config, load_config
+from voip.media.audio_io import AudioSpecError, open_sink, open_source
+from voip.nat.rendezvous_client import TurnOffer
+from voip.transport import resolve
+from voip.wire.candidates import format_address, parse_address
+from voip.wire.signal import check_name
+from voip.wire.stun import Address
+from voip.wire.turn import rest_credentials, turn_url
+
+CALL_HELP = "call PEER directly through your NAT (callpeer PEER ... is short for this)"
+CALL_DESCRIPTION = "Call PEER directly through your NAT."
+CALL_EPILOG = (
+    "Both sides must ask for each other: `callpeer --as alice bob` and "
+    "`callpeer --as bob alice` (`call` may be left out unless PEER is named like a command: "
+    "`callpeer call lab`)."
+)
+
+
+def add_call_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("peer", metavar="PEER", help="the name of the person to call")
+    p.add_argument(
+        "--as",
+        dest="name",
+        metavar="NAME",
+        help="your name on the rendezvous (default: config 'name' or your login)",
+    )
+    p.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="the rendezvous (default: config 'server', else 127.0.0.1:3478, hosted "
+        "in this process if none answers there)",
+    )
+    p.add_argument(
+        "--input",
+        default="mic",
+        metavar="SRC",
+        help="mic (default), tone:HZ, silence, or a WAV file",
+    )
+    p.add_argument(
+        "--output",
+        default="speaker",
+        metavar="SINK",
+        help="speaker (default), null, or a WAV file to write",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help="hang up after this many seconds of call (default: until Ctrl-C)",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long to wait for PEER to call back (default 120)",
+    )
+    p.add_argument("--json", metavar="PATH|-", help="write the call report as JSON (- for stdout)")
+    p.add_argument("--plot", metavar="FILE.png", help="draw RTT over time for both paths")
+    p.add_argument(
+        "--timeline",
+        metavar="PATH",
+        help="write when each frame was read from the input and played to the output "
+        "(monotonic clock, JSON), for measuring mouth-to-ear latency",
+    )
+    p.add_argument(
+        "--dtx",
+        action="store_true",
+        help="Opus DTX: in silence send a comfort-noise update every 400 ms only",
+    )
+    p.add_argument(
+        "--no-fec",
+        dest="fec",
+        action="store_false",
+        help="no Opus in-band FEC: lost frames are only concealed",
+    )
+    relay = p.add_argument_group("relay")
+    relay.add_argument(
+        "--relay",
+        choices=("auto", "force", "off"),
+        default="auto",
+        help="auto (default): audio direct when punching works, else relayed, "
+        "and the other path measured alongside; force: audio over the relay, "
+        "direct measured; off: never allocate",
+    )
+    relay.add_argument(
+        "--turn",
+        metavar="turn:HOST:PORT",
+        help="a TURN server of your own (e.g. coturn) instead of the one the rendezvous offers",
+    )
+    relay.add_argument(
+        "--turn-secret", metavar="SECRET", help="its REST API secret (coturn's static-auth-secret)"
+    )
+    relay.add_argument("--turn-user", metavar="USER", help="or long-term credentials: user")
+    relay.add_argument("--turn-password", metavar="PASSWORD", help="and password")
+
+
+def user_config() -> Config:
+    """The config file and CALLPEER_* variables; a bad one is the user's to fix (exit 2)."""
+    try:
+        return load_config()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def turn_offer(args: argparse.Namespace, name: str) -> TurnOffer | None:
+    """The --turn options as a TURN server with credentials; UsageError if incomplete."""
+    if args.turn is None:
+        if args.turn_secret or args.turn_user or args.turn_password:
+            raise UsageError("--turn-secret, --turn-user and --turn-password go with --turn")
+        return None
+    try:
+        host, port = turn_url(args.turn)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.turn_secret:
+        username, password = rest_credentials(args.turn_secret, name, time.time())
+    elif args.turn_user and args.turn_password:
+        username, password = args.turn_user, args.turn_password
+    else:
+        raise UsageError("--turn needs --turn-secret, or --turn-user and --turn-password")
+    return TurnOffer((host, port), username, password)
+
+
+def check_plot_path(path: str) -> None:
+    """Refuse a --plot file matplotlib cannot write now, rather than after the call."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase  # noqa: PLC0415 - heavy
+    except ImportError:
+        return  # plot_rtt says what to install
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(path).suffix[1:].lower()
+    if suffix and suffix not in kinds:
+        raise UsageError(
+            f"--plot: cannot draw a .{suffix} file; one of: {', '.join(sorted(kinds))}"
+        )
+
+
+async def _server_address(
+    arg: str | None, config_server: str | None, err: Console
+) -> tuple[Address, Any]:
+    text = arg or config_server
+    if text is None:
+        address, hosted = await find_or_host(DEFAULT_SERVER)
+        if hosted is not None:
+            err.print(
+                f"no rendezvous answered on {format_address(DEFAULT_SERVER)}; hosting one in "
+                "this process (it lives as long as this call)",
+                highlight=False,
+            )
+        return address, hosted
+    try:
+        host, port = parse_address(text, default_port=3478)
+    except ValueError as exc:
+        raise UsageError(f"--server: {exc}") from exc
+    try:
+        return await resolve(host, port), None
+    except OSError as exc:
+        raise UsageError(f"--server: cannot resolve {host!r}: {exc.strerror or exc}") from exc
+
+
+def _measured_keepalive(server: Address, err: Console) -> float | None:
+    """A keepalive interval from the mapping lifetime natcheck measured on this network."""
+    from voip.natcheck.memory import recall  # noqa: PLC0415
+    from voip.natcheck.probing import local_ip_towards  # noqa: PLC0415
+    from voip.natcheck.verdict import keepalive_interval  # noqa: PLC0415
+
+    try:
+        memory = recall(local_ip_towards(server))
+    except OSError:
+        return None
+    if memory is None or memory.lifetime is None:
+        return None
+    interval = keepalive_interval(memory.lifetime)
+    err.print(
+        f"your NAT keeps a quiet mapping {memory.lifetime:.0f} s or more (natcheck "
+        f"--lifetime): keepalives every {interval:.1f} s",
+        highlight=False,
+    )
+    return interval
+
+
+async def run_call(args: argparse.Namespace) -> int:
+    err = Console(stderr=True, soft_wrap=True)
+    config = user_config()
+    name = args.name or config.name or getpass.getuser()
+    try:
+        check_name(name)
+        check_name(args.peer)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if name == args.peer:
+        raise UsageError(f"you cannot call yourself ({name!r}); pass --as with your own name")
+    offer = turn_offer(args, name)
+    if offer is not None:
+        try:
+            offer = TurnOffer(await resolve(*offer.server), offer.username, offer.password)
+        except OSError as exc:
+            raise UsageError(f"--turn: cannot resolve {offer.server[0]!r}: {exc}") from exc
+    if args.plot:
+        check_plot_path(args.plot)
+    try:
+        source = open_source(args.input)
+        try:
+            sink = open_sink(args.output)
+        except Exception:
+            source.close()
+            raise
+    except AudioSpecError as exc:  # a bad tone, WAV file or path: what the user typed
+        raise UsageError(str(exc)) from exc
+    server, hosted = await _server_address(args.server, config.server, err)
+    if hosted is None:
+        err.print(f"contacting the rendezvous at {format_address(server)}...", highlight=False)
+    keepalive = _measured_keepalive(server, err)
+    presenter = Presenter(err)
+    call = Call(
+        name,
+        args.peer,
+        source=source,
+        sink=sink,
+        server=server,
+        options=CallOptions(
+            wait_timeout=args.wait,
+            relay=args.relay,
+            turn=offer,
+            timeline=args.timeline is not None,
+            fec=args.fec,
+            dtx=args.dtx,
+            keepalive=keepalive,
+        ),
+        on_event=presenter,
+    )
+    status = EXIT_OK
+    try:
+        await call.start()
+        try:
+            await call.run(args.duration)
+        except CallError as exc:
+            err.print(f"callpeer: {exc}", highlight=False, style="red")
+            status = EXIT_FAILED
+    finally:
+        await call.hangup("hung up")
+        presenter.stop()
+        if hosted is not None:
+            hosted.close()
+    if call.report().path != "none":
+        show_report(call.report().to_dict(), args.json)
+    elif args.json:
+        write_json(call.report().to_dict(), args.json)
+    if args.timeline:
+        Path(args.timeline).write_text(
+            json.dumps(
+                {
+                    "clock": "monotonic",
+                    "frame_ms": 20,
+                    "captured_at": call.captured_at,
+                    "played_at": call.played_at,
+                }
+            )
+            + "\n",
+            encoding="utf-8",
+        )
+    if args.plot:
+        from voip.plot import plot_rtt  # noqa: PLC0415 - matplotlib only when asked for
+
+        err.print(f"RTT plot written to {plot_rtt(call.report(), args.plot)}", highlight=False)
+    return status

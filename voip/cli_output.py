@@ -1,0 +1,118 @@
+"""What `callpeer`'s commands print: usage errors, live call progress, the report and JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from voip import events as ev
+from voip.report import render_table
+from voip.wire.candidates import format_address
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+COMMANDS = ("call", "demo", "lab", "natcheck", "devices")
+
+
+def call_command(name: str, peer: str) -> str:
+    """What `name` types to call `peer`: `call` spelled out when PEER is named like a command."""
+    return f"callpeer {'call ' if peer in COMMANDS else ''}--as {name} {peer}"
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+class Presenter:
+    """Progress lines and the live call line on stderr; rich when it is a terminal."""
+
+    def __init__(self, console: Console, label: str = ""):
+        self.console = console
+        self.label = label
+        self._status: Any = None
+        self._name = "<your name>"
+        self._last_plain = 0.0
+
+    def _line(self, text: str) -> None:
+        self.console.print(f"{self.label}{text}", highlight=False)
+
+    def _set_status(self, text: str) -> None:
+        if not self.console.is_terminal:
+            return
+        if self._status is None:
+            self._status = self.console.status(text)
+            self._status.start()
+        else:
+            self._status.update(text)
+
+    def stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def __call__(self, event: ev.CallEvent) -> None:
+        if isinstance(event, ev.Registered):
+            self._name = event.name
+            self._line(
+                f"registered as {event.name}; the rendezvous sees you at "
+                f"{format_address(event.public)}"
+            )
+        elif isinstance(event, ev.Waiting):
+            self._line(
+                f"waiting for {event.peer} to call you (they run: "
+                f"{call_command(event.peer, self._name)})..."
+            )
+            self._set_status(f"waiting for {event.peer}")
+        elif isinstance(event, ev.Punching):
+            cands = ", ".join(str(c) for c in event.candidates)
+            role = "controlling" if event.controlling else "controlled"
+            self._line(f"found {event.peer}: punching to {cands} ({role})")
+            self._set_status("punching through the NATs")
+        elif isinstance(event, ev.RelayAllocated):
+            self._line(
+                f"relay allocated: {format_address(event.relayed)} on TURN server "
+                f"{format_address(event.server)}"
+            )
+        elif isinstance(event, ev.Connected):
+            self._line(
+                f"connected {event.path} to {event.remote} ({event.pair}) in "
+                f"{event.setup_ms:.0f} ms; audio flowing"
+            )
+        elif isinstance(event, ev.PathSwitched):
+            self._line(f"audio moved to the {event.path} path ({event.remote}): {event.why}")
+        elif isinstance(event, ev.Standby):
+            self._line(f"measuring the {event.path} path alongside, via {event.remote}")
+        elif isinstance(event, ev.LiveStats):
+            rtt = "-" if event.rtt_ms is None else f"{event.rtt_ms:.1f} ms"
+            text = (
+                f"{event.path} | {event.elapsed:5.1f} s | RTT {rtt} | jitter "
+                f"{event.jitter_ms:.1f} ms | loss {event.loss_pct:.1f} % | frames "
+                f"{event.frames_sent} sent, {event.frames_received} played"
+            )
+            if self.console.is_terminal:
+                self._set_status(text)
+            elif event.elapsed - self._last_plain >= 5.0:
+                self._last_plain = event.elapsed
+                self._line(text)
+        elif isinstance(event, ev.Ended):
+            self.stop()
+            self._line(f"call ended: {event.reason}")
+
+
+def write_json(report: dict[str, Any], target: str) -> None:
+    text = json.dumps(report, indent=2)
+    if target == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        Path(target).write_text(text + "\n", encoding="utf-8")
+
+
+def show_report(report: dict[str, Any], json_target: str | None) -> None:
+    # With --json -, stdout is for the JSON alone; the table goes to stderr.
+    console = Console(stderr=json_target == "-")
+    console.print(render_table(report))
+    if json_target:
+        write_json(report, json_target)
