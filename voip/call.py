@@ -24,6 +24,7 @@ from voip.media.audio_io import AudioSink, AudioSource
 from voip.report import CallReport
 from voip.transport import Timer, UdpEndpoint
 from voip.wire.candidates import Candidate, CandidateType, is_usable_host_ip
+from voip.wire.rtp import looks_like_rtp_or_rtcp
 from voip.wire.stun import Address
 
 __all__ = ["Call", "CallError", "CallOptions"]
@@ -170,7 +171,9 @@ class Call:
         assert self._endpoint is not None and self._core is not None
         self._endpoint.send_all(self._core.handle(data, src, now))
         self._pass_events()
-        if self._timer is not None:
+        # Audio never brings a deadline nearer (the media tick keeps its own time): only
+        # signalling, checks and TURN can, and only they are worth the deadline's cost.
+        if self._timer is not None and not looks_like_rtp_or_rtcp(data):
             self._timer.rearm()
 
     def _pass_events(self) -> None:

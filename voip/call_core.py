@@ -93,6 +93,10 @@ class CallCore:
         self._events: list[ev.CallEvent] = []
         self._t_start = self._t_peer = self._t_connected = 0.0
         self._next_frame: float | None = None
+        # The connector's next deadline, asked once each time it may have moved (it changes
+        # only when the connector is called, or the checks switch paths) rather than on every
+        # media tick and timer re-arm: computing it walks every part of the connector.
+        self._connector_due: float | None = None
         self._next_rtcp = self._next_stats = 0.0
 
     def pop_events(self) -> list[ev.CallEvent]:
@@ -100,8 +104,11 @@ class CallCore:
         return events
 
     def next_deadline(self) -> float | None:
-        times = [self.connector.next_deadline(), self._next_frame]
+        times = [self._connector_due, self._next_frame]
         return min((t for t in times if t is not None), default=None)
+
+    def _connector_moved(self) -> None:
+        self._connector_due = self.connector.next_deadline()
 
     def report(self) -> CallReport:
         """The call's figures so far (final once it has ended). Reading it changes nothing."""
@@ -118,7 +125,9 @@ class CallCore:
 
     def start(self, now: float) -> list[Transmit]:
         self._t_start = now
-        return self.connector.start(now)
+        out = self.connector.start(now)
+        self._connector_moved()
+        return out
 
     def handle(self, data: bytes, src: Address, now: float) -> list[Transmit]:
         if looks_like_rtp_or_rtcp(data):
@@ -127,11 +136,16 @@ class CallCore:
         if inner is not None:
             out += self._on_media(inner[0], (checks.RELAY, inner[1]), now)
         self._connector_events(now)
+        self._connector_moved()
         return out
 
     def poll(self, now: float) -> list[Transmit]:
-        out = self.connector.poll(now)
-        self._connector_events(now)
+        out: list[Transmit] = []
+        # The media tick comes 50 times a second; the connector's deadlines far less often.
+        if self._connector_due is not None and now >= self._connector_due:
+            out += self.connector.poll(now)
+            self._connector_events(now)
+            self._connector_moved()
         if self._next_frame is not None and now >= self._next_frame and not self.done:
             out += self._media_tick(now)
         return out
@@ -142,7 +156,9 @@ class CallCore:
         self.finish(now, reason, ok=self.failure is None)
         for pcm in self.audio.drain(now):  # play what already arrived rather than drop it
             self._play(pcm, now)
-        return out + self.connector.leave(now)
+        out += self.connector.leave(now)
+        self._connector_moved()
+        return out
 
     def finish(self, now: float, reason: str, ok: bool) -> None:
         if self.done:
@@ -297,6 +313,7 @@ class CallCore:
         self._events.append(ev.Connected(pair.kind, remote, pair.describe(), setup))
 
     def _switched(self, switched: Switched) -> None:
+        self._connector_moved()  # the checks probe and keep consent on the new pairs now
         remote = self.connector.remote_shown(switched.pair)
         self.recorder.path_active(switched.pair.kind, remote)
         self._events.append(ev.PathSwitched(switched.pair.kind, remote, switched.why))

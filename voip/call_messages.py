@@ -13,6 +13,14 @@ from voip.wire.signal import ERR_CAPACITY, ERR_NAME_TAKEN, ERR_QUOTA
 if TYPE_CHECKING:
     from voip.call_core import CallCore
 
+COMMANDS = ("call", "demo", "lab", "natcheck", "devices")  # `callpeer` subcommands
+
+
+def call_command(name: str, peer: str) -> str:
+    """What `name` types to call `peer`: `call` spelled out when PEER is named like a command."""
+    return f"callpeer {'call ' if peer in COMMANDS else ''}--as {name} {peer}"
+
+
 # What a refusal means for the user; the server's reason phrases are fixed and short.
 REFUSAL_HINTS = {
     ERR_NAME_TAKEN: " (another caller holds the name {name!r}; it is free once they hang up, or "
@@ -35,8 +43,8 @@ def failure_message(call: CallCore, event: ConnectorEvent) -> str | None:
         )
     if isinstance(event, PeerTimeout):
         return (
-            f"{call.peer} did not call back within {event.waited:.0f} s "
-            f"(they must run: callpeer --as {call.peer} {call.name})"
+            f"{call.peer} did not call back within {round(event.waited, 1):g} s "
+            f"(they must run: {call_command(call.peer, call.name)})"
         )
     if isinstance(event, checks.ChecksFailed):
         relay = call.connector.relay_unavailable

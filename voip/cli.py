@@ -17,6 +17,7 @@ from rich.console import Console
 
 from rendezvous.local import DEFAULT_SERVER, loopback_server
 from voip.call import Call, CallError, CallOptions
+from voip.call_messages import COMMANDS
 from voip.cli_call import (
     CALL_DESCRIPTION,
     CALL_EPILOG,
@@ -27,7 +28,6 @@ from voip.cli_call import (
     user_config,
 )
 from voip.cli_output import (
-    COMMANDS,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,

@@ -10,16 +10,11 @@ from typing import Any
 from rich.console import Console
 
 from voip import events as ev
+from voip.call_messages import call_command
 from voip.report import render_table
 from voip.wire.candidates import format_address
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-COMMANDS = ("call", "demo", "lab", "natcheck", "devices")
-
-
-def call_command(name: str, peer: str) -> str:
-    """What `name` types to call `peer`: `call` spelled out when PEER is named like a command."""
-    return f"callpeer {'call ' if peer in COMMANDS else ''}--as {name} {peer}"
 
 
 class UsageError(Exception):
