@@ -3,11 +3,11 @@ source against the quotas, and due to expire from a heap (O(log n) however many 
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter
 
 from rendezvous.allocation import Allocation
 from rendezvous.limits import Limits, address_block
+from voip.wire.deadlines import Deadlines
 from voip.wire.stun import Address
 from voip.wire.turn import rest_user
 
@@ -19,7 +19,7 @@ class AllocationTable:
         self.by_relayed: dict[Address, Allocation] = {}
         self._per_user: Counter[str] = Counter()  # by the name in a REST username
         self._per_source: Counter[str] = Counter()  # by IPv4 address, or IPv6 /64
-        self._expiries: list[tuple[float, Address]] = []  # (expires, client), stale ones skipped
+        self._expiries: Deadlines[Address] = Deadlines()
 
     def __len__(self) -> int:
         return len(self.by_client)
@@ -45,6 +45,7 @@ class AllocationTable:
         alloc = self.by_client.pop(client, None)
         if alloc is None:
             return None
+        self._expiries.discard(client)
         self.by_relayed.pop(alloc.relayed, None)
         for table, key in (
             (self._per_user, rest_user(alloc.username)),
@@ -56,27 +57,12 @@ class AllocationTable:
         return alloc
 
     def schedule(self, alloc: Allocation) -> None:
-        """After a new expiry: every refresh leaves a stale heap item, rebuilt away now and then."""
-        heapq.heappush(self._expiries, (alloc.expires, alloc.client))
-        if len(self._expiries) > 2 * len(self.by_client) + 1024:
-            self._expiries = [(a.expires, c) for c, a in self.by_client.items()]
-            heapq.heapify(self._expiries)
+        """After a new expiry (a refresh)."""
+        self._expiries.set(alloc.client, alloc.expires)
 
     def next_expiry(self) -> float | None:
-        while self._expiries:
-            expires, client = self._expiries[0]
-            alloc = self.by_client.get(client)
-            if alloc is not None and alloc.expires == expires:
-                return expires
-            heapq.heappop(self._expiries)  # refreshed or released since
-        return None
+        return self._expiries.next()
 
     def expired(self, now: float) -> list[Address]:
         """The clients whose allocations have expired by `now` (still in the table)."""
-        gone = []
-        while self._expiries and self._expiries[0][0] <= now:
-            expires, client = heapq.heappop(self._expiries)
-            alloc = self.by_client.get(client)
-            if alloc is not None and alloc.expires == expires:
-                gone.append(client)
-        return gone
+        return self._expiries.due(now)

@@ -7,12 +7,12 @@ bound.
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter
 from dataclasses import dataclass
 
 from rendezvous.limits import address_block
 from voip.wire.candidates import Candidate
+from voip.wire.deadlines import Deadlines
 from voip.wire.stun import Address
 
 
@@ -53,8 +53,7 @@ class Registry:
         self.per_ip = per_ip
         self._entries: dict[str, Entry] = {}
         self._by_ip: Counter[str] = Counter()
-        # (expires, name): a refresh pushes a new item and leaves the old one to be skipped
-        self._expiries: list[tuple[float, str]] = []
+        self._expiries: Deadlines[str] = Deadlines()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -105,7 +104,7 @@ class Registry:
             if wants is not None and entry.wants != wants:
                 entry.since = now  # a new call request waits from now
             entry.wants = wants
-        self._schedule(entry)
+        self._expiries.set(name, entry.expires)
         entry.client_key, entry.key = client_key, key
         if mapping is not None:
             entry.mapping = mapping
@@ -130,34 +129,17 @@ class Registry:
         return peer
 
     def expire(self, now: float) -> list[str]:
-        gone = []
-        while self._expiries and self._expiries[0][0] <= now:
-            expires, name = heapq.heappop(self._expiries)
-            entry = self._entries.get(name)
-            if entry is not None and entry.expires == expires:
-                self._drop(name)
-                gone.append(name)
+        gone = self._expiries.due(now)
+        for name in gone:
+            self._drop(name)
         return gone
 
     def next_expiry(self) -> float | None:
-        while self._expiries:
-            expires, name = self._expiries[0]
-            entry = self._entries.get(name)
-            if entry is not None and entry.expires == expires:
-                return expires
-            heapq.heappop(self._expiries)  # refreshed or removed since: skip it
-        return None
-
-    def _schedule(self, entry: Entry) -> None:
-        heapq.heappush(self._expiries, (entry.expires, entry.name))
-        # Every refresh leaves a stale item behind: a client refreshing in a tight loop must not
-        # grow the heap without bound, so rebuild it from the live entries now and then.
-        if len(self._expiries) > 2 * len(self._entries) + 1024:
-            self._expiries = [(e.expires, n) for n, e in self._entries.items()]
-            heapq.heapify(self._expiries)
+        return self._expiries.next()
 
     def _drop(self, name: str) -> None:
         entry = self._entries.pop(name)
+        self._expiries.discard(name)
         self._uncount(entry.reflexive[0])
 
     def _uncount(self, ip: str) -> None:

@@ -61,3 +61,20 @@ def test_new_checks_are_paced_ta_apart() -> None:
     # One new check per Ta (RFC 8445 §14.2), highest priority first.
     assert [round(b - a, 3) for a, b in itertools.pairwise(times)] == [0.05] * 3
     assert min(first_send, key=first_send.__getitem__) == ("198.51.100.1", 4000)
+
+
+def test_deadlines_give_the_earliest_and_forget_what_was_replaced() -> None:
+    from voip.wire.deadlines import Deadlines
+
+    d: Deadlines[str] = Deadlines()
+    d.set("a", 5.0)
+    d.set("b", 3.0)
+    d.set("b", 7.0)  # moved later: its old 3.0 must not come up
+    assert d.next() == 5.0
+    d.discard("a")
+    assert d.next() == 7.0
+    d.set("c", 1.0)
+    assert d.due(6.0) == ["c"] and d.due(7.0) == ["b"] and d.next() is None
+    for i in range(10_000):  # one key refreshed in a loop: the heap stays small
+        d.set("x", float(i))
+    assert len(d) == 1 and len(d._heap) <= 2 * len(d) + 64 and d.next() == 9999.0

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from voip.wire.deadlines import Deadlines
 from voip.wire.stun import Address, Message
 
 T = TypeVar("T")
@@ -83,11 +82,7 @@ class TransactionTable(Generic[T]):
 
     def __init__(self) -> None:
         self._pending: dict[bytes, Transaction[T]] = {}
-        # (deadline, sequence, transaction ID); items whose transaction has gone or moved on
-        # to another deadline are skipped when they come up, and the heap is rebuilt when
-        # they outnumber the live ones.
-        self._deadlines: list[tuple[float, int, bytes]] = []
-        self._seq = itertools.count()
+        self._deadlines: Deadlines[bytes] = Deadlines()
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -95,49 +90,35 @@ class TransactionTable(Generic[T]):
     def __contains__(self, transaction_id: bytes) -> bool:
         return transaction_id in self._pending
 
-    def _schedule(self, txn: Transaction[T]) -> None:
-        heapq.heappush(self._deadlines, (txn.deadline, next(self._seq), txn.transaction_id))
-        if len(self._deadlines) > 2 * len(self._pending) + 64:
-            self._deadlines = [
-                (t.deadline, next(self._seq), tid) for tid, t in self._pending.items()
-            ]
-            heapq.heapify(self._deadlines)
-
-    def _live(self, item: tuple[float, int, bytes]) -> Transaction[T] | None:
-        txn = self._pending.get(item[2])
-        return txn if txn is not None and txn.deadline == item[0] else None
-
     def start(self, now: float, txn: Transaction[T]) -> bytes:
         self._pending[txn.transaction_id] = txn
         data = txn.first_send(now)
-        self._schedule(txn)
+        self._deadlines.set(txn.transaction_id, txn.deadline)
         return data
 
     def match(self, response: Message) -> Transaction[T] | None:
         """The transaction this response answers, removed from the table; None for a stray."""
+        self._deadlines.discard(response.transaction_id)
         return self._pending.pop(response.transaction_id, None)
 
     def restore(self, txn: Transaction[T]) -> None:
         """Put back a transaction that `match` took for an answer that turned out not to be one."""
         self._pending[txn.transaction_id] = txn
-        self._schedule(txn)
+        self._deadlines.set(txn.transaction_id, txn.deadline)
 
     def pending(self) -> list[Transaction[T]]:
         return list(self._pending.values())
 
     def cancel(self, transaction_id: bytes) -> None:
         self._pending.pop(transaction_id, None)
+        self._deadlines.discard(transaction_id)
 
     def cancel_all(self) -> None:
         self._pending.clear()
         self._deadlines.clear()
 
     def next_deadline(self) -> float | None:
-        while self._deadlines:
-            if self._live(self._deadlines[0]) is not None:
-                return self._deadlines[0][0]
-            heapq.heappop(self._deadlines)
-        return None
+        return self._deadlines.next()
 
     def poll(self, now: float) -> tuple[list[Transaction[T]], list[Transaction[T]]]:
         """(transactions to send again now, transactions that timed out) as of `now`.
@@ -146,14 +127,12 @@ class TransactionTable(Generic[T]):
         """
         resend: list[Transaction[T]] = []
         failed: list[Transaction[T]] = []
-        while self._deadlines and self._deadlines[0][0] <= now:
-            txn = self._live(heapq.heappop(self._deadlines))
-            if txn is None:
-                continue
+        for tid in self._deadlines.due(now):
+            txn = self._pending[tid]
             if txn.on_deadline(now) is None:
-                del self._pending[txn.transaction_id]
+                del self._pending[tid]
                 failed.append(txn)
             else:
                 resend.append(txn)
-                self._schedule(txn)
+                self._deadlines.set(tid, txn.deadline)
         return resend, failed
