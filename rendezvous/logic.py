@@ -15,7 +15,6 @@ PEER-READY from a forged one.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -23,11 +22,11 @@ from dataclasses import dataclass
 
 from rendezvous.behaviour import Addresses, answer_binding
 from rendezvous.cookies import CookieJar
+from rendezvous.introductions import Introductions, signed
 from rendezvous.limits import Limits
-from rendezvous.registry import Entry, NameTaken, Registry, RegistryFull
+from rendezvous.registry import NameTaken, Registry, RegistryFull
 from rendezvous.turn_server import Out
 from voip.security.registration import BadPublicKey, RegistrationKeyPair
-from voip.wire.candidates import Candidate, CandidateType
 from voip.wire.signal import (
     ERR_BAD_REQUEST,
     ERR_CAPACITY,
@@ -36,7 +35,6 @@ from voip.wire.signal import (
     ERR_UNAUTHENTICATED,
     ERR_UNKNOWN_ATTRIBUTE,
     REASONS,
-    PeerReady,
     Register,
 )
 from voip.wire.stun import (
@@ -58,15 +56,11 @@ from voip.wire.stun import (
     u32,
     unknown_required,
 )
-from voip.wire.transactions import Transaction, TransactionTable
 from voip.wire.turn import REST_CREDENTIAL_TTL, rest_credentials
 
 Transmit = tuple[bytes, Address]
 
 SOFTWARE = "callpeer-rendezvous 0.1"
-PEER_READY_RTO = 0.25
-PEER_READY_RC = 7
-PEER_READY_RM = 8
 COOKIE_LIFETIME = 3600.0  # s; an expired cookie costs its client one more round trip
 MAX_UNKNOWN_LISTED = 8  # attribute types named in a 420 answer
 
@@ -82,17 +76,6 @@ class RelayOffer:
     server: Address
     secret: str
     ttl: int = REST_CREDENTIAL_TTL  # s; a call keeps the credentials it started with
-
-
-@dataclass(frozen=True)
-class _Intro:
-    to: str
-    peer: str
-
-
-def signed(msg: Message, key: bytes) -> bytes:
-    """A message to or from a registered caller: MESSAGE-INTEGRITY-SHA256 and FINGERPRINT."""
-    return encode(msg, integrity_key=key, integrity_sha256=True, fingerprint=True)
 
 
 class RendezvousLogic:
@@ -115,23 +98,14 @@ class RendezvousLogic:
         self.stats: Counter[str] = Counter()
         self.cookies = CookieJar(COOKIE_LIFETIME)
         self.keys = RegistrationKeyPair()
-        self._txns: TransactionTable[_Intro] = TransactionTable()
-        # One introduction in flight per name: a caller asking again and again replaces its
-        # own, so the table never holds more than there are names.
-        self._intro_of: dict[str, bytes] = {}
+        self.introductions = Introductions(self.stats)
 
     def next_deadline(self) -> float | None:
-        times = [
-            t for t in (self._txns.next_deadline(), self.registry.next_expiry()) if t is not None
-        ]
-        return min(times, default=None)
+        times = (self.introductions.next_deadline(), self.registry.next_expiry())
+        return min((t for t in times if t is not None), default=None)
 
     def poll(self, now: float) -> list[Transmit]:
-        resend_txns, failed = self._txns.poll(now)
-        resend = [(t.data, t.dest) for t in resend_txns]
-        for txn in failed:
-            self._intro_of.pop(txn.context.to, None)
-        self.stats["peer_ready_unacknowledged"] += len(failed)
+        resend = self.introductions.poll(now)
         self.stats["expired"] += len(self.registry.expire(now))
         return resend
 
@@ -178,9 +152,7 @@ class RendezvousLogic:
             self.stats["unknown_method"] += 1
             return self._refuse(msg, src, ERR_BAD_REQUEST)
         if msg.cls == Class.SUCCESS and msg.method == Method.CP_PEER_READY:
-            if (txn := self._txns.match(msg)) is not None:
-                self._intro_of.pop(txn.context.to, None)
-                self.stats["peer_ready_acknowledged"] += 1
+            self.introductions.acknowledged(msg)
             return []
         self.stats["ignored"] += 1
         return []
@@ -275,7 +247,7 @@ class RendezvousLogic:
         ]
         out = [Out(signed(msg.reply(Class.SUCCESS, attrs), key), src)]
         if peer is not None:
-            out += self._introduce(entry, peer, now)
+            out += self.introductions.introduce(entry, peer, now)
         return out
 
     def _signed_error(self, msg: Message, src: Address, key: bytes, code: int) -> list[Out]:
@@ -316,42 +288,3 @@ class RendezvousLogic:
         self.registry.remove(name, src)
         self.stats["leave"] += 1
         return [Out(signed(msg.reply(Class.SUCCESS), entry.key), src)]
-
-    # -- introductions ----------------------------------------------------------------------
-    def _introduce(self, a: Entry, b: Entry, now: float) -> list[Out]:
-        """Send both sides each other's candidates in one go, so they punch at the same moment."""
-        self.stats["matched"] += 1
-        a.wants = b.wants = None  # this request is served; a new call needs a new request
-        creds = {e.name: (secrets.token_hex(4), secrets.token_urlsafe(18)) for e in (a, b)}
-        first = a if a.since <= b.since else b  # the one who waited longest controls (RFC 8445)
-        out: list[Out] = []
-        for me, peer in ((a, b), (b, a)):
-            ready = PeerReady(
-                peer=peer.name,
-                candidates=(
-                    Candidate.make(CandidateType.SRFLX, peer.reflexive),
-                    *peer.host_candidates,
-                ),
-                local_ufrag=creds[me.name][0],
-                local_pwd=creds[me.name][1],
-                remote_ufrag=creds[peer.name][0],
-                remote_pwd=creds[peer.name][1],
-                controlling=me is first,
-                peer_mapping=peer.mapping,
-            )
-            req = ready.to_message()
-            data = signed(req, me.key)
-            txn = Transaction(
-                req.transaction_id,
-                data,
-                me.reflexive,
-                _Intro(me.name, peer.name),
-                rto=PEER_READY_RTO,
-                rc=PEER_READY_RC,
-                rm=PEER_READY_RM,
-            )
-            if (previous := self._intro_of.get(me.name)) is not None:
-                self._txns.cancel(previous)
-            self._intro_of[me.name] = txn.transaction_id
-            out.append(Out(self._txns.start(now, txn), me.reflexive))
-        return out

@@ -263,7 +263,7 @@ def test_a_pair_asking_again_and_again_keeps_one_introduction_each_in_flight() -
             client.peer_ready = None
             converse(logic, {}, [(src, d) for d, _ in client.ask(0.01 * i)], 0.01 * i)
     assert logic.stats["matched"] >= 100
-    assert len(logic._txns) <= 2
+    assert len(logic.introductions) <= 2
 
 
 def test_the_server_key_changes_only_after_the_server_forgot_our_cookie() -> None:

@@ -112,12 +112,8 @@ class CallCore:
 
     def report(self) -> CallReport:
         """The call's figures so far (final once it has ended). Reading it changes nothing."""
-        return self.recorder.build(
-            self.audio,
-            self.connector.checks,
-            punch_hopeless=self.connector.punch_hopeless,
-            relay_unavailable=self.connector.relay_unavailable,
-        )
+        c = self.connector
+        return self.recorder.build(self.audio, c.checks, c.punch_hopeless, c.relay_unavailable)
 
     @property
     def active(self) -> checks.Pair | None:
@@ -229,7 +225,7 @@ class CallCore:
             self.finish(now, f"no audio from {self.peer} for {MEDIA_TIMEOUT:.0f} s", ok=False)
         if now >= self._next_stats:
             self._next_stats = now + self.options.stats_interval
-            self._events.append(self._live_stats(now))
+            self._events.append(self.recorder.live_stats(now - self._t_connected, self.audio))
         return out
 
     def _play(self, pcm: Pcm, now: float) -> None:
@@ -237,24 +233,11 @@ class CallCore:
         if self.options.timeline:
             self.played_at.append(now)
 
-    def _live_stats(self, now: float) -> ev.LiveStats:
-        base, rx = self.recorder.base, self.audio.rx
-        return ev.LiveStats(
-            path=base.path,
-            elapsed=now - self._t_connected,
-            rtt_ms=self.recorder.metrics(base.path).latest_rtt_ms(),
-            jitter_ms=rx.jitter_ms,
-            loss_pct=rx.loss_pct,
-            frames_sent=self.audio.counts.frames_sent,
-            frames_received=self.audio.counts.frames_received,
-        )
-
     def _connector_events(self, now: float) -> None:
         for event in self.connector.pop_events():
-            self._connector_event(event, now)
+            self._connector_event(event, now, self.recorder.base)
 
-    def _connector_event(self, event: ConnectorEvent, now: float) -> None:
-        base = self.recorder.base
+    def _connector_event(self, event: ConnectorEvent, now: float, base: CallReport) -> None:
         if isinstance(event, Registered):
             base.local_public = format_address(event.mapped)
             self._events.append(ev.Registered(self.name, event.mapped))
@@ -266,12 +249,11 @@ class CallCore:
         elif isinstance(event, RelayUnavailable):
             base.relay.reason = event.reason
         elif isinstance(event, Introduced):
-            ready = event.ready
             self._t_peer = now
-            base.wait_ms = (now - self._t_start) * 1000
-            base.candidates_tried = [str(c) for c in ready.candidates]
-            base.nat_mapping = {"mine": self.connector.own_mapping, "peer": ready.peer_mapping}
-            self._events.append(ev.Punching(ready.peer, ready.candidates, ready.controlling))
+            self.recorder.introduced(event.ready, now - self._t_start, self.connector.own_mapping)
+            self._events.append(
+                ev.Punching(event.ready.peer, event.ready.candidates, event.ready.controlling)
+            )
         elif isinstance(event, checks.PathSelected):
             if self.paths is None:
                 self._on_path(event.pair, now)

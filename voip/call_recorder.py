@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 
+from voip.events import LiveStats
 from voip.media.audio_session import AudioSession
 from voip.nat.checks import DIRECT, RELAYED, ConnectivityChecks
 from voip.report import CallReport, PathMetrics
+from voip.wire.signal import PeerReady
 
 HOPELESS_PUNCHING = "both NATs map per destination (symmetric), so the relay was used at once"
 
@@ -39,11 +41,28 @@ class CallRecorder:
     def rtt(self, kind: str, t: float, rtt: float, source: str) -> None:
         self.metrics(kind).add_rtt(t, rtt, source)
 
+    def introduced(self, ready: PeerReady, waited: float, own_mapping: str | None) -> None:
+        """The rendezvous introduced the peer after `waited` seconds."""
+        self.base.wait_ms = waited * 1000
+        self.base.candidates_tried = [str(c) for c in ready.candidates]
+        self.base.nat_mapping = {"mine": own_mapping, "peer": ready.peer_mapping}
+
+    def live_stats(self, elapsed: float, audio: AudioSession) -> LiveStats:
+        """The figures of the call so far, for the live view."""
+        return LiveStats(
+            path=self.base.path,
+            elapsed=elapsed,
+            rtt_ms=self.metrics(self.base.path).latest_rtt_ms(),
+            jitter_ms=audio.rx.jitter_ms,
+            loss_pct=audio.rx.loss_pct,
+            frames_sent=audio.counts.frames_sent,
+            frames_received=audio.counts.frames_received,
+        )
+
     def build(
         self,
         audio: AudioSession | None,
         checks: ConnectivityChecks | None,
-        *,
         punch_hopeless: bool = False,
         relay_unavailable: str | None = None,
     ) -> CallReport:
@@ -61,6 +80,8 @@ class CallRecorder:
                 metrics.reason = checks.checklist.unreached(kind)
                 if kind == DIRECT and punch_hopeless:
                     metrics.reason = f"{HOPELESS_PUNCHING}; {metrics.reason}"
+            elif metrics.reason is None:  # an unavailable path always says why
+                metrics.reason = "not tried: the peer was never introduced"
         if not r.relay.available and relay_unavailable:
             r.relay.reason = relay_unavailable
         if audio is not None:

@@ -1,0 +1,80 @@
+"""Introductions: PEER-READY to both callers in the same instant, retransmitted until each
+acknowledges (a STUN transaction each), one in flight per name, sans-IO."""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+
+from rendezvous.registry import Entry
+from rendezvous.turn_server import Out
+from voip.wire.candidates import Candidate, CandidateType
+from voip.wire.signal import PeerReady
+from voip.wire.stun import Address, Message, encode
+from voip.wire.transactions import Schedule, Transaction, TransactionTable
+
+# A quick first retransmission (both sides are waiting to punch), and up to 16 s in all.
+PEER_READY = Schedule(rto=0.25, rc=7, rm=8)
+
+
+def signed(msg: Message, key: bytes) -> bytes:
+    """A message to or from a registered caller: MESSAGE-INTEGRITY-SHA256 and FINGERPRINT."""
+    return encode(msg, integrity_key=key, integrity_sha256=True, fingerprint=True)
+
+
+class Introductions:
+    def __init__(self, stats: Counter[str]):
+        self.stats = stats
+        self._txns: TransactionTable[str] = TransactionTable()  # context: the name introduced
+        # A caller asking again and again replaces its own introduction, so the table never
+        # holds more than there are names.
+        self._of: dict[str, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._txns)
+
+    def next_deadline(self) -> float | None:
+        return self._txns.next_deadline()
+
+    def poll(self, now: float) -> list[tuple[bytes, Address]]:
+        resend, failed = self._txns.poll(now)
+        for txn in failed:
+            self._of.pop(txn.context, None)
+        self.stats["peer_ready_unacknowledged"] += len(failed)
+        return [(t.data, t.dest) for t in resend]
+
+    def acknowledged(self, answer: Message) -> None:
+        if (txn := self._txns.match(answer)) is not None:
+            self._of.pop(txn.context, None)
+            self.stats["peer_ready_acknowledged"] += 1
+
+    def introduce(self, a: Entry, b: Entry, now: float) -> list[Out]:
+        """Send both sides each other's candidates in one go, so they punch at the same moment."""
+        self.stats["matched"] += 1
+        a.wants = b.wants = None  # this request is served; a new call needs a new request
+        creds = {e.name: (secrets.token_hex(4), secrets.token_urlsafe(18)) for e in (a, b)}
+        first = a if a.since <= b.since else b  # the one who waited longest controls (RFC 8445)
+        out: list[Out] = []
+        for me, peer in ((a, b), (b, a)):
+            ready = PeerReady(
+                peer=peer.name,
+                candidates=(
+                    Candidate.make(CandidateType.SRFLX, peer.reflexive),
+                    *peer.host_candidates,
+                ),
+                local_ufrag=creds[me.name][0],
+                local_pwd=creds[me.name][1],
+                remote_ufrag=creds[peer.name][0],
+                remote_pwd=creds[peer.name][1],
+                controlling=me is first,
+                peer_mapping=peer.mapping,
+            )
+            req = ready.to_message()
+            txn = Transaction.scheduled(
+                req.transaction_id, signed(req, me.key), me.reflexive, me.name, PEER_READY
+            )
+            if (previous := self._of.get(me.name)) is not None:
+                self._txns.cancel(previous)
+            self._of[me.name] = txn.transaction_id
+            out.append(Out(self._txns.start(now, txn), me.reflexive))
+        return out
