@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 
 from voip import events as ev
 from voip.call_core import CallCore, CallOptions
+from voip.call_recorder import CallRecorder
 from voip.host_addresses import host_ipv4_addresses
 from voip.media.audio_io import AudioSink, AudioSource
 from voip.report import CallReport
@@ -150,7 +151,7 @@ class Call:
     def report(self) -> CallReport:
         """The call's figures so far (final once it has ended). Reading it changes nothing."""
         if self._core is None:
-            return CallReport(me=self.name, peer=self.peer)
+            return CallRecorder(self.name, self.peer).build(None, None)
         return self._core.report()
 
     async def events(self) -> AsyncIterator[ev.CallEvent]:
