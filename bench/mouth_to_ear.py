@@ -18,8 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from voip.lab.bench_args import lab_ready
 from voip.lab.latency import lab_mouth_to_ear
-from voip.lab.netns import lab_unavailable_reason
 from voip.lab.topology import LabConfig
 
 
@@ -29,8 +29,7 @@ def main() -> int:
     p.add_argument("--jitter", type=float, default=0.0)
     p.add_argument("--duration", type=float, default=10.0)
     args = p.parse_args()
-    if reason := lab_unavailable_reason():
-        print(f"cannot run: {reason}", file=sys.stderr)
+    if not lab_ready():
         return 1
     config = LabConfig(
         nat_a="cone", nat_b="cone", delay_a=args.delay, delay_b=args.delay, jitter=args.jitter

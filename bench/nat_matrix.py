@@ -9,27 +9,21 @@ to path chosen, median over the repeats) and the median RTT the call measured.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
+from voip.lab.bench_args import lab_bench_parser, lab_ready
 from voip.lab.nat import NAT_KINDS
-from voip.lab.netns import lab_unavailable_reason
 from voip.lab.scenario import run_lab_call
 from voip.lab.topology import LabConfig
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--delay", type=float, default=5.0, help="one-way ms on each side")
-    p.add_argument("--delay-relay", type=float, default=40.0, help="one-way ms to the relay")
-    args = p.parse_args()
-    if reason := lab_unavailable_reason():
-        print(f"cannot run: {reason}", file=sys.stderr)
+    args = lab_bench_parser(__doc__, repeat=3).parse_args()
+    if not lab_ready():
         return 1
     cases = [(a, b, False) for a, b in itertools.combinations_with_replacement(NAT_KINDS, 2)]
     cases.append(("cone", "cone", True))

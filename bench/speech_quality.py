@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from voip.codecs.pcm import resample
-from voip.lab.netns import lab_unavailable_reason
+from voip.lab.bench_args import lab_ready
 from voip.lab.quality import score
 from voip.lab.scenario import run_lab_call
 from voip.lab.topology import LabConfig
@@ -54,8 +54,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=2)
     args = p.parse_args()
-    if reason := lab_unavailable_reason():
-        print(f"cannot run: {reason}", file=sys.stderr)
+    if not lab_ready():
         return 1
     print(f"espeak-ng speech, alice to bob, 5 ms each way; median of {args.repeat} calls")
     print("| loss | FEC | PESQ-WB | STOI | frames FEC-decoded | frames concealed |")

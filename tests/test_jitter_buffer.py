@@ -145,3 +145,22 @@ def test_dtx_silence_is_comfort_noise_not_loss_or_lateness() -> None:
     assert jb.target_frames == 1  # the 400 ms pauses were not taken for lateness
     frames = [i.seq for i in played if isinstance(i, Frame)]
     assert frames == list(range(seq))
+
+
+def test_the_playout_clock_moves_off_the_edge_where_packets_land() -> None:
+    """Packets landing 0.5 ms before the tick would be played now or a frame later by a
+    millisecond of jitter; the clock moves its phase so they land MARGIN before it."""
+    from voip.media.frame_clocks import FRAME_S, MARGIN, SAMPLES, PlayoutClock
+
+    def run(early: float) -> PlayoutClock:
+        clock = PlayoutClock(start=FRAME_S)
+        for k in range(SAMPLES):  # packet k lands `early` before the k-th tick
+            clock.arrived((k + 1) * FRAME_S - early)
+            clock.tick(clock.next)
+        return clock
+
+    edge = run(0.0005)
+    assert abs(edge.shifted - (MARGIN - 0.0005)) < 1e-9
+    landing = (SAMPLES + 1) * FRAME_S - 0.0005  # where the next packet lands
+    assert abs((edge.next - landing) % FRAME_S - MARGIN) < 1e-9
+    assert run(0.008).shifted == 0.0  # already 8 ms early: left alone

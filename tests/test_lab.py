@@ -378,10 +378,10 @@ def test_mouth_to_ear_latency_from_marks_in_the_audio(tmp_path: Path) -> None:
         # plus a few ms of scheduling. The absolute goal (50 ms) is bench/mouth_to_ear.py's.
         ceiling = 26.5 + report["jitter_buffer_ms"] + 20.0 + 5.0
         assert 26.5 <= software <= ceiling, (latencies, report["jitter_buffer_ms"])
-        # Steady once playing: one mark may catch the buffer a frame deeper for a moment (a
-        # scheduling hiccup on a busy 2-core machine), the rest stay within 10 ms.
-        median = statistics.median(latencies)
-        assert sum(abs(x - median) >= 10.0 for x in latencies) <= 1, latencies
+        # Steady once playing: a scheduling hiccup on a busy 2-core machine can make a packet
+        # miss its tick, and the buffer then holds a frame more for a while, never two: the
+        # marks stay within a frame (and a few ms of scheduling) of the fastest.
+        assert max(latencies) - min(latencies) < 20.0 + 5.0, latencies
 
 
 def test_sigterm_to_callpeer_lab_tears_its_namespaces_down() -> None:

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from voip import events as ev
 from voip.call_messages import failure_message
 from voip.call_recorder import CallRecorder
-from voip.codecs.pcm import FRAME_MS, Pcm
+from voip.codecs.pcm import Pcm
 from voip.media.audio_io import AudioSink, AudioSource
 from voip.media.audio_session import AudioSession
+from voip.media.frame_clocks import FrameClock, PlayoutClock
 from voip.media.rtcp_session import PeerBye, RttMeasured
 from voip.nat import checks
 from voip.nat.connector import Connector, ConnectorEvent, Introduced, RelayReady, RelayUnavailable
@@ -28,7 +29,6 @@ from voip.wire.candidates import Candidate, format_address
 from voip.wire.rtp import is_rtcp, looks_like_rtp_or_rtcp
 from voip.wire.stun import Address
 
-FRAME_S = FRAME_MS / 1000.0
 MEDIA_TIMEOUT = 10.0  # no RTP from the peer for this long and the call is over
 Transmit = tuple[bytes, Address]
 
@@ -52,6 +52,22 @@ class CallOptions:
     keepalive: float | None = None
 
 
+def connector_for(
+    name: str, peer: str, server: Address, hosts: tuple[Candidate, ...], options: CallOptions
+) -> Connector:
+    return Connector(
+        name,
+        peer,
+        server,
+        hosts,
+        wait_timeout=options.wait_timeout,
+        punch_timeout=options.punch_timeout,
+        relay_mode=options.relay,
+        turn=options.turn,
+        keepalive=options.keepalive,
+    )
+
+
 class CallCore:
     def __init__(
         self,
@@ -67,20 +83,8 @@ class CallCore:
     ):
         self.name, self.peer, self.server = name, peer, server
         self.source, self.sink, self.options = source, sink, options
-        self.connector = Connector(
-            name,
-            peer,
-            server,
-            hosts,
-            wait_timeout=options.wait_timeout,
-            punch_timeout=options.punch_timeout,
-            relay_mode=options.relay,
-            turn=options.turn,
-            keepalive=options.keepalive,
-        )
-        self.audio = AudioSession(
-            fec=options.fec, dtx=options.dtx, wallclock_offset=wallclock_offset
-        )
+        self.connector = connector_for(name, peer, server, hosts, options)
+        self.audio = AudioSession(options.fec, options.dtx, wallclock_offset)
         self.recorder = CallRecorder(name, peer)
         self.recorder.base.keepalive_s = options.keepalive
         self.paths: PathManager | None = None
@@ -92,7 +96,8 @@ class CallCore:
         self.played_at: list[float] = []
         self._events: list[ev.CallEvent] = []
         self._t_start = self._t_peer = self._t_connected = 0.0
-        self._next_frame: float | None = None
+        self.sending: FrameClock | None = None  # when the next frame is read and sent
+        self.playout: PlayoutClock | None = None  # when the next frame is played
         # The connector's next deadline, asked once each time it may have moved (it changes
         # only when the connector is called, or the checks switch paths) rather than on every
         # media tick and timer re-arm: computing it walks every part of the connector.
@@ -104,7 +109,8 @@ class CallCore:
         return events
 
     def next_deadline(self) -> float | None:
-        times = [self._connector_due, self._next_frame]
+        clocks = [] if self.done else [c.next for c in (self.sending, self.playout) if c]
+        times = [self._connector_due, *clocks]
         return min((t for t in times if t is not None), default=None)
 
     def _connector_moved(self) -> None:
@@ -142,8 +148,10 @@ class CallCore:
             out += self.connector.poll(now)
             self._connector_events(now)
             self._connector_moved()
-        if self._next_frame is not None and now >= self._next_frame and not self.done:
-            out += self._media_tick(now)
+        if self.sending is not None and now >= self.sending.next and not self.done:
+            out += self._send_tick(now)
+        if self.playout is not None and now >= self.playout.next and not self.done:
+            self._play_tick(now)
         return out
 
     def hangup(self, now: float, reason: str = "hung up") -> list[Transmit]:
@@ -160,7 +168,6 @@ class CallCore:
         if self.done:
             return
         self.done = True
-        self._next_frame = None
         self.recorder.base.ended = reason
         if self.connected:
             self.recorder.base.duration_s = now - self._t_connected
@@ -187,6 +194,8 @@ class CallCore:
         active = verdict is Media.ACTIVE
         if self.audio.on_rtp(data, now, on_active=active) and active:
             self.paths.heard(now, self.audio.peer_in_dtx)
+            if self.playout is not None:
+                self.playout.arrived(now)
         return []
 
     def _on_rtcp(self, data: bytes, now: float) -> None:
@@ -197,26 +206,26 @@ class CallCore:
             elif isinstance(event, PeerBye):
                 self.finish(now, f"{self.peer} hung up", ok=True)
 
-    def _media_tick(self, now: float) -> list[Transmit]:
-        """A frame out, a frame played, the path watched; RTCP and live figures once a second.
-        Ticks keep to absolute time (no drift); after a stall they skip ahead, not burst."""
-        assert self._next_frame is not None and self.paths is not None
+    def _send_tick(self, now: float) -> list[Transmit]:
+        """A frame read and sent; RTCP once a second."""
+        assert self.sending is not None
         if now >= self._next_rtcp:
             # On its own, before the codec's work (the frame follows at once, in the next
             # poll): a report says when it was sent (its NTP timestamp, or for the peer its
             # DLSR), and every ms between `now` and the send would count as round trip.
             self._next_rtcp = now + self.options.rtcp_interval
             return self._media(self.audio.report(now))
-        self._next_frame += FRAME_S
-        if now - self._next_frame > 10 * FRAME_S:
-            self._next_frame = now + FRAME_S
-        out: list[Transmit] = []
+        self.sending.tick(now)
         pcm_in = self.source.read()
         if self.options.timeline:
             self.captured_at.append(now)
         packet = self.audio.packetize(pcm_in)
-        if packet is not None:
-            out += self._media(packet)
+        return self._media(packet) if packet is not None else []
+
+    def _play_tick(self, now: float) -> None:
+        """A frame played, the path watched; live figures once a second."""
+        assert self.playout is not None and self.paths is not None
+        self.playout.tick(now)
         if (pcm := self.audio.tick(now)) is not None:
             self._play(pcm, now)
         if (switched := self.paths.tick(now)) is not None:
@@ -226,7 +235,6 @@ class CallCore:
         if now >= self._next_stats:
             self._next_stats = now + self.options.stats_interval
             self._events.append(self.recorder.live_stats(now - self._t_connected, self.audio))
-        return out
 
     def _play(self, pcm: Pcm, now: float) -> None:
         self.sink.write(pcm)
@@ -290,12 +298,15 @@ class CallCore:
         remote = self.connector.remote_shown(pair)
         self.recorder.path_active(pair.kind, remote)
         self.recorder.base.setup_ms = setup
-        self._next_frame = self._next_rtcp = now
+        self._next_rtcp = now
+        self.sending, self.playout = FrameClock(now), PlayoutClock(now)
         self._next_stats = now + self.options.stats_interval
         self._events.append(ev.Connected(pair.kind, remote, pair.describe(), setup))
 
     def _switched(self, switched: Switched) -> None:
         self._connector_moved()  # the checks probe and keep consent on the new pairs now
+        if self.playout is not None:
+            self.playout.relearn()
         remote = self.connector.remote_shown(switched.pair)
         self.recorder.path_active(switched.pair.kind, remote)
         self._events.append(ev.PathSwitched(switched.pair.kind, remote, switched.why))
