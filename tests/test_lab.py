@@ -106,10 +106,11 @@ def test_loss_and_jitter_are_applied() -> None:
     assert 0.15 <= shaped.lost / 200 <= 0.35, shaped.lost  # 25 % on the way back to a
     rtts = shaped.samples
     # Uniform 0-20 ms on top of 10: never under 10, and 95 % under 29 plus what the lab adds
-    # (the unshaped echo's median). Not the maximum: on a busy 2-core machine one sample in
-    # 150 can wait several ms for a CPU, in this probe as in the unshaped one.
+    # to its own 95th percentile (the unshaped echo's, measured alongside). Not the maximum: on
+    # a busy 2-core machine a probe can wait several ms for a CPU, this one as the unshaped.
     p95 = statistics.quantiles(rtts, n=20)[-1]
-    assert min(rtts) >= 10 and p95 <= 10 + 19 + plain.median + 2.0, (p95, plain.to_dict())
+    plain_p95 = statistics.quantiles(plain.samples, n=20)[-1]
+    assert min(rtts) >= 10 and p95 <= 10 + 19 + plain_p95 + 2.0, (p95, plain_p95)
     assert statistics.pstdev(rtts) > 3  # uniform 0-20 ms: a standard deviation near 5.8 ms
 
 

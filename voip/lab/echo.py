@@ -18,6 +18,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from voip.lab.switch import prefer_this_process
+
 ECHO_PORT = 7
 
 
@@ -55,6 +57,7 @@ class EchoRtt:
 
 
 def serve(host: str, port: int = ECHO_PORT) -> None:
+    prefer_this_process()  # an instrument: what it measures is the lab, not its own waits
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((host, port))
     print("ready", flush=True)
@@ -67,6 +70,7 @@ def probe(host: str, count: int = 25, interval: float = 0.02, timeout: float = 1
     """`count` echoes 20 ms apart, as a call's packets are; the first, which waits for ARP
     and the routers' first conntrack entry, is not counted. One unanswered within `timeout`
     counts as lost."""
+    prefer_this_process()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(timeout)
     samples, lost = [], 0

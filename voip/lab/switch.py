@@ -147,7 +147,8 @@ def arrival(ancillary: list[tuple[int, int, bytes]], offset: float) -> float:
 
 def prefer_this_process() -> None:
     """Real-time priority and no timer slack, where the kernel allows it (the lab runs as root):
-    the emulated internet should not queue behind the callers for a CPU."""
+    the emulated internet, and the echo that measures it, should not queue behind the callers
+    for a CPU."""
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
     with contextlib.suppress(OSError, AttributeError):
