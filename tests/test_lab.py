@@ -220,9 +220,9 @@ def test_nat_matrix(tmp_path: Path, nat_a: str, nat_b: str, same_nat: bool) -> N
             assert report["path"] == "relay"
             assert direct["available"] is False and "no answer from" in direct["reason"]
             assert relay["remote"].startswith(f"{RELAY_IP}:")
-            # The relay link's delay is 0 here, but a relayed round trip crosses the lab's
-            # userspace switch twice more and the relay process twice: it gets more slack.
-            assert 10.0 <= relay["rtt_ms"]["median"] <= 17.0
+            # The relay link's delay is 0 here: 10 ms, plus what this lab adds on the way to
+            # the relay and back from it, as its own echoes through the relay host showed.
+            assert_tracks_baseline(relay["rtt_ms"], result.baseline["relay"], 10.0, RELAY)
             continue
         assert report["path"] == "direct"
         remote, rtt = direct["remote"], direct["rtt_ms"]
@@ -233,10 +233,9 @@ def test_nat_matrix(tmp_path: Path, nat_a: str, nat_b: str, same_nat: bool) -> N
         else:
             # The peer's public address: its router's WAN (or the host itself when public).
             assert remote.split(":")[0] == _public(result.nodes, peer_side)
-            # The least-delayed sample tracks the 10 ms truth (plus ~1.5 ms of userspace
-            # switch); a short call has only a few samples and, on a loaded 2-core machine, two
-            # of three can carry a few ms of event-loop delay, so the median gets more slack.
-            assert 10.0 <= rtt["min"] <= 12.5 and rtt["median"] <= 17.0, rtt
+            # The 10 ms truth, and within a little of this lab's own echo between the hosts
+            # (whatever its switch adds on this machine), not a fixed figure.
+            assert_tracks_baseline(rtt, result.baseline["direct"], 10.0, DIRECT)
     for me, heard in (("alice", 660), ("bob", 440)):
         pcm, _ = read_wav(result.callers[me].wav)
         assert dominant_frequency(pcm) == pytest.approx(heard, abs=3)
