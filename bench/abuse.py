@@ -62,7 +62,7 @@ def free_port() -> int:
 
 
 def start_server(port: int, *extra: str) -> subprocess.Popen[str]:
-    args = [sys.executable, "-m", "rendezvous", "--listen", f"{HOST}:{port}"]
+    args = [sys.executable, "-m", "rendezvous", "--store=:memory:", "--listen", f"{HOST}:{port}"]
     args += ["--relay-address", HOST, "--allow-loopback-peers", "--turn-secret=bench", *extra]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None

@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/loopback_calls.py [--calls 20] [--duration 2]
 
-Prints setup time (introduction to path selected, and from start to audio flowing), the RTT
-the calls measured, and CPU seconds per call-minute for the process running both callers, with
-what Opus alone costs for the same audio (encoding and decoding a frame, measured here too).
+Prints setup time (introduction to keys agreed, of which the handshake, and from start to audio
+flowing), the RTT the calls measured, and CPU seconds per call-minute for the process running
+both callers, with what Opus alone and SRTP alone cost for the same audio (measured here too).
 """
 
 from __future__ import annotations
@@ -19,15 +19,26 @@ from rendezvous.server import RendezvousServer
 from voip import Call, CallOptions, NullSink, ToneSource
 from voip.codecs.opus import OpusDecoder, OpusEncoder
 from voip.report import percentile
+from voip.security.handshake import MediaHandshake
+from voip.security.identity import Identity
+from voip.security.srtp import MediaCipher
+from voip.wire.rtp import RtpPacket
 
 
 async def one_call(server: RendezvousServer, duration: float) -> tuple[dict[str, Any], float]:
-    opts = CallOptions(bind_host="127.0.0.1")
+    # Each caller its own key, met for the first time (as on a first call between two people)
+    opts = CallOptions(bind_host="127.0.0.1", identity=Identity.generate())
     alice = Call(
         "alice", "bob", source=ToneSource(440), sink=NullSink(), server=server.address, options=opts
     )
+    bob_opts = CallOptions(bind_host="127.0.0.1", identity=Identity.generate())
     bob = Call(
-        "bob", "alice", source=ToneSource(660), sink=NullSink(), server=server.address, options=opts
+        "bob",
+        "alice",
+        source=ToneSource(660),
+        sink=NullSink(),
+        server=server.address,
+        options=bob_opts,
     )
     t0 = time.perf_counter()
     async with alice, bob:
@@ -38,13 +49,14 @@ async def one_call(server: RendezvousServer, duration: float) -> tuple[dict[str,
 
 
 async def main(calls: int, duration: float) -> None:
-    setups, starts, rtts, frames = [], [], [], []
+    setups, starts, rtts, frames, handshakes = [], [], [], [], []
     cpu0 = time.process_time()
     async with RendezvousServer() as server:
         await server.start("127.0.0.1", 0)
         for _ in range(calls):
             report, to_audio = await one_call(server, duration)
             setups.append(report["setup_ms"])
+            handshakes.append(report["security"]["handshake_ms"])
             starts.append(to_audio)
             rtts.append(report["paths"]["direct"]["rtt_ms"]["median"])
             frames.append(report["audio"]["frames_received"])
@@ -58,13 +70,49 @@ async def main(calls: int, duration: float) -> None:
         )
 
     print(f"{calls} direct calls on loopback, {duration:g} s of audio each way per call")
-    print(line("setup (introduced -> path chosen)", setups, "ms"))
+    print(line("setup (introduced -> keys agreed)", setups, "ms"))
+    print(line("  of which the handshake", handshakes, "ms"))
     print(line("start -> audio flowing", starts, "ms"))
     print(line("RTT measured (RTCP/STUN)", rtts, "ms"))
     print(f"{'frames played per call':<34} min {min(frames)} of {int(duration * 50)}")
     # Two callers run in this process, so one caller costs half of it.
     print(f"{'CPU per caller per call-minute':<34} {cpu / call_minutes / 2:.2f} s")
     print(f"{'  of which Opus (encode + decode)':<34} {codec_cpu_per_minute():.2f} s")
+    srtp_us = srtp_cpu_per_frame_us()
+    print(f"{'  of which SRTP (protect + unprotect)':<34} {srtp_us * 3000 / 1e6:.3f} s")
+    print(f"{'SRTP per 20 ms frame, each way':<34} {srtp_us / 2:.1f} us")
+    print(f"{'handshake CPU per call (both sides)':<34} {handshake_cpu_ms():.2f} ms")
+
+
+def handshake_cpu_ms(rounds: int = 50) -> float:
+    """CPU milliseconds for one whole Noise XX handshake and key derivation, both sides."""
+    t0 = time.process_time()
+    for _ in range(rounds):
+        alice = MediaHandshake(True, Identity.generate().private, b"bench", lambda _: None)
+        bob = MediaHandshake(False, Identity.generate().private, b"bench", lambda _: None)
+        to_bob = alice.start(0.0)
+        while to_bob:
+            to_alice = [r for d in to_bob for r in bob.handle_untrusted(d, 0.0)]
+            to_bob = [r for d in to_alice for r in alice.handle_untrusted(d, 0.0)]
+        assert alice.result is not None and bob.result is not None
+    return (time.process_time() - t0) / rounds * 1000
+
+
+def srtp_cpu_per_frame_us() -> float:
+    """CPU microseconds to protect one of the bench's RTP packets and unprotect it."""
+    import secrets  # noqa: PLC0415
+
+    encoder, source = OpusEncoder(), ToneSource(440)
+    packets = [
+        bytes(RtpPacket(111, i, 960 * i, 0x1234, encoder.encode(source.read())))
+        for i in range(3000)
+    ]
+    a_to_b, b_to_a = secrets.token_bytes(28), secrets.token_bytes(28)
+    alice, bob = MediaCipher(a_to_b, b_to_a), MediaCipher(b_to_a, a_to_b)
+    t0 = time.process_time()
+    for packet in packets:
+        bob.unprotect_untrusted(alice.protect(packet))
+    return (time.process_time() - t0) / len(packets) * 1e6
 
 
 def codec_cpu_per_minute() -> float:

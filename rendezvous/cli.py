@@ -12,6 +12,7 @@ import sys
 from rendezvous.limits import OPTIONS as LIMIT_OPTIONS
 from rendezvous.limits import Limits
 from rendezvous.logic import RelayOffer, RendezvousLogic
+from rendezvous.name_store import MEMORY, NameStore, NameStoreError, default_store_path
 from rendezvous.server import RendezvousServer
 from rendezvous.turn_server import TurnPolicy
 from voip.wire.candidates import format_address, parse_address
@@ -44,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="how long a name is kept without a refresh (default 30)",
+    )
+    p.add_argument(
+        "--store",
+        metavar="PATH",
+        help="SQLite file of names and the keys that own them, kept across restarts (default "
+        f"{default_store_path()}; '{MEMORY}' keeps nothing)",
     )
     relay = p.add_argument_group("relay (TURN)")
     relay.add_argument(
@@ -105,22 +112,29 @@ def positive_int(text: str) -> int:
     return value
 
 
-def build_server(args: argparse.Namespace, host: str) -> RendezvousServer:
+def build_server(
+    args: argparse.Namespace, host: str, store: NameStore | None = None
+) -> RendezvousServer:
+    """The server the arguments describe: ValueError for arguments that do not fit together,
+    then NameStoreError if the store (--store, or the default file) cannot be opened."""
     offer = None
     if args.turn_url:
         if not args.turn_secret:
             raise ValueError("--turn-url needs --turn-secret (the TURN server's REST secret)")
         offer = RelayOffer(turn_url(args.turn_url), args.turn_secret)
-    limits = Limits(**{name: getattr(args, name) for _, name, _ in LIMIT_OPTIONS})
-    logic = RendezvousLogic(args.lifetime, relay=offer, limits=limits)
-    wildcard = host in ("0.0.0.0", "::", "")  # noqa: S104
-    relay_host = args.relay_address or (None if wildcard else host)
-    if args.no_relay or relay_host is None or (offer is not None and not args.relay_address):
-        return RendezvousServer(logic)
     try:
         allowed = [ipaddress.ip_network(c, strict=False) for c in args.allow_peer]
     except ValueError as exc:
         raise ValueError(f"--allow-peer: {exc}") from exc
+    limits = Limits(**{name: getattr(args, name) for _, name, _ in LIMIT_OPTIONS})
+    # Opened only once the arguments are known good: a typo never creates a store file.
+    if store is None:
+        store = open_store(args.store, limits.binding_days)
+    logic = RendezvousLogic(args.lifetime, relay=offer, limits=limits, store=store)
+    wildcard = host in ("0.0.0.0", "::", "")  # noqa: S104
+    relay_host = args.relay_address or (None if wildcard else host)
+    if args.no_relay or relay_host is None or (offer is not None and not args.relay_address):
+        return RendezvousServer(logic)
     policy = TurnPolicy(
         secret=args.turn_secret,
         allowed_peers=allowed,
@@ -145,6 +159,8 @@ async def _run(
         if addresses is not None and addresses.alternate is not None:
             where = ", ".join(format_address(a) for a in addresses.all())
             print(f"NAT behaviour tests (RFC 5780) on {where}", flush=True)
+        store = server.logic.owners.store
+        print(f"names and their keys in {store.path} ({len(store):,} bound)", flush=True)
     try:
         while True:
             await asyncio.sleep(60)
@@ -175,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"callpeer-rendezvous: {exc}", file=sys.stderr)
         return 2
+    except NameStoreError as exc:
+        print(f"callpeer-rendezvous: {exc}", file=sys.stderr)
+        return 1
+    store = server.logic.owners.store
     try:
         asyncio.run(_run(server, host, port, args.quiet, args.alt_address))
     except OSError as exc:
@@ -185,4 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+    finally:
+        store.close()
     return 0
+
+
+def open_store(path: str | None, max_age_days: int) -> NameStore:
+    """The store --store names; the default file if none (created 0600 in a 0700 directory)."""
+    return NameStore(path or default_store_path(), max_age_days=max_age_days)

@@ -1,9 +1,12 @@
 """Introductions: PEER-READY to both callers in the same instant, retransmitted until each
-acknowledges (a STUN transaction each), one in flight per name, sans-IO."""
+acknowledges (a STUN transaction each), one in flight per name, sans-IO.
+
+Each side is handed the other's candidates, the ICE credentials the other made for itself, and
+the identity key that owns the other's name here; the server makes no credentials of its own.
+"""
 
 from __future__ import annotations
 
-import secrets
 from collections import Counter
 
 from rendezvous.registry import Entry
@@ -50,23 +53,26 @@ class Introductions:
 
     def introduce(self, a: Entry, b: Entry, now: float) -> list[Out]:
         """Send both sides each other's candidates in one go, so they punch at the same moment."""
+        if a.ice is None or b.ice is None:
+            # Every REGISTER that asks for a peer brings credentials (the logic refuses one
+            # without), so an entry that wants someone has them: this is never reached.
+            self.stats["introduction_without_credentials"] += 1
+            return []
         self.stats["matched"] += 1
         a.wants = b.wants = None  # this request is served; a new call needs a new request
-        creds = {e.name: (secrets.token_hex(4), secrets.token_urlsafe(18)) for e in (a, b)}
         first = a if a.since <= b.since else b  # the one who waited longest controls (RFC 8445)
         out: list[Out] = []
-        for me, peer in ((a, b), (b, a)):
+        for me, peer, creds in ((a, b, b.ice), (b, a, a.ice)):
             ready = PeerReady(
                 peer=peer.name,
                 candidates=(
                     Candidate.make(CandidateType.SRFLX, peer.reflexive),
                     *peer.host_candidates,
                 ),
-                local_ufrag=creds[me.name][0],
-                local_pwd=creds[me.name][1],
-                remote_ufrag=creds[peer.name][0],
-                remote_pwd=creds[peer.name][1],
+                remote_ufrag=creds.ufrag,
+                remote_pwd=creds.pwd,
                 controlling=me is first,
+                peer_key=peer.client_key,
                 peer_mapping=peer.mapping,
             )
             req = ready.to_message()

@@ -17,6 +17,11 @@ class Limits:
     names: int = 100_000  # registered names in all
     names_per_ip: int = 64  # names held from one public IP (a carrier-grade NAT shares one)
     candidates: int = 16  # host candidates kept per registration
+    # names bound to keys (rendezvous/name_store.py): claims stay bound while seen, so a
+    # stranger's are capped in all, per source and in time
+    bindings: int = 1_000_000
+    claims_per_ip: int = 64  # new names one public IP may claim in an hour
+    binding_days: int = 365  # a name unseen this long is released for anyone to claim
     # the relay (coturn's total-quota and user-quota, and per source address)
     allocations: int = 10_000
     allocations_per_user: int = 10
@@ -30,6 +35,9 @@ OPTIONS = (
     ("--max-names", "names", "names registered in all"),
     ("--names-per-ip", "names_per_ip", "names held from one public IP address"),
     ("--max-candidates", "candidates", "host candidates kept per registration"),
+    ("--max-bindings", "bindings", "names bound to keys in the store"),
+    ("--claims-per-ip", "claims_per_ip", "new names one public IP may claim per hour"),
+    ("--forget-after", "binding_days", "days unseen after which a name is released"),
     ("--total-quota", "allocations", "relay allocations in all (coturn's total-quota)"),
     ("--quota", "allocations_per_user", "relay allocations per user (coturn's user-quota)"),
     ("--quota-per-ip", "allocations_per_ip", "relay allocations from one source IP address"),

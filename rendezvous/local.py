@@ -48,7 +48,9 @@ async def probe_stun(server: Address, schedule: Schedule = PROBE) -> Address | N
 
 def loopback_server() -> RendezvousServer:
     """A rendezvous and relay for callers on this machine: relaying to loopback is safe here,
-    since a relay bound to loopback is reachable from this machine alone."""
+    since a relay bound to loopback is reachable from this machine alone. Its names and their
+    keys are kept in memory only (RendezvousLogic's default): `callpeer demo` and the tests
+    never write a store into the user's home."""
     return RendezvousServer.with_relay("127.0.0.1", policy=TurnPolicy(allow_loopback_peers=True))
 
 

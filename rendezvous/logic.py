@@ -2,14 +2,18 @@
 
 It answers STUN Binding requests from anyone (RFC 8489 §12), keeps the presence registry, and
 when two clients have each asked for the other, sends both a PEER-READY in the same instant:
-candidates and fresh ICE credentials, retransmitted until each acknowledges.
+each one's candidates, the ICE credentials the other made, and the identity key that owns the
+other's name, retransmitted until each acknowledges.
 
 Nothing a stranger sends makes it keep, introduce or retransmit anything, or answer with more
-bytes than it sent. A REGISTER is first answered 401 with a cookie (rendezvous/cookies.py), no
-larger than the request; only one that brings the cookie back, proving that its sender receives
-at its address, is served. Its public key agrees a key with ours (voip/security/registration.py),
-and every later message either way carries MESSAGE-INTEGRITY-SHA256 under it, so only the
-caller that registered a name can refresh, move or release it, and a caller can tell our
+bytes than it sent. A REGISTER is first answered 401 with a cookie (rendezvous/cookies.py) and
+our public key, no larger than the (padded) request; only one that brings the cookie back,
+proving that its sender receives at its address, and carries MESSAGE-INTEGRITY-SHA256 under the
+key its identity key agrees with ours (voip/security/registration.py), proving it holds that
+identity, is served. A name belongs to the first key that claims it (rendezvous/ownership.py,
+kept across restarts by rendezvous/name_store.py): only that key registers, refreshes, moves
+(a NAT that rebinds) or releases it, and anyone else gets the same 409 whether the owner is
+online or not. Every later message either way carries the MAC, so a caller can tell our
 PEER-READY from a forged one.
 """
 
@@ -24,6 +28,8 @@ from rendezvous.behaviour import Addresses, answer_binding
 from rendezvous.cookies import CookieJar
 from rendezvous.introductions import Introductions, signed
 from rendezvous.limits import Limits
+from rendezvous.name_store import NameStore
+from rendezvous.ownership import NameOwnership
 from rendezvous.registry import NameTaken, Registry, RegistryFull
 from rendezvous.turn_server import Out
 from voip.security.registration import BadPublicKey, RegistrationKeyPair
@@ -88,6 +94,7 @@ class RendezvousLogic:
         addresses: Addresses | None = None,
         *,
         limits: Limits | None = None,
+        store: NameStore | None = None,
     ):
         self.limits = limits or Limits()
         self.registry = Registry(lifetime, self.limits.names, self.limits.names_per_ip)
@@ -99,6 +106,11 @@ class RendezvousLogic:
         self.cookies = CookieJar(COOKIE_LIFETIME)
         self.keys = RegistrationKeyPair()
         self.introductions = Introductions(self.stats)
+        # Names and their keys: in memory unless a store file is given (the command's --store),
+        # so tests and the embedded rendezvous never write to the user's home.
+        if store is None:
+            store = NameStore(max_age_days=self.limits.binding_days)
+        self.owners = NameOwnership(store, self.limits, self.stats)
 
     def next_deadline(self) -> float | None:
         times = (self.introductions.next_deadline(), self.registry.next_expiry())
@@ -107,6 +119,7 @@ class RendezvousLogic:
     def poll(self, now: float) -> list[Transmit]:
         resend = self.introductions.poll(now)
         self.stats["expired"] += len(self.registry.expire(now))
+        self.owners.sweep(now + self.wall_offset)
         return resend
 
     def handle_datagram(self, data: bytes, src: Address, now: float) -> list[Transmit]:
@@ -192,28 +205,50 @@ class RendezvousLogic:
         except StunError:
             self.stats["bad_register"] += 1
             return self._refuse(msg, src, ERR_BAD_REQUEST)
-        if req.key is None:
+        if req.key is None or (req.peer is not None and req.ice is None):
+            # No key to own the name with; or asking for a peer without the credentials the
+            # peer will need to check us.
             self.stats["bad_register"] += 1
             return self._refuse(msg, src, ERR_BAD_REQUEST)
         if not self.cookies.valid(req.nonce, src, now):
             self.stats["register_challenged"] += 1
-            nonce = [(Attr.NONCE, text(self.cookies.make(src, now)))]
-            return self._refuse(msg, src, ERR_UNAUTHENTICATED, nonce)
-        # The source receives where it says it is: from here on, answers may be larger.
+            return self._challenge(msg, src, now)
+        # The source receives where it says it is: from here on, answers may be larger. Now it
+        # must show it holds the key it names: a MAC under the key agreed from it.
         holder = self.registry.get(req.name, now)
-        if holder is not None and holder.client_key == req.key:
-            key = holder.key
-            # From a new address, only the holder's MAC moves the name there. From its own, the
-            # cookie is proof enough: the holder may not have had our answer, and our key, yet.
-            if holder.reflexive != src and not check_integrity(msg, key):
-                self.stats["register_forged"] += 1
-                return []
+        if holder is not None and holder.client_key == req.key and holder.reflexive == src:
+            key = holder.key  # the owner's refresh from where it is: no X25519 each time
         else:
+            # From anywhere else, agreed afresh: then not even the time taken says whether
+            # the owner is online.
             try:
                 key = self.keys.agree_untrusted(req.key, we_are_client=False)
             except BadPublicKey:
                 self.stats["bad_register"] += 1
                 return self._refuse(msg, src, ERR_BAD_REQUEST)
+        if not check_integrity(msg, key):
+            # Someone else's key (its public half is no secret), or a client that missed our
+            # 401 and so our key: a fresh cookie and our key, no larger than the request.
+            self.stats["register_forged"] += 1
+            return self._challenge(msg, src, now)
+        return self._serve(msg, req, key, src, now)
+
+    def _challenge(self, msg: Message, src: Address, now: float) -> list[Out]:
+        """401: a cookie for this address, and our public key, so the next REGISTER can carry
+        both the cookie and a MAC under the key they agree."""
+        extra = [(Attr.NONCE, text(self.cookies.make(src, now))), (Attr.CP_KEY, self.keys.public)]
+        return self._refuse(msg, src, ERR_UNAUTHENTICATED, extra)
+
+    def _serve(
+        self, msg: Message, req: Register, key: bytes, src: Address, now: float
+    ) -> list[Out]:
+        """A REGISTER from a proven address, by the holder of the key it names, `owner`."""
+        owner = req.key
+        assert owner is not None  # _register refused a REGISTER without one
+        wall = now + self.wall_offset
+        refusal, binding = self.owners.admit(req.name, owner, src[0], wall)
+        if refusal is not None:
+            return self._signed_error(msg, src, key, refusal)
         if req.peer == req.name:
             return self._signed_error(msg, src, key, ERR_BAD_REQUEST)
         hosts = req.host_candidates[: self.limits.candidates]
@@ -225,8 +260,9 @@ class RendezvousLogic:
                 req.peer,
                 now,
                 mapping=req.mapping,
-                client_key=req.key,
+                client_key=owner,
                 key=key,
+                ice=req.ice,
             )
         except NameTaken:
             self.stats["name_taken"] += 1
@@ -234,6 +270,13 @@ class RendezvousLogic:
         except RegistryFull as full:
             self.stats["registry_full_per_ip" if full.per_ip else "registry_full"] += 1
             return self._signed_error(msg, src, key, ERR_QUOTA if full.per_ip else ERR_CAPACITY)
+        if binding is None:
+            refusal = self.owners.claim(req.name, owner, src[0], wall)
+            if refusal is not None:
+                self.registry.remove(req.name, src)
+                return self._signed_error(msg, src, key, refusal)
+        else:
+            self.owners.seen(binding, wall)
         self.stats["register"] += 1
         peer = self.registry.match(req.name, now)
         status = "matched" if peer is not None else ("waiting" if req.peer else "registered")
@@ -278,8 +321,8 @@ class RendezvousLogic:
         ]
 
     def _leave(self, msg: Message, src: Address, now: float) -> list[Out]:
-        """Release a name: only its holder, from its address, under its key. Anything else
-        gets no answer at all."""
+        """Go offline: only the owner, from its address, under its key. Anything else gets no
+        answer at all. The name stays bound to the owner's key."""
         name = msg.text(Attr.CP_NAME) or ""
         entry = self.registry.get(name, now)
         if entry is None or entry.reflexive != src or not check_integrity(msg, entry.key):

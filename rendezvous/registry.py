@@ -2,7 +2,8 @@
 
 Names expire from a heap (O(log n) per registration, however many are online), and the registry
 caps how many names it holds in all and from one public IP, so no stranger can grow it without
-bound.
+bound. Who may use a name at all is the name store's business (rendezvous/name_store.py): the
+logic checks the key there before it comes here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from rendezvous.limits import address_block
 from voip.wire.candidates import Candidate
 from voip.wire.deadlines import Deadlines
+from voip.wire.signal import IceCredentials
 from voip.wire.stun import Address
 
 
@@ -25,8 +27,9 @@ class Entry:
     since: float  # first registration; the earlier caller gets the controlling role
     wants: str | None = None
     mapping: str | None = None  # its NAT's mapping behaviour, if the client found out
-    client_key: bytes = b""  # the caller's public registration key
+    client_key: bytes = b""  # the caller's identity public key, which owns the name
     key: bytes = b""  # the message-integrity key agreed with that caller
+    ice: IceCredentials | None = None  # its credentials for the call it asks for (`wants`)
 
 
 class NameTaken(Exception):
@@ -76,6 +79,7 @@ class Registry:
         mapping: str | None = None,
         client_key: bytes = b"",
         key: bytes = b"",
+        ice: IceCredentials | None = None,
     ) -> Entry:
         """Add or refresh `name`. The caller has already checked that the request comes from
         the name's holder when `client_key` is the holder's: then the name follows it to a new
@@ -105,7 +109,7 @@ class Registry:
                 entry.since = now  # a new call request waits from now
             entry.wants = wants
         self._expiries.set(name, entry.expires)
-        entry.client_key, entry.key = client_key, key
+        entry.client_key, entry.key, entry.ice = client_key, key, ice
         if mapping is not None:
             entry.mapping = mapping
         return entry

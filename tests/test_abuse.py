@@ -125,11 +125,13 @@ def test_what_used_to_amplify_no_longer_does() -> None:
         Message(Method.CP_REGISTER, Class.REQUEST, attributes=((Attr.CP_NAME, text("bob")),))
     )
     assert len(register) == 28 and node.handle(register, VICTIM, PRIMARY, 0.0) == []
-    # A real REGISTER (a key, 84 B) gets a cookie and nothing else, relay credentials least.
+    # A real REGISTER (a key, padded to 128 B) gets a cookie and the server's key (108 B) and
+    # nothing else, relay credentials least.
     first, _ = RendezvousClient("bob", "alice", SERVER, ()).start(0.0)[0]
     [challenge] = node.handle(first, VICTIM, PRIMARY, 0.0)
     reply = parse_message_untrusted(challenge.data)
     assert len(challenge.data) <= len(first) and reply.error() == (401, "Unauthenticated")
+    assert reply.get(Attr.CP_KEY) == node.logic.keys.public
     assert reply.get(Attr.CP_TURN_PASSWORD) is None
     assert node.logic.stats["register_challenged"] == 1
 

@@ -13,6 +13,7 @@ from rendezvous.server import RendezvousServer
 from voip.nat import checks
 from voip.transport import Timer, UdpEndpoint
 from voip.wire.candidates import Candidate, CandidateType
+from voip.wire.signal import IceCredentials
 from voip.wire.stun import (
     Attr,
     Class,
@@ -145,10 +146,13 @@ def test_our_checks_connect_with_an_aioice_agent(we_control: bool) -> None:
         shell = ChecksShell()
         port = (await shell.bind())[1]
         ours = Candidate.make(CandidateType.HOST, (hosts[0].host, port))
+        # Each side makes its own credentials (RFC 8445 §5.3), as callpeer does now: ours as
+        # a callpeer client makes them, aioice's its own, and each learns the other's.
+        creds = IceCredentials.generate()
         shell.start(
             checks.ConnectivityChecks(
-                local_ufrag="ours",
-                local_pwd=PWD,
+                local_ufrag=creds.ufrag,
+                local_pwd=creds.pwd,
                 remote_ufrag=peer.local_username,
                 remote_pwd=peer.local_password,
                 controlling=we_control,
@@ -158,7 +162,7 @@ def test_our_checks_connect_with_an_aioice_agent(we_control: bool) -> None:
                 now=asyncio.get_running_loop().time(),
             )
         )
-        peer.remote_username, peer.remote_password = "ours", PWD
+        peer.remote_username, peer.remote_password = creds.ufrag, creds.pwd
         await peer.add_remote_candidate(
             aioice.Candidate(
                 foundation="1",

@@ -445,6 +445,7 @@ def natcheck_in_lab(lab: Lab, cache: Path, *extra: str) -> dict[str, Any]:
             sys.executable,
             "-m",
             "rendezvous",
+            "--store=:memory:",
             "--listen",
             f"{SERVER_IP}:3478",
             "--alt-address",

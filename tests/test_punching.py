@@ -227,17 +227,20 @@ def test_introduction_arrives_at_both_sides_at_the_same_moment() -> None:
 
 
 def test_forged_check_with_wrong_integrity_is_ignored() -> None:
-    net, a, _b = build("cone", "cone")
+    net, a, b = build("cone", "cone")
     net.run(5.0, stop=lambda: a.first(Introduced) is not None)
     intro = a.first(Introduced)
     assert isinstance(intro, Introduced)
-    ready = intro.ready
+    ready, ours = intro.ready, a.connector.signal.ice
+    # The introduction names the key that owns the peer's name, and the peer's own credentials.
+    assert ready.peer_key == b.connector.signal.identity.public
+    assert ready.remote_ufrag == b.connector.signal.ice.ufrag
     # A stranger who knows the usernames (they are not secret) but not the password.
     msg = Message(
         Method.BINDING,
         Class.REQUEST,
         attributes=(
-            (Attr.USERNAME, text(f"{ready.local_ufrag}:{ready.remote_ufrag}")),
+            (Attr.USERNAME, text(f"{ours.ufrag}:{ready.remote_ufrag}")),
             (Attr.PRIORITY, u32(1)),
             (Attr.ICE_CONTROLLED, u64(1)),
             (Attr.USE_CANDIDATE, b""),

@@ -244,9 +244,11 @@ def test_both_asking_for_each_other_are_introduced_at_once() -> None:
     assert to_alice.peer == "bob" and to_bob.peer == "alice"
     assert to_alice.candidates[0] == Candidate.make(CandidateType.SRFLX, B)
     assert host in to_bob.candidates
-    # Credentials cross over: what alice calls local, bob calls remote.
-    assert (to_alice.local_ufrag, to_alice.local_pwd) == (to_bob.remote_ufrag, to_bob.remote_pwd)
-    assert len(to_alice.local_pwd) >= 22  # RFC 8445 §5.3: at least 128 bits
+    # Each made its own credentials and its own key; the server hands each to the other.
+    assert (to_alice.remote_ufrag, to_alice.remote_pwd) == (bob.ice.ufrag, bob.ice.pwd)
+    assert (to_bob.remote_ufrag, to_bob.remote_pwd) == (alice.ice.ufrag, alice.ice.pwd)
+    assert alice.ice != bob.ice and len(alice.ice.pwd) >= 22  # RFC 8445 §5.3: >= 128 bits
+    assert to_alice.peer_key == bob.identity.public and to_bob.peer_key == alice.identity.public
     assert to_alice.controlling and not to_bob.controlling  # alice waited longer
     assert [type(e) for e in alice.pop_events()][-1] is GotPeer
     assert logic.stats["peer_ready_acknowledged"] == 2
@@ -309,7 +311,7 @@ def test_server_never_raises_on_well_framed_nonsense(
     RendezvousLogic().handle_datagram(encode(msg), A, 0.0)
 
 
-def test_leave_frees_the_name_at_once_and_only_for_its_holder() -> None:
+def test_leave_takes_the_name_offline_at_once_and_only_for_its_owner() -> None:
     logic = RendezvousLogic()
     alice, _ = join(logic, "alice", "bob", A)
     # A LEAVE from alice's address but without her key (a spoofer) is not answered or obeyed.
@@ -319,8 +321,13 @@ def test_leave_frees_the_name_at_once_and_only_for_its_holder() -> None:
     for data, _ in alice.leave(1.0):
         [(ok, _)] = logic.handle_datagram(data, A, 1.0)
         assert parse_message_untrusted(ok).cls == Class.SUCCESS
+    assert logic.registry.get("alice", 1.0) is None  # offline at once, not at expiry
+    # Offline is not free: the name is still her key's, from anywhere.
     bob, _ = join(logic, "alice", "bob", B, 1.1)
-    assert isinstance(bob.pop_events()[0], Registered)
+    [refused] = bob.pop_events()
+    assert isinstance(refused, Refused) and refused.code == 409
+    back, _ = join(logic, "alice", "bob", B, 1.2, identity=alice.identity)
+    assert isinstance(back.pop_events()[0], Registered)
 
 
 # -- client ------------------------------------------------------------------------------
@@ -350,7 +357,7 @@ def test_client_registers_refreshes_and_gets_its_peer_once() -> None:
 
 def test_client_ignores_introductions_from_anyone_but_its_server() -> None:
     client = RendezvousClient("alice", "bob", SERVER, ())
-    fake = PeerReady("mallory", (), "a", "b" * 22, "c", "d" * 22, True).to_message()
+    fake = PeerReady("mallory", (), "cccc", "d" * 22, True, bytes(32)).to_message()
     assert client.handle(fake, ("203.0.113.66", 3478), 0.0) == []
     assert client.pop_events() == []
 
@@ -363,13 +370,13 @@ def test_client_drops_forged_and_unasked_introductions() -> None:
     alice, _ = join(logic, "alice", "bob", A)
     alice.pop_events()
     evil = Candidate.make(CandidateType.SRFLX, ("192.0.2.66", 6666))
-    forged = PeerReady("bob", (evil,), "a", "b" * 22, "c", "d" * 22, True).to_message()
+    forged = PeerReady("bob", (evil,), "cccc", "d" * 22, True, bytes(32)).to_message()
     assert (
         alice.handle(parse_message_untrusted(encode(forged, fingerprint=True)), SERVER, 1.0) == []
     )
     # Under the right key (as if the server were fooled), but for someone else: still dropped.
     assert alice._key is not None
-    carol = PeerReady("carol", (evil,), "a", "b" * 22, "c", "d" * 22, True).to_message()
+    carol = PeerReady("carol", (evil,), "cccc", "d" * 22, True, bytes(32)).to_message()
     signed_carol = encode(carol, integrity_key=alice._key, integrity_sha256=True, fingerprint=True)
     assert alice.handle(parse_message_untrusted(signed_carol), SERVER, 1.0) == []
     assert alice.pop_events() == [] and alice.forged == 2 and alice.peer_ready is None
@@ -434,6 +441,6 @@ def test_mapping_advice_travels_and_unknown_values_are_dropped() -> None:
         attributes=((Attr.CP_NAME, text("alice")), (Attr.CP_NAT_MAPPING, text("sideways"))),
     )
     assert Register.from_message_untrusted(odd).mapping is None  # advice only: ignored
-    ready = PeerReady("bob", (), "u1", "p1", "u2", "p2", True, "endpoint-independent")
+    ready = PeerReady("bob", (), "ufrag", "p" * 22, True, bytes(32), "endpoint-independent")
     parsed = PeerReady.from_message_untrusted(parse_message_untrusted(encode(ready.to_message())))
     assert parsed.peer_mapping == "endpoint-independent"

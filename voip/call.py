@@ -23,6 +23,7 @@ from voip.call_recorder import CallRecorder
 from voip.host_addresses import host_ipv4_addresses
 from voip.media.audio_io import AudioSink, AudioSource
 from voip.report import CallReport
+from voip.security.summary import SecurityReport
 from voip.transport import Timer, UdpEndpoint
 from voip.wire.candidates import Candidate, CandidateType, is_usable_host_ip
 from voip.wire.rtp import looks_like_rtp_or_rtcp
@@ -68,12 +69,20 @@ class Call:
     def captured_at(self) -> list[float]:
         """With options.timeline: when (time.monotonic, shared by every process on the machine)
         each source frame was read."""
-        return self._core.captured_at if self._core is not None else []
+        return self._core.loop.captured_at if self._core and self._core.loop else []
 
     @property
     def played_at(self) -> list[float]:
         """With options.timeline: when each frame went to the sink."""
-        return self._core.played_at if self._core is not None else []
+        return self._core.loop.played_at if self._core and self._core.loop else []
+
+    @property
+    def security(self) -> SecurityReport | None:
+        """How the audio is protected and how the peer's key was checked: cipher, the peer's
+        fingerprint, whether known_peers already held it, and the SAS to compare aloud. None
+        until the key exchange is over (no audio flows before it)."""
+        secure = self._core.secure if self._core is not None else None
+        return secure.report() if secure is not None else None
 
     # -- public API -----------------------------------------------------------------------
     async def __aenter__(self) -> Call:

@@ -14,18 +14,21 @@ from dataclasses import dataclass
 
 from voip import events as ev
 from voip.call_messages import failure_message
-from voip.call_recorder import CallRecorder
-from voip.codecs.pcm import Pcm
+from voip.call_recorder import MEASURED, CallRecorder
 from voip.media.audio_io import AudioSink, AudioSource
+from voip.media.audio_loop import AudioLoop
 from voip.media.audio_session import AudioSession
-from voip.media.frame_clocks import FrameClock, PlayoutClock
 from voip.media.rtcp_session import PeerBye, RttMeasured
 from voip.nat import checks
-from voip.nat.connector import Connector, ConnectorEvent, Introduced, RelayReady, RelayUnavailable
+from voip.nat.connector import Connector, ConnectorEvent, Introduced
 from voip.nat.path_manager import Media, PathManager, Switched
-from voip.nat.rendezvous_client import Asked, Registered, TurnOffer
+from voip.nat.rendezvous_client import Asked, TurnOffer
 from voip.report import CallReport
-from voip.wire.candidates import Candidate, format_address
+from voip.security.handshake import is_handshake
+from voip.security.identity import Identity
+from voip.security.known_peers import KnownPeers
+from voip.security.secure_media import SecureMedia
+from voip.wire.candidates import Candidate
 from voip.wire.rtp import is_rtcp, looks_like_rtp_or_rtcp
 from voip.wire.stun import Address
 
@@ -50,11 +53,23 @@ class CallOptions:
     # waiting): for a NAT that forgets mappings sooner than the defaults allow for. The CLI
     # takes it from `callpeer natcheck --lifetime`.
     keepalive: float | None = None
+    # Who we are (None: a key made for this call alone) and the keys we have met (None: none
+    # remembered, every peer is met for the first time), as voip/security/ describes.
+    identity: Identity | None = None
+    known_peers: KnownPeers | None = None
+    accept_new_key: bool = False  # go on when a peer's key differs from the pinned one
 
 
 def connector_for(
-    name: str, peer: str, server: Address, hosts: tuple[Candidate, ...], options: CallOptions
+    name: str,
+    peer: str,
+    server: Address,
+    hosts: tuple[Candidate, ...],
+    options: CallOptions,
+    *,
+    identity: Identity | None = None,
 ) -> Connector:
+    """`identity`: who owns `name` (options.identity when None, else one for this run)."""
     return Connector(
         name,
         peer,
@@ -65,6 +80,7 @@ def connector_for(
         relay_mode=options.relay,
         turn=options.turn,
         keepalive=options.keepalive,
+        identity=identity or options.identity,
     )
 
 
@@ -83,34 +99,33 @@ class CallCore:
     ):
         self.name, self.peer, self.server = name, peer, server
         self.source, self.sink, self.options = source, sink, options
-        self.connector = connector_for(name, peer, server, hosts, options)
+        self.identity = options.identity or Identity.generate()
+        self.known_peers = options.known_peers or KnownPeers()
+        self.connector = connector_for(name, peer, server, hosts, options, identity=self.identity)
         self.audio = AudioSession(options.fec, options.dtx, wallclock_offset)
-        self.recorder = CallRecorder(name, peer)
+        self.recorder = CallRecorder(name, peer, options.stats_interval)
         self.recorder.base.keepalive_s = options.keepalive
         self.paths: PathManager | None = None
+        self.secure: SecureMedia | None = None  # from the introduction on
         self.connected = False
         self.done = False
         self.failure: str | None = None  # why the call could not be made, in a user's words
-        # With options.timeline: when (the caller's clock) each frame was read and played.
-        self.captured_at: list[float] = []
-        self.played_at: list[float] = []
         self._events: list[ev.CallEvent] = []
         self._t_start = self._t_peer = self._t_connected = 0.0
-        self.sending: FrameClock | None = None  # when the next frame is read and sent
-        self.playout: PlayoutClock | None = None  # when the next frame is played
+        self.loop: AudioLoop | None = None  # the 20 ms beat, from the connection on
         # The connector's next deadline, asked once each time it may have moved (it changes
         # only when the connector is called, or the checks switch paths) rather than on every
         # media tick and timer re-arm: computing it walks every part of the connector.
         self._connector_due: float | None = None
-        self._next_rtcp = self._next_stats = 0.0
 
     def pop_events(self) -> list[ev.CallEvent]:
         events, self._events = self._events, []
         return events
 
     def next_deadline(self) -> float | None:
-        clocks = [] if self.done else [c.next for c in (self.sending, self.playout) if c]
-        times = [self._connector_due, *clocks]
+        clocks = [self.loop.next_deadline()] if self.loop and not self.done else []
+        handshake = self.secure.next_deadline() if self.secure and not self.done else None
+        times = [self._connector_due, handshake, *clocks]
         return min((t for t in times if t is not None), default=None)
 
     def _connector_moved(self) -> None:
@@ -119,7 +134,9 @@ class CallCore:
     def report(self) -> CallReport:
         """The call's figures so far (final once it has ended). Reading it changes nothing."""
         c = self.connector
-        return self.recorder.build(self.audio, c.checks, c.punch_hopeless, c.relay_unavailable)
+        report = self.recorder.build(self.audio, c.checks, c.punch_hopeless, c.relay_unavailable)
+        report.security = self.secure.report() if self.secure is not None else None
+        return report
 
     @property
     def active(self) -> checks.Pair | None:
@@ -134,11 +151,17 @@ class CallCore:
     def handle(self, data: bytes, src: Address, now: float) -> list[Transmit]:
         if looks_like_rtp_or_rtcp(data):
             return self._on_media(data, (checks.HOST, src), now)
+        if is_handshake(data):
+            return self._on_handshake(data, now)
         out, inner = self.connector.handle(data, src, now)
-        if inner is not None:
+        if inner is not None and is_handshake(inner[0]):
+            out += self._on_handshake(inner[0], now)
+        elif inner is not None:
             out += self._on_media(inner[0], (checks.RELAY, inner[1]), now)
         self._connector_events(now)
         self._connector_moved()
+        if self.secure is not None and self.secure.outbox:  # a path was chosen just now
+            out += self._handshake_sends(now)
         return out
 
     def poll(self, now: float) -> list[Transmit]:
@@ -148,18 +171,22 @@ class CallCore:
             out += self.connector.poll(now)
             self._connector_events(now)
             self._connector_moved()
-        if self.sending is not None and now >= self.sending.next and not self.done:
-            out += self._send_tick(now)
-        if self.playout is not None and now >= self.playout.next and not self.done:
-            self._play_tick(now)
+        if self.secure is not None and not self.connected and not self.done:
+            self.secure.poll(now)
+            out += self._handshake_sends(now)
+        if self.loop is not None and not self.done:
+            if (packet := self.loop.send_due(now)) is not None:
+                out += self._media(packet)
+            if self.loop.play_due(now):
+                self._watch(now)
         return out
 
     def hangup(self, now: float, reason: str = "hung up") -> list[Transmit]:
         """End the call: BYE to the peer, play out what is buffered, release the name."""
         out = [] if self.done else self._media(self.audio.bye(now, reason))
         self.finish(now, reason, ok=self.failure is None)
-        for pcm in self.audio.drain(now):  # play what already arrived rather than drop it
-            self._play(pcm, now)
+        if self.loop is not None:
+            self.loop.drain(now)
         out += self.connector.leave(now)
         self._connector_moved()
         return out
@@ -174,13 +201,41 @@ class CallCore:
         self._events.append(ev.Ended(reason, ok))
 
     def _media(self, data: bytes) -> list[Transmit]:
+        """RTP or RTCP to the peer, as SRTP or SRTCP: never in the clear, so not before keys."""
+        sealed = self.secure.protect(data) if self.secure is not None else None
+        return [] if sealed is None else self._route(sealed)
+
+    def _route(self, data: bytes) -> list[Transmit]:
         return [] if self.active is None else [self.connector.route(data, self.active)]
+
+    def _on_handshake(self, data: bytes, now: float) -> list[Transmit]:
+        if self.secure is None or self.done:
+            return []
+        self.secure.on_handshake(data, now)
+        return self._handshake_sends(now)
+
+    def _handshake_sends(self, now: float) -> list[Transmit]:
+        """What the handshake has for the peer (held until there is a path to send it on), and
+        the call connected, or refused, once it is over."""
+        assert self.secure is not None
+        sends = self.secure.take_outbox() if self.active is not None else []
+        out = [t for data in sends for t in self._route(data)]
+        if (reason := self.secure.failure) is not None and self.failure is None:
+            self.failure = reason
+            self.finish(now, reason, ok=False)
+        elif self.secure.cipher is not None and not self.connected and self.paths is not None:
+            self._secured(now)
+        return out
 
     def _on_media(
         self, data: bytes, key: tuple[checks.Base, Address], now: float
     ) -> list[Transmit]:
-        if self.paths is None:
+        if self.paths is None or self.secure is None:
             return []
+        plain = self.secure.unprotect_untrusted(data)
+        if plain is None:
+            return []  # forged, replayed, or before the keys: counted, never played
+        data = plain
         rtcp = is_rtcp(data)
         verdict, switched = self.paths.classify(key, rtcp, now)
         if switched is not None:
@@ -194,8 +249,8 @@ class CallCore:
         active = verdict is Media.ACTIVE
         if self.audio.on_rtp(data, now, on_active=active) and active:
             self.paths.heard(now, self.audio.peer_in_dtx)
-            if self.playout is not None:
-                self.playout.arrived(now)
+            if self.loop is not None:
+                self.loop.playout.arrived(now)
         return []
 
     def _on_rtcp(self, data: bytes, now: float) -> None:
@@ -206,78 +261,38 @@ class CallCore:
             elif isinstance(event, PeerBye):
                 self.finish(now, f"{self.peer} hung up", ok=True)
 
-    def _send_tick(self, now: float) -> list[Transmit]:
-        """A frame read and sent; RTCP once a second."""
-        assert self.sending is not None
-        if now >= self._next_rtcp:
-            # On its own, before the codec's work (the frame follows at once, in the next
-            # poll): a report says when it was sent (its NTP timestamp, or for the peer its
-            # DLSR), and every ms between `now` and the send would count as round trip.
-            self._next_rtcp = now + self.options.rtcp_interval
-            return self._media(self.audio.report(now))
-        self.sending.tick(now)
-        pcm_in = self.source.read()
-        if self.options.timeline:
-            self.captured_at.append(now)
-        packet = self.audio.packetize(pcm_in)
-        return self._media(packet) if packet is not None else []
-
-    def _play_tick(self, now: float) -> None:
-        """A frame played, the path watched; live figures once a second."""
-        assert self.playout is not None and self.paths is not None
-        self.playout.tick(now)
-        if (pcm := self.audio.tick(now)) is not None:
-            self._play(pcm, now)
+    def _watch(self, now: float) -> None:
+        """After each frame played: the path watched; live figures once a second."""
+        assert self.paths is not None
         if (switched := self.paths.tick(now)) is not None:
             self._switched(switched)
         if now - self.paths.last_heard > MEDIA_TIMEOUT:
             self.finish(now, f"no audio from {self.peer} for {MEDIA_TIMEOUT:.0f} s", ok=False)
-        if now >= self._next_stats:
-            self._next_stats = now + self.options.stats_interval
-            self._events.append(self.recorder.live_stats(now - self._t_connected, self.audio))
-
-    def _play(self, pcm: Pcm, now: float) -> None:
-        self.sink.write(pcm)
-        if self.options.timeline:
-            self.played_at.append(now)
+        if (stats := self.recorder.live_stats(now - self._t_connected, self.audio)) is not None:
+            self._events.append(stats)
 
     def _connector_events(self, now: float) -> None:
         for event in self.connector.pop_events():
             self._connector_event(event, now, self.recorder.base)
 
     def _connector_event(self, event: ConnectorEvent, now: float, base: CallReport) -> None:
-        if isinstance(event, Registered):
-            base.local_public = format_address(event.mapped)
-            self._events.append(ev.Registered(self.name, event.mapped))
+        since = now - self._t_connected if self.connected else None
+        if isinstance(event, MEASURED):
+            if made := self.recorder.measured(event, since, self.connector.remote_shown):
+                self._events.append(made)
         elif isinstance(event, Asked):
             if event.status == "waiting":
                 self._events.append(ev.Waiting(self.peer, now))
-        elif isinstance(event, RelayReady):
-            self._events.append(ev.RelayAllocated(event.relayed, event.server))
-        elif isinstance(event, RelayUnavailable):
-            base.relay.reason = event.reason
         elif isinstance(event, Introduced):
             self._t_peer = now
-            self.recorder.introduced(event.ready, now - self._t_start, self.connector.own_mapping)
-            self._events.append(
-                ev.Punching(event.ready.peer, event.ready.candidates, event.ready.controlling)
+            waited, mapping = now - self._t_start, self.connector.own_mapping
+            self._events.append(self.recorder.introduced(event.ready, waited, mapping))
+            self.secure = SecureMedia.for_call(
+                self.identity, self.name, event.ready, self.known_peers, self.options.accept_new_key
             )
         elif isinstance(event, checks.PathSelected):
             if self.paths is None:
                 self._on_path(event.pair, now)
-        elif isinstance(event, checks.StandbyChanged):
-            remote = self.connector.remote_shown(event.pair)
-            self.recorder.path_found(event.pair.kind, remote)
-            self._events.append(ev.Standby(event.pair.kind, remote))
-        elif isinstance(event, checks.RttSample):
-            # Only samples from the call itself: during the checks both ends are busy setting
-            # up, which a path's figures should not be charged with.
-            if self.connected:
-                self.recorder.rtt(event.kind, now - self._t_connected, event.rtt, "stun")
-                if not event.active:
-                    self.recorder.metrics(event.kind).probes_answered += 1
-        elif isinstance(event, checks.ProbeLost):
-            self.recorder.metrics(event.kind).probes_lost += 1
         elif isinstance(event, checks.ConsentLost):
             self.finish(now, "the path stopped answering (consent lost, RFC 7675)", ok=False)
         elif (message := failure_message(self, event)) is not None and self.failure is None:
@@ -292,21 +307,27 @@ class CallCore:
             self.connector.checks, return_to_direct=self.options.relay == "auto"
         )
         self.paths.select(pair, now)
+        assert self.secure is not None
+        self.secure.start(now)
+
+    def _secured(self, now: float) -> None:
+        """Keys agreed and the peer's key accepted: audio starts."""
+        assert self.paths is not None and self.paths.active is not None and self.secure
+        pair = self.paths.active
         self.connected = True
         self._t_connected = now
         setup = (now - self._t_peer) * 1000
         remote = self.connector.remote_shown(pair)
         self.recorder.path_active(pair.kind, remote)
         self.recorder.base.setup_ms = setup
-        self._next_rtcp = now
-        self.sending, self.playout = FrameClock(now), PlayoutClock(now)
-        self._next_stats = now + self.options.stats_interval
+        self.loop = AudioLoop(self.audio, self.source, self.sink, now, self.options)
+        self._events.append(self.secure.secured(self.peer))
         self._events.append(ev.Connected(pair.kind, remote, pair.describe(), setup))
 
     def _switched(self, switched: Switched) -> None:
         self._connector_moved()  # the checks probe and keep consent on the new pairs now
-        if self.playout is not None:
-            self.playout.relearn()
+        if self.loop is not None:
+            self.loop.playout.relearn()
         remote = self.connector.remote_shown(switched.pair)
         self.recorder.path_active(switched.pair.kind, remote)
         self._events.append(ev.PathSwitched(switched.pair.kind, remote, switched.why))

@@ -13,7 +13,8 @@ from voip.wire.signal import ERR_CAPACITY, ERR_NAME_TAKEN, ERR_QUOTA
 if TYPE_CHECKING:
     from voip.call_core import CallCore
 
-COMMANDS = ("call", "demo", "lab", "natcheck", "devices")  # `callpeer` subcommands
+# `callpeer` subcommands: a first word among them runs it, and is no PEER in the shorthand
+COMMANDS = ("call", "demo", "lab", "natcheck", "devices", "whoami", "trust")
 
 
 def call_command(name: str, peer: str) -> str:
@@ -23,8 +24,9 @@ def call_command(name: str, peer: str) -> str:
 
 # What a refusal means for the user; the server's reason phrases are fixed and short.
 REFUSAL_HINTS = {
-    ERR_NAME_TAKEN: " (another caller holds the name {name!r}; it is free once they hang up, or "
-    "when their registration lapses after they stop refreshing it: 30 s by default)",
+    ERR_NAME_TAKEN: " (the name {name!r} belongs to another identity key on this rendezvous: "
+    "names are kept by the first key that claims them. Pick another name with --as, or use "
+    "the identity that claimed it with --identity; 'callpeer whoami' shows yours)",
     ERR_QUOTA: " (too many names are registered from your public address)",
     ERR_CAPACITY: " (the rendezvous is full; try again later or use another)",
 }

@@ -8,20 +8,36 @@ end); `build()` adds what the audio session and the checks know at that moment a
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
-from voip.events import LiveStats
+from voip import events as ev
 from voip.media.audio_session import AudioSession
+from voip.nat import checks
 from voip.nat.checks import DIRECT, RELAYED, ConnectivityChecks
+from voip.nat.connector import ConnectorEvent, RelayReady, RelayUnavailable
+from voip.nat.rendezvous_client import Registered
 from voip.report import CallReport, PathMetrics
+from voip.wire.candidates import format_address
 from voip.wire.signal import PeerReady
 
+# Connector events that only feed the report (and the live view): `CallRecorder.measured`.
+MEASURED = (
+    Registered,
+    RelayReady,
+    RelayUnavailable,
+    checks.RttSample,
+    checks.ProbeLost,
+    checks.StandbyChanged,
+)
 HOPELESS_PUNCHING = "both NATs map per destination (symmetric), so the relay was used at once"
 
 
 class CallRecorder:
-    def __init__(self, me: str, peer: str):
+    def __init__(self, me: str, peer: str, stats_interval: float = 1.0):
         self.base = CallReport(me=me, peer=peer)
         self.active_kind: str | None = None
+        self.stats_interval = stats_interval
+        self._next_stats = 0.0  # s into the call
 
     def metrics(self, kind: str) -> PathMetrics:
         return self.base.direct if kind == DIRECT else self.base.relay
@@ -41,15 +57,48 @@ class CallRecorder:
     def rtt(self, kind: str, t: float, rtt: float, source: str) -> None:
         self.metrics(kind).add_rtt(t, rtt, source)
 
-    def introduced(self, ready: PeerReady, waited: float, own_mapping: str | None) -> None:
-        """The rendezvous introduced the peer after `waited` seconds."""
+    def introduced(self, ready: PeerReady, waited: float, own_mapping: str | None) -> ev.Punching:
+        """The rendezvous introduced the peer after `waited` seconds: punching starts."""
         self.base.wait_ms = waited * 1000
         self.base.candidates_tried = [str(c) for c in ready.candidates]
         self.base.nat_mapping = {"mine": own_mapping, "peer": ready.peer_mapping}
+        return ev.Punching(ready.peer, ready.candidates, ready.controlling)
 
-    def live_stats(self, elapsed: float, audio: AudioSession) -> LiveStats:
-        """The figures of the call so far, for the live view."""
-        return LiveStats(
+    def measured(
+        self,
+        event: ConnectorEvent,
+        since_connected: float | None,
+        shown: Callable[[checks.Pair], str],
+    ) -> ev.CallEvent | None:
+        """What a connector event adds to the report, and the call event it makes, if any.
+        `since_connected` is None before the call connected: samples from the setup, when both
+        ends are busy, are not the path's to be charged with. `shown`: a pair's remote end as
+        the report shows it."""
+        if isinstance(event, Registered):
+            self.base.local_public = format_address(event.mapped)
+            return ev.Registered(self.base.me, event.mapped)
+        if isinstance(event, RelayReady):
+            return ev.RelayAllocated(event.relayed, event.server)
+        if isinstance(event, RelayUnavailable):
+            self.base.relay.reason = event.reason
+        elif isinstance(event, checks.RttSample) and since_connected is not None:
+            self.rtt(event.kind, since_connected, event.rtt, "stun")
+            if not event.active:
+                self.metrics(event.kind).probes_answered += 1
+        elif isinstance(event, checks.ProbeLost):
+            self.metrics(event.kind).probes_lost += 1
+        elif isinstance(event, checks.StandbyChanged):
+            remote = shown(event.pair)
+            self.path_found(event.pair.kind, remote)
+            return ev.Standby(event.pair.kind, remote)
+        return None
+
+    def live_stats(self, elapsed: float, audio: AudioSession) -> ev.LiveStats | None:
+        """The figures of the call so far, for the live view, once every `stats_interval`."""
+        if elapsed < self._next_stats:
+            return None
+        self._next_stats = elapsed + self.stats_interval
+        return ev.LiveStats(
             path=self.base.path,
             elapsed=elapsed,
             rtt_ms=self.metrics(self.base.path).latest_rtt_ms(),

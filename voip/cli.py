@@ -1,4 +1,5 @@
-"""`callpeer`: its commands (call, demo, lab, natcheck, devices), `callpeer PEER` for a call."""
+"""`callpeer`: its commands (call, demo, lab, natcheck, devices, whoami, trust), and
+`callpeer PEER` for a call."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from voip.cli_call import (
     run_call,
     user_config,
 )
+from voip.cli_keys import add_key_commands, run_trust, run_whoami
 from voip.cli_output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -41,6 +43,12 @@ from voip.lab.cli import LAB_DESCRIPTION, LAB_HELP, add_lab_arguments, config_fr
 from voip.lab.netns import LabError
 from voip.media.soundcard import SoundcardUnavailable
 from voip.plot import PlotUnavailable
+from voip.security.identity import Identity, IdentityError
+from voip.security.known_peers import (
+    KnownPeers,
+    KnownPeersError,
+)
+from voip.security.summary import SecurityReport
 from voip.transport import resolve
 from voip.wire.candidates import format_address, parse_address
 
@@ -112,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the sound devices PortAudio sees",
         description="List the sound devices PortAudio sees.",
     )
+    add_key_commands(sub)
     return p
 
 
@@ -158,8 +167,16 @@ async def run_demo(args: argparse.Namespace) -> int:
                 source=ToneSource(tones[me]),
                 sink=WavSink(Path(tmp) / f"{me}.wav"),
                 server=server.address,
-                options=CallOptions(bind_host="127.0.0.1"),
-                on_event=Presenter(err, f"{me}: ") if me == "alice" else None,
+                # Keys made for this run and pins kept in memory: the demo never touches the
+                # user's own identity or known_peers.
+                options=CallOptions(
+                    bind_host="127.0.0.1", identity=Identity.generate(), known_peers=KnownPeers()
+                ),
+                on_event=(
+                    Presenter(err, f"{me}: ", pinned_in="memory, for this demo only")
+                    if me == "alice"
+                    else None
+                ),
             )
             for me, peer in (("alice", "bob"), ("bob", "alice"))
         }
@@ -186,7 +203,22 @@ async def run_demo(args: argparse.Namespace) -> int:
         f"(alice sent 440): {'both right' if ok else 'WRONG'}",
         highlight=False,
     )
-    return EXIT_OK if ok else EXIT_FAILED
+    secured, line = demo_security(calls["alice"].security, calls["bob"].security)
+    err.print(line, highlight=False)
+    return EXIT_OK if ok and secured else EXIT_FAILED
+
+
+def demo_security(a: SecurityReport | None, b: SecurityReport | None) -> tuple[bool, str]:
+    """Whether the demo's two ends (alice's, bob's) agree on the key exchange, as two people
+    comparing the code aloud would check: the same SAS on both sides, or someone sat between."""
+    if a is None or b is None:
+        return False, "no key exchange finished: the audio was not encrypted: WRONG"
+    if a.sas != b.sas:
+        return False, f"alice shows the code {a.sas!r} but bob {b.sas!r}: WRONG"
+    return True, (
+        f"alice and bob both show the code {a.sas!r}: encrypted end to end ({a.cipher}), "
+        "as two people comparing it aloud would confirm"
+    )
 
 
 async def run_natcheck(args: argparse.Namespace) -> int:
@@ -285,6 +317,10 @@ def run(args: argparse.Namespace) -> int:
         return run_checked_lab(args)
     if args.command == "natcheck":
         return asyncio.run(run_natcheck(args))
+    if args.command == "whoami":
+        return run_whoami(args)
+    if args.command == "trust":
+        return run_trust(args)
     command = run_demo(args) if args.command == "demo" else run_call(args)
     return asyncio.run(_hang_up_on_sigterm(command))
 
@@ -297,7 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:  # only what the user typed, checked where it is read, is exit 2
         err.print(f"callpeer: {exc}", highlight=False, style="red")
         return EXIT_USAGE
-    except (SoundcardUnavailable, CodecUnavailable, LabError, PlotUnavailable, OSError) as exc:
+    except (
+        SoundcardUnavailable,
+        CodecUnavailable,
+        LabError,
+        PlotUnavailable,
+        IdentityError,  # the key file is missing, damaged or open to others: the file is wrong
+        KnownPeersError,  # not what was typed, so exit 1, and the message says what to do
+        OSError,
+    ) as exc:
         err.print(f"callpeer: {exc}", highlight=False, style="red")
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ import argparse
 import getpass
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,14 @@ from voip.cli_output import EXIT_FAILED, EXIT_OK, Presenter, UsageError, show_re
 from voip.config import Config, load_config
 from voip.media.audio_io import AudioSpecError, open_sink, open_source
 from voip.nat.rendezvous_client import TurnOffer
+from voip.security.identity import (
+    Identity,
+    IdentityError,
+    default_identity_path,
+    load_identity,
+    load_or_create,
+)
+from voip.security.known_peers import KnownPeers, KnownPeersError, default_known_peers_path
 from voip.transport import resolve
 from voip.wire.candidates import format_address, parse_address
 from voip.wire.signal import check_name
@@ -109,6 +118,29 @@ def add_call_arguments(p: argparse.ArgumentParser) -> None:
     )
     relay.add_argument("--turn-user", metavar="USER", help="or long-term credentials: user")
     relay.add_argument("--turn-password", metavar="PASSWORD", help="and password")
+    keys = p.add_argument_group(
+        "keys",
+        "Audio is encrypted end to end, and each side proves its long-term key. A first call "
+        "remembers PEER's key in known_peers (compare the code it shows aloud); a later call "
+        "with another key stops before any audio. known_peers is "
+        "$XDG_CONFIG_HOME/callpeer/known_peers whichever --identity is yours: it holds the "
+        "keys of the people you call, and is the file `callpeer trust` writes.",
+    )
+    add_identity_argument(keys)
+    keys.add_argument(
+        "--accept-new-key",
+        action="store_true",
+        help="go on when PEER proves a key other than the one known_peers holds for them, and "
+        "remember the new one (check it with them first: their `callpeer whoami`)",
+    )
+
+
+def add_identity_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument(
+        "--identity",
+        metavar="PATH",
+        help="your key file (default: $XDG_CONFIG_HOME/callpeer/identity, made on first use)",
+    )
 
 
 def user_config() -> Config:
@@ -117,6 +149,71 @@ def user_config() -> Config:
         return load_config()
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def caller_name(arg: str | None, config: Config) -> str:
+    """Who you are on the rendezvous: --as, else config 'name', else your login; UsageError
+    when it is no valid name, saying how to choose one if it was not typed."""
+    name = arg or config.name or getpass.getuser()
+    try:
+        return check_name(name)
+    except ValueError as exc:
+        where = "" if arg else " (it came from config 'name' or your login: pass --as NAME)"
+        raise UsageError(f"{exc}{where}") from exc
+
+
+def identity_path(arg: str | None) -> Path:
+    """Where the identity is: the default place, or --identity when it can name a key file.
+    A path that cannot (empty, a directory, in a directory that does not exist) is what the
+    user typed, exit 2; a file there that is unusable is exit 1, as at the default place."""
+    if arg is None:
+        return default_identity_path()
+    if not arg:
+        raise UsageError("--identity: an empty path; give the key file's path")
+    path = Path(arg).expanduser()
+    if path.is_dir():
+        raise UsageError(f"--identity: {path} is a directory; give the key file's path")
+    if not path.parent.is_dir():
+        # Not made for you: a typo would otherwise leave a new key in a new folder tree.
+        raise UsageError(f"--identity: no directory {path.parent} to keep a key in")
+    return path
+
+
+def open_identity(path: Path, err: Console, note: str = "") -> Identity:
+    """The identity at `path`, made on first use and said so with its fingerprint (on `err`:
+    stdout may be JSON); IdentityError when the file there cannot be used."""
+    try:
+        identity, created = load_or_create(path)
+    except IdentityError:
+        if not path.exists():
+            raise
+        # Two callpeers started at once on first use (both sides of a call on one machine):
+        # the other made the key a moment ago and won the race. Take that one.
+        identity, created = load_identity(path), False
+    if created:
+        err.print(
+            f"created a new identity at {path}, fingerprint {identity.fingerprint}{note}",
+            highlight=False,
+        )
+    return identity
+
+
+class CallKnownPeers(KnownPeers):
+    """known_peers for a call: a key that cannot be written down (a read-only config folder,
+    a full disk) is a warning, not an error inside the handshake that would stall the call."""
+
+    def __init__(self, path: Path, warn: Callable[[str], None]):
+        super().__init__(path)
+        self._warn = warn
+
+    def pin(self, name: str, fp: str) -> None:
+        try:
+            super().pin(name, fp)
+        except KnownPeersError as exc:
+            self._warn(
+                f"could not remember {name}'s key ({exc}): the next call with {name} will be "
+                "a first call again"
+            )
 
 
 def turn_offer(args: argparse.Namespace, name: str) -> TurnOffer | None:
@@ -199,9 +296,8 @@ def _measured_keepalive(server: Address, err: Console) -> float | None:
 async def run_call(args: argparse.Namespace) -> int:
     err = Console(stderr=True, soft_wrap=True)
     config = user_config()
-    name = args.name or config.name or getpass.getuser()
+    name = caller_name(args.name, config)
     try:
-        check_name(name)
         check_name(args.peer)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
@@ -215,6 +311,15 @@ async def run_call(args: argparse.Namespace) -> int:
             raise UsageError(f"--turn: cannot resolve {offer.server[0]!r}: {exc}") from exc
     if args.plot:
         check_plot_path(args.plot)
+    path = identity_path(args.identity)  # a bad --identity is refused before any key is made
+    # known_peers is read first: a damaged one stops the call before a new identity is made.
+    known = CallKnownPeers(
+        default_known_peers_path(),
+        lambda text: err.print(f"callpeer: warning: {text}", style="yellow", highlight=False),
+    )
+    identity = open_identity(
+        path, err, " (`callpeer whoami` shows it again; give it to the people you call)"
+    )
     try:
         source = open_source(args.input)
         try:
@@ -243,6 +348,9 @@ async def run_call(args: argparse.Namespace) -> int:
             fec=args.fec,
             dtx=args.dtx,
             keepalive=keepalive,
+            identity=identity,
+            known_peers=known,
+            accept_new_key=args.accept_new_key,
         ),
         on_event=presenter,
     )

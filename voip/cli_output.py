@@ -12,6 +12,7 @@ from rich.console import Console
 from voip import events as ev
 from voip.call_messages import call_command
 from voip.report import render_table
+from voip.security.identity import short_fingerprint
 from voip.wire.candidates import format_address
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -24,12 +25,15 @@ class UsageError(Exception):
 class Presenter:
     """Progress lines and the live call line on stderr; rich when it is a terminal."""
 
-    def __init__(self, console: Console, label: str = ""):
+    def __init__(self, console: Console, label: str = "", pinned_in: str = "known_peers"):
+        """`pinned_in`: where a first call's key is remembered, in the words shown."""
         self.console = console
         self.label = label
+        self.pinned_in = pinned_in
         self._status: Any = None
         self._name = "<your name>"
         self._last_plain = 0.0
+        self._connected = False
 
     def _line(self, text: str) -> None:
         self.console.print(f"{self.label}{text}", highlight=False)
@@ -71,7 +75,10 @@ class Presenter:
                 f"relay allocated: {format_address(event.relayed)} on TURN server "
                 f"{format_address(event.server)}"
             )
+        elif isinstance(event, ev.Secured):
+            self._line(self._secured(event))
         elif isinstance(event, ev.Connected):
+            self._connected = True
             self._line(
                 f"connected {event.path} to {event.remote} ({event.pair}) in "
                 f"{event.setup_ms:.0f} ms; audio flowing"
@@ -94,7 +101,29 @@ class Presenter:
                 self._line(text)
         elif isinstance(event, ev.Ended):
             self.stop()
-            self._line(f"call ended: {event.reason}")
+            # A call that failed before it connected raises CallError with this same reason,
+            # which the command prints as its error line: said once, not twice.
+            if event.ok or self._connected:
+                self._line(f"call ended: {event.reason}")
+
+    def _secured(self, event: ev.Secured) -> str:
+        """The key exchange in a line: what protects the audio, and what to do about the peer's
+        key (nothing when it was verified; compare the code aloud when it is new to us)."""
+        peer, fp = event.peer, event.peer_fingerprint
+        head = f"encrypted: {event.cipher}"
+        if event.trust == "verified":
+            return f"{head}, {peer}'s key verified (fingerprint SHA256:{short_fingerprint(fp)}...)"
+        if event.trust == "accepted":
+            return (
+                f"{head}; {peer}'s NEW key accepted (--accept-new-key): compare the code "
+                f"{event.sas!r} aloud ({peer}'s key {fp} replaced the old one in "
+                f"{self.pinned_in})"
+            )
+        # "first", and anything newer this presenter does not know: the cautious wording
+        return (
+            f"{head}; first call with {peer}: compare the code {event.sas!r} aloud ({peer}'s "
+            f"key {fp}, now remembered in {self.pinned_in})"
+        )
 
 
 def write_json(report: dict[str, Any], target: str) -> None:

@@ -34,6 +34,17 @@ class RelayAllocated:
 
 
 @dataclass(frozen=True)
+class Secured:
+    """The handshake is done: audio will be encrypted, and the peer's key was checked."""
+
+    peer: str
+    cipher: str
+    peer_fingerprint: str
+    trust: str  # "verified", "first" or "accepted" (see voip/security/peer_verifier.py)
+    sas: str  # compare aloud on a first call
+
+
+@dataclass(frozen=True)
 class Connected:
     path: str  # "direct" or "relay"
     remote: str  # where the audio is sent
@@ -76,6 +87,7 @@ CallEvent = (
     | Waiting
     | RelayAllocated
     | Punching
+    | Secured
     | Connected
     | Standby
     | PathSwitched

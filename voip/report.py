@@ -9,6 +9,7 @@ from typing import Any
 
 from voip.media import emodel
 from voip.media.audio_counts import AudioCounts
+from voip.security.summary import SecurityReport
 
 
 @dataclass
@@ -109,6 +110,7 @@ class CallReport:
     # Each side's NAT mapping as learned at registration ("endpoint-independent", "dependent")
     nat_mapping: dict[str, str | None] = field(default_factory=dict)
     keepalive_s: float | None = None
+    security: SecurityReport | None = None  # None: no key exchange finished (no audio either)
 
     def to_dict(self) -> dict[str, Any]:
         paths = {
@@ -129,6 +131,7 @@ class CallReport:
             "candidates_tried": self.candidates_tried,
             "nat_mapping": self.nat_mapping,
             "keepalive_s": self.keepalive_s,
+            "security": None if self.security is None else self.security.to_dict(),
             "paths": paths,
             "verdict": verdict(self.path, paths),
             "audio": {
@@ -211,8 +214,25 @@ def render_table(report: dict[str, Any]) -> Any:
     row("loss", lambda p: p.get("loss_pct"), " %")
     row("MOS (G.107)", lambda p: p.get("mos"))
     a = report["audio"]
+    # A report saved before calls were encrypted has no "security" key at all: it was not
+    # encrypted either, but not for want of a key exchange, so it is worded apart.
+    security = report.get("security")
+    if security is not None:
+        peer = report["peer"]
+        protection = f"encrypted {security['cipher']}; " + {
+            "verified": f"{peer}'s key verified",
+            "first": f"first call with {peer}: SAS {security['sas']}",
+            "accepted": f"{peer}'s new key accepted: SAS {security['sas']}",
+        }.get(security["trust"], f"{peer}'s key: {security['trust']}, SAS {security['sas']}")
+        if security.get("packets_rejected"):
+            protection += f"; {security['packets_rejected']} forged or replayed packets dropped"
+    elif "security" in report:
+        protection = "not encrypted: no key exchange (no audio)"
+    else:
+        protection = "not encrypted (a report from before callpeer encrypted calls)"
     table.caption = (
         f"{report.get('verdict', '')}\n"
+        f"{protection}\n"
         f"audio frames: sent {a['frames_sent']}, received {a['frames_received']}, "
         f"concealed {a['frames_concealed']}, FEC-recovered {a['frames_recovered']}; "
         f"ended: {report['ended']}"

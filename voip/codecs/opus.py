@@ -17,6 +17,7 @@ from voip.codecs.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm
 
 # libopus CTL request numbers (opus_defines.h). opuslib 3.0.1's `inband_fec` setter forgets to
 # pass its value, so the CTLs are issued directly.
+OPUS_SET_VBR = 4006
 OPUS_SET_INBAND_FEC = 4012
 OPUS_SET_PACKET_LOSS_PERC = 4014
 OPUS_SET_DTX = 4016
@@ -62,6 +63,9 @@ class OpusEncoder:
         self._encode = opuslib.api.encoder.libopus_encode
         self._int16_pointer = opuslib.api.c_int16_pointer
         self._out = ctypes.create_string_buffer(MAX_PACKET)
+        # Constant bitrate: SRTP hides the words but not the packet sizes, and variable-bitrate
+        # speech leaks which phrases were said through them (RFC 6562 §3: use CBR under SRTP).
+        self._ctl(OPUS_SET_VBR, 0)
         self._ctl(OPUS_SET_INBAND_FEC, int(fec))
         self._ctl(OPUS_SET_DTX, int(dtx))
         self.set_expected_loss(expected_loss_pct)

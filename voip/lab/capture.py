@@ -6,7 +6,9 @@ can confirm where the media really went:
     python -m voip.lab.capture --dev wan
 
 prints "ready", then on SIGTERM one JSON object: {"DST_IP:PORT": {"stun": n, "rtp": n,
-"rtcp": n, "other": n}} counting outgoing UDP datagrams, with "from" giving their sources.
+"rtcp": n, "other": n}} counting outgoing UDP datagrams, with "from" giving their sources and
+"rtp_samples" the first RTP packets (hex; unwrapped from TURN ChannelData), for a test to try
+what a listener on the path could make of them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 from collections import defaultdict
 from typing import Any
 
+SAMPLES = 100  # RTP packets kept per destination
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
@@ -58,7 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dev", required=True)
     args = p.parse_args(argv)
     counts: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"stun": 0, "rtp": 0, "rtcp": 0, "channel": 0, "other": 0, "from": set()}
+        lambda: {
+            "stun": 0,
+            "rtp": 0,
+            "rtcp": 0,
+            "channel": 0,
+            "other": 0,
+            "from": set(),
+            "rtp_samples": [],
+        }
     )
     # Outgoing frames reach only ETH_P_ALL taps, not sockets bound to one protocol.
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -84,8 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         src, dst, payload = parsed
         entry = counts[dst]
-        entry[classify(payload)] += 1
+        kind = classify(payload)
+        entry[kind] += 1
         entry["from"].add(src)
+        inner = payload[4:] if kind == "channel" else payload  # ChannelData: a 4-byte header
+        if classify(inner) == "rtp" and len(entry["rtp_samples"]) < SAMPLES:
+            entry["rtp_samples"].append(inner.hex())
     print(json.dumps({k: {**v, "from": sorted(v["from"])} for k, v in counts.items()}), flush=True)
     return 0
 

@@ -138,7 +138,10 @@ def run_lab_call(
         # credentials from the secret they share (as it would offer a coturn fleet).
         secret = secrets.token_urlsafe(12)
         # "=": a random secret may begin with "-", which argparse would take for an option.
-        rendezvous = [sys.executable, "-m", "rendezvous", f"--turn-secret={secret}", "--listen"]
+        # Names and their keys in the run's directory, not the user's state.
+        store = f"--store={workdir / 'names.sqlite3'}"
+        rendezvous = [sys.executable, "-m", "rendezvous", f"--turn-secret={secret}", store]
+        rendezvous.append("--listen")
         relay = lab.start(
             "relay",
             # The lab's internet is a documentation range, which a relay refuses by default.
@@ -208,12 +211,15 @@ def run_lab_call(
                 *(["--plot", str(plot)] if plot is not None and me == "alice" else []),
                 *(["--timeline", str(workdir / f"{me}.timeline.json")] if timeline else []),
             ]
+            # Each caller its own identity and known_peers, made on its first call, in the run's
+            # directory: never the user's, and never shared between the two.
+            home = {"XDG_CONFIG_HOME": str(workdir / f"{me}-config")}
             procs[me] = lab.start(
                 side,
                 args,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env={**os.environ, **(env or {})},
+                env={**os.environ, **home, **(env or {})},
             )
             if me == "alice":
                 time.sleep(bob_after)  # alice waits first, as a person would

@@ -24,8 +24,8 @@ from voip.nat.rendezvous_client import (
     Unreachable,
 )
 from voip.nat.turn_client import Allocated, PermissionRefused, TurnClient, TurnFailed
+from voip.security.identity import Identity
 from voip.wire.candidates import Candidate, CandidateType, format_address
-from voip.wire.rtp import looks_like_rtp_or_rtcp
 from voip.wire.signal import MAPPING_DEPENDENT, PeerReady
 from voip.wire.stun import (
     Address,
@@ -47,7 +47,7 @@ class PeerTimeout:
 
 @dataclass(frozen=True)
 class Introduced:
-    ready: PeerReady
+    ready: PeerReady  # ready.peer_key: the identity key that owns the peer's name
 
 
 @dataclass(frozen=True)
@@ -87,11 +87,12 @@ class Connector:
         relay_mode: RelayMode | str = RelayMode.AUTO,
         turn: TurnOffer | None = None,
         keepalive: float | None = None,
+        identity: Identity | None = None,  # owns `name` at the rendezvous; None: one for this run
     ):
         self.relay_mode = RelayMode(relay_mode)  # ValueError for anything else
         off = self.relay_mode == RelayMode.OFF
         self.signal = RendezvousClient(
-            name, peer, server, host_candidates, ask_now=off, keepalive=keepalive
+            name, peer, server, host_candidates, ask_now=off, keepalive=keepalive, identity=identity
         )
         # Seconds between packets on every mapping we hold while waiting (the rendezvous, the
         # relay), when natcheck measured how soon this NAT forgets a quiet one.
@@ -101,8 +102,7 @@ class Connector:
         self.turn: TurnClient | None = None
         self.relay_unavailable: str | None = "relay off (--relay off)" if off else None
         self.checks: checks.ConnectivityChecks | None = None
-        self.wait_timeout = wait_timeout
-        self.punch_timeout = punch_timeout
+        self.wait_timeout, self.punch_timeout = wait_timeout, punch_timeout
         self.malformed = 0
         self._started = 0.0
         self._asked = off
@@ -193,7 +193,7 @@ class Connector:
                 self.malformed += 1
                 return [], None
             inner = self._stun(msg, src, now, out)
-        if inner is not None:  # arrived through our relay: a check, or media
+        if inner is not None:  # arrived through our relay: a check, media or the key exchange
             payload, peer = inner
             inner = None
             if looks_like_stun(payload) and self.checks is not None:
@@ -204,7 +204,7 @@ class Connector:
                 except StunError:
                     sent = None
                 out += self._routed(sent or [])
-            elif looks_like_rtp_or_rtcp(payload):
+            elif not looks_like_stun(payload):  # the call's: media, or its key exchange
                 inner = (payload, peer)
         self._collect(now, out)
         return out, inner
@@ -304,8 +304,8 @@ class Connector:
     def _start_checks(self, ready: PeerReady, now: float, out: list[Transmit]) -> None:
         relayed = self.turn is not None and self.turn.relayed is not None
         self.checks = checks.ConnectivityChecks(
-            local_ufrag=ready.local_ufrag,
-            local_pwd=ready.local_pwd,
+            local_ufrag=self.signal.ice.ufrag,  # ours, sent when we asked; the peer's below
+            local_pwd=self.signal.ice.pwd,
             remote_ufrag=ready.remote_ufrag,
             remote_pwd=ready.remote_pwd,
             controlling=ready.controlling,

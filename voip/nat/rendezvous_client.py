@@ -1,19 +1,30 @@
 """Client side of rendezvous signalling: register, keep the name, get the peer (sans-IO).
 
-The first REGISTER is answered 401 with a cookie, which every later one carries: it shows the
-server we receive at our address. Our public key in REGISTER and the server's in its answer
-agree a key (voip/security/registration.py); from then on every message either way carries
-MESSAGE-INTEGRITY-SHA256 under it, and a PEER-READY or answer without a good one is dropped,
-as is a PEER-READY for anyone but the peer we asked for.
+The first REGISTER (padded, so the answer may be as large) is answered 401 with a cookie and
+the server's public key; every later one carries the cookie, which shows the server we receive
+at our address, and MESSAGE-INTEGRITY-SHA256 under the key our identity key agrees with the
+server's (voip/security/registration.py), which shows we hold the identity that owns our name.
+The server's messages carry the same MAC, and a PEER-READY or answer without a good one is
+dropped, as is a PEER-READY for anyone but the peer we asked for. We make our own ICE
+credentials and send them when we ask for the peer; the PEER-READY brings the peer's, and the
+identity key that owns the peer's name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from voip.security.identity import Identity
 from voip.security.registration import BadPublicKey, RegistrationKeyPair
 from voip.wire.candidates import Candidate
-from voip.wire.signal import ERR_UNAUTHENTICATED, MAX_CANDIDATES, PeerReady, Register
+from voip.wire.signal import (
+    ERR_UNAUTHENTICATED,
+    MAX_CANDIDATES,
+    UNPROVEN_REGISTER_BYTES,
+    IceCredentials,
+    PeerReady,
+    Register,
+)
 from voip.wire.stun import (
     Address,
     Attr,
@@ -77,7 +88,11 @@ SignalEvent = Registered | Asked | Refused | Unreachable | GotPeer
 
 
 class RendezvousClient:
-    """Registers `name` asking for `peer`, refreshes before expiry, answers PEER-READY."""
+    """Registers `name` asking for `peer`, refreshes before expiry, answers PEER-READY.
+
+    `identity` owns the name at the server; None makes one for this run only, which can hold
+    a name that no other key has claimed there.
+    """
 
     def __init__(
         self,
@@ -88,6 +103,7 @@ class RendezvousClient:
         *,
         ask_now: bool = True,
         keepalive: float | None = None,
+        identity: Identity | None = None,
     ):
         self.name = name
         self.peer: str | None = peer if ask_now else None
@@ -106,14 +122,14 @@ class RendezvousClient:
         self._refresh_at: float | None = None
         self._closed = False
         self._asked_reported = False
-        self.keys = RegistrationKeyPair()
+        self.identity = identity or Identity.generate()
+        # Our identity key is the registration key: the MAC it agrees proves we hold it.
+        self.keys = RegistrationKeyPair(self.identity.private)
+        self.ice = IceCredentials.generate()  # ours for this call (RFC 8445 §5.3)
         self._key: bytes | None = None  # agreed with the server
         self._server_key: bytes | None = None
         self._nonce: str | None = None  # the server's cookie for our address
         self._challenges = 0
-        # A new server key is taken only on the first registration, or right after a 401: a
-        # restarted server has a new key, and it no longer knows our cookie either.
-        self._rekey_allowed = True
         self.forged = 0  # signalling whose MESSAGE-INTEGRITY failed, or for another peer
 
     # -- outputs --------------------------------------------------------------------------
@@ -188,26 +204,38 @@ class RendezvousClient:
         return encode(msg, integrity_key=self._key, integrity_sha256=True, fingerprint=True)
 
     def _authentic(self, msg: Message) -> bool:
-        """An answer or request really from our server: under the key we agreed, or, when a
-        new one may be taken, under a key agreed from the public key it carries."""
-        server_key = msg.get(Attr.CP_KEY)
-        if server_key is not None and server_key != self._server_key and self._rekey_allowed:
-            try:
-                key = self.keys.agree_untrusted(server_key, we_are_client=True)
-            except BadPublicKey:
-                return False
-            if not check_integrity(msg, key):
-                return False
-            self._key, self._server_key = key, server_key
-            self._rekey_allowed = False
-            return True
+        """An answer or request really from our server: under the key we agreed."""
         return self._key is not None and check_integrity(msg, self._key)
 
+    def _take_server_key(self, server_key: bytes | None) -> None:
+        """The key in a 401. It is taken only there: a restarted server has a new key, and it
+        no longer knows our cookie either. A signed answer with another key is a forgery."""
+        if server_key is None or server_key == self._server_key:
+            return
+        try:
+            self._key = self.keys.agree_untrusted(server_key, we_are_client=True)
+        except BadPublicKey:
+            return  # the next REGISTER is challenged again, up to MAX_CHALLENGES
+        self._server_key = server_key
+
     def _register(self, now: float) -> Transmit:
+        ice = self.ice if self.peer is not None else None
         req = Register(
-            self.name, self.peer, self.host_candidates, self.mapping, self._nonce, self.keys.public
+            self.name,
+            self.peer,
+            self.host_candidates,
+            self.mapping,
+            self._nonce,
+            self.keys.public,
+            ice,
         ).to_message()
         data = self._encode(req)
+        if self._nonce is None and len(data) < UNPROVEN_REGISTER_BYTES:
+            # No cookie yet: pad, so the 401 with the cookie and the server's key may answer.
+            room = UNPROVEN_REGISTER_BYTES - len(data) - 4
+            padding = (Attr.PADDING, bytes(-(-room // 4) * 4))
+            req = replace(req, attributes=(*req.attributes, padding))
+            data = self._encode(req)
         context = "ask" if self.peer is not None else "register"
         txn = Transaction.scheduled(req.transaction_id, data, self.server, context, SERVER_SCHEDULE)
         return self._txns.start(now, txn), self.server
@@ -223,13 +251,15 @@ class RendezvousClient:
         except StunError:
             self._txns.restore(txn)  # not an answer we can read: wait for the real one
             return []
-        if nonce is not None:  # a cookie for our address: ask again with it
+        if nonce is not None:  # a cookie for our address: ask again with it, under its key
             self._nonce = nonce
-            self._rekey_allowed = True
+            self._take_server_key(msg.get(Attr.CP_KEY))
             self._challenges += 1
             if self._challenges <= MAX_CHALLENGES:
                 return [self._register(now)]
-            self._events.append(Refused(code, "the server does not accept its own cookie"))
+            self._events.append(
+                Refused(code, "the server does not accept its own cookie and key")
+            )
             return []
         if not self._authentic(msg):
             if msg.cls == Class.ERROR and self._key is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,17 +107,26 @@ def load_identity(path: Path) -> Identity:
 
 
 def save_identity(identity: Identity, path: Path) -> None:
-    """Write the key where only its owner can read it: created 0600, never widened."""
+    """Write the key where only its owner can read it: created 0600, never widened. Written to
+    a file of its own and linked into place, so nobody ever reads half a key, and two callpeers
+    creating one at the same moment cannot both win (FileExistsError for the one that lost)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError as exc:
-        raise IdentityError(f"{path} exists already; not overwriting an identity") from exc
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
         raise IdentityError(f"cannot create an identity at {path}: {exc}") from exc
     body = FILE_HEADER + "\n" + base64.b64encode(identity.private_bytes).decode() + "\n"
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(body)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(body)
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise IdentityError(f"cannot create an identity at {path}: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_or_create(path: Path | None = None) -> tuple[Identity, bool]:
@@ -126,5 +136,8 @@ def load_or_create(path: Path | None = None) -> tuple[Identity, bool]:
     if path.exists():
         return load_identity(path), False
     identity = Identity.generate(path)
-    save_identity(identity, path)
+    try:
+        save_identity(identity, path)
+    except FileExistsError:  # another callpeer made it a moment ago: that one is ours
+        return load_identity(path), False
     return identity, True

@@ -8,6 +8,7 @@ the new one. `callpeer trust NAME FINGERPRINT` pins a key ahead of any call.
 
 from __future__ import annotations
 
+import base64
 import enum
 import os
 import re
@@ -26,12 +27,19 @@ class KnownPeersError(Exception):
 
 def check_fingerprint(fp: str) -> str:
     """A fingerprint as `callpeer whoami` prints it, or ValueError saying what one looks like."""
-    if not FINGERPRINT_RE.match(fp):
+    if not FINGERPRINT_RE.match(fp) or not _canonical(fp):
         raise ValueError(
             f"bad fingerprint {fp!r}: expected 'SHA256:' and 43 base64 characters, "
             "as 'callpeer whoami' prints it"
         )
     return fp
+
+
+def _canonical(fp: str) -> bool:
+    """The base64 of a 32-byte digest, written as we write it (the last character's spare
+    bits zero): one key, one spelling, so comparing text compares keys."""
+    digest = base64.b64decode(fp.removeprefix("SHA256:") + "=")
+    return len(digest) == 32 and base64.b64encode(digest).decode().rstrip("=") == fp[7:]
 
 
 def default_known_peers_path() -> Path:
@@ -73,6 +81,8 @@ class KnownPeers:
         """Trust `fp` for `name` from now on, replacing what was there."""
         check_name(name)
         check_fingerprint(fp)
+        if self.path is not None:
+            self._pins = self._read()  # what another callpeer pinned since we read it stays
         self._pins[name] = fp
         if self.path is not None:
             self._write()

@@ -1,12 +1,14 @@
 """Registration keys: X25519 agreement of a caller with its rendezvous (RFC 7748; HKDF, RFC 5869).
 
-A caller makes a fresh key pair for each run and sends the public half in REGISTER; the server
-answers with its own public key. Both derive the same 32-byte key, and every later message
-between them carries MESSAGE-INTEGRITY-SHA256 (RFC 8489 §14.6) under it: a PEER-READY or an
-answer forged by anyone off the path fails it, and only the caller that registered a name can
-refresh it, move it to a new address or release it. Someone on the path could stand in the
-middle of the agreement, and the server itself could lie about a peer: end-to-end identity of
-the peer is a layer above this one.
+The caller's key pair is its long-term identity (voip/security/identity.py); it sends the public
+half in REGISTER, and the server sends its own in the 401 that carries the cookie. Both derive
+the same 32-byte key, and every later message between them carries MESSAGE-INTEGRITY-SHA256
+(RFC 8489 §14.6) under it. Only the holder of the identity's private key can compute it, so the
+MAC proves possession of the key that owns the name: nobody else can claim, refresh, move or
+release it, and a PEER-READY or an answer forged by anyone off the path fails it. The server's
+key is per process and unauthenticated, so someone on the path could stand in the middle of the
+agreement, and the server itself could lie about a peer's key: the call's handshake, pinned in
+known_peers and checked aloud with the SAS, is what settles who the peer is.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class BadPublicKey(ValueError):
 
 
 class RegistrationKeyPair:
-    """One side's X25519 key pair: the caller's for one run, the server's for its lifetime."""
+    """One side's X25519 key pair: the caller's identity key, the server's for its lifetime."""
 
     def __init__(self, private: X25519PrivateKey | None = None):
         self._private = private or X25519PrivateKey.generate()

@@ -1,12 +1,16 @@
 """callpeer's signalling messages to and from the rendezvous server, carried as STUN (sans-IO).
 
 Signalling rides on STUN framing so that it shares the client's one socket, demultiplexes as
-STUN (RFC 7983) and gets STUN's transactions and retransmissions for reliability over UDP.
+STUN (RFC 7983) and gets STUN's transactions and retransmissions for reliability over UDP. Each
+caller makes its own ICE credentials (RFC 8445 §5.3) and sends them in the REGISTER that asks for
+its peer; the server hands them, and the caller's identity key, to the peer in PEER-READY.
 """
 
 from __future__ import annotations
 
+import base64
 import re
+import secrets
 import struct
 from dataclasses import dataclass
 
@@ -48,6 +52,18 @@ REASONS = {
     ERR_CAPACITY: "Insufficient Capacity",
 }
 MAX_CANDIDATES = 16  # host candidates in one REGISTER; more is not a real host
+KEY_BYTES = 32  # an X25519 public key (RFC 7748)
+# A REGISTER without a cookie is padded to at least this: the 401 that brings the cookie and
+# the server's key (108 bytes) must be no larger than the request it answers, or the server,
+# which never answers a stranger with more bytes than it sent, would stay silent.
+UNPROVEN_REGISTER_BYTES = 128
+
+# ICE credentials, RFC 8445 §5.3: ice-chars only, a ufrag of at least 4 and a password of at
+# least 22 (128 bits). RFC 8445 allows 256; 64 keeps a PEER-READY with IPv6 candidates in one
+# datagram, and a callpeer client sends 8 and 24.
+ICE_CHARS = re.compile(r"^[A-Za-z0-9+/]+$")
+UFRAG_CHARS = (4, 64)
+PWD_CHARS = (22, 64)
 
 
 def check_name(name: str) -> str:
@@ -96,12 +112,50 @@ def _required_text(msg: Message, attr: Attr) -> str:
 
 
 @dataclass(frozen=True)
+class IceCredentials:
+    """One caller's ICE username fragment and password, made by the caller for this call."""
+
+    ufrag: str
+    pwd: str
+
+    @classmethod
+    def generate(cls) -> IceCredentials:
+        # Base64 of a multiple of 3 bytes has no padding: ice-chars only. 48 and 144 bits.
+        ufrag = base64.b64encode(secrets.token_bytes(6)).decode()
+        return cls(ufrag, base64.b64encode(secrets.token_bytes(18)).decode())
+
+    @classmethod
+    def from_untrusted(cls, ufrag: str, pwd: str) -> IceCredentials:
+        for what, value, (low, high) in (("ufrag", ufrag, UFRAG_CHARS), ("pwd", pwd, PWD_CHARS)):
+            if not low <= len(value) <= high or not ICE_CHARS.match(value):
+                raise StunError(f"ICE {what} must be {low}-{high} ice-chars (RFC 8445 §5.3)")
+        return cls(ufrag, pwd)
+
+
+def _ice(msg: Message, ufrag_attr: Attr, pwd_attr: Attr) -> IceCredentials | None:
+    ufrag, pwd = msg.text(ufrag_attr), msg.text(pwd_attr)
+    if ufrag is None and pwd is None:
+        return None
+    if ufrag is None or pwd is None:
+        raise StunError("an ICE ufrag without its password, or the other way round")
+    return IceCredentials.from_untrusted(ufrag, pwd)
+
+
+def _key(msg: Message, attr: Attr) -> bytes | None:
+    value = msg.get(attr)
+    if value is not None and len(value) != KEY_BYTES:
+        raise StunError(f"{attr.name} must be {KEY_BYTES} bytes")
+    return value
+
+
+@dataclass(frozen=True)
 class Register:
     """Client -> server: I am `name`, reachable at these host candidates; I want to call `peer`.
 
     Sent again as a keepalive; the server keeps the name for the lifetime it answers with.
     `nonce` is the server's cookie, proof that we receive at our address (the first REGISTER
-    has none and is answered 401 with one); `key` is our public registration key.
+    has none and is answered 401 with one and the server's key); `key` is our identity's public
+    key, which owns the name; `ice` our credentials for the call, sent when asking for `peer`.
     """
 
     name: str
@@ -110,6 +164,7 @@ class Register:
     mapping: str | None = None  # MAPPING_INDEPENDENT or MAPPING_DEPENDENT, once known
     nonce: str | None = None
     key: bytes | None = None
+    ice: IceCredentials | None = None
 
     def to_message(self, transaction_id: bytes | None = None) -> Message:
         attrs = [(Attr.CP_NAME, text(self.name))]
@@ -122,6 +177,9 @@ class Register:
         attrs += [(Attr.CP_CANDIDATE, encode_candidate(c)) for c in self.host_candidates]
         if self.mapping is not None:
             attrs.append((Attr.CP_NAT_MAPPING, text(self.mapping)))
+        if self.ice is not None:
+            attrs.append((Attr.CP_LOCAL_UFRAG, text(self.ice.ufrag)))
+            attrs.append((Attr.CP_LOCAL_PWD, text(self.ice.pwd)))
         if transaction_id is None:
             return Message(Method.CP_REGISTER, Class.REQUEST, attributes=tuple(attrs))
         return Message(Method.CP_REGISTER, Class.REQUEST, transaction_id, tuple(attrs))
@@ -142,36 +200,38 @@ class Register:
             _candidates(msg),
             _mapping(msg, Attr.CP_NAT_MAPPING),
             msg.text(Attr.NONCE),
-            msg.get(Attr.CP_KEY),
+            _key(msg, Attr.CP_KEY),
+            _ice(msg, Attr.CP_LOCAL_UFRAG, Attr.CP_LOCAL_PWD),
         )
 
 
 @dataclass(frozen=True)
 class PeerReady:
-    """Server -> both clients at once: your peer's candidates and this call's credentials.
+    """Server -> both clients at once: your peer's candidates, credentials and identity key.
 
     Credentials follow ICE (RFC 8445 §5.3): a check from A to B carries USERNAME
-    "B-ufrag:A-ufrag" and MESSAGE-INTEGRITY keyed with B's password.
+    "B-ufrag:A-ufrag" and MESSAGE-INTEGRITY keyed with B's password. Each side made its own and
+    knows them; this carries the peer's, as the peer sent them in its REGISTER. `peer_key` is
+    the public key that owns the peer's name at this server: what the call's handshake expects
+    the peer to prove.
     """
 
     peer: str
     candidates: tuple[Candidate, ...]
-    local_ufrag: str
-    local_pwd: str
     remote_ufrag: str
     remote_pwd: str
     controlling: bool
+    peer_key: bytes
     peer_mapping: str | None = None  # what the peer's NAT mapping is, if it found out
 
     def to_message(self, transaction_id: bytes | None = None) -> Message:
         attrs = [
             (Attr.CP_PEER, text(self.peer)),
             *[(Attr.CP_CANDIDATE, encode_candidate(c)) for c in self.candidates],
-            (Attr.CP_LOCAL_UFRAG, text(self.local_ufrag)),
-            (Attr.CP_LOCAL_PWD, text(self.local_pwd)),
             (Attr.CP_REMOTE_UFRAG, text(self.remote_ufrag)),
             (Attr.CP_REMOTE_PWD, text(self.remote_pwd)),
             (Attr.CP_ROLE, text("controlling" if self.controlling else "controlled")),
+            (Attr.CP_PEER_KEY, self.peer_key),
         ]
         if self.peer_mapping is not None:
             attrs.append((Attr.CP_PEER_NAT_MAPPING, text(self.peer_mapping)))
@@ -184,14 +244,17 @@ class PeerReady:
         role = _required_text(msg, Attr.CP_ROLE)
         if role not in ("controlling", "controlled"):
             raise StunError(f"bad role {role!r}")
+        remote = _ice(msg, Attr.CP_REMOTE_UFRAG, Attr.CP_REMOTE_PWD)
+        peer_key = _key(msg, Attr.CP_PEER_KEY)
+        if remote is None or peer_key is None:
+            raise StunError("PEER-READY without the peer's credentials or key")
         return cls(
             peer=_required_text(msg, Attr.CP_PEER),
             # The peer's registered candidates and the address the server saw it at.
             candidates=_candidates(msg, MAX_CANDIDATES + 1),
-            local_ufrag=_required_text(msg, Attr.CP_LOCAL_UFRAG),
-            local_pwd=_required_text(msg, Attr.CP_LOCAL_PWD),
-            remote_ufrag=_required_text(msg, Attr.CP_REMOTE_UFRAG),
-            remote_pwd=_required_text(msg, Attr.CP_REMOTE_PWD),
+            remote_ufrag=remote.ufrag,
+            remote_pwd=remote.pwd,
             controlling=role == "controlling",
+            peer_key=peer_key,
             peer_mapping=_mapping(msg, Attr.CP_PEER_NAT_MAPPING),
         )

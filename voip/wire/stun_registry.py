@@ -69,9 +69,9 @@ class Attr(IntEnum):
     CP_NAME = 0xC001
     CP_PEER = 0xC002
     CP_CANDIDATE = 0xC003
-    CP_LOCAL_UFRAG = 0xC004
+    CP_LOCAL_UFRAG = 0xC004  # the sender's own ICE credentials, in the REGISTER that asks
     CP_LOCAL_PWD = 0xC005
-    CP_REMOTE_UFRAG = 0xC006
+    CP_REMOTE_UFRAG = 0xC006  # the peer's, handed on in PEER-READY
     CP_REMOTE_PWD = 0xC007
     CP_ROLE = 0xC008
     CP_STATUS = 0xC009
@@ -80,4 +80,6 @@ class Attr(IntEnum):
     CP_TURN_PASSWORD = 0xC00C
     CP_NAT_MAPPING = 0xC00D  # the sender's NAT mapping, as learned at registration
     CP_PEER_NAT_MAPPING = 0xC00E  # the peer's, handed on in PEER-READY
-    CP_KEY = 0xC00F  # an X25519 public key: the caller's in REGISTER, the server's in answers
+    CP_KEY = 0xC00F  # an X25519 public key: the caller's identity in REGISTER, the server's in
+    # its answers (the 401 included)
+    CP_PEER_KEY = 0xC010  # the peer's identity public key, handed on in PEER-READY

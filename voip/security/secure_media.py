@@ -1,0 +1,116 @@
+"""A call's end-to-end media protection, sans-IO: the key exchange, then SRTP both ways.
+
+The ICE controlling side starts a Noise XX handshake on the chosen path (voip/security/
+handshake.py), authenticated by both long-term identity keys; the `PeerVerifier` decides
+whether to go on with the key the peer proves. From the result come the SRTP keys
+(voip/security/srtp.py) and the SAS. Until then no media is sent, and media that arrives is
+dropped: nothing is ever sent or played in the clear.
+"""
+
+from __future__ import annotations
+
+from voip.events import Secured
+from voip.security.handshake import HandshakeResult, MediaHandshake
+from voip.security.identity import Identity, fingerprint
+from voip.security.known_peers import KnownPeers
+from voip.security.peer_verifier import PeerVerifier
+from voip.security.srtp import CIPHER, MediaCipher
+from voip.security.summary import SecurityReport
+from voip.wire.signal import PeerReady
+
+PROLOGUE = b"callpeer media v1"
+
+
+def prologue(initiator: str, responder: str) -> bytes:
+    """Both names go into the handshake hash: a handshake relayed from another call fails."""
+    return b"\0".join((PROLOGUE, initiator.encode(), responder.encode()))
+
+
+class SecureMedia:
+    def __init__(
+        self, identity: Identity, initiator: bool, names: tuple[str, str], verifier: PeerVerifier
+    ):
+        """`names`: (initiator's, responder's)."""
+        self.verifier = verifier
+        self.handshake = MediaHandshake(initiator, identity.private, prologue(*names), verifier)
+        self.cipher: MediaCipher | None = None
+        self.result: HandshakeResult | None = None
+        self.early = 0  # media that came before the keys (dropped; the peer's were first)
+        self.outbox: list[bytes] = []  # handshake messages for the peer, sent once there is a path
+
+    @classmethod
+    def for_call(
+        cls, identity: Identity, me: str, ready: PeerReady, known: KnownPeers, accept: bool
+    ) -> SecureMedia:
+        """For the call the rendezvous introduced with `ready`; the controlling side starts
+        the handshake. `accept`: go on with a key that differs from the pinned one."""
+        verifier = PeerVerifier(ready.peer, ready.peer_key, known, accept)
+        names = (me, ready.peer) if ready.controlling else (ready.peer, me)
+        return cls(identity, ready.controlling, names, verifier)
+
+    def take_outbox(self) -> list[bytes]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    @property
+    def failure(self) -> str | None:
+        return self.verifier.refusal or self.handshake.failure
+
+    def next_deadline(self) -> float | None:
+        return None if self.cipher is not None else self.handshake.next_deadline()
+
+    def start(self, now: float) -> None:
+        self.outbox += self.handshake.start(now)
+
+    def poll(self, now: float) -> None:
+        if self.cipher is None:
+            self.outbox += self.handshake.poll(now)
+
+    def on_handshake(self, data: bytes, now: float) -> None:
+        """A handshake datagram from the peer, or from anyone: answers go to the outbox."""
+        self.outbox += self.handshake.handle_untrusted(data, now)
+        self._take_result()
+
+    def _take_result(self) -> None:
+        result = self.handshake.result
+        if result is None or self.cipher is not None:
+            return
+        self.result = result
+        self.cipher = MediaCipher(result.local_srtp, result.remote_srtp)
+        self.verifier.settle(result.remote_static)
+
+    def protect(self, packet: bytes) -> bytes | None:
+        """SRTP or SRTCP of an RTP or RTCP packet; None before there are keys to send it under."""
+        self._take_result()
+        return None if self.cipher is None else self.cipher.protect(packet)
+
+    def unprotect_untrusted(self, packet: bytes) -> bytes | None:
+        if self.cipher is None:
+            self.early += 1
+            return None
+        return self.cipher.unprotect_untrusted(packet)
+
+    def secured(self, peer: str) -> Secured:
+        """The event that says so, once the handshake is over."""
+        assert self.result is not None
+        report = self.report()
+        assert report is not None
+        return Secured(peer, CIPHER, report.peer_fingerprint, report.trust, report.sas)
+
+    def report(self) -> SecurityReport | None:
+        if self.result is None or self.cipher is None:
+            return None
+        trust = self.verifier.trust or "first"
+        return SecurityReport(
+            cipher=CIPHER,
+            peer_fingerprint=fingerprint(self.result.remote_static),
+            verified=trust == "verified",
+            sas=self.result.sas,
+            trust=trust,
+            packets_rejected=self.cipher.rejected,
+            handshake_ms=self._handshake_ms(),
+        )
+
+    def _handshake_ms(self) -> float | None:
+        started, done = self.handshake.started_at, self.handshake.completed_at
+        return None if started is None or done is None else (done - started) * 1000
