@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 
+from tests.sniffer import tone_ratio
 from voip.codecs.pcm import dominant_frequency, silence, tone
 from voip.lab.echo import EchoRtt
 from voip.lab.latency import lab_mouth_to_ear
 from voip.lab.nat import NAT_KINDS
 from voip.lab.netns import lab_unavailable_reason, list_namespaces, run
-from voip.lab.scenario import run_lab_call
+from voip.lab.scenario import TONES, run_lab_call
 from voip.lab.topology import (
     PREFIX,
     RELAY_IP,
@@ -262,6 +263,11 @@ def test_nat_matrix(tmp_path: Path, nat_a: str, nat_b: str, same_nat: bool) -> N
         assert rtp_to == {alice_remote: rtp_to[alice_remote]} and rtp_to[alice_remote] >= 80
         [source] = capture[alice_remote]["from"]  # one mapping carried it: a's public address
         assert source.split(":")[0] == _public(result.nodes, "a")
+    # A listener on a's WAN reads the RTP headers, and nothing of the audio: SRTP, direct or
+    # through the relay (ChannelData unwrapped), so the relay's host sees ciphertext too.
+    sniffed = [bytes.fromhex(h) for c in capture.values() for h in c["rtp_samples"]]
+    assert len(sniffed) >= 50, len(sniffed)
+    assert tone_ratio(sniffed[10:], TONES["alice"]) < 1.0
     assert elapsed < 30
 
 

@@ -65,7 +65,9 @@ class OpusEncoder:
         self._out = ctypes.create_string_buffer(MAX_PACKET)
         # Constant bitrate: SRTP hides the words but not the packet sizes, and variable-bitrate
         # speech leaks which phrases were said through them (RFC 6562 §3: use CBR under SRTP).
-        self._ctl(OPUS_SET_VBR, 0)
+        # DTX has already chosen to show the silences for bandwidth, and needs VBR: its
+        # comfort-noise updates are told from speech by their size (a few bytes, or CBR's 80).
+        self._ctl(OPUS_SET_VBR, int(dtx))
         self._ctl(OPUS_SET_INBAND_FEC, int(fec))
         self._ctl(OPUS_SET_DTX, int(dtx))
         self.set_expected_loss(expected_loss_pct)
