@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,10 +68,23 @@ class NameStore:
             self._db = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
-            self._setup()
+            self._setup_retrying()
             self._count = int(self._db.execute("SELECT COUNT(*) FROM names").fetchone()[0])
         except (OSError, sqlite3.Error) as exc:
             raise NameStoreError(f"cannot open the name store {self.path}: {_why(exc)}") from exc
+
+    def _setup_retrying(self) -> None:
+        """Two servers opening one new file at once: switching it to WAL takes a lock that
+        SQLite's busy timeout does not wait for, so the loser tries again a moment later."""
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                self._setup()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
 
     def _setup(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])

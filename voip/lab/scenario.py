@@ -138,15 +138,14 @@ def run_lab_call(
         # credentials from the secret they share (as it would offer a coturn fleet).
         secret = secrets.token_urlsafe(12)
         # "=": a random secret may begin with "-", which argparse would take for an option.
-        # Names and their keys in the run's directory, not the user's state.
-        store = f"--store={workdir / 'names.sqlite3'}"
-        rendezvous = [sys.executable, "-m", "rendezvous", f"--turn-secret={secret}", store]
-        rendezvous.append("--listen")
+        rendezvous = [sys.executable, "-m", "rendezvous", f"--turn-secret={secret}"]
         relay = lab.start(
             "relay",
             # The lab's internet is a documentation range, which a relay refuses by default.
             [
                 *rendezvous,
+                f"--store={workdir / 'relay-names.sqlite3'}",  # the run's, not the user's
+                "--listen",
                 f"{RELAY_IP}:3478",
                 "--relay-address",
                 RELAY_IP,
@@ -159,6 +158,8 @@ def run_lab_call(
             "server",
             [
                 *rendezvous,
+                f"--store={workdir / 'names.sqlite3'}",
+                "--listen",
                 f"{SERVER_IP}:3478",
                 "--turn-url",
                 f"turn:{RELAY_IP}:3478",
