@@ -17,8 +17,19 @@ WINDOW = 3600.0  # s
 
 
 class ClaimRate:
-    def __init__(self, per_source: int, max_sources: int = 100_000, window: float = WINDOW):
+    def __init__(
+        self,
+        per_source: int,
+        max_sources: int = 100_000,
+        window: float = WINDOW,
+        in_all: int | None = None,
+    ):
+        """`in_all`: new names from every source together per window (None: no such cap). An
+        IPv6 attacker has 65,536 /64s in a /48; with names on probation for a week
+        (rendezvous/name_store.py), this bounds what strangers can hold in the store at once."""
         self.per_source = per_source
+        self.in_all = in_all
+        self._total = 0
         self.max_sources = max_sources
         self.window = window
         self._counts: Counter[str] = Counter()
@@ -30,6 +41,8 @@ class ClaimRate:
     def allowed(self, ip: str, now: float) -> bool:
         """Whether `ip` may claim one more name now."""
         self._roll(now)
+        if self.in_all is not None and self._total >= self.in_all:
+            return False
         block = address_block(ip)
         if block not in self._counts and len(self._counts) >= self.max_sources:
             return False  # too many sources claiming at once: the newest waits for the window
@@ -38,8 +51,10 @@ class ClaimRate:
     def claimed(self, ip: str, now: float) -> None:
         self._roll(now)
         self._counts[address_block(ip)] += 1
+        self._total += 1
 
     def _roll(self, now: float) -> None:
         if now >= self._window_end:
             self._counts.clear()
+            self._total = 0
             self._window_end = now + self.window

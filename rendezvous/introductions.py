@@ -74,6 +74,7 @@ class Introductions:
                 controlling=me is first,
                 peer_key=peer.client_key,
                 peer_mapping=peer.mapping,
+                peer_commit=creds.commit,
             )
             req = ready.to_message()
             txn = Transaction.scheduled(

@@ -21,6 +21,7 @@ class Limits:
     # stranger's are capped in all, per source and in time
     bindings: int = 1_000_000
     claims_per_ip: int = 64  # new names one public IP may claim in an hour
+    claims_per_hour: int = 3_600  # new names from everyone together in an hour
     binding_days: int = 365  # a name unseen this long is released for anyone to claim
     # the relay (coturn's total-quota and user-quota, and per source address)
     allocations: int = 10_000
@@ -37,6 +38,7 @@ OPTIONS = (
     ("--max-candidates", "candidates", "host candidates kept per registration"),
     ("--max-bindings", "bindings", "names bound to keys in the store"),
     ("--claims-per-ip", "claims_per_ip", "new names one public IP may claim per hour"),
+    ("--claims-per-hour", "claims_per_hour", "new names everyone together may claim per hour"),
     ("--forget-after", "binding_days", "days unseen after which a name is released"),
     ("--total-quota", "allocations", "relay allocations in all (coturn's total-quota)"),
     ("--quota", "allocations_per_user", "relay allocations per user (coturn's user-quota)"),

@@ -205,9 +205,9 @@ class RendezvousLogic:
         except StunError:
             self.stats["bad_register"] += 1
             return self._refuse(msg, src, ERR_BAD_REQUEST)
-        if req.key is None or (req.peer is not None and req.ice is None):
+        if req.key is None or (req.peer is not None and (req.ice is None or not req.ice.commit)):
             # No key to own the name with; or asking for a peer without the credentials the
-            # peer will need to check us.
+            # peer will need to check us, and the commitment its handshake will hold us to.
             self.stats["bad_register"] += 1
             return self._refuse(msg, src, ERR_BAD_REQUEST)
         if not self.cookies.valid(req.nonce, src, now):

@@ -19,6 +19,11 @@ from pathlib import Path
 
 MEMORY = ":memory:"
 TOUCH_INTERVAL = 3600.0  # s between writes of a name's last_seen
+# A name seen on one day only (claimed, used, never back) is on probation: released after
+# PROBATION unseen rather than max_age, so claims a stranger makes and drops cannot hold the
+# store for a year. Seen again a day or more after its claim, it is kept the full max_age.
+PROBATION = 7 * 86400.0
+SETTLED_AFTER = 86400.0
 DEFAULT_MAX_AGE_DAYS = 365
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT = 1.0  # s to wait for another process's write; a datagram handler waits on it
@@ -109,8 +114,11 @@ class NameStore:
             ).fetchone()
             if row is None:
                 return None
-            binding = Binding(name, bytes(row[0]), float(row[1]), float(row[2]))
-            if binding.last_seen >= wall - self.max_age:
+            try:
+                binding = Binding(name, bytes(row[0]), float(row[1]), float(row[2]))
+            except (TypeError, ValueError) as exc:  # a damaged row: no binding we can trust
+                raise NameStoreError(f"name store {self.path}: a damaged row for {name!r}") from exc
+            if not self._expired(binding, wall):
                 return binding
             # Unseen too long: released now, whatever the next purge would have done.
             self._count -= self._db.execute("DELETE FROM names WHERE name = ?", (name,)).rowcount
@@ -146,11 +154,20 @@ class NameStore:
             raise NameStoreError(f"name store {self.path}: {_why(exc)}") from exc
         return True
 
+    def _expired(self, binding: Binding, wall: float) -> bool:
+        unseen = wall - binding.last_seen
+        settled = binding.last_seen - binding.first_claimed >= SETTLED_AFTER
+        return unseen > (self.max_age if settled else min(self.max_age, PROBATION))
+
     def purge(self, wall: float) -> int:
-        """Release every binding unseen for max_age; how many went."""
+        """Release every binding unseen for max_age, or for PROBATION if it was seen on one
+        day only; how many went."""
+        probation = min(self.max_age, PROBATION)
         try:
             gone = self._db.execute(
-                "DELETE FROM names WHERE last_seen < ?", (wall - self.max_age,)
+                "DELETE FROM names WHERE last_seen < ? OR "
+                "(last_seen - first_claimed < ? AND last_seen < ?)",
+                (wall - self.max_age, SETTLED_AFTER, wall - probation),
             ).rowcount
         except sqlite3.Error as exc:
             raise NameStoreError(f"name store {self.path}: {_why(exc)}") from exc

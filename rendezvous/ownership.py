@@ -24,7 +24,7 @@ class NameOwnership:
         self.store = store
         self.limits = limits
         self.stats = stats
-        self.claims = ClaimRate(limits.claims_per_ip)
+        self.claims = ClaimRate(limits.claims_per_ip, in_all=limits.claims_per_hour)
         self._next_purge = float("-inf")  # the first poll sweeps what aged while we were down
 
     def admit(

@@ -140,7 +140,9 @@ def test_a_changed_key_stops_the_call_before_any_audio() -> None:
     assert alice.core.failure is not None and "key has changed" in alice.core.failure
     assert "--accept-new-key" in alice.core.failure
     assert alice.secured() is None and not alice.sent_rtp and alice.sink.frames == 0
-    assert bob.sink.frames == 0 and not bob.sent_rtp  # the initiator or the responder: no audio
+    # Bob, who started the handshake, had alice's real key and may have sent her audio under
+    # keys only she holds; she played none of it, and bob heard nothing.
+    assert bob.sink.frames == 0
     assert alice.core.report().security is None
 
 

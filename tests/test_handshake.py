@@ -20,6 +20,7 @@ from voip.security.handshake import (
     SRTP_KEYING_BYTES,
     HandshakeResult,
     MediaHandshake,
+    commitment,
     frame,
     is_handshake,
 )
@@ -301,3 +302,71 @@ def test_handle_untrusted_never_raises(initiator: bool, data: bytes) -> None:
     out = side.handle_untrusted(data, 0.1)
     assert side.result is None and side.failure is None
     assert all(is_handshake(d) for d in out)
+
+
+def committed_pair() -> tuple[Net, X25519PrivateKey, X25519PrivateKey]:
+    """As a call runs it: each side's ephemeral committed to ahead, and held by the other."""
+    ea, eb = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    alice = MediaHandshake(
+        True,
+        Identity.generate().private,
+        PROLOGUE,
+        accept,
+        ephemeral=ea,
+        peer_commitment=commitment(eb),
+    )
+    bob = MediaHandshake(
+        False,
+        Identity.generate().private,
+        PROLOGUE,
+        accept,
+        ephemeral=eb,
+        peer_commitment=commitment(ea),
+    )
+    return Net({"alice": alice, "bob": bob}, {"alice": "bob", "bob": "alice"}), ea, eb
+
+
+def test_committed_ephemerals_complete_and_strangers_get_no_answer() -> None:
+    """With commitments, a msg1 that is not the committed one is dropped unread: no key
+    exchange for a stranger, no msg2 sent back, and a flood that comes after the genuine msg1
+    (the race the session table alone loses) changes nothing."""
+    net, _, _ = committed_pair()
+    for n in range(50):
+        forged = frame(1, NoiseXX(True, X25519PrivateKey.generate(), PROLOGUE).write_message())
+        net.inject(0.051 + n * 0.0001, "bob", forged)  # just after alice's msg1 lands
+    net.run()
+    assert_agree(*results(net))
+    bob = net.nodes["bob"]
+    assert bob.rejected == 50
+    assert len(net.sent("bob", 2)) == 1  # one msg2, to the genuine msg1 only
+
+
+def test_a_man_in_the_middle_cannot_choose_his_ephemeral_after_seeing_alice() -> None:
+    """Mallory answers alice's msg1 with a msg2 from an ephemeral of his choosing (what he
+    would grind for a SAS collision): it is not the one committed to, so it is dropped."""
+    net, _, _ = committed_pair()
+    alice = net.nodes["alice"]
+    msg1 = alice.start(0.0)[0]
+    mallory = NoiseXX(False, X25519PrivateKey.generate(), PROLOGUE)
+    mallory.read_message_untrusted(msg1[4:])
+    assert alice.handle_untrusted(frame(2, mallory.write_message()), 0.01) == []
+    assert alice.rejected == 1 and alice.result is None
+    # The genuine responder, with the committed ephemeral, still gets through.
+    bob = net.nodes["bob"]
+    msg2 = bob.handle_untrusted(msg1, 0.02)
+    assert len(msg2) == 1 and alice.handle_untrusted(msg2[0], 0.03) != []
+    assert alice.result is not None
+
+
+def test_a_payload_is_refused_where_none_may_be() -> None:
+    """A payload is free for its writer and moves h: a msg2 that carries one is rejected, and
+    the state is as before it, so the genuine msg2 still completes."""
+    net, _, eb = committed_pair()
+    alice = net.nodes["alice"]
+    msg1 = alice.start(0.0)[0]
+    with_payload = NoiseXX(False, X25519PrivateKey.generate(), PROLOGUE, ephemeral=eb)
+    with_payload.read_message_untrusted(msg1[4:])
+    assert alice.handle_untrusted(frame(2, with_payload.write_message(b"grind me")), 0.01) == []
+    assert alice.rejected == 1
+    msg2 = net.nodes["bob"].handle_untrusted(msg1, 0.02)
+    assert alice.handle_untrusted(msg2[0], 0.03) != [] and alice.result is not None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,7 @@ def forged_register(
         (evil,),
         nonce=logic.cookies.make(src, now),  # as if seen on the path: a cookie is no secret
         key=owner.public,
-        ice=IceCredentials.generate(),
+        ice=replace(IceCredentials.generate(), commit=bytes(32)),
     )
     return encode(req.to_message(), integrity_key=key, integrity_sha256=True, fingerprint=True)
 
@@ -335,3 +336,45 @@ def test_names_over_loopback_through_a_restarted_server(tmp_path: Path) -> None:
     first, stranger, owner = asyncio.run(scenario())
     assert isinstance(first[0], Registered) and isinstance(owner[0], Registered)
     assert isinstance(stranger[0], Refused) and stranger[0].code == 409
+
+
+DAY = 86400.0
+
+
+def test_a_name_used_on_one_day_only_is_released_after_a_week() -> None:
+    """Claimed and dropped (what a stranger filling the store does): a week. Seen again a day
+    or more after its claim (what a person does): the full year."""
+    store = NameStore()
+    key = bytes(range(32))
+    assert store.claim("dropped", key, 0.0) and store.claim("kept", key, 0.0)
+    kept = store.lookup("kept", 2 * DAY)
+    assert kept is not None and store.touch(kept, 2 * DAY)  # came back two days later
+    assert store.lookup("dropped", 6 * DAY) is not None
+    assert store.lookup("dropped", 8 * DAY) is None  # on probation: gone after 7 days unseen
+    assert store.lookup("kept", 300 * DAY) is not None
+    assert store.claim("gone", key, 0.0)
+    assert store.purge(8 * DAY) == 1 and len(store) == 1  # the sweep uses the same rule
+
+
+def test_new_names_are_capped_for_everyone_together() -> None:
+    """64 sources claiming 10 names each against a cap of 500 an hour: 500 claimed, then
+    486 for everyone until the hour is over."""
+    logic = RendezvousLogic(limits=Limits(claims_per_hour=500))
+    got = refused = 0
+    for source in range(64):
+        for i in range(10):
+            refusal, _ = logic.owners.admit(
+                f"n{source}-{i}", os.urandom(32), f"2001:db8:{source:x}::1", 0.0
+            )
+            if refusal is None:
+                assert (
+                    logic.owners.claim(
+                        f"n{source}-{i}", os.urandom(32), f"2001:db8:{source:x}::1", 0.0
+                    )
+                    is None
+                )
+                got += 1
+            else:
+                refused += 1
+    assert (got, refused) == (500, 140)
+    assert logic.owners.admit("later", os.urandom(32), "2001:db8:ffff::1", 3601.0) == (None, None)

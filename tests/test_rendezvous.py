@@ -376,7 +376,9 @@ def test_client_drops_forged_and_unasked_introductions() -> None:
     )
     # Under the right key (as if the server were fooled), but for someone else: still dropped.
     assert alice._key is not None
-    carol = PeerReady("carol", (evil,), "cccc", "d" * 22, True, bytes(32)).to_message()
+    carol = PeerReady(
+        "carol", (evil,), "cccc", "d" * 22, True, bytes(32), peer_commit=bytes(32)
+    ).to_message()
     signed_carol = encode(carol, integrity_key=alice._key, integrity_sha256=True, fingerprint=True)
     assert alice.handle(parse_message_untrusted(signed_carol), SERVER, 1.0) == []
     assert alice.pop_events() == [] and alice.forged == 2 and alice.peer_ready is None
@@ -441,6 +443,8 @@ def test_mapping_advice_travels_and_unknown_values_are_dropped() -> None:
         attributes=((Attr.CP_NAME, text("alice")), (Attr.CP_NAT_MAPPING, text("sideways"))),
     )
     assert Register.from_message_untrusted(odd).mapping is None  # advice only: ignored
-    ready = PeerReady("bob", (), "ufrag", "p" * 22, True, bytes(32), "endpoint-independent")
+    ready = PeerReady(
+        "bob", (), "ufrag", "p" * 22, True, bytes(32), "endpoint-independent", bytes(32)
+    )
     parsed = PeerReady.from_message_untrusted(parse_message_untrusted(encode(ready.to_message())))
     assert parsed.peer_mapping == "endpoint-independent"

@@ -107,8 +107,7 @@ class CallCore:
         self.recorder.base.keepalive_s = options.keepalive
         self.paths: PathManager | None = None
         self.secure: SecureMedia | None = None  # from the introduction on
-        self.connected = False
-        self.done = False
+        self.connected = self.done = False
         self.failure: str | None = None  # why the call could not be made, in a user's words
         self._events: list[ev.CallEvent] = []
         self._t_start = self._t_peer = self._t_connected = 0.0
@@ -288,7 +287,12 @@ class CallCore:
             waited, mapping = now - self._t_start, self.connector.own_mapping
             self._events.append(self.recorder.introduced(event.ready, waited, mapping))
             self.secure = SecureMedia.for_call(
-                self.identity, self.name, event.ready, self.known_peers, self.options.accept_new_key
+                self.identity,
+                self.name,
+                event.ready,
+                self.known_peers,
+                self.options.accept_new_key,
+                ephemeral=self.connector.signal.ephemeral,
             )
         elif isinstance(event, checks.PathSelected):
             if self.paths is None:

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from voip.security.handshake import commitment
 from voip.security.identity import Identity
 from voip.security.registration import BadPublicKey, RegistrationKeyPair
 from voip.wire.candidates import Candidate
@@ -125,7 +128,11 @@ class RendezvousClient:
         self.identity = identity or Identity.generate()
         # Our identity key is the registration key: the MAC it agrees proves we hold it.
         self.keys = RegistrationKeyPair(self.identity.private)
-        self.ice = IceCredentials.generate()  # ours for this call (RFC 8445 §5.3)
+        # The ephemeral key of this call's handshake (voip/security/handshake.py), made now so
+        # the commitment to it can go out with our ICE credentials (RFC 8445 §5.3), ahead of
+        # anything the peer shows.
+        self.ephemeral = X25519PrivateKey.generate()
+        self.ice = replace(IceCredentials.generate(), commit=commitment(self.ephemeral))
         self._key: bytes | None = None  # agreed with the server
         self._server_key: bytes | None = None
         self._nonce: str | None = None  # the server's cookie for our address

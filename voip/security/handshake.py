@@ -3,13 +3,22 @@
 Each datagram is framed so that RFC 7983 demultiplexing tells it from STUN, DTLS and RTP on the
 same socket: byte 0 is 16, in the range 16..19 RFC 7983 gives ZRTP (another media key
 agreement); byte 1 the message number 1, 2 or 3; bytes 2..3 reserved, zero; then the Noise
-message (voip/security/noise.py). The initiator is the ICE controlling side.
+message (voip/security/noise.py). The initiator is the ICE controlled side (see
+voip/security/secure_media.py for why).
 
 UDP loses and repeats datagrams, so each side resends its last message until the next one
 arrives (RETRANSMIT_FIRST, doubling, at most RETRANSMIT_MAX apart), and answers an exact repeat
 of the peer's message with its cached reply; msg3, which nothing answers, is resent when msg2
 is. Datagrams that are not a genuine next message are counted in `rejected` and dropped; a
 Noise read that fails leaves the state as it was, so a forgery cannot wedge the handshake.
+
+A SAS of 40 bits stops a man in the middle only if he cannot try many handshakes for one whose
+two SASes match. So payloads must be empty (nothing free to vary), the static keys are the ones
+the rendezvous introduced (voip/security/peer_verifier.py), and each side's ephemeral is
+committed to before the other side shows its own: its hash went out with the ICE credentials in
+REGISTER, reached the peer in PEER-READY, and a message whose `e` does not match is dropped
+unread, as ZRTP's hash commitment does (RFC 6189 §4.4.1.1). This also means a stranger's msg1
+costs the responder a hash, not a key exchange, and gets no answer.
 
 The result gives SRTP AEAD_AES_128_GCM keying material for each direction (RFC 7714: 16-byte
 master key and 12-byte master salt) and a short authentication string both people can compare
@@ -20,10 +29,12 @@ Sans-IO: bytes and time in, datagrams and a result out.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -40,12 +51,31 @@ MAX_RESPONDER_SESSIONS = 4  # distinct msg1s answered at once: see _Responder
 SRTP_INFO = b"callpeer srtp aes128gcm v1"
 SRTP_KEYING_BYTES = 28  # RFC 7714 AEAD_AES_128_GCM: 16-byte master key + 12-byte master salt
 SAS_INFO = b"callpeer sas v1"
+COMMIT_INFO = b"callpeer handshake ephemeral v1"
+DHLEN = 32
 NEVER_ANSWERED = "the peer never answered the key exchange"
 
 
 def is_handshake(data: bytes) -> bool:
     """RFC 7983: is this datagram ours, rather than STUN (0..3), DTLS (20..63) or RTP/RTCP?"""
     return len(data) > 0 and data[0] in FRAME_RANGE
+
+
+def commitment(ephemeral: X25519PrivateKey) -> bytes:
+    """What a caller sends ahead of its handshake: SHA-256 over a label and the public key."""
+    public = ephemeral.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return hashlib.sha256(COMMIT_INFO + public).digest()
+
+
+def _keeps_commitment(message: bytes, commit: bytes | None) -> bool:
+    """Does the `e` that opens this Noise message (msg1 and msg2 both start with it) match?"""
+    if commit is None:
+        return True
+    if len(message) < DHLEN:
+        return False
+    return hmac.compare_digest(hashlib.sha256(COMMIT_INFO + message[:DHLEN]).digest(), commit)
 
 
 def frame(number: int, noise_message: bytes) -> bytes:
@@ -118,8 +148,15 @@ class MediaHandshake:
         verify: Callable[[bytes], str | None],
         *,
         give_up_after: float = GIVE_UP_AFTER,
+        ephemeral: X25519PrivateKey | None = None,
+        peer_commitment: bytes | None = None,
     ) -> None:
+        """`ephemeral`: ours, whose `commitment` the peer holds (None: a fresh one);
+        `peer_commitment`: the peer's, from PEER-READY (None: any ephemeral is taken, as
+        nothing then holds the peer to one)."""
         self.initiator = initiator
+        self._ephemeral = ephemeral
+        self._peer_commitment = peer_commitment
         self._static = static
         self._prologue = prologue
         self._verify = verify
@@ -133,7 +170,7 @@ class MediaHandshake:
         self._resend_at: float | None = None
         self._interval = RETRANSMIT_FIRST
         # Initiator: one Noise state, msg1, then msg2 and msg3 once answered.
-        self._noise = NoiseXX(True, static, prologue) if initiator else None
+        self._noise = self._new_noise() if initiator else None
         self._msg1 = b""
         self._msg2 = b""
         self._msg3 = b""
@@ -141,6 +178,15 @@ class MediaHandshake:
         # first one to arrive may be forged; answering each (a few at most) keeps a forgery
         # that arrives first from shutting the genuine initiator out. msg3 picks the real one.
         self._sessions: list[_Session] = []
+
+    def _new_noise(self) -> NoiseXX:
+        return NoiseXX(
+            self.initiator,
+            self._static,
+            self._prologue,
+            ephemeral=self._ephemeral,
+            empty_payloads=True,
+        )
 
     @property
     def done(self) -> bool:
@@ -194,6 +240,9 @@ class MediaHandshake:
         if number != 2 or self._msg2 or noise is None:
             self.rejected += 1
             return []
+        if not _keeps_commitment(message, self._peer_commitment):
+            self.rejected += 1  # not the ephemeral the responder committed to
+            return []
         try:
             noise.read_message_untrusted(message)
         except NoiseError:
@@ -237,10 +286,10 @@ class MediaHandshake:
         for session in self._sessions:
             if session.msg1 == data:  # our msg2 was lost: the initiator is resending msg1
                 return [] if self.result is not None else [session.msg2]
-        if self.result is not None:
+        if self.result is not None or not _keeps_commitment(message, self._peer_commitment):
             self.rejected += 1
             return []
-        noise = NoiseXX(False, self._static, self._prologue)
+        noise = self._new_noise()
         try:
             noise.read_message_untrusted(message)
             msg2 = frame(2, noise.write_message())

@@ -1,9 +1,11 @@
 """known_peers: the keys a caller has met, by name, as SSH's known_hosts (trust on first use).
 
 One line per peer, `NAME SHA256:...`, in `$XDG_CONFIG_HOME/callpeer/known_peers` (mode 0600).
-A first call records the key the peer proved in the handshake (after the people compared the
-SAS aloud); a later call with another key is stopped before any audio, unless the user accepts
-the new one. `callpeer trust NAME FINGERPRINT` pins a key ahead of any call.
+A first call records the key the peer proved in the handshake as soon as it ends, as ssh does
+on "yes": the people compare the SAS aloud during that call, and if it did not match, the pin
+is what they must remove (`callpeer trust` with the right key). A later call with another key
+is stopped before any audio, unless the user accepts the new one. `callpeer trust NAME
+FINGERPRINT` pins a key ahead of any call.
 """
 
 from __future__ import annotations

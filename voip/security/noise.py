@@ -150,9 +150,14 @@ class NoiseXX:
         static: X25519PrivateKey,
         prologue: bytes = b"",
         *,
-        ephemeral: X25519PrivateKey | None = None,  # fixed only to reproduce test vectors
+        ephemeral: X25519PrivateKey | None = None,  # committed to ahead, or a test vector's
+        empty_payloads: bool = False,
     ) -> None:
+        """`empty_payloads`: refuse a message whose payload is not empty. A payload is free for
+        whoever writes it, and each choice changes h; where h is shown to people (a SAS), that
+        freedom would let a man in the middle search for two that match."""
         self.initiator = initiator
+        self._empty_payloads = empty_payloads
         self._s = static
         # Made up front rather than at the `e` token (equivalent), so a received ephemeral can
         # be checked against it for low order as soon as it is read.
@@ -226,6 +231,8 @@ class NoiseXX:
         if ss.cipher.has_key() and len(rest) < TAGLEN:
             raise NoiseError("handshake message too short")
         payload = ss.decrypt_and_hash(rest)
+        if payload and self._empty_payloads:
+            raise NoiseError("a payload where none may be")
         self._commit(ss, re, rs)
         return payload
 

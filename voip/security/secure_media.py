@@ -1,6 +1,6 @@
 """A call's end-to-end media protection, sans-IO: the key exchange, then SRTP both ways.
 
-The ICE controlling side starts a Noise XX handshake on the chosen path (voip/security/
+The ICE controlled side starts a Noise XX handshake on the chosen path (voip/security/
 handshake.py), authenticated by both long-term identity keys; the `PeerVerifier` decides
 whether to go on with the key the peer proves. From the result come the SRTP keys
 (voip/security/srtp.py) and the SAS. Until then no media is sent, and media that arrives is
@@ -8,6 +8,8 @@ dropped: nothing is ever sent or played in the clear.
 """
 
 from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from voip.events import Secured
 from voip.security.handshake import HandshakeResult, MediaHandshake
@@ -28,11 +30,26 @@ def prologue(initiator: str, responder: str) -> bytes:
 
 class SecureMedia:
     def __init__(
-        self, identity: Identity, initiator: bool, names: tuple[str, str], verifier: PeerVerifier
+        self,
+        identity: Identity,
+        initiator: bool,
+        names: tuple[str, str],
+        verifier: PeerVerifier,
+        *,
+        ephemeral: X25519PrivateKey | None = None,
+        peer_commitment: bytes | None = None,
     ):
-        """`names`: (initiator's, responder's)."""
+        """`names`: (initiator's, responder's); `ephemeral` ours, committed to in REGISTER;
+        `peer_commitment` the peer's, from PEER-READY."""
         self.verifier = verifier
-        self.handshake = MediaHandshake(initiator, identity.private, prologue(*names), verifier)
+        self.handshake = MediaHandshake(
+            initiator,
+            identity.private,
+            prologue(*names),
+            verifier,
+            ephemeral=ephemeral,
+            peer_commitment=peer_commitment,
+        )
         self.cipher: MediaCipher | None = None
         self.result: HandshakeResult | None = None
         self.early = 0  # media that came before the keys (dropped; the peer's were first)
@@ -40,13 +57,32 @@ class SecureMedia:
 
     @classmethod
     def for_call(
-        cls, identity: Identity, me: str, ready: PeerReady, known: KnownPeers, accept: bool
+        cls,
+        identity: Identity,
+        me: str,
+        ready: PeerReady,
+        known: KnownPeers,
+        accept: bool,
+        *,
+        ephemeral: X25519PrivateKey,
     ) -> SecureMedia:
-        """For the call the rendezvous introduced with `ready`; the controlling side starts
-        the handshake. `accept`: go on with a key that differs from the pinned one."""
+        """For the call the rendezvous introduced with `ready`. `accept`: go on with a key
+        that differs from the pinned one. The controlled side starts the handshake: it has
+        its path first (on the nominating check, half a round trip before the controlling
+        side hears the answer), so its first message reaches the controlling side as that
+        side chooses the path, and each side has its keys one round trip after it would have
+        started sending without them (the controlling side starting would cost the other two)."""
         verifier = PeerVerifier(ready.peer, ready.peer_key, known, accept)
-        names = (me, ready.peer) if ready.controlling else (ready.peer, me)
-        return cls(identity, ready.controlling, names, verifier)
+        initiator = not ready.controlling
+        names = (me, ready.peer) if initiator else (ready.peer, me)
+        return cls(
+            identity,
+            initiator,
+            names,
+            verifier,
+            ephemeral=ephemeral,
+            peer_commitment=ready.peer_commit,
+        )
 
     def take_outbox(self) -> list[bytes]:
         out, self.outbox = self.outbox, []

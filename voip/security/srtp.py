@@ -26,10 +26,18 @@ class MediaCipher:
         self._out = pylibsrtp.Session(_policy(local_key, pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
         self._in = pylibsrtp.Session(_policy(remote_key, pylibsrtp.Policy.SSRC_ANY_INBOUND))
         self.rejected = 0  # failed authentication, replayed, or not SRTP at all
+        self.unsent = 0  # ours that libsrtp refused to protect: a bug of ours if ever not 0
 
-    def protect(self, packet: bytes) -> bytes:
-        """RTP or RTCP (told apart by its payload type, RFC 5761) made SRTP or SRTCP."""
-        return self._out.protect_rtcp(packet) if is_rtcp(packet) else self._out.protect(packet)
+    def protect(self, packet: bytes) -> bytes | None:
+        """RTP or RTCP (told apart by its payload type, RFC 5761) made SRTP or SRTCP; None for
+        a packet libsrtp will not send (a repeated index would reuse a GCM nonce)."""
+        try:
+            if is_rtcp(packet):
+                return self._out.protect_rtcp(packet)
+            return self._out.protect(packet)
+        except (pylibsrtp.Error, ValueError):
+            self.unsent += 1
+            return None
 
     def unprotect_untrusted(self, packet: bytes) -> bytes | None:
         """The plain RTP or RTCP inside an authentic, fresh packet from the peer; else None."""

@@ -12,7 +12,7 @@ import base64
 import re
 import secrets
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from voip.wire.candidates import Candidate, CandidateType
 from voip.wire.stun import (
@@ -51,6 +51,7 @@ REASONS = {
     ERR_QUOTA: "Quota Reached",
     ERR_CAPACITY: "Insufficient Capacity",
 }
+COMMIT_BYTES = 32  # a SHA-256 commitment to a handshake ephemeral
 MAX_CANDIDATES = 16  # host candidates in one REGISTER; more is not a real host
 KEY_BYTES = 32  # an X25519 public key (RFC 7748)
 # A REGISTER without a cookie is padded to at least this: the 401 that brings the cookie and
@@ -113,10 +114,14 @@ def _required_text(msg: Message, attr: Attr) -> str:
 
 @dataclass(frozen=True)
 class IceCredentials:
-    """One caller's ICE username fragment and password, made by the caller for this call."""
+    """One caller's ICE username fragment and password, made by the caller for this call, and
+    `commit`, its commitment to the ephemeral key its call handshake will use: a hash the peer
+    holds before it shows its own ephemeral, so that no one in the middle can choose a key after
+    seeing the other (voip/security/handshake.py says why that matters for the SAS)."""
 
     ufrag: str
     pwd: str
+    commit: bytes | None = None
 
     @classmethod
     def generate(cls) -> IceCredentials:
@@ -132,13 +137,25 @@ class IceCredentials:
         return cls(ufrag, pwd)
 
 
-def _ice(msg: Message, ufrag_attr: Attr, pwd_attr: Attr) -> IceCredentials | None:
+def _ice(
+    msg: Message, ufrag_attr: Attr, pwd_attr: Attr, commit_attr: Attr
+) -> IceCredentials | None:
     ufrag, pwd = msg.text(ufrag_attr), msg.text(pwd_attr)
     if ufrag is None and pwd is None:
         return None
     if ufrag is None or pwd is None:
         raise StunError("an ICE ufrag without its password, or the other way round")
-    return IceCredentials.from_untrusted(ufrag, pwd)
+    commit = msg.get(commit_attr)
+    if commit is not None and len(commit) != COMMIT_BYTES:
+        raise StunError(f"{commit_attr.name} must be {COMMIT_BYTES} bytes")
+    return replace(IceCredentials.from_untrusted(ufrag, pwd), commit=commit)
+
+
+def _ice_attributes(
+    ice: IceCredentials, ufrag: Attr, pwd: Attr, commit: Attr
+) -> list[tuple[Attr, bytes]]:
+    attrs = [(ufrag, text(ice.ufrag)), (pwd, text(ice.pwd))]
+    return attrs if ice.commit is None else [*attrs, (commit, ice.commit)]
 
 
 def _key(msg: Message, attr: Attr) -> bytes | None:
@@ -178,8 +195,9 @@ class Register:
         if self.mapping is not None:
             attrs.append((Attr.CP_NAT_MAPPING, text(self.mapping)))
         if self.ice is not None:
-            attrs.append((Attr.CP_LOCAL_UFRAG, text(self.ice.ufrag)))
-            attrs.append((Attr.CP_LOCAL_PWD, text(self.ice.pwd)))
+            attrs += _ice_attributes(
+                self.ice, Attr.CP_LOCAL_UFRAG, Attr.CP_LOCAL_PWD, Attr.CP_LOCAL_COMMIT
+            )
         if transaction_id is None:
             return Message(Method.CP_REGISTER, Class.REQUEST, attributes=tuple(attrs))
         return Message(Method.CP_REGISTER, Class.REQUEST, transaction_id, tuple(attrs))
@@ -201,7 +219,7 @@ class Register:
             _mapping(msg, Attr.CP_NAT_MAPPING),
             msg.text(Attr.NONCE),
             _key(msg, Attr.CP_KEY),
-            _ice(msg, Attr.CP_LOCAL_UFRAG, Attr.CP_LOCAL_PWD),
+            _ice(msg, Attr.CP_LOCAL_UFRAG, Attr.CP_LOCAL_PWD, Attr.CP_LOCAL_COMMIT),
         )
 
 
@@ -223,13 +241,18 @@ class PeerReady:
     controlling: bool
     peer_key: bytes
     peer_mapping: str | None = None  # what the peer's NAT mapping is, if it found out
+    peer_commit: bytes | None = None  # the peer's commitment to its handshake ephemeral
 
     def to_message(self, transaction_id: bytes | None = None) -> Message:
         attrs = [
             (Attr.CP_PEER, text(self.peer)),
             *[(Attr.CP_CANDIDATE, encode_candidate(c)) for c in self.candidates],
-            (Attr.CP_REMOTE_UFRAG, text(self.remote_ufrag)),
-            (Attr.CP_REMOTE_PWD, text(self.remote_pwd)),
+            *_ice_attributes(
+                IceCredentials(self.remote_ufrag, self.remote_pwd, self.peer_commit),
+                Attr.CP_REMOTE_UFRAG,
+                Attr.CP_REMOTE_PWD,
+                Attr.CP_REMOTE_COMMIT,
+            ),
             (Attr.CP_ROLE, text("controlling" if self.controlling else "controlled")),
             (Attr.CP_PEER_KEY, self.peer_key),
         ]
@@ -244,10 +267,12 @@ class PeerReady:
         role = _required_text(msg, Attr.CP_ROLE)
         if role not in ("controlling", "controlled"):
             raise StunError(f"bad role {role!r}")
-        remote = _ice(msg, Attr.CP_REMOTE_UFRAG, Attr.CP_REMOTE_PWD)
+        remote = _ice(msg, Attr.CP_REMOTE_UFRAG, Attr.CP_REMOTE_PWD, Attr.CP_REMOTE_COMMIT)
         peer_key = _key(msg, Attr.CP_PEER_KEY)
-        if remote is None or peer_key is None:
-            raise StunError("PEER-READY without the peer's credentials or key")
+        if remote is None or peer_key is None or remote.commit is None:
+            # Without the commitment, whoever introduced us could choose the peer's ephemeral
+            # after seeing ours: such an introduction is refused, not taken without it.
+            raise StunError("PEER-READY without the peer's credentials, key or commitment")
         return cls(
             peer=_required_text(msg, Attr.CP_PEER),
             # The peer's registered candidates and the address the server saw it at.
@@ -257,4 +282,5 @@ class PeerReady:
             controlling=role == "controlling",
             peer_key=peer_key,
             peer_mapping=_mapping(msg, Attr.CP_PEER_NAT_MAPPING),
+            peer_commit=remote.commit,
         )

@@ -83,3 +83,5 @@ class Attr(IntEnum):
     CP_KEY = 0xC00F  # an X25519 public key: the caller's identity in REGISTER, the server's in
     # its answers (the 401 included)
     CP_PEER_KEY = 0xC010  # the peer's identity public key, handed on in PEER-READY
+    CP_LOCAL_COMMIT = 0xC011  # our commitment to our call handshake's ephemeral, in REGISTER
+    CP_REMOTE_COMMIT = 0xC012  # the peer's, handed on in PEER-READY
