@@ -132,3 +132,21 @@ class Network:
             elif next_timer[1] is not None and next_timer[0] <= until:
                 addr = next_timer[1]
                 self.send(addr, self.hosts[addr].poll(self.now))
+
+
+def forget_mappings(nat: Nat) -> None:
+    """The NAT forgets every mapping and what it let in (a router's `conntrack -F`, or a
+    reboot): the next packet out gets a new public port, and packets to the old ones are
+    dropped."""
+    nat.mappings.clear()
+    nat.reverse.clear()
+    nat.permitted.clear()
+
+
+def detach_ip(net: Network, ip: str) -> dict[Address, Endpoint]:
+    """Take every host at `ip` off the network, as a process killed without a word: nothing is
+    delivered to it and it sends nothing more (what is already in flight still arrives)."""
+    gone = {addr: host for addr, host in net.hosts.items() if addr[0] == ip}
+    for addr in gone:
+        del net.hosts[addr]
+    return gone

@@ -21,7 +21,7 @@ from voip.media.audio_session import AudioSession
 from voip.media.rtcp_session import PeerBye, RttMeasured
 from voip.nat import checks
 from voip.nat.connector import Connector, ConnectorEvent, Introduced
-from voip.nat.path_manager import Media, PathManager, Switched
+from voip.nat.path_manager import Checking, Media, PathManager, Switched
 from voip.nat.rendezvous_client import Asked, TurnOffer
 from voip.report import CallReport
 from voip.security.handshake import is_handshake
@@ -113,7 +113,7 @@ class CallCore:
         self._t_start = self._t_peer = self._t_connected = 0.0
         self.loop: AudioLoop | None = None  # the 20 ms beat, from the connection on
         # The connector's next deadline, asked once each time it may have moved (it changes
-        # only when the connector is called, or the checks switch paths) rather than on every
+        # only when the connector is called, or the path manager moves the checks) not on every
         # media tick and timer re-arm: computing it walks every part of the connector.
         self._connector_due: float | None = None
 
@@ -227,14 +227,12 @@ class CallCore:
         return out
 
     def _on_media(
-        self, data: bytes, key: tuple[checks.Base, Address], now: float
+        self, sealed: bytes, key: tuple[checks.Base, Address], now: float
     ) -> list[Transmit]:
         if self.paths is None or self.secure is None:
             return []
-        plain = self.secure.unprotect_untrusted(data)
-        if plain is None:
+        if (data := self.secure.unprotect_untrusted(sealed)) is None:
             return []  # forged, replayed, or before the keys: counted, never played
-        data = plain
         rtcp = is_rtcp(data)
         verdict, switched = self.paths.classify(key, rtcp, now)
         if switched is not None:
@@ -263,10 +261,10 @@ class CallCore:
     def _watch(self, now: float) -> None:
         """After each frame played: the path watched; live figures once a second."""
         assert self.paths is not None
-        if (switched := self.paths.tick(now)) is not None:
-            self._switched(switched)
-        if now - self.paths.last_heard > MEDIA_TIMEOUT:
-            self.finish(now, f"no audio from {self.peer} for {MEDIA_TIMEOUT:.0f} s", ok=False)
+        if (moved := self.paths.tick(now)) is not None:
+            self._switched(moved)
+        if (reason := self.paths.gone(now, self.peer, MEDIA_TIMEOUT)) is not None:
+            self.finish(now, reason, ok=False)
         if (stats := self.recorder.live_stats(now - self._t_connected, self.audio)) is not None:
             self._events.append(stats)
 
@@ -328,8 +326,10 @@ class CallCore:
         self._events.append(self.secure.secured(self.peer))
         self._events.append(ev.Connected(pair.kind, remote, pair.describe(), setup))
 
-    def _switched(self, switched: Switched) -> None:
+    def _switched(self, switched: Switched | Checking) -> None:
         self._connector_moved()  # the checks probe and keep consent on the new pairs now
+        if isinstance(switched, Checking):
+            return
         if self.loop is not None:
             self.loop.playout.relearn()
         remote = self.connector.remote_shown(switched.pair)

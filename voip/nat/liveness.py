@@ -5,6 +5,11 @@ CONSENT_TIMEOUT and consent has expired. The standby, the best valid pair of the
 probed once a second, so both paths are measured side by side on the same call; a probe is
 never retransmitted (an unanswered one is a lost packet, not a slow one). `standby_streak`
 counts consecutive answered probes, which the path manager reads before moving audio there.
+
+When the audio stops and there is nowhere to move it, the path manager asks for both pairs to be
+checked at once (`hurry`) rather than at their times; when neither answers (`gone`), the peer is
+out of reach on every path this call has, and waiting out the consent timeout would only prolong
+the silence.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ class Liveness:
         self.selected: Pair | None = None
         self.standby: Pair | None = None
         self.standby_streak = 0  # consecutive answered probes on the standby pair
+        self.active_lost = 0  # consecutive consent checks on the active pair left unanswered
+        self.standby_lost = 0  # consecutive probes of the standby left unanswered
         self._last_consent = 0.0
         self._next_consent: float | None = None
         self._next_probe: float | None = None
@@ -41,6 +48,7 @@ class Liveness:
         if best is None or best is self.standby:
             return False
         self.standby = best
+        self.standby_lost = 0
         self._next_probe = now + PROBE_INTERVAL
         return True
 
@@ -50,7 +58,7 @@ class Liveness:
         if self.selected is None or to is None or not to.valid or to is self.selected:
             return None
         self.selected, self.standby = to, self.selected
-        self.standby_streak = 0
+        self.standby_streak = self.active_lost = self.standby_lost = 0
         self.select(to, now)
         self._next_probe = now + PROBE_INTERVAL / 4  # learn soon whether the old path lives
         return to
@@ -70,22 +78,44 @@ class Liveness:
             pairs.append(self.standby)
         return pairs, expired
 
+    def hurry(self, now: float) -> None:
+        """Check the active pair and the standby now rather than at their times (the audio
+        stopped and cannot move: do they still answer?)."""
+        if self._next_consent is not None:
+            self._next_consent = now
+        if self.standby is not None and self._next_probe is not None:
+            self._next_probe = now
+
+    @property
+    def gone(self) -> bool:
+        """The last check on the active pair went unanswered, and so did the last probe of the
+        standby if there is one: the peer answers on no path this call has."""
+        return self.active_lost > 0 and (self.standby is None or self.standby_lost > 0)
+
     def heard(self, pair: Pair, now: float) -> None:
         """An authenticated check from the peer, or an answer to ours, on `pair`."""
         if pair is self.selected:
             self._last_consent = now
+            self.active_lost = 0
+        elif pair is self.standby:
+            self.standby_lost = 0
 
     def answered(self, pair: Pair, now: float) -> None:
         """A probe on `pair` was answered."""
         if pair is self.selected:
-            self._last_consent = now
+            self.heard(pair, now)
         elif pair is self.standby:
             self.standby_streak += 1
+            self.standby_lost = 0
 
     def lost(self, pair: Pair) -> bool:
         """A probe on `pair` went unanswered; True when it counts as a loss (not the active)."""
-        if self.selected is None or pair is self.selected:
+        if self.selected is None:
+            return False
+        if pair is self.selected:
+            self.active_lost += 1
             return False
         if pair is self.standby:
             self.standby_streak = 0
+            self.standby_lost += 1
         return True

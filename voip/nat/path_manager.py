@@ -4,13 +4,19 @@ The checks keep two proved pairs: the active one and the standby of the other ki
 a second. This decides when the audio moves between them:
 
 - *failover*: no audio on the active path for 200 ms (1 s in DTX silence, where a packet comes
-  every 400 ms) moves it to the standby, if the standby answered its last probe (two dead
-  paths are not swapped back and forth: the call ends when no audio has come for long enough);
+  every 400 ms) moves it to the standby, if the standby answered its last probe, once until
+  audio comes again (two dead paths, or two live ones from a peer that sends nothing, are not
+  swapped back and forth);
 - *following*: the controlled side moves to whichever proved pair the controlling side's audio
   now arrives on (the controlling side does not follow, or two sides that picked different
   relayed pairs would chase each other forever);
 - *return*: after a failover to the relay, the controlling side goes back once the direct path
-  has answered two probes in a row.
+  has answered two probes in a row;
+- *giving up*: when the audio stops and cannot move, both pairs are checked at once; if neither
+  answers (2 s, the probe timeout), the peer is out of reach on every path and the call ends
+  saying so, rather than after the media timeout (10 s) or consent's (RFC 7675: 30 s). A peer
+  that answers but sends no audio still gets the media timeout. The price: an outage of every
+  path longer than GIVE_UP_AFTER (a network that would have come back) ends the call too.
 
 Media is accepted only from pairs the checks proved both ways; anything else is a stranger.
 """
@@ -31,6 +37,10 @@ FAILOVER_AFTER_DTX = 1.0  # in DTX silence a packet comes only every 400 ms: all
 FOLLOW_AFTER = 0.06  # audio on another pair while the active is this quiet: the peer moved
 RETURN_AFTER_PROBES = 2  # consecutive answered probes before going back to direct
 SWITCH_HOLDOFF = 1.0  # no second switch within this long of the last
+# No audio for this long and no answer on any path: the call is over (it takes a lost check on
+# each path as well, so in practice the probe timeout after the audio stopped: 2.2 s).
+GIVE_UP_AFTER = 2.0
+WAYS = {PathKind.DIRECT: "directly", PathKind.RELAYED: "through the relay"}  # a path, in words
 
 
 class Media(Enum):
@@ -47,6 +57,11 @@ class Switched:
     why: str
 
 
+@dataclass(frozen=True)
+class Checking:
+    """No audio and nowhere to move it: both pairs are being checked now, ahead of time."""
+
+
 class PathManager:
     def __init__(self, checks: ConnectivityChecks, *, return_to_direct: bool = True):
         self.checks = checks
@@ -60,6 +75,8 @@ class PathManager:
         self._heard_any = False
         self._last_switch = 0.0
         self._failed_over = False  # on the relay because direct died: come back when it lives
+        self._checked = False  # both pairs checked ahead of time in this silence
+        self._moved_in_silence = False  # failed over, and no audio has come since
 
     def select(self, pair: Pair, now: float) -> None:
         """The checks chose the first path."""
@@ -71,6 +88,7 @@ class PathManager:
         self.last_audio = self.last_heard = now
         self._peer_in_dtx = comfort_noise
         self._heard_any = True
+        self._checked = self._moved_in_silence = False
 
     def classify(
         self, key: tuple[Base, Address], rtcp: bool, now: float
@@ -88,15 +106,44 @@ class PathManager:
             return Media.ASIDE, None  # played all the same: it came on a proved pair
         return Media.ACTIVE, self._switch(now, "the peer moved to it", to=pair)
 
-    def tick(self, now: float) -> Switched | None:
-        """Fail over when the active path goes quiet; come back when direct lives again."""
-        standby = self.checks.standby
-        if standby is None or not self._heard_any or now - self._last_switch < SWITCH_HOLDOFF:
-            return None  # nothing to move to, or the peer has not started sending yet
+    def tick(self, now: float) -> Switched | Checking | None:
+        """Fail over when the active path goes quiet; come back when direct lives again; when
+        the audio stops and cannot move, check both pairs now (`Checking`)."""
+        if not self._heard_any:
+            return None  # the peer has not started sending yet
         quiet = now - self.last_audio
         limit = FAILOVER_AFTER_DTX if self._peer_in_dtx else FAILOVER_AFTER
+        if (moved := self._move(now, quiet, limit)) is not None:
+            return moved
+        if quiet > limit and not self._checked:
+            self._checked = True
+            self.checks.liveness.hurry(now)
+            return Checking()
+        return None
+
+    def gone(self, now: float, peer: str, media_timeout: float) -> str | None:
+        """Why the call is over, in a user's words: no audio for `media_timeout`, or none for
+        a moment and no answer on any path; None while it is not."""
+        quiet = now - self.last_heard
+        liveness = self.checks.liveness
+        if quiet > GIVE_UP_AFTER and liveness.gone:
+            ways = dict.fromkeys(WAYS[p.kind] for p in (self.active, liveness.standby) if p)
+            return (
+                f"no audio from {peer} for {quiet:.0f} s, and no answer {' or '.join(ways)}: "
+                f"the network between you and {peer} went away, or {peer} did"
+            )
+        if quiet > media_timeout:
+            return f"no audio from {peer} for {media_timeout:.0f} s"
+        return None
+
+    def _move(self, now: float, quiet: float, limit: float) -> Switched | None:
+        standby = self.checks.standby
+        if standby is None or now - self._last_switch < SWITCH_HOLDOFF or self._moved_in_silence:
+            return None  # nothing to move to, just moved, or moved and still no audio
         if quiet > limit and self.checks.liveness.standby_streak >= 1:
-            return self._switch(now, f"no audio on it for {1000 * quiet:.0f} ms")
+            moved = self._switch(now, f"no audio on it for {1000 * quiet:.0f} ms")
+            self._moved_in_silence = moved is not None
+            return moved
         if (
             self._failed_over
             and self.checks.controlling
@@ -115,5 +162,6 @@ class PathManager:
         self.active = new
         self.switches += 1
         self._last_switch = self.last_audio = now
+        self._checked = False
         self._failed_over = self.return_to_direct and new.kind == PathKind.RELAYED
         return Switched(new, why)
