@@ -378,3 +378,14 @@ def test_new_names_are_capped_for_everyone_together() -> None:
                 refused += 1
     assert (got, refused) == (500, 140)
     assert logic.owners.admit("later", os.urandom(32), "2001:db8:ffff::1", 3601.0) == (None, None)
+
+
+def test_a_name_with_a_trailing_newline_is_no_name() -> None:
+    """`$` matches before a final newline: "alice\\n" must not pass as a second alice."""
+    from voip.wire.signal import check_name
+
+    for bad in ("alice\n", "alice\r\n", "\nalice"):
+        with pytest.raises(ValueError, match="bad name"):
+            check_name(bad)
+    with pytest.raises(StunError, match="ice-chars"):
+        IceCredentials.from_untrusted("abcd\n", "p" * 22)

@@ -211,7 +211,13 @@ class TurnClient:
         txn = self._txns.match(msg)
         if txn is None:
             return None
-        return self._on_answer(msg, txn.context.req, txn.context.authenticated, now)
+        try:
+            return self._on_answer(msg, txn.context.req, txn.context.authenticated, now)
+        except StunError:
+            # An answer we cannot read (a bad LIFETIME, a NONCE that is not UTF-8): perhaps
+            # forged by someone who saw the transaction ID. Wait for the real one.
+            self._txns.restore(txn)
+            return []
 
     def unwrap(self, msg: Message, src: Address) -> tuple[bytes, Address] | None:
         """(payload, peer) of a Data indication from our server, else None."""

@@ -29,7 +29,7 @@ class KnownPeersError(Exception):
 
 def check_fingerprint(fp: str) -> str:
     """A fingerprint as `callpeer whoami` prints it, or ValueError saying what one looks like."""
-    if not FINGERPRINT_RE.match(fp) or not _canonical(fp):
+    if not FINGERPRINT_RE.fullmatch(fp) or not _canonical(fp):
         raise ValueError(
             f"bad fingerprint {fp!r}: expected 'SHA256:' and 43 base64 characters, "
             "as 'callpeer whoami' prints it"

@@ -69,7 +69,7 @@ PWD_CHARS = (22, 64)
 
 def check_name(name: str) -> str:
     """A valid callpeer name, or ValueError saying what a name may be."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise ValueError(
             f"bad name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a "
             "letter or digit"
@@ -132,7 +132,7 @@ class IceCredentials:
     @classmethod
     def from_untrusted(cls, ufrag: str, pwd: str) -> IceCredentials:
         for what, value, (low, high) in (("ufrag", ufrag, UFRAG_CHARS), ("pwd", pwd, PWD_CHARS)):
-            if not low <= len(value) <= high or not ICE_CHARS.match(value):
+            if not low <= len(value) <= high or not ICE_CHARS.fullmatch(value):
                 raise StunError(f"ICE {what} must be {low}-{high} ice-chars (RFC 8445 §5.3)")
         return cls(ufrag, pwd)
 
