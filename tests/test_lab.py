@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -372,6 +373,74 @@ def test_a_cut_direct_path_fails_over_to_the_relay_and_back(tmp_path: Path) -> N
     for me, heard in (("alice", 660), ("bob", 440)):
         pcm, _ = read_wav(result.callers[me].wav)
         assert dominant_frequency(pcm) == pytest.approx(heard, abs=3)
+
+
+def kill(pattern: str) -> Callable[[Lab], None]:
+    """A lab action: SIGKILL the process whose command line holds `pattern` (the lab's
+    namespaces share one PID namespace), as a crash or a pulled plug would: no BYE, no LEAVE."""
+
+    def action(_lab: Lab) -> None:
+        subprocess.run(["pkill", "-9", "-f", "--", pattern], check=False)
+
+    return action
+
+
+def test_a_call_outlives_its_rendezvous(tmp_path: Path) -> None:
+    """The rendezvous is killed 2 s into the call: the call goes on to its end."""
+    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5)
+    result = run_lab_call(
+        config,
+        tmp_path,
+        duration=6.0,
+        speech=False,
+        actions=[(2.0 + 0.2, kill(f"--listen {SERVER_IP}:3478"))],
+    )
+    for caller in result.callers.values():
+        assert caller.exit_code == 0, caller.stderr
+        report = caller.report
+        assert report is not None and report["path"] == "direct", caller.stderr
+        assert report["path_switches"] == 0 and report["audio"]["longest_gap_ms"] < 100
+        assert report["duration_s"] >= 5.5
+
+
+def test_a_dead_relay_moves_a_relayed_call_to_the_measured_direct_path(tmp_path: Path) -> None:
+    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5)
+    result = run_lab_call(
+        config,
+        tmp_path,
+        duration=6.0,
+        speech=False,
+        extra_args=["--relay", "force"],
+        actions=[(3.0, kill(f"--listen {RELAY_IP}:3478"))],
+    )
+    for caller in result.callers.values():
+        assert caller.exit_code == 0, caller.stderr
+        report = caller.report
+        assert report is not None and report["path"] == "direct", caller.stderr
+        assert "audio moved to the direct path" in caller.stderr
+        # 200 ms to notice, then the next frame: the same budget as a cut direct path, with
+        # room for a starved caller on a busy 2-core machine.
+        assert report["audio"]["longest_gap_ms"] < 400, report["audio"]
+
+
+def test_a_killed_peer_ends_the_call_within_seconds_saying_so(tmp_path: Path) -> None:
+    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5)
+    result = run_lab_call(
+        config,
+        tmp_path,
+        duration=10.0,
+        speech=False,
+        actions=[(3.0, kill("--as bob alice"))],
+    )
+    alice = result.callers["alice"]
+    # It connected, so it is a call that ended (status 0, as one the peer hung up), and says why
+    assert alice.exit_code == 0, alice.stderr
+    report = alice.report
+    assert report is not None
+    assert "no audio from bob" in report["ended"] and "went away" in report["ended"], report
+    # Killed about 3 s after alice's call connected; given up about 2.4 s later, not after
+    # the 10 s media timeout or consent's 30 s.
+    assert report["duration_s"] < 3.0 + 4.0, report["duration_s"]
 
 
 def test_mouth_to_ear_latency_from_marks_in_the_audio(tmp_path: Path) -> None:
