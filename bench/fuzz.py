@@ -501,7 +501,7 @@ def _changed(stats: Counter[str], before: dict[str, int], sent: int) -> str:
 
 def _hosts() -> tuple[Candidate, ...]:
     return (
-        Candidate.make(CandidateType.HOST, ("192.168.1.2", 5000)),
+        Candidate.make(CandidateType.HOST, ("198.18.1.2", 5000)),
         Candidate.make(CandidateType.HOST, ("2001:db8::5", 5000)),
         Candidate.make(CandidateType.SRFLX, ALICE),
         Candidate.make(CandidateType.RELAY, ("203.0.113.20", 49152)),
@@ -1071,7 +1071,7 @@ def turn_scenario() -> TurnScenario:
         to_client += [o.data for o in server.handle_peer(_rtp()[2], relayed, peer, 0.0)]
     now = 540.0  # the client refreshes all three now
     pending = alice.poll(now)
-    pending += alice.permit(["203.0.113.3", "10.0.0.1"], now)
+    pending += alice.permit(["203.0.113.3", "198.18.0.9"], now)  # the second refused: 403
     pending += alice.bind_channel(("203.0.113.3", 5000), now)
     deliver(pending, now, CLIENT, None)
     stale = pending[-2][0]  # past the nonce's lifetime, the same request is answered 438
@@ -1177,7 +1177,7 @@ def _rendezvous(now: float = 1.0) -> _Rendezvous:
     logic = RendezvousLogic(
         relay=RelayOffer(SERVER, TURN_SECRET), addresses=Addresses(SERVER, ALTERNATE)
     )
-    hosts_a = (Candidate.make(CandidateType.HOST, ("192.168.1.2", 5000)),)
+    hosts_a = (Candidate.make(CandidateType.HOST, ("198.18.1.2", 5000)),)
     hosts_b = (Candidate.make(CandidateType.HOST, ("2001:db8::7", 6000)),)
     clients = {
         ALICE: RendezvousClient("alice", "bob", SERVER, hosts_a),
