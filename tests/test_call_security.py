@@ -9,65 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.netsim import Address, Nat, Network, Transmit
+from tests.netsim import Address, Nat, Network
+from tests.netsim_caller import SERVER, Caller
 from tests.sniffer import tone_ratio
-from tests.test_failover import SERVER, ServerHost, Speaker
+from tests.test_failover import ServerHost
 from voip import events as ev
-from voip.call_core import CallCore, CallOptions
+from voip.call_core import CallOptions
 from voip.codecs.opus import OpusEncoder
 from voip.media.audio_io import ToneSource
 from voip.security.identity import Identity
 from voip.security.known_peers import KnownPeers
-from voip.wire.candidates import Candidate, CandidateType
-from voip.wire.rtp import RtpPacket, is_rtcp, looks_like_rtp_or_rtcp, parse_rtp_untrusted
+from voip.wire.rtp import RtpPacket, parse_rtp_untrusted
 
 A_PUBLIC, B_PUBLIC = "203.0.113.100", "198.51.100.200"
 A_HOST, B_HOST = ("198.18.1.2", 5000), ("198.18.2.2", 6000)
-
-
-class Caller:
-    """A CallCore with its own identity and known_peers; keeps what it sent as RTP."""
-
-    def __init__(
-        self,
-        name: str,
-        peer: str,
-        addr: Address,
-        identity: Identity,
-        known: KnownPeers,
-        *,
-        accept_new_key: bool = False,
-    ):
-        self.sink = Speaker()
-        options = CallOptions(identity=identity, known_peers=known, accept_new_key=accept_new_key)
-        self.core = CallCore(
-            name,
-            peer,
-            SERVER,
-            (Candidate.make(CandidateType.HOST, addr),),
-            source=ToneSource(440 if name == "alice" else 660),
-            sink=self.sink,
-            options=options,
-        )
-        self.events: list[ev.CallEvent] = []
-        self.sent_rtp: list[bytes] = []
-
-    def _keep(self, out: list[Transmit]) -> list[Transmit]:
-        self.events += self.core.pop_events()
-        self.sent_rtp += [d for d, _ in out if looks_like_rtp_or_rtcp(d) and not is_rtcp(d)]
-        return out
-
-    def handle(self, data: bytes, src: Address, now: float) -> list[Transmit]:
-        return self._keep(self.core.handle(data, src, now))
-
-    def poll(self, now: float) -> list[Transmit]:
-        return self._keep(self.core.poll(now))
-
-    def next_deadline(self) -> float | None:
-        return self.core.next_deadline()
-
-    def secured(self) -> ev.Secured | None:
-        return next((e for e in self.events if isinstance(e, ev.Secured)), None)
 
 
 def call(
@@ -76,12 +31,17 @@ def call(
     alice_known: KnownPeers,
     bob_known: KnownPeers,
     seconds: float = 2.0,
-    **alice_options: bool,
+    *,
+    accept_new_key: bool = False,
 ) -> tuple[Network, Caller, Caller]:
+    """Alice (`accept_new_key` hers) calls bob, who calls back 300 ms later."""
     net = Network(lambda s, d: 0.005)
     net.attach(SERVER, ServerHost(net))
-    alice = Caller("alice", "bob", A_HOST, alice_id, alice_known, **alice_options)
-    bob = Caller("bob", "alice", B_HOST, bob_id, bob_known)
+    alice_opts = CallOptions(
+        identity=alice_id, known_peers=alice_known, accept_new_key=accept_new_key
+    )
+    alice = Caller("alice", "bob", A_HOST, alice_opts)
+    bob = Caller("bob", "alice", B_HOST, CallOptions(identity=bob_id, known_peers=bob_known))
     net.attach(A_HOST, alice, net.add_nat(Nat(A_PUBLIC, "cone")))
     net.attach(B_HOST, bob, net.add_nat(Nat(B_PUBLIC, "cone")))
     net.send(A_HOST, alice.core.start(0.0))

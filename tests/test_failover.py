@@ -16,13 +16,10 @@ from rendezvous.logic import RelayOffer, RendezvousLogic
 from rendezvous.node import RendezvousNode
 from rendezvous.turn_server import Out, TurnPolicy, TurnServer
 from tests.netsim import Address, Nat, Network, Transmit
+from tests.netsim_caller import SERVER, Caller
 from voip import events as ev
-from voip.call_core import CallCore, CallOptions
-from voip.codecs.pcm import Pcm
-from voip.media.audio_io import ToneSource
-from voip.wire.candidates import Candidate, CandidateType
+from voip.call_core import CallOptions
 
-SERVER: Address = ("203.0.113.10", 3478)
 SECRET = "netsim"
 A_PUBLIC, B_PUBLIC = "203.0.113.100", "198.51.100.200"
 
@@ -95,59 +92,13 @@ class RelayedPort:
         return None
 
 
-class Speaker:
-    """The sink: counts what was played."""
-
-    description = "a counter"
-
-    def __init__(self) -> None:
-        self.frames = 0
-
-    def write(self, pcm: Pcm) -> None:
-        self.frames += 1
-
-    def close(self) -> None: ...
-
-
-class Caller:
-    def __init__(self, name: str, peer: str, addr: Address, hz: float, relay: str):
-        self.sink = Speaker()
-        hosts = (Candidate.make(CandidateType.HOST, addr),)
-        self.core = CallCore(
-            name,
-            peer,
-            SERVER,
-            hosts,
-            source=ToneSource(hz),
-            sink=self.sink,
-            options=CallOptions(relay=relay),
-        )
-        self.events: list[ev.CallEvent] = []
-
-    def handle(self, data: bytes, src: Address, now: float) -> list[Transmit]:
-        out = self.core.handle(data, src, now)
-        self.events += self.core.pop_events()
-        return out
-
-    def poll(self, now: float) -> list[Transmit]:
-        out = self.core.poll(now)
-        self.events += self.core.pop_events()
-        return out
-
-    def next_deadline(self) -> float | None:
-        return self.core.next_deadline()
-
-    def switches(self) -> list[ev.PathSwitched]:
-        return [e for e in self.events if isinstance(e, ev.PathSwitched)]
-
-
 def call(relay: str = "auto") -> tuple[Network, Caller, Caller]:
     """Alice behind a cone NAT, bob behind another, 5 ms one way on every link."""
     net = Network(lambda s, d: 0.005)
     net.attach(SERVER, ServerHost(net))
     a_addr, b_addr = ("198.18.1.2", 5000), ("198.18.2.2", 6000)
-    alice = Caller("alice", "bob", a_addr, 440, relay)
-    bob = Caller("bob", "alice", b_addr, 660, relay)
+    alice = Caller("alice", "bob", a_addr, CallOptions(relay=relay))
+    bob = Caller("bob", "alice", b_addr, CallOptions(relay=relay))
     net.attach(a_addr, alice, net.add_nat(Nat(A_PUBLIC, "cone")))
     net.attach(b_addr, bob, net.add_nat(Nat(B_PUBLIC, "cone")))
     net.send(a_addr, alice.core.start(0.0))

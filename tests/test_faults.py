@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.netsim import Address, Nat, Network, Transmit, detach_ip, forget_mappings
-from tests.test_failover import A_PUBLIC, B_PUBLIC, SERVER, ServerHost, Speaker
+from tests.netsim import Nat, Network, detach_ip, forget_mappings
+from tests.netsim_caller import SERVER, Caller
+from tests.test_failover import A_PUBLIC, B_PUBLIC, ServerHost
 from voip import events as ev
-from voip.call_core import MEDIA_TIMEOUT, CallCore, CallOptions
-from voip.media.audio_io import ToneSource
+from voip.call_core import MEDIA_TIMEOUT, CallOptions
 from voip.nat.liveness import PROBE_TIMEOUT
 from voip.nat.path_manager import FAILOVER_AFTER, GIVE_UP_AFTER
 from voip.security.identity import Identity
 from voip.security.known_peers import KnownPeers
-from voip.wire.candidates import Candidate, CandidateType
-from voip.wire.rtp import looks_like_rtp_or_rtcp
-from voip.wire.stun import Attr, Method, looks_like_stun, parse_message_untrusted
-from voip.wire.turn import looks_like_channel_data
 
 A_HOST, B_HOST = ("198.18.1.2", 5000), ("198.18.2.2", 6000)
 # Audio stops, the next playout tick sees it, both paths are checked at once, and neither check
@@ -31,71 +27,6 @@ A_HOST, B_HOST = ("198.18.1.2", 5000), ("198.18.2.2", 6000)
 # failover that comes first when the standby answered until the fault (a switch, then the new
 # path's silence) and the scheduling of ticks.
 GIVE_UP_BUDGET = 2 * FAILOVER_AFTER + max(PROBE_TIMEOUT, GIVE_UP_AFTER) + 0.1
-
-
-class Caller:
-    """A CallCore with its own identity and known_peers, that notes when it connected and when
-    its call ended (events carry no time)."""
-
-    def __init__(
-        self, name: str, peer: str, addr: Address, identity: Identity, relay: str, known: KnownPeers
-    ):
-        self.sink = Speaker()
-        self.known = known
-        options = CallOptions(relay=relay, identity=identity, known_peers=self.known)
-        self.core = CallCore(
-            name,
-            peer,
-            SERVER,
-            (Candidate.make(CandidateType.HOST, addr),),
-            source=ToneSource(440 if name == "alice" else 660),
-            sink=self.sink,
-            options=options,
-        )
-        self.events: list[ev.CallEvent] = []
-        self.connected_at: float | None = None
-        self.ended_at: float | None = None
-        self.mute_from: float | None = None  # send no audio from then on (checks still go)
-
-    def _note(self, out: list[Transmit], now: float) -> list[Transmit]:
-        self.events += self.core.pop_events()
-        if self.connected_at is None and self.core.connected:
-            self.connected_at = now
-        if self.ended_at is None and self.core.done:
-            self.ended_at = now
-        if self.mute_from is not None and now >= self.mute_from:
-            out = [(d, a) for d, a in out if not is_media(d)]
-        return out
-
-    def handle(self, data: bytes, src: Address, now: float) -> list[Transmit]:
-        return self._note(self.core.handle(data, src, now), now)
-
-    def poll(self, now: float) -> list[Transmit]:
-        return self._note(self.core.poll(now), now)
-
-    def next_deadline(self) -> float | None:
-        return self.core.next_deadline()
-
-    @property
-    def received(self) -> int:
-        return self.core.audio.counts.frames_received
-
-    def ended(self) -> ev.Ended:
-        ended = [e for e in self.events if isinstance(e, ev.Ended)]
-        assert ended, self.events
-        return ended[0]
-
-    def switches(self) -> list[ev.PathSwitched]:
-        return [e for e in self.events if isinstance(e, ev.PathSwitched)]
-
-
-def is_media(data: bytes) -> bool:
-    """SRTP or SRTCP, sent directly, or through our relay as ChannelData or a Send indication."""
-    if looks_like_channel_data(data):
-        data = data[4:]
-    elif looks_like_stun(data) and (msg := parse_message_untrusted(data)).method == Method.SEND:
-        data = msg.get(Attr.DATA) or b""
-    return looks_like_rtp_or_rtcp(data)
 
 
 def internet() -> Network:
@@ -116,8 +47,12 @@ def call(
     """Alice calls bob, who calls back 300 ms later; returns once both have had audio for 2 s
     and the standby path is measured."""
     known = known or (KnownPeers(), KnownPeers())
-    alice = Caller("alice", "bob", A_HOST, ids[0], relay, known[0])
-    bob = Caller("bob", "alice", B_HOST, ids[1], relay, known[1])
+    alice = Caller(
+        "alice", "bob", A_HOST, CallOptions(relay=relay, identity=ids[0], known_peers=known[0])
+    )
+    bob = Caller(
+        "bob", "alice", B_HOST, CallOptions(relay=relay, identity=ids[1], known_peers=known[1])
+    )
     net.attach(A_HOST, alice, net.nats[A_PUBLIC])
     net.attach(B_HOST, bob, net.nats[B_PUBLIC])
     start = net.now
@@ -187,7 +122,7 @@ def test_a_call_outlives_its_rendezvous_and_both_register_again_when_it_returns(
     net.send(A_HOST, alice.core.hangup(net.now))
     net.send(B_HOST, bob.core.hangup(net.now))
     net.run(net.now + 0.5)
-    alice, bob = call(net, ids, known=(alice.known, bob.known))
+    alice, bob = call(net, ids, known=(alice.core.known_peers, bob.core.known_peers))
     for c in (alice, bob):
         secured = next(e for e in c.events if isinstance(e, ev.Secured))
         assert c.core.connected and secured.trust == "verified", c.events
