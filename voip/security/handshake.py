@@ -54,6 +54,13 @@ SAS_INFO = b"callpeer sas v1"
 COMMIT_INFO = b"callpeer handshake ephemeral v1"
 DHLEN = 32
 NEVER_ANSWERED = "the peer never answered the key exchange"
+# We answered the peer's first message, and its last never came: the peer stopped there, which
+# is what a peer that refused our key does (it says nothing unauthenticated about why).
+NEVER_FINISHED = (
+    "the peer never finished the key exchange: its callpeer may have refused our key (a key it "
+    "had pinned for us that is not ours: ask them to check known_peers against your "
+    "`callpeer whoami`)"
+)
 
 
 def is_handshake(data: bytes) -> bool:
@@ -210,7 +217,8 @@ class MediaHandshake:
         if self.done:
             return []
         if self._give_up_at is not None and now >= self._give_up_at:
-            self._fail(NEVER_ANSWERED)
+            answered = not self.initiator and bool(self._sessions)
+            self._fail(NEVER_FINISHED if answered else NEVER_ANSWERED)
             return []
         if self._resend_at is None or now < self._resend_at:
             return []
