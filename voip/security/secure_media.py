@@ -52,7 +52,6 @@ class SecureMedia:
         )
         self.cipher: MediaCipher | None = None
         self.result: HandshakeResult | None = None
-        self.early = 0  # media that came before the keys (dropped; the peer's were first)
         self.outbox: list[bytes] = []  # handshake messages for the peer, sent once there is a path
 
     @classmethod
@@ -121,10 +120,9 @@ class SecureMedia:
         return None if self.cipher is None else self.cipher.protect(packet)
 
     def unprotect_untrusted(self, packet: bytes) -> bytes | None:
-        if self.cipher is None:
-            self.early += 1
-            return None
-        return self.cipher.unprotect_untrusted(packet)
+        """The plain packet, if it is the peer's and authentic; None before the keys (the
+        peer's media can beat its last handshake message here) and for anything forged."""
+        return None if self.cipher is None else self.cipher.unprotect_untrusted(packet)
 
     def secured(self, peer: str) -> Secured:
         """The event that says so, once the handshake is over."""
