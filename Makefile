@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Opus and PortAudio for calls; iproute2, nftables and ethtool for the lab; espeak-ng for speech;
-# coturn to interoperate with (its turnserver and test clients, started only by the tests);
+# Opus and PortAudio for calls; iproute2, nftables, conntrack and ethtool for the lab; espeak-ng
+# for speech; coturn to interoperate with (its turnserver and test clients, started only by tests);
 # stun-client, Debian's RFC 3489 client, to check natcheck against.
-SYSLIBS := libopus0 libportaudio2 iproute2 nftables ethtool espeak-ng coturn stun-client
+SYSLIBS := libopus0 libportaudio2 iproute2 nftables conntrack ethtool espeak-ng coturn stun-client
 
 .PHONY: demo test lint fuzz sys-deps venv clean
 

@@ -3,6 +3,14 @@ acknowledges (a STUN transaction each), one in flight per name, sans-IO.
 
 Each side is handed the other's candidates, the ICE credentials the other made for itself, and
 the identity key that owns the other's name here; the server makes no credentials of its own.
+
+An ICE restart (RFC 8445 §9) goes the same way. A caller in a call whose paths all went quiet
+(its NAT forgot the mapping, its host moved) asks for its peer again, from its new mapping with
+its new candidates; if the peer still holds the same call (each was last introduced to the
+other, under the keys that own the names now), both are introduced again at once: the asker's
+fresh candidates, and the peer's as it last registered them, with the credentials and roles of
+the call, so both run fresh checks while the call's keys stay. At most RESTARTS_PER_WINDOW per
+caller in RESTART_WINDOW: each one sends the peer a datagram it did not ask for.
 """
 
 from __future__ import annotations
@@ -18,6 +26,20 @@ from voip.wire.transactions import Schedule, Transaction, TransactionTable
 
 # A quick first retransmission (both sides are waiting to punch), and up to 16 s in all.
 PEER_READY = Schedule(rto=0.25, rc=7, rm=8)
+RESTART_WINDOW = 60.0
+RESTARTS_PER_WINDOW = 12
+
+
+def restarting(asker: Entry, peer: Entry) -> bool:
+    """Whether `asker` asks again in the call it is in with `peer`: each was last introduced to
+    the other under the keys they hold now, and the asker's credentials are the call's (a new
+    run of the same identity makes new ones: a new call, which waits for the peer to ask)."""
+    return (
+        asker.call == (peer.name, peer.client_key)
+        and peer.call == (asker.name, asker.client_key)
+        and asker.ice is not None
+        and asker.ice == asker.call_ice
+    )
 
 
 def signed(msg: Message, key: bytes) -> bytes:
@@ -61,8 +83,30 @@ class Introductions:
         self.stats["matched"] += 1
         a.wants = b.wants = None  # this request is served; a new call needs a new request
         first = a if a.since <= b.since else b  # the one who waited longest controls (RFC 8445)
+        for me, peer in ((a, b), (b, a)):
+            me.call, me.call_ice = (peer.name, peer.client_key), me.ice
+            me.call_controlling, me.restarts = me is first, []
+        return self._send(a, b, now)
+
+    def restart(self, asker: Entry, peer: Entry | None, now: float) -> list[Out] | None:
+        """Introduce two callers in one call again (an ICE restart): None if the ask is not
+        one, nothing if the asker has no asks left (its next, at the next refresh, may)."""
+        if peer is None or not restarting(asker, peer):
+            return None
+        asker.restarts = [t for t in asker.restarts if now - t < RESTART_WINDOW]
+        if len(asker.restarts) >= RESTARTS_PER_WINDOW:
+            self.stats["restart_refused"] += 1
+            return []
+        asker.restarts.append(now)
+        asker.wants = None
+        self.stats["restarted"] += 1
+        return self._send(asker, peer, now)
+
+    def _send(self, a: Entry, b: Entry, now: float) -> list[Out]:
         out: list[Out] = []
-        for me, peer, creds in ((a, b, b.ice), (b, a, a.ice)):
+        for me, peer in ((a, b), (b, a)):
+            creds = peer.call_ice
+            assert creds is not None  # set from the asks that made the call
             ready = PeerReady(
                 peer=peer.name,
                 candidates=(
@@ -71,7 +115,7 @@ class Introductions:
                 ),
                 remote_ufrag=creds.ufrag,
                 remote_pwd=creds.pwd,
-                controlling=me is first,
+                controlling=me.call_controlling,
                 peer_key=peer.client_key,
                 peer_mapping=peer.mapping,
                 peer_commit=creds.commit,

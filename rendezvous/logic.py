@@ -279,7 +279,10 @@ class RendezvousLogic:
             self.owners.seen(binding, wall)
         self.stats["register"] += 1
         peer = self.registry.match(req.name, now)
-        status = "matched" if peer is not None else ("waiting" if req.peer else "registered")
+        again = None  # an ask in a call already: an ICE restart
+        if peer is None and req.peer is not None:
+            again = self.introductions.restart(entry, self.registry.get(req.peer, now), now)
+        status = "matched" if peer or again else ("waiting" if req.peer else "registered")
         attrs = [
             (Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id)),
             (Attr.LIFETIME, u32(int(self.registry.lifetime))),
@@ -291,7 +294,7 @@ class RendezvousLogic:
         out = [Out(signed(msg.reply(Class.SUCCESS, attrs), key), src)]
         if peer is not None:
             out += self.introductions.introduce(entry, peer, now)
-        return out
+        return out + (again or [])
 
     def _signed_error(self, msg: Message, src: Address, key: bytes, code: int) -> list[Out]:
         """An error to a proven source, with our key so it can check the answer is ours."""

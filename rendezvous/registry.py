@@ -9,7 +9,7 @@ logic checks the key there before it comes here.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rendezvous.limits import address_block
 from voip.wire.candidates import Candidate
@@ -30,6 +30,13 @@ class Entry:
     client_key: bytes = b""  # the caller's identity public key, which owns the name
     key: bytes = b""  # the message-integrity key agreed with that caller
     ice: IceCredentials | None = None  # its credentials for the call it asks for (`wants`)
+    # The call it was last introduced to: (peer name, the key that owned it), its own
+    # credentials in it and its role. A later ask for that peer, by that key, while the peer
+    # still holds the same call, is an ICE restart (rendezvous/introductions.py).
+    call: tuple[str, bytes] | None = None
+    call_ice: IceCredentials | None = None
+    call_controlling: bool = False
+    restarts: list[float] = field(default_factory=list)  # when, within RESTART_WINDOW
 
 
 class NameTaken(Exception):
@@ -109,6 +116,8 @@ class Registry:
                 entry.since = now  # a new call request waits from now
             entry.wants = wants
         self._expiries.set(name, entry.expires)
+        if entry.client_key != client_key:
+            entry.call = None  # another key, another run: not the call the old one was in
         entry.client_key, entry.key, entry.ice = client_key, key, ice
         if mapping is not None:
             entry.mapping = mapping

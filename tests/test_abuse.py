@@ -264,7 +264,9 @@ def test_a_pair_asking_again_and_again_keeps_one_introduction_each_in_flight() -
         for src, client in where.items():
             client.peer_ready = None
             converse(logic, {}, [(src, d) for d, _ in client.ask(0.01 * i)], 0.01 * i)
-    assert logic.stats["matched"] >= 100
+    # Introduced again and again: as a new call when both ask, as a restart of the call they
+    # are in when one does (RESTARTS_PER_WINDOW each, rendezvous/introductions.py).
+    assert logic.stats["matched"] + logic.stats["restarted"] >= 100, logic.stats
     assert len(logic.introductions) <= 2
 
 

@@ -230,28 +230,49 @@ def test_an_outage_of_every_path_is_ridden_out_only_if_shorter_than_the_give_up_
 # -- 4. a NAT forgets its mappings ----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "no recovery when a NAT forgets its mappings mid-call: alice's next packet gets a new "
-        "public port, so bob's packets to the old one are dropped, bob's NAT filters alice's "
-        "from the new one, and alice's TURN allocation is bound to the old 5-tuple. Her checks "
-        "do reach bob through bob's relay (TURN permissions are per IP), and bob learns a "
-        "peer-reflexive pair from them and answers, but after a path is chosen a triggered "
-        "check is queued and never sent (voip/nat/checks.py: _paced_check sends nothing once "
-        "there is a standby), so the pair never becomes valid and bob drops alice's audio on "
-        "it; and when the flushed side is the controlled one, the controlling side would not "
-        "move to it anyway. What is missing is an ICE restart through the rendezvous: new "
-        "credentials, the new server-reflexive address and a fresh allocation, sent to the "
-        "peer, and checks run again. Today both sides give up: bob in 2.4 s (no answer on "
-        "any path), alice after the media timeout (10 s: bob's ended call still answers her "
-        "checks here; 6.4 s when his process exits as it ends)."
-    ),
-)
-def test_a_nat_that_forgets_its_mappings_mid_call_recovers() -> None:
+@pytest.mark.parametrize("flushed", ["alice", "bob"])
+def test_a_nat_that_forgets_its_mappings_mid_call_recovers_by_meeting_again(flushed: str) -> None:
+    """Every mapping on one router is gone (alice called first, so she is controlling): the
+    flushed side's next packets get new public ports, the old ones lead nowhere, and its relay
+    allocation is bound to the old one. Both sides hear nothing, both ask the rendezvous to meet
+    again (an ICE restart), and the call goes on on a fresh direct path."""
     net = internet()
     alice, bob = call(net, (Identity.generate(), Identity.generate()))
-    forget_mappings(net.nats[A_PUBLIC])  # conntrack -F on alice's router
-    net.run(net.now + 5.0)
-    assert not alice.core.done and not bob.core.done, (alice.events[-1:], bob.events[-1:])
+    side = alice if flushed == "alice" else bob
+    before = side.core.connector.signal.mapped
+    relayed_before = side.core.connector.turn and side.core.connector.turn.relayed
+    forget_mappings(net.nats[A_PUBLIC if flushed == "alice" else B_PUBLIC])  # conntrack -F
+    flushed_at = net.now
+    net.run(flushed_at + 3.0)
+    for c in (alice, bob):
+        report = c.core.report()
+        assert not c.core.done and report.path == "direct", c.events
+        assert c.switches()[-1].why == "the paths went quiet and the call met again", c.events
+        # The gap: 200 ms before the silence is noticed, one failover, and a restart of a few
+        # round trips to the rendezvous (5 ms each way on every link here).
+        assert report.audio.longest_gap_ms < 2000, report.audio
+    # Where the flushed side is now: a new public port, and a new relay allocation with it.
+    assert side.core.connector.signal.mapped != before
+    assert side.core.connector.turn and side.core.connector.turn.relayed != relayed_before
+    for c in (alice, bob):
+        assert c.core.report().relay.available  # the standby is measured again, on the new one
+    assert min(flowing(net, (alice, bob))) >= 49
+
+
+def test_a_host_that_moves_to_a_new_address_mid_call_recovers_by_meeting_again() -> None:
+    """Alice's laptop moves from Wi-Fi to Ethernet behind the same router: her socket now sends
+    from a new LAN address, which her NAT maps to a new public port, while the old mapping leads
+    to an address nobody holds. She sees at once (a refresh) that her public address moved."""
+    net = internet()
+    alice, bob = call(net, (Identity.generate(), Identity.generate()))
+    before = alice.core.connector.signal.mapped
+    del net.hosts[A_HOST]
+    net.attach(("198.18.1.3", A_HOST[1]), alice, net.nats[A_PUBLIC])
+    net.run(net.now + 3.0)
+    assert alice.core.connector.signal.mapped not in (None, before)
+    for c in (alice, bob):
+        report = c.core.report()
+        assert not c.core.done and report.path == "direct", c.events
+        assert c.switches()[-1].why == "the paths went quiet and the call met again", c.events
+        assert report.audio.longest_gap_ms < 2000, report.audio  # measured:
     assert min(flowing(net, (alice, bob))) >= 49

@@ -34,6 +34,7 @@ from voip.wire.stun import (
 BUDGET = 2_000
 SEED = 1
 
+
 @pytest.mark.parametrize("name", TARGETS)
 def test_only_the_parsers_own_errors_escape(name: str) -> None:
     result = run_target(TARGETS[name], BUDGET, SEED)

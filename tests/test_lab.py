@@ -22,6 +22,7 @@ import pytest
 from tests.sniffer import tone_ratio
 from voip.codecs.pcm import dominant_frequency, silence, tone
 from voip.lab.echo import EchoRtt
+from voip.lab.faults import forget_mappings, move_host
 from voip.lab.latency import lab_mouth_to_ear
 from voip.lab.nat import NAT_KINDS
 from voip.lab.netns import lab_unavailable_reason, list_namespaces, run
@@ -441,6 +442,60 @@ def test_a_killed_peer_ends_the_call_within_seconds_saying_so(tmp_path: Path) ->
     # Killed about 3 s after alice's call connected; given up about 2.4 s later, not after
     # the 10 s media timeout or consent's 30 s.
     assert report["duration_s"] < 3.0 + 4.0, report["duration_s"]
+
+
+@pytest.mark.skipif(shutil.which("conntrack") is None, reason="conntrack is not installed")
+@pytest.mark.parametrize(
+    ("nat_a", "path"),
+    [("cone", "direct"), ("symmetric", "relay")],  # symmetric: a new port for every mapping
+)
+def test_a_router_that_forgets_its_mappings_mid_call_loses_under_2_s(
+    nat_a: str, path: str, tmp_path: Path
+) -> None:
+    """`conntrack -F` on alice's router 3 s into the call. Behind the cone router her next
+    packet gets its old port back (masquerade keeps the source port when it is free), so the
+    audio comes back as soon as she sends; behind the symmetric one every mapping gets a new
+    random port, her relay allocation is bound to the old one, and only meeting again through
+    the rendezvous (an ICE restart) brings the call back."""
+    config = LabConfig(nat_a=nat_a, nat_b="cone", delay_a=5, delay_b=5)
+    result = run_lab_call(
+        config,
+        tmp_path,
+        duration=8.0,
+        speech=False,
+        actions=[(3.0, lambda lab: forget_mappings(lab, "a"))],
+    )
+    for caller in result.callers.values():
+        assert caller.exit_code == 0, caller.stderr
+        report = caller.report
+        assert report is not None and report["path"] == path, caller.stderr
+        assert report["audio"]["longest_gap_ms"] < 2000, report["audio"]
+        assert report["duration_s"] >= 7.5, report
+        if nat_a == "symmetric":
+            assert "the call met again" in caller.stderr, caller.stderr
+
+
+def test_a_host_that_moves_to_a_new_address_mid_call_loses_under_2_s(tmp_path: Path) -> None:
+    """Alice's host moves to a new LAN address 3 s into the call. Her router still holds the
+    old address's mappings, so her new ones get other ports, one per destination: she sees her
+    public address moved, and the call meets again through the rendezvous."""
+    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5)
+    moved: list[str] = []
+    result = run_lab_call(
+        config,
+        tmp_path,
+        duration=8.0,
+        speech=False,
+        actions=[(3.0, lambda lab: moved.append(move_host(lab, "a")))],
+    )
+    assert moved == ["198.18.1.22"]
+    for caller in result.callers.values():
+        assert caller.exit_code == 0, caller.stderr
+        report = caller.report
+        assert report is not None and report["duration_s"] >= 7.5, caller.stderr
+        assert "the call met again" in caller.stderr, caller.stderr
+        assert report["audio"]["longest_gap_ms"] < 2000, report["audio"]
+        assert report["path"] in ("direct", "relay")
 
 
 def test_mouth_to_ear_latency_from_marks_in_the_audio(tmp_path: Path) -> None:

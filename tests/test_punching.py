@@ -10,13 +10,13 @@ from tests.netsim import Address, Nat, Network, Transmit
 from voip.nat import checks
 from voip.nat.checklist import TA
 from voip.nat.connector import (
-    GATHER_TIMEOUT,
     Connector,
     ConnectorEvent,
     Introduced,
     PeerTimeout,
     RelayUnavailable,
 )
+from voip.nat.relay_base import GATHER_TIMEOUT
 from voip.wire.candidates import Candidate, CandidateType
 from voip.wire.signal import MAPPING_DEPENDENT, MAPPING_INDEPENDENT
 from voip.wire.stun import (

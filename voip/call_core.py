@@ -20,8 +20,8 @@ from voip.media.audio_loop import AudioLoop
 from voip.media.audio_session import AudioSession
 from voip.media.rtcp_session import PeerBye, RttMeasured
 from voip.nat import checks
-from voip.nat.connector import Connector, ConnectorEvent, Introduced
-from voip.nat.path_manager import Checking, Media, PathManager, Switched
+from voip.nat.connector import Connector, ConnectorEvent, Introduced, Restarted
+from voip.nat.path_manager import Checking, Media, PathManager, Restart, Switched
 from voip.nat.rendezvous_client import Asked, TurnOffer
 from voip.report import CallReport
 from voip.security.handshake import is_handshake
@@ -30,6 +30,7 @@ from voip.security.known_peers import KnownPeers
 from voip.security.secure_media import SecureMedia
 from voip.wire.candidates import Candidate
 from voip.wire.rtp import is_rtcp, looks_like_rtp_or_rtcp
+from voip.wire.signal import PeerReady
 from voip.wire.stun import Address
 
 MEDIA_TIMEOUT = 10.0  # no RTP from the peer for this long and the call is over
@@ -84,6 +85,18 @@ def connector_for(
     )
 
 
+def secure_media(call: CallCore, ready: PeerReady) -> SecureMedia:
+    """The call's keys, from the introduction on (voip/security/secure_media.py)."""
+    return SecureMedia.for_call(
+        call.identity,
+        call.name,
+        ready,
+        call.known_peers,
+        call.options.accept_new_key,
+        ephemeral=call.connector.signal.ephemeral,
+    )
+
+
 class CallCore:
     def __init__(
         self,
@@ -103,8 +116,7 @@ class CallCore:
         self.known_peers = options.known_peers or KnownPeers()
         self.connector = connector_for(name, peer, server, hosts, options, identity=self.identity)
         self.audio = AudioSession(options.fec, options.dtx, wallclock_offset)
-        self.recorder = CallRecorder(name, peer, options.stats_interval)
-        self.recorder.base.keepalive_s = options.keepalive
+        self.recorder = CallRecorder(name, peer, options.stats_interval, options.keepalive)
         self.paths: PathManager | None = None
         self.secure: SecureMedia | None = None  # from the introduction on
         self.connected = self.done = False
@@ -149,14 +161,15 @@ class CallCore:
 
     def handle(self, data: bytes, src: Address, now: float) -> list[Transmit]:
         if looks_like_rtp_or_rtcp(data):
-            return self._on_media(data, (checks.HOST, src), now)
+            self._on_media(data, (checks.HOST, src), now)
+            return []
         if is_handshake(data):
             return self._on_handshake(data, now)
         out, inner = self.connector.handle(data, src, now)
         if inner is not None and is_handshake(inner[0]):
             out += self._on_handshake(inner[0], now)
         elif inner is not None:
-            out += self._on_media(inner[0], (checks.RELAY, inner[1]), now)
+            self._on_media(inner[0], (checks.RELAY, inner[1]), now)
         self._connector_events(now)
         self._connector_moved()
         if self.secure is not None and self.secure.outbox:  # a path was chosen just now
@@ -177,7 +190,7 @@ class CallCore:
             if (packet := self.loop.send_due(now)) is not None:
                 out += self._media(packet)
             if self.loop.play_due(now):
-                self._watch(now)
+                out += self._watch(now)
         return out
 
     def hangup(self, now: float, reason: str = "hung up") -> list[Transmit]:
@@ -205,7 +218,7 @@ class CallCore:
         return [] if sealed is None else self._route(sealed)
 
     def _route(self, data: bytes) -> list[Transmit]:
-        return [] if self.active is None else [self.connector.route(data, self.active)]
+        return [] if self.active is None else [self.connector.relay.route(data, self.active)]
 
     def _on_handshake(self, data: bytes, now: float) -> list[Transmit]:
         if self.secure is None or self.done:
@@ -226,29 +239,26 @@ class CallCore:
             self._secured(now)
         return out
 
-    def _on_media(
-        self, sealed: bytes, key: tuple[checks.Base, Address], now: float
-    ) -> list[Transmit]:
+    def _on_media(self, sealed: bytes, key: tuple[checks.Base, Address], now: float) -> None:
         if self.paths is None or self.secure is None:
-            return []
+            return
         if (data := self.secure.unprotect_untrusted(sealed)) is None:
-            return []  # forged, replayed, or before the keys: counted, never played
+            return  # forged, replayed, or before the keys: counted, never played
         rtcp = is_rtcp(data)
         verdict, switched = self.paths.classify(key, rtcp, now)
         if switched is not None:
-            self._switched(switched)
+            self._switched(switched, now)
         if verdict is Media.DROP:
-            return []
+            return
         if rtcp:
             if verdict is Media.ACTIVE:
                 self._on_rtcp(data, now)
-            return []
+            return
         active = verdict is Media.ACTIVE
         if self.audio.on_rtp(data, now, on_active=active) and active:
             self.paths.heard(now, self.audio.peer_in_dtx)
             if self.loop is not None:
                 self.loop.playout.arrived(now)
-        return []
 
     def _on_rtcp(self, data: bytes, now: float) -> None:
         assert self.active is not None
@@ -258,15 +268,15 @@ class CallCore:
             elif isinstance(event, PeerBye):
                 self.finish(now, f"{self.peer} hung up", ok=True)
 
-    def _watch(self, now: float) -> None:
+    def _watch(self, now: float) -> list[Transmit]:
         """After each frame played: the path watched; live figures once a second."""
         assert self.paths is not None
-        if (moved := self.paths.tick(now)) is not None:
-            self._switched(moved)
+        out = self._switched(moved, now) if (moved := self.paths.tick(now)) else []
         if (reason := self.paths.gone(now, self.peer, MEDIA_TIMEOUT)) is not None:
             self.finish(now, reason, ok=False)
         if (stats := self.recorder.live_stats(now - self._t_connected, self.audio)) is not None:
             self._events.append(stats)
+        return out
 
     def _connector_events(self, now: float) -> None:
         for event in self.connector.pop_events():
@@ -275,7 +285,7 @@ class CallCore:
     def _connector_event(self, event: ConnectorEvent, now: float, base: CallReport) -> None:
         since = now - self._t_connected if self.connected else None
         if isinstance(event, MEASURED):
-            if made := self.recorder.measured(event, since, self.connector.remote_shown):
+            if made := self.recorder.measured(event, since, self.connector.relay.shown):
                 self._events.append(made)
         elif isinstance(event, Asked):
             if event.status == "waiting":
@@ -284,17 +294,14 @@ class CallCore:
             self._t_peer = now
             waited, mapping = now - self._t_start, self.connector.own_mapping
             self._events.append(self.recorder.introduced(event.ready, waited, mapping))
-            self.secure = SecureMedia.for_call(
-                self.identity,
-                self.name,
-                event.ready,
-                self.known_peers,
-                self.options.accept_new_key,
-                ephemeral=self.connector.signal.ephemeral,
-            )
+            self.secure = secure_media(self, event.ready)
+        elif isinstance(event, Restarted) and self.paths and self.connector.checks:
+            self.paths.rejoined(self.connector.checks)
         elif isinstance(event, checks.PathSelected):
             if self.paths is None:
                 self._on_path(event.pair, now)
+            else:
+                self._switched(self.paths.restarted(event.pair, now), now)
         elif isinstance(event, checks.ConsentLost):
             self.finish(now, "the path stopped answering (consent lost, RFC 7675)", ok=False)
         elif (message := failure_message(self, event)) is not None and self.failure is None:
@@ -319,19 +326,23 @@ class CallCore:
         self.connected = True
         self._t_connected = now
         setup = (now - self._t_peer) * 1000
-        remote = self.connector.remote_shown(pair)
+        remote = self.connector.relay.shown(pair)
         self.recorder.path_active(pair.kind, remote)
         self.recorder.base.setup_ms = setup
         self.loop = AudioLoop(self.audio, self.source, self.sink, now, self.options)
         self._events.append(self.secure.secured(self.peer))
         self._events.append(ev.Connected(pair.kind, remote, pair.describe(), setup))
 
-    def _switched(self, switched: Switched | Checking) -> None:
+    def _switched(self, switched: Switched | Checking | Restart, now: float) -> list[Transmit]:
+        """The audio moved; or it stopped, and the rendezvous hears where we are now."""
+        stopped = not isinstance(switched, Switched)
+        out = self.connector.quiet(now, isinstance(switched, Restart)) if stopped else []
         self._connector_moved()  # the checks probe and keep consent on the new pairs now
-        if isinstance(switched, Checking):
-            return
+        if not isinstance(switched, Switched):
+            return out
         if self.loop is not None:
             self.loop.playout.relearn()
-        remote = self.connector.remote_shown(switched.pair)
+        remote = self.connector.relay.shown(switched.pair)
         self.recorder.path_active(switched.pair.kind, remote)
         self._events.append(ev.PathSwitched(switched.pair.kind, remote, switched.why))
+        return out

@@ -33,8 +33,10 @@ HOPELESS_PUNCHING = "both NATs map per destination (symmetric), so the relay was
 
 
 class CallRecorder:
-    def __init__(self, me: str, peer: str, stats_interval: float = 1.0):
-        self.base = CallReport(me=me, peer=peer)
+    def __init__(
+        self, me: str, peer: str, stats_interval: float = 1.0, keepalive: float | None = None
+    ):
+        self.base = CallReport(me=me, peer=peer, keepalive_s=keepalive)
         self.active_kind: str | None = None
         self.stats_interval = stats_interval
         self._next_stats = 0.0  # s into the call

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from voip.nat.check_messages import Credentials, authentic
 from voip.nat.checklist import Checklist, Key
 from voip.nat.liveness import PROBE_TIMEOUT, Liveness
-from voip.nat.nominator import Nominator
+from voip.nat.nominator import RELAY_GRACE, Nominator
 from voip.nat.pairs import Base, Pair, PairState, PathKind, RelayMode
 from voip.wire.candidates import Candidate, CandidateType, candidate_priority
 from voip.wire.stun import Address, Attr, Class, Message, Method, StunError
@@ -127,6 +127,7 @@ class ConnectivityChecks:
     relay_mode: RelayMode = RelayMode.AUTO
     bases: tuple[Base, ...] = (Base.HOST,)
     punch_hopeless: bool = False  # both NATs map per destination (see the Nominator)
+    relay_grace: float = RELAY_GRACE  # wait for a direct pair before nominating a relayed one
     tiebreaker: int = field(default_factory=lambda: struct.unpack("!Q", os.urandom(8))[0])
     ignored: int = 0  # checks dropped for bad credentials or a bad fingerprint
 
@@ -134,7 +135,8 @@ class ConnectivityChecks:
         self.credentials = Credentials(
             self.local_ufrag, self.local_pwd, self.remote_ufrag, self.remote_pwd
         )
-        self.nominator = Nominator(RelayMode(self.relay_mode), self.punch_hopeless)
+        mode, hopeless = RelayMode(self.relay_mode), self.punch_hopeless
+        self.nominator = Nominator(mode, hopeless, self.relay_grace)
         self.checklist = Checklist(self.nominator, self.controlling, self.now)
         self.checklist.form(self.remote_candidates, self.bases)
         self.pairs = self.checklist.pairs

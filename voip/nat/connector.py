@@ -5,6 +5,13 @@ and time in, datagrams and events out. It registers; gathers a relayed candidate
 relay the rendezvous offers, or one given with --turn) before asking for the peer, the way ICE
 gathers before it offers; then runs the checks over the host and relayed bases. The asyncio
 `Call` only moves bytes; tests drive the same object through a simulated network with NATs.
+
+When the audio stops, `quiet` refreshes our name at once: if our public address moved (our NAT
+forgot its mappings, our host moved), the server learns where we are now, and we begin an ICE
+restart (RFC 8445 §9), as we do when no path answers (`meet_again`). In a restart, the refresh
+shows where we are; if we moved, our relay allocation went with the old address and a new one
+is made; then we ask for the peer again with these candidates, and the server introduces both
+sides again (`Restarted`), each with fresh checks under the call's credentials.
 """
 
 from __future__ import annotations
@@ -13,10 +20,13 @@ from dataclasses import dataclass
 
 from voip.nat import checks
 from voip.nat.mapping_probe import MappingProbe
+from voip.nat.nominator import NOMINATE_AFTER, RELAY_GRACE
 from voip.nat.pairs import RelayMode
+from voip.nat.relay_base import RelayBase
 from voip.nat.rendezvous_client import (
     Asked,
     GotPeer,
+    Refreshed,
     Refused,
     Registered,
     RendezvousClient,
@@ -25,7 +35,7 @@ from voip.nat.rendezvous_client import (
 )
 from voip.nat.turn_client import Allocated, PermissionRefused, TurnClient, TurnFailed
 from voip.security.identity import Identity
-from voip.wire.candidates import Candidate, CandidateType, format_address
+from voip.wire.candidates import Candidate
 from voip.wire.signal import MAPPING_DEPENDENT, PeerReady
 from voip.wire.stun import (
     Address,
@@ -37,7 +47,7 @@ from voip.wire.stun import (
 from voip.wire.turn import looks_like_channel_data
 
 Transmit = tuple[bytes, Address]
-GATHER_TIMEOUT = 2.0  # s to wait for a relayed candidate before asking for the peer without
+RESTART_RETRY = 2.0  # s before a restart that brought no introduction may be tried again
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,13 @@ class PeerTimeout:
 @dataclass(frozen=True)
 class Introduced:
     ready: PeerReady  # ready.peer_key: the identity key that owns the peer's name
+
+
+@dataclass(frozen=True)
+class Restarted:
+    """Introduced again in the call (an ICE restart): the checks are new."""
+
+    ready: PeerReady
 
 
 @dataclass(frozen=True)
@@ -67,6 +84,7 @@ ConnectorEvent = (
     | Refused
     | Unreachable
     | Introduced
+    | Restarted
     | PeerTimeout
     | RelayReady
     | RelayUnavailable
@@ -94,21 +112,17 @@ class Connector:
         self.signal = RendezvousClient(
             name, peer, server, host_candidates, ask_now=off, keepalive=keepalive, identity=identity
         )
-        # Seconds between packets on every mapping we hold while waiting (the rendezvous, the
-        # relay), when natcheck measured how soon this NAT forgets a quiet one.
-        self.keepalive = keepalive
         self.probe: MappingProbe | None = None
         self.explicit_turn = turn
-        self.turn: TurnClient | None = None
-        self.relay_unavailable: str | None = "relay off (--relay off)" if off else None
+        self.relay = RelayBase(turn, keepalive, off)
         self.checks: checks.ConnectivityChecks | None = None
         self.wait_timeout, self.punch_timeout = wait_timeout, punch_timeout
         self.malformed = 0
         self._started = 0.0
         self._asked = off
-        self._gather_deadline: float | None = None
         self._wait_deadline: float | None = None
         self._events: list[ConnectorEvent] = []
+        self._restart: float | None = None  # when the restart under way began
 
     def pop_events(self) -> list[ConnectorEvent]:
         events, self._events = self._events, []
@@ -118,9 +132,8 @@ class Connector:
         times = [
             self.signal.next_deadline(),
             self._wait_deadline,
-            self._gather_deadline,
+            self.relay.next_deadline(),
             self.probe.next_deadline() if self.probe else None,
-            self.turn.next_deadline() if self.turn else None,
             self.checks.next_deadline() if self.checks else None,
         ]
         return min((t for t in times if t is not None), default=None)
@@ -135,25 +148,31 @@ class Connector:
         """Both NATs map per destination, as the checks were told when they started."""
         return self.checks is not None and self.checks.punch_hopeless
 
-    def route(self, data: bytes, pair: checks.Pair) -> Transmit:
-        """How to send `data` on `pair`: straight to the remote, or wrapped for our relay."""
-        if pair.base == checks.RELAY:
-            assert self.turn is not None
-            return self.turn.wrap(data, pair.remote.address)
-        return data, pair.remote.address
+    @property
+    def turn(self) -> TurnClient | None:
+        return self.relay.turn
 
-    def remote_shown(self, pair: checks.Pair) -> str:
-        """The address this pair's packets are sent to, as the report shows it."""
-        if pair.base == checks.RELAY and self.turn is not None:
-            return format_address(self.turn.server)
-        return format_address(pair.remote.address)
+    @property
+    def relay_unavailable(self) -> str | None:
+        return self.relay.unavailable
 
     def start(self, now: float) -> list[Transmit]:
         self._started = now
         out = self.signal.start(now)
         if self.relay_mode != RelayMode.OFF and self.explicit_turn is not None:
-            out += self._start_turn(self.explicit_turn, now)
+            out += self.relay.gather(self.explicit_turn, now)
         return out
+
+    def quiet(self, now: float, meet_again: bool) -> list[Transmit]:
+        """The audio stopped: tell the rendezvous where we are now (a restart if we moved);
+        with `meet_again` (no path answers), meet the peer again there in any case."""
+        if self.checks is None:
+            return []
+        if meet_again:
+            if self._restart is not None and now < self._restart + RESTART_RETRY:
+                return []
+            self._restart = now
+        return self.signal.refresh(now)
 
     def leave(self, now: float) -> list[Transmit]:
         out = self.signal.leave(now)
@@ -168,10 +187,10 @@ class Connector:
             self._ask(now, out)  # which waits until the probe is done
         if self.turn is not None:
             out += self.turn.poll(now)
-        if self._gather_deadline is not None and now >= self._gather_deadline:
+        if self.relay.gather_deadline is not None and now >= self.relay.gather_deadline:
             self._relay_gone("no answer from the relay in time", now, out)
         if self.checks is not None:
-            out += self._routed(self.checks.poll(now))
+            out += self.relay.routed(self.checks.poll(now))
         if self._wait_deadline is not None and now >= self._wait_deadline:
             self._wait_deadline = None
             self._events.append(PeerTimeout(now - self._started))
@@ -203,7 +222,7 @@ class Connector:
                     )
                 except StunError:
                     sent = None
-                out += self._routed(sent or [])
+                out += self.relay.routed(sent or [])
             elif not looks_like_stun(payload):  # the call's: media, or its key exchange
                 inner = (payload, peer)
         self._collect(now, out)
@@ -225,46 +244,30 @@ class Connector:
             return None
         sent = self.checks.handle(msg, src, now, checks.HOST) if self.checks is not None else None
         if sent is not None:
-            out += self._routed(sent)
+            out += self.relay.routed(sent)
             return None
         out += self.signal.handle(msg, src, now) or []
         return None
 
-    def _routed(self, sends: list[checks.Send]) -> list[Transmit]:
-        out = []
-        for data, dest, base in sends:
-            if base == checks.RELAY:
-                if self.turn is not None and self.turn.relayed is not None:
-                    out.append(self.turn.wrap(data, dest))
-            else:
-                out.append((data, dest))
-        return out
-
-    def _start_turn(self, offer: TurnOffer, now: float) -> list[Transmit]:
-        self.turn = TurnClient(offer.server, offer.username, offer.password, self.keepalive)
-        self._gather_deadline = now + GATHER_TIMEOUT
-        return self.turn.start(now)
-
     def _ask(self, now: float, out: list[Transmit]) -> None:
         """Ask for the peer, once the relay is gathered (or gone) and the mapping probed."""
-        if self._asked or self._gather_deadline is not None:
+        if self._asked or self.relay.gather_deadline is not None:
             return
         if self.probe is not None and not self.probe.done:
             return
         self._asked = True
-        relayed = self.turn.relayed if self.turn is not None else None
-        extra = (Candidate.make(CandidateType.RELAY, relayed),) if relayed else ()
-        out += self.signal.ask(now, extra, self.own_mapping)
+        out += self.signal.ask(now, self.relay.candidates(), self.own_mapping)
 
     def _relay_gone(self, reason: str, now: float, out: list[Transmit]) -> None:
-        self._gather_deadline = None
-        if self.relay_unavailable is None:
-            self.relay_unavailable = reason
+        if self.relay.gone(reason):
             self._events.append(RelayUnavailable(reason))
         self._ask(now, out)
 
     def _collect(self, now: float, out: list[Transmit]) -> None:
         for event in self.signal.pop_events():
+            if isinstance(event, Refreshed):
+                self._refreshed(event, now, out)
+                continue
             if isinstance(event, Registered):
                 self._wait_deadline = now + self.wait_timeout
                 if event.other is not None and not self._asked and self.probe is None:
@@ -272,22 +275,22 @@ class Connector:
                     out += self.probe.start(now)
                 if not self._asked and self.turn is None:
                     if event.turn is not None:
-                        out += self._start_turn(event.turn, now)
+                        out += self.relay.gather(event.turn, now)
                     else:
                         self._relay_gone(
                             "the rendezvous offers no relay, and no --turn given", now, out
                         )
             if isinstance(event, GotPeer):
-                self._wait_deadline = None
-                self._start_checks(event.ready, now, out)
-                self._events.append(Introduced(event.ready))
+                self._wait_deadline = self._restart = None
+                self._start_checks(event.ready, now, out, again=event.again)
+                self._events.append((Restarted if event.again else Introduced)(event.ready))
             else:
                 self._events.append(event)
         if self.turn is not None:
             for turn_event in self.turn.pop_events():
                 if isinstance(turn_event, Allocated):
                     self._events.append(RelayReady(turn_event.relayed, self.turn.server))
-                    self._gather_deadline = None
+                    self.relay.gather_deadline = None
                     self._ask(now, out)
                 elif isinstance(turn_event, TurnFailed):
                     self._relay_gone(turn_event.reason, now, out)
@@ -301,8 +304,24 @@ class Connector:
                         out += self.turn.bind_channel(pair.remote.address, now)
                 self._events.append(check_event)
 
-    def _start_checks(self, ready: PeerReady, now: float, out: list[Transmit]) -> None:
-        relayed = self.turn is not None and self.turn.relayed is not None
+    def _refreshed(self, event: Refreshed, now: float, out: list[Transmit]) -> None:
+        """In a call, a refresh that shows we moved, or the one a restart began with: ask for
+        the peer again, with a new relay allocation if we moved (the old one is bound to our
+        old address)."""
+        if self.checks is None or (self._restart is None and not event.moved):
+            return
+        if self._restart is None:
+            self._restart = now
+        self._asked = False
+        if event.moved and self.turn is not None and self.relay.offer is not None:
+            out += self.relay.gather(self.relay.offer, now)
+        else:
+            self._ask(now, out)
+
+    def _start_checks(
+        self, ready: PeerReady, now: float, out: list[Transmit], again: bool = False
+    ) -> None:
+        relayed = self.relay.relayed is not None
         self.checks = checks.ConnectivityChecks(
             local_ufrag=self.signal.ice.ufrag,  # ours, sent when we asked; the peer's below
             local_pwd=self.signal.ice.pwd,
@@ -316,11 +335,8 @@ class Connector:
             bases=(checks.HOST, checks.RELAY) if relayed else (checks.HOST,),
             # Both NATs map per destination: no peer ever learns the port the other will use.
             punch_hopeless=self.own_mapping == MAPPING_DEPENDENT == ready.peer_mapping,
+            # Meeting again, the audio has stopped already: the relay at once, direct later.
+            relay_grace=NOMINATE_AFTER if again else RELAY_GRACE,
         )
-        if relayed and self.turn is not None:
-            # The relay forwards only from permitted peers: the peer's public addresses.
-            public = sorted(
-                {c.address[0] for c in ready.candidates if c.kind != CandidateType.HOST}
-            )
-            out += self.turn.permit(public, now)
-        out += self._routed(self.checks.poll(now))
+        out += self.relay.permit(ready, now)
+        out += self.relay.routed(self.checks.poll(now))

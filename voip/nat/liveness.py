@@ -87,6 +87,11 @@ class Liveness:
             self._next_probe = now
 
     @property
+    def active_heard(self) -> float:
+        """When the peer last answered, or checked us, on the active pair (or it became so)."""
+        return self._last_consent
+
+    @property
     def gone(self) -> bool:
         """The last check on the active pair went unanswered, and so did the last probe of the
         standby if there is one: the peer answers on no path this call has."""

@@ -9,7 +9,9 @@ call, the way pion/ice keeps its selectors apart from its agent:
   pair of that kind left could beat it (every pair checked, each unanswered one given 1.5 times
   the best RTT), and at most 200 ms after the first valid pair;
 - a relayed pair is nominated when no direct pair can work, or RELAY_GRACE after the first
-  valid relayed pair if direct pairs are still being tried.
+  valid relayed pair if direct pairs are still being tried (NOMINATE_AFTER in an ICE restart,
+  where the audio has already stopped: it goes back to direct once a direct pair proves itself,
+  voip/nat/path_manager.py).
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ RELAY_GRACE = 1.5  # with a relay pair valid, how long to wait for a direct one 
 
 
 class Nominator:
-    def __init__(self, relay_mode: RelayMode, punch_hopeless: bool):
+    def __init__(
+        self, relay_mode: RelayMode, punch_hopeless: bool, relay_grace: float = RELAY_GRACE
+    ):
         self.relay_mode = relay_mode
+        self.relay_grace = relay_grace
         # Both NATs map per destination (learned at registration): no server-reflexive pair
         # can work, so the relay is used as soon as it answers instead of after RELAY_GRACE.
         self.punch_hopeless = punch_hopeless
@@ -100,4 +105,5 @@ class Nominator:
         )
         if direct_hopeless or self.punch_hopeless:
             return relayed, PathKind.RELAYED
-        return max(relayed, self.first_valid_at[PathKind.RELAYED] + RELAY_GRACE), PathKind.RELAYED
+        grace = self.first_valid_at[PathKind.RELAYED] + self.relay_grace
+        return max(relayed, grace), PathKind.RELAYED

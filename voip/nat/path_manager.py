@@ -16,7 +16,14 @@ a second. This decides when the audio moves between them:
   answers (2 s, the probe timeout), the peer is out of reach on every path and the call ends
   saying so, rather than after the media timeout (10 s) or consent's (RFC 7675: 30 s). A peer
   that answers but sends no audio still gets the media timeout. The price: an outage of every
-  path longer than GIVE_UP_AFTER (a network that would have come back) ends the call too.
+  path longer than GIVE_UP_AFTER (a network that would have come back) ends the call too;
+- *restart*: when the audio stops, cannot move, and the active pair does not answer the check
+  sent at once (within three round trips), the call asks the rendezvous to introduce both sides
+  again (`Restart`; an ICE restart, voip/nat/connector.py): our NAT may have forgotten its
+  mappings, or our host moved. Once per silence: a peer that answers but sends nothing is not
+  helped by meeting again. The fresh checks replace the old (`rejoined`), the old active
+  pair carries on until they choose a path (`restarted`), and the give-up rule holds for them
+  too: no answer from any of their pairs by GIVE_UP_AFTER and the call ends.
 
 Media is accepted only from pairs the checks proved both ways; anything else is a stranger.
 """
@@ -27,7 +34,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from voip.nat.checks import ConnectivityChecks
-from voip.nat.pairs import Base, Pair, PathKind
+from voip.nat.pairs import Base, Pair, PairState, PathKind
 from voip.wire.stun import Address
 
 # At 50 packets a second, 200 ms without one on the active path is not jitter. The goal is an
@@ -40,6 +47,7 @@ SWITCH_HOLDOFF = 1.0  # no second switch within this long of the last
 # No audio for this long and no answer on any path: the call is over (it takes a lost check on
 # each path as well, so in practice the probe timeout after the audio stopped: 2.2 s).
 GIVE_UP_AFTER = 2.0
+RESTART_WAIT = 0.3  # s at least, after the check sent at once, before meeting again
 WAYS = {PathKind.DIRECT: "directly", PathKind.RELAYED: "through the relay"}  # a path, in words
 
 
@@ -62,6 +70,11 @@ class Checking:
     """No audio and nowhere to move it: both pairs are being checked now, ahead of time."""
 
 
+@dataclass(frozen=True)
+class Restart:
+    """No audio, nowhere to move it, and no answer on the active pair: meet the peer again."""
+
+
 class PathManager:
     def __init__(self, checks: ConnectivityChecks, *, return_to_direct: bool = True):
         self.checks = checks
@@ -75,20 +88,32 @@ class PathManager:
         self._heard_any = False
         self._last_switch = 0.0
         self._failed_over = False  # on the relay because direct died: come back when it lives
-        self._checked = False  # both pairs checked ahead of time in this silence
+        self._checked: float | None = None  # when both pairs were checked in this silence
+        self._restarted = False  # asked to meet again in this silence
         self._moved_in_silence = False  # failed over, and no audio has come since
+        self._rejoining = False  # fresh checks from a restart, which have chosen no path yet
 
     def select(self, pair: Pair, now: float) -> None:
         """The checks chose the first path."""
         self.active = pair
         self.last_audio = self.last_heard = now
 
+    def rejoined(self, checks: ConnectivityChecks) -> None:
+        """An ICE restart brought fresh checks; the active pair stays until they choose."""
+        self.checks = checks
+        self._rejoining = True
+
+    def restarted(self, pair: Pair, now: float) -> Switched:
+        """The fresh checks chose `pair`: the audio goes there."""
+        self._rejoining = self._moved_in_silence = False
+        return self._became(pair, now, "the paths went quiet and the call met again")
+
     def heard(self, now: float, comfort_noise: bool) -> None:
         """Audio arrived on the active path (a comfort-noise update, in DTX)."""
         self.last_audio = self.last_heard = now
         self._peer_in_dtx = comfort_noise
         self._heard_any = True
-        self._checked = self._moved_in_silence = False
+        self._checked, self._restarted, self._moved_in_silence = None, False, False
 
     def classify(
         self, key: tuple[Base, Address], rtcp: bool, now: float
@@ -106,19 +131,25 @@ class PathManager:
             return Media.ASIDE, None  # played all the same: it came on a proved pair
         return Media.ACTIVE, self._switch(now, "the peer moved to it", to=pair)
 
-    def tick(self, now: float) -> Switched | Checking | None:
+    def tick(self, now: float) -> Switched | Checking | Restart | None:
         """Fail over when the active path goes quiet; come back when direct lives again; when
-        the audio stops and cannot move, check both pairs now (`Checking`)."""
+        the audio stops and cannot move, check both pairs now (`Checking`), and meet again if
+        the active one does not answer (`Restart`)."""
         if not self._heard_any:
             return None  # the peer has not started sending yet
         quiet = now - self.last_audio
         limit = FAILOVER_AFTER_DTX if self._peer_in_dtx else FAILOVER_AFTER
         if (moved := self._move(now, quiet, limit)) is not None:
             return moved
-        if quiet > limit and not self._checked:
-            self._checked = True
+        if quiet > limit and self._checked is None:
+            self._checked = now
             self.checks.liveness.hurry(now)
             return Checking()
+        if self._checked is not None and not self._restarted and self.active is not None:
+            wait = max(RESTART_WAIT, 3 * (self.active.rtt or 0.0))
+            if now > self._checked + wait and self.checks.liveness.active_heard < self._checked:
+                self._restarted = True
+                return Restart()
         return None
 
     def gone(self, now: float, peer: str, media_timeout: float) -> str | None:
@@ -126,10 +157,18 @@ class PathManager:
         a moment and no answer on any path; None while it is not."""
         quiet = now - self.last_heard
         liveness = self.checks.liveness
-        if quiet > GIVE_UP_AFTER and liveness.gone:
+        unanswered = self._rejoining and not any(
+            p.peer_checked or p.state == PairState.SUCCEEDED for p in self.checks.pairs.values()
+        )
+        if quiet > GIVE_UP_AFTER and (liveness.gone or unanswered):
             ways = dict.fromkeys(WAYS[p.kind] for p in (self.active, liveness.standby) if p)
+            answer = (
+                "on any path, even after meeting again through the rendezvous"
+                if unanswered
+                else " or ".join(ways)
+            )
             return (
-                f"no audio from {peer} for {quiet:.0f} s, and no answer {' or '.join(ways)}: "
+                f"no audio from {peer} for {quiet:.0f} s, and no answer {answer}: "
                 f"the network between you and {peer} went away, or {peer} did"
             )
         if quiet > media_timeout:
@@ -157,11 +196,12 @@ class PathManager:
         if self.active is None:
             return None
         new = self.checks.switch(now, to)
-        if new is None:
-            return None
+        return None if new is None else self._became(new, now, why)
+
+    def _became(self, new: Pair, now: float, why: str) -> Switched:
         self.active = new
         self.switches += 1
         self._last_switch = self.last_audio = now
-        self._checked = False
+        self._checked = None
         self._failed_over = self.return_to_direct and new.kind == PathKind.RELAYED
         return Switched(new, why)

@@ -8,6 +8,10 @@ The server's messages carry the same MAC, and a PEER-READY or answer without a g
 dropped, as is a PEER-READY for anyone but the peer we asked for. We make our own ICE
 credentials and send them when we ask for the peer; the PEER-READY brings the peer's, and the
 identity key that owns the peer's name.
+
+In a call, asking again (`ask`, with the same credentials) is an ICE restart: the server
+introduces both sides again, and a PEER-READY that comes in a call, from the same peer key in a
+transaction not seen before, is reported as `GotPeer(again=True)`.
 """
 
 from __future__ import annotations
@@ -83,11 +87,21 @@ class Unreachable:
 
 
 @dataclass(frozen=True)
+class Refreshed:
+    """A later registration answered: our public address now, and whether it moved."""
+
+    mapped: Address
+    moved: bool
+
+
+@dataclass(frozen=True)
 class GotPeer:
     ready: PeerReady
+    again: bool = False  # in a call already: an ICE restart
 
 
-SignalEvent = Registered | Asked | Refused | Unreachable | GotPeer
+SignalEvent = Registered | Refreshed | Asked | Refused | Unreachable | GotPeer
+SEEN_INTRODUCTIONS = 8  # PEER-READY transactions remembered, so no retransmission restarts
 
 
 class RendezvousClient:
@@ -112,7 +126,7 @@ class RendezvousClient:
         self.peer: str | None = peer if ask_now else None
         self._wanted_peer = peer
         self.server = server
-        self.host_candidates = host_candidates[:MAX_CANDIDATES]
+        self.host_candidates = self._hosts = host_candidates[:MAX_CANDIDATES]
         self.mapped: Address | None = None
         self.mapping: str | None = None  # our NAT's mapping behaviour, told to the server
         # Seconds between refreshes at most: a NAT that forgets a quiet mapping sooner than
@@ -120,6 +134,7 @@ class RendezvousClient:
         # the refresh a new public port, which the server refuses as someone else.
         self.keepalive = keepalive
         self.peer_ready: PeerReady | None = None
+        self._seen_ready: list[bytes] = []  # PEER-READY transaction ids, newest last
         self._txns: TransactionTable[str] = TransactionTable()
         self._events: list[SignalEvent] = []
         self._refresh_at: float | None = None
@@ -156,12 +171,12 @@ class RendezvousClient:
         self, now: float, more_candidates: tuple[Candidate, ...] = (), mapping: str | None = None
     ) -> list[Transmit]:
         """Ask for the peer now, with candidates gathered since registering (a relayed one)
-        and what we learned of our NAT's mapping."""
+        and what we learned of our NAT's mapping; in a call, ask again (an ICE restart)."""
         self.peer = self._wanted_peer
-        self.mapping = mapping
+        self.mapping = mapping or self.mapping
         # The server takes MAX_CANDIDATES: the relayed ones first, then hosts in their order.
         room = max(0, MAX_CANDIDATES - len(more_candidates))
-        self.host_candidates = (*self.host_candidates[:room], *more_candidates)
+        self.host_candidates = (*self._hosts[:room], *more_candidates)
         self._txns.cancel_all()
         return [self._register(now)]
 
@@ -264,9 +279,7 @@ class RendezvousClient:
             self._challenges += 1
             if self._challenges <= MAX_CHALLENGES:
                 return [self._register(now)]
-            self._events.append(
-                Refused(code, "the server does not accept its own cookie and key")
-            )
+            self._events.append(Refused(code, "the server does not accept its own cookie and key"))
             return []
         if not self._authentic(msg):
             if msg.cls == Class.ERROR and self._key is None:
@@ -291,7 +304,7 @@ class RendezvousClient:
             return []
         if mapped is None:
             return []
-        first = self.mapped is None
+        first, moved = self.mapped is None, mapped != self.mapped
         self.mapped = mapped
         # Refresh at a third of the lifetime, so two lost refreshes still keep the name.
         interval = max(1.0, lifetime / 3)
@@ -300,6 +313,8 @@ class RendezvousClient:
         self._refresh_at = now + interval
         if first:
             self._events.append(Registered(mapped, lifetime, status, turn, other))
+        else:
+            self._events.append(Refreshed(mapped, moved))
         if txn.context == "ask" and not self._asked_reported:
             self._asked_reported = True
             self._events.append(Asked(status))
@@ -316,11 +331,16 @@ class RendezvousClient:
         if ready.peer != self._wanted_peer:
             self.forged += 1  # an introduction to someone we never asked for
             return []
+        again = self.peer_ready is not None
+        if self.peer_ready is not None and ready.peer_key != self.peer_ready.peer_key:
+            self.forged += 1  # the call's peer is whoever held the name when it began
+            return []
         ack = self._encode(msg.reply(Class.SUCCESS))
-        if self.peer_ready is None:  # a retransmission is acknowledged again, reported once
+        if msg.transaction_id not in self._seen_ready:  # a retransmission: acknowledged again
+            self._seen_ready = [*self._seen_ready[1 - SEEN_INTRODUCTIONS :], msg.transaction_id]
             self.peer_ready = ready
             self.peer = None  # refreshes no longer ask for a call, so the server won't re-match
-            self._events.append(GotPeer(ready))
+            self._events.append(GotPeer(ready, again))
         return [(ack, self.server)]
 
 

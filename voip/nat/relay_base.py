@@ -1,0 +1,87 @@
+"""The relayed base of a caller's one socket, sans-IO: a TURN allocation and the way through it.
+
+ICE gathers before it offers: the allocation is made (within GATHER_TIMEOUT) before we ask for
+the peer, and made again after our public address moved (an allocation is bound to the
+5-tuple it was made from). A check or media datagram on a relayed pair goes out wrapped for the
+relay; one for the peer's own relay goes straight there from the host base.
+"""
+
+from __future__ import annotations
+
+from voip.nat.pairs import Base, Pair
+from voip.nat.rendezvous_client import TurnOffer
+from voip.nat.turn_client import TurnClient
+from voip.wire.candidates import Candidate, CandidateType, format_address
+from voip.wire.signal import PeerReady
+from voip.wire.stun import Address
+
+Transmit = tuple[bytes, Address]
+Send = tuple[bytes, Address, Base]  # datagram, destination, base to send it from
+GATHER_TIMEOUT = 2.0  # s to wait for a relayed candidate before asking for the peer without
+
+
+class RelayBase:
+    def __init__(self, offer: TurnOffer | None, keepalive: float | None, off: bool):
+        self.offer = offer  # the relay we use: --turn, or the rendezvous's once it offers one
+        self.keepalive = keepalive  # s between packets on a quiet mapping, if natcheck knows
+        self.turn: TurnClient | None = None
+        self.unavailable: str | None = "relay off (--relay off)" if off else None
+        self.gather_deadline: float | None = None
+
+    @property
+    def relayed(self) -> Address | None:
+        return self.turn.relayed if self.turn is not None else None
+
+    def candidates(self) -> tuple[Candidate, ...]:
+        relayed = self.relayed
+        return (Candidate.make(CandidateType.RELAY, relayed),) if relayed else ()
+
+    def next_deadline(self) -> float | None:
+        times = (self.gather_deadline, self.turn.next_deadline() if self.turn else None)
+        return min((t for t in times if t is not None), default=None)
+
+    def gather(self, offer: TurnOffer, now: float) -> list[Transmit]:
+        """Allocate on `offer`'s relay (again, after we moved: the old one is bound to where
+        we were)."""
+        self.offer = offer
+        self.turn = TurnClient(offer.server, offer.username, offer.password, self.keepalive)
+        self.gather_deadline = now + GATHER_TIMEOUT
+        return self.turn.start(now)
+
+    def gone(self, reason: str) -> bool:
+        """No relayed candidate after all; True the first time (`reason` is kept)."""
+        self.gather_deadline = None
+        if self.unavailable is not None:
+            return False
+        self.unavailable = reason
+        return True
+
+    def permit(self, ready: PeerReady, now: float) -> list[Transmit]:
+        """The relay forwards only from permitted peers: the peer's public addresses."""
+        if self.turn is None or self.turn.relayed is None:
+            return []
+        public = sorted({c.address[0] for c in ready.candidates if c.kind != CandidateType.HOST})
+        return self.turn.permit(public, now)
+
+    def route(self, data: bytes, pair: Pair) -> Transmit:
+        """How to send `data` on `pair`: straight to the remote, or wrapped for our relay."""
+        if pair.base == Base.RELAY:
+            assert self.turn is not None
+            return self.turn.wrap(data, pair.remote.address)
+        return data, pair.remote.address
+
+    def shown(self, pair: Pair) -> str:
+        """The address this pair's packets are sent to, as the report shows it."""
+        if pair.base == Base.RELAY and self.turn is not None:
+            return format_address(self.turn.server)
+        return format_address(pair.remote.address)
+
+    def routed(self, sends: list[Send]) -> list[Transmit]:
+        """Checks from each base: those from the relayed one wrapped, if it is there."""
+        out = []
+        for data, dest, base in sends:
+            if base != Base.RELAY:
+                out.append((data, dest))
+            elif self.turn is not None and self.turn.relayed is not None:
+                out.append(self.turn.wrap(data, dest))
+        return out
