@@ -334,8 +334,8 @@ class CallCore:
         self._events.append(ev.Connected(pair.kind, remote, pair.describe(), setup))
 
     def _switched(self, switched: Switched | Checking | Restart, now: float) -> list[Transmit]:
-        """The audio moved; or it stopped, and the rendezvous hears where we are now."""
-        stopped = not isinstance(switched, Switched)
+        """The audio moved; where it stopped, the rendezvous hears where we are now."""
+        stopped = not isinstance(switched, Switched) or switched.stopped
         out = self.connector.quiet(now, isinstance(switched, Restart)) if stopped else []
         self._connector_moved()  # the checks probe and keep consent on the new pairs now
         if not isinstance(switched, Switched):

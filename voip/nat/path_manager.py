@@ -63,6 +63,7 @@ class Media(Enum):
 class Switched:
     pair: Pair  # now active
     why: str
+    stopped: bool = False  # a failover: the audio stopped on the old path
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ class PathManager:
         if standby is None or now - self._last_switch < SWITCH_HOLDOFF or self._moved_in_silence:
             return None  # nothing to move to, just moved, or moved and still no audio
         if quiet > limit and self.checks.liveness.standby_streak >= 1:
-            moved = self._switch(now, f"no audio on it for {1000 * quiet:.0f} ms")
+            moved = self._switch(now, f"no audio on it for {1000 * quiet:.0f} ms", stopped=True)
             self._moved_in_silence = moved is not None
             return moved
         if (
@@ -192,16 +193,18 @@ class PathManager:
             return self._switch(now, "the direct path answers again")
         return None
 
-    def _switch(self, now: float, why: str, to: Pair | None = None) -> Switched | None:
+    def _switch(
+        self, now: float, why: str, to: Pair | None = None, stopped: bool = False
+    ) -> Switched | None:
         if self.active is None:
             return None
         new = self.checks.switch(now, to)
-        return None if new is None else self._became(new, now, why)
+        return None if new is None else self._became(new, now, why, stopped)
 
-    def _became(self, new: Pair, now: float, why: str) -> Switched:
+    def _became(self, new: Pair, now: float, why: str, stopped: bool = False) -> Switched:
         self.active = new
         self.switches += 1
         self._last_switch = self.last_audio = now
         self._checked = None
         self._failed_over = self.return_to_direct and new.kind == PathKind.RELAYED
-        return Switched(new, why)
+        return Switched(new, why, stopped)
