@@ -943,9 +943,8 @@ def light_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         f"{args.rcvbuf or 'default'}; send phases {'aligned' if args.aligned else 'spread'})"
     )
     print(
-        "(each frame is 2 forwarded packets here: from its caller out of the sender's relayed "
-        "socket, and in at the peer's relayed socket on to the peer; a loopback relay does not "
-        "count 127.0.0.1 as its own, so it does not relay allocation to allocation inside)"
+        "(each frame forwarded is one ChannelData in from its caller and one out to the peer: "
+        "between two allocations of this relay it is handed over inside, not through the kernel)"
     )
     print(
         "| calls | allocation failures | relay CPU | packets forwarded | loss mean / worst call "

@@ -39,6 +39,7 @@ NEVER = _nets(
     "ff00::/8",  # multicast (RFC 4291)
 )
 LOOPBACK = _nets("127.0.0.0/8", "::1/128")
+OWN_CACHE = 4096  # peer addresses whose own-or-not answer is kept (a stranger can make more)
 # IANA IPv4 and IPv6 Special-Purpose Address Registries, entries with "Globally Reachable: False"
 # (RFC 6890 and its updates), refused unless allowed.
 NOT_GLOBAL = _nets(
@@ -91,8 +92,10 @@ class PeerFilter:
     allowed: list[IPNetwork] = field(default_factory=list)
     own: set[IPAddress] = field(default_factory=set)  # the relay's own addresses
     allow_loopback: bool = False  # only for a relay that is itself on loopback
+    _own_cache: dict[str, bool] = field(default_factory=dict, repr=False)
 
     def add_own(self, ips: Iterable[str]) -> None:
+        self._own_cache.clear()
         for ip in ips:
             addr = ipaddress.ip_address(ip)
             # A relay on loopback that allows loopback peers shares its address with them all.
@@ -100,7 +103,16 @@ class PeerFilter:
                 self.own.add(addr)
 
     def is_own(self, ip: str) -> bool:
-        """Whether `ip` (or the IPv4 address it carries) is one of the relay's own."""
+        """Whether `ip` (or the IPv4 address it carries) is one of the relay's own: asked for
+        every relayed datagram, so the answers for recent peers are kept."""
+        known = self._own_cache.get(ip)
+        if known is None:
+            if len(self._own_cache) >= OWN_CACHE:
+                self._own_cache.clear()
+            known = self._own_cache[ip] = self._is_own(ip)
+        return known
+
+    def _is_own(self, ip: str) -> bool:
         try:
             addr: IPAddress = ipaddress.ip_address(ip)
         except ValueError:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import secrets
 import socket
@@ -15,6 +14,9 @@ from rendezvous.turn_server import Out, TurnPolicy, TurnServer
 from voip.host_addresses import host_ipv4_addresses
 from voip.transport import BATCH, Timer, UdpEndpoint
 from voip.wire.stun import Address
+from voip.wire.turn import looks_like_channel_data
+
+RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes, as coturn asks for
 
 
 class SocketRelayPorts:
@@ -55,8 +57,10 @@ class SocketRelayPorts:
     def send(self, data: bytes, dest: Address, via: Address) -> None:
         sock = self.sockets.get(via)
         if sock is not None:
-            with contextlib.suppress(OSError):  # a peer gone away: UDP has nothing to retry
+            try:  # noqa: SIM105 - per datagram: a context manager costs more than a try
                 sock.sendto(data, dest)
+            except OSError:  # a peer gone away: UDP has nothing to retry
+                pass
 
     def _readable(self, relayed: Address, sock: socket.socket) -> None:
         for _ in range(BATCH):
@@ -86,6 +90,7 @@ class RendezvousServer:
         self.endpoint: UdpEndpoint | None = None
         self.behaviour_endpoints: dict[Address, UdpEndpoint] = {}  # RFC 5780's other three
         self._timer: Timer | None = None
+        self._address: Address | None = None  # asked of the socket once, not per datagram
 
     @classmethod
     def with_relay(
@@ -107,15 +112,20 @@ class RendezvousServer:
 
     @property
     def address(self) -> Address:
-        assert self.endpoint is not None
-        return self.endpoint.local_address
+        assert self._address is not None
+        return self._address
 
     async def start(
         self, host: str = "127.0.0.1", port: int = 3478, alt_host: str | None = None
     ) -> RendezvousServer:
         """Listen on host:port; with `alt_host`, also on the alternate port (port + 1) and on
         alt_host with both ports, for RFC 5780 NAT behaviour discovery."""
-        self.endpoint = await UdpEndpoint.bind(host, port, self._on_datagram)
+        # No arrival stamps (nothing here measures a path), and coturn's 4 MiB receive buffer:
+        # synchronised bursts from many callers overflow the default while the CPU idles.
+        self.endpoint = await UdpEndpoint.bind(
+            host, port, self._on_datagram, timestamps=False, receive_buffer=RECEIVE_BUFFER
+        )
+        self._address = self.endpoint.local_address
         self.node = RendezvousNode(self.logic, self.turn, self.address)
         if alt_host is not None:
             await self._start_behaviour(host, alt_host)
@@ -149,7 +159,7 @@ class RendezvousServer:
         """Each answer from the socket it names: ours, an RFC 5780 one, or a relayed port."""
         assert self.endpoint is not None
         for out in outs:
-            if out.via is None or out.via == self.address:
+            if out.via is None or out.via == self._address:
                 self.endpoint.send(out.data, out.dest)
             elif (endpoint := self.behaviour_endpoints.get(out.via)) is not None:
                 endpoint.send(out.data, out.dest)
@@ -161,7 +171,8 @@ class RendezvousServer:
     ) -> None:
         assert self.node is not None and self._timer is not None
         self._send(self.node.handle(data, src, local or self.address, now))
-        self._timer.rearm()
+        if not looks_like_channel_data(data):  # ChannelData moves no deadline
+            self._timer.rearm()
 
     def from_peer(self, data: bytes, relayed: Address, peer: Address) -> None:
         assert self.node is not None and self.endpoint is not None

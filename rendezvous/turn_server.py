@@ -324,10 +324,10 @@ class TurnServer:
     def _relay_out(self, data: bytes, alloc: Allocation, peer: Address, now: float) -> list[Out]:
         """Send `data` from `alloc`'s relayed address to `peer`: over the network, or, for
         another allocation of ours, inside the relay; never to any other port of ours."""
+        if peer in self.by_relayed:  # where it would arrive by the network all the same
+            self.stats["relayed_inside"] += 1
+            return self.handle_peer(data, peer, alloc.relayed, now)
         if self.peers.is_own(peer[0]):
-            if peer in self.by_relayed:
-                self.stats["relayed_inside"] += 1
-                return self.handle_peer(data, peer, alloc.relayed, now)
             self.stats["own_address_dropped"] += 1
             return []
         self.stats["relayed_to_peer"] += 1

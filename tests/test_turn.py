@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import os
+import socket
 import time
 
 import pytest
 
 from rendezvous.limits import Limits
 from rendezvous.peer_filter import NOT_GLOBAL
+from rendezvous.server import RECEIVE_BUFFER, RendezvousServer
 from rendezvous.turn_server import Out, TurnPolicy, TurnServer
 from voip.nat.turn_client import Allocated, PermissionRefused, TurnClient, TurnFailed
 from voip.wire.stun import (
@@ -42,12 +46,13 @@ PRIVATE = next(n for n in NOT_GLOBAL if n.version == 4 and n.prefixlen == 8)  # 
 
 
 class FakePorts:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "203.0.113.20") -> None:
+        self.host = host
         self.open_ports: set[tuple[str, int]] = set()
         self.next = 49152
 
     def open(self) -> tuple[str, int] | None:
-        addr = ("203.0.113.20", self.next)
+        addr = (self.host, self.next)
         self.next += 1
         self.open_ports.add(addr)
         return addr
@@ -334,6 +339,31 @@ def test_the_relays_own_address_is_never_reached_over_the_network() -> None:
     assert ports.open_ports  # (both allocations still there)
 
 
+def test_two_allocations_on_a_loopback_relay_reach_each_other_inside_it() -> None:
+    """A relay on 127.0.0.1 that allows loopback peers does not count loopback as its own (its
+    peers share it), so it used to send a datagram for another of its allocations out of one
+    relayed socket and read it back in at the other: twice the work (bench/relay_load.py).
+    An allocation's own relayed address is where the datagram would arrive all the same."""
+    ports = FakePorts("127.0.0.1")
+    server = TurnServer(
+        ports, TurnPolicy(secret=SECRET, allow_loopback_peers=True), wallclock=time.time()
+    )
+    server.add_own_addresses(["127.0.0.1"])  # as the server adds where it listens and relays
+    alice, bob = rest_client(name="alice"), rest_client(name="bob")
+    alice_relayed = allocated(alice, server).relayed
+    bob_src = ("127.0.0.1", 40000)
+    exchange(bob, server, bob.start(0.0), 0.0, src=bob_src)
+    [bob_alloc] = [e for e in bob.pop_events() if isinstance(e, Allocated)]
+    assert alice_relayed[0] == bob_alloc.relayed[0] == "127.0.0.1"
+    exchange(alice, server, alice.permit(["127.0.0.1"], 1.0), 1.0)
+    exchange(bob, server, bob.permit(["127.0.0.1"], 1.0), 1.0, src=bob_src)
+    data, _ = alice.wrap(b"to bob", bob_alloc.relayed)
+    [out] = server.handle_request(parse_message_untrusted(data), data, CLIENT, 1.1)
+    assert out.via is None and out.dest == bob_src  # straight to bob, not out of a socket
+    assert bob.unwrap(parse_message_untrusted(out.data), SERVER) == (b"to bob", alice_relayed)
+    assert server.stats["relayed_inside"] == 1 and server.stats["relayed_to_peer"] == 0
+
+
 def test_allocations_are_capped_per_source_ip_and_in_all() -> None:
     server, ports = make_server(limits=Limits(allocations_per_ip=2, allocations=3))
 
@@ -456,3 +486,21 @@ def test_rest_credentials_are_what_the_relay_checks_and_outlast_a_long_call() ->
     assert refused_at(REST_CREDENTIAL_TTL) is None
     short = refused_at(600)
     assert short is not None and 600 < short < 900
+
+
+def test_the_relays_socket_asks_for_coturns_receive_buffer() -> None:
+    """Synchronised bursts from a few hundred callers overflowed the default (about 208 KiB)
+    while the relay's CPU idled; as root it gets 4 MiB past net.core.rmem_max, as anyone else
+    at least what it had."""
+
+    async def buffer() -> int:
+        async with RendezvousServer.with_relay("127.0.0.1") as server:
+            await server.start("127.0.0.1", 0)
+            assert server.endpoint is not None and server.endpoint.sock is not None
+            return int(server.endpoint.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+    got = asyncio.run(buffer())
+    if os.geteuid() == 0:
+        assert got >= RECEIVE_BUFFER, got  # Linux reports twice what was set (its overhead)
+    else:
+        assert got > 0

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 # Linux <asm-generic/socket.h>; Python's socket module does not name it. The kernel stamps
 # each datagram on arrival, so an RTT or a jitter figure is the network's, not our event loop's.
 SO_TIMESTAMPNS = 35
+SO_RCVBUFFORCE = 33
 TIMESPEC = struct.Struct("@qq")
 ANCILLARY = socket.CMSG_SPACE(TIMESPEC.size)
 BATCH = 64  # datagrams read per wake-up before other work gets a turn
@@ -53,7 +54,17 @@ class UdpEndpoint:
         self._offset_at = -OFFSET_EVERY
 
     @classmethod
-    async def bind(cls, host: str, port: int, on_datagram: DatagramHandler) -> UdpEndpoint:
+    async def bind(
+        cls,
+        host: str,
+        port: int,
+        on_datagram: DatagramHandler,
+        *,
+        timestamps: bool = True,
+        receive_buffer: int | None = None,
+    ) -> UdpEndpoint:
+        """`timestamps`: the kernel's arrival time as `now` (else the time it was read);
+        `receive_buffer`: bytes of SO_RCVBUF to ask for (beyond net.core.rmem_max as root)."""
         loop = asyncio.get_running_loop()
         self = cls(loop, on_datagram)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -64,7 +75,9 @@ class UdpEndpoint:
         except OSError:
             sock.close()
             raise
-        if sys.platform.startswith("linux"):
+        if receive_buffer is not None:
+            _receive_buffer(sock, receive_buffer)
+        if timestamps and sys.platform.startswith("linux"):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
                 self._timestamps = True
@@ -142,6 +155,16 @@ class UdpEndpoint:
                 src[1],
                 self.handler_failures,
             )
+
+
+def _receive_buffer(sock: socket.socket, size: int) -> None:
+    """SO_RCVBUFFORCE when allowed (root: past net.core.rmem_max), else what SO_RCVBUF gets."""
+    for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+            return
+        except OSError:
+            continue
 
 
 def _wall_minus(loop: asyncio.AbstractEventLoop) -> float:
