@@ -285,7 +285,8 @@ async def serve_and_measure(names: int, datagrams: int) -> dict[str, float]:
 
 def memory_per_name(count: int = 5000) -> float:
     """Bytes a name costs the server, registered the real way (cookie, key, MAC'd answer)."""
-    logic = RendezvousLogic(limits=Limits(names=count, names_per_ip=count))
+    room = {"names": count, "names_per_ip": count, "claims_per_ip": count, "claims_per_hour": count}
+    logic = RendezvousLogic(limits=Limits(**room))
     server = ("203.0.113.10", 3478)
     clients = [
         RendezvousClient(f"user{i}", "nobody", server, (), ask_now=False) for i in range(count)

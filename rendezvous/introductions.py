@@ -39,6 +39,7 @@ def restarting(asker: Entry, peer: Entry) -> bool:
         and peer.call == (asker.name, asker.client_key)
         and asker.ice is not None
         and asker.ice == asker.call_ice
+        and peer.ice == peer.call_ice  # the peer's run is the call's, not a new one
     )
 
 
@@ -96,6 +97,7 @@ class Introductions:
         asker.restarts = [t for t in asker.restarts if now - t < RESTART_WINDOW]
         if len(asker.restarts) >= RESTARTS_PER_WINDOW:
             self.stats["restart_refused"] += 1
+            asker.wants = None  # nor may the peer's next ask introduce them as a new call
             return []
         asker.restarts.append(now)
         asker.wants = None

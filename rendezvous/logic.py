@@ -278,10 +278,10 @@ class RendezvousLogic:
         else:
             self.owners.seen(binding, wall)
         self.stats["register"] += 1
-        peer = self.registry.match(req.name, now)
-        again = None  # an ask in a call already: an ICE restart
-        if peer is None and req.peer is not None:
+        again = None  # an ask in a call already: an ICE restart (or refused as one)
+        if req.peer is not None:
             again = self.introductions.restart(entry, self.registry.get(req.peer, now), now)
+        peer = self.registry.match(req.name, now) if again is None else None
         status = "matched" if peer or again else ("waiting" if req.peer else "registered")
         attrs = [
             (Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id)),

@@ -9,8 +9,11 @@ a BYE, a NAT forgets its mappings.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
+from rendezvous import introductions
 from tests.netsim import Nat, Network, detach_ip, forget_mappings
 from tests.netsim_caller import SERVER, Caller
 from tests.test_failover import A_PUBLIC, B_PUBLIC, ServerHost
@@ -74,6 +77,12 @@ def flowing(net: Network, callers: tuple[Caller, ...], seconds: float = 1.0) -> 
     before = [c.received for c in callers]
     net.run(net.now + seconds)
     return [c.received - b for c, b in zip(callers, before, strict=True)]
+
+
+def server_stats(net: Network) -> Counter[str]:
+    host = net.hosts[SERVER]
+    assert isinstance(host, ServerHost)
+    return host.node.stats
 
 
 def registered_with(server: ServerHost, net: Network) -> set[str]:
@@ -252,12 +261,38 @@ def test_a_nat_that_forgets_its_mappings_mid_call_recovers_by_meeting_again(flus
         # round trips to the rendezvous (5 ms each way on every link here).
         print(f"{flushed}'s NAT forgot: {c.core.name}'s gap {report.audio.longest_gap_ms:.0f} ms")
         assert report.audio.longest_gap_ms < 2000, report.audio
+    # One restart per side at most (the flushed side's, which moved; the other's, whose
+    # checks went unanswered), each asked once: the answer to an ask is no reason to ask again.
+    assert 1 <= server_stats(net)["restarted"] <= 2, server_stats(net)
     # Where the flushed side is now: a new public port, and a new relay allocation with it.
     assert side.core.connector.signal.mapped != before
     assert side.core.connector.turn and side.core.connector.turn.relayed != relayed_before
     for c in (alice, bob):
         assert c.core.report().relay.available  # the standby is measured again, on the new one
     assert min(flowing(net, (alice, bob))) >= 49
+
+
+def test_a_restart_the_rendezvous_refuses_is_not_asked_for_again_and_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its cap spent (or the peer gone from it), the rendezvous answers an ask "waiting" and
+    introduces no one. The caller used to take that answer for a new refresh and ask again at
+    once, a REGISTER per round trip for as long as the call lasted."""
+    monkeypatch.setattr(introductions, "RESTARTS_PER_WINDOW", 0)
+    net = internet()
+    alice, bob = call(net, (Identity.generate(), Identity.generate()))
+    before = server_stats(net)["register"]
+    forget_mappings(net.nats[A_PUBLIC])
+    net.run(net.now + MEDIA_TIMEOUT + 2, stop=lambda: alice.core.done and bob.core.done)
+    stats = server_stats(net)
+    assert stats["restarted"] == 0 and stats["restart_refused"] >= 1, stats
+    # A refresh and an ask each (with a cookie round trip from alice's new port), and the
+    # name's refresh: measured 7, where it used to be one a round trip.
+    assert stats["register"] - before <= 10, stats
+    # And the call ends as it did before there were restarts: bob in about 2.4 s; alice by the
+    # media timeout, since bob's ended call still answers her checks in this simulation.
+    assert "went away" in bob.ended().reason, bob.events
+    assert alice.core.done, alice.events
 
 
 def test_a_host_that_moves_to_a_new_address_mid_call_recovers_by_meeting_again() -> None:

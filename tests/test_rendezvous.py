@@ -346,7 +346,7 @@ def test_client_registers_refreshes_and_gets_its_peer_once() -> None:
     assert refresh_at == pytest.approx(10.0)  # a third of the lifetime
     seen = converse(logic, {A: alice}, [(A, d) for d, _ in alice.poll(refresh_at)], refresh_at)
     assert [m.cls for _, m in seen] == [Class.SUCCESS]  # the cookie is still good: no 401
-    assert alice.pop_events() == [Refreshed(A, moved=False)]
+    assert alice.pop_events() == [Refreshed(A, moved=False, asked=True)]  # still asking
     # Bob arrives; the server introduces alice, twice (a retransmission), reported once.
     bob = RendezvousClient("bob", "alice", SERVER, ())
     seen = converse(logic, {B: bob}, [(B, d) for d, _ in bob.start(11.0)], 11.0)

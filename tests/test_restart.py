@@ -62,7 +62,7 @@ def test_asking_again_in_a_call_introduces_both_again_from_where_they_are_now() 
     assert replace(to_bob, candidates=()) == replace(first[1], candidates=())
     assert to_alice.controlling and not to_bob.controlling
     assert logic.stats["restarted"] == 1
-    assert alice.pop_events() == [Refreshed(A2, moved=False), GotPeer(to_alice, again=True)]
+    assert alice.pop_events() == [Refreshed(A2, False, asked=True), GotPeer(to_alice, again=True)]
     assert bob.pop_events() == [GotPeer(to_bob, again=True)]
 
 
@@ -126,3 +126,16 @@ def test_a_client_in_a_call_drops_a_reintroduction_to_another_key() -> None:
     signed = encode(other, integrity_key=alice._key, integrity_sha256=True, fingerprint=True)
     assert alice.handle(parse_message_untrusted(signed), SERVER, 5.0) == []
     assert alice.pop_events() == [] and alice.forged == 1
+
+
+def test_a_restart_does_not_reach_a_new_run_of_the_peer() -> None:
+    """Bob's call ended and he runs callpeer again, same identity and address: his new run has
+    new credentials. Alice's old call asking to meet again must not hand his new run the old
+    call's (it would take them for its first introduction, and fail its checks)."""
+    logic, alice, bob = in_a_call()
+    rerun = RendezvousClient("bob", "alice", SERVER, (), ask_now=False, identity=bob.identity)
+    converse(logic, {B: rerun}, [(B, d) for d, _ in rerun.start(5.0)], 5.0)
+    rerun.pop_events()
+    seen = converse(logic, {A: alice, B: rerun}, [(A, d) for d, _ in alice.ask(6.0)], 6.0)
+    assert intros(seen) == {} and rerun.pop_events() == [] and rerun.peer_ready is None
+    assert logic.stats["restarted"] == 0

@@ -48,7 +48,7 @@ def failure_message(call: CallCore, event: ConnectorEvent) -> str | None:
             f"{call.peer} did not call back within {round(event.waited, 1):g} s "
             f"(they must run: {call_command(call.peer, call.name)})"
         )
-    if isinstance(event, checks.ChecksFailed):
+    if isinstance(event, checks.ChecksFailed) and not call.connected:
         relay = call.connector.relay_unavailable
         state = f"none here: {relay}" if relay else "and the relayed pairs did not answer either"
         return (

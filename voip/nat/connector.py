@@ -290,7 +290,7 @@ class Connector:
             for turn_event in self.turn.pop_events():
                 if isinstance(turn_event, Allocated):
                     self._events.append(RelayReady(turn_event.relayed, self.turn.server))
-                    self.relay.gather_deadline = None
+                    self.relay.gather_deadline = self.relay.unavailable = None
                     self._ask(now, out)
                 elif isinstance(turn_event, TurnFailed):
                     self._relay_gone(turn_event.reason, now, out)
@@ -307,8 +307,9 @@ class Connector:
     def _refreshed(self, event: Refreshed, now: float, out: list[Transmit]) -> None:
         """In a call, a refresh that shows we moved, or the one a restart began with: ask for
         the peer again, with a new relay allocation if we moved (the old one is bound to our
-        old address)."""
-        if self.checks is None or (self._restart is None and not event.moved):
+        old address). Not the answer to that ask: the server's introduction follows it, or (a
+        restart it refused) none does, and asking again at once would only repeat it."""
+        if self.checks is None or event.asked or (self._restart is None and not event.moved):
             return
         if self._restart is None:
             self._restart = now

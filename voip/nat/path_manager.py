@@ -102,7 +102,9 @@ class PathManager:
     def rejoined(self, checks: ConnectivityChecks) -> None:
         """An ICE restart brought fresh checks; the active pair stays until they choose."""
         self.checks = checks
-        self._rejoining = True
+        # Met again: the fresh checks' liveness has heard nothing yet, which is no reason to
+        # ask for another restart in this silence.
+        self._rejoining = self._restarted = True
 
     def restarted(self, pair: Pair, now: float) -> Switched:
         """The fresh checks chose `pair`: the audio goes there."""

@@ -43,10 +43,12 @@ class RelayBase:
     def gather(self, offer: TurnOffer, now: float) -> list[Transmit]:
         """Allocate on `offer`'s relay (again, after we moved: the old one is bound to where
         we were)."""
+        # The old allocation, if it is ours still (a relay that saw no move), is released.
+        out = self.turn.close(now) if self.turn is not None else []
         self.offer = offer
         self.turn = TurnClient(offer.server, offer.username, offer.password, self.keepalive)
         self.gather_deadline = now + GATHER_TIMEOUT
-        return self.turn.start(now)
+        return out + self.turn.start(now)
 
     def gone(self, reason: str) -> bool:
         """No relayed candidate after all; True the first time (`reason` is kept)."""

@@ -92,6 +92,7 @@ class Refreshed:
 
     mapped: Address
     moved: bool
+    asked: bool = False  # the answer to asking for the peer (a PEER-READY may follow)
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,9 @@ class RendezvousClient:
         self._server_key = server_key
 
     def _register(self, now: float) -> Transmit:
-        ice = self.ice if self.peer is not None else None
+        # In a call too: the server restarts only a call whose both sides still hold its
+        # credentials (a new run of the same identity makes new ones).
+        ice = self.ice if self.peer is not None or self.peer_ready is not None else None
         req = Register(
             self.name,
             self.peer,
@@ -314,7 +317,7 @@ class RendezvousClient:
         if first:
             self._events.append(Registered(mapped, lifetime, status, turn, other))
         else:
-            self._events.append(Refreshed(mapped, moved))
+            self._events.append(Refreshed(mapped, moved, txn.context == "ask"))
         if txn.context == "ask" and not self._asked_reported:
             self._asked_reported = True
             self._events.append(Asked(status))

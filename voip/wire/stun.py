@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -15,6 +16,7 @@ from voip.wire import stun_registry
 
 # The registries live beside the codec; its users take them from here, with it.
 Attr = stun_registry.Attr
+KNOWN_ATTRIBUTES = frozenset(int(a) for a in Attr)  # asked of every request: built once
 Class = stun_registry.Class
 Method = stun_registry.Method
 
@@ -140,6 +142,7 @@ class Message:
 # -- attribute value codecs -----------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)  # every answer packs its asker's address: parse it once
 def _pack_ip(host: str) -> tuple[int, bytes]:
     try:
         ip = ipaddress.ip_address(host)
@@ -173,7 +176,8 @@ def encode_xor_address(addr: Address, transaction_id: bytes) -> bytes:
     family, packed = _pack_ip(addr[0])
     key = _xor_key(transaction_id)
     xport = addr[1] ^ (MAGIC_COOKIE >> 16)
-    xaddr = bytes(a ^ b for a, b in zip(packed, key, strict=False))
+    size = len(packed)
+    xaddr = (int.from_bytes(packed) ^ int.from_bytes(key[:size])).to_bytes(size)
     return struct.pack("!BBH", 0, family, xport) + xaddr
 
 
@@ -369,5 +373,5 @@ def long_term_key(username: str, realm: str, password: str) -> bytes:
 
 def unknown_required(msg: Message, known: Iterable[int] = ()) -> list[int]:
     """Comprehension-required attributes (0x0000-0x7FFF) we do not understand (§6.3.1)."""
-    known_set = {int(a) for a in Attr} | set(known)
+    known_set = KNOWN_ATTRIBUTES.union(known) if known else KNOWN_ATTRIBUTES
     return sorted({t for t, _ in msg.attributes if t < 0x8000 and t not in known_set})
