@@ -29,18 +29,20 @@ from typing import Any
 from rendezvous.limits import Limits
 from rendezvous.logic import RendezvousLogic
 from rendezvous.server import RendezvousServer
-from voip.nat.rendezvous_client import Refused, Registered, RendezvousClient
-from voip.nat.turn_client import Allocated, TurnClient, TurnFailed
+from voip.nat.rendezvous_client import Refused
+from voip.nat.rendezvous_client import Registered
+from voip.nat.rendezvous_client import RendezvousClient
+from voip.nat.turn_client import Allocated
+from voip.nat.turn_client import TurnClient
+from voip.nat.turn_client import TurnFailed
 from voip.wire.signal import Register
-from voip.wire.stun import (
-    Attr,
-    Class,
-    Message,
-    Method,
-    encode,
-    parse_message_untrusted,
-    text,
-)
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import encode
+from voip.wire.stun import parse_message_untrusted
+from voip.wire.stun import text
 from voip.wire.turn import requested_transport
 
 Addr = tuple[str, int]

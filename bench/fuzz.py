@@ -42,93 +42,99 @@ import time
 import traceback
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from rendezvous.behaviour import Addresses, answer_binding
-from rendezvous.logic import RelayOffer, RendezvousLogic
+from rendezvous.behaviour import Addresses
+from rendezvous.behaviour import answer_binding
+from rendezvous.logic import RelayOffer
+from rendezvous.logic import RendezvousLogic
 from rendezvous.node import RendezvousNode
-from rendezvous.turn_server import Out, TurnPolicy, TurnServer
-from voip.call_core import CallCore, CallOptions
-from voip.codecs.opus import CodecUnavailable, OpusEncoder
-from voip.codecs.pcm import FRAME_SAMPLES, silence, tone
-from voip.media.audio_io import NullSink, ToneSource
+from rendezvous.turn_server import Out
+from rendezvous.turn_server import TurnPolicy
+from rendezvous.turn_server import TurnServer
+from voip.call_core import CallCore
+from voip.call_core import CallOptions
+from voip.codecs.opus import CodecUnavailable
+from voip.codecs.opus import OpusEncoder
+from voip.codecs.pcm import FRAME_SAMPLES
+from voip.codecs.pcm import silence
+from voip.codecs.pcm import tone
+from voip.media.audio_io import NullSink
+from voip.media.audio_io import ToneSource
 from voip.nat.check_messages import Credentials
 from voip.nat.rendezvous_client import RendezvousClient
 from voip.nat.turn_client import TurnClient
-from voip.security.handshake import MediaHandshake, commitment, frame
-from voip.security.noise import NoiseError, NoiseXX
+from voip.security.handshake import MediaHandshake
+from voip.security.handshake import commitment
+from voip.security.handshake import frame
+from voip.security.noise import NoiseError
+from voip.security.noise import NoiseXX
 from voip.security.registration import RegistrationKeyPair
 from voip.security.srtp import MediaCipher
-from voip.wire.candidates import Candidate, CandidateType
-from voip.wire.rtcp import (
-    SDES,
-    Bye,
-    ReceiverReport,
-    ReportBlock,
-    RtcpError,
-    SenderReport,
-    pack_compound,
-    pack_rtcp,
-    parse_rtcp_untrusted,
-)
-from voip.wire.rtp import (
-    OPUS_PAYLOAD_TYPE,
-    RtpError,
-    RtpPacket,
-    is_rtcp,
-    looks_like_rtp_or_rtcp,
-    parse_rtp_untrusted,
-)
-from voip.wire.signal import (
-    MAPPING_DEPENDENT,
-    MAPPING_INDEPENDENT,
-    IceCredentials,
-    PeerReady,
-    Register,
-    decode_candidate_untrusted,
-    encode_candidate,
-)
-from voip.wire.stun import (
-    CHANGE_IP,
-    CHANGE_PORT,
-    CHANGED_ADDRESS,
-    HEADER_LEN,
-    SOURCE_ADDRESS,
-    Address,
-    Attr,
-    Class,
-    Message,
-    Method,
-    StunError,
-    change_request,
-    check_fingerprint,
-    check_integrity,
-    decode_address,
-    decode_error_code,
-    decode_xor_address,
-    encode,
-    encode_address,
-    encode_error_code,
-    encode_xor_address,
-    looks_like_stun,
-    parse_message_untrusted,
-    text,
-    unknown_required,
-)
-from voip.wire.turn import (
-    CHANNEL_MAX,
-    ChannelDataError,
-    looks_like_channel_data,
-    pack_channel_data,
-    parse_channel_data_untrusted,
-    rest_credentials,
-)
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
+from voip.wire.rtcp import SDES
+from voip.wire.rtcp import Bye
+from voip.wire.rtcp import ReceiverReport
+from voip.wire.rtcp import ReportBlock
+from voip.wire.rtcp import RtcpError
+from voip.wire.rtcp import SenderReport
+from voip.wire.rtcp import pack_compound
+from voip.wire.rtcp import pack_rtcp
+from voip.wire.rtcp import parse_rtcp_untrusted
+from voip.wire.rtp import OPUS_PAYLOAD_TYPE
+from voip.wire.rtp import RtpError
+from voip.wire.rtp import RtpPacket
+from voip.wire.rtp import is_rtcp
+from voip.wire.rtp import looks_like_rtp_or_rtcp
+from voip.wire.rtp import parse_rtp_untrusted
+from voip.wire.signal import MAPPING_DEPENDENT
+from voip.wire.signal import MAPPING_INDEPENDENT
+from voip.wire.signal import IceCredentials
+from voip.wire.signal import PeerReady
+from voip.wire.signal import Register
+from voip.wire.signal import decode_candidate_untrusted
+from voip.wire.signal import encode_candidate
+from voip.wire.stun import CHANGE_IP
+from voip.wire.stun import CHANGE_PORT
+from voip.wire.stun import CHANGED_ADDRESS
+from voip.wire.stun import HEADER_LEN
+from voip.wire.stun import SOURCE_ADDRESS
+from voip.wire.stun import Address
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import StunError
+from voip.wire.stun import change_request
+from voip.wire.stun import check_fingerprint
+from voip.wire.stun import check_integrity
+from voip.wire.stun import decode_address
+from voip.wire.stun import decode_error_code
+from voip.wire.stun import decode_xor_address
+from voip.wire.stun import encode
+from voip.wire.stun import encode_address
+from voip.wire.stun import encode_error_code
+from voip.wire.stun import encode_xor_address
+from voip.wire.stun import looks_like_stun
+from voip.wire.stun import parse_message_untrusted
+from voip.wire.stun import text
+from voip.wire.stun import unknown_required
+from voip.wire.turn import CHANNEL_MAX
+from voip.wire.turn import ChannelDataError
+from voip.wire.turn import looks_like_channel_data
+from voip.wire.turn import pack_channel_data
+from voip.wire.turn import parse_channel_data_untrusted
+from voip.wire.turn import rest_credentials
 
 DEFAULT_INPUTS = 1_000_000
 MAX_INPUT = 2048  # longer than any datagram a parser here accepts

@@ -16,7 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from voip.lab.bench_args import lab_bench_parser, lab_ready
+from voip.lab.bench_args import lab_bench_parser
+from voip.lab.bench_args import lab_ready
 from voip.lab.scenario import run_lab_call
 from voip.lab.topology import LabConfig
 

@@ -16,8 +16,12 @@ import time
 from typing import Any
 
 from rendezvous.server import RendezvousServer
-from voip import Call, CallOptions, NullSink, ToneSource
-from voip.codecs.opus import OpusDecoder, OpusEncoder
+from voip import Call
+from voip import CallOptions
+from voip import NullSink
+from voip import ToneSource
+from voip.codecs.opus import OpusDecoder
+from voip.codecs.opus import OpusEncoder
 from voip.report import percentile
 from voip.security.handshake import MediaHandshake
 from voip.security.identity import Identity

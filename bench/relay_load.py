@@ -73,7 +73,9 @@ def quota_options(calls: int) -> list[str]:
 def serve(argv: list[str]) -> None:
     """Run callpeer-rendezvous as its CLI builds it, quietly, printing its counters (one JSON
     line) on each SIGUSR1: the CLI prints them only once a minute."""
-    from rendezvous.cli import build_parser, build_server, raise_open_file_limit  # noqa: PLC0415
+    from rendezvous.cli import build_parser  # noqa: PLC0415
+    from rendezvous.cli import build_server  # noqa: PLC0415
+    from rendezvous.cli import raise_open_file_limit  # noqa: PLC0415
     from voip.wire.candidates import parse_address  # noqa: PLC0415
 
     args = build_parser().parse_args(argv)
@@ -187,7 +189,10 @@ def counts(call: Any) -> dict[str, int]:
 
 
 async def caller_loop(job: Job, out: Queue[Any], go: multiprocessing.synchronize.Event) -> None:
-    from voip import Call, CallOptions, NullSink, ToneSource  # noqa: PLC0415
+    from voip import Call  # noqa: PLC0415
+    from voip import CallOptions  # noqa: PLC0415
+    from voip import NullSink  # noqa: PLC0415
+    from voip import ToneSource  # noqa: PLC0415
     from voip.call import CallError  # noqa: PLC0415
     from voip.security.identity import Identity  # noqa: PLC0415
 
@@ -526,8 +531,11 @@ def light_setup(
 ) -> None:
     """Allocate, permit the peer's relayed address and bind a channel to it, both sides of
     every call, starting a call every --stagger seconds, until all are ready or failed."""
-    from voip.nat.turn_client import PermissionRefused, TurnFailed  # noqa: PLC0415
-    from voip.wire.stun import StunError, looks_like_stun, parse_message_untrusted  # noqa: PLC0415
+    from voip.nat.turn_client import PermissionRefused  # noqa: PLC0415
+    from voip.nat.turn_client import TurnFailed  # noqa: PLC0415
+    from voip.wire.stun import StunError  # noqa: PLC0415
+    from voip.wire.stun import looks_like_stun  # noqa: PLC0415
+    from voip.wire.stun import parse_message_untrusted  # noqa: PLC0415
 
     pending = list(pairs)
     started: list[tuple[LightSide, LightSide]] = []
@@ -723,7 +731,9 @@ def light_worker(
 
 def light_answer(side: LightSide, data: bytes, src: Address) -> None:
     """A STUN message in the steady part: an answer to a Refresh or a refreshed binding."""
-    from voip.wire.stun import StunError, looks_like_stun, parse_message_untrusted  # noqa: PLC0415
+    from voip.wire.stun import StunError  # noqa: PLC0415
+    from voip.wire.stun import looks_like_stun  # noqa: PLC0415
+    from voip.wire.stun import parse_message_untrusted  # noqa: PLC0415
 
     if looks_like_stun(data):
         with contextlib.suppress(StunError):

@@ -15,8 +15,13 @@ import json
 import sys
 
 from rendezvous.local import find_or_host
-from voip import Call, CallError, NullSink, ToneSource
-from voip.events import Connected, Ended, LiveStats
+from voip import Call
+from voip import CallError
+from voip import NullSink
+from voip import ToneSource
+from voip.events import Connected
+from voip.events import Ended
+from voip.events import LiveStats
 
 
 async def main(me: str, peer: str) -> int:

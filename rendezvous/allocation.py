@@ -6,10 +6,12 @@ expired whenever they are written to, so an allocation's size follows what is li
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 
 from voip.wire.stun import Address
-from voip.wire.turn import CHANNEL_LIFETIME, PERMISSION_LIFETIME
+from voip.wire.turn import CHANNEL_LIFETIME
+from voip.wire.turn import PERMISSION_LIFETIME
 
 
 class TableFull(Exception):

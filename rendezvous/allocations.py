@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections import Counter
 
 from rendezvous.allocation import Allocation
-from rendezvous.limits import Limits, address_block
+from rendezvous.limits import Limits
+from rendezvous.limits import address_block
 from voip.wire.deadlines import Deadlines
 from voip.wire.stun import Address
 from voip.wire.turn import rest_user

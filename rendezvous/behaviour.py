@@ -25,24 +25,22 @@ import struct
 from dataclasses import dataclass
 
 from rendezvous.turn_server import Out
-from voip.wire.stun import (
-    CHANGE_IP,
-    CHANGE_PORT,
-    CHANGED_ADDRESS,
-    HEADER_LEN,
-    SOURCE_ADDRESS,
-    Address,
-    Attr,
-    Class,
-    Message,
-    StunError,
-    encode,
-    encode_address,
-    encode_error_code,
-    encode_unknown_attributes,
-    encode_xor_address,
-    text,
-)
+from voip.wire.stun import CHANGE_IP
+from voip.wire.stun import CHANGE_PORT
+from voip.wire.stun import CHANGED_ADDRESS
+from voip.wire.stun import HEADER_LEN
+from voip.wire.stun import SOURCE_ADDRESS
+from voip.wire.stun import Address
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import StunError
+from voip.wire.stun import encode
+from voip.wire.stun import encode_address
+from voip.wire.stun import encode_error_code
+from voip.wire.stun import encode_unknown_attributes
+from voip.wire.stun import encode_xor_address
+from voip.wire.stun import text
 
 
 @dataclass(frozen=True)

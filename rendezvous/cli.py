@@ -11,11 +11,16 @@ import sys
 
 from rendezvous.limits import OPTIONS as LIMIT_OPTIONS
 from rendezvous.limits import Limits
-from rendezvous.logic import RelayOffer, RendezvousLogic
-from rendezvous.name_store import MEMORY, NameStore, NameStoreError, default_store_path
+from rendezvous.logic import RelayOffer
+from rendezvous.logic import RendezvousLogic
+from rendezvous.name_store import MEMORY
+from rendezvous.name_store import NameStore
+from rendezvous.name_store import NameStoreError
+from rendezvous.name_store import default_store_path
 from rendezvous.server import RendezvousServer
 from rendezvous.turn_server import TurnPolicy
-from voip.wire.candidates import format_address, parse_address
+from voip.wire.candidates import format_address
+from voip.wire.candidates import parse_address
 from voip.wire.turn import turn_url
 
 DEFAULT_LISTEN = "0.0.0.0:3478"

@@ -19,10 +19,15 @@ from collections import Counter
 
 from rendezvous.registry import Entry
 from rendezvous.turn_server import Out
-from voip.wire.candidates import Candidate, CandidateType
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
 from voip.wire.signal import PeerReady
-from voip.wire.stun import Address, Message, encode
-from voip.wire.transactions import Schedule, Transaction, TransactionTable
+from voip.wire.stun import Address
+from voip.wire.stun import Message
+from voip.wire.stun import encode
+from voip.wire.transactions import Schedule
+from voip.wire.transactions import Transaction
+from voip.wire.transactions import TransactionTable
 
 # A quick first retransmission (both sides are waiting to punch), and up to 16 s in all.
 PEER_READY = Schedule(rto=0.25, rc=7, rm=8)

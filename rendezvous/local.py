@@ -7,16 +7,15 @@ import errno
 
 from rendezvous.server import RendezvousServer
 from rendezvous.turn_server import TurnPolicy
-from voip.transport import UdpEndpoint, request
-from voip.wire.stun import (
-    Address,
-    Class,
-    Message,
-    Method,
-    StunError,
-    encode,
-    parse_message_untrusted,
-)
+from voip.transport import UdpEndpoint
+from voip.transport import request
+from voip.wire.stun import Address
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import StunError
+from voip.wire.stun import encode
+from voip.wire.stun import parse_message_untrusted
 from voip.wire.transactions import Schedule
 
 DEFAULT_SERVER: Address = ("127.0.0.1", 3478)

@@ -24,45 +24,47 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rendezvous.behaviour import Addresses, answer_binding
+from rendezvous.behaviour import Addresses
+from rendezvous.behaviour import answer_binding
 from rendezvous.cookies import CookieJar
-from rendezvous.introductions import Introductions, signed
+from rendezvous.introductions import Introductions
+from rendezvous.introductions import signed
 from rendezvous.limits import Limits
 from rendezvous.name_store import NameStore
 from rendezvous.ownership import NameOwnership
-from rendezvous.registry import NameTaken, Registry, RegistryFull
+from rendezvous.registry import NameTaken
+from rendezvous.registry import Registry
+from rendezvous.registry import RegistryFull
 from rendezvous.turn_server import Out
-from voip.security.registration import BadPublicKey, RegistrationKeyPair
-from voip.wire.signal import (
-    ERR_BAD_REQUEST,
-    ERR_CAPACITY,
-    ERR_NAME_TAKEN,
-    ERR_QUOTA,
-    ERR_UNAUTHENTICATED,
-    ERR_UNKNOWN_ATTRIBUTE,
-    REASONS,
-    Register,
-)
-from voip.wire.stun import (
-    MAX_DATAGRAM,
-    Address,
-    Attr,
-    Class,
-    Message,
-    Method,
-    StunError,
-    check_integrity,
-    encode,
-    encode_address,
-    encode_error_code,
-    encode_unknown_attributes,
-    encode_xor_address,
-    parse_message_untrusted,
-    text,
-    u32,
-    unknown_required,
-)
-from voip.wire.turn import REST_CREDENTIAL_TTL, rest_credentials
+from voip.security.registration import BadPublicKey
+from voip.security.registration import RegistrationKeyPair
+from voip.wire.signal import ERR_BAD_REQUEST
+from voip.wire.signal import ERR_CAPACITY
+from voip.wire.signal import ERR_NAME_TAKEN
+from voip.wire.signal import ERR_QUOTA
+from voip.wire.signal import ERR_UNAUTHENTICATED
+from voip.wire.signal import ERR_UNKNOWN_ATTRIBUTE
+from voip.wire.signal import REASONS
+from voip.wire.signal import Register
+from voip.wire.stun import MAX_DATAGRAM
+from voip.wire.stun import Address
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import StunError
+from voip.wire.stun import check_integrity
+from voip.wire.stun import encode
+from voip.wire.stun import encode_address
+from voip.wire.stun import encode_error_code
+from voip.wire.stun import encode_unknown_attributes
+from voip.wire.stun import encode_xor_address
+from voip.wire.stun import parse_message_untrusted
+from voip.wire.stun import text
+from voip.wire.stun import u32
+from voip.wire.stun import unknown_required
+from voip.wire.turn import REST_CREDENTIAL_TTL
+from voip.wire.turn import rest_credentials
 
 Transmit = tuple[bytes, Address]
 

@@ -12,16 +12,15 @@ from __future__ import annotations
 from collections import Counter
 
 from rendezvous.logic import RendezvousLogic
-from rendezvous.turn_server import Out, TurnServer
-from voip.wire.stun import (
-    MAX_DATAGRAM,
-    Address,
-    Class,
-    Method,
-    StunError,
-    looks_like_stun,
-    parse_message_untrusted,
-)
+from rendezvous.turn_server import Out
+from rendezvous.turn_server import TurnServer
+from voip.wire.stun import MAX_DATAGRAM
+from voip.wire.stun import Address
+from voip.wire.stun import Class
+from voip.wire.stun import Method
+from voip.wire.stun import StunError
+from voip.wire.stun import looks_like_stun
+from voip.wire.stun import parse_message_untrusted
 from voip.wire.turn import looks_like_channel_data
 
 

@@ -13,8 +13,12 @@ from collections import Counter
 
 from rendezvous.claim_rate import ClaimRate
 from rendezvous.limits import Limits
-from rendezvous.name_store import Binding, NameStore, NameStoreError
-from voip.wire.signal import ERR_CAPACITY, ERR_NAME_TAKEN, ERR_QUOTA
+from rendezvous.name_store import Binding
+from rendezvous.name_store import NameStore
+from rendezvous.name_store import NameStoreError
+from voip.wire.signal import ERR_CAPACITY
+from voip.wire.signal import ERR_NAME_TAKEN
+from voip.wire.signal import ERR_QUOTA
 
 PURGE_INTERVAL = 3600.0  # s between sweeps for bindings unseen too long
 

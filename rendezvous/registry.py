@@ -9,7 +9,8 @@ logic checks the key there before it comes here.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 
 from rendezvous.limits import address_block
 from voip.wire.candidates import Candidate

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 
 from rendezvous.limits import Limits
 from voip.wire.turn import MAX_LIFETIME

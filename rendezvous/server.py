@@ -8,11 +8,16 @@ import secrets
 import socket
 
 from rendezvous.behaviour import Addresses
-from rendezvous.logic import RelayOffer, RendezvousLogic
+from rendezvous.logic import RelayOffer
+from rendezvous.logic import RendezvousLogic
 from rendezvous.node import RendezvousNode
-from rendezvous.turn_server import Out, TurnPolicy, TurnServer
+from rendezvous.turn_server import Out
+from rendezvous.turn_server import TurnPolicy
+from rendezvous.turn_server import TurnServer
 from voip.host_addresses import host_ipv4_addresses
-from voip.transport import BATCH, Timer, UdpEndpoint
+from voip.transport import BATCH
+from voip.transport import Timer
+from voip.transport import UdpEndpoint
 from voip.wire.stun import Address
 from voip.wire.turn import looks_like_channel_data
 

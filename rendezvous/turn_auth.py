@@ -13,18 +13,17 @@ from collections import Counter
 
 from rendezvous.cookies import CookieJar
 from rendezvous.relay_policy import TurnPolicy
-from voip.wire.stun import (
-    Address,
-    Attr,
-    Class,
-    Message,
-    check_integrity,
-    encode,
-    encode_error_code,
-    long_term_key,
-    text,
-)
-from voip.wire.turn import rest_expiry, rest_password
+from voip.wire.stun import Address
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import check_integrity
+from voip.wire.stun import encode
+from voip.wire.stun import encode_error_code
+from voip.wire.stun import long_term_key
+from voip.wire.stun import text
+from voip.wire.turn import rest_expiry
+from voip.wire.turn import rest_password
 
 NONCE_LIFETIME = 600  # s
 # A nonce is 4 bytes of expiry and 5 of MAC, 12 characters of base64: a forged one only skips

@@ -23,36 +23,36 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Iterable
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
+from typing import Protocol
 
-from rendezvous.allocation import Allocation, ChannelInUse, TableFull
+from rendezvous.allocation import Allocation
+from rendezvous.allocation import ChannelInUse
+from rendezvous.allocation import TableFull
 from rendezvous.allocations import AllocationTable
-from rendezvous.peer_filter import PeerFilter, family_of
+from rendezvous.peer_filter import PeerFilter
+from rendezvous.peer_filter import family_of
 from rendezvous.relay_policy import TurnPolicy
 from rendezvous.turn_auth import TurnAuth
-from voip.wire.stun import (
-    Address,
-    Attr,
-    Class,
-    Message,
-    Method,
-    StunError,
-    decode_xor_address,
-    encode,
-    encode_error_code,
-    encode_xor_address,
-    new_transaction_id,
-    u32,
-)
-from voip.wire.turn import (
-    ALLOCATION_LIFETIME,
-    CHANNEL_MIN,
-    LEGACY_CHANNEL_MAX,
-    UDP_TRANSPORT,
-    ChannelDataError,
-    pack_channel_data,
-    parse_channel_data_untrusted,
-)
+from voip.wire.stun import Address
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import StunError
+from voip.wire.stun import decode_xor_address
+from voip.wire.stun import encode
+from voip.wire.stun import encode_error_code
+from voip.wire.stun import encode_xor_address
+from voip.wire.stun import new_transaction_id
+from voip.wire.stun import u32
+from voip.wire.turn import ALLOCATION_LIFETIME
+from voip.wire.turn import CHANNEL_MIN
+from voip.wire.turn import LEGACY_CHANNEL_MAX
+from voip.wire.turn import UDP_TRANSPORT
+from voip.wire.turn import ChannelDataError
+from voip.wire.turn import pack_channel_data
+from voip.wire.turn import parse_channel_data_untrusted
 
 __all__ = ["Allocation", "Out", "RelayPorts", "TurnPolicy", "TurnServer"]
 

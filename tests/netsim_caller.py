@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from tests.netsim import Address, Transmit
+from tests.netsim import Address
+from tests.netsim import Transmit
 from voip import events as ev
-from voip.call_core import CallCore, CallOptions
+from voip.call_core import CallCore
+from voip.call_core import CallOptions
 from voip.codecs.pcm import Pcm
 from voip.media.audio_io import ToneSource
-from voip.wire.candidates import Candidate, CandidateType
-from voip.wire.rtp import is_rtcp, looks_like_rtp_or_rtcp
-from voip.wire.stun import Attr, Method, looks_like_stun, parse_message_untrusted
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
+from voip.wire.rtp import is_rtcp
+from voip.wire.rtp import looks_like_rtp_or_rtcp
+from voip.wire.stun import Attr
+from voip.wire.stun import Method
+from voip.wire.stun import looks_like_stun
+from voip.wire.stun import parse_message_untrusted
 from voip.wire.turn import looks_like_channel_data
 
 SERVER: Address = ("203.0.113.10", 3478)

@@ -7,8 +7,10 @@ import statistics
 import numpy as np
 
 from voip.codecs.opus import OpusDecoder
-from voip.codecs.pcm import FRAME_SAMPLES, SAMPLE_RATE
-from voip.wire.rtp import RtpError, parse_rtp_untrusted
+from voip.codecs.pcm import FRAME_SAMPLES
+from voip.codecs.pcm import SAMPLE_RATE
+from voip.wire.rtp import RtpError
+from voip.wire.rtp import parse_rtp_untrusted
 
 
 def tone_ratio(packets: list[bytes], hz: float) -> float:

@@ -10,30 +10,35 @@ import asyncio
 import logging
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from rendezvous.behaviour import Addresses
 from rendezvous.introductions import RESTARTS_PER_WINDOW
 from rendezvous.limits import Limits
-from rendezvous.logic import RelayOffer, RendezvousLogic
+from rendezvous.logic import RelayOffer
+from rendezvous.logic import RendezvousLogic
 from rendezvous.node import RendezvousNode
-from rendezvous.turn_server import TurnPolicy, TurnServer
+from rendezvous.turn_server import TurnPolicy
+from rendezvous.turn_server import TurnServer
 from tests.test_rendezvous import converse
 from voip.nat import checks
-from voip.nat.rendezvous_client import Refused, Registered, RendezvousClient
+from voip.nat.rendezvous_client import Refused
+from voip.nat.rendezvous_client import Registered
+from voip.nat.rendezvous_client import RendezvousClient
 from voip.transport import UdpEndpoint
-from voip.wire.candidates import Candidate, CandidateType
-from voip.wire.signal import MAX_CANDIDATES, Register
-from voip.wire.stun import (
-    Attr,
-    Class,
-    Message,
-    Method,
-    encode,
-    parse_message_untrusted,
-    text,
-)
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
+from voip.wire.signal import MAX_CANDIDATES
+from voip.wire.signal import Register
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import encode
+from voip.wire.stun import parse_message_untrusted
+from voip.wire.stun import text
 
 PRIMARY, ALTERNATE = ("203.0.113.10", 3478), ("203.0.113.11", 3479)
 LOCALS = Addresses(PRIMARY, ALTERNATE).all()
@@ -322,8 +327,10 @@ def test_an_introduction_carries_a_full_set_of_candidates() -> None:
 
 def test_relay_quotas_count_the_name_not_each_rest_username() -> None:
     """Each registration brings a new REST username ("expiry:name") for the same name."""
-    from voip.nat.turn_client import Allocated, TurnClient
-    from voip.wire.turn import rest_password, rest_username
+    from voip.nat.turn_client import Allocated
+    from voip.nat.turn_client import TurnClient
+    from voip.wire.turn import rest_password
+    from voip.wire.turn import rest_username
 
     ports = iter(range(50000, 50100))
 

@@ -8,18 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voip.codecs.opus import OpusDecoder, OpusEncoder
-from voip.codecs.pcm import FRAME_SAMPLES, dominant_frequency, resample, rms_dbfs, tone
-from voip.media.audio_io import (
-    AudioSpecError,
-    NullSink,
-    ToneSource,
-    WavSink,
-    WavSource,
-    open_sink,
-    open_source,
-    read_wav,
-)
+from voip.codecs.opus import OpusDecoder
+from voip.codecs.opus import OpusEncoder
+from voip.codecs.pcm import FRAME_SAMPLES
+from voip.codecs.pcm import dominant_frequency
+from voip.codecs.pcm import resample
+from voip.codecs.pcm import rms_dbfs
+from voip.codecs.pcm import tone
+from voip.media.audio_io import AudioSpecError
+from voip.media.audio_io import NullSink
+from voip.media.audio_io import ToneSource
+from voip.media.audio_io import WavSink
+from voip.media.audio_io import WavSource
+from voip.media.audio_io import open_sink
+from voip.media.audio_io import open_source
+from voip.media.audio_io import read_wav
 
 
 def test_opus_round_trip_keeps_the_tone() -> None:

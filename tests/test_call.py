@@ -6,13 +6,20 @@ import asyncio
 import socket
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+from typing import TypeVar
 
 import pytest
 
 from rendezvous.local import loopback_server
 from rendezvous.server import RendezvousServer
-from voip import Call, CallError, CallOptions, NullSink, SilenceSource, ToneSource, WavSink
+from voip import Call
+from voip import CallError
+from voip import CallOptions
+from voip import NullSink
+from voip import SilenceSource
+from voip import ToneSource
+from voip import WavSink
 from voip import events as ev
 from voip.codecs.pcm import dominant_frequency
 from voip.media.audio_io import read_wav

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.netsim import Address, Nat, Network
-from tests.netsim_caller import SERVER, Caller
+from tests.netsim import Address
+from tests.netsim import Nat
+from tests.netsim import Network
+from tests.netsim_caller import SERVER
+from tests.netsim_caller import Caller
 from tests.sniffer import tone_ratio
 from tests.test_failover import ServerHost
 from voip import events as ev
@@ -19,7 +22,8 @@ from voip.codecs.opus import OpusEncoder
 from voip.media.audio_io import ToneSource
 from voip.security.identity import Identity
 from voip.security.known_peers import KnownPeers
-from voip.wire.rtp import RtpPacket, parse_rtp_untrusted
+from voip.wire.rtp import RtpPacket
+from voip.wire.rtp import parse_rtp_untrusted
 
 A_PUBLIC, B_PUBLIC = "203.0.113.100", "198.51.100.200"
 A_HOST, B_HOST = ("198.18.1.2", 5000), ("198.18.2.2", 6000)

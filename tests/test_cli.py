@@ -13,23 +13,31 @@ import subprocess
 import sys
 import time
 from argparse import Namespace
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
+from typing import ClassVar
 
 import pytest
 from rich.console import Console
 
 from voip import cli
-from voip.call import CallError, CallOptions
+from voip.call import CallError
+from voip.call import CallOptions
 from voip.cli_output import Presenter
 from voip.codecs.pcm import dominant_frequency
-from voip.events import CallEvent, Connected, Ended, Secured
+from voip.events import CallEvent
+from voip.events import Connected
+from voip.events import Ended
+from voip.events import Secured
 from voip.media.audio_io import read_wav
 from voip.report import CallReport
 from voip.security.identity import Identity
 from voip.security.summary import SecurityReport
-from voip.wire.turn import REST_CREDENTIAL_TTL, rest_expiry, rest_password
+from voip.wire.turn import REST_CREDENTIAL_TTL
+from voip.wire.turn import rest_expiry
+from voip.wire.turn import rest_password
 
 BIN = Path(sys.executable).parent
 SILENT = ("--input", "silence", "--output", "null")  # no sound card needed
@@ -269,7 +277,11 @@ def test_python_m_rendezvous_answers_stun(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         host, port = proc.stdout.readline().rsplit(" ", 1)[1].strip().split(":")
-        from voip.wire.stun import Class, Message, Method, encode, parse_message_untrusted
+        from voip.wire.stun import Class
+        from voip.wire.stun import Message
+        from voip.wire.stun import Method
+        from voip.wire.stun import encode
+        from voip.wire.stun import parse_message_untrusted
 
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(2)
@@ -922,7 +934,9 @@ def test_two_callpeers_making_the_first_identity_at_once_share_it(
     """Both sides of a call started together on one machine: the loser of the race to make
     the key takes the winner's, rather than failing."""
     from voip import cli_call
-    from voip.security.identity import IdentityError, load_identity, save_identity
+    from voip.security.identity import IdentityError
+    from voip.security.identity import load_identity
+    from voip.security.identity import save_identity
 
     path = tmp_path / "identity"
     winner = Identity.generate(path)

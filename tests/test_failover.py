@@ -12,11 +12,18 @@ import ipaddress
 import pytest
 
 from rendezvous.limits import Limits
-from rendezvous.logic import RelayOffer, RendezvousLogic
+from rendezvous.logic import RelayOffer
+from rendezvous.logic import RendezvousLogic
 from rendezvous.node import RendezvousNode
-from rendezvous.turn_server import Out, TurnPolicy, TurnServer
-from tests.netsim import Address, Nat, Network, Transmit
-from tests.netsim_caller import SERVER, Caller
+from rendezvous.turn_server import Out
+from rendezvous.turn_server import TurnPolicy
+from rendezvous.turn_server import TurnServer
+from tests.netsim import Address
+from tests.netsim import Nat
+from tests.netsim import Network
+from tests.netsim import Transmit
+from tests.netsim_caller import SERVER
+from tests.netsim_caller import Caller
 from voip import events as ev
 from voip.call_core import CallOptions
 

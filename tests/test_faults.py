@@ -14,13 +14,21 @@ from collections import Counter
 import pytest
 
 from rendezvous import introductions
-from tests.netsim import Nat, Network, detach_ip, forget_mappings
-from tests.netsim_caller import SERVER, Caller
-from tests.test_failover import A_PUBLIC, B_PUBLIC, ServerHost
+from tests.netsim import Nat
+from tests.netsim import Network
+from tests.netsim import detach_ip
+from tests.netsim import forget_mappings
+from tests.netsim_caller import SERVER
+from tests.netsim_caller import Caller
+from tests.test_failover import A_PUBLIC
+from tests.test_failover import B_PUBLIC
+from tests.test_failover import ServerHost
 from voip import events as ev
-from voip.call_core import MEDIA_TIMEOUT, CallOptions
+from voip.call_core import MEDIA_TIMEOUT
+from voip.call_core import CallOptions
 from voip.nat.liveness import PROBE_TIMEOUT
-from voip.nat.path_manager import FAILOVER_AFTER, GIVE_UP_AFTER
+from voip.nat.path_manager import FAILOVER_AFTER
+from voip.nat.path_manager import GIVE_UP_AFTER
 from voip.security.identity import Identity
 from voip.security.known_peers import KnownPeers
 

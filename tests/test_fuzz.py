@@ -11,25 +11,21 @@ import random
 
 import pytest
 
-from bench.fuzz import (
-    TARGETS,
-    Mutator,
-    Spec,
-    Target,
-    main,
-    run_target,
-    turn_scenario,
-)
-from voip.wire.stun import (
-    Attr,
-    Class,
-    Message,
-    Method,
-    StunError,
-    encode,
-    parse_message_untrusted,
-    u32,
-)
+from bench.fuzz import TARGETS
+from bench.fuzz import Mutator
+from bench.fuzz import Spec
+from bench.fuzz import Target
+from bench.fuzz import main
+from bench.fuzz import run_target
+from bench.fuzz import turn_scenario
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import StunError
+from voip.wire.stun import encode
+from voip.wire.stun import parse_message_untrusted
+from voip.wire.stun import u32
 
 BUDGET = 2_000
 SEED = 1

@@ -7,24 +7,24 @@ import itertools
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
-from voip.security.handshake import (
-    MAX_RESPONDER_SESSIONS,
-    NEVER_ANSWERED,
-    NEVER_FINISHED,
-    SRTP_KEYING_BYTES,
-    HandshakeResult,
-    MediaHandshake,
-    commitment,
-    frame,
-    is_handshake,
-)
+from voip.security.handshake import MAX_RESPONDER_SESSIONS
+from voip.security.handshake import NEVER_ANSWERED
+from voip.security.handshake import NEVER_FINISHED
+from voip.security.handshake import SRTP_KEYING_BYTES
+from voip.security.handshake import HandshakeResult
+from voip.security.handshake import MediaHandshake
+from voip.security.handshake import commitment
+from voip.security.handshake import frame
+from voip.security.handshake import is_handshake
 from voip.security.identity import Identity
 from voip.security.noise import NoiseXX
 

@@ -7,22 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from voip.security.identity import (
-    Identity,
-    IdentityError,
-    default_identity_path,
-    fingerprint,
-    load_identity,
-    load_or_create,
-    short_fingerprint,
-)
-from voip.security.known_peers import (
-    KnownPeers,
-    KnownPeersError,
-    Trust,
-    check_fingerprint,
-    default_known_peers_path,
-)
+from voip.security.identity import Identity
+from voip.security.identity import IdentityError
+from voip.security.identity import default_identity_path
+from voip.security.identity import fingerprint
+from voip.security.identity import load_identity
+from voip.security.identity import load_or_create
+from voip.security.identity import short_fingerprint
+from voip.security.known_peers import KnownPeers
+from voip.security.known_peers import KnownPeersError
+from voip.security.known_peers import Trust
+from voip.security.known_peers import check_fingerprint
+from voip.security.known_peers import default_known_peers_path
 
 
 @pytest.fixture(autouse=True)

@@ -11,22 +11,22 @@ from aioice import stun as astun
 
 from rendezvous.server import RendezvousServer
 from voip.nat import checks
-from voip.transport import Timer, UdpEndpoint
-from voip.wire.candidates import Candidate, CandidateType
+from voip.transport import Timer
+from voip.transport import UdpEndpoint
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
 from voip.wire.signal import IceCredentials
-from voip.wire.stun import (
-    Attr,
-    Class,
-    Message,
-    Method,
-    check_fingerprint,
-    check_integrity,
-    encode,
-    looks_like_stun,
-    parse_message_untrusted,
-    text,
-    u32,
-)
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import check_fingerprint
+from voip.wire.stun import check_integrity
+from voip.wire.stun import encode
+from voip.wire.stun import looks_like_stun
+from voip.wire.stun import parse_message_untrusted
+from voip.wire.stun import text
+from voip.wire.stun import u32
 
 PWD = "a-password-of-22-chars"
 

@@ -21,15 +21,23 @@ import pytest
 from rendezvous.local import probe_stun
 from rendezvous.server import RendezvousServer
 from rendezvous.turn_server import TurnPolicy
-from voip import Call, CallOptions, ToneSource, WavSink
+from voip import Call
+from voip import CallOptions
+from voip import ToneSource
+from voip import WavSink
 from voip.codecs.pcm import dominant_frequency
 from voip.media.audio_io import read_wav
 from voip.nat.rendezvous_client import TurnOffer
-from voip.nat.turn_client import Allocated, TurnClient
-from voip.transport import Timer, UdpEndpoint
-from voip.wire.stun import looks_like_stun, parse_message_untrusted
+from voip.nat.turn_client import Allocated
+from voip.nat.turn_client import TurnClient
+from voip.transport import Timer
+from voip.transport import UdpEndpoint
+from voip.wire.stun import looks_like_stun
+from voip.wire.stun import parse_message_untrusted
 from voip.wire.transactions import Schedule
-from voip.wire.turn import looks_like_channel_data, rest_password, rest_username
+from voip.wire.turn import looks_like_channel_data
+from voip.wire.turn import rest_password
+from voip.wire.turn import rest_username
 
 SECRET = "interop-secret"
 pytestmark = pytest.mark.skipif(

@@ -6,7 +6,11 @@ import itertools
 import random
 from collections.abc import Sequence
 
-from voip.media.jitter_buffer import AdaptiveJitterBuffer, Comfort, Expand, Frame, Gap
+from voip.media.jitter_buffer import AdaptiveJitterBuffer
+from voip.media.jitter_buffer import Comfort
+from voip.media.jitter_buffer import Expand
+from voip.media.jitter_buffer import Frame
+from voip.media.jitter_buffer import Gap
 
 FRAME = 0.02
 
@@ -150,7 +154,10 @@ def test_dtx_silence_is_comfort_noise_not_loss_or_lateness() -> None:
 def test_the_playout_clock_moves_off_the_edge_where_packets_land() -> None:
     """Packets landing 0.5 ms before the tick would be played now or a frame later by a
     millisecond of jitter; the clock moves its phase so they land MARGIN before it."""
-    from voip.media.frame_clocks import FRAME_S, MARGIN, SAMPLES, PlayoutClock
+    from voip.media.frame_clocks import FRAME_S
+    from voip.media.frame_clocks import MARGIN
+    from voip.media.frame_clocks import SAMPLES
+    from voip.media.frame_clocks import PlayoutClock
 
     def run(early: float) -> PlayoutClock:
         clock = PlayoutClock(start=FRAME_S)

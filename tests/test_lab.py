@@ -20,24 +20,29 @@ from typing import Any
 import pytest
 
 from tests.sniffer import tone_ratio
-from voip.codecs.pcm import dominant_frequency, silence, tone
+from voip.codecs.pcm import dominant_frequency
+from voip.codecs.pcm import silence
+from voip.codecs.pcm import tone
 from voip.lab.echo import EchoRtt
-from voip.lab.faults import forget_mappings, move_host
+from voip.lab.faults import forget_mappings
+from voip.lab.faults import move_host
 from voip.lab.latency import lab_mouth_to_ear
 from voip.lab.nat import NAT_KINDS
-from voip.lab.netns import lab_unavailable_reason, list_namespaces, run
-from voip.lab.scenario import TONES, run_lab_call
-from voip.lab.topology import (
-    PREFIX,
-    RELAY_IP,
-    SERVER_ALT_IP,
-    SERVER_IP,
-    WAN_IPS,
-    Lab,
-    LabConfig,
-    remove_leftovers,
-)
-from voip.media.audio_io import WavSink, read_wav
+from voip.lab.netns import lab_unavailable_reason
+from voip.lab.netns import list_namespaces
+from voip.lab.netns import run
+from voip.lab.scenario import TONES
+from voip.lab.scenario import run_lab_call
+from voip.lab.topology import PREFIX
+from voip.lab.topology import RELAY_IP
+from voip.lab.topology import SERVER_ALT_IP
+from voip.lab.topology import SERVER_IP
+from voip.lab.topology import WAN_IPS
+from voip.lab.topology import Lab
+from voip.lab.topology import LabConfig
+from voip.lab.topology import remove_leftovers
+from voip.media.audio_io import WavSink
+from voip.media.audio_io import read_wav
 
 REASON = lab_unavailable_reason()
 pytestmark = [pytest.mark.skipif(REASON is not None, reason=REASON or ""), pytest.mark.slow]

@@ -14,26 +14,33 @@ import pytest
 from rendezvous import cli
 from rendezvous.limits import Limits
 from rendezvous.logic import RendezvousLogic
-from rendezvous.name_store import NameStore, default_store_path
+from rendezvous.name_store import NameStore
+from rendezvous.name_store import default_store_path
 from rendezvous.server import RendezvousServer
-from tests.test_rendezvous import SERVER, converse, join
+from tests.test_rendezvous import SERVER
+from tests.test_rendezvous import converse
+from tests.test_rendezvous import join
 from voip.nat.connector import Connector
-from voip.nat.rendezvous_client import Refused, Registered, RendezvousClient, SignalEvent
+from voip.nat.rendezvous_client import Refused
+from voip.nat.rendezvous_client import Registered
+from voip.nat.rendezvous_client import RendezvousClient
+from voip.nat.rendezvous_client import SignalEvent
 from voip.security.identity import Identity
 from voip.security.registration import RegistrationKeyPair
 from voip.transport import UdpEndpoint
-from voip.wire.candidates import Candidate, CandidateType
-from voip.wire.signal import IceCredentials, PeerReady, Register
-from voip.wire.stun import (
-    Attr,
-    Class,
-    Message,
-    Method,
-    StunError,
-    encode,
-    parse_message_untrusted,
-    text,
-)
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
+from voip.wire.signal import IceCredentials
+from voip.wire.signal import PeerReady
+from voip.wire.signal import Register
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import StunError
+from voip.wire.stun import encode
+from voip.wire.stun import parse_message_untrusted
+from voip.wire.stun import text
 
 Addr = tuple[str, int]
 A: Addr = ("203.0.113.5", 4000)  # alice, the owner

@@ -11,34 +11,34 @@ from pathlib import Path
 
 import pytest
 
-from rendezvous.behaviour import Addresses, answer_binding
-from voip.natcheck.memory import MAX_AGE, memory_path, recall, remember
+from rendezvous.behaviour import Addresses
+from rendezvous.behaviour import answer_binding
+from voip.natcheck.memory import MAX_AGE
+from voip.natcheck.memory import memory_path
+from voip.natcheck.memory import recall
+from voip.natcheck.memory import remember
 from voip.natcheck.probing import padded
-from voip.natcheck.verdict import (
-    ADM,
-    APDM,
-    EIM,
-    NatTests,
-    bounds,
-    classify,
-    coarse_waits,
-    hairpinning,
-    keepalive_interval,
-    port_allocation,
-    refine_waits,
-)
-from voip.wire.stun import (
-    CHANGE_IP,
-    CHANGE_PORT,
-    Attr,
-    Class,
-    Message,
-    Method,
-    StunError,
-    change_request,
-    encode,
-    parse_message_untrusted,
-)
+from voip.natcheck.verdict import ADM
+from voip.natcheck.verdict import APDM
+from voip.natcheck.verdict import EIM
+from voip.natcheck.verdict import NatTests
+from voip.natcheck.verdict import bounds
+from voip.natcheck.verdict import classify
+from voip.natcheck.verdict import coarse_waits
+from voip.natcheck.verdict import hairpinning
+from voip.natcheck.verdict import keepalive_interval
+from voip.natcheck.verdict import port_allocation
+from voip.natcheck.verdict import refine_waits
+from voip.wire.stun import CHANGE_IP
+from voip.wire.stun import CHANGE_PORT
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import StunError
+from voip.wire.stun import change_request
+from voip.wire.stun import encode
+from voip.wire.stun import parse_message_untrusted
 
 P1, P2 = ("203.0.113.10", 3478), ("203.0.113.11", 3479)
 CLIENT = ("198.51.100.5", 40000)

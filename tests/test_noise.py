@@ -5,19 +5,19 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
-from noise.connection import Keypair, NoiseConnection  # type: ignore[import-untyped]
+from noise.connection import Keypair  # type: ignore[import-untyped]
+from noise.connection import NoiseConnection
 
 from voip.security.identity import Identity
-from voip.security.noise import (
-    MAX_MESSAGE_LEN,
-    MAX_NONCE,
-    CipherState,
-    NoiseError,
-    NoiseXX,
-    nonce_bytes,
-)
+from voip.security.noise import MAX_MESSAGE_LEN
+from voip.security.noise import MAX_NONCE
+from voip.security.noise import CipherState
+from voip.security.noise import NoiseError
+from voip.security.noise import NoiseXX
+from voip.security.noise import nonce_bytes
 
 # The Noise_XX_25519_ChaChaPoly_SHA256 vector of cacophony, the Haskell Noise implementation
 # (github.com/haskell-cryptography/cacophony, vectors/cacophony.txt; snow carries the same file

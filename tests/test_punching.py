@@ -5,32 +5,34 @@ from __future__ import annotations
 import pytest
 
 from rendezvous.behaviour import Addresses
-from rendezvous.logic import RelayOffer, RendezvousLogic
-from tests.netsim import Address, Nat, Network, Transmit
+from rendezvous.logic import RelayOffer
+from rendezvous.logic import RendezvousLogic
+from tests.netsim import Address
+from tests.netsim import Nat
+from tests.netsim import Network
+from tests.netsim import Transmit
 from voip.nat import checks
 from voip.nat.checklist import TA
-from voip.nat.connector import (
-    Connector,
-    ConnectorEvent,
-    Introduced,
-    PeerTimeout,
-    RelayUnavailable,
-)
+from voip.nat.connector import Connector
+from voip.nat.connector import ConnectorEvent
+from voip.nat.connector import Introduced
+from voip.nat.connector import PeerTimeout
+from voip.nat.connector import RelayUnavailable
 from voip.nat.relay_base import GATHER_TIMEOUT
-from voip.wire.candidates import Candidate, CandidateType
-from voip.wire.signal import MAPPING_DEPENDENT, MAPPING_INDEPENDENT
-from voip.wire.stun import (
-    Attr,
-    Class,
-    Message,
-    Method,
-    encode,
-    message_type,
-    parse_message_untrusted,
-    text,
-    u32,
-    u64,
-)
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
+from voip.wire.signal import MAPPING_DEPENDENT
+from voip.wire.signal import MAPPING_INDEPENDENT
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import encode
+from voip.wire.stun import message_type
+from voip.wire.stun import parse_message_untrusted
+from voip.wire.stun import text
+from voip.wire.stun import u32
+from voip.wire.stun import u64
 
 SERVER: Address = ("203.0.113.10", 3478)
 

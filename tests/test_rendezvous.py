@@ -5,32 +5,33 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from rendezvous.logic import RendezvousLogic
-from rendezvous.registry import NameTaken, Registry, RegistryFull
-from voip.nat.rendezvous_client import (
-    Asked,
-    GotPeer,
-    Refreshed,
-    Refused,
-    Registered,
-    RendezvousClient,
-    Unreachable,
-)
-from voip.wire.candidates import Candidate, CandidateType
-from voip.wire.signal import PeerReady, Register
-from voip.wire.stun import (
-    Attr,
-    Class,
-    Message,
-    Method,
-    check_fingerprint,
-    encode,
-    parse_message_untrusted,
-    text,
-)
+from rendezvous.registry import NameTaken
+from rendezvous.registry import Registry
+from rendezvous.registry import RegistryFull
+from voip.nat.rendezvous_client import Asked
+from voip.nat.rendezvous_client import GotPeer
+from voip.nat.rendezvous_client import Refreshed
+from voip.nat.rendezvous_client import Refused
+from voip.nat.rendezvous_client import Registered
+from voip.nat.rendezvous_client import RendezvousClient
+from voip.nat.rendezvous_client import Unreachable
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
+from voip.wire.signal import PeerReady
+from voip.wire.signal import Register
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import check_fingerprint
+from voip.wire.stun import encode
+from voip.wire.stun import parse_message_untrusted
+from voip.wire.stun import text
 
 Addr = tuple[str, int]
 A = ("203.0.113.5", 4000)

@@ -21,9 +21,14 @@ from jsonschema.exceptions import ValidationError
 
 from rendezvous.local import loopback_server
 from rendezvous.server import RendezvousServer
-from voip import Call, CallError, CallOptions, NullSink, SilenceSource
+from voip import Call
+from voip import CallError
+from voip import CallOptions
+from voip import NullSink
+from voip import SilenceSource
 from voip.lab.echo import EchoRtt
-from voip.lab.scenario import CallerResult, LabCallResult
+from voip.lab.scenario import CallerResult
+from voip.lab.scenario import LabCallResult
 from voip.lab.topology import LabConfig
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"

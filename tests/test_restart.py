@@ -10,12 +10,21 @@ from dataclasses import replace
 
 from rendezvous.introductions import RESTARTS_PER_WINDOW
 from rendezvous.logic import RendezvousLogic
-from tests.test_rendezvous import SERVER, Addr, converse
-from voip.nat.rendezvous_client import GotPeer, Refreshed, RendezvousClient
+from tests.test_rendezvous import SERVER
+from tests.test_rendezvous import Addr
+from tests.test_rendezvous import converse
+from voip.nat.rendezvous_client import GotPeer
+from voip.nat.rendezvous_client import Refreshed
+from voip.nat.rendezvous_client import RendezvousClient
 from voip.security.identity import Identity
-from voip.wire.candidates import Candidate, CandidateType
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
 from voip.wire.signal import PeerReady
-from voip.wire.stun import Class, Message, Method, encode, parse_message_untrusted
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import encode
+from voip.wire.stun import parse_message_untrusted
 
 A, A2 = ("203.0.113.5", 4000), ("203.0.113.5", 4711)  # alice, and alice after her NAT forgot
 B = ("198.51.100.7", 5000)

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from voip.media.rtcp_session import PeerBye, PeerReceptionReport, RtcpSession, RttMeasured
-from voip.media.rtp_stream import RtpReceiverStats, RtpSender
-from voip.wire.rtcp import (
-    Bye,
-    ReceiverReport,
-    ReportBlock,
-    RtcpError,
-    RtcpPacket,
-    SenderReport,
-    pack_compound,
-    parse_rtcp_untrusted,
-)
-from voip.wire.rtp import RtpPacket, is_rtcp
+from voip.media.rtcp_session import PeerBye
+from voip.media.rtcp_session import PeerReceptionReport
+from voip.media.rtcp_session import RtcpSession
+from voip.media.rtcp_session import RttMeasured
+from voip.media.rtp_stream import RtpReceiverStats
+from voip.media.rtp_stream import RtpSender
+from voip.wire.rtcp import Bye
+from voip.wire.rtcp import ReceiverReport
+from voip.wire.rtcp import ReportBlock
+from voip.wire.rtcp import RtcpError
+from voip.wire.rtcp import RtcpPacket
+from voip.wire.rtcp import SenderReport
+from voip.wire.rtcp import pack_compound
+from voip.wire.rtcp import parse_rtcp_untrusted
+from voip.wire.rtp import RtpPacket
+from voip.wire.rtp import is_rtcp
 
 
 def test_compound_round_trip() -> None:

@@ -8,8 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voip.media.rtp_stream import RtpReceiverStats, RtpSender
-from voip.wire.rtp import RtpError, RtpPacket, is_rtcp, looks_like_rtp_or_rtcp, parse_rtp_untrusted
+from voip.media.rtp_stream import RtpReceiverStats
+from voip.media.rtp_stream import RtpSender
+from voip.wire.rtp import RtpError
+from voip.wire.rtp import RtpPacket
+from voip.wire.rtp import is_rtcp
+from voip.wire.rtp import looks_like_rtp_or_rtcp
+from voip.wire.rtp import parse_rtp_untrusted
 
 
 def test_packet_round_trip() -> None:

@@ -6,9 +6,12 @@ import secrets
 
 import pytest
 
-from voip.security.srtp import KEY_MATERIAL_BYTES, MediaCipher
-from voip.wire.rtcp import ReceiverReport, pack_compound
-from voip.wire.rtp import RtpPacket, parse_rtp_untrusted
+from voip.security.srtp import KEY_MATERIAL_BYTES
+from voip.security.srtp import MediaCipher
+from voip.wire.rtcp import ReceiverReport
+from voip.wire.rtcp import pack_compound
+from voip.wire.rtp import RtpPacket
+from voip.wire.rtp import parse_rtp_untrusted
 
 
 def pair() -> tuple[MediaCipher, MediaCipher]:

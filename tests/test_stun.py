@@ -6,30 +6,29 @@ import contextlib
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
-from voip.wire.stun import (
-    MAGIC_COOKIE,
-    Attr,
-    Class,
-    Message,
-    Method,
-    StunError,
-    check_fingerprint,
-    check_integrity,
-    encode,
-    encode_error_code,
-    encode_xor_address,
-    long_term_key,
-    message_type,
-    parse_message_untrusted,
-    split_message_type,
-    text,
-    u32,
-    u64,
-    unknown_required,
-)
+from voip.wire.stun import MAGIC_COOKIE
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import StunError
+from voip.wire.stun import check_fingerprint
+from voip.wire.stun import check_integrity
+from voip.wire.stun import encode
+from voip.wire.stun import encode_error_code
+from voip.wire.stun import encode_xor_address
+from voip.wire.stun import long_term_key
+from voip.wire.stun import message_type
+from voip.wire.stun import parse_message_untrusted
+from voip.wire.stun import split_message_type
+from voip.wire.stun import text
+from voip.wire.stun import u32
+from voip.wire.stun import u64
+from voip.wire.stun import unknown_required
 
 # RFC 5769 §2.1-2.4, as printed in the RFC.
 TID = bytes.fromhex("b7e7a701bc34d686fa87dfae")

@@ -7,9 +7,14 @@ import itertools
 import pytest
 
 from voip.nat import checks
-from voip.wire.candidates import Candidate, CandidateType
-from voip.wire.stun import Class, Message, Method, parse_message_untrusted
-from voip.wire.transactions import Transaction, TransactionTable
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import parse_message_untrusted
+from voip.wire.transactions import Transaction
+from voip.wire.transactions import TransactionTable
 
 
 def schedule(txn: Transaction[None]) -> tuple[list[float], float]:

@@ -11,30 +11,34 @@ import time
 import pytest
 
 from rendezvous.limits import Limits
-from rendezvous.peer_filter import NOT_GLOBAL, OWN_CACHE, PeerFilter
-from rendezvous.server import RECEIVE_BUFFER, RendezvousServer
-from rendezvous.turn_server import Out, TurnPolicy, TurnServer
-from voip.nat.turn_client import Allocated, PermissionRefused, TurnClient, TurnFailed
-from voip.wire.stun import (
-    Attr,
-    Class,
-    Message,
-    Method,
-    encode,
-    long_term_key,
-    parse_message_untrusted,
-    text,
-    u32,
-)
-from voip.wire.turn import (
-    REST_CREDENTIAL_TTL,
-    looks_like_channel_data,
-    requested_transport,
-    rest_credentials,
-    rest_expiry,
-    rest_password,
-    rest_username,
-)
+from rendezvous.peer_filter import NOT_GLOBAL
+from rendezvous.peer_filter import OWN_CACHE
+from rendezvous.peer_filter import PeerFilter
+from rendezvous.server import RECEIVE_BUFFER
+from rendezvous.server import RendezvousServer
+from rendezvous.turn_server import Out
+from rendezvous.turn_server import TurnPolicy
+from rendezvous.turn_server import TurnServer
+from voip.nat.turn_client import Allocated
+from voip.nat.turn_client import PermissionRefused
+from voip.nat.turn_client import TurnClient
+from voip.nat.turn_client import TurnFailed
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import encode
+from voip.wire.stun import long_term_key
+from voip.wire.stun import parse_message_untrusted
+from voip.wire.stun import text
+from voip.wire.stun import u32
+from voip.wire.turn import REST_CREDENTIAL_TTL
+from voip.wire.turn import looks_like_channel_data
+from voip.wire.turn import requested_transport
+from voip.wire.turn import rest_credentials
+from voip.wire.turn import rest_expiry
+from voip.wire.turn import rest_password
+from voip.wire.turn import rest_username
 
 SERVER = ("203.0.113.20", 3478)
 CLIENT = ("203.0.113.1", 40000)

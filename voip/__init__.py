@@ -1,7 +1,13 @@
 """callpeer: peer-to-peer voice calls through NATs, with a report of what going direct gains."""
 
-from voip.call import Call, CallError, CallOptions
-from voip.media.audio_io import NullSink, SilenceSource, ToneSource, WavSink, WavSource
+from voip.call import Call
+from voip.call import CallError
+from voip.call import CallOptions
+from voip.media.audio_io import NullSink
+from voip.media.audio_io import SilenceSource
+from voip.media.audio_io import ToneSource
+from voip.media.audio_io import WavSink
+from voip.media.audio_io import WavSource
 from voip.report import CallReport
 
 __all__ = [

@@ -15,17 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from collections.abc import Callable
 
 from voip import events as ev
-from voip.call_core import CallCore, CallOptions
+from voip.call_core import CallCore
+from voip.call_core import CallOptions
 from voip.call_recorder import CallRecorder
 from voip.host_addresses import host_ipv4_addresses
-from voip.media.audio_io import AudioSink, AudioSource
+from voip.media.audio_io import AudioSink
+from voip.media.audio_io import AudioSource
 from voip.report import CallReport
 from voip.security.summary import SecurityReport
-from voip.transport import Timer, UdpEndpoint
-from voip.wire.candidates import Candidate, CandidateType, is_usable_host_ip
+from voip.transport import Timer
+from voip.transport import UdpEndpoint
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
+from voip.wire.candidates import is_usable_host_ip
 from voip.wire.rtp import looks_like_rtp_or_rtcp
 from voip.wire.stun import Address
 

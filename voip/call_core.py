@@ -14,22 +14,34 @@ from dataclasses import dataclass
 
 from voip import events as ev
 from voip.call_messages import failure_message
-from voip.call_recorder import MEASURED, CallRecorder
-from voip.media.audio_io import AudioSink, AudioSource
+from voip.call_recorder import MEASURED
+from voip.call_recorder import CallRecorder
+from voip.media.audio_io import AudioSink
+from voip.media.audio_io import AudioSource
 from voip.media.audio_loop import AudioLoop
 from voip.media.audio_session import AudioSession
-from voip.media.rtcp_session import PeerBye, RttMeasured
+from voip.media.rtcp_session import PeerBye
+from voip.media.rtcp_session import RttMeasured
 from voip.nat import checks
-from voip.nat.connector import Connector, ConnectorEvent, Introduced, Restarted
-from voip.nat.path_manager import Checking, Media, PathManager, Restart, Switched
-from voip.nat.rendezvous_client import Asked, TurnOffer
+from voip.nat.connector import Connector
+from voip.nat.connector import ConnectorEvent
+from voip.nat.connector import Introduced
+from voip.nat.connector import Restarted
+from voip.nat.path_manager import Checking
+from voip.nat.path_manager import Media
+from voip.nat.path_manager import PathManager
+from voip.nat.path_manager import Restart
+from voip.nat.path_manager import Switched
+from voip.nat.rendezvous_client import Asked
+from voip.nat.rendezvous_client import TurnOffer
 from voip.report import CallReport
 from voip.security.handshake import is_handshake
 from voip.security.identity import Identity
 from voip.security.known_peers import KnownPeers
 from voip.security.secure_media import SecureMedia
 from voip.wire.candidates import Candidate
-from voip.wire.rtp import is_rtcp, looks_like_rtp_or_rtcp
+from voip.wire.rtp import is_rtcp
+from voip.wire.rtp import looks_like_rtp_or_rtcp
 from voip.wire.signal import PeerReady
 from voip.wire.stun import Address
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from voip.nat import checks
-from voip.nat.connector import ConnectorEvent, PeerTimeout
-from voip.nat.rendezvous_client import Refused, Unreachable
+from voip.nat.connector import ConnectorEvent
+from voip.nat.connector import PeerTimeout
+from voip.nat.rendezvous_client import Refused
+from voip.nat.rendezvous_client import Unreachable
 from voip.wire.candidates import format_address
-from voip.wire.signal import ERR_CAPACITY, ERR_NAME_TAKEN, ERR_QUOTA
+from voip.wire.signal import ERR_CAPACITY
+from voip.wire.signal import ERR_NAME_TAKEN
+from voip.wire.signal import ERR_QUOTA
 
 if TYPE_CHECKING:
     from voip.call_core import CallCore

@@ -13,10 +13,15 @@ from collections.abc import Callable
 from voip import events as ev
 from voip.media.audio_session import AudioSession
 from voip.nat import checks
-from voip.nat.checks import DIRECT, RELAYED, ConnectivityChecks
-from voip.nat.connector import ConnectorEvent, RelayReady, RelayUnavailable
+from voip.nat.checks import DIRECT
+from voip.nat.checks import RELAYED
+from voip.nat.checks import ConnectivityChecks
+from voip.nat.connector import ConnectorEvent
+from voip.nat.connector import RelayReady
+from voip.nat.connector import RelayUnavailable
 from voip.nat.rendezvous_client import Registered
-from voip.report import CallReport, PathMetrics
+from voip.report import CallReport
+from voip.report import PathMetrics
 from voip.wire.candidates import format_address
 from voip.wire.signal import PeerReady
 

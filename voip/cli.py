@@ -16,41 +16,46 @@ from typing import Any
 
 from rich.console import Console
 
-from rendezvous.local import DEFAULT_SERVER, loopback_server
-from voip.call import Call, CallError, CallOptions
+from rendezvous.local import DEFAULT_SERVER
+from rendezvous.local import loopback_server
+from voip.call import Call
+from voip.call import CallError
+from voip.call import CallOptions
 from voip.call_messages import COMMANDS
-from voip.cli_call import (
-    CALL_DESCRIPTION,
-    CALL_EPILOG,
-    CALL_HELP,
-    add_call_arguments,
-    check_plot_path,
-    run_call,
-    user_config,
-)
-from voip.cli_keys import add_key_commands, run_trust, run_whoami
-from voip.cli_output import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_USAGE,
-    Presenter,
-    UsageError,
-    show_report,
-    write_json,
-)
+from voip.cli_call import CALL_DESCRIPTION
+from voip.cli_call import CALL_EPILOG
+from voip.cli_call import CALL_HELP
+from voip.cli_call import add_call_arguments
+from voip.cli_call import check_plot_path
+from voip.cli_call import run_call
+from voip.cli_call import user_config
+from voip.cli_keys import add_key_commands
+from voip.cli_keys import run_trust
+from voip.cli_keys import run_whoami
+from voip.cli_output import EXIT_FAILED
+from voip.cli_output import EXIT_OK
+from voip.cli_output import EXIT_USAGE
+from voip.cli_output import Presenter
+from voip.cli_output import UsageError
+from voip.cli_output import show_report
+from voip.cli_output import write_json
 from voip.codecs.opus import CodecUnavailable
-from voip.lab.cli import LAB_DESCRIPTION, LAB_HELP, add_lab_arguments, config_from_args, run_lab
+from voip.lab.cli import LAB_DESCRIPTION
+from voip.lab.cli import LAB_HELP
+from voip.lab.cli import add_lab_arguments
+from voip.lab.cli import config_from_args
+from voip.lab.cli import run_lab
 from voip.lab.netns import LabError
 from voip.media.soundcard import SoundcardUnavailable
 from voip.plot import PlotUnavailable
-from voip.security.identity import Identity, IdentityError
-from voip.security.known_peers import (
-    KnownPeers,
-    KnownPeersError,
-)
+from voip.security.identity import Identity
+from voip.security.identity import IdentityError
+from voip.security.known_peers import KnownPeers
+from voip.security.known_peers import KnownPeersError
 from voip.security.summary import SecurityReport
 from voip.transport import resolve
-from voip.wire.candidates import format_address, parse_address
+from voip.wire.candidates import format_address
+from voip.wire.candidates import parse_address
 
 LIFETIME_LIMIT = 120.0
 NATCHECK_DESCRIPTION = (
@@ -149,7 +154,9 @@ async def run_demo(args: argparse.Namespace) -> int:
     import tempfile  # noqa: PLC0415
 
     from voip.codecs.pcm import dominant_frequency  # noqa: PLC0415
-    from voip.media.audio_io import ToneSource, WavSink, read_wav  # noqa: PLC0415
+    from voip.media.audio_io import ToneSource  # noqa: PLC0415
+    from voip.media.audio_io import WavSink  # noqa: PLC0415
+    from voip.media.audio_io import read_wav  # noqa: PLC0415
 
     err = Console(stderr=True, soft_wrap=True)
     server = await loopback_server().start("127.0.0.1", 0)
@@ -223,7 +230,8 @@ def demo_security(a: SecurityReport | None, b: SecurityReport | None) -> tuple[b
 
 async def run_natcheck(args: argparse.Namespace) -> int:
     from voip.natcheck.memory import remember  # noqa: PLC0415
-    from voip.natcheck.probing import measure_lifetime, run_tests  # noqa: PLC0415
+    from voip.natcheck.probing import measure_lifetime  # noqa: PLC0415
+    from voip.natcheck.probing import run_tests  # noqa: PLC0415
     from voip.natcheck.verdict import classify  # noqa: PLC0415
 
     if args.lifetime is not None and not 2 <= args.lifetime <= 3600:

@@ -12,25 +12,38 @@ from typing import Any
 
 from rich.console import Console
 
-from rendezvous.local import DEFAULT_SERVER, find_or_host
-from voip.call import Call, CallError, CallOptions
-from voip.cli_output import EXIT_FAILED, EXIT_OK, Presenter, UsageError, show_report, write_json
-from voip.config import Config, load_config
-from voip.media.audio_io import AudioSpecError, open_sink, open_source
+from rendezvous.local import DEFAULT_SERVER
+from rendezvous.local import find_or_host
+from voip.call import Call
+from voip.call import CallError
+from voip.call import CallOptions
+from voip.cli_output import EXIT_FAILED
+from voip.cli_output import EXIT_OK
+from voip.cli_output import Presenter
+from voip.cli_output import UsageError
+from voip.cli_output import show_report
+from voip.cli_output import write_json
+from voip.config import Config
+from voip.config import load_config
+from voip.media.audio_io import AudioSpecError
+from voip.media.audio_io import open_sink
+from voip.media.audio_io import open_source
 from voip.nat.rendezvous_client import TurnOffer
-from voip.security.identity import (
-    Identity,
-    IdentityError,
-    default_identity_path,
-    load_identity,
-    load_or_create,
-)
-from voip.security.known_peers import KnownPeers, KnownPeersError, default_known_peers_path
+from voip.security.identity import Identity
+from voip.security.identity import IdentityError
+from voip.security.identity import default_identity_path
+from voip.security.identity import load_identity
+from voip.security.identity import load_or_create
+from voip.security.known_peers import KnownPeers
+from voip.security.known_peers import KnownPeersError
+from voip.security.known_peers import default_known_peers_path
 from voip.transport import resolve
-from voip.wire.candidates import format_address, parse_address
+from voip.wire.candidates import format_address
+from voip.wire.candidates import parse_address
 from voip.wire.signal import check_name
 from voip.wire.stun import Address
-from voip.wire.turn import rest_credentials, turn_url
+from voip.wire.turn import rest_credentials
+from voip.wire.turn import turn_url
 
 CALL_HELP = "call PEER directly through your NAT (callpeer PEER ... is short for this)"
 CALL_DESCRIPTION = "Call PEER directly through your NAT."

@@ -7,15 +7,17 @@ from typing import Any
 
 from rich.console import Console
 
-from voip.cli_call import (
-    add_identity_argument,
-    caller_name,
-    identity_path,
-    open_identity,
-    user_config,
-)
-from voip.cli_output import EXIT_OK, UsageError, write_json
-from voip.security.known_peers import KnownPeers, check_fingerprint, default_known_peers_path
+from voip.cli_call import add_identity_argument
+from voip.cli_call import caller_name
+from voip.cli_call import identity_path
+from voip.cli_call import open_identity
+from voip.cli_call import user_config
+from voip.cli_output import EXIT_OK
+from voip.cli_output import UsageError
+from voip.cli_output import write_json
+from voip.security.known_peers import KnownPeers
+from voip.security.known_peers import check_fingerprint
+from voip.security.known_peers import default_known_peers_path
 from voip.wire.signal import check_name
 
 WHOAMI_DESCRIPTION = (

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from voip.wire.stun import Address
-from voip.wire.transactions import Schedule, Transaction
+from voip.wire.transactions import Schedule
+from voip.wire.transactions import Transaction
 
 T = TypeVar("T")
 

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from voip.codecs.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm
+from voip.codecs.pcm import FRAME_SAMPLES
+from voip.codecs.pcm import SAMPLE_RATE
+from voip.codecs.pcm import Pcm
 
 # libopus CTL request numbers (opus_defines.h). opuslib 3.0.1's `inband_fec` setter forgets to
 # pass its value, so the CTLs are issued directly.

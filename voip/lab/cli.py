@@ -13,11 +13,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from voip.codecs.pcm import dominant_frequency, rms_dbfs
-from voip.lab.nat import BEHAVIOUR, NAT_KINDS
-from voip.lab.scenario import TONES, LabCallResult, run_lab_call
+from voip.codecs.pcm import dominant_frequency
+from voip.codecs.pcm import rms_dbfs
+from voip.lab.nat import BEHAVIOUR
+from voip.lab.nat import NAT_KINDS
+from voip.lab.scenario import TONES
+from voip.lab.scenario import LabCallResult
+from voip.lab.scenario import run_lab_call
 from voip.lab.topology import LabConfig
-from voip.media.audio_io import AudioSpecError, read_wav
+from voip.media.audio_io import AudioSpecError
+from voip.media.audio_io import read_wav
 from voip.report import render_table
 
 LAB_HELP = "a call through two real NAT routers on an emulated internet (root, Linux)"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from voip.lab.netns import LabError, run
+from voip.lab.netns import LabError
+from voip.lab.netns import run
 from voip.lab.topology import Lab
 
 

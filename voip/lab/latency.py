@@ -15,10 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from voip.codecs.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm
-from voip.lab.scenario import LabCallResult, run_lab_call
+from voip.codecs.pcm import FRAME_SAMPLES
+from voip.codecs.pcm import SAMPLE_RATE
+from voip.codecs.pcm import Pcm
+from voip.lab.scenario import LabCallResult
+from voip.lab.scenario import run_lab_call
 from voip.lab.topology import LabConfig
-from voip.media.audio_io import click_positions, read_wav
+from voip.media.audio_io import click_positions
+from voip.media.audio_io import read_wav
 
 FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
 

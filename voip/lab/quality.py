@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import correlate, resample_poly
+from scipy.signal import correlate
+from scipy.signal import resample_poly
 
-from voip.codecs.pcm import SAMPLE_RATE, Pcm
+from voip.codecs.pcm import SAMPLE_RATE
+from voip.codecs.pcm import Pcm
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from voip.lab.echo import EchoRtt
 from voip.lab.netns import LabError
-from voip.lab.topology import INTERNET, RELAY_IP, SERVER_ALT_IP, SERVER_IP, Lab, LabConfig
+from voip.lab.topology import INTERNET
+from voip.lab.topology import RELAY_IP
+from voip.lab.topology import SERVER_ALT_IP
+from voip.lab.topology import SERVER_IP
+from voip.lab.topology import Lab
+from voip.lab.topology import LabConfig
 
 CALLERS = (("a", "alice", "bob"), ("b", "bob", "alice"))
 TONES = {"alice": 440.0, "bob": 660.0}

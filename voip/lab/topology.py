@@ -18,19 +18,19 @@ import os
 import secrets
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from types import TracebackType
 
 from voip.lab.echo import EchoRtt
-from voip.lab.nat import NAT_KINDS, router_ruleset
-from voip.lab.netns import (
-    LabError,
-    lab_unavailable_reason,
-    list_namespaces,
-    namespace_pids,
-    popen,
-    run,
-)
+from voip.lab.nat import NAT_KINDS
+from voip.lab.nat import router_ruleset
+from voip.lab.netns import LabError
+from voip.lab.netns import lab_unavailable_reason
+from voip.lab.netns import list_namespaces
+from voip.lab.netns import namespace_pids
+from voip.lab.netns import popen
+from voip.lab.netns import run
 
 PREFIX = "cplab-"
 INTERNET = "203.0.113.0/24"

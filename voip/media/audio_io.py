@@ -9,7 +9,13 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from voip.codecs.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm, resample, silence, to_mono_int16, tone
+from voip.codecs.pcm import FRAME_SAMPLES
+from voip.codecs.pcm import SAMPLE_RATE
+from voip.codecs.pcm import Pcm
+from voip.codecs.pcm import resample
+from voip.codecs.pcm import silence
+from voip.codecs.pcm import to_mono_int16
+from voip.codecs.pcm import tone
 
 
 class AudioSpecError(ValueError):

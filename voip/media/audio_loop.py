@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Protocol
 
 from voip.codecs.pcm import Pcm
-from voip.media.audio_io import AudioSink, AudioSource
+from voip.media.audio_io import AudioSink
+from voip.media.audio_io import AudioSource
 from voip.media.audio_session import AudioSession
-from voip.media.frame_clocks import FrameClock, PlayoutClock
+from voip.media.frame_clocks import FrameClock
+from voip.media.frame_clocks import PlayoutClock
 
 
 class LoopOptions(Protocol):

@@ -11,20 +11,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from voip.codecs.opus import OpusDecoder, OpusEncoder
-from voip.codecs.pcm import FRAME_MS, FRAME_SAMPLES, Pcm
+from voip.codecs.opus import OpusDecoder
+from voip.codecs.opus import OpusEncoder
+from voip.codecs.pcm import FRAME_MS
+from voip.codecs.pcm import FRAME_SAMPLES
+from voip.codecs.pcm import Pcm
 from voip.media.audio_counts import AudioCounts
-from voip.media.jitter_buffer import (
-    COMFORT_NOISE_BYTES,
-    AdaptiveJitterBuffer,
-    Comfort,
-    Expand,
-    Frame,
-    Gap,
-)
-from voip.media.rtcp_session import PeerBye, PeerReceptionReport, RtcpSession, RttMeasured
-from voip.media.rtp_stream import RtpReceiverStats, RtpSender
-from voip.wire.rtp import RtpError, parse_rtp_untrusted
+from voip.media.jitter_buffer import COMFORT_NOISE_BYTES
+from voip.media.jitter_buffer import AdaptiveJitterBuffer
+from voip.media.jitter_buffer import Comfort
+from voip.media.jitter_buffer import Expand
+from voip.media.jitter_buffer import Frame
+from voip.media.jitter_buffer import Gap
+from voip.media.rtcp_session import PeerBye
+from voip.media.rtcp_session import PeerReceptionReport
+from voip.media.rtcp_session import RtcpSession
+from voip.media.rtcp_session import RttMeasured
+from voip.media.rtp_stream import RtpReceiverStats
+from voip.media.rtp_stream import RtpSender
+from voip.wire.rtp import RtpError
+from voip.wire.rtp import parse_rtp_untrusted
 
 FRAME_S = FRAME_MS / 1000.0
 DTX_SKIP_BYTES = 2  # libopus: "2 bytes or less ... does not need to be transmitted" (DTX)

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from voip.media.rtp_stream import RtpReceiverStats, RtpSender
-from voip.wire.rtcp import (
-    Bye,
-    ReceiverReport,
-    ReportBlock,
-    RtcpError,
-    RtcpPacket,
-    SenderReport,
-    pack_compound,
-    parse_rtcp_untrusted,
-)
+from voip.media.rtp_stream import RtpReceiverStats
+from voip.media.rtp_stream import RtpSender
+from voip.wire.rtcp import Bye
+from voip.wire.rtcp import ReceiverReport
+from voip.wire.rtcp import ReportBlock
+from voip.wire.rtcp import RtcpError
+from voip.wire.rtcp import RtcpPacket
+from voip.wire.rtcp import SenderReport
+from voip.wire.rtcp import pack_compound
+from voip.wire.rtcp import parse_rtcp_untrusted
 
 NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 
-from voip.wire.rtp import OPUS_CLOCK_RATE, OPUS_PAYLOAD_TYPE, RtpPacket
+from voip.wire.rtp import OPUS_CLOCK_RATE
+from voip.wire.rtp import OPUS_PAYLOAD_TYPE
+from voip.wire.rtp import RtpPacket
 
 RTP_SEQ_MOD = 1 << 16
 MAX_DROPOUT = 3000  # A.1: a jump larger than this is a restart, not loss

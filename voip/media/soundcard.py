@@ -8,7 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from voip.codecs.pcm import FRAME_SAMPLES, SAMPLE_RATE, Pcm, silence
+from voip.codecs.pcm import FRAME_SAMPLES
+from voip.codecs.pcm import SAMPLE_RATE
+from voip.codecs.pcm import Pcm
+from voip.codecs.pcm import silence
 
 HINT = "use --input tone:440, silence or a WAV file, and --output null or a WAV file"
 

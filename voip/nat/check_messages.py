@@ -10,22 +10,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from voip.wire.candidates import CandidateType, candidate_priority
-from voip.wire.stun import (
-    Address,
-    Attr,
-    Class,
-    Message,
-    Method,
-    check_fingerprint,
-    check_integrity,
-    encode,
-    encode_error_code,
-    encode_xor_address,
-    text,
-    u32,
-    u64,
-)
+from voip.wire.candidates import CandidateType
+from voip.wire.candidates import candidate_priority
+from voip.wire.stun import Address
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import check_fingerprint
+from voip.wire.stun import check_integrity
+from voip.wire.stun import encode
+from voip.wire.stun import encode_error_code
+from voip.wire.stun import encode_xor_address
+from voip.wire.stun import text
+from voip.wire.stun import u32
+from voip.wire.stun import u64
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,16 @@ of a direct pair would hold the direct decision back by Ta each.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from collections.abc import Iterator
 
 from voip.nat.nominator import Nominator
-from voip.nat.pairs import Base, Pair, PairState, PathKind
-from voip.wire.candidates import Candidate, CandidateType
+from voip.nat.pairs import Base
+from voip.nat.pairs import Pair
+from voip.nat.pairs import PairState
+from voip.nat.pairs import PathKind
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
 from voip.wire.stun import Address
 
 Key = tuple[Base, Address]

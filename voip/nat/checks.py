@@ -17,16 +17,33 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 
-from voip.nat.check_messages import Credentials, authentic
-from voip.nat.checklist import Checklist, Key
-from voip.nat.liveness import PROBE_TIMEOUT, Liveness
-from voip.nat.nominator import RELAY_GRACE, Nominator
-from voip.nat.pairs import Base, Pair, PairState, PathKind, RelayMode
-from voip.wire.candidates import Candidate, CandidateType, candidate_priority
-from voip.wire.stun import Address, Attr, Class, Message, Method, StunError
-from voip.wire.transactions import Transaction, TransactionTable
+from voip.nat.check_messages import Credentials
+from voip.nat.check_messages import authentic
+from voip.nat.checklist import Checklist
+from voip.nat.checklist import Key
+from voip.nat.liveness import PROBE_TIMEOUT
+from voip.nat.liveness import Liveness
+from voip.nat.nominator import RELAY_GRACE
+from voip.nat.nominator import Nominator
+from voip.nat.pairs import Base
+from voip.nat.pairs import Pair
+from voip.nat.pairs import PairState
+from voip.nat.pairs import PathKind
+from voip.nat.pairs import RelayMode
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
+from voip.wire.candidates import candidate_priority
+from voip.wire.stun import Address
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import StunError
+from voip.wire.transactions import Transaction
+from voip.wire.transactions import TransactionTable
 
 HOST, RELAY = Base.HOST, Base.RELAY  # local bases
 DIRECT, RELAYED = PathKind.DIRECT, PathKind.RELAYED  # kinds of path

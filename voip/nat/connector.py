@@ -20,30 +20,31 @@ from dataclasses import dataclass
 
 from voip.nat import checks
 from voip.nat.mapping_probe import MappingProbe
-from voip.nat.nominator import NOMINATE_AFTER, RELAY_GRACE
+from voip.nat.nominator import NOMINATE_AFTER
+from voip.nat.nominator import RELAY_GRACE
 from voip.nat.pairs import RelayMode
 from voip.nat.relay_base import RelayBase
-from voip.nat.rendezvous_client import (
-    Asked,
-    GotPeer,
-    Refreshed,
-    Refused,
-    Registered,
-    RendezvousClient,
-    TurnOffer,
-    Unreachable,
-)
-from voip.nat.turn_client import Allocated, PermissionRefused, TurnClient, TurnFailed
+from voip.nat.rendezvous_client import Asked
+from voip.nat.rendezvous_client import GotPeer
+from voip.nat.rendezvous_client import Refreshed
+from voip.nat.rendezvous_client import Refused
+from voip.nat.rendezvous_client import Registered
+from voip.nat.rendezvous_client import RendezvousClient
+from voip.nat.rendezvous_client import TurnOffer
+from voip.nat.rendezvous_client import Unreachable
+from voip.nat.turn_client import Allocated
+from voip.nat.turn_client import PermissionRefused
+from voip.nat.turn_client import TurnClient
+from voip.nat.turn_client import TurnFailed
 from voip.security.identity import Identity
 from voip.wire.candidates import Candidate
-from voip.wire.signal import MAPPING_DEPENDENT, PeerReady
-from voip.wire.stun import (
-    Address,
-    Message,
-    StunError,
-    looks_like_stun,
-    parse_message_untrusted,
-)
+from voip.wire.signal import MAPPING_DEPENDENT
+from voip.wire.signal import PeerReady
+from voip.wire.stun import Address
+from voip.wire.stun import Message
+from voip.wire.stun import StunError
+from voip.wire.stun import looks_like_stun
+from voip.wire.stun import parse_message_untrusted
 from voip.wire.turn import looks_like_channel_data
 
 Transmit = tuple[bytes, Address]

@@ -9,9 +9,17 @@ also maps per destination cannot work. Advice only: no answer in time means unkn
 
 from __future__ import annotations
 
-from voip.wire.signal import MAPPING_DEPENDENT, MAPPING_INDEPENDENT
-from voip.wire.stun import Address, Class, Message, Method, StunError, encode
-from voip.wire.transactions import Schedule, Transaction, TransactionTable
+from voip.wire.signal import MAPPING_DEPENDENT
+from voip.wire.signal import MAPPING_INDEPENDENT
+from voip.wire.stun import Address
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import StunError
+from voip.wire.stun import encode
+from voip.wire.transactions import Schedule
+from voip.wire.transactions import Transaction
+from voip.wire.transactions import TransactionTable
 
 # About a second in all: it runs alongside the relay's allocation, which takes two round trips,
 # and must not hold up asking for the peer when the alternate address does not answer.

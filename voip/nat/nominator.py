@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from voip.nat.pairs import Pair, PairState, PathKind, RelayMode
+from voip.nat.pairs import Pair
+from voip.nat.pairs import PairState
+from voip.nat.pairs import PathKind
+from voip.nat.pairs import RelayMode
 from voip.wire.candidates import CandidateType
 
 NOMINATE_AFTER = 0.2  # longest wait, after the first valid pair, for a faster one to prove itself

@@ -8,9 +8,13 @@ it computes its own priority (RFC 8445 §6.1.2.3) from its candidates and our ro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum, StrEnum
+from enum import Enum
+from enum import StrEnum
 
-from voip.wire.candidates import Candidate, CandidateType, candidate_priority, pair_priority
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
+from voip.wire.candidates import candidate_priority
+from voip.wire.candidates import pair_priority
 from voip.wire.stun import Address
 
 

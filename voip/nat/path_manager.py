@@ -34,7 +34,10 @@ from dataclasses import dataclass
 from enum import Enum
 
 from voip.nat.checks import ConnectivityChecks
-from voip.nat.pairs import Base, Pair, PairState, PathKind
+from voip.nat.pairs import Base
+from voip.nat.pairs import Pair
+from voip.nat.pairs import PairState
+from voip.nat.pairs import PathKind
 from voip.wire.stun import Address
 
 # At 50 packets a second, 200 ms without one on the active path is not jitter. The goal is an

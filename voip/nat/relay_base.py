@@ -8,10 +8,13 @@ relay; one for the peer's own relay goes straight there from the host base.
 
 from __future__ import annotations
 
-from voip.nat.pairs import Base, Pair
+from voip.nat.pairs import Base
+from voip.nat.pairs import Pair
 from voip.nat.rendezvous_client import TurnOffer
 from voip.nat.turn_client import TurnClient
-from voip.wire.candidates import Candidate, CandidateType, format_address
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
+from voip.wire.candidates import format_address
 from voip.wire.signal import PeerReady
 from voip.wire.stun import Address
 

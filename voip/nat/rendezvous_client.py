@@ -16,34 +16,34 @@ transaction not seen before, is reported as `GotPeer(again=True)`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from dataclasses import replace
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from voip.security.handshake import commitment
 from voip.security.identity import Identity
-from voip.security.registration import BadPublicKey, RegistrationKeyPair
+from voip.security.registration import BadPublicKey
+from voip.security.registration import RegistrationKeyPair
 from voip.wire.candidates import Candidate
-from voip.wire.signal import (
-    ERR_UNAUTHENTICATED,
-    MAX_CANDIDATES,
-    UNPROVEN_REGISTER_BYTES,
-    IceCredentials,
-    PeerReady,
-    Register,
-)
-from voip.wire.stun import (
-    Address,
-    Attr,
-    Class,
-    Message,
-    Method,
-    StunError,
-    check_integrity,
-    encode,
-    text,
-)
-from voip.wire.transactions import SERVER_SCHEDULE, Transaction, TransactionTable
+from voip.wire.signal import ERR_UNAUTHENTICATED
+from voip.wire.signal import MAX_CANDIDATES
+from voip.wire.signal import UNPROVEN_REGISTER_BYTES
+from voip.wire.signal import IceCredentials
+from voip.wire.signal import PeerReady
+from voip.wire.signal import Register
+from voip.wire.stun import Address
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import StunError
+from voip.wire.stun import check_integrity
+from voip.wire.stun import encode
+from voip.wire.stun import text
+from voip.wire.transactions import SERVER_SCHEDULE
+from voip.wire.transactions import Transaction
+from voip.wire.transactions import TransactionTable
 
 Transmit = tuple[bytes, Address]
 

@@ -9,31 +9,29 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from voip.wire.stun import (
-    Address,
-    Attr,
-    Class,
-    Message,
-    Method,
-    StunError,
-    encode,
-    encode_xor_address,
-    long_term_key,
-    new_transaction_id,
-    text,
-    u32,
-)
-from voip.wire.transactions import SERVER_SCHEDULE, Transaction, TransactionTable
-from voip.wire.turn import (
-    ALLOCATION_LIFETIME,
-    CHANNEL_LIFETIME,
-    CHANNEL_MIN,
-    PERMISSION_LIFETIME,
-    ChannelDataError,
-    pack_channel_data,
-    parse_channel_data_untrusted,
-    requested_transport,
-)
+from voip.wire.stun import Address
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import StunError
+from voip.wire.stun import encode
+from voip.wire.stun import encode_xor_address
+from voip.wire.stun import long_term_key
+from voip.wire.stun import new_transaction_id
+from voip.wire.stun import text
+from voip.wire.stun import u32
+from voip.wire.transactions import SERVER_SCHEDULE
+from voip.wire.transactions import Transaction
+from voip.wire.transactions import TransactionTable
+from voip.wire.turn import ALLOCATION_LIFETIME
+from voip.wire.turn import CHANNEL_LIFETIME
+from voip.wire.turn import CHANNEL_MIN
+from voip.wire.turn import PERMISSION_LIFETIME
+from voip.wire.turn import ChannelDataError
+from voip.wire.turn import pack_channel_data
+from voip.wire.turn import parse_channel_data_untrusted
+from voip.wire.turn import requested_transport
 
 Transmit = tuple[bytes, Address]
 # Long enough that the first, unauthenticated Allocate is larger than a minimal 401 answer:

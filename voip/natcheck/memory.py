@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 
-from voip.natcheck.verdict import NatTests, NatVerdict
+from voip.natcheck.verdict import NatTests
+from voip.natcheck.verdict import NatVerdict
 
 MAX_AGE = 7 * 24 * 3600.0  # s: after a week the network may well be another one
 

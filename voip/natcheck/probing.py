@@ -9,23 +9,25 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from voip.natcheck.verdict import NatTests, bounds, coarse_waits, refine_waits
-from voip.transport import UdpEndpoint, request
-from voip.wire.stun import (
-    CHANGE_IP,
-    CHANGE_PORT,
-    HEADER_LEN,
-    Address,
-    Attr,
-    Class,
-    Message,
-    Method,
-    StunError,
-    change_request,
-    encode,
-    looks_like_stun,
-    parse_message_untrusted,
-)
+from voip.natcheck.verdict import NatTests
+from voip.natcheck.verdict import bounds
+from voip.natcheck.verdict import coarse_waits
+from voip.natcheck.verdict import refine_waits
+from voip.transport import UdpEndpoint
+from voip.transport import request
+from voip.wire.stun import CHANGE_IP
+from voip.wire.stun import CHANGE_PORT
+from voip.wire.stun import HEADER_LEN
+from voip.wire.stun import Address
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import StunError
+from voip.wire.stun import change_request
+from voip.wire.stun import encode
+from voip.wire.stun import looks_like_stun
+from voip.wire.stun import parse_message_untrusted
 from voip.wire.transactions import Schedule
 
 # A request and two retransmissions, 0.3 s, 0.6 s and 1.2 s apart: silence after that is an answer.

@@ -15,7 +15,8 @@ Filtering (§4.4):
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 from voip.wire.candidates import format_address

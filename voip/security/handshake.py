@@ -34,11 +34,13 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from voip.security.noise import NoiseError, NoiseXX
+from voip.security.noise import NoiseError
+from voip.security.noise import NoiseXX
 
 FRAME_TYPE = 16  # RFC 7983 §7: first byte 16..19, the range ZRTP has
 FRAME_RANGE = range(16, 20)

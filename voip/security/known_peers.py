@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from voip.security.identity import config_dir, fingerprint
+from voip.security.identity import config_dir
+from voip.security.identity import fingerprint
 from voip.wire.signal import check_name
 
 FINGERPRINT_RE = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from voip.security.identity import fingerprint
-from voip.security.known_peers import KnownPeers, KnownPeersError, Trust
+from voip.security.known_peers import KnownPeers
+from voip.security.known_peers import KnownPeersError
+from voip.security.known_peers import Trust
 
 
 @dataclass

@@ -12,11 +12,14 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from voip.events import Secured
-from voip.security.handshake import HandshakeResult, MediaHandshake
-from voip.security.identity import Identity, fingerprint
+from voip.security.handshake import HandshakeResult
+from voip.security.handshake import MediaHandshake
+from voip.security.identity import Identity
+from voip.security.identity import fingerprint
 from voip.security.known_peers import KnownPeers
 from voip.security.peer_verifier import PeerVerifier
-from voip.security.srtp import CIPHER, MediaCipher
+from voip.security.srtp import CIPHER
+from voip.security.srtp import MediaCipher
 from voip.security.summary import SecurityReport
 from voip.wire.signal import PeerReady
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Generic
+from typing import TypeVar
 
 K = TypeVar("K", bound=Hashable)
 

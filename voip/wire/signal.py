@@ -12,19 +12,19 @@ import base64
 import re
 import secrets
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from dataclasses import replace
 
-from voip.wire.candidates import Candidate, CandidateType
-from voip.wire.stun import (
-    Attr,
-    Class,
-    Message,
-    Method,
-    StunError,
-    decode_address,
-    encode_address,
-    text,
-)
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import StunError
+from voip.wire.stun import decode_address
+from voip.wire.stun import encode_address
+from voip.wire.stun import text
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

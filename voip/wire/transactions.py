@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Generic
+from typing import TypeVar
 
 from voip.wire.deadlines import Deadlines
-from voip.wire.stun import Address, Message
+from voip.wire.stun import Address
+from voip.wire.stun import Message
 
 T = TypeVar("T")
 
