@@ -10,6 +10,8 @@ accepted is counted and dropped, never played.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pylibsrtp
 
 from voip.wire.rtp import is_rtcp
@@ -31,23 +33,24 @@ class MediaCipher:
     def protect(self, packet: bytes) -> bytes | None:
         """RTP or RTCP (told apart by its payload type, RFC 5761) made SRTP or SRTCP; None for
         a packet libsrtp will not send (a repeated index would reuse a GCM nonce)."""
-        try:
-            if is_rtcp(packet):
-                return self._out.protect_rtcp(packet)
-            return self._out.protect(packet)
-        except (pylibsrtp.Error, ValueError):
-            self.unsent += 1
-            return None
+        out = _through(self._out.protect_rtcp if is_rtcp(packet) else self._out.protect, packet)
+        self.unsent += out is None
+        return out
 
     def unprotect_untrusted(self, packet: bytes) -> bytes | None:
         """The plain RTP or RTCP inside an authentic, fresh packet from the peer; else None."""
-        try:
-            if is_rtcp(packet):
-                return self._in.unprotect_rtcp(packet)
-            return self._in.unprotect(packet)
-        except (pylibsrtp.Error, ValueError):
-            self.rejected += 1
-            return None
+        side = self._in
+        out = _through(side.unprotect_rtcp if is_rtcp(packet) else side.unprotect, packet)
+        self.rejected += out is None
+        return out
+
+
+def _through(step: Callable[[bytes], bytes], packet: bytes) -> bytes | None:
+    """libsrtp's answer, or None where it refused (its refusals are errors, not results)."""
+    try:
+        return step(packet)
+    except (pylibsrtp.Error, ValueError):
+        return None
 
 
 def _policy(key: bytes, ssrc_type: int) -> pylibsrtp.Policy:
