@@ -962,27 +962,23 @@ def _handshake() -> Target:
     k = _noise_keys()
     msg1, msg2, msg3 = _noise_messages()
 
-    def initiator() -> MediaHandshake:
-        hs = MediaHandshake(
-            True,
-            k.initiator,
-            PROLOGUE,
-            _accept,
-            ephemeral=k.initiator_e,
-            peer_commitment=commitment(k.responder_e),
+    def side(initiator: bool) -> MediaHandshake:
+        static, e, peer_e = (
+            (k.initiator, k.initiator_e, k.responder_e)
+            if initiator
+            else (k.responder, k.responder_e, k.initiator_e)
         )
+        return MediaHandshake(
+            initiator, static, PROLOGUE, _accept, ephemeral=e, peer_commitment=commitment(peer_e)
+        )
+
+    def initiator() -> MediaHandshake:
+        hs = side(True)
         hs.start(0.0)
         return hs
 
     def responder() -> MediaHandshake:
-        hs = MediaHandshake(
-            False,
-            k.responder,
-            PROLOGUE,
-            _accept,
-            ephemeral=k.responder_e,
-            peer_commitment=commitment(k.initiator_e),
-        )
+        hs = side(False)
         hs.handle_untrusted(frame(1, msg1), 0.0)  # a session, for msg3s to be tried against
         return hs
 

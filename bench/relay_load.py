@@ -167,6 +167,59 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
     return total
 
 
+def shares(calls: int, workers: int) -> list[tuple[int, int, int]]:
+    """(worker, first call, how many) for each caller process with calls to make."""
+    share, extra = divmod(calls, workers)
+    out, first = [], 0
+    for w in range(workers):
+        n = share + (1 if w < extra else 0)
+        if n:
+            out.append((w, first, n))
+            first += n
+    return out
+
+
+def answers(out: Queue[Any], procs: list[Any], kind: str, timeout: float) -> list[Any]:
+    """What each caller process sent with its `kind` message ("ready" or "done")."""
+    got = []
+    for _ in procs:
+        what, _, value = out.get(timeout=timeout)
+        assert what == kind
+        got.append(value)
+    return got
+
+
+@dataclass(frozen=True)
+class Steady:
+    """The relay's counters and everyone's CPU over the steady part of a run."""
+
+    stats0: Counter[str]
+    stats1: Counter[str]
+    relay_cpu: float  # s
+    callers_cpu: float  # s
+    window: float  # s
+    machine_pct: float  # the whole machine busy, % of all its cores
+
+
+def steady_part(
+    relay: Relay,
+    callers: list[psutil.Process],
+    seconds: float,
+    go: multiprocessing.synchronize.Event | None = None,
+) -> Steady:
+    """Measure `seconds` of calls; `go`, if given, is set once the first readings are taken."""
+    stats0 = relay.stats()
+    relay0, callers0, t0 = cpu_seconds([relay.ps]), cpu_seconds(callers), time.perf_counter()
+    psutil.cpu_percent()
+    if go is not None:
+        go.set()
+    time.sleep(seconds)
+    machine = psutil.cpu_percent()
+    stats1 = relay.stats()
+    relay1, callers1, t1 = cpu_seconds([relay.ps]), cpu_seconds(callers), time.perf_counter()
+    return Steady(stats0, stats1, relay1 - relay0, callers1 - callers0, t1 - t0, machine)
+
+
 # -- the callers -------------------------------------------------------------------------
 
 AUDIO_KEYS = ("frames_sent", "frames_received", "frames_concealed", "frames_late")
@@ -285,39 +338,19 @@ def measure(
     go = ctx.Event()
     procs: list[multiprocessing.process.BaseProcess] = []
     try:
-        share, extra = divmod(calls, workers)
-        first = 0
-        for w in range(workers):
-            n = share + (1 if w < extra else 0)
-            if n == 0:
-                continue
+        for w, first, n in shares(calls, workers):
             job = Job(w, first, n, relay.port, duration, setup_timeout, stagger)
             procs.append(ctx.Process(target=caller_main, args=(job, out, go), daemon=True))
-            first += n
         t_start = time.perf_counter()
         for p in procs:
             p.start()
         callers = [psutil.Process(p.pid) for p in procs if p.pid is not None]
-        wait = setup_timeout + stagger * calls + 60
-        connected = 0
-        for _ in procs:
-            kind, _, ok = out.get(timeout=wait)
-            assert kind == "ready"
-            connected += ok
+        connected = sum(answers(out, procs, "ready", setup_timeout + stagger * calls + 60))
         setup_wall = time.perf_counter() - t_start
-        stats0 = relay.stats()
-        relay0, callers0, t0 = cpu_seconds([relay.ps]), cpu_seconds(callers), time.perf_counter()
-        psutil.cpu_percent()
-        go.set()
-        time.sleep(duration)
-        machine = psutil.cpu_percent()
-        stats1 = relay.stats()
-        relay1, callers1, t1 = cpu_seconds([relay.ps]), cpu_seconds(callers), time.perf_counter()
-        results: list[dict[str, Any]] = []
-        for _ in procs:
-            kind, _, got = out.get(timeout=duration + 60)
-            assert kind == "done"
-            results.extend(got)
+        steady = steady_part(relay, callers, duration, go)
+        results: list[dict[str, Any]] = [
+            r for got in answers(out, procs, "done", duration + 60) for r in got
+        ]
         for p in procs:
             p.join(30)
     finally:
@@ -328,13 +361,8 @@ def measure(
         duration=duration,
         relay=relay,
         results=results,
-        stats0=stats0,
-        stats1=stats1,
+        steady=steady,
         stats_end=stats_end,
-        relay_cpu=relay1 - relay0,
-        callers_cpu=callers1 - callers0,
-        window=t1 - t0,
-        machine_pct=machine,
         setup_wall=setup_wall,
         connected=connected,
     )
@@ -347,16 +375,13 @@ def report(
     duration: float,
     relay: Relay,
     results: list[dict[str, Any]],
-    stats0: Counter[str],
-    stats1: Counter[str],
+    steady: Steady,
     stats_end: Counter[str],
-    relay_cpu: float,
-    callers_cpu: float,
-    window: float,
-    machine_pct: float,
     setup_wall: float,
     connected: int,
 ) -> None:
+    stats1, relay_cpu, callers_cpu = steady.stats1, steady.relay_cpu, steady.callers_cpu
+    window, machine_pct = steady.window, steady.machine_pct
     ok = [r for r in results if r["failure"] is None]
     cores = psutil.cpu_count() or 1
     failed = [r for r in results if r["failure"] is not None]
@@ -373,7 +398,7 @@ def report(
         losses.append(100.0 * max(0, sent - got) / sent)
         late.append(r["a_frames_late"] + r["b_frames_late"])
         concealed.append(r["a_frames_concealed"] + r["b_frames_concealed"])
-    d = stats1 - stats0
+    d = stats1 - steady.stats0
     # Every datagram the relay sends on: to a client (from a peer, or another allocation)
     # or from a relayed address to a peer.
     forwarded = d["relayed_to_client"] + d["relayed_to_peer"]
@@ -420,8 +445,8 @@ def report(
     )
     sent = sum(r["a_frames_sent"] + r["b_frames_sent"] for r in ok)
     print(f"audio frames the callers sent over the steady part: {sent / window:,.0f}/s")
-    steady = {k: v for k, v in sorted(d.items()) if v}
-    print(f"relay counters over the steady part: {steady}")
+    counters = {k: v for k, v in sorted(d.items()) if v}
+    print(f"relay counters over the steady part: {counters}")
     print(
         f"callers' CPU (all {workers} processes): {callers_cpu:.2f} s = "
         f"{100 * callers_cpu / window:.0f}% of a core; whole machine busy "
@@ -794,12 +819,7 @@ def measure_light(calls: int, args: argparse.Namespace) -> dict[str, Any]:
     procs: list[multiprocessing.process.BaseProcess] = []
     done: list[dict[str, Any]] = []
     try:
-        share, extra = divmod(calls, args.workers)
-        first = 0
-        for w in range(args.workers):
-            n = share + (1 if w < extra else 0)
-            if n == 0:
-                continue
+        for w, first, n in shares(calls, args.workers):
             job = LightJob(
                 w,
                 first,
@@ -816,16 +836,12 @@ def measure_light(calls: int, args: argparse.Namespace) -> dict[str, Any]:
             procs.append(
                 ctx.Process(target=light_worker, args=(job, out, go, start_at), daemon=True)
             )
-            first += n
         t_start = time.perf_counter()
         for p in procs:
             p.start()
         callers = [psutil.Process(p.pid) for p in procs if p.pid is not None]
-        connected = 0
-        for _ in procs:
-            kind, _, ok = out.get(timeout=args.setup_timeout + args.light_stagger * calls + 60)
-            assert kind == "ready"
-            connected += ok
+        wait = args.setup_timeout + args.light_stagger * calls + 60
+        connected = sum(answers(out, procs, "ready", wait))
         setup_wall = time.perf_counter() - t_start
         relay_inodes = socket_inodes([relay.proc.pid])
         caller_inodes = socket_inodes([p.pid for p in callers])
@@ -838,13 +854,7 @@ def measure_light(calls: int, args: argparse.Namespace) -> dict[str, Any]:
         start_at.value = time.monotonic() + 0.2
         go.set()
         time.sleep(max(0.0, start_at.value - time.monotonic()))
-        stats0 = relay.stats()
-        relay0, callers0, t0 = cpu_seconds([relay.ps]), cpu_seconds(callers), time.perf_counter()
-        psutil.cpu_percent()
-        time.sleep(args.duration)
-        machine = psutil.cpu_percent()
-        stats1 = relay.stats()
-        relay1, callers1, t1 = cpu_seconds([relay.ps]), cpu_seconds(callers), time.perf_counter()
+        steady = steady_part(relay, callers, args.duration)
         time.sleep(DRAIN + 0.1)
         drops1 = (
             udp_drops(relay_inodes),
@@ -852,20 +862,17 @@ def measure_light(calls: int, args: argparse.Namespace) -> dict[str, Any]:
             udp_drops(relay_inodes, relay.port),
         )
         snmp1 = snmp_udp()
-        for _ in procs:
-            kind, _, got = out.get(timeout=args.duration + 60)
-            assert kind == "done"
-            done.append(got)
+        done = answers(out, procs, "done", args.duration + 60)
         for p in procs:
             p.join(30)
     finally:
         stats_end = stop(procs, go, relay)
     results = [r for d in done for r in d["results"]]
     ok = [r for r in results if r["failure"] is None]
-    window = t1 - t0
-    d = stats1 - stats0
+    window, machine = steady.window, steady.machine_pct
+    d = steady.stats1 - steady.stats0
     forwarded = d["relayed_to_client"] + d["relayed_to_peer"]
-    relay_cpu, callers_cpu = relay1 - relay0, callers1 - callers0
+    relay_cpu, callers_cpu = steady.relay_cpu, steady.callers_cpu
     losses = [100.0 * max(0, r["sent"] - r["received"]) / r["sent"] for r in ok if r["sent"]]
     lates = [100.0 * r["late"] / r["sent"] for r in ok if r["sent"]]
     sent = sum(r["sent"] for r in ok)

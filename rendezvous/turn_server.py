@@ -44,7 +44,6 @@ from voip.wire.stun import decode_xor_address
 from voip.wire.stun import encode
 from voip.wire.stun import encode_error_code
 from voip.wire.stun import encode_xor_address
-from voip.wire.stun import new_transaction_id
 from voip.wire.stun import u32
 from voip.wire.turn import ALLOCATION_LIFETIME
 from voip.wire.turn import CHANNEL_MIN
@@ -53,6 +52,7 @@ from voip.wire.turn import UDP_TRANSPORT
 from voip.wire.turn import ChannelDataError
 from voip.wire.turn import pack_channel_data
 from voip.wire.turn import parse_channel_data_untrusted
+from voip.wire.turn import peer_indication
 
 __all__ = ["Allocation", "Out", "RelayPorts", "TurnPolicy", "TurnServer"]
 
@@ -158,14 +158,7 @@ class TurnServer:
         channel = alloc.channel_for(peer, now)
         if channel is not None:
             return [Out(pack_channel_data(channel, data), alloc.client)]
-        tid = new_transaction_id()
-        ind = Message(
-            Method.DATA,
-            Class.INDICATION,
-            tid,
-            ((Attr.XOR_PEER_ADDRESS, encode_xor_address(peer, tid)), (Attr.DATA, data)),
-        )
-        return [Out(encode(ind), alloc.client)]
+        return [Out(peer_indication(Method.DATA, peer, data), alloc.client)]
 
     def next_deadline(self) -> float | None:
         return self.table.next_expiry()

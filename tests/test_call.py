@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,56 @@ def silent_call(
     )
 
 
+def silent_pair(server: RendezvousServer, options: CallOptions = LOOPBACK) -> tuple[Call, Call]:
+    """Alice calling bob and bob calling alice, both silent."""
+    return (
+        silent_call("alice", "bob", server, options),
+        silent_call("bob", "alice", server, options),
+    )
+
+
+def whole_silent_call(
+    server: Callable[[], RendezvousServer],
+    seconds: float,
+    options: CallOptions = LOOPBACK,
+    timeout: float | None = None,
+) -> tuple[Call, Call]:
+    """Alice and bob, silent, in a call of `seconds` through the rendezvous `server` makes on
+    loopback, ended."""
+
+    async def scenario() -> tuple[Call, Call]:
+        async with server() as rendezvous:
+            await rendezvous.start("127.0.0.1", 0)
+            alice, bob = silent_pair(rendezvous, options)
+            async with alice, bob:
+                await asyncio.wait_for(
+                    asyncio.gather(alice.run(seconds), bob.run(seconds)), timeout
+                )
+        return alice, bob
+
+    return asyncio.run(scenario())
+
+
+def tone_call(
+    me: str,
+    peer: str,
+    hz: float,
+    wav: Path,
+    server: RendezvousServer,
+    on_event: Callable[[ev.CallEvent], None] | None = None,
+) -> Call:
+    """A loopback call sending a tone at `hz` and writing what it hears to `wav`."""
+    return Call(
+        me,
+        peer,
+        source=ToneSource(hz),
+        sink=WavSink(wav),
+        server=server.address,
+        options=LOOPBACK,
+        on_event=on_event,
+    )
+
+
 T = TypeVar("T")
 
 
@@ -48,23 +99,8 @@ def test_direct_call_carries_each_tone_and_measures_the_path(tmp_path: Path) -> 
         seen: list[ev.CallEvent] = []
         async with RendezvousServer() as server:
             await server.start("127.0.0.1", 0)
-            alice = Call(
-                "alice",
-                "bob",
-                source=ToneSource(440),
-                sink=WavSink(tmp_path / "a.wav"),
-                server=server.address,
-                options=LOOPBACK,
-                on_event=seen.append,
-            )
-            bob = Call(
-                "bob",
-                "alice",
-                source=ToneSource(660),
-                sink=WavSink(tmp_path / "b.wav"),
-                server=server.address,
-                options=LOOPBACK,
-            )
+            alice = tone_call("alice", "bob", 440, tmp_path / "a.wav", server, seen.append)
+            bob = tone_call("bob", "alice", 660, tmp_path / "b.wav", server)
             async with alice, bob:
                 await asyncio.gather(alice.run(2.5), bob.run(2.5))
         return alice, bob, seen
@@ -96,8 +132,7 @@ def test_hangup_on_one_side_ends_the_other() -> None:
     async def scenario() -> Call:
         async with RendezvousServer() as server:
             await server.start("127.0.0.1", 0)
-            alice = silent_call("alice", "bob", server)
-            bob = silent_call("bob", "alice", server)
+            alice, bob = silent_pair(server)
             async with alice, bob:
                 await asyncio.wait_for(asyncio.gather(alice.run(0.5), bob.run(None)), 5)
         return bob
@@ -137,8 +172,7 @@ def test_media_from_a_stranger_is_not_played() -> None:
     async def scenario() -> tuple[Call, Call]:
         async with RendezvousServer() as server:
             await server.start("127.0.0.1", 0)
-            alice = silent_call("alice", "bob", server)
-            bob = silent_call("bob", "alice", server)
+            alice, bob = silent_pair(server)
             async with alice, bob:
                 await alice.connected()
                 assert alice._endpoint is not None
@@ -161,20 +195,8 @@ def test_media_from_a_stranger_is_not_played() -> None:
 @pytest.mark.parametrize("mode", ["auto", "force", "off"])
 def test_relay_modes_on_loopback(mode: str) -> None:
     """auto: audio direct, relay measured alongside; force: the reverse; off: no relay at all."""
-
-    async def scenario() -> tuple[Call, Call]:
-        async with loopback_server() as server:
-            await server.start("127.0.0.1", 0)
-            opts = CallOptions(bind_host="127.0.0.1", relay=mode)
-            alice, bob = (
-                silent_call("alice", "bob", server, opts),
-                silent_call("bob", "alice", server, opts),
-            )
-            async with alice, bob:
-                await asyncio.gather(alice.run(2.5), bob.run(2.5))
-        return alice, bob
-
-    alice, bob = run(scenario())
+    opts = CallOptions(bind_host="127.0.0.1", relay=mode)
+    alice, bob = whole_silent_call(loopback_server, 2.5, opts)
     for call in (alice, bob):
         report = call.report().to_dict()
         direct, relay = report["paths"]["direct"], report["paths"]["relay"]
@@ -193,15 +215,8 @@ def test_relay_modes_on_loopback(mode: str) -> None:
 def test_rtt_plot_is_drawn_for_both_paths(tmp_path: Path) -> None:
     from voip.plot import plot_rtt
 
-    async def scenario() -> Call:
-        async with loopback_server() as server:
-            await server.start("127.0.0.1", 0)
-            alice, bob = silent_call("alice", "bob", server), silent_call("bob", "alice", server)
-            async with alice, bob:
-                await asyncio.gather(alice.run(2.5), bob.run(2.5))
-        return alice
-
-    report = run(scenario()).report()
+    alice, _ = whole_silent_call(loopback_server, 2.5)
+    report = alice.report()
     assert report.direct.rtt_samples and report.relay.rtt_samples
     png = plot_rtt(report, tmp_path / "rtt.png")
     data = png.read_bytes()

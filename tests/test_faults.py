@@ -93,6 +93,17 @@ def server_stats(net: Network) -> Counter[str]:
     return host.node.stats
 
 
+def assert_met_again(callers: tuple[Caller, ...], what: str) -> None:
+    """Each caller is on a direct path again, having met again through the rendezvous (an ICE
+    restart), with a gap under 2 s, which it prints after `what` happened."""
+    for c in callers:
+        report = c.core.report()
+        assert not c.core.done and report.path == "direct", c.events
+        assert c.switches()[-1].why == "the paths went quiet and the call met again", c.events
+        print(f"{what}: {c.core.name}'s gap {report.audio.longest_gap_ms:.0f} ms")
+        assert report.audio.longest_gap_ms < 2000, report.audio
+
+
 def registered_with(server: ServerHost, net: Network) -> set[str]:
     registry = server.node.logic.registry
     return {name for name in ("alice", "bob") if registry.get(name, net.now) is not None}
@@ -261,14 +272,9 @@ def test_a_nat_that_forgets_its_mappings_mid_call_recovers_by_meeting_again(flus
     forget_mappings(net.nats[A_PUBLIC if flushed == "alice" else B_PUBLIC])  # conntrack -F
     flushed_at = net.now
     net.run(flushed_at + 3.0)
-    for c in (alice, bob):
-        report = c.core.report()
-        assert not c.core.done and report.path == "direct", c.events
-        assert c.switches()[-1].why == "the paths went quiet and the call met again", c.events
-        # The gap: 200 ms before the silence is noticed, one failover, and a restart of a few
-        # round trips to the rendezvous (5 ms each way on every link here).
-        print(f"{flushed}'s NAT forgot: {c.core.name}'s gap {report.audio.longest_gap_ms:.0f} ms")
-        assert report.audio.longest_gap_ms < 2000, report.audio
+    # The gap: 200 ms before the silence is noticed, one failover, and a restart of a few
+    # round trips to the rendezvous (5 ms each way on every link here).
+    assert_met_again((alice, bob), f"{flushed}'s NAT forgot")
     # One restart per side at most (the flushed side's, which moved; the other's, whose
     # checks went unanswered), each asked once: the answer to an ask is no reason to ask again.
     assert 1 <= server_stats(net)["restarted"] <= 2, server_stats(net)
@@ -314,10 +320,5 @@ def test_a_host_that_moves_to_a_new_address_mid_call_recovers_by_meeting_again()
     net.attach(("198.18.1.3", A_HOST[1]), alice, net.nats[A_PUBLIC])
     net.run(net.now + 3.0)
     assert alice.core.connector.signal.mapped not in (None, before)
-    for c in (alice, bob):
-        report = c.core.report()
-        assert not c.core.done and report.path == "direct", c.events
-        assert c.switches()[-1].why == "the paths went quiet and the call met again", c.events
-        print(f"alice moved: {c.core.name}'s gap {report.audio.longest_gap_ms:.0f} ms")
-        assert report.audio.longest_gap_ms < 2000, report.audio
+    assert_met_again((alice, bob), "alice moved")
     assert min(flowing(net, (alice, bob))) >= 49

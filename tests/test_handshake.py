@@ -309,21 +309,16 @@ def test_handle_untrusted_never_raises(initiator: bool, data: bytes) -> None:
 def committed_pair() -> tuple[Net, X25519PrivateKey, X25519PrivateKey]:
     """As a call runs it: each side's ephemeral committed to ahead, and held by the other."""
     ea, eb = X25519PrivateKey.generate(), X25519PrivateKey.generate()
-    alice = MediaHandshake(
-        True,
-        Identity.generate().private,
-        PROLOGUE,
-        accept,
-        ephemeral=ea,
-        peer_commitment=commitment(eb),
-    )
-    bob = MediaHandshake(
-        False,
-        Identity.generate().private,
-        PROLOGUE,
-        accept,
-        ephemeral=eb,
-        peer_commitment=commitment(ea),
+    alice, bob = (
+        MediaHandshake(
+            initiator,
+            Identity.generate().private,
+            PROLOGUE,
+            accept,
+            ephemeral=mine,
+            peer_commitment=commitment(theirs),
+        )
+        for initiator, mine, theirs in ((True, ea, eb), (False, eb, ea))
     )
     return Net({"alice": alice, "bob": bob}, {"alice": "bob", "bob": "alice"}), ea, eb
 

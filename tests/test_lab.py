@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from voip.lab.netns import lab_unavailable_reason
 from voip.lab.netns import list_namespaces
 from voip.lab.netns import run
 from voip.lab.scenario import TONES
+from voip.lab.scenario import CallerResult
+from voip.lab.scenario import LabCallResult
 from voip.lab.scenario import run_lab_call
 from voip.lab.topology import PREFIX
 from voip.lab.topology import RELAY_IP
@@ -195,6 +198,14 @@ DIRECT, RELAY = 2.0, 3.0
 MEDIAN_SLACK = 4.0
 
 
+def ended_well(result: LabCallResult) -> Iterator[tuple[CallerResult, dict[str, Any]]]:
+    """Each caller with its report, having checked that it exited 0 and wrote one."""
+    for caller in result.callers.values():
+        assert caller.exit_code == 0, caller.stderr
+        assert caller.report is not None, caller.stderr
+        yield caller, caller.report
+
+
 def assert_tracks_baseline(rtt: dict[str, Any], echo: EchoRtt, truth: float, slack: float) -> None:
     """A measured RTT against the configured truth, which no real measurement goes under, and
     against this lab's own echo on the same path, which says what this machine adds to it."""
@@ -289,10 +300,7 @@ def test_both_paths_measured_against_the_configured_truth(tmp_path: Path, relay_
     result = run_lab_call(
         config, tmp_path, duration=4.0, speech=False, extra_args=["--relay", relay_mode]
     )
-    for caller in result.callers.values():
-        assert caller.exit_code == 0, caller.stderr
-        report = caller.report
-        assert report is not None
+    for _, report in ended_well(result):
         assert report["path"] == ("relay" if relay_mode == "force" else "direct")
         direct, relay = report["paths"]["direct"], report["paths"]["relay"]
         assert_tracks_baseline(direct["rtt_ms"], result.baseline["direct"], 10.0, DIRECT)
@@ -317,12 +325,7 @@ def _call_with(tmp_path: Path, **link: float) -> dict[str, dict[str, Any]]:
         loss=link.get("loss", 0.0),
     )
     result = run_lab_call(config, tmp_path, duration=10.0, speech=False)
-    reports = {}
-    for name, caller in result.callers.items():
-        assert caller.exit_code == 0, caller.stderr
-        assert caller.report is not None
-        reports[name] = caller.report
-    return reports
+    return {caller.name: report for caller, report in ended_well(result)}
 
 
 def test_jitter_buffer_hides_20ms_of_jitter_once_adapted(tmp_path: Path) -> None:
@@ -355,22 +358,32 @@ def test_five_percent_loss_is_concealed_and_fec_rebuilds_most(tmp_path: Path) ->
         assert audio["peer_loss_pct"] is not None  # the peer's reports reached the encoder
 
 
-def test_a_cut_direct_path_fails_over_to_the_relay_and_back(tmp_path: Path) -> None:
-    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5, delay_relay=40)
-    result = run_lab_call(
-        config,
-        tmp_path,
-        duration=12.0,
-        speech=False,
-        actions=[
-            (4.5, lambda lab: lab.cut("a", WAN_IPS["b"])),  # the direct path dies...
-            (8.5, lambda lab: lab.restore("a")),
-        ],  # ...and comes back
+# What the lab does while a call runs: (seconds into the call, the action).
+Actions = list[tuple[float, Callable[[Lab], None]]]
+
+
+def cone_call(
+    tmp_path: Path,
+    duration: float,
+    actions: Actions,
+    extra_args: list[str] | None = None,
+    delay_relay: float = 0.0,
+) -> LabCallResult:
+    """A call of tones between alice and bob behind cone NATs 5 ms from the internet (and the
+    relay `delay_relay` ms), with `actions` on the lab while it runs."""
+    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5, delay_relay=delay_relay)
+    return run_lab_call(
+        config, tmp_path, duration=duration, speech=False, extra_args=extra_args, actions=actions
     )
-    for caller in result.callers.values():
-        assert caller.exit_code == 0, caller.stderr
-        report = caller.report
-        assert report is not None
+
+
+def test_a_cut_direct_path_fails_over_to_the_relay_and_back(tmp_path: Path) -> None:
+    actions: Actions = [
+        (4.5, lambda lab: lab.cut("a", WAN_IPS["b"])),  # the direct path dies...
+        (8.5, lambda lab: lab.restore("a")),  # ...and comes back
+    ]
+    result = cone_call(tmp_path, 12.0, actions, delay_relay=40)
+    for caller, report in ended_well(result):
         assert report["path"] == "direct"  # back where it started
         # To the relay and back; the controlled side may take one more step, following the
         # controlling side's choice of relayed pair. More than that would be flapping.
@@ -396,36 +409,18 @@ def kill(pattern: str) -> Callable[[Lab], None]:
 
 def test_a_call_outlives_its_rendezvous(tmp_path: Path) -> None:
     """The rendezvous is killed 2 s into the call: the call goes on to its end."""
-    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5)
-    result = run_lab_call(
-        config,
-        tmp_path,
-        duration=6.0,
-        speech=False,
-        actions=[(2.0 + 0.2, kill(f"--listen {SERVER_IP}:3478"))],
-    )
-    for caller in result.callers.values():
-        assert caller.exit_code == 0, caller.stderr
-        report = caller.report
-        assert report is not None and report["path"] == "direct", caller.stderr
+    result = cone_call(tmp_path, 6.0, [(2.0 + 0.2, kill(f"--listen {SERVER_IP}:3478"))])
+    for caller, report in ended_well(result):
+        assert report["path"] == "direct", caller.stderr
         assert report["path_switches"] == 0 and report["audio"]["longest_gap_ms"] < 100
         assert report["duration_s"] >= 5.5
 
 
 def test_a_dead_relay_moves_a_relayed_call_to_the_measured_direct_path(tmp_path: Path) -> None:
-    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5)
-    result = run_lab_call(
-        config,
-        tmp_path,
-        duration=6.0,
-        speech=False,
-        extra_args=["--relay", "force"],
-        actions=[(3.0, kill(f"--listen {RELAY_IP}:3478"))],
-    )
-    for caller in result.callers.values():
-        assert caller.exit_code == 0, caller.stderr
-        report = caller.report
-        assert report is not None and report["path"] == "direct", caller.stderr
+    actions = [(3.0, kill(f"--listen {RELAY_IP}:3478"))]
+    result = cone_call(tmp_path, 6.0, actions, extra_args=["--relay", "force"])
+    for caller, report in ended_well(result):
+        assert report["path"] == "direct", caller.stderr
         assert "audio moved to the direct path" in caller.stderr
         # 200 ms to notice, then the next frame: the same budget as a cut direct path, with
         # room for a starved caller on a busy 2-core machine.
@@ -433,14 +428,7 @@ def test_a_dead_relay_moves_a_relayed_call_to_the_measured_direct_path(tmp_path:
 
 
 def test_a_killed_peer_ends_the_call_within_seconds_saying_so(tmp_path: Path) -> None:
-    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5)
-    result = run_lab_call(
-        config,
-        tmp_path,
-        duration=10.0,
-        speech=False,
-        actions=[(3.0, kill("--as bob alice"))],
-    )
+    result = cone_call(tmp_path, 10.0, [(3.0, kill("--as bob alice"))])
     alice = result.callers["alice"]
     # It connected, so it is a call that ended (status 0, as one the peer hung up), and says why
     assert alice.exit_code == 0, alice.stderr
@@ -473,10 +461,8 @@ def test_a_router_that_forgets_its_mappings_mid_call_loses_under_2_s(
         speech=False,
         actions=[(3.0, lambda lab: forget_mappings(lab, "a"))],
     )
-    for caller in result.callers.values():
-        assert caller.exit_code == 0, caller.stderr
-        report = caller.report
-        assert report is not None and report["path"] == path, caller.stderr
+    for caller, report in ended_well(result):
+        assert report["path"] == path, caller.stderr
         print(f"{nat_a} router flushed: gap {report['audio']['longest_gap_ms']:.0f} ms")
         assert report["audio"]["longest_gap_ms"] < 2000, report["audio"]
         assert report["duration_s"] >= 7.5, report
@@ -488,20 +474,11 @@ def test_a_host_that_moves_to_a_new_address_mid_call_loses_under_2_s(tmp_path: P
     """Alice's host moves to a new LAN address 3 s into the call. Her router still holds the
     old address's mappings, so her new ones get other ports, one per destination: she sees her
     public address moved, and the call meets again through the rendezvous."""
-    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5)
     moved: list[str] = []
-    result = run_lab_call(
-        config,
-        tmp_path,
-        duration=8.0,
-        speech=False,
-        actions=[(3.0, lambda lab: moved.append(move_host(lab, "a")))],
-    )
+    result = cone_call(tmp_path, 8.0, [(3.0, lambda lab: moved.append(move_host(lab, "a")))])
     assert moved == ["198.18.1.22"]
-    for caller in result.callers.values():
-        assert caller.exit_code == 0, caller.stderr
-        report = caller.report
-        assert report is not None and report["duration_s"] >= 7.5, caller.stderr
+    for caller, report in ended_well(result):
+        assert report["duration_s"] >= 7.5, caller.stderr
         assert "the call met again" in caller.stderr, caller.stderr
         gap, path = report["audio"]["longest_gap_ms"], report["path"]
         print(f"host moved: gap {gap:.0f} ms, then {path}")
@@ -568,10 +545,7 @@ def test_a_quiet_dtx_call_outlives_a_short_nat_timeout(tmp_path: Path) -> None:
         inputs={"alice": str(talk), "bob": str(talk)},
         extra_args=["--dtx"],
     )
-    for caller in result.callers.values():
-        assert caller.exit_code == 0, caller.stderr
-        report = caller.report
-        assert report is not None
+    for caller, report in ended_well(result):
         assert report["path"] == "direct" and report["path_switches"] == 0, caller.stderr
         audio = report["audio"]
         assert audio["frames_not_sent"] >= 400  # the silence cost next to nothing to send

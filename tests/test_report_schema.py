@@ -21,6 +21,8 @@ from jsonschema.exceptions import ValidationError
 
 from rendezvous.local import loopback_server
 from rendezvous.server import RendezvousServer
+from tests.test_call import silent_call
+from tests.test_call import whole_silent_call
 from voip import Call
 from voip import CallError
 from voip import CallOptions
@@ -51,42 +53,23 @@ def errors(report: Report) -> list[str]:
     ]
 
 
-def silent_call(me: str, peer: str, server: RendezvousServer, options: CallOptions) -> Call:
-    return Call(
-        me, peer, source=SilenceSource(), sink=NullSink(), server=server.address, options=options
-    )
-
-
-async def _two_callers(server: RendezvousServer, relay: str) -> tuple[Report, Report]:
-    await server.start("127.0.0.1", 0)
+def _two_callers(server: Callable[[], RendezvousServer], relay: str) -> tuple[Report, Report]:
+    """The reports of a whole 1 s call on loopback, through the rendezvous `server` makes."""
     opts = CallOptions(bind_host="127.0.0.1", relay=relay)
-    alice = silent_call("alice", "bob", server, opts)
-    bob = silent_call("bob", "alice", server, opts)
-    async with alice, bob:
-        await asyncio.wait_for(asyncio.gather(alice.run(1.0), bob.run(1.0)), 20)
+    alice, bob = whole_silent_call(server, 1.0, opts, timeout=20)
     return as_written(alice), as_written(bob)
 
 
 @pytest.fixture(scope="module")
 def direct_reports() -> tuple[Report, Report]:
     """A whole 1 s call on loopback through a rendezvous that offers no relay."""
-
-    async def scenario() -> tuple[Report, Report]:
-        async with RendezvousServer() as server:
-            return await _two_callers(server, "auto")
-
-    return asyncio.run(scenario())
+    return _two_callers(RendezvousServer, "auto")
 
 
 @pytest.fixture(scope="module")
 def relayed_reports() -> tuple[Report, Report]:
     """A whole 1 s call with the audio forced through the rendezvous's own relay."""
-
-    async def scenario() -> tuple[Report, Report]:
-        async with loopback_server() as server:
-            return await _two_callers(server, "force")
-
-    return asyncio.run(scenario())
+    return _two_callers(loopback_server, "force")
 
 
 @pytest.fixture(scope="module")

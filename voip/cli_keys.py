@@ -32,13 +32,22 @@ TRUST_DESCRIPTION = (
 )
 
 
+def subcommand(sub: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    """`callpeer NAME`'s parser, on `sub` (argparse's subparsers); `summary` is its line in
+    `callpeer --help`."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, prog=f"callpeer {name}", help=summary, description=description
+    )
+    return parser
+
+
 def add_key_commands(sub: Any) -> None:
     """The whoami and trust subcommands, on `sub` (argparse's subparsers)."""
-    whoami = sub.add_parser(
+    whoami = subcommand(
+        sub,
         "whoami",
-        prog="callpeer whoami",
-        help="your name and key fingerprint, to give the people you call",
-        description=WHOAMI_DESCRIPTION,
+        "your name and key fingerprint, to give the people you call",
+        WHOAMI_DESCRIPTION,
     )
     whoami.add_argument(
         "--as",
@@ -48,11 +57,11 @@ def add_key_commands(sub: Any) -> None:
     )
     add_identity_argument(whoami)
     whoami.add_argument("--json", metavar="PATH|-", help="write it as JSON (- for stdout)")
-    trust = sub.add_parser(
+    trust = subcommand(
+        sub,
         "trust",
-        prog="callpeer trust",
-        help="pin NAME's key before calling them, from their `callpeer whoami`",
-        description=TRUST_DESCRIPTION,
+        "pin NAME's key before calling them, from their `callpeer whoami`",
+        TRUST_DESCRIPTION,
     )
     trust.add_argument("peer", metavar="NAME", help="their callpeer name")
     trust.add_argument(

@@ -90,21 +90,25 @@ def add_lab_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+# The LabConfig fields that `callpeer lab` takes from its options of the same names.
+CONFIG_OPTIONS = (
+    "nat_a",
+    "nat_b",
+    "same_nat",
+    "hairpin",
+    "delay_a",
+    "delay_b",
+    "delay_relay",
+    "jitter",
+    "loss",
+    "udp_timeout",
+    "udp_timeout_a",
+    "udp_timeout_b",
+)
+
+
 def config_from_args(args: argparse.Namespace) -> LabConfig:
-    return LabConfig(
-        nat_a=args.nat_a,
-        nat_b=args.nat_b,
-        same_nat=args.same_nat,
-        hairpin=args.hairpin,
-        delay_a=args.delay_a,
-        delay_b=args.delay_b,
-        delay_relay=args.delay_relay,
-        jitter=args.jitter,
-        loss=args.loss,
-        udp_timeout=args.udp_timeout,
-        udp_timeout_a=args.udp_timeout_a,
-        udp_timeout_b=args.udp_timeout_b,
-    )
+    return LabConfig(**{name: getattr(args, name) for name in CONFIG_OPTIONS})
 
 
 def heard(result: LabCallResult) -> dict[str, str]:

@@ -51,12 +51,26 @@ def _open(kind: str, **kwargs: Any) -> Any:
     return stream
 
 
-class MicSource:
+class _Stream:
+    """A PortAudio stream, and the frames queued between its thread and the call."""
+
+    def __init__(self, kind: str) -> None:
+        self._frames: queue.Queue[Pcm] = queue.Queue(maxsize=50)
+        self._stream = _open(kind, callback=self._callback)
+
+    def _callback(self, data: Any, frames: int, time: Any, status: Any) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stream.stop()
+        self._stream.close()
+
+
+class MicSource(_Stream):
     description = "microphone"
 
     def __init__(self) -> None:
-        self._frames: queue.Queue[Pcm] = queue.Queue(maxsize=50)
-        self._stream = _open("InputStream", callback=self._callback)
+        super().__init__("InputStream")
 
     def _callback(self, indata: Any, frames: int, time: Any, status: Any) -> None:
         if self._frames.full():  # the sender stalled: drop the oldest audio, keep latency low
@@ -71,17 +85,12 @@ class MicSource:
         except queue.Empty:
             return silence()
 
-    def close(self) -> None:
-        self._stream.stop()
-        self._stream.close()
 
-
-class SpeakerSink:
+class SpeakerSink(_Stream):
     description = "speaker"
 
     def __init__(self) -> None:
-        self._frames: queue.Queue[Pcm] = queue.Queue(maxsize=50)
-        self._stream = _open("OutputStream", callback=self._callback)
+        super().__init__("OutputStream")
 
     def _callback(self, outdata: Any, frames: int, time: Any, status: Any) -> None:
         try:
@@ -93,7 +102,3 @@ class SpeakerSink:
     def write(self, pcm: Pcm) -> None:
         with contextlib.suppress(queue.Full):
             self._frames.put_nowait(pcm)
-
-    def close(self) -> None:
-        self._stream.stop()
-        self._stream.close()

@@ -31,6 +31,7 @@ from voip.wire.turn import PERMISSION_LIFETIME
 from voip.wire.turn import ChannelDataError
 from voip.wire.turn import pack_channel_data
 from voip.wire.turn import parse_channel_data_untrusted
+from voip.wire.turn import peer_indication
 from voip.wire.turn import requested_transport
 
 Transmit = tuple[bytes, Address]
@@ -154,14 +155,7 @@ class TurnClient:
         channel = self.channels.get(peer)
         if channel is not None:
             return pack_channel_data(channel, data), self.server
-        tid = new_transaction_id()
-        ind = Message(
-            Method.SEND,
-            Class.INDICATION,
-            tid,
-            ((Attr.XOR_PEER_ADDRESS, encode_xor_address(peer, tid)), (Attr.DATA, data)),
-        )
-        return encode(ind), self.server
+        return peer_indication(Method.SEND, peer, data), self.server
 
     def close(self, now: float) -> list[Transmit]:
         """Release the allocation now rather than let it time out (Refresh, LIFETIME 0)."""

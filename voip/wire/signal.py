@@ -158,6 +158,15 @@ def _ice_attributes(
     return attrs if ice.commit is None else [*attrs, (commit, ice.commit)]
 
 
+def _request(
+    method: Method, attrs: list[tuple[Attr, bytes]], transaction_id: bytes | None
+) -> Message:
+    """A request with these attributes, in `transaction_id` if given, else a new transaction."""
+    if transaction_id is None:
+        return Message(method, Class.REQUEST, attributes=tuple(attrs))
+    return Message(method, Class.REQUEST, transaction_id, tuple(attrs))
+
+
 def _key(msg: Message, attr: Attr) -> bytes | None:
     value = msg.get(attr)
     if value is not None and len(value) != KEY_BYTES:
@@ -198,9 +207,7 @@ class Register:
             attrs += _ice_attributes(
                 self.ice, Attr.CP_LOCAL_UFRAG, Attr.CP_LOCAL_PWD, Attr.CP_LOCAL_COMMIT
             )
-        if transaction_id is None:
-            return Message(Method.CP_REGISTER, Class.REQUEST, attributes=tuple(attrs))
-        return Message(Method.CP_REGISTER, Class.REQUEST, transaction_id, tuple(attrs))
+        return _request(Method.CP_REGISTER, attrs, transaction_id)
 
     @classmethod
     def from_message_untrusted(cls, msg: Message) -> Register:
@@ -258,9 +265,7 @@ class PeerReady:
         ]
         if self.peer_mapping is not None:
             attrs.append((Attr.CP_PEER_NAT_MAPPING, text(self.peer_mapping)))
-        if transaction_id is None:
-            return Message(Method.CP_PEER_READY, Class.REQUEST, attributes=tuple(attrs))
-        return Message(Method.CP_PEER_READY, Class.REQUEST, transaction_id, tuple(attrs))
+        return _request(Method.CP_PEER_READY, attrs, transaction_id)
 
     @classmethod
     def from_message_untrusted(cls, msg: Message) -> PeerReady:

@@ -28,6 +28,8 @@ FINGERPRINT_XOR = 0x5354554E  # "STUN", RFC 8489 §14.7
 MAX_DATAGRAM = 1500  # larger STUN datagrams are not ours to parse (RFC 8489 §6.1 path MTU)
 
 Address = tuple[str, int]
+_U32 = struct.Struct("!I")  # the integer attributes, as Message.u32 and u64 read them
+_U64 = struct.Struct("!Q")
 
 
 class StunError(ValueError):
@@ -105,20 +107,18 @@ class Message:
             raise StunError(f"attribute 0x{attr:04x} is not UTF-8") from exc
 
     def u32(self, attr: int) -> int | None:
-        value = self.get(attr)
-        if value is None:
-            return None
-        if len(value) != 4:
-            raise StunError(f"attribute 0x{attr:04x} must be 4 bytes, got {len(value)}")
-        return int(struct.unpack("!I", value)[0])
+        return self._unsigned(attr, _U32)
 
     def u64(self, attr: int) -> int | None:
+        return self._unsigned(attr, _U64)
+
+    def _unsigned(self, attr: int, form: struct.Struct) -> int | None:
         value = self.get(attr)
         if value is None:
             return None
-        if len(value) != 8:
-            raise StunError(f"attribute 0x{attr:04x} must be 8 bytes, got {len(value)}")
-        return int(struct.unpack("!Q", value)[0])
+        if len(value) != form.size:
+            raise StunError(f"attribute 0x{attr:04x} must be {form.size} bytes, got {len(value)}")
+        return int(form.unpack(value)[0])
 
     def xor_address(self, attr: int = Attr.XOR_MAPPED_ADDRESS) -> Address | None:
         value = self.get(attr)

@@ -1,4 +1,4 @@
-"""TURN wire helpers, sans-IO: ChannelData, transports, REST API credentials (RFC 8656)."""
+"""TURN wire helpers, sans-IO: ChannelData, indications, transports, REST credentials (RFC 8656)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,15 @@ import base64
 import hashlib
 import hmac
 import struct
+
+from voip.wire.stun import Address
+from voip.wire.stun import Attr
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import encode
+from voip.wire.stun import encode_xor_address
+from voip.wire.stun import new_transaction_id
 
 UDP_TRANSPORT = 17  # REQUESTED-TRANSPORT protocol number (RFC 8656 §18.7)
 CHANNEL_MIN, CHANNEL_MAX = 0x4000, 0x4FFF  # RFC 8656 §12: numbers usable for channels
@@ -48,6 +57,19 @@ def parse_channel_data_untrusted(data: bytes, legacy: bool = False) -> tuple[int
     if 4 + length > len(data):
         raise ChannelDataError("ChannelData length runs past the datagram")
     return channel, data[4 : 4 + length]
+
+
+def peer_indication(method: Method, peer: Address, data: bytes) -> bytes:
+    """A Send (client to relay) or Data (relay to client) indication: `data` to or from `peer`,
+    for when no channel is bound (RFC 8656 §11)."""
+    tid = new_transaction_id()
+    ind = Message(
+        method,
+        Class.INDICATION,
+        tid,
+        ((Attr.XOR_PEER_ADDRESS, encode_xor_address(peer, tid)), (Attr.DATA, data)),
+    )
+    return encode(ind)
 
 
 def requested_transport(protocol: int = UDP_TRANSPORT) -> bytes:
