@@ -34,8 +34,22 @@ class Nat:
     reverse: dict[int, Address] = field(default_factory=dict)
     permitted: set[tuple[int, Address]] = field(default_factory=set)
     dropped: int = 0
+    # Ports opened on request (PCP): public port -> LAN address, open to every sender; and the
+    # senders seen on them, whose replies leave from the same port (as conntrack's DNAT does).
+    opened: dict[int, Address] = field(default_factory=dict)
+    opened_to: set[tuple[int, Address]] = field(default_factory=set)
+
+    def open_port(self, internal: Address) -> int:
+        port = next((p for p, a in self.opened.items() if a == internal), self.next_port)
+        if port == self.next_port:
+            self.next_port += 1 if self.kind != "symmetric" else 7
+        self.opened[port] = internal
+        return port
 
     def outbound(self, src: Address, dst: Address) -> Address:
+        for port, internal in self.opened.items():
+            if internal == src and (port, dst) in self.opened_to:
+                return self.public_ip, port
         key = (src, dst if self.kind == "symmetric" else None)
         if key not in self.mappings:
             self.mappings[key] = self.next_port
@@ -46,6 +60,9 @@ class Nat:
         return self.public_ip, port
 
     def inbound(self, dst_port: int, src: Address) -> Address | None:
+        if dst_port in self.opened:
+            self.opened_to.add((dst_port, src))
+            return self.opened[dst_port]
         internal = self.reverse.get(dst_port)
         if internal is None:
             self.dropped += 1
@@ -54,6 +71,36 @@ class Nat:
             self.dropped += 1  # address-and-port-dependent filtering
             return None
         return internal
+
+
+class PcpGateway:
+    """A router's PCP server on its LAN address (RFC 6887 MAP for UDP, as miniupnpd answers),
+    opening ports on its `Nat`; with `answer` False, a router that does not speak PCP."""
+
+    def __init__(self, nat: Nat, answer: bool = True):
+        self.nat, self.answer = nat, answer
+        self.requests: list[bytes] = []
+
+    def handle(self, data: bytes, src: Address, now: float) -> list[Transmit]:
+        self.requests.append(data)
+        if not self.answer or len(data) != 60 or data[:2] != b"\x02\x01":
+            return []
+        lifetime, nonce, internal = data[4:8], data[24:36], int.from_bytes(data[40:42], "big")
+        if lifetime == bytes(4):
+            port = next((p for p, a in self.nat.opened.items() if a == (src[0], internal)), 0)
+            self.nat.opened.pop(port, None)
+        else:
+            port = self.nat.open_port((src[0], internal))
+        public = bytes(10) + b"\xff\xff" + bytes(int(x) for x in self.nat.public_ip.split("."))
+        header = b"\x02\x81\x00\x00" + lifetime + int(now).to_bytes(4, "big") + bytes(12)
+        payload = nonce + b"\x11\x00\x00\x00" + data[40:42] + port.to_bytes(2, "big") + public
+        return [(header + payload, src)]
+
+    def poll(self, now: float) -> list[Transmit]:
+        return []
+
+    def next_deadline(self) -> float | None:
+        return None
 
 
 class Network:

@@ -47,6 +47,9 @@ COMMANDS = ("call", "demo", "lab", "natcheck", "devices", "whoami", "trust")
 def env(tmp_path: Path) -> dict[str, str]:
     e = dict(os.environ)
     e.pop("CALLPEER_SERVER", None)
+    # Calls bound to every address would ask this machine's router for a port: tests send to
+    # loopback only.
+    e["CALLPEER_PORT_MAPPING"] = "off"
     e.pop("CALLPEER_NAME", None)
     e["XDG_CONFIG_HOME"] = str(tmp_path / "config")  # no user config leaks into a test
     # ...nor natcheck's memory, nor the rendezvous's name store (names bound to keys, kept
@@ -791,7 +794,7 @@ def test_a_changed_key_is_the_error_line_once_and_exit_1(
 
 
 def test_a_key_that_cannot_be_written_down_is_a_warning(tmp_path: Path) -> None:
-    from voip.cli_call import CallKnownPeers
+    from voip.cli_identity import CallKnownPeers
 
     path = tmp_path / "known_peers"
     (tmp_path / "known_peers.tmp").mkdir()  # the file known_peers is written through: blocked
@@ -933,7 +936,7 @@ def test_two_callpeers_making_the_first_identity_at_once_share_it(
 ) -> None:
     """Both sides of a call started together on one machine: the loser of the race to make
     the key takes the winner's, rather than failing."""
-    from voip import cli_call
+    from voip import cli_identity
     from voip.security.identity import IdentityError
     from voip.security.identity import load_identity
     from voip.security.identity import save_identity
@@ -945,8 +948,8 @@ def test_two_callpeers_making_the_first_identity_at_once_share_it(
         save_identity(winner, where)  # the other process, between our check and our create
         raise IdentityError(f"{where} exists already; not overwriting an identity")
 
-    monkeypatch.setattr(cli_call, "load_or_create", lost_the_race)
+    monkeypatch.setattr(cli_identity, "load_or_create", lost_the_race)
     out = io.StringIO()
-    identity = cli_call.open_identity(path, Console(file=out))
+    identity = cli_identity.open_identity(path, Console(file=out))
     assert identity.public == winner.public == load_identity(path).public
     assert out.getvalue() == ""  # we did not create it: nothing to announce

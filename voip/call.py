@@ -14,6 +14,7 @@ long, so the report can put the two side by side.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from voip import events as ev
 from voip.call_core import CallCore
 from voip.call_core import CallOptions
 from voip.call_recorder import CallRecorder
+from voip.host_addresses import gateway_for_port_mapping
 from voip.host_addresses import host_ipv4_addresses
 from voip.media.audio_io import AudioSink
 from voip.media.audio_io import AudioSource
@@ -112,6 +114,12 @@ class Call:
         hosts = tuple(
             Candidate.make(CandidateType.HOST, (ip, port), 65535 - i) for i, ip in enumerate(ips)
         )
+        if self.options.port_mapping and self.options.gateway is None and ips:
+            # Only for a socket that takes packets from the LAN: ours, bound to an address of
+            # ours or to all of them (one bound to loopback has no router to ask).
+            gateway = gateway_for_port_mapping()
+            if gateway is not None and (gateway[1] in ips):
+                self.options = dataclasses.replace(self.options, gateway=gateway)
         self._core = CallCore(
             self.name,
             self.peer,

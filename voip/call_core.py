@@ -32,6 +32,7 @@ from voip.nat.path_manager import Media
 from voip.nat.path_manager import PathManager
 from voip.nat.path_manager import Restart
 from voip.nat.path_manager import Switched
+from voip.nat.port_mapper import PortMapper
 from voip.nat.rendezvous_client import Asked
 from voip.nat.rendezvous_client import TurnOffer
 from voip.report import CallReport
@@ -71,6 +72,10 @@ class CallOptions:
     identity: Identity | None = None
     known_peers: KnownPeers | None = None
     accept_new_key: bool = False  # go on when a peer's key differs from the pinned one
+    # Ask our router to open a public port for the call (PCP, NAT-PMP), and where: the gateway
+    # and our address towards it (the `Call` finds them when port_mapping is on and none given).
+    port_mapping: bool = True
+    gateway: tuple[str, str] | None = None
 
 
 def connector_for(
@@ -94,7 +99,16 @@ def connector_for(
         turn=options.turn,
         keepalive=options.keepalive,
         identity=identity or options.identity,
+        port_mapper=port_mapper_for(options, hosts),
     )
+
+
+def port_mapper_for(options: CallOptions, hosts: tuple[Candidate, ...]) -> PortMapper | None:
+    """Who asks the router for a port, if asked: for the socket the host candidates are on."""
+    if not options.port_mapping or options.gateway is None or not hosts:
+        return None
+    gateway_ip, own_ip = options.gateway
+    return PortMapper(gateway_ip, own_ip, hosts[0].address[1])
 
 
 def secure_media(call: CallCore, ready: PeerReady) -> SecureMedia:
@@ -128,7 +142,9 @@ class CallCore:
         self.known_peers = options.known_peers or KnownPeers()
         self.connector = connector_for(name, peer, server, hosts, options, identity=self.identity)
         self.audio = AudioSession(options.fec, options.dtx, wallclock_offset)
-        self.recorder = CallRecorder(name, peer, options.stats_interval, options.keepalive)
+        self.recorder = CallRecorder(
+            name, peer, options.stats_interval, options.keepalive, self.connector.port_mapper
+        )
         self.paths: PathManager | None = None
         self.secure: SecureMedia | None = None  # from the introduction on
         self.connected = self.done = False
@@ -136,9 +152,8 @@ class CallCore:
         self._events: list[ev.CallEvent] = []
         self._t_start = self._t_peer = self._t_connected = 0.0
         self.loop: AudioLoop | None = None  # the 20 ms beat, from the connection on
-        # The connector's next deadline, asked once each time it may have moved (it changes
-        # only when the connector is called, or the path manager moves the checks) not on every
-        # media tick and timer re-arm: computing it walks every part of the connector.
+        # The connector's next deadline, asked only when it may have moved (the connector was
+        # called, or the path manager moved the checks): computing it walks every part of it.
         self._connector_due: float | None = None
 
     def pop_events(self) -> list[ev.CallEvent]:
@@ -339,7 +354,7 @@ class CallCore:
         self._t_connected = now
         setup = (now - self._t_peer) * 1000
         remote = self.connector.relay.shown(pair)
-        self.recorder.path_active(pair.kind, remote)
+        self.recorder.path_active(pair, remote)
         self.recorder.base.setup_ms = setup
         self.loop = AudioLoop(self.audio, self.source, self.sink, now, self.options)
         self._events.append(self.secure.secured(self.peer))
@@ -355,6 +370,6 @@ class CallCore:
         if self.loop is not None:
             self.loop.playout.relearn()
         remote = self.connector.relay.shown(switched.pair)
-        self.recorder.path_active(switched.pair.kind, remote)
+        self.recorder.path_active(switched.pair, remote)
         self._events.append(ev.PathSwitched(switched.pair.kind, remote, switched.why))
         return out

@@ -19,6 +19,11 @@ from voip.nat.checks import ConnectivityChecks
 from voip.nat.connector import ConnectorEvent
 from voip.nat.connector import RelayReady
 from voip.nat.connector import RelayUnavailable
+from voip.nat.pairs import Pair
+from voip.nat.port_mapper import PortMapped
+from voip.nat.port_mapper import PortMapper
+from voip.nat.port_mapper import PortMappingFailed
+from voip.nat.port_mapper import found_by
 from voip.nat.rendezvous_client import Registered
 from voip.report import CallReport
 from voip.report import PathMetrics
@@ -30,6 +35,8 @@ MEASURED = (
     Registered,
     RelayReady,
     RelayUnavailable,
+    PortMapped,
+    PortMappingFailed,
     checks.RttSample,
     checks.ProbeLost,
     checks.StandbyChanged,
@@ -39,27 +46,34 @@ HOPELESS_PUNCHING = "both NATs map per destination (symmetric), so the relay was
 
 class CallRecorder:
     def __init__(
-        self, me: str, peer: str, stats_interval: float = 1.0, keepalive: float | None = None
+        self,
+        me: str,
+        peer: str,
+        stats_interval: float = 1.0,
+        keepalive: float | None = None,
+        port_mapper: PortMapper | None = None,
     ):
         self.base = CallReport(me=me, peer=peer, keepalive_s=keepalive)
         self.active_kind: str | None = None
         self.stats_interval = stats_interval
+        self.port_mapper = port_mapper  # to tell a path through our router's mapping
         self._next_stats = 0.0  # s into the call
 
     def metrics(self, kind: str) -> PathMetrics:
         return self.base.direct if kind == DIRECT else self.base.relay
 
-    def path_found(self, kind: str, remote: str) -> None:
+    def path_found(self, pair: Pair, remote: str) -> None:
         """A path proved both ways (active or standby): it is available, at `remote`."""
-        metrics = self.metrics(kind)
+        metrics = self.metrics(pair.kind)
         metrics.available = True
         metrics.remote = remote
+        metrics.found_by = found_by(pair, self.port_mapper)
 
-    def path_active(self, kind: str, remote: str) -> None:
-        self.path_found(kind, remote)
+    def path_active(self, pair: Pair, remote: str) -> None:
+        self.path_found(pair, remote)
         if self.active_kind is not None:
             self.base.path_switches += 1
-        self.active_kind = self.base.path = kind
+        self.active_kind = self.base.path = pair.kind
 
     def rtt(self, kind: str, t: float, rtt: float, source: str) -> None:
         self.metrics(kind).add_rtt(t, rtt, source)
@@ -86,6 +100,15 @@ class CallRecorder:
             return ev.Registered(self.base.me, event.mapped)
         if isinstance(event, RelayReady):
             return ev.RelayAllocated(event.relayed, event.server)
+        if isinstance(event, PortMapped):
+            self.base.port_mapping = {
+                "protocol": event.protocol,
+                "public": format_address(event.public),
+            }
+            return ev.PortMapped(event.public, event.protocol, event.lifetime)
+        if isinstance(event, PortMappingFailed):
+            self.base.port_mapping = {"protocol": None, "public": None, "reason": event.reason}
+            return ev.PortMapped(None, event.reason)
         if isinstance(event, RelayUnavailable):
             self.base.relay.reason = event.reason
         elif isinstance(event, checks.RttSample) and since_connected is not None:
@@ -96,7 +119,7 @@ class CallRecorder:
             self.metrics(event.kind).probes_lost += 1
         elif isinstance(event, checks.StandbyChanged):
             remote = shown(event.pair)
-            self.path_found(event.pair.kind, remote)
+            self.path_found(event.pair, remote)
             return ev.Standby(event.pair.kind, remote)
         return None
 

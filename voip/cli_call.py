@@ -6,7 +6,6 @@ import argparse
 import getpass
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,10 @@ from rendezvous.local import find_or_host
 from voip.call import Call
 from voip.call import CallError
 from voip.call import CallOptions
+from voip.cli_identity import CallKnownPeers
+from voip.cli_identity import add_identity_argument
+from voip.cli_identity import identity_path
+from voip.cli_identity import open_identity
 from voip.cli_output import EXIT_FAILED
 from voip.cli_output import EXIT_OK
 from voip.cli_output import Presenter
@@ -29,13 +32,6 @@ from voip.media.audio_io import AudioSpecError
 from voip.media.audio_io import open_sink
 from voip.media.audio_io import open_source
 from voip.nat.rendezvous_client import TurnOffer
-from voip.security.identity import Identity
-from voip.security.identity import IdentityError
-from voip.security.identity import default_identity_path
-from voip.security.identity import load_identity
-from voip.security.identity import load_or_create
-from voip.security.known_peers import KnownPeers
-from voip.security.known_peers import KnownPeersError
 from voip.security.known_peers import default_known_peers_path
 from voip.transport import resolve
 from voip.wire.candidates import format_address
@@ -112,6 +108,13 @@ def add_call_arguments(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="no Opus in-band FEC: lost frames are only concealed",
     )
+    p.add_argument(
+        "--no-port-mapping",
+        dest="port_mapping",
+        action="store_false",
+        help="do not ask your router to open a port for the call (PCP, NAT-PMP); also "
+        "CALLPEER_PORT_MAPPING=off or port_mapping = false in the config file",
+    )
     relay = p.add_argument_group("relay")
     relay.add_argument(
         "--relay",
@@ -148,14 +151,6 @@ def add_call_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_identity_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    p.add_argument(
-        "--identity",
-        metavar="PATH",
-        help="your key file (default: $XDG_CONFIG_HOME/callpeer/identity, made on first use)",
-    )
-
-
 def user_config() -> Config:
     """The config file and CALLPEER_* variables; a bad one is the user's to fix (exit 2)."""
     try:
@@ -173,60 +168,6 @@ def caller_name(arg: str | None, config: Config) -> str:
     except ValueError as exc:
         where = "" if arg else " (it came from config 'name' or your login: pass --as NAME)"
         raise UsageError(f"{exc}{where}") from exc
-
-
-def identity_path(arg: str | None) -> Path:
-    """Where the identity is: the default place, or --identity when it can name a key file.
-    A path that cannot (empty, a directory, in a directory that does not exist) is what the
-    user typed, exit 2; a file there that is unusable is exit 1, as at the default place."""
-    if arg is None:
-        return default_identity_path()
-    if not arg:
-        raise UsageError("--identity: an empty path; give the key file's path")
-    path = Path(arg).expanduser()
-    if path.is_dir():
-        raise UsageError(f"--identity: {path} is a directory; give the key file's path")
-    if not path.parent.is_dir():
-        # Not made for you: a typo would otherwise leave a new key in a new folder tree.
-        raise UsageError(f"--identity: no directory {path.parent} to keep a key in")
-    return path
-
-
-def open_identity(path: Path, err: Console, note: str = "") -> Identity:
-    """The identity at `path`, made on first use and said so with its fingerprint (on `err`:
-    stdout may be JSON); IdentityError when the file there cannot be used."""
-    try:
-        identity, created = load_or_create(path)
-    except IdentityError:
-        if not path.exists():
-            raise
-        # Two callpeers started at once on first use (both sides of a call on one machine):
-        # the other made the key a moment ago and won the race. Take that one.
-        identity, created = load_identity(path), False
-    if created:
-        err.print(
-            f"created a new identity at {path}, fingerprint {identity.fingerprint}{note}",
-            highlight=False,
-        )
-    return identity
-
-
-class CallKnownPeers(KnownPeers):
-    """known_peers for a call: a key that cannot be written down (a read-only config folder,
-    a full disk) is a warning, not an error inside the handshake that would stall the call."""
-
-    def __init__(self, path: Path, warn: Callable[[str], None]):
-        super().__init__(path)
-        self._warn = warn
-
-    def pin(self, name: str, fp: str) -> None:
-        try:
-            super().pin(name, fp)
-        except KnownPeersError as exc:
-            self._warn(
-                f"could not remember {name}'s key ({exc}): the next call with {name} will be "
-                "a first call again"
-            )
 
 
 def turn_offer(args: argparse.Namespace, name: str) -> TurnOffer | None:
@@ -364,6 +305,7 @@ async def run_call(args: argparse.Namespace) -> int:
             identity=identity,
             known_peers=known,
             accept_new_key=args.accept_new_key,
+            port_mapping=args.port_mapping and config.port_mapping,
         ),
         on_event=presenter,
     )

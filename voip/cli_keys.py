@@ -7,11 +7,11 @@ from typing import Any
 
 from rich.console import Console
 
-from voip.cli_call import add_identity_argument
 from voip.cli_call import caller_name
-from voip.cli_call import identity_path
-from voip.cli_call import open_identity
 from voip.cli_call import user_config
+from voip.cli_identity import add_identity_argument
+from voip.cli_identity import identity_path
+from voip.cli_identity import open_identity
 from voip.cli_output import EXIT_OK
 from voip.cli_output import UsageError
 from voip.cli_output import write_json

@@ -70,6 +70,14 @@ class Presenter:
             role = "controlling" if event.controlling else "controlled"
             self._line(f"found {event.peer}: punching to {cands} ({role})")
             self._set_status("punching through the NATs")
+        elif isinstance(event, ev.PortMapped):
+            if event.public is None:
+                self._line(f"your router opened no port for the call ({event.protocol})")
+            else:
+                self._line(
+                    f"your router opened {format_address(event.public)} for the call "
+                    f"({event.protocol}, {event.lifetime} s, renewed while the call lasts)"
+                )
         elif isinstance(event, ev.RelayAllocated):
             self._line(
                 f"relay allocated: {format_address(event.relayed)} on TURN server "

@@ -34,6 +34,15 @@ class RelayAllocated:
 
 
 @dataclass(frozen=True)
+class PortMapped:
+    """Our router opened a public port for the call on request (or would not: `public` None)."""
+
+    public: Address | None
+    protocol: str  # "PCP" or "NAT-PMP"; with `public` None, why not
+    lifetime: int = 0
+
+
+@dataclass(frozen=True)
 class Secured:
     """The handshake is done: audio will be encrypted, and the peer's key was checked."""
 
@@ -86,6 +95,7 @@ CallEvent = (
     Registered
     | Waiting
     | RelayAllocated
+    | PortMapped
     | Punching
     | Secured
     | Connected

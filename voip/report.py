@@ -25,6 +25,7 @@ class PathMetrics:
     loss_pct: float | None = None
     probes_answered: int = 0  # on the standby path: STUN probes, one a second
     probes_lost: int = 0
+    found_by: str | None = None  # direct: how (FOUND_BY); relayed: None
 
     def probe_loss_pct(self) -> float | None:
         sent = self.probes_answered + self.probes_lost
@@ -74,6 +75,7 @@ class PathMetrics:
         return {
             "available": True,
             "remote": self.remote,
+            "found_by": self.found_by,
             "rtt_ms": rtt,
             "jitter_ms": None if self.jitter_ms is None else round(self.jitter_ms, 2),
             "loss_pct": None if self.loss_pct is None else round(self.loss_pct, 2),
@@ -111,6 +113,9 @@ class CallReport:
     # Each side's NAT mapping as learned at registration ("endpoint-independent", "dependent")
     nat_mapping: dict[str, str | None] = field(default_factory=dict)
     keepalive_s: float | None = None
+    # What our router said when asked for a port: protocol and public address, or the reason
+    # it gave none; None when it was not asked (--no-port-mapping, or no gateway to ask).
+    port_mapping: dict[str, str | None] | None = None
     security: SecurityReport | None = None  # None: no key exchange finished (no audio either)
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,6 +137,7 @@ class CallReport:
             "candidates_tried": self.candidates_tried,
             "nat_mapping": self.nat_mapping,
             "keepalive_s": self.keepalive_s,
+            "port_mapping": self.port_mapping,
             "security": None if self.security is None else self.security.to_dict(),
             "paths": paths,
             "verdict": verdict(self.path, paths),
@@ -190,13 +196,14 @@ def render_table(report: dict[str, Any]) -> Any:
     direct | relay | difference (relay minus direct), and the verdict under it."""
     from rich.table import Table  # noqa: PLC0415 - only the CLI draws tables
 
+    direct, relay = report["paths"]["direct"], report["paths"]["relay"]
+    how = direct.get("found_by") if report["path"] == "direct" else None
     title = (
-        f"callpeer: {report['me']} <-> {report['peer']}, audio {report['path']}, "
-        f"setup {_fmt(report['setup_ms'], ' ms')}"
+        f"callpeer: {report['me']} <-> {report['peer']}, audio {report['path']}"
+        f"{f' ({how})' if how else ''}, setup {_fmt(report['setup_ms'], ' ms')}"
     )
     table = Table(title=title, title_justify="left")
     table.add_column("")
-    direct, relay = report["paths"]["direct"], report["paths"]["relay"]
     for name in ("direct", "relay", "relay - direct"):
         table.add_column(name, justify="right")
 

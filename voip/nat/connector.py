@@ -23,6 +23,9 @@ from voip.nat.mapping_probe import MappingProbe
 from voip.nat.nominator import NOMINATE_AFTER
 from voip.nat.nominator import RELAY_GRACE
 from voip.nat.pairs import RelayMode
+from voip.nat.port_mapper import PortMapped
+from voip.nat.port_mapper import PortMapper
+from voip.nat.port_mapper import PortMappingFailed
 from voip.nat.relay_base import RelayBase
 from voip.nat.rendezvous_client import Asked
 from voip.nat.rendezvous_client import GotPeer
@@ -38,6 +41,7 @@ from voip.nat.turn_client import TurnClient
 from voip.nat.turn_client import TurnFailed
 from voip.security.identity import Identity
 from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
 from voip.wire.signal import MAPPING_DEPENDENT
 from voip.wire.signal import PeerReady
 from voip.wire.stun import Address
@@ -89,6 +93,8 @@ ConnectorEvent = (
     | PeerTimeout
     | RelayReady
     | RelayUnavailable
+    | PortMapped
+    | PortMappingFailed
     | checks.CheckEvent
 )
 
@@ -107,6 +113,7 @@ class Connector:
         turn: TurnOffer | None = None,
         keepalive: float | None = None,
         identity: Identity | None = None,  # owns `name` at the rendezvous; None: one for this run
+        port_mapper: PortMapper | None = None,  # asks our router for a public port (PCP)
     ):
         self.relay_mode = RelayMode(relay_mode)  # ValueError for anything else
         off = self.relay_mode == RelayMode.OFF
@@ -116,6 +123,7 @@ class Connector:
         self.probe: MappingProbe | None = None
         self.explicit_turn = turn
         self.relay = RelayBase(turn, keepalive, off)
+        self.port_mapper = port_mapper
         self.checks: checks.ConnectivityChecks | None = None
         self.wait_timeout, self.punch_timeout = wait_timeout, punch_timeout
         self.malformed = 0
@@ -135,6 +143,7 @@ class Connector:
             self._wait_deadline,
             self.relay.next_deadline(),
             self.probe.next_deadline() if self.probe else None,
+            self.port_mapper.next_deadline() if self.port_mapper else None,
             self.checks.next_deadline() if self.checks else None,
         ]
         return min((t for t in times if t is not None), default=None)
@@ -160,6 +169,8 @@ class Connector:
     def start(self, now: float) -> list[Transmit]:
         self._started = now
         out = self.signal.start(now)
+        if self.port_mapper is not None:
+            out += self.port_mapper.start(now)
         if self.relay_mode != RelayMode.OFF and self.explicit_turn is not None:
             out += self.relay.gather(self.explicit_turn, now)
         return out
@@ -177,6 +188,8 @@ class Connector:
 
     def leave(self, now: float) -> list[Transmit]:
         out = self.signal.leave(now)
+        if self.port_mapper is not None:
+            out += self.port_mapper.release(now)
         if self.turn is not None:
             out += self.turn.close(now)
         return out
@@ -185,7 +198,9 @@ class Connector:
         out = self.signal.poll(now)
         if self.probe is not None and not self.probe.done:
             out += self.probe.poll(now)
-            self._ask(now, out)  # which waits until the probe is done
+        if self.port_mapper is not None:
+            out += self.port_mapper.poll(now)
+        self._ask(now, out)  # which waits for the probe, and a moment for the mapping
         if self.turn is not None:
             out += self.turn.poll(now)
         if self.relay.gather_deadline is not None and now >= self.relay.gather_deadline:
@@ -206,6 +221,9 @@ class Connector:
         inner: tuple[bytes, Address] | None = None
         if self.turn is not None and src == self.turn.server and looks_like_channel_data(data):
             inner = self.turn.unwrap_channel(data, src)
+        elif self.port_mapper is not None and src == self.port_mapper.gateway:
+            out += self.port_mapper.handle(data, src, now)
+            self._ask(now, out)
         elif looks_like_stun(data):
             try:
                 msg = parse_message_untrusted(data)
@@ -251,13 +269,21 @@ class Connector:
         return None
 
     def _ask(self, now: float, out: list[Transmit]) -> None:
-        """Ask for the peer, once the relay is gathered (or gone) and the mapping probed."""
-        if self._asked or self.relay.gather_deadline is not None:
+        """Ask for the peer, once registered, the relay gathered (or gone) and the mapping
+        probed; and a moment for our router to open a port, if it will."""
+        if self._asked or self.signal.mapped is None or self.relay.gather_deadline is not None:
             return
-        if self.probe is not None and not self.probe.done:
+        probing = self.probe is not None and not self.probe.done
+        if probing or (self.port_mapper is not None and self.port_mapper.waiting(now)):
             return
         self._asked = True
-        out += self.signal.ask(now, self.relay.candidates(), self.own_mapping)
+        out += self.signal.ask(now, (*self.relay.candidates(), *self.mapped()), self.own_mapping)
+
+    def mapped(self) -> tuple[Candidate, ...]:
+        """The port our router opened for us, unless the rendezvous sees us there already."""
+        public = self.port_mapper.public if self.port_mapper is not None else None
+        fresh = public is not None and public != self.signal.mapped
+        return (Candidate.make(CandidateType.MAPPED, public),) if public and fresh else ()
 
     def _relay_gone(self, reason: str, now: float, out: list[Transmit]) -> None:
         if self.relay.gone(reason):
@@ -283,10 +309,14 @@ class Connector:
                         )
             if isinstance(event, GotPeer):
                 self._wait_deadline = self._restart = None
-                self._start_checks(event.ready, now, out, again=event.again)
+                self.checks = checks_for(self, event.ready, now, again=event.again)
+                out += self.relay.permit(event.ready, now)
+                out += self.relay.routed(self.checks.poll(now))
                 self._events.append((Restarted if event.again else Introduced)(event.ready))
             else:
                 self._events.append(event)
+        if self.port_mapper is not None:
+            self._events += self.port_mapper.pop_events()
         if self.turn is not None:
             for turn_event in self.turn.pop_events():
                 if isinstance(turn_event, Allocated):
@@ -320,25 +350,27 @@ class Connector:
         else:
             self._ask(now, out)
 
-    def _start_checks(
-        self, ready: PeerReady, now: float, out: list[Transmit], again: bool = False
-    ) -> None:
-        relayed = self.relay.relayed is not None
-        self.checks = checks.ConnectivityChecks(
-            local_ufrag=self.signal.ice.ufrag,  # ours, sent when we asked; the peer's below
-            local_pwd=self.signal.ice.pwd,
-            remote_ufrag=ready.remote_ufrag,
-            remote_pwd=ready.remote_pwd,
-            controlling=ready.controlling,
-            remote_candidates=ready.candidates,
-            now=now,
-            timeout=self.punch_timeout,
-            relay_mode=self.relay_mode,
-            bases=(checks.HOST, checks.RELAY) if relayed else (checks.HOST,),
-            # Both NATs map per destination: no peer ever learns the port the other will use.
-            punch_hopeless=self.own_mapping == MAPPING_DEPENDENT == ready.peer_mapping,
-            # Meeting again, the audio has stopped already: the relay at once, direct later.
-            relay_grace=NOMINATE_AFTER if again else RELAY_GRACE,
-        )
-        out += self.relay.permit(ready, now)
-        out += self.relay.routed(self.checks.poll(now))
+
+def checks_for(
+    c: Connector, ready: PeerReady, now: float, again: bool
+) -> checks.ConnectivityChecks:
+    """The checks on meeting the peer (`again`: meeting again in the call, an ICE restart)."""
+    # Both NATs map per destination and neither router opened a port for us: no peer ever
+    # learns the port the other will use.
+    hopeless = c.own_mapping == MAPPING_DEPENDENT == ready.peer_mapping
+    mapped = c.mapped() or [x for x in ready.candidates if x.kind == CandidateType.MAPPED]
+    return checks.ConnectivityChecks(
+        local_ufrag=c.signal.ice.ufrag,  # ours, sent when we asked; the peer's below
+        local_pwd=c.signal.ice.pwd,
+        remote_ufrag=ready.remote_ufrag,
+        remote_pwd=ready.remote_pwd,
+        controlling=ready.controlling,
+        remote_candidates=ready.candidates,
+        now=now,
+        timeout=c.punch_timeout,
+        relay_mode=c.relay_mode,
+        bases=(checks.HOST, checks.RELAY) if c.relay.relayed is not None else (checks.HOST,),
+        punch_hopeless=hopeless and not mapped,
+        # Meeting again, the audio has stopped already: the relay at once, direct later.
+        relay_grace=NOMINATE_AFTER if again else RELAY_GRACE,
+    )

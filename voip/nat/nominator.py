@@ -32,6 +32,10 @@ HOPELESS_MARGIN = 0.005
 RELAY_GRACE = 1.5  # with a relay pair valid, how long to wait for a direct one before using it
 
 
+# Remote candidates that need no punching: the peer's LAN, and a port its router opened for us.
+NOT_PUNCHED = frozenset({CandidateType.HOST, CandidateType.MAPPED})
+
+
 class Nominator:
     def __init__(
         self, relay_mode: RelayMode, punch_hopeless: bool, relay_grace: float = RELAY_GRACE
@@ -52,7 +56,7 @@ class Nominator:
         if self.relay_mode == RelayMode.FORCE:
             return pair.kind == PathKind.RELAYED
         if self.punch_hopeless:  # the peer's public addresses cannot work: relay and LAN first
-            return pair.kind == PathKind.RELAYED or pair.remote.kind == CandidateType.HOST
+            return pair.kind == PathKind.RELAYED or pair.remote.kind in NOT_PUNCHED
         return pair.kind == PathKind.DIRECT
 
     def valid(self, pair: Pair, now: float) -> None:

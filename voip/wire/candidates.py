@@ -14,12 +14,16 @@ class CandidateType(IntEnum):
     SRFLX = 1  # server-reflexive: the NAT's public mapping, as the rendezvous saw it
     PRFLX = 2  # peer-reflexive: learned from a check that arrived from an unknown address
     RELAY = 3
+    # A public port our router opened for us on request (PCP, NAT-PMP): RFC 8445 counts it as
+    # server-reflexive; it has its own kind so a path found through it can be told apart.
+    MAPPED = 4
 
 
 # RFC 8445 §5.1.2.2 recommended type preferences.
 TYPE_PREFERENCE = {
     CandidateType.HOST: 126,
     CandidateType.PRFLX: 110,
+    CandidateType.MAPPED: 105,  # open to anyone, unlike a srflx behind a filtering NAT
     CandidateType.SRFLX: 100,
     CandidateType.RELAY: 0,
 }
