@@ -42,6 +42,13 @@ def add_lab_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="put bob on alice's LAN, behind the same router",
     )
+    for side in ("a", "b"):
+        p.add_argument(
+            f"--port-mapping-{side}",
+            action="store_true",
+            help=f"{side}'s router opens ports on request (miniupnpd: NAT-PMP and PCP), "
+            "as many home routers do",
+        )
     p.add_argument(
         "--hairpin",
         action="store_true",
@@ -96,6 +103,8 @@ CONFIG_OPTIONS = (
     "nat_b",
     "same_nat",
     "hairpin",
+    "port_mapping_a",
+    "port_mapping_b",
     "delay_a",
     "delay_b",
     "delay_relay",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from voip.lab.echo import ECHO_PORT
 
 NAT_KINDS = ("none", "cone", "full-cone", "symmetric")
@@ -25,8 +27,10 @@ def router_ruleset(
     hairpin: bool = False,
     wan_ip: str | None = None,
     lan_if: str = "lan",
+    port_mapping: bool = False,
+    stun_servers: Sequence[str] = (),
 ) -> str:
-    """The nft ruleset of a router of `kind` whose LAN holds `lan_hosts`.
+    """The nft ruleset of a router of `kind` whose LAN (a /24) holds `lan_hosts`.
 
     Every router drops unsolicited packets arriving on its WAN, as real ones do (but for the
     lab's baseline echo on the router's own port 7, which no call uses); without that,
@@ -37,13 +41,34 @@ def router_ruleset(
     back to the LAN host that owns it, with the sender's public mapping as its source (RFC 4787
     REQ-9). Conntrack cannot look a mapping up by its public port, so the router learns them as
     they leave: after source NAT, each outgoing packet records public port -> (LAN host, port).
+
+    Only the LAN's packets are masqueraded: the router's own (miniupnpd's STUN) leave from its
+    WAN address and ports as they are, so a symmetric router does not randomize them.
+
+    With `port_mapping` (miniupnpd, voip.lab.port_mapping, adds DNAT rules in a table of its
+    own), what those rules let in passes the forward filter, and the answers of the STUN test
+    miniupnpd runs at start against `stun_servers` (the rendezvous's two addresses, from which
+    its CHANGE-REQUEST answers come as new flows) reach the router's own sockets. Nothing else
+    changes: a packet for a port no socket of the router holds (a LAN host's mapping) is
+    still dropped, and conntrack never confirms an entry for it.
     """
     if kind not in NAT_KINDS or kind == "none":
         raise ValueError(f"no router for NAT kind {kind!r}")
     if hairpin and wan_ip is None:
         raise ValueError("a hairpinning router needs its WAN address")
+    if port_mapping and not stun_servers:
+        raise ValueError("a port-mapping router needs the STUN server miniupnpd tests against")
+    lan_net = lan_hosts[0].rsplit(".", 1)[0] + ".0/24"
     masquerade = "masquerade fully-random" if kind == "symmetric" else "masquerade"
+    # `socket transparent 0` matches only when one of the router's own sockets holds the
+    # destination port (miniupnpd's STUN sockets while it tests).
+    for_the_router = (
+        f'iifname "{wan_if}" ip saddr {{ {", ".join(stun_servers)} }} socket transparent 0'
+    )
     prerouting = []
+    if kind == "full-cone" and port_mapping:
+        # Not turned to the LAN host by the catch-all below: it is an answer to the router.
+        prerouting.append(f"{for_the_router} accept")
     if kind == "full-cone":
         # Endpoint-independent filtering: whatever arrives for a port goes to the LAN host,
         # port kept. Masquerade preserves the source port when it can, so this is its mapping.
@@ -70,8 +95,11 @@ def router_ruleset(
         else ""
     )
     allow_dnat = (
-        f'        iifname "{wan_if}" ct status dnat accept\n' if kind == "full-cone" else ""
+        f'        iifname "{wan_if}" ct status dnat accept\n'
+        if kind == "full-cone" or port_mapping
+        else ""
     )
+    allow_stun = f"        {for_the_router} accept\n" if port_mapping else ""
     pre = "".join(f"        {rule}\n" for rule in prerouting)
     return f"""
 table ip lab_nat {{{learn}
@@ -80,14 +108,14 @@ table ip lab_nat {{{learn}
 {pre}    }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        oifname "{wan_if}" {masquerade}
+        oifname "{wan_if}" ip saddr {lan_net} {masquerade}
 {hairpin_snat}    }}
 }}
 table ip lab_filter {{
     chain input {{
         type filter hook input priority filter; policy accept;
         iifname "{wan_if}" udp dport {ECHO_PORT} accept
-        iifname "{wan_if}" ct state new drop
+{allow_stun}        iifname "{wan_if}" ct state new drop
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;

@@ -56,6 +56,10 @@ class LabCallResult:
                 "b": self.config.nat_b,
                 "same_nat": self.config.same_nat,
                 "hairpin": self.config.hairpin,
+                "port_mapping": {
+                    "a": self.config.port_mapping_a,
+                    "b": self.config.port_mapping_b,
+                },
             },
             "delay_ms": {
                 "a": self.config.delay_a,
@@ -177,6 +181,11 @@ def run_lab_call(
             assert proc.stdout is not None
             if "listening" not in proc.stdout.readline():
                 raise LabError(f"callpeer-rendezvous ({what}) did not start in the lab")
+        for side in ("a", "b"):
+            if config.port_mapping_for(side):
+                if not alternate_address:  # miniupnpd maps only after its RFC 5780 test
+                    raise LabError("port mapping in the lab needs the rendezvous's alt address")
+                lab.start_port_mapping(side)
         if baseline:
             legs = [("a", "b"), ("a", "relay"), ("b", "relay")]
             direct, to_relay_a, to_relay_b = lab.baseline(legs)

@@ -8,6 +8,10 @@ Every node is a network namespace; veth pairs join them; the internet is the use
 in `inet`. Namespace names carry this process's PID, so concurrent labs never collide and a
 later lab can tell a crashed one's leftovers and remove them. `Lab` is a context manager that
 always tears down, after a failure or Ctrl-C too.
+
+A router may also map ports for its LAN on request (NAT-PMP, PCP): `LabConfig.port_mapping_a`
+/ `_b` build it for that, and `Lab.start_port_mapping` starts its miniupnpd (port_mapping.py)
+once the rendezvous, its STUN server, is up.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from dataclasses import field
+from pathlib import Path
 from types import TracebackType
 
 from voip.lab.echo import EchoRtt
@@ -31,6 +38,8 @@ from voip.lab.netns import list_namespaces
 from voip.lab.netns import namespace_pids
 from voip.lab.netns import popen
 from voip.lab.netns import run
+from voip.lab.port_mapping import PortMapper
+from voip.lab.port_mapping import launch_miniupnpd
 
 PREFIX = "cplab-"
 INTERNET = "203.0.113.0/24"
@@ -62,6 +71,13 @@ class LabConfig:
         return own if own is not None else self.udp_timeout
 
     seed: int | None = None
+    # The router runs miniupnpd: LAN hosts may ask it for port mappings (NAT-PMP, PCP on
+    # 198.18.x.1:5351) once `Lab.start_port_mapping` has started it, the rendezvous being up.
+    port_mapping_a: bool = False
+    port_mapping_b: bool = False
+
+    def port_mapping_for(self, side: str) -> bool:
+        return self.port_mapping_a if side == "a" else self.port_mapping_b
 
     def validate(self) -> None:
         for side, kind in (("a", self.nat_a), ("b", self.nat_b)):
@@ -74,6 +90,11 @@ class LabConfig:
                 raise LabError(f"{name.replace('_', '-')} must be 0-10000 ms")
         if not 0 <= self.loss <= 100:
             raise LabError("loss must be 0-100 %")
+        for side, kind in (("a", self.nat_a), ("b", self.nat_b)):
+            if self.port_mapping_for(side) and kind == "none":
+                raise LabError(f"port mapping on {side} needs a router: nat_{side} cannot be none")
+        if self.port_mapping_b and self.same_nat:
+            raise LabError("port mapping on b needs b's own router; same-NAT puts b behind a's")
 
 
 @dataclass
@@ -96,6 +117,8 @@ class Lab:
         self.processes: list[subprocess.Popen[str]] = []
         self.nodes: dict[str, Node] = {}
         self.switch: subprocess.Popen[str] | None = None
+        self.port_mappers: dict[str, PortMapper] = {}  # side -> its router's miniupnpd
+        self.workdirs: list[Path] = []  # removed at teardown, once what uses them has stopped
 
     # -- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> Lab:
@@ -128,6 +151,9 @@ class Lab:
         for ns in reversed(self.namespaces):
             _delete_namespace(ns)
         self.namespaces.clear()
+        for workdir in self.workdirs:
+            shutil.rmtree(workdir, ignore_errors=True)
+        self.workdirs.clear()
 
     # -- building ------------------------------------------------------------------------
     def _ns(self, role: str) -> str:
@@ -232,7 +258,14 @@ class Lab:
             # A hairpinned packet leaves by the interface it came in on: no ICMP redirects.
             for conf in ("all", "default", "lan"):
                 run(["sysctl", "-qw", f"net.ipv4.conf.{conf}.send_redirects=0"], ns=router)
-            ruleset = router_ruleset(kind, lan_hosts, hairpin=cfg.hairpin, wan_ip=wan_ip)
+            ruleset = router_ruleset(
+                kind,
+                lan_hosts,
+                hairpin=cfg.hairpin,
+                wan_ip=wan_ip,
+                port_mapping=cfg.port_mapping_for(side),
+                stun_servers=(SERVER_IP, SERVER_ALT_IP),
+            )
             run(["nft", "-f", "-"], ns=router, input_text=ruleset)
             if (timeout := cfg.timeout_for(side)) is not None:
                 # Per namespace: each router keeps its own mapping lifetime.
@@ -257,6 +290,38 @@ class Lab:
 
     def run(self, node: str, args: list[str], *, check: bool = True) -> str:
         return run(args, ns=self.nodes[node].ns, check=check)
+
+    def start_port_mapping(
+        self, side: str, *, stun_port: int = 3478, timeout: float = 20.0
+    ) -> PortMapper:
+        """Start miniupnpd on `side`'s router (the config must have asked for it) and wait
+        until it serves NAT-PMP and PCP on the router's LAN address, port 5351; the lab stops
+        it at teardown. The rendezvous must already be up on SERVER_IP:`stun_port` with its
+        alternate address: miniupnpd learns the router's public address by STUN and maps
+        ports only once an RFC 5780 test against it says nothing filters what comes in."""
+        if not self.config.port_mapping_for(side):
+            raise LabError(f"port mapping on {side} is off in this lab's LabConfig")
+        if side in self.port_mappers:
+            raise LabError(f"port mapping on {side} has already started")
+        router = self.nodes[side].router_ns
+        assert router is not None  # validate() saw to it
+        workdir = Path(tempfile.mkdtemp(prefix=f"{self.tag}miniupnpd-{side}-"))
+        self.workdirs.append(workdir)
+        mapper = launch_miniupnpd(
+            side,
+            router,
+            workdir,
+            gateway=f"{LANS[side]}.1",
+            stun=(SERVER_IP, stun_port),
+        )
+        self.processes.append(mapper.proc)
+        try:
+            mapper.wait_ready(timeout)
+        except LabError:
+            mapper.stop()
+            raise
+        self.port_mappers[side] = mapper
+        return mapper
 
     def baseline(self, legs: list[tuple[str, str]], *probe_args: str) -> list[EchoRtt]:
         """Plain UDP echoes from host to node, all at once, through the same switch and routers
@@ -335,17 +400,24 @@ def _delete_namespace(ns: str) -> None:
 
 
 def remove_leftovers() -> list[str]:
-    """Delete lab namespaces whose creating process is gone (a crashed or killed run)."""
+    """Delete lab namespaces whose creating process is gone (a crashed or killed run), and
+    that run's working directories (miniupnpd's); return the namespaces' names."""
     removed = []
     for ns in list_namespaces():
-        if not ns.startswith(PREFIX):
-            continue
-        pid_text = ns[len(PREFIX) :].split("-", 1)[0]
-        if pid_text.isdigit() and _alive(int(pid_text)):
+        if not ns.startswith(PREFIX) or _owner_alive(ns):
             continue
         _delete_namespace(ns)
         removed.append(ns)
+    for workdir in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-miniupnpd-*"):
+        if workdir.is_dir() and not _owner_alive(workdir.name):
+            shutil.rmtree(workdir, ignore_errors=True)
     return removed
+
+
+def _owner_alive(name: str) -> bool:
+    """Whether the process whose PID a lab name carries (after PREFIX) still runs."""
+    pid_text = name[len(PREFIX) :].split("-", 1)[0]
+    return pid_text.isdigit() and _alive(int(pid_text))
 
 
 def _alive(pid: int) -> bool:
