@@ -186,12 +186,13 @@ class PortMapper:
 
 
 def found_by(pair: Pair, mapper: PortMapper | None) -> str | None:
-    """How a direct path was found, for the report: "same LAN", "punched", or through a port
-    a router opened on request, the peer's or ours (the peer saw us at our mapping)."""
+    """How a direct path was found, for the report: to the peer's own address (a LAN we share,
+    or a peer with no NAT), "punched", or through a port a router opened on request, the
+    peer's or ours (the peer saw us at our mapping)."""
     if pair.kind != PathKind.DIRECT:
         return None
     if pair.remote.kind == CandidateType.MAPPED:
         return "the peer's port mapping"
     if mapper is not None and mapper.public is not None and pair.mapped == mapper.public:
         return f"our port mapping ({mapper.protocol})"
-    return "same LAN" if pair.remote.kind == CandidateType.HOST else "punched"
+    return "the peer's host address" if pair.remote.kind == CandidateType.HOST else "punched"
