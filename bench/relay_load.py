@@ -48,6 +48,8 @@ from typing import Any
 
 import psutil
 
+from voip.lab.netns import stop as stop_process
+
 HOST = "127.0.0.1"
 SECRET = "relay-load"
 
@@ -136,12 +138,7 @@ class Relay:
         return Counter(got)
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, grace=5)
 
 
 def stop(procs: list[Any], go: multiprocessing.synchronize.Event, relay: Relay) -> Counter[str]:

@@ -51,3 +51,14 @@ def list_namespaces() -> list[str]:
 def namespace_pids(ns: str) -> list[int]:
     out = run(["ip", "netns", "pids", ns], check=False)
     return [int(p) for p in out.split() if p.isdigit()]
+
+
+def stop(proc: subprocess.Popen[str], grace: float = 3.0) -> None:
+    """Terminate a process we started, and kill it if it is not gone within `grace` s."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

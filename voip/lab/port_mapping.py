@@ -14,6 +14,7 @@ from pathlib import Path
 from voip.lab.netns import LabError
 from voip.lab.netns import popen
 from voip.lab.netns import run
+from voip.lab.netns import stop
 
 MINIUPNPD = "/usr/sbin/miniupnpd"  # Debian's miniupnpd-nftables
 PCP_PORT = 5351  # NAT-PMP (RFC 6886) and PCP (RFC 6887) share it, on the router's LAN address
@@ -156,13 +157,7 @@ class PortMapper:
             )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(3)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc)
 
 
 def launch_miniupnpd(
