@@ -49,6 +49,9 @@ from typing import Any
 import psutil
 
 from voip.lab.netns import stop as stop_process
+from voip.transport import ANCILLARY
+from voip.transport import SO_TIMESTAMPNS
+from voip.transport import kernel_stamp
 
 HOST = "127.0.0.1"
 SECRET = "relay-load"
@@ -492,9 +495,6 @@ PAYLOAD = 172  # bytes: an SRTP-protected Opus frame (12 of RTP header, 160 of p
 STAMP = struct.Struct("!Id")  # sequence number, wall-clock send time; the rest is padding
 PADDING = bytes(PAYLOAD - STAMP.size)
 DRAIN = 0.5  # s after the last frame before counting what never arrived
-SO_TIMESTAMPNS = 35  # Linux: the kernel stamps each datagram on arrival (as voip/transport.py)
-TIMESPEC = struct.Struct("@qq")
-ANCILLARY = socket.CMSG_SPACE(TIMESPEC.size)
 Address = tuple[str, int]
 
 
@@ -761,15 +761,6 @@ def light_answer(side: LightSide, data: bytes, src: Address) -> None:
         with contextlib.suppress(StunError):
             msg = parse_message_untrusted(data)
             side.transmit(side.turn.handle(msg, src, time.monotonic()) or [])
-
-
-def kernel_stamp(ancillary: list[tuple[int, int, bytes]], default: float) -> float:
-    """When the kernel received the datagram (SO_TIMESTAMPNS), wall clock."""
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= TIMESPEC.size:
-            sec, ns = TIMESPEC.unpack_from(data)
-            return float(sec + ns / 1e9)
-    return default
 
 
 def socket_inodes(pids: list[int]) -> set[str]:

@@ -124,7 +124,7 @@ class UdpEndpoint:
             try:
                 if self._timestamps:
                     data, ancillary, _, src = sock.recvmsg(65535, ANCILLARY)
-                    now = _stamp(ancillary, loop_now + self._offset) - self._offset
+                    now = kernel_stamp(ancillary, loop_now + self._offset) - self._offset
                     if abs(now - loop_now) > MAX_AGE:
                         now = loop_now
                 else:
@@ -180,7 +180,7 @@ def _wall_minus(loop: asyncio.AbstractEventLoop) -> float:
     return best[1]
 
 
-def _stamp(ancillary: list[tuple[int, int, bytes]], default: float) -> float:
+def kernel_stamp(ancillary: list[tuple[int, int, bytes]], default: float) -> float:
     """The kernel's arrival time (CLOCK_REALTIME) of a datagram, or `default`."""
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= TIMESPEC.size:
