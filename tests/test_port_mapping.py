@@ -16,6 +16,7 @@ from tests.test_failover import A_PUBLIC
 from tests.test_failover import B_PUBLIC
 from tests.test_failover import ServerHost
 from voip.call_core import CallOptions
+from voip.nat.port_mapper import ASK_WAIT
 from voip.nat.port_mapper import LIFETIME
 from voip.nat.port_mapper import RETRIES
 from voip.nat.port_mapper import PortMapped
@@ -129,6 +130,19 @@ def test_a_pcp_mapping_is_taken_renewed_at_half_its_life_and_deleted_at_the_end(
     assert held(m) is None and m.next_deadline() is None
 
 
+def test_a_router_that_maps_anew_on_renewal_is_told_as_a_new_mapping() -> None:
+    m, request = mapper()
+    nonce = request[24:36]
+    m.handle(pcp_answer(nonce, 40000, 40001, 120), GATEWAY, 0.0)
+    m.poll(60.0)
+    m.handle(pcp_answer(nonce, 40000, 40077, 120), GATEWAY, 60.01)  # it lost its table
+    assert m.renewals == 0 and m.public == ("203.0.113.1", 40077)
+    assert [e.public for e in m.pop_events() if isinstance(e, PortMapped)] == [
+        ("203.0.113.1", 40001),
+        ("203.0.113.1", 40077),
+    ]
+
+
 def test_answers_not_for_this_mapping_are_ignored() -> None:
     m, request = mapper()
     nonce = request[24:36]
@@ -153,6 +167,9 @@ def test_a_natpmp_router_is_asked_again_in_natpmp() -> None:
 
 def test_a_silent_router_is_given_up_on_after_a_bounded_number_of_tries() -> None:
     m, _ = mapper()
+    # The first wake-up ends the ask's wait (the caller asks for the peer without a mapping
+    # then), and sends nothing; the retries follow on their own schedule.
+    assert m.next_deadline() == ASK_WAIT and m.poll(ASK_WAIT) == [] and not m.waiting(ASK_WAIT)
     sent, now = 1, 0.0
     while (deadline := m.next_deadline()) is not None:
         assert deadline - now in RETRIES

@@ -69,12 +69,16 @@ class PortMapper:
         self._expires: float | None = None
         self._events: list[PortMappingEvent] = []
         self._released = False
+        self._waited = False  # ASK_WAIT is over: the caller asked without waiting for us
 
     def pop_events(self) -> list[PortMappingEvent]:
         events, self._events = self._events, []
         return events
 
     def next_deadline(self) -> float | None:
+        # While the ask waits on us, its end is a deadline too (the first retry comes later).
+        if self.public is None and self.failed is None and not self._waited:
+            return min(self._started + ASK_WAIT, self._next or float("inf"))
         return self._next
 
     def waiting(self, now: float) -> bool:
@@ -86,6 +90,7 @@ class PortMapper:
         return self._request(now)
 
     def poll(self, now: float) -> list[Transmit]:
+        self._waited = self._waited or now >= self._started + ASK_WAIT
         if self._next is None or now < self._next:
             return []
         if self._expires is not None and now >= self._expires:  # renewals went unanswered
@@ -168,7 +173,7 @@ class PortMapper:
     def _mapped(self, public: Address, lifetime: int, now: float) -> None:
         if lifetime <= 0:
             return  # a mapping that ends now is no mapping
-        renewed = self.public is not None
+        renewed = self.public == public  # a router that lost its table may map anew
         self.public, self._tries = public, 0
         self._expires = now + lifetime
         self._next = now + max(lifetime / 2, 1.0)  # renew at half (RFC 6887 §11.2.1)
