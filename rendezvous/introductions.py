@@ -100,12 +100,12 @@ class Introductions:
         if peer is None or not restarting(asker, peer):
             return None
         asker.restarts = [t for t in asker.restarts if now - t < RESTART_WINDOW]
+        # Answered or refused, it is no ask for a new call (the peer's next may not pair them).
+        asker.wants = None
         if len(asker.restarts) >= RESTARTS_PER_WINDOW:
             self.stats["restart_refused"] += 1
-            asker.wants = None  # nor may the peer's next ask introduce them as a new call
             return []
         asker.restarts.append(now)
-        asker.wants = None
         self.stats["restarted"] += 1
         return self._send(asker, peer, now)
 

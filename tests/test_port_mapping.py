@@ -143,6 +143,21 @@ def test_a_router_that_maps_anew_on_renewal_is_told_as_a_new_mapping() -> None:
     ]
 
 
+def test_unanswered_renewals_back_off_and_a_pending_request_is_deleted_at_hangup() -> None:
+    m, request = mapper()
+    m.handle(pcp_answer(request[24:36], 40000, 40001, 120), GATEWAY, 0.0)
+    sent, now = 0, 0.0
+    while (deadline := m.next_deadline()) is not None and deadline < 200:
+        now = deadline
+        sent += len(m.poll(now))
+    # Renewals double their interval (and halve it towards the expiry), then, the mapping gone,
+    # one more bounded round asks for a new one: 17 requests in 140 s, not one a second.
+    assert 5 <= sent <= 20 and held(m) is None and m.failed is not None
+    m, _ = mapper()  # asked, and no answer yet when the call ends: a late one may hold a port
+    [(delete, to)] = m.release(0.05)
+    assert to == GATEWAY and delete[4:8] == bytes(4)
+
+
 def test_answers_not_for_this_mapping_are_ignored() -> None:
     m, request = mapper()
     nonce = request[24:36]
@@ -167,9 +182,9 @@ def test_a_natpmp_router_is_asked_again_in_natpmp() -> None:
 
 def test_a_silent_router_is_given_up_on_after_a_bounded_number_of_tries() -> None:
     m, _ = mapper()
-    # The first wake-up ends the ask's wait (the caller asks for the peer without a mapping
-    # then), and sends nothing; the retries follow on their own schedule.
-    assert m.next_deadline() == ASK_WAIT and m.poll(ASK_WAIT) == [] and not m.waiting(ASK_WAIT)
+    # The ask stops waiting for it at ASK_WAIT (the connector's deadline); the retries follow
+    # on their own schedule.
+    assert m.ask_by == ASK_WAIT and m.waiting(ASK_WAIT - 0.01) and not m.waiting(ASK_WAIT)
     sent, now = 1, 0.0
     while (deadline := m.next_deadline()) is not None:
         assert deadline - now in RETRIES
@@ -195,21 +210,26 @@ def test_a_refusal_ends_it_and_a_refused_renewal_keeps_the_mapping_until_it_expi
 
 
 # -- whole calls ----------------------------------------------------------------------------
-def symmetric_call(gateway: PcpGateway | None) -> tuple[Caller, Caller]:
+def symmetric_call(gateway: PcpGateway | None, relay: str = "auto") -> tuple[Caller, Caller]:
     """Alice and bob behind NATs that map per destination; alice's router answers PCP when
     `gateway` is given (alice asks it either way, as a caller with a default gateway does)."""
     net = Network(lambda s, d: 0.005)
-    net.attach(SERVER, ServerHost(net))
+    server = ServerHost(net)
+    net.attach(SERVER, server)
     a_addr, b_addr = ("198.18.1.2", 5000), ("198.18.2.2", 6000)
     alice_nat = net.add_nat(Nat(A_PUBLIC, "symmetric"))
-    alice = Caller("alice", "bob", a_addr, CallOptions(gateway=("198.18.1.1", a_addr[0])))
-    bob = Caller("bob", "alice", b_addr, CallOptions())
+    options = CallOptions(relay=relay, gateway=("198.18.1.1", a_addr[0]))
+    alice = Caller("alice", "bob", a_addr, options)
+    bob = Caller("bob", "alice", b_addr, CallOptions(relay=relay))
     net.attach(a_addr, alice, alice_nat)
     net.attach(b_addr, bob, net.add_nat(Nat(B_PUBLIC, "symmetric")))
     if gateway is not None:
         gateway.nat = alice_nat
         net.attach(GATEWAY, gateway, alice_nat)
     net.send(a_addr, alice.core.start(0.0))
+    net.run(ASK_WAIT + 0.03)  # 5 ms to the server: an ask sent at ASK_WAIT is there by now
+    alice_entry = server.node.logic.registry.get("alice", net.now)
+    assert alice_entry is not None and alice_entry.wants == "bob"  # the router made no one wait
     net.run(0.5)
     net.send(b_addr, bob.core.start(net.now))
     net.run(4.0)
@@ -218,9 +238,12 @@ def symmetric_call(gateway: PcpGateway | None) -> tuple[Caller, Caller]:
     return alice, bob
 
 
-def test_symmetric_against_symmetric_goes_direct_through_a_port_the_router_opened() -> None:
+@pytest.mark.parametrize("relay", ["auto", "off"])
+def test_symmetric_against_symmetric_goes_direct_through_a_port_the_router_opened(
+    relay: str,
+) -> None:
     gateway = PcpGateway(Nat(A_PUBLIC))
-    alice, bob = symmetric_call(gateway)
+    alice, bob = symmetric_call(gateway, relay)
     public = alice.core.connector.port_mapper.public if alice.core.connector.port_mapper else None
     a, b = alice.core.report(), bob.core.report()
     assert a.path == b.path == "direct", (a.to_dict(), b.to_dict())

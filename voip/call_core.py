@@ -172,7 +172,7 @@ class CallCore:
     def report(self) -> CallReport:
         """The call's figures so far (final once it has ended). Reading it changes nothing."""
         c = self.connector
-        report = self.recorder.build(self.audio, c.checks, c.punch_hopeless, c.relay_unavailable)
+        report = self.recorder.build(self.audio, c.checks, c.punch_hopeless, c.relay.unavailable)
         report.security = self.secure.report() if self.secure is not None else None
         return report
 

@@ -53,7 +53,7 @@ def failure_message(call: CallCore, event: ConnectorEvent) -> str | None:
             f"(they must run: {call_command(call.peer, call.name)})"
         )
     if isinstance(event, checks.ChecksFailed) and not call.connected:
-        relay = call.connector.relay_unavailable
+        relay = call.connector.relay.unavailable
         state = f"none here: {relay}" if relay else "and the relayed pairs did not answer either"
         return (
             f"could not reach {call.peer}: {event.reason} (tried {', '.join(event.tried)}). "

@@ -25,7 +25,7 @@ class PathMetrics:
     loss_pct: float | None = None
     probes_answered: int = 0  # on the standby path: STUN probes, one a second
     probes_lost: int = 0
-    found_by: str | None = None  # direct: how (FOUND_BY); relayed: None
+    found_by: str | None = None  # direct: how it was found (port_mapper.found_by); relay: None
 
     def probe_loss_pct(self) -> float | None:
         sent = self.probes_answered + self.probes_lost

@@ -117,18 +117,24 @@ class Connector:
     ):
         self.relay_mode = RelayMode(relay_mode)  # ValueError for anything else
         off = self.relay_mode == RelayMode.OFF
+        early = off and port_mapper is None  # nothing to gather first, but a router's port
         self.signal = RendezvousClient(
-            name, peer, server, host_candidates, ask_now=off, keepalive=keepalive, identity=identity
+            name,
+            peer,
+            server,
+            host_candidates,
+            ask_now=early,
+            keepalive=keepalive,
+            identity=identity,
         )
         self.probe: MappingProbe | None = None
-        self.explicit_turn = turn
         self.relay = RelayBase(turn, keepalive, off)
         self.port_mapper = port_mapper
         self.checks: checks.ConnectivityChecks | None = None
         self.wait_timeout, self.punch_timeout = wait_timeout, punch_timeout
         self.malformed = 0
         self._started = 0.0
-        self._asked = off
+        self._asked = early
         self._wait_deadline: float | None = None
         self._events: list[ConnectorEvent] = []
         self._restart: float | None = None  # when the restart under way began
@@ -144,6 +150,7 @@ class Connector:
             self.relay.next_deadline(),
             self.probe.next_deadline() if self.probe else None,
             self.port_mapper.next_deadline() if self.port_mapper else None,
+            self.port_mapper.ask_by if self.port_mapper and not self._asked else None,
             self.checks.next_deadline() if self.checks else None,
         ]
         return min((t for t in times if t is not None), default=None)
@@ -154,25 +161,21 @@ class Connector:
         return self.probe.result if self.probe is not None else None
 
     @property
-    def punch_hopeless(self) -> bool:
-        """Both NATs map per destination, as the checks were told when they started."""
-        return self.checks is not None and self.checks.punch_hopeless
-
-    @property
     def turn(self) -> TurnClient | None:
         return self.relay.turn
 
     @property
-    def relay_unavailable(self) -> str | None:
-        return self.relay.unavailable
+    def punch_hopeless(self) -> bool:
+        """Both NATs map per destination, as the checks were told when they started."""
+        return self.checks is not None and self.checks.punch_hopeless
 
     def start(self, now: float) -> list[Transmit]:
         self._started = now
         out = self.signal.start(now)
         if self.port_mapper is not None:
             out += self.port_mapper.start(now)
-        if self.relay_mode != RelayMode.OFF and self.explicit_turn is not None:
-            out += self.relay.gather(self.explicit_turn, now)
+        if self.relay_mode != RelayMode.OFF and self.relay.offer is not None:  # --turn
+            out += self.relay.gather(self.relay.offer, now)
         return out
 
     def quiet(self, now: float, meet_again: bool) -> list[Transmit]:
@@ -277,13 +280,8 @@ class Connector:
         if probing or (self.port_mapper is not None and self.port_mapper.waiting(now)):
             return
         self._asked = True
-        out += self.signal.ask(now, (*self.relay.candidates(), *self.mapped()), self.own_mapping)
-
-    def mapped(self) -> tuple[Candidate, ...]:
-        """The port our router opened for us, unless the rendezvous sees us there already."""
-        public = self.port_mapper.public if self.port_mapper is not None else None
-        fresh = public is not None and public != self.signal.mapped
-        return (Candidate.make(CandidateType.MAPPED, public),) if public and fresh else ()
+        mapped = self.port_mapper.candidates(self.signal.mapped) if self.port_mapper else ()
+        out += self.signal.ask(now, (*self.relay.candidates(), *mapped), self.own_mapping)
 
     def _relay_gone(self, reason: str, now: float, out: list[Transmit]) -> None:
         if self.relay.gone(reason):
@@ -301,7 +299,7 @@ class Connector:
                     self.probe = MappingProbe(event.mapped, self.signal.server, event.other)
                     out += self.probe.start(now)
                 if not self._asked and self.turn is None:
-                    if event.turn is not None:
+                    if event.turn is not None and self.relay.unavailable is None:
                         out += self.relay.gather(event.turn, now)
                     else:
                         self._relay_gone(
@@ -358,7 +356,8 @@ def checks_for(
     # Both NATs map per destination and neither router opened a port for us: no peer ever
     # learns the port the other will use.
     hopeless = c.own_mapping == MAPPING_DEPENDENT == ready.peer_mapping
-    mapped = c.mapped() or [x for x in ready.candidates if x.kind == CandidateType.MAPPED]
+    offered = (*c.signal.host_candidates, *ready.candidates)  # ours as we asked, and theirs
+    mapped = any(x.kind == CandidateType.MAPPED for x in offered)
     return checks.ConnectivityChecks(
         local_ufrag=c.signal.ice.ufrag,  # ours, sent when we asked; the peer's below
         local_pwd=c.signal.ice.pwd,

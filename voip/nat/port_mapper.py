@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from voip.nat.pairs import Pair
 from voip.nat.pairs import PathKind
+from voip.wire.candidates import Candidate
 from voip.wire.candidates import CandidateType
 from voip.wire.port_mapping import NATPMP_EXTERNAL_ADDRESS
 from voip.wire.port_mapping import NATPMP_MAP_UDP
@@ -69,28 +70,36 @@ class PortMapper:
         self._expires: float | None = None
         self._events: list[PortMappingEvent] = []
         self._released = False
-        self._waited = False  # ASK_WAIT is over: the caller asked without waiting for us
 
     def pop_events(self) -> list[PortMappingEvent]:
         events, self._events = self._events, []
         return events
 
     def next_deadline(self) -> float | None:
-        # While the ask waits on us, its end is a deadline too (the first retry comes later).
-        if self.public is None and self.failed is None and not self._waited:
-            return min(self._started + ASK_WAIT, self._next or float("inf"))
         return self._next
+
+    @property
+    def ask_by(self) -> float:
+        """When the caller asks for the peer without our mapping, if it has none by then."""
+        return self._started + ASK_WAIT
 
     def waiting(self, now: float) -> bool:
         """Worth holding the ask back for: no answer yet, and not for long."""
-        return self.public is None and self.failed is None and now < self._started + ASK_WAIT
+        return self.public is None and self.failed is None and now < self.ask_by
+
+    def candidates(self, seen_at: Address | None) -> tuple[Candidate, ...]:
+        """Our mapping as a candidate for the peer, unless the rendezvous sees us there already
+        (`seen_at`: our server-reflexive address)."""
+        public = self.public
+        return (
+            (Candidate.make(CandidateType.MAPPED, public),) if public and public != seen_at else ()
+        )
 
     def start(self, now: float) -> list[Transmit]:
         self._started = now
         return self._request(now)
 
     def poll(self, now: float) -> list[Transmit]:
-        self._waited = self._waited or now >= self._started + ASK_WAIT
         if self._next is None or now < self._next:
             return []
         if self._expires is not None and now >= self._expires:  # renewals went unanswered
@@ -122,7 +131,8 @@ class PortMapper:
     def release(self, now: float) -> list[Transmit]:
         """The call is over: delete the mapping (best effort: its lifetime ends it anyway)."""
         self._next, self._released = None, True
-        if self.public is None:
+        # Asked and not refused: a late answer may hold a port for us still. Delete it too.
+        if self.public is None and (self._tries == 0 or self.failed is not None):
             return []
         self.public = None
         if self.protocol == "PCP":
@@ -133,7 +143,11 @@ class PortMapper:
 
     # -- inside ---------------------------------------------------------------------------
     def _request(self, now: float) -> list[Transmit]:
-        self._next = now + RETRIES[min(self._tries, len(RETRIES) - 1)]
+        if self.public is None or self._expires is None:
+            step = RETRIES[min(self._tries, len(RETRIES) - 1)]
+        else:  # renewing: back off, and try again before the mapping runs out (RFC 6887 §8.1.1)
+            step = max(min(RETRIES[0] * 2**self._tries, (self._expires - now) / 2), 1.0)
+        self._next = now + step
         self._tries += 1
         if self.protocol == "PCP":
             data = pcp_map_request(
