@@ -46,6 +46,7 @@ from voip.lab.topology import LabConfig
 from voip.lab.topology import remove_leftovers
 from voip.media.audio_io import WavSink
 from voip.media.audio_io import read_wav
+from voip.report import percentile
 
 REASON = lab_unavailable_reason()
 pytestmark = [pytest.mark.skipif(REASON is not None, reason=REASON or ""), pytest.mark.slow]
@@ -208,10 +209,13 @@ def ended_well(result: LabCallResult) -> Iterator[tuple[CallerResult, dict[str, 
 
 def assert_tracks_baseline(rtt: dict[str, Any], echo: EchoRtt, truth: float, slack: float) -> None:
     """A measured RTT against the configured truth, which no real measurement goes under, and
-    against this lab's own echo on the same path, which says what this machine adds to it."""
+    against this lab's own echo on the same path, which says what this machine adds to it:
+    its median, and how far its slower tenth strays above it in this run (on a quiet machine a
+    fraction of a ms; with a core kept busy, whatever the busy core adds to the echo too)."""
+    noise = percentile(list(echo.samples), 90) - echo.median
     assert rtt["min"] >= truth - 0.1, rtt  # RFC 3550's 1/65536 s units round
-    assert rtt["min"] <= echo.median + slack, (rtt, echo.to_dict())
-    assert rtt["median"] <= echo.median + slack + MEDIAN_SLACK, (rtt, echo.to_dict())
+    assert rtt["min"] <= echo.median + slack + noise, (rtt, echo.to_dict())
+    assert rtt["median"] <= echo.median + slack + MEDIAN_SLACK + noise, (rtt, echo.to_dict())
 
 
 def _public(result_nodes: dict[str, dict[str, str]], side: str) -> str:
