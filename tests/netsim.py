@@ -1,7 +1,8 @@
 """A deterministic network simulator with NATs, for driving sans-IO objects in tests.
 
 Hosts have addresses; a host behind a NAT sends through it. A NAT maps endpoint-independently
-("cone") or per destination ("symmetric"), and filters by address and port unless it is
+("cone") or per destination, at random ports ("symmetric", seeded: the same every run) or at
+the next port ("symmetric-sequential"), and filters by address and port unless it is
 "full-cone". Delivery is by simulated time with per-link one-way delays; nothing sleeps.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
@@ -27,7 +29,7 @@ class Endpoint(Protocol):
 @dataclass
 class Nat:
     public_ip: str
-    kind: str = "cone"  # "cone", "full-cone" or "symmetric"
+    kind: str = "cone"  # "cone", "full-cone", "symmetric" or "symmetric-sequential"
     hairpin: bool = False
     next_port: int = 40000
     mappings: dict[tuple[Address, Address | None], int] = field(default_factory=dict)
@@ -38,11 +40,20 @@ class Nat:
     # senders seen on them, whose replies leave from the same port (as conntrack's DNAT does).
     opened: dict[int, Address] = field(default_factory=dict)
     opened_to: set[tuple[int, Address]] = field(default_factory=set)
+    rng: random.Random = field(default_factory=lambda: random.Random(5))
+
+    def _new_port(self) -> int:
+        """The port for a new mapping: the next one, or a random free one (symmetric)."""
+        if self.kind != "symmetric":
+            self.next_port += 1
+            return self.next_port - 1
+        while (port := self.rng.randrange(1024, 65536)) in self.reverse or port in self.opened:
+            pass
+        return port
 
     def open_port(self, internal: Address) -> int:
-        port = next((p for p, a in self.opened.items() if a == internal), self.next_port)
-        if port == self.next_port:
-            self.next_port += 1 if self.kind != "symmetric" else 7
+        port = next((p for p, a in self.opened.items() if a == internal), None)
+        port = self._new_port() if port is None else port
         self.opened[port] = internal
         return port
 
@@ -50,11 +61,10 @@ class Nat:
         for port, internal in self.opened.items():
             if internal == src and (port, dst) in self.opened_to:
                 return self.public_ip, port
-        key = (src, dst if self.kind == "symmetric" else None)
+        key = (src, dst if self.kind.startswith("symmetric") else None)
         if key not in self.mappings:
-            self.mappings[key] = self.next_port
-            self.reverse[self.next_port] = src
-            self.next_port += 1 if self.kind != "symmetric" else 7
+            self.mappings[key] = new = self._new_port()
+            self.reverse[new] = src
         port = self.mappings[key]
         self.permitted.add((port, dst))
         return self.public_ip, port

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import AsyncIterator
 from collections.abc import Callable
@@ -69,6 +70,7 @@ class Call:
         self._queue: asyncio.Queue[ev.CallEvent] = asyncio.Queue()
         self._core: CallCore | None = None
         self._endpoint: UdpEndpoint | None = None
+        self._side: dict[int, UdpEndpoint] = {}  # birthday punching's extra sockets, by index
         self._timer: Timer | None = None
         self._connected = asyncio.Event()
         self._done = asyncio.Event()
@@ -166,6 +168,9 @@ class Call:
         self._pass_events()
         if self._timer is not None:
             self._timer.cancel()
+        for side in self._side.values():
+            side.close()
+        self._side.clear()
         self._endpoint.close()
         self._endpoint = None
         self.source.close()
@@ -189,16 +194,48 @@ class Call:
     def _on_timer(self, now: float) -> None:
         assert self._endpoint is not None and self._core is not None
         self._endpoint.send_all(self._core.poll(now))
+        self._sides()
         self._pass_events()
 
     def _on_datagram(self, data: bytes, src: Address, now: float) -> None:
         assert self._endpoint is not None and self._core is not None
         self._endpoint.send_all(self._core.handle(data, src, now))
+        self._sides()
         self._pass_events()
         # Audio never brings a deadline nearer (the media tick keeps its own time): only
         # signalling, checks and TURN can, and only they are worth the deadline's cost.
         if self._timer is not None and not looks_like_rtp_or_rtcp(data):
             self._timer.rearm()
+
+    def _on_side(self, index: int, data: bytes, src: Address, now: float) -> None:
+        if self._endpoint is None or self._core is None:
+            return
+        self._endpoint.send_all(self._core.handle(data, src, now, side=index))
+        self._sides()
+        self._pass_events()
+        if self._timer is not None:
+            self._timer.rearm()
+
+    def _sides(self) -> None:
+        """Birthday punching's extra sockets: opened, closed and sent from as the core says."""
+        assert self._core is not None
+        hard = self._core.connector.hard
+        if hard.opener is None and not self._side:
+            return
+        wanted = set(hard.open)
+        for index in [i for i in self._side if i not in wanted]:
+            self._side.pop(index).close()
+        loop = asyncio.get_running_loop()
+        for index in sorted(wanted - self._side.keys()):
+            try:
+                self._side[index] = UdpEndpoint.open(
+                    loop, self.options.bind_host, 0, functools.partial(self._on_side, index)
+                )
+            except OSError:  # out of file descriptors: guess with the sockets we have
+                break
+        for send in hard.pop_side():
+            if (side := self._side.get(send.index)) is not None:
+                side.send(send.data, send.dest)
 
     def _pass_events(self) -> None:
         assert self._core is not None

@@ -143,7 +143,7 @@ class CallCore:
         self.connector = connector_for(name, peer, server, hosts, options, identity=self.identity)
         self.audio = AudioSession(options.fec, options.dtx, wallclock_offset)
         self.recorder = CallRecorder(
-            name, peer, options.stats_interval, options.keepalive, self.connector.port_mapper
+            name, peer, options.stats_interval, options.keepalive, self.connector
         )
         self.paths: PathManager | None = None
         self.secure: SecureMedia | None = None  # from the introduction on
@@ -186,13 +186,19 @@ class CallCore:
         self._connector_moved()
         return out
 
-    def handle(self, data: bytes, src: Address, now: float) -> list[Transmit]:
+    def handle(
+        self, data: bytes, src: Address, now: float, side: int | None = None
+    ) -> list[Transmit]:
+        """A datagram on the call's socket, or (`side`) on birthday punching's extra socket."""
         if looks_like_rtp_or_rtcp(data):
-            self._on_media(data, (checks.HOST, src), now)
+            self._on_media(data, (checks.HOST if side is None else checks.BIRTHDAY, src), now)
             return []
         if is_handshake(data):
             return self._on_handshake(data, now)
-        out, inner = self.connector.handle(data, src, now)
+        if side is not None:
+            out, inner = self.connector.handle_side(side, data, src, now), None
+        else:
+            out, inner = self.connector.handle(data, src, now)
         if inner is not None and is_handshake(inner[0]):
             out += self._on_handshake(inner[0], now)
         elif inner is not None:
@@ -245,6 +251,8 @@ class CallCore:
         return [] if sealed is None else self._route(sealed)
 
     def _route(self, data: bytes) -> list[Transmit]:
+        if self.active is not None and self.active.base == checks.BIRTHDAY:
+            return self.connector.hard.send_side(data, self.active.remote.address)
         return [] if self.active is None else [self.connector.relay.route(data, self.active)]
 
     def _on_handshake(self, data: bytes, now: float) -> list[Transmit]:
@@ -307,35 +315,7 @@ class CallCore:
 
     def _connector_events(self, now: float) -> None:
         for event in self.connector.pop_events():
-            self._connector_event(event, now, self.recorder.base)
-
-    def _connector_event(self, event: ConnectorEvent, now: float, base: CallReport) -> None:
-        since = now - self._t_connected if self.connected else None
-        if isinstance(event, MEASURED):
-            if made := self.recorder.measured(event, since, self.connector.relay.shown):
-                self._events.append(made)
-        elif isinstance(event, Asked):
-            if event.status == "waiting":
-                self._events.append(ev.Waiting(self.peer, now))
-        elif isinstance(event, Introduced):
-            self._t_peer = now
-            waited, mapping = now - self._t_start, self.connector.own_mapping
-            self._events.append(self.recorder.introduced(event.ready, waited, mapping))
-            self.secure = secure_media(self, event.ready)
-        elif isinstance(event, Restarted) and self.paths and self.connector.checks:
-            self.paths.rejoined(self.connector.checks)
-        elif isinstance(event, checks.PathSelected):
-            if self.paths is None:
-                self._on_path(event.pair, now)
-            else:
-                self._switched(self.paths.restarted(event.pair, now), now)
-        elif isinstance(event, checks.ConsentLost):
-            self.finish(now, "the path stopped answering (consent lost, RFC 7675)", ok=False)
-        elif (message := failure_message(self, event)) is not None and self.failure is None:
-            if isinstance(event, checks.ChecksFailed):
-                base.direct.reason = event.reason
-            self.failure = message
-            self.finish(now, message, ok=False)
+            connector_event(self, event, now, self.recorder.base)
 
     def _on_path(self, pair: checks.Pair, now: float) -> None:
         assert self.connector.checks is not None
@@ -373,3 +353,33 @@ class CallCore:
         self.recorder.path_active(switched.pair, remote)
         self._events.append(ev.PathSwitched(switched.pair.kind, remote, switched.why))
         return out
+
+
+def connector_event(call: CallCore, event: ConnectorEvent, now: float, base: CallReport) -> None:
+    """What a connector event means for the call: the report, the path, the end."""
+    since = now - call._t_connected if call.connected else None
+    if isinstance(event, MEASURED):
+        if made := call.recorder.measured(event, since, call.connector.relay.shown):
+            call._events.append(made)
+    elif isinstance(event, Asked):
+        if event.status == "waiting":
+            call._events.append(ev.Waiting(call.peer, now))
+    elif isinstance(event, Introduced):
+        call._t_peer = now
+        waited, mapping = now - call._t_start, call.connector.own_mapping
+        call._events.append(call.recorder.introduced(event.ready, waited, mapping))
+        call.secure = secure_media(call, event.ready)
+    elif isinstance(event, Restarted) and call.paths and call.connector.checks:
+        call.paths.rejoined(call.connector.checks)
+    elif isinstance(event, checks.PathSelected):
+        if call.paths is None:
+            call._on_path(event.pair, now)
+        else:
+            call._switched(call.paths.restarted(event.pair, now), now)
+    elif isinstance(event, checks.ConsentLost):
+        call.finish(now, "the path stopped answering (consent lost, RFC 7675)", ok=False)
+    elif (message := failure_message(call, event)) is not None and call.failure is None:
+        if isinstance(event, checks.ChecksFailed):
+            base.direct.reason = event.reason
+        call.failure = message
+        call.finish(now, message, ok=False)

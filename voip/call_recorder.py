@@ -16,14 +16,14 @@ from voip.nat import checks
 from voip.nat.checks import DIRECT
 from voip.nat.checks import RELAYED
 from voip.nat.checks import ConnectivityChecks
+from voip.nat.connector import Connector
 from voip.nat.connector import ConnectorEvent
 from voip.nat.connector import RelayReady
 from voip.nat.connector import RelayUnavailable
+from voip.nat.found_by import found_by
 from voip.nat.pairs import Pair
 from voip.nat.port_mapper import PortMapped
-from voip.nat.port_mapper import PortMapper
 from voip.nat.port_mapper import PortMappingFailed
-from voip.nat.port_mapper import found_by
 from voip.nat.rendezvous_client import Registered
 from voip.report import CallReport
 from voip.report import PathMetrics
@@ -51,12 +51,12 @@ class CallRecorder:
         peer: str,
         stats_interval: float = 1.0,
         keepalive: float | None = None,
-        port_mapper: PortMapper | None = None,
+        connector: Connector | None = None,
     ):
         self.base = CallReport(me=me, peer=peer, keepalive_s=keepalive)
         self.active_kind: str | None = None
         self.stats_interval = stats_interval
-        self.port_mapper = port_mapper  # to tell a path through our router's mapping
+        self.connector = connector  # to tell how a direct path was found
         self._next_stats = 0.0  # s into the call
 
     def metrics(self, kind: str) -> PathMetrics:
@@ -67,7 +67,7 @@ class CallRecorder:
         metrics = self.metrics(pair.kind)
         metrics.available = True
         metrics.remote = remote
-        metrics.found_by = found_by(pair, self.port_mapper)
+        metrics.found_by = found_by(pair, self.connector) if self.connector else None
 
     def path_active(self, pair: Pair, remote: str) -> None:
         self.path_found(pair, remote)

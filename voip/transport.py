@@ -66,7 +66,27 @@ class UdpEndpoint:
     ) -> UdpEndpoint:
         """`timestamps`: the kernel's arrival time as `now` (else the time it was read);
         `receive_buffer`: bytes of SO_RCVBUF to ask for (beyond net.core.rmem_max as root)."""
-        loop = asyncio.get_running_loop()
+        return cls.open(
+            asyncio.get_running_loop(),
+            host,
+            port,
+            on_datagram,
+            timestamps=timestamps,
+            receive_buffer=receive_buffer,
+        )
+
+    @classmethod
+    def open(
+        cls,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        on_datagram: DatagramHandler,
+        *,
+        timestamps: bool = True,
+        receive_buffer: int | None = None,
+    ) -> UdpEndpoint:
+        """`bind`, from code that runs in the loop already (nothing in it waits)."""
         self = cls(loop, on_datagram)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)

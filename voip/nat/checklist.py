@@ -61,7 +61,7 @@ class Checklist:
         """A peer-reflexive candidate: the peer's NAT mapped a check to an address nobody told
         us. Through our relay its public address was permitted, so it is reachable there."""
         cand = Candidate(CandidateType.PRFLX, src, priority)
-        if base == Base.HOST:
+        if base != Base.RELAY:
             return self.add(base, cand)
         pair = Pair.make(Base.RELAY, cand, self.controlling)
         if not self.nominator.wanted(pair.kind):
@@ -103,11 +103,19 @@ class Checklist:
         if not candidates:
             return None
         pair = max(
-            candidates, key=lambda p: (self.nominator.preferred(p), p.key in triggered, p.priority)
+            candidates, key=lambda p: (self.nominator.preferred(p), *self._order(p, triggered))
         )
         if pair.key in triggered:
             self._triggered.remove(pair.key)
         return pair
+
+    @staticmethod
+    def _order(pair: Pair, triggered: set[Key]) -> tuple[bool, bool, int]:
+        """Among pairs of the preferred kind: checks to the peer's predicted ports first, in
+        order, since each new destination takes our NAT's next port if ours maps in sequence
+        too (both sides then meet port for port); then triggered ones; then by priority."""
+        predicted = pair.remote.kind == CandidateType.PREDICTED and pair.base == Base.HOST
+        return predicted, pair.key in triggered, pair.priority
 
     def unreached(self, kind: PathKind) -> str:
         """Why no pair of `kind` works, for the report."""

@@ -45,7 +45,7 @@ from voip.wire.stun import StunError
 from voip.wire.transactions import Transaction
 from voip.wire.transactions import TransactionTable
 
-HOST, RELAY = Base.HOST, Base.RELAY  # local bases
+HOST, RELAY, BIRTHDAY = Base.HOST, Base.RELAY, Base.BIRTHDAY  # local bases
 DIRECT, RELAYED = PathKind.DIRECT, PathKind.RELAYED  # kinds of path
 Send = tuple[bytes, Address, Base]  # datagram, destination, base to send it from
 
@@ -54,6 +54,7 @@ CHECK_RC = 7
 CHECK_RM = 8
 
 __all__ = [
+    "BIRTHDAY",
     "DIRECT",
     "HOST",
     "RELAY",

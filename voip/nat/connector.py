@@ -16,34 +16,29 @@ sides again (`Restarted`), each with fresh checks under the call's credentials.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from voip.nat import checks
+from voip.nat.connector_events import ConnectorEvent
+from voip.nat.connector_events import Introduced
+from voip.nat.connector_events import PeerTimeout
+from voip.nat.connector_events import RelayReady
+from voip.nat.connector_events import RelayUnavailable
+from voip.nat.connector_events import Restarted
+from voip.nat.hard_nat import HardNat
 from voip.nat.mapping_probe import MappingProbe
-from voip.nat.nominator import NOMINATE_AFTER
-from voip.nat.nominator import RELAY_GRACE
+from voip.nat.meeting import checks_for
+from voip.nat.meeting import refreshed
+from voip.nat.meeting import turn_events
 from voip.nat.pairs import RelayMode
-from voip.nat.port_mapper import PortMapped
 from voip.nat.port_mapper import PortMapper
-from voip.nat.port_mapper import PortMappingFailed
 from voip.nat.relay_base import RelayBase
-from voip.nat.rendezvous_client import Asked
 from voip.nat.rendezvous_client import GotPeer
 from voip.nat.rendezvous_client import Refreshed
-from voip.nat.rendezvous_client import Refused
 from voip.nat.rendezvous_client import Registered
 from voip.nat.rendezvous_client import RendezvousClient
 from voip.nat.rendezvous_client import TurnOffer
-from voip.nat.rendezvous_client import Unreachable
-from voip.nat.turn_client import Allocated
-from voip.nat.turn_client import PermissionRefused
 from voip.nat.turn_client import TurnClient
-from voip.nat.turn_client import TurnFailed
 from voip.security.identity import Identity
 from voip.wire.candidates import Candidate
-from voip.wire.candidates import CandidateType
-from voip.wire.signal import MAPPING_DEPENDENT
-from voip.wire.signal import PeerReady
 from voip.wire.stun import Address
 from voip.wire.stun import Message
 from voip.wire.stun import StunError
@@ -52,51 +47,16 @@ from voip.wire.stun import parse_message_untrusted
 from voip.wire.turn import looks_like_channel_data
 
 Transmit = tuple[bytes, Address]
+__all__ = [
+    "Connector",
+    "ConnectorEvent",
+    "Introduced",
+    "PeerTimeout",
+    "RelayReady",
+    "RelayUnavailable",
+    "Restarted",
+]
 RESTART_RETRY = 2.0  # s before a restart that brought no introduction may be tried again
-
-
-@dataclass(frozen=True)
-class PeerTimeout:
-    waited: float
-
-
-@dataclass(frozen=True)
-class Introduced:
-    ready: PeerReady  # ready.peer_key: the identity key that owns the peer's name
-
-
-@dataclass(frozen=True)
-class Restarted:
-    """Introduced again in the call (an ICE restart): the checks are new."""
-
-    ready: PeerReady
-
-
-@dataclass(frozen=True)
-class RelayReady:
-    relayed: Address
-    server: Address
-
-
-@dataclass(frozen=True)
-class RelayUnavailable:
-    reason: str
-
-
-ConnectorEvent = (
-    Registered
-    | Asked
-    | Refused
-    | Unreachable
-    | Introduced
-    | Restarted
-    | PeerTimeout
-    | RelayReady
-    | RelayUnavailable
-    | PortMapped
-    | PortMappingFailed
-    | checks.CheckEvent
-)
 
 
 class Connector:
@@ -131,6 +91,7 @@ class Connector:
         self.relay = RelayBase(turn, keepalive, off)
         self.port_mapper = port_mapper
         self.checks: checks.ConnectivityChecks | None = None
+        self.hard = HardNat()  # port prediction and birthday punching (voip/nat/hard_nat.py)
         self.wait_timeout, self.punch_timeout = wait_timeout, punch_timeout
         self.malformed = 0
         self._started = 0.0
@@ -152,6 +113,7 @@ class Connector:
             self.port_mapper.next_deadline() if self.port_mapper else None,
             self.port_mapper.ask_by if self.port_mapper and not self._asked else None,
             self.checks.next_deadline() if self.checks else None,
+            self.hard.next_deadline(),
         ]
         return min((t for t in times if t is not None), default=None)
 
@@ -209,7 +171,7 @@ class Connector:
         if self.relay.gather_deadline is not None and now >= self.relay.gather_deadline:
             self._relay_gone("no answer from the relay in time", now, out)
         if self.checks is not None:
-            out += self.relay.routed(self.checks.poll(now))
+            out += self._routed(self.checks.poll(now)) + self.hard.poll(now, self.checks)
         if self._wait_deadline is not None and now >= self._wait_deadline:
             self._wait_deadline = None
             self._events.append(PeerTimeout(now - self._started))
@@ -244,7 +206,7 @@ class Connector:
                     )
                 except StunError:
                     sent = None
-                out += self.relay.routed(sent or [])
+                out += self._routed(sent or [])
             elif not looks_like_stun(payload):  # the call's: media, or its key exchange
                 inner = (payload, peer)
         self._collect(now, out)
@@ -266,10 +228,27 @@ class Connector:
             return None
         sent = self.checks.handle(msg, src, now, checks.HOST) if self.checks is not None else None
         if sent is not None:
-            out += self.relay.routed(sent)
+            self.hard.heard(src, now)
+            out += self._routed(sent)
             return None
         out += self.signal.handle(msg, src, now) or []
         return None
+
+    def handle_side(self, index: int, data: bytes, src: Address, now: float) -> list[Transmit]:
+        """STUN on birthday punching's extra socket `index`; its sends go to hard.side_out."""
+        if self.checks is None or not looks_like_stun(data):
+            return []
+        try:
+            sent = self.hard.side(index, parse_message_untrusted(data), src, now, self.checks)
+        except StunError:
+            self.malformed += 1
+            return []
+        out = self._routed(sent or [])
+        self._collect(now, out)
+        return out
+
+    def _routed(self, sends: list[checks.Send]) -> list[Transmit]:
+        return self.relay.routed(self.hard.route(sends))
 
     def _ask(self, now: float, out: list[Transmit]) -> None:
         """Ask for the peer, once registered, the relay gathered (or gone) and the mapping
@@ -281,7 +260,9 @@ class Connector:
             return
         self._asked = True
         mapped = self.port_mapper.candidates(self.signal.mapped) if self.port_mapper else ()
-        out += self.signal.ask(now, (*self.relay.candidates(), *mapped), self.own_mapping)
+        predicted = self.probe.predicted() if self.probe and self._restart is None else ()
+        offer = (*self.relay.candidates(), *mapped, *predicted)
+        out += self.signal.ask(now, offer, self.own_mapping)
 
     def _relay_gone(self, reason: str, now: float, out: list[Transmit]) -> None:
         if self.relay.gone(reason):
@@ -291,7 +272,7 @@ class Connector:
     def _collect(self, now: float, out: list[Transmit]) -> None:
         for event in self.signal.pop_events():
             if isinstance(event, Refreshed):
-                self._refreshed(event, now, out)
+                refreshed(self, event, now, out)
                 continue
             if isinstance(event, Registered):
                 self._wait_deadline = now + self.wait_timeout
@@ -307,69 +288,24 @@ class Connector:
                         )
             if isinstance(event, GotPeer):
                 self._wait_deadline = self._restart = None
+                predicting = self.probe is not None and self.probe.step is not None
+                self.hard.begin(self.own_mapping, predicting, event.ready, now)
                 self.checks = checks_for(self, event.ready, now, again=event.again)
                 out += self.relay.permit(event.ready, now)
-                out += self.relay.routed(self.checks.poll(now))
+                out += self._routed(self.checks.poll(now))
                 self._events.append((Restarted if event.again else Introduced)(event.ready))
             else:
                 self._events.append(event)
         if self.port_mapper is not None:
             self._events += self.port_mapper.pop_events()
         if self.turn is not None:
-            for turn_event in self.turn.pop_events():
-                if isinstance(turn_event, Allocated):
-                    self._events.append(RelayReady(turn_event.relayed, self.turn.server))
-                    self.relay.gather_deadline = self.relay.unavailable = None
-                    self._ask(now, out)
-                elif isinstance(turn_event, TurnFailed):
-                    self._relay_gone(turn_event.reason, now, out)
-                elif isinstance(turn_event, PermissionRefused):
-                    pass  # that candidate's pairs through the relay fail on their own
+            turn_events(self, self.turn, now, out)
         if self.checks is not None:
             for check_event in self.checks.pop_events():
                 if isinstance(check_event, (checks.PathSelected, checks.StandbyChanged)):
                     pair = check_event.pair
                     if pair.base == checks.RELAY and self.turn is not None:
                         out += self.turn.bind_channel(pair.remote.address, now)
+                if isinstance(check_event, checks.PairValid):
+                    self.hard.settled(check_event.pair)
                 self._events.append(check_event)
-
-    def _refreshed(self, event: Refreshed, now: float, out: list[Transmit]) -> None:
-        """In a call, a refresh that shows we moved, or the one a restart began with: ask for
-        the peer again, with a new relay allocation if we moved (the old one is bound to our
-        old address). Not the answer to that ask: the server's introduction follows it, or (a
-        restart it refused) none does, and asking again at once would only repeat it."""
-        if self.checks is None or event.asked or (self._restart is None and not event.moved):
-            return
-        if self._restart is None:
-            self._restart = now
-        self._asked = False
-        if event.moved and self.turn is not None and self.relay.offer is not None:
-            out += self.relay.gather(self.relay.offer, now)
-        else:
-            self._ask(now, out)
-
-
-def checks_for(
-    c: Connector, ready: PeerReady, now: float, again: bool
-) -> checks.ConnectivityChecks:
-    """The checks on meeting the peer (`again`: meeting again in the call, an ICE restart)."""
-    # Both NATs map per destination and neither router opened a port for us: no peer ever
-    # learns the port the other will use.
-    hopeless = c.own_mapping == MAPPING_DEPENDENT == ready.peer_mapping
-    offered = (*c.signal.host_candidates, *ready.candidates)  # ours as we asked, and theirs
-    mapped = any(x.kind == CandidateType.MAPPED for x in offered)
-    return checks.ConnectivityChecks(
-        local_ufrag=c.signal.ice.ufrag,  # ours, sent when we asked; the peer's below
-        local_pwd=c.signal.ice.pwd,
-        remote_ufrag=ready.remote_ufrag,
-        remote_pwd=ready.remote_pwd,
-        controlling=ready.controlling,
-        remote_candidates=ready.candidates,
-        now=now,
-        timeout=c.punch_timeout,
-        relay_mode=c.relay_mode,
-        bases=(checks.HOST, checks.RELAY) if c.relay.relayed is not None else (checks.HOST,),
-        punch_hopeless=hopeless and not mapped,
-        # Meeting again, the audio has stopped already: the relay at once, direct later.
-        relay_grace=NOMINATE_AFTER if again else RELAY_GRACE,
-    )

@@ -1,8 +1,9 @@
 """Candidate pairs and their words: local bases, kinds of path, relay modes (RFC 8445 §6.1.2).
 
 A pair is (our base, a remote candidate). One socket gives one host base; a TURN allocation on
-it gives a second, relayed base. A pair is *direct* when neither end is a relay, else *relayed*;
-it computes its own priority (RFC 8445 §6.1.2.3) from its candidates and our role.
+it gives a second, relayed base; birthday punching's extra socket that the peer reached, a
+third. A pair is *direct* when neither end is a relay, else *relayed*; it computes its own
+priority (RFC 8445 §6.1.2.3) from its candidates and our role.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from voip.wire.stun import Address
 
 
 class Base(StrEnum):
-    """Where we send from: the socket itself, or our relayed address on it."""
+    """Where we send from: the socket itself, our relayed address on it, or the extra socket
+    birthday punching found (voip/nat/birthday.py)."""
 
     HOST = "host"
     RELAY = "relay"
+    BIRTHDAY = "birthday"
 
 
 class PathKind(StrEnum):
@@ -61,7 +64,9 @@ class Pair:
 
     @classmethod
     def make(cls, base: Base, remote: Candidate, controlling: bool) -> Pair:
-        local = candidate_priority(CandidateType.HOST if base == Base.HOST else CandidateType.RELAY)
+        local = candidate_priority(
+            CandidateType.RELAY if base == Base.RELAY else CandidateType.HOST
+        )
         if controlling:
             return cls(base, remote, pair_priority(local, remote.priority))
         return cls(base, remote, pair_priority(remote.priority, local))
@@ -85,5 +90,5 @@ class Pair:
         return self.state in (PairState.WAITING, PairState.IN_PROGRESS)
 
     def describe(self) -> str:
-        via = " via our relay" if self.base == Base.RELAY else ""
-        return f"{self.remote}{via}"
+        via = {Base.RELAY: " via our relay", Base.BIRTHDAY: " from a birthday socket"}
+        return f"{self.remote}{via.get(self.base, '')}"

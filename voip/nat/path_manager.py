@@ -11,7 +11,8 @@ a second. This decides when the audio moves between them:
   now arrives on (the controlling side does not follow, or two sides that picked different
   relayed pairs would chase each other forever);
 - *return*: after a failover to the relay, the controlling side goes back once the direct path
-  has answered two probes in a row;
+  has answered two probes in a row; when the relay was the first path (direct was still being
+  punched, as birthday punching takes seconds), at once when a direct pair proves itself;
 - *giving up*: when the audio stops and cannot move, both pairs are checked at once; if neither
   answers (2 s, the probe timeout), the peer is out of reach on every path and the call ends
   saying so, rather than after the media timeout (10 s) or consent's (RFC 7675: 30 s). A peer
@@ -92,6 +93,7 @@ class PathManager:
         self._heard_any = False
         self._last_switch = 0.0
         self._failed_over = False  # on the relay because direct died: come back when it lives
+        self._relay_first = False  # on the relay since the start: go direct once it proves itself
         self._checked: float | None = None  # when both pairs were checked in this silence
         self._restarted = False  # asked to meet again in this silence
         self._moved_in_silence = False  # failed over, and no audio has come since
@@ -101,6 +103,7 @@ class PathManager:
         """The checks chose the first path."""
         self.active = pair
         self.last_audio = self.last_heard = now
+        self._relay_first = self.return_to_direct and pair.kind == PathKind.RELAYED
 
     def rejoined(self, checks: ConnectivityChecks) -> None:
         """An ICE restart brought fresh checks; the active pair stays until they choose."""
@@ -189,12 +192,11 @@ class PathManager:
             moved = self._switch(now, f"no audio on it for {1000 * quiet:.0f} ms", stopped=True)
             self._moved_in_silence = moved is not None
             return moved
-        if (
-            self._failed_over
-            and self.checks.controlling
-            and standby.kind == PathKind.DIRECT
-            and self.checks.liveness.standby_streak >= RETURN_AFTER_PROBES
-        ):
+        if not self.checks.controlling or standby.kind != PathKind.DIRECT:
+            return None
+        if self._relay_first:
+            return self._switch(now, "the direct path was found")
+        if self._failed_over and self.checks.liveness.standby_streak >= RETURN_AFTER_PROBES:
             return self._switch(now, "the direct path answers again")
         return None
 
@@ -212,4 +214,5 @@ class PathManager:
         self._last_switch = self.last_audio = now
         self._checked = None
         self._failed_over = self.return_to_direct and new.kind == PathKind.RELAYED
+        self._relay_first = False
         return Switched(new, why, stopped)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from voip.nat.pairs import Pair
-from voip.nat.pairs import PathKind
 from voip.wire.candidates import Candidate
 from voip.wire.candidates import CandidateType
 from voip.wire.port_mapping import NATPMP_EXTERNAL_ADDRESS
@@ -202,16 +200,3 @@ class PortMapper:
         self.failed = reason
         # A refused renewal: the mapping lasts its lifetime still, and is not asked for again.
         self._next = self._expires if self.public is not None else None
-
-
-def found_by(pair: Pair, mapper: PortMapper | None) -> str | None:
-    """How a direct path was found, for the report: to the peer's own address (a LAN we share,
-    or a peer with no NAT), "punched", or through a port a router opened on request, the
-    peer's or ours (the peer saw us at our mapping)."""
-    if pair.kind != PathKind.DIRECT:
-        return None
-    if pair.remote.kind == CandidateType.MAPPED:
-        return "the peer's port mapping"
-    if mapper is not None and mapper.public is not None and pair.mapped == mapper.public:
-        return f"our port mapping ({mapper.protocol})"
-    return "the peer's host address" if pair.remote.kind == CandidateType.HOST else "punched"

@@ -17,6 +17,9 @@ class CandidateType(IntEnum):
     # A public port our router opened for us on request (PCP, NAT-PMP): RFC 8445 counts it as
     # server-reflexive; it has its own kind so a path found through it can be told apart.
     MAPPED = 4
+    # A public port our NAT has not given yet, predicted from the last ones (a NAT that maps
+    # per destination in sequence): server-reflexive too, guessed rather than seen.
+    PREDICTED = 5
 
 
 # RFC 8445 §5.1.2.2 recommended type preferences.
@@ -24,6 +27,7 @@ TYPE_PREFERENCE = {
     CandidateType.HOST: 126,
     CandidateType.PRFLX: 110,
     CandidateType.MAPPED: 105,  # open to anyone, unlike a srflx behind a filtering NAT
+    CandidateType.PREDICTED: 101,  # a guess: below the mapped port, above what was seen
     CandidateType.SRFLX: 100,
     CandidateType.RELAY: 0,
 }

@@ -1,0 +1,59 @@
+"""What a `Connector` tells its owner: introductions, the relay's answer, and the rest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from voip.nat import checks
+from voip.nat.port_mapper import PortMapped
+from voip.nat.port_mapper import PortMappingFailed
+from voip.nat.rendezvous_client import Asked
+from voip.nat.rendezvous_client import Refused
+from voip.nat.rendezvous_client import Registered
+from voip.nat.rendezvous_client import Unreachable
+from voip.wire.signal import PeerReady
+from voip.wire.stun import Address
+
+
+@dataclass(frozen=True)
+class PeerTimeout:
+    waited: float
+
+
+@dataclass(frozen=True)
+class Introduced:
+    ready: PeerReady  # ready.peer_key: the identity key that owns the peer's name
+
+
+@dataclass(frozen=True)
+class Restarted:
+    """Introduced again in the call (an ICE restart): the checks are new."""
+
+    ready: PeerReady
+
+
+@dataclass(frozen=True)
+class RelayReady:
+    relayed: Address
+    server: Address
+
+
+@dataclass(frozen=True)
+class RelayUnavailable:
+    reason: str
+
+
+ConnectorEvent = (
+    Registered
+    | Asked
+    | Refused
+    | Unreachable
+    | Introduced
+    | Restarted
+    | PeerTimeout
+    | RelayReady
+    | RelayUnavailable
+    | PortMapped
+    | PortMappingFailed
+    | checks.CheckEvent
+)
