@@ -7,6 +7,7 @@ address, so each side learns its NAT's mapping at registration as a real caller 
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -20,6 +21,7 @@ from tests.test_failover import A_PUBLIC
 from tests.test_failover import B_PUBLIC
 from tests.test_failover import ServerHost
 from tests.test_punching import AlternateNode
+from tests.test_report_schema import errors
 from voip.call_core import CallOptions
 from voip.nat import birthday
 from voip.nat.birthday import MAX_PROBES
@@ -191,6 +193,10 @@ def test_cone_against_symmetric_starts_on_the_relay_and_goes_direct_by_birthday_
         [("direct", "the peer moved to it"), ("direct", "the direct path was found")],
     )
     assert e.relay.available and h.relay.available  # the relay stays the standby
+    assert e.setup_ms is not None and e.direct_ms is not None
+    assert (e.direct_ms > e.setup_ms) is bool(switched)  # moved from the relay: later
+    for report in (e, h):  # what the report says is what its contract allows
+        assert errors(json.loads(json.dumps(report.to_dict()))) == []
     assert e.direct.found_by is not None and e.direct.found_by.startswith("birthday, ")
     probes = int(e.direct.found_by.split(", ")[1].split()[0])
     assert 0 < probes <= MAX_PROBES

@@ -334,7 +334,7 @@ class CallCore:
         self._t_connected = now
         setup = (now - self._t_peer) * 1000
         remote = self.connector.relay.shown(pair)
-        self.recorder.path_active(pair, remote)
+        self.recorder.path_active(pair, remote, now - self._t_peer)
         self.recorder.base.setup_ms = setup
         self.loop = AudioLoop(self.audio, self.source, self.sink, now, self.options)
         self._events.append(self.secure.secured(self.peer))
@@ -350,7 +350,7 @@ class CallCore:
         if self.loop is not None:
             self.loop.playout.relearn()
         remote = self.connector.relay.shown(switched.pair)
-        self.recorder.path_active(switched.pair, remote)
+        self.recorder.path_active(switched.pair, remote, now - self._t_peer)
         self._events.append(ev.PathSwitched(switched.pair.kind, remote, switched.why))
         return out
 

@@ -69,8 +69,11 @@ class CallRecorder:
         metrics.remote = remote
         metrics.found_by = found_by(pair, self.connector) if self.connector else None
 
-    def path_active(self, pair: Pair, remote: str) -> None:
+    def path_active(self, pair: Pair, remote: str, since_met: float) -> None:
+        """The audio goes on `pair` now, `since_met` s after the introduction."""
         self.path_found(pair, remote)
+        if pair.kind == DIRECT and self.base.direct_ms is None:
+            self.base.direct_ms = since_met * 1000
         if self.active_kind is not None:
             self.base.path_switches += 1
         self.active_kind = self.base.path = pair.kind

@@ -100,6 +100,7 @@ class CallReport:
     peer: str
     path: str = "none"
     setup_ms: float | None = None
+    direct_ms: float | None = None  # introduction to audio on the direct path, if it went there
     wait_ms: float | None = None
     duration_s: float = 0.0
     ended: str = ""
@@ -128,6 +129,7 @@ class CallReport:
             "peer": self.peer,
             "path": self.path,
             "setup_ms": None if self.setup_ms is None else round(self.setup_ms, 1),
+            "direct_ms": None if self.direct_ms is None else round(self.direct_ms, 1),
             "wait_ms": None if self.wait_ms is None else round(self.wait_ms, 1),
             "duration_s": round(self.duration_s, 2),
             "ended": self.ended,
