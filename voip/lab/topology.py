@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -38,6 +39,7 @@ from voip.lab.netns import list_namespaces
 from voip.lab.netns import namespace_pids
 from voip.lab.netns import popen
 from voip.lab.netns import run
+from voip.lab.port_mapping import NATPMP_PCP
 from voip.lab.port_mapping import PortMapper
 from voip.lab.port_mapping import launch_miniupnpd
 
@@ -292,11 +294,19 @@ class Lab:
         return run(args, ns=self.nodes[node].ns, check=check)
 
     def start_port_mapping(
-        self, side: str, *, stun_port: int = 3478, timeout: float = 20.0
+        self,
+        side: str,
+        *,
+        stun_port: int = 3478,
+        timeout: float = 20.0,
+        protocols: Collection[str] = NATPMP_PCP,
+        igd_v1: bool = False,
     ) -> PortMapper:
         """Start miniupnpd on `side`'s router (the config must have asked for it) and wait
-        until it serves NAT-PMP and PCP on the router's LAN address, port 5351; the lab stops
-        it at teardown. The rendezvous must already be up on SERVER_IP:`stun_port` with its
+        until it serves NAT-PMP and PCP on the router's LAN address, port 5351 (or whichever
+        of port_mapping.PROTOCOLS `protocols` names: with "upnp", UPnP IGD, SSDP on port 1900
+        and HTTP on UPNP_HTTP_PORT; `igd_v1` makes it an IGD:1); the lab stops it at
+        teardown. The rendezvous must already be up on SERVER_IP:`stun_port` with its
         alternate address: miniupnpd learns the router's public address by STUN and maps
         ports only once an RFC 5780 test against it says nothing filters what comes in."""
         if not self.config.port_mapping_for(side):
@@ -313,6 +323,8 @@ class Lab:
             workdir,
             gateway=f"{LANS[side]}.1",
             stun=(SERVER_IP, stun_port),
+            protocols=protocols,
+            igd_v1=igd_v1,
         )
         self.processes.append(mapper.proc)
         try:
