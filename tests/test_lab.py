@@ -29,6 +29,8 @@ from voip.lab.faults import forget_mappings
 from voip.lab.faults import move_host
 from voip.lab.latency import lab_mouth_to_ear
 from voip.lab.nat import NAT_KINDS
+from voip.lab.nat import SEQUENTIAL_FIRST
+from voip.lab.nat import SEQUENTIAL_PORTS
 from voip.lab.netns import lab_unavailable_reason
 from voip.lab.netns import list_namespaces
 from voip.lab.netns import run
@@ -186,6 +188,16 @@ def test_leftovers_of_a_dead_run_are_removed_and_live_ones_kept() -> None:
 # gives the peer a new port nobody announced: a port-restricted (cone) peer filters it out, and
 # two symmetric NATs never meet. Those go through the relay.
 UNPUNCHABLE = {("cone", "symmetric"), ("symmetric", "symmetric")}
+# A symmetric NAT that allocates in sequence, where the calls stand today. Port prediction (the
+# sequential side offers the ports it will be given next) takes cone/symmetric-sequential
+# direct; symmetric-sequential/symmetric-sequential is still relayed: change it to "direct"
+# when prediction takes two sequential NATs direct.
+SEQUENTIAL_TODAY = {
+    ("cone", "symmetric-sequential"): "direct",
+    ("symmetric", "symmetric-sequential"): "relay",
+    ("symmetric-sequential", "symmetric-sequential"): "relay",
+}
+UNPUNCHABLE |= {pair for pair, path in SEQUENTIAL_TODAY.items() if path == "relay"}
 MATRIX = [(a, b, False) for a, b in itertools.combinations_with_replacement(NAT_KINDS, 2)]
 MATRIX.append(("cone", "cone", True))
 
@@ -593,19 +605,117 @@ def run_natcheck(lab: Lab, cache: Path, *args: str) -> str:
         ("cone", "endpoint-independent", "address-and-port-dependent", "preserved"),
         ("full-cone", "endpoint-independent", "endpoint-independent", "preserved"),
         ("symmetric", "address-and-port-dependent", "address-and-port-dependent", "random"),
+        (
+            "symmetric-sequential",
+            "address-and-port-dependent",
+            "address-and-port-dependent",
+            "sequential (steps of 1):",
+        ),
     ],
 )
 def test_natcheck_classifies_each_lab_nat_exactly(
     kind: str, mapping: str, filtering: str, ports: str, tmp_path: Path
 ) -> None:
+    assert set(NAT_KINDS) == {"none", "cone", "full-cone", "symmetric", "symmetric-sequential"}
     with Lab(LabConfig(nat_a=kind)) as lab:
         report = natcheck_in_lab(lab, tmp_path)
     assert (report["mapping"], report["filtering"]) == (mapping, filtering), report
     assert report["behind_nat"] is (kind != "none")
     assert report["public"].split(":")[0] == lab.nodes["a"].public_ip
     assert report["port_allocation"].startswith(ports), report
+    # Only a sequential symmetric NAT is said to be predictable.
+    assert ("predicted" in report["kind"]) is (kind == "symmetric-sequential"), report
     # None of these routers hairpins; with no NAT there is nothing to hairpin.
     assert report["tests"]["hairpin_arrived"] is (None if kind == "none" else False)
+    if kind == "symmetric-sequential":
+        # natcheck's were the router's first mappings, each the next port of its block: the
+        # first socket's, its two to the alternate address, then five fresh sockets'.
+        tests = report["tests"]
+        public = [port for _, port in tests["ports_local_public"]]
+        alternate = [
+            int(tests[t].rsplit(":", 1)[1])
+            for t in ("mapped_alternate_ip", "mapped_alternate_ip_port")
+        ]
+        assert public[:1] + alternate + public[1:] == list(
+            range(SEQUENTIAL_FIRST, SEQUENTIAL_FIRST + 8)
+        )
+
+
+SEQUENTIAL_SERVER = """
+import selectors, socket
+sel, socks = selectors.DefaultSelector(), {}
+for ip in ("203.0.113.10", "203.0.113.11"):
+    for port in (9000, 9001, 9002):
+        s = socks[(ip, port)] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((ip, port))
+        sel.register(s, selectors.EVENT_READ)
+print("ready", flush=True)
+while True:
+    for key, _ in sel.select():
+        data, addr = key.fileobj.recvfrom(2000)
+        ip, port = data.decode().split(":") if data != b"x" else key.fileobj.getsockname()
+        socks[(ip, int(port))].sendto(str(addr[1]).encode(), addr)  # the public port it saw
+"""
+
+SEQUENTIAL_PROBE = """
+import json, socket, sys, time
+fill = int(sys.argv[1])
+socks, seen = [], []
+
+def ask(i, ip, port, answer_from=b"x", timeout=1.0):
+    while len(socks) <= i:
+        socks.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        socks[-1].bind(("0.0.0.0", 0))
+    socks[i].settimeout(timeout)
+    socks[i].sendto(answer_from, (ip, port))
+    try:
+        seen.append(int(socks[i].recv(100)))
+    except TimeoutError:
+        seen.append(None)
+
+srv, alt = "203.0.113.10", "203.0.113.11"
+for ip, port in ((srv, 9000), (srv, 9001), (alt, 9000), (alt, 9001)):
+    ask(0, ip, port)  # one socket, four destinations
+ask(0, srv, 9000)  # the first destination again
+ask(0, srv, 9000, f"{srv}:9001".encode(), 0.5)  # answered from another port of the server
+ask(0, srv, 9000, f"{alt}:9002".encode(), 0.5)  # and from its other address
+ask(1, srv, 9000)  # a fresh socket, the same destination
+for i, port in enumerate(range(10000, 10000 + fill)):  # the rest of the block, to no one
+    socks[0].sendto(b"fill", (alt, port))
+    if i % 200 == 199:
+        time.sleep(0.01)  # never more in flight than the router's backlog (1000) holds
+time.sleep(0.2)
+ask(2, srv, 9000, timeout=0.5)  # the block starts again, at a port held towards srv:9000
+ask(2, srv, 9000)  # sent again: the next port
+ask(3, srv, 9002)  # a port held towards other destinations serves this one
+print(json.dumps(seen))
+"""
+
+
+def test_symmetric_sequential_router_gives_each_new_mapping_the_next_port() -> None:
+    """The router behind `--nat-a symmetric-sequential`: a new public port for every new
+    destination, the next of its block; the same destination keeps its port; only the
+    destination it was sent to may answer. When the block wraps, a port held towards another
+    destination is used again; one held towards the same destination clashes in conntrack,
+    which drops that first packet, and the packet sent again gets the next port."""
+    with Lab(LabConfig(nat_a="symmetric-sequential")) as lab:
+        server = lab.start(
+            "server", [sys.executable, "-c", SEQUENTIAL_SERVER], stdout=subprocess.PIPE
+        )
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        fill = SEQUENTIAL_PORTS - 5  # the five mappings made before
+        seen = json.loads(lab.run("a", [sys.executable, "-c", SEQUENTIAL_PROBE, str(fill)]))
+    first = SEQUENTIAL_FIRST
+    assert seen == [
+        *range(first, first + 4),  # four destinations, four ports in a row
+        first,  # the first destination keeps its port
+        None,  # answers from another port or address are dropped
+        None,
+        first + 4,  # the next socket's mapping, the next port
+        None,  # the counter wrapped to `first`, held towards that destination: dropped
+        first + 1,  # the next one, held only towards srv:9001
+        first + 2,  # held towards alt:9000 only
+    ], seen
 
 
 @pytest.mark.parametrize("kind", ["cone", "symmetric"])
@@ -661,7 +771,14 @@ def classic_stun_verdict(line: str) -> dict[str, Any]:
 @pytest.mark.skipif(shutil.which("stun") is None, reason="Debian's stun-client is not installed")
 @pytest.mark.parametrize(
     ("kind", "hairpin"),
-    [("none", False), ("cone", False), ("full-cone", False), ("symmetric", False), ("cone", True)],
+    [
+        ("none", False),
+        ("cone", False),
+        ("full-cone", False),
+        ("symmetric", False),
+        ("symmetric-sequential", False),
+        ("cone", True),
+    ],
 )
 def test_debian_stun_client_agrees_with_natcheck(kind: str, hairpin: bool, tmp_path: Path) -> None:
     with Lab(LabConfig(nat_a=kind, hairpin=hairpin)) as lab:

@@ -13,6 +13,12 @@ import pytest
 
 from rendezvous.behaviour import Addresses
 from rendezvous.behaviour import answer_binding
+from voip.lab.echo import ECHO_PORT
+from voip.lab.nat import NAT_KINDS
+from voip.lab.nat import SEQUENTIAL_FIRST
+from voip.lab.nat import SEQUENTIAL_PORTS
+from voip.lab.nat import router_ruleset
+from voip.lab.port_mapping import PCP_PORT
 from voip.natcheck.memory import MAX_AGE
 from voip.natcheck.memory import memory_path
 from voip.natcheck.memory import recall
@@ -27,6 +33,7 @@ from voip.natcheck.verdict import classify
 from voip.natcheck.verdict import coarse_waits
 from voip.natcheck.verdict import hairpinning
 from voip.natcheck.verdict import keepalive_interval
+from voip.natcheck.verdict import mapping_ports
 from voip.natcheck.verdict import port_allocation
 from voip.natcheck.verdict import refine_waits
 from voip.wire.stun import CHANGE_IP
@@ -233,6 +240,7 @@ def test_hairpinning_words_follow_the_source_the_request_came_from() -> None:
         ([(5000, 5000), (5001, 5001), (6000, 6000)], False, "not translated"),
         ([(5000, 5000), (5001, 5001), (6000, 6000)], True, "preserved"),
         ([(5000, 1024), (5001, 1025), (6000, 1027), (6100, 1028)], True, "sequential"),
+        ([(5000, 20480), (5001, 20481), (6000, 20482)], True, "sequential (steps of 1):"),
         ([(5000, 1024), (5001, 1025), (6000, 1024)], True, "random"),  # a step back
         ([(5000, 31000), (5001, 4500), (6000, 52000)], True, "random"),
     ],
@@ -240,6 +248,79 @@ def test_hairpinning_words_follow_the_source_the_request_came_from() -> None:
 def test_port_allocation(ports: list[tuple[int, int]], behind: bool, starts: str | None) -> None:
     words = port_allocation(ports, behind)
     assert (words or "").startswith(starts or "") and (words is None) == (starts is None)
+
+
+def sequential_router_tests(step: int, start: int = SEQUENTIAL_FIRST) -> NatTests:
+    """What natcheck collects behind a router giving each new mapping the port `step` after the
+    last: the first socket's, its two to the alternate address, then five fresh sockets'."""
+    public = [start + step * i for i in range(8)]
+    tests = observed(
+        ("203.0.113.1", public[0]),
+        ("203.0.113.1", public[1]),
+        ("203.0.113.1", public[2]),
+        False,
+        False,
+    )
+    tests.ports = [(40000 + 7 * i, port) for i, port in enumerate(public[:1] + public[3:])]
+    return tests
+
+
+def test_a_symmetric_nat_that_allocates_in_sequence_is_told_from_a_random_one() -> None:
+    tests = sequential_router_tests(1)
+    assert mapping_ports(tests) == list(range(SEQUENTIAL_FIRST, SEQUENTIAL_FIRST + 8))
+    # The fresh sockets alone are 3 apart where the mapping tests made two mappings between.
+    assert (port_allocation(tests.ports, True) or "").startswith("sequential (steps of 1/3)")
+    verdict = classify(tests)
+    assert (verdict.mapping, verdict.filtering) == (APDM, APDM)
+    assert verdict.port_allocation == (
+        "sequential (steps of 1): the next public port can be predicted"
+    )
+    assert verdict.kind.startswith("symmetric, in sequence") and "predicted" in verdict.kind
+    assert "port prediction" in verdict.direct_with
+    assert (port_allocation(sequential_router_tests(2).ports, True, None) or "").startswith(
+        "sequential (steps of 2/6)"
+    )
+    assert (classify(sequential_router_tests(2)).port_allocation or "").startswith(
+        "sequential (steps of 2)"
+    )
+    # Random ports: the plain symmetric words, no prediction.
+    scattered = [31000, 4500, 52000, 18000, 61000, 2048, 40001, 9999]
+    random_tests = sequential_router_tests(1)
+    random_tests.mapped2 = ("203.0.113.1", scattered[1])
+    random_tests.mapped3 = ("203.0.113.1", scattered[2])
+    random_tests.ports = [(40000 + i, p) for i, p in enumerate(scattered[:1] + scattered[3:])]
+    random_tests.mapped1 = ("203.0.113.1", scattered[0])
+    verdict = classify(random_tests)
+    assert (verdict.port_allocation or "").startswith("random")
+    assert verdict.kind.startswith("symmetric: ") and "predicted" not in verdict.kind
+    # An endpoint-independent NAT made no mapping in its mapping tests: nothing between.
+    cone = observed(("203.0.113.1", 5000), ("203.0.113.1", 5000), None, False, False)
+    cone.ports = [(5000, 5000), (5001, 5001), (5002, 5002)]
+    assert mapping_ports(cone) == [5000, 5001, 5002]
+
+
+def test_lab_symmetric_sequential_router_is_a_numgen_masquerade() -> None:
+    """The lab's `symmetric-sequential` router: UDP from the LAN takes the next port of a block
+    from a counter that moves once per new conntrack flow (the nat chain sees no other
+    packet); the rest is masqueraded to random ports, as the `symmetric` router does it all."""
+    assert "symmetric-sequential" in NAT_KINDS
+    ruleset = router_ruleset("symmetric-sequential", ["198.18.1.2"])
+    lan = 'oifname "wan" ip saddr 198.18.1.0/24'
+    ports = ", ".join(f"{i} : {SEQUENTIAL_FIRST + i}" for i in range(SEQUENTIAL_PORTS))
+    counter = f"numgen inc mod {SEQUENTIAL_PORTS} map {{ {ports} }}"
+    udp = f"{lan} meta l4proto udp masquerade to : {counter}"
+    rest = f"{lan} masquerade fully-random"
+    assert f"        {udp}\n        {rest}\n" in ruleset  # UDP's rule first: the first match wins
+    assert ruleset.replace(f"        {udp}\n", "") == router_ruleset("symmetric", ["198.18.1.2"])
+    for kind in ("cone", "full-cone", "symmetric"):
+        assert "numgen" not in router_ruleset(
+            kind, ["198.18.1.2"], hairpin=True, wan_ip="203.0.113.1"
+        )
+    # Clear of every fixed port of the lab and of Linux's ephemeral range (32768-60999), where
+    # the LAN hosts', miniupnpd's and the router's own ports are; never a well-known port.
+    block = range(SEQUENTIAL_FIRST, SEQUENTIAL_FIRST + SEQUENTIAL_PORTS)
+    assert block[0] >= 1024 and block[-1] < 32768
+    assert not {ECHO_PORT, 3478, PCP_PORT, 9000} & set(block)
 
 
 def test_lifetime_search_plans_and_bounds() -> None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from voip.lab.echo import ECHO_PORT
 
-NAT_KINDS = ("none", "cone", "full-cone", "symmetric")
+NAT_KINDS = ("none", "cone", "full-cone", "symmetric", "symmetric-sequential")
 
 # What each kind does, for reports and messages.
 BEHAVIOUR = {
@@ -14,7 +14,16 @@ BEHAVIOUR = {
     "cone": "endpoint-independent mapping, address-and-port-dependent filtering",
     "full-cone": "endpoint-independent mapping and filtering",
     "symmetric": "mapping per destination (address-and-port-dependent)",
+    "symmetric-sequential": "mapping per destination, public ports allocated in sequence",
 }
+
+# The public ports a symmetric-sequential router hands out, one after another, then again from
+# the first: one block, as a carrier-grade NAT gives a subscriber (port block allocation; never
+# the well-known ports, RFC 6888), below Linux's ephemeral range (32768-60999, where the LAN
+# hosts' own ports, a cone router's preserved ones, miniupnpd's mappings and the router's own
+# sockets live) and clear of every fixed port the lab uses (7, 3478, 5351, 9000).
+SEQUENTIAL_FIRST, SEQUENTIAL_PORTS = 20480, 4096  # 20480-24575
+
 
 MAPPING_MEMORY = 300  # s: how long a hairpinning router remembers which LAN host a port maps to
 
@@ -59,7 +68,26 @@ def router_ruleset(
     if port_mapping and not stun_servers:
         raise ValueError("a port-mapping router needs the STUN server miniupnpd tests against")
     lan_net = lan_hosts[0].rsplit(".", 1)[0] + ".0/24"
-    masquerade = "masquerade fully-random" if kind == "symmetric" else "masquerade"
+    lan_out = f'oifname "{wan_if}" ip saddr {lan_net}'
+    snat = []
+    if kind == "symmetric-sequential":
+        # The nat chain sees only the first packet of each new conntrack flow, so the counter
+        # moves once per new mapping: every destination gets the next port of the block. The
+        # counter goes through a map because nft 1.0.6 hands `numgen` (a 32-bit number in
+        # host order) to NAT as a port unconverted: on this little-endian machine `numgen inc
+        # mod N offset 20000` gave ports 8270, 8526, 8782... (20000 byte-swapped, steps of 256).
+        # When the counter wraps, a port held towards other destinations serves a new one
+        # (conntrack needs only the reply tuple unique); one held by a flow to the same
+        # destination is taken all the same: conntrack cannot confirm the clashing entry and
+        # drops that first packet, and the packet sent again gets the next port (with every
+        # port of the block held towards one destination, nothing new gets through to it).
+        # Other protocols than UDP get a random port per destination.
+        ports = ", ".join(f"{i} : {SEQUENTIAL_FIRST + i}" for i in range(SEQUENTIAL_PORTS))
+        snat.append(
+            f"{lan_out} meta l4proto udp masquerade to : "
+            f"numgen inc mod {SEQUENTIAL_PORTS} map {{ {ports} }}"
+        )
+    snat.append(f"{lan_out} masquerade" + (" fully-random" if kind.startswith("symmetric") else ""))
     # `socket transparent 0` matches only when one of the router's own sockets holds the
     # destination port (miniupnpd's STUN sockets while it tests).
     for_the_router = (
@@ -101,6 +129,7 @@ def router_ruleset(
     )
     allow_stun = f"        {for_the_router} accept\n" if port_mapping else ""
     pre = "".join(f"        {rule}\n" for rule in prerouting)
+    post = "".join(f"        {rule}\n" for rule in snat)
     return f"""
 table ip lab_nat {{{learn}
     chain prerouting {{
@@ -108,8 +137,7 @@ table ip lab_nat {{{learn}
 {pre}    }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        oifname "{wan_if}" ip saddr {lan_net} {masquerade}
-{hairpin_snat}    }}
+{post}{hairpin_snat}    }}
 }}
 table ip lab_filter {{
     chain input {{

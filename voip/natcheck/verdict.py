@@ -121,14 +121,16 @@ def classify(t: NatTests) -> NatVerdict:
             filtering = EIM
         elif t.filter_port is not None:
             filtering = ADM if t.filter_port else APDM
+    allocation = port_allocation(t.ports, behind, mapping_ports(t))
+    sequential = allocation is not None and allocation.startswith(SEQUENTIAL)
     return NatVerdict(
         True,
         behind,
         mapping,
         filtering,
-        *_words(behind, mapping, filtering),
+        *_words(behind, mapping, filtering, sequential=sequential),
         hairpinning=hairpinning(t),
-        port_allocation=port_allocation(t.ports, behind),
+        port_allocation=allocation,
         lifetime=lifetime_words(t.lifetime),
     )
 
@@ -152,21 +154,43 @@ def hairpinning(t: NatTests) -> str | None:
 
 
 SEQUENTIAL_STEP = 16  # largest step between consecutive new public ports still called sequential
+SEQUENTIAL = "sequential"
 
 
-def port_allocation(ports: list[tuple[int, int]], behind: bool) -> str | None:
-    """How public ports are chosen, from (local, public) pairs of fresh sockets in order."""
+def mapping_ports(t: NatTests) -> list[int]:
+    """The public port of every new mapping the tests made, in the order they were made.
+
+    Between the first socket's Binding (`ports[0]`) and the second socket's, the mapping tests
+    sent from the first socket to the alternate address: behind a NAT that maps per
+    destination each new destination there was a new mapping too, and took a port. A NAT
+    that allocates in sequence gives the second socket the port after those, not after the
+    first socket's."""
+    public = [p for _, p in t.ports]
+    between = []
+    if t.mapped1 is not None and t.mapped2 is not None and t.mapped2 != t.mapped1:
+        between.append(t.mapped2[1])
+        if t.mapped3 is not None and t.mapped3 != t.mapped2:
+            between.append(t.mapped3[1])
+    return public[:1] + between + public[1:]
+
+
+def port_allocation(
+    ports: list[tuple[int, int]], behind: bool, order: list[int] | None = None
+) -> str | None:
+    """How public ports are chosen, from (local, public) pairs of fresh sockets in order, and
+    `order`, the public ports of every new mapping in the order made (mapping_ports; by
+    default the fresh sockets' alone)."""
     if len(ports) < 3:
         return None
     if not behind:
         return "not translated: your public port is your local port"
     if all(local == public for local, public in ports):
         return "preserved: your public port is your local port"
-    public = [p for _, p in ports]
+    public = [p for _, p in ports] if order is None else order
     steps = [b - a for a, b in itertools.pairwise(public)]
     if all(0 < s <= SEQUENTIAL_STEP for s in steps):
         return (
-            f"sequential (steps of {'/'.join(str(s) for s in sorted(set(steps)))}): the next "
+            f"{SEQUENTIAL} (steps of {'/'.join(str(s) for s in sorted(set(steps)))}): the next "
             "public port can be predicted"
         )
     return "random: the next public port cannot be predicted"
@@ -217,7 +241,9 @@ def bounds(
     return alive, gone
 
 
-def _words(behind: bool, mapping: str | None, filtering: str | None) -> tuple[str, str, str]:
+def _words(
+    behind: bool, mapping: str | None, filtering: str | None, *, sequential: bool = False
+) -> tuple[str, str, str]:
     if mapping is None or filtering is None:
         return (
             "partly known: the server cannot answer from a second address (no "
@@ -254,11 +280,24 @@ def _words(behind: bool, mapping: str | None, filtering: str | None) -> tuple[st
             "for symmetric peers too: endpoint-independent filtering (full cone) on the "
             "router, or a port forward for the call",
         )
+    advice = (
+        "a router (or a setting, often called endpoint-independent mapping or 'NAT type "
+        "open') that keeps one public port per socket; or UPnP/PCP; or IPv6"
+    )
+    if sequential:
+        return (
+            "symmetric, in sequence: a new public port for every destination, each the next "
+            "one, so the port a peer will see is not the one the server saw but can be "
+            "predicted",
+            "peers whose NAT keeps one port per socket (cone, full cone or none): callpeer "
+            "aims at the ports this NAT will give next (port prediction); a peer behind "
+            "another symmetric NAT goes through the relay",
+            advice,
+        )
     return (
         "symmetric: a new public port for every destination, so the port the server saw is "
         "not the one a peer would see",
         "only peers whose NAT lets in any port of an address it has sent to (full cone or "
         "no NAT); everyone else goes through the relay",
-        "a router (or a setting, often called endpoint-independent mapping or 'NAT type "
-        "open') that keeps one public port per socket; or UPnP/PCP; or IPv6",
+        advice,
     )
