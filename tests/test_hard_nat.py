@@ -239,3 +239,13 @@ def test_two_random_symmetric_nats_stay_relayed_quickly_and_open_no_extra_socket
     assert a.setup_ms is not None and a.setup_ms < 1000
     assert alice.side_opened == bob.side_opened == 0
     assert alice.core.connector.hard.prober is None and bob.core.connector.hard.prober is None
+
+
+def test_a_random_symmetric_nat_against_a_sequential_one_is_relayed_at_once() -> None:
+    """Only one side can predict: the random side's NAT never lets the other's checks in, so
+    the relay is used as soon as it answers, not after waiting for punching."""
+    _, alice, bob = hard_call("symmetric", "symmetric-sequential", duration=3.0)
+    a = alice.core.report()
+    assert a.path == bob.core.report().path == "relay"
+    assert alice.core.connector.punch_hopeless and bob.core.connector.punch_hopeless
+    assert a.setup_ms is not None and a.setup_ms < 1000

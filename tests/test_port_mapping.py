@@ -19,6 +19,8 @@ from voip.call_core import CallOptions
 from voip.nat.port_mapper import ASK_WAIT
 from voip.nat.port_mapper import LIFETIME
 from voip.nat.port_mapper import RETRIES
+from voip.nat.port_mapper import UPNP
+from voip.nat.port_mapper import UPNP_WAIT
 from voip.nat.port_mapper import PortMapped
 from voip.nat.port_mapper import PortMapper
 from voip.nat.port_mapper import PortMappingFailed
@@ -265,3 +267,46 @@ def test_without_an_answer_symmetric_against_symmetric_stays_relayed() -> None:
         "reason": "no answer from the router to PCP or NAT-PMP",
     }
     assert a.direct.found_by is None and not a.direct.available
+
+
+# -- UPnP IGD beside PCP and NAT-PMP (voip/call_upnp.py asks it and tells the mapper) ---------
+def test_with_upnp_asked_too_the_ask_waits_for_it_and_takes_its_port() -> None:
+    m, _ = mapper()
+    m.upnp_asking(0.0)
+    assert m.ask_by == UPNP_WAIT and m.waiting(ASK_WAIT + 0.01)  # longer than PCP alone
+    assert m.upnp_mapped(("203.0.113.1", 40000), 3600)
+    assert not m.waiting(0.2) and held(m) == ("203.0.113.1", 40000)
+    assert m.pop_events() == [PortMapped(("203.0.113.1", 40000), UPNP, 3600)]
+    assert m.next_deadline() is None  # PCP and NAT-PMP are not asked again
+    assert m.poll(10.0) == [] and m.release(11.0) == []  # the shell deletes it over HTTP
+    assert held(m) is None
+
+
+def test_a_upnp_port_that_comes_after_pcps_is_not_taken() -> None:
+    m, request = mapper()
+    m.upnp_asking(0.0)
+    m.handle(pcp_answer(request[24:36], 40000, 40001), GATEWAY, 0.01)
+    assert not m.upnp_mapped(("203.0.113.1", 40000), 3600)  # the shell deletes it
+    assert held(m) == ("203.0.113.1", 40001) and m.protocol == "PCP"
+
+
+def test_the_failure_is_told_once_when_pcp_and_upnp_have_both_failed() -> None:
+    m, _ = mapper()
+    m.upnp_asking(0.0)
+    m.upnp_failed("no UPnP router answered")
+    assert m.pop_events() == []  # PCP may still answer
+    assert m.waiting(0.05) and not m.waiting(ASK_WAIT)  # PCP's own wait holds it still
+    for t in (0.25, 0.75, 1.75, 2.75):
+        m.poll(t)
+    assert m.pop_events() == [
+        PortMappingFailed(
+            "no answer from the router to PCP or NAT-PMP; UPnP IGD: no UPnP router answered"
+        )
+    ]
+    m2, _ = mapper()
+    m2.upnp_asking(0.0)
+    for t in (0.25, 0.75, 1.75, 2.75):
+        m2.poll(t)
+    assert m2.pop_events() == []  # UPnP has not said yet
+    m2.upnp_failed("refused")
+    assert [type(e) for e in m2.pop_events()] == [PortMappingFailed]

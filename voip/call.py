@@ -24,6 +24,7 @@ from voip import events as ev
 from voip.call_core import CallCore
 from voip.call_core import CallOptions
 from voip.call_recorder import CallRecorder
+from voip.call_upnp import CallUpnp
 from voip.host_addresses import gateway_for_port_mapping
 from voip.host_addresses import host_ipv4_addresses
 from voip.media.audio_io import AudioSink
@@ -71,6 +72,7 @@ class Call:
         self._core: CallCore | None = None
         self._endpoint: UdpEndpoint | None = None
         self._side: dict[int, UdpEndpoint] = {}  # birthday punching's extra sockets, by index
+        self._upnp: CallUpnp | None = None
         self._timer: Timer | None = None
         self._connected = asyncio.Event()
         self._done = asyncio.Event()
@@ -134,6 +136,9 @@ class Call:
         )
         self._timer = Timer(loop, self._core.next_deadline, self._on_timer)
         self._endpoint.send_all(self._core.start(loop.time()))
+        if (mapper := self._core.connector.port_mapper) is not None:  # UPnP beside PCP
+            self._upnp = CallUpnp(mapper, self._nudge)
+            self._upnp.start()
         self._timer.rearm()
 
     async def connected(self) -> None:
@@ -172,6 +177,8 @@ class Call:
             side.close()
         self._side.clear()
         self._endpoint.close()
+        if self._upnp is not None:
+            await self._upnp.close()
         self._endpoint = None
         self.source.close()
         self.sink.close()
@@ -205,6 +212,15 @@ class Call:
         # Audio never brings a deadline nearer (the media tick keeps its own time): only
         # signalling, checks and TURN can, and only they are worth the deadline's cost.
         if self._timer is not None and not looks_like_rtp_or_rtcp(data):
+            self._timer.rearm()
+
+    def _nudge(self) -> None:
+        """The core learned something not from a datagram (UPnP's answer): run it now."""
+        if self._endpoint is None or self._core is None:
+            return
+        self._endpoint.send_all(self._core.nudge(asyncio.get_running_loop().time()))
+        self._pass_events()
+        if self._timer is not None:
             self._timer.rearm()
 
     def _on_side(self, index: int, data: bytes, src: Address, now: float) -> None:

@@ -226,6 +226,11 @@ class CallCore:
                 out += self._watch(now)
         return out
 
+    def nudge(self, now: float) -> list[Transmit]:
+        """The connector changed outside `handle` (UPnP's answer, told its port mapper)."""
+        self._connector_due = now
+        return self.poll(now)
+
     def hangup(self, now: float, reason: str = "hung up") -> list[Transmit]:
         """End the call: BYE to the peer, play out what is buffered, release the name."""
         out = [] if self.done else self._media(self.audio.bye(now, reason))

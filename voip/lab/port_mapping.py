@@ -156,6 +156,7 @@ class PortMapper:
     gateway: str  # the router's LAN address
     proc: subprocess.Popen[str]
     log: Path  # everything miniupnpd logged (it runs in the foreground, debug level)
+    router: str  # the router's network namespace
     port: int = PCP_PORT
     natpmp: bool = True  # serves NAT-PMP and PCP
     upnp: bool = False  # serves UPnP IGD
@@ -174,6 +175,11 @@ class PortMapper:
         # Without its rule-cache chatter, which says nothing about why it failed.
         lines = [line for line in self.log_text().splitlines() if "table_cb(" not in line]
         return "\n".join(lines[-LOG_TAIL:])
+
+    def held(self) -> int:
+        """How many ports miniupnpd maps now: the DNAT rules in its prerouting chain."""
+        rules = run(["nft", "list", "chain", "inet", TABLE, PREROUTING_CHAIN], ns=self.router)
+        return sum(" dnat " in f" {line} " for line in rules.splitlines())
 
     def serving(self) -> bool:
         """Whether miniupnpd's sockets are bound: UDP gateway:port for NAT-PMP and PCP; for
@@ -275,4 +281,4 @@ def launch_miniupnpd(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    return PortMapper(side, gateway, proc, log, natpmp=natpmp, upnp=upnp)
+    return PortMapper(side, gateway, proc, log, router_ns, natpmp=natpmp, upnp=upnp)

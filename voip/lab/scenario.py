@@ -45,6 +45,7 @@ class LabCallResult:
     nodes: dict[str, dict[str, str]]
     callers: dict[str, CallerResult] = field(default_factory=dict)
     captures: dict[str, dict[str, Any]] = field(default_factory=dict)  # side -> capture summary
+    mappings_left: dict[str, int] = field(default_factory=dict)  # side -> ports still mapped
     inputs: dict[str, str] = field(default_factory=dict)
     # Plain UDP echoes just before the call, over the paths it can take: what the lab adds.
     baseline: dict[str, EchoRtt] = field(default_factory=dict)
@@ -185,7 +186,7 @@ def run_lab_call(
             if config.port_mapping_for(side):
                 if not alternate_address:  # miniupnpd maps only after its RFC 5780 test
                     raise LabError("port mapping in the lab needs the rendezvous's alt address")
-                lab.start_port_mapping(side)
+                lab.start_port_mapping(side, protocols=config.port_mapping_protocols)
         if baseline:
             legs = [("a", "b"), ("a", "relay"), ("b", "relay")]
             direct, to_relay_a, to_relay_b = lab.baseline(legs)
@@ -255,6 +256,9 @@ def run_lab_call(
             )
         for timer in timers:
             timer.cancel()
+        for side in ("a", "b"):  # what the callers left mapped on their router, hung up
+            if config.port_mapping_for(side):
+                result.mappings_left[side] = lab.port_mappers[side].held()
         for side, cap in captures.items():
             if cap is not None:
                 result.captures[side] = _stop_capture(cap)

@@ -77,6 +77,7 @@ class LabConfig:
     # 198.18.x.1:5351) once `Lab.start_port_mapping` has started it, the rendezvous being up.
     port_mapping_a: bool = False
     port_mapping_b: bool = False
+    port_mapping_protocols: tuple[str, ...] = NATPMP_PCP  # or ("upnp",): UPnP IGD alone
 
     def port_mapping_for(self, side: str) -> bool:
         return self.port_mapping_a if side == "a" else self.port_mapping_b

@@ -236,14 +236,9 @@ class Connector:
 
     def handle_side(self, index: int, data: bytes, src: Address, now: float) -> list[Transmit]:
         """STUN on birthday punching's extra socket `index`; its sends go to hard.side_out."""
-        if self.checks is None or not looks_like_stun(data):
+        if self.checks is None:
             return []
-        try:
-            sent = self.hard.side(index, parse_message_untrusted(data), src, now, self.checks)
-        except StunError:
-            self.malformed += 1
-            return []
-        out = self._routed(sent or [])
+        out = self._routed(self.hard.side(index, data, src, now, self.checks) or [])
         self._collect(now, out)
         return out
 
@@ -260,7 +255,9 @@ class Connector:
             return
         self._asked = True
         mapped = self.port_mapper.candidates(self.signal.mapped) if self.port_mapper else ()
-        predicted = self.probe.predicted() if self.probe and self._restart is None else ()
+        predicted = (
+            self.probe.predicted(self.relay.mapped) if self.probe and not self._restart else ()
+        )
         offer = (*self.relay.candidates(), *mapped, *predicted)
         out += self.signal.ask(now, offer, self.own_mapping)
 

@@ -23,7 +23,7 @@ def found_by(pair: Pair, connector: Connector) -> str | None:
     mapper = connector.port_mapper
     if mapper is not None and mapper.public is not None and pair.mapped == mapper.public:
         return f"our port mapping ({mapper.protocol})"
-    predicted = connector.probe.predicted() if connector.probe is not None else ()
+    predicted = connector.probe.offered if connector.probe is not None else ()
     if pair.mapped is not None and pair.mapped in {c.address for c in predicted}:
         return "our predicted port"
     return "the peer's host address" if pair.remote.kind == CandidateType.HOST else "punched"

@@ -30,7 +30,9 @@ from voip.wire.signal import MAPPING_DEPENDENT
 from voip.wire.signal import MAPPING_INDEPENDENT
 from voip.wire.signal import PeerReady
 from voip.wire.stun import Address
-from voip.wire.stun import Message
+from voip.wire.stun import StunError
+from voip.wire.stun import looks_like_stun
+from voip.wire.stun import parse_message_untrusted
 
 Transmit = tuple[bytes, Address]
 Send = tuple[bytes, Address, Base]
@@ -43,6 +45,7 @@ class HardNat:
         self.prober: Prober | None = None
         self.opener: Opener | None = None
         self.side_out: list[SideSend] = []  # from the extra sockets, for the shell to send
+        self.malformed = 0  # garbage that reached an extra socket
 
     def begin(self, own: str | None, predicting: bool, ready: PeerReady, now: float) -> None:
         """The peers met (again): birthday punching, if one side is hard and one easy."""
@@ -93,12 +96,17 @@ class HardNat:
             self.prober.heard(src, now)
 
     def side(
-        self, index: int, msg: Message, src: Address, now: float, checks: ConnectivityChecks
+        self, index: int, data: bytes, src: Address, now: float, checks: ConnectivityChecks
     ) -> list[Send] | None:
-        """A STUN message on extra socket `index`: the first authenticated check from the peer
-        makes it our birthday base, whose checks and answers the checks take from then on;
-        anything else on the extra sockets is a stranger's."""
-        if self.opener is None:
+        """A datagram (not media) on extra socket `index`: the first authenticated check from
+        the peer makes it our birthday base, whose checks and answers the checks take from then
+        on; anything else on the extra sockets is a stranger's, and dropped."""
+        if self.opener is None or not looks_like_stun(data):
+            return None
+        try:
+            msg = parse_message_untrusted(data)
+        except StunError:
+            self.malformed += 1
             return None
         adopted = index == self.opener.winner
         if not adopted and not (

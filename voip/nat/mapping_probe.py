@@ -46,6 +46,7 @@ class MappingProbe:
         self.result: str | None = None
         self.step: int | None = None  # with a NAT that maps in sequence: its step
         self.last: Address | None = None  # the newest mapping seen (the alternate's)
+        self.offered: tuple[Candidate, ...] = ()  # the predicted ports we offered last
         self.done = False
         self._txns: TransactionTable[None] = TransactionTable()
 
@@ -85,15 +86,20 @@ class MappingProbe:
                 self.step, self.last = step, mapped
         return True
 
-    def predicted(self) -> tuple[Candidate, ...]:
+    def predicted(self, since: Address | None = None) -> tuple[Candidate, ...]:
         """The ports our NAT will give the next new mappings, if it maps in sequence: the
-        first checks to the peer take them in order (voip/nat/checklist.py)."""
+        first checks to the peer take them in order (voip/nat/checklist.py). `since`: a
+        mapping made after the probe's (the relay's allocation, to another address), which
+        took the next port itself."""
         if self.step is None or self.last is None:
             return ()
         ip, last = self.last
+        if since is not None and since[0] == ip and 0 < since[1] - last <= self.step * PREDICTED:
+            last = since[1]
         ports = [last + self.step * i for i in range(1, PREDICTED + 1)]
-        return tuple(
+        self.offered = tuple(
             Candidate.make(CandidateType.PREDICTED, (ip, port), 65535 - i)
             for i, port in enumerate(ports)
             if port <= 65535
         )
+        return self.offered

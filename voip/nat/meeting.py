@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 from voip.nat import checks
 from voip.nat.connector_events import RelayReady
-from voip.nat.hard_nat import HELPED
 from voip.nat.nominator import NOMINATE_AFTER
 from voip.nat.nominator import RELAY_GRACE
 from voip.nat.rendezvous_client import Refreshed
@@ -18,6 +17,7 @@ from voip.nat.turn_client import Allocated
 from voip.nat.turn_client import PermissionRefused
 from voip.nat.turn_client import TurnClient
 from voip.nat.turn_client import TurnFailed
+from voip.wire.candidates import CandidateType
 from voip.wire.signal import MAPPING_DEPENDENT
 from voip.wire.signal import PeerReady
 from voip.wire.stun import Address
@@ -32,11 +32,16 @@ def checks_for(
     c: Connector, ready: PeerReady, now: float, again: bool
 ) -> checks.ConnectivityChecks:
     """The checks on meeting the peer (`again`: meeting again in the call, an ICE restart)."""
-    # Both NATs map per destination, neither router opened a port for us and neither maps in
-    # sequence: no peer ever learns the port the other will use.
+    # Both NATs map per destination, neither router opened a port for us, and not both map in
+    # sequence (a random one never lets the other's checks in): no peer ever learns the port
+    # the other will use.
     hopeless = c.own_mapping == MAPPING_DEPENDENT == ready.peer_mapping
     offered = (*c.signal.host_candidates, *ready.candidates)  # ours as we asked, and theirs
-    mapped = any(x.kind in HELPED for x in offered)
+    predicted = [
+        any(x.kind == CandidateType.PREDICTED for x in side)
+        for side in (c.signal.host_candidates, ready.candidates)
+    ]
+    mapped = any(x.kind == CandidateType.MAPPED for x in offered) or all(predicted)
     return checks.ConnectivityChecks(
         local_ufrag=c.signal.ice.ufrag,  # ours, sent when we asked; the peer's below
         local_pwd=c.signal.ice.pwd,

@@ -33,12 +33,16 @@ RETRIES = (0.25, 0.5, 1.0)  # s between tries: RFC 6886's 250 ms, doubling (a LA
 ASK_WAIT = 0.1  # s a call waits for the mapping before it asks for the peer without one (a LAN
 # gateway that maps answers in a few ms; one that does not may not answer at all)
 UNSUPPORTED_VERSION = 1  # NAT-PMP's answer to a PCP request it cannot serve (RFC 6887 §9)
+UPNP = "UPnP IGD"  # asked by the shell over HTTP (voip/call_upnp.py), told here
+# s the ask waits for UPnP when the shell asks with it too: its discovery waits 0.5 s for an
+# answer, and a router that speaks it answers within about 0.2 s (miniupnpd: 65-275 ms)
+UPNP_WAIT = 0.6
 
 
 @dataclass(frozen=True)
 class PortMapped:
     public: Address
-    protocol: str  # "PCP" or "NAT-PMP"
+    protocol: str  # "PCP", "NAT-PMP" or "UPnP IGD"
     lifetime: int
 
 
@@ -68,6 +72,8 @@ class PortMapper:
         self._expires: float | None = None
         self._events: list[PortMappingEvent] = []
         self._released = False
+        self._upnp_until: float | None = None  # while UPnP is asked: how long the ask waits
+        self._upnp_failed: str | None = None
 
     def pop_events(self) -> list[PortMappingEvent]:
         events, self._events = self._events, []
@@ -79,11 +85,34 @@ class PortMapper:
     @property
     def ask_by(self) -> float:
         """When the caller asks for the peer without our mapping, if it has none by then."""
-        return self._started + ASK_WAIT
+        return max(self._started + ASK_WAIT, self._upnp_until or 0.0)
 
     def waiting(self, now: float) -> bool:
         """Worth holding the ask back for: no answer yet, and not for long."""
-        return self.public is None and self.failed is None and now < self.ask_by
+        if self.public is not None:
+            return False
+        upnp = self._upnp_until is not None and now < self._upnp_until
+        return upnp or (self.failed is None and now < self._started + ASK_WAIT)
+
+    def upnp_asking(self, now: float) -> None:
+        """The shell asks the router with UPnP IGD as well: the ask waits for it a while."""
+        self._upnp_until = now + UPNP_WAIT
+
+    def upnp_mapped(self, public: Address, lifetime: int) -> bool:
+        """UPnP opened `public` (the shell renews and deletes it); False if PCP or NAT-PMP
+        opened one first, or the call is over: then the shell deletes this one at once."""
+        self._upnp_until = None
+        if self.public is not None or self._released:
+            return False
+        self.protocol, self.public = UPNP, public
+        self._next = self._expires = None  # PCP and NAT-PMP are not asked again
+        self._events.append(PortMapped(public, UPNP, lifetime))
+        return True
+
+    def upnp_failed(self, reason: str) -> None:
+        self._upnp_until, self._upnp_failed = None, reason
+        if self.failed is not None and self.public is None:
+            self._tell_failure()
 
     def candidates(self, seen_at: Address | None) -> tuple[Candidate, ...]:
         """Our mapping as a candidate for the peer, unless the rendezvous sees us there already
@@ -129,6 +158,9 @@ class PortMapper:
     def release(self, now: float) -> list[Transmit]:
         """The call is over: delete the mapping (best effort: its lifetime ends it anyway)."""
         self._next, self._released = None, True
+        if self.protocol == UPNP:
+            self.public = None  # the shell deletes it, over HTTP
+            return []
         # Asked and not refused: a late answer may hold a port for us still. Delete it too.
         if self.public is None and (self._tries == 0 or self.failed is not None):
             return []
@@ -195,8 +227,16 @@ class PortMapper:
             self._events.append(PortMapped(public, self.protocol, lifetime))
 
     def _fail(self, reason: str) -> None:
-        if self.failed is None:
-            self._events.append(PortMappingFailed(reason))
+        first = self.failed is None
         self.failed = reason
+        if first and self.public is None:
+            self._tell_failure()
         # A refused renewal: the mapping lasts its lifetime still, and is not asked for again.
         self._next = self._expires if self.public is not None else None
+
+    def _tell_failure(self) -> None:
+        """No mapping from PCP or NAT-PMP; said once UPnP, if asked too, has failed as well."""
+        if self._upnp_until is not None or self.failed is None:
+            return
+        upnp = f"; {UPNP}: {self._upnp_failed}" if self._upnp_failed else ""
+        self._events.append(PortMappingFailed(self.failed + upnp))

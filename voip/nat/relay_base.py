@@ -35,6 +35,11 @@ class RelayBase:
     def relayed(self) -> Address | None:
         return self.turn.relayed if self.turn is not None else None
 
+    @property
+    def mapped(self) -> Address | None:
+        """Our public address as the relay saw it (on a NAT per destination, a mapping apart)."""
+        return self.turn.mapped if self.turn is not None else None
+
     def candidates(self) -> tuple[Candidate, ...]:
         relayed = self.relayed
         return (Candidate.make(CandidateType.RELAY, relayed),) if relayed else ()

@@ -396,4 +396,3 @@ async def _exchange(url: HttpUrl, request: bytes, own_ip: str, timeout: float) -
     finally:
         if writer is not None:
             writer.close()
-

@@ -142,7 +142,7 @@ class IgdService:
 
     @property
     def name(self) -> str:
-        """"WANIPConnection:2", for messages and reports."""
+        """ "WANIPConnection:2", for messages and reports."""
         return self.service_type.rsplit(":", 2)[-2] + ":" + self.version_text
 
     @property
