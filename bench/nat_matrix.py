@@ -10,7 +10,7 @@ found (punched, a LAN both share, a router's port mapping, a predicted port, bir
 alice's report); the time from the introduction to the first audio on any path (`setup_ms`)
 and to the audio on the direct path (`direct_ms`), median and 95th percentile over the calls
 that got there; and the median RTT of each path. With --port-mapping, every case with a router
-on alice's side runs again with miniupnpd (NAT-PMP, PCP) on it.
+runs again with miniupnpd (NAT-PMP, PCP) on alice's router (on bob's when alice has none).
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def run_case(args: Any, a: str, b: str, same: bool, mapping: bool) -> str:
                 delay_a=args.delay,
                 delay_b=args.delay,
                 delay_relay=args.delay_relay,
-                port_mapping_a=mapping,
+                port_mapping_a=mapping and a != "none",
+                port_mapping_b=mapping and a == "none",
             )
             result = run_lab_call(cfg, Path(tmp), duration=CALL_S, speech=False, wait=10)
         report = result.callers["alice"].report or {}
@@ -83,9 +84,10 @@ def run_case(args: Any, a: str, b: str, same: bool, mapping: bool) -> str:
     ways = ", ".join(f"{k} {found.count(k)}" for k in sorted(set(found))) or "-"
     figures = {k: f"{statistics.median(v):.1f}" if v else "-" for k, v in rtts.items()}
     name_a = f"{a} (same router as bob)" if same else a
-    name_a += " + port mapping" if mapping else ""
+    name_a += " + port mapping" if mapping and a != "none" else ""
+    name_b = b + (" + port mapping" if mapping and a == "none" else "")
     return (
-        f"| {name_a} | {b} | {share} | {ways} | {quantiles(setup)} | {quantiles(direct)} "
+        f"| {name_a} | {name_b} | {share} | {ways} | {quantiles(setup)} | {quantiles(direct)} "
         f"| {figures['direct']} | {figures['relay']} |"
     )
 
@@ -105,7 +107,7 @@ def main() -> int:
     pairs.append(("cone", "cone", True))
     cases = [(a, b, same, False) for a, b, same in pairs]
     if args.port_mapping:
-        cases += [(a, b, same, True) for a, b, same in pairs if a != "none"]
+        cases += [(a, b, same, True) for a, b, same in pairs if (a, b) != ("none", "none")]
     if args.only:
         cases = [c for c in cases if f"{c[0]}/{c[1]}" in args.only]
     truth_relay = 2 * args.delay + 2 * args.delay_relay
