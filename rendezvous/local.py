@@ -38,7 +38,7 @@ async def probe_stun(server: Address, schedule: Schedule = PROBE) -> Address | N
             if mapped is not None and not answer.done():
                 answer.set_result(mapped)
 
-    endpoint = await UdpEndpoint.bind("0.0.0.0", 0, on_datagram)  # noqa: S104
+    endpoint = UdpEndpoint.open("0.0.0.0", 0, on_datagram)  # noqa: S104
     try:
         return await request(endpoint, encode(req, fingerprint=True), server, answer, schedule)
     finally:

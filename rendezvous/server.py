@@ -127,7 +127,7 @@ class RendezvousServer:
         alt_host with both ports, for RFC 5780 NAT behaviour discovery."""
         # No arrival stamps (nothing here measures a path), and coturn's 4 MiB receive buffer:
         # synchronised bursts from many callers overflow the default while the CPU idles.
-        self.endpoint = await UdpEndpoint.bind(
+        self.endpoint = UdpEndpoint.open(
             host, port, self._on_datagram, timestamps=False, receive_buffer=RECEIVE_BUFFER
         )
         self._address = self.endpoint.local_address
@@ -155,7 +155,7 @@ class RendezvousServer:
         alt_port = primary[1] + 1
         addresses = Addresses(primary, (alt_host, alt_port))
         for local in addresses.all()[1:]:
-            self.behaviour_endpoints[local] = await UdpEndpoint.bind(
+            self.behaviour_endpoints[local] = UdpEndpoint.open(
                 local[0], local[1], functools.partial(self._on_datagram, local=local)
             )
         self.logic.addresses = addresses

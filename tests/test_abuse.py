@@ -216,8 +216,8 @@ def test_a_handler_that_raises_is_counted_and_logged_at_a_limited_rate(
         raise ValueError("a parser bug")
 
     async def flood() -> UdpEndpoint:
-        endpoint = await UdpEndpoint.bind("127.0.0.1", 0, broken)
-        sender = await UdpEndpoint.bind("127.0.0.1", 0, lambda *a: None)
+        endpoint = UdpEndpoint.open("127.0.0.1", 0, broken)
+        sender = UdpEndpoint.open("127.0.0.1", 0, lambda *a: None)
         for _ in range(6):  # in bursts a socket buffer holds
             for _ in range(50):
                 sender.send(b"\x00garbage", endpoint.local_address)

@@ -95,7 +95,7 @@ class ChecksShell:
         self.data: list[bytes] = []
 
     async def bind(self) -> tuple[str, int]:
-        self.endpoint = await UdpEndpoint.bind("0.0.0.0", 0, self._on_datagram)
+        self.endpoint = UdpEndpoint.open("0.0.0.0", 0, self._on_datagram)
         return self.endpoint.local_address
 
     def start(self, agent: checks.ConnectivityChecks) -> None:

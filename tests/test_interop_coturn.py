@@ -104,7 +104,7 @@ class TurnShell:
         self.allocated = asyncio.Event()
 
     async def start(self) -> None:
-        self.endpoint = await UdpEndpoint.bind("127.0.0.1", 0, self._on_datagram)
+        self.endpoint = UdpEndpoint.open("127.0.0.1", 0, self._on_datagram)
         self.timer = Timer(self.endpoint.loop, self.client.next_deadline, self._on_timer)
         self.endpoint.send_all(self.client.start(self.endpoint.loop.time()))
         self.timer.rearm()

@@ -312,7 +312,7 @@ async def register_over_udp(
         if events:
             done.set()
 
-    endpoint = await UdpEndpoint.bind("127.0.0.1", 0, on_datagram)
+    endpoint = UdpEndpoint.open("127.0.0.1", 0, on_datagram)
     try:
         endpoint.send_all(client.start(endpoint.loop.time()))
         await asyncio.wait_for(done.wait(), 3.0)

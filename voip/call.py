@@ -107,7 +107,7 @@ class Call:
     async def start(self) -> None:
         """Open the socket and register with the rendezvous, asking for the peer."""
         loop = asyncio.get_running_loop()
-        self._endpoint = await UdpEndpoint.bind(
+        self._endpoint = UdpEndpoint.open(
             self.options.bind_host, self.options.bind_port, self._on_datagram
         )
         port = self._endpoint.local_address[1]
@@ -241,11 +241,10 @@ class Call:
         wanted = set(hard.open)
         for index in [i for i in self._side if i not in wanted]:
             self._side.pop(index).close()
-        loop = asyncio.get_running_loop()
         for index in sorted(wanted - self._side.keys()):
             try:
                 self._side[index] = UdpEndpoint.open(
-                    loop, self.options.bind_host, 0, functools.partial(self._on_side, index)
+                    self.options.bind_host, 0, functools.partial(self._on_side, index)
                 )
             except OSError:  # out of file descriptors: guess with the sockets we have
                 break

@@ -55,30 +55,8 @@ class UdpEndpoint:
         self._offset_at = -OFFSET_EVERY
 
     @classmethod
-    async def bind(
-        cls,
-        host: str,
-        port: int,
-        on_datagram: DatagramHandler,
-        *,
-        timestamps: bool = True,
-        receive_buffer: int | None = None,
-    ) -> UdpEndpoint:
-        """`timestamps`: the kernel's arrival time as `now` (else the time it was read);
-        `receive_buffer`: bytes of SO_RCVBUF to ask for (beyond net.core.rmem_max as root)."""
-        return cls.open(
-            asyncio.get_running_loop(),
-            host,
-            port,
-            on_datagram,
-            timestamps=timestamps,
-            receive_buffer=receive_buffer,
-        )
-
-    @classmethod
     def open(
         cls,
-        loop: asyncio.AbstractEventLoop,
         host: str,
         port: int,
         on_datagram: DatagramHandler,
@@ -86,7 +64,10 @@ class UdpEndpoint:
         timestamps: bool = True,
         receive_buffer: int | None = None,
     ) -> UdpEndpoint:
-        """`bind`, from code that runs in the loop already (nothing in it waits)."""
+        """Bind a socket on the running loop. `timestamps`: the kernel's arrival time as `now`
+        (else the time it was read); `receive_buffer`: bytes of SO_RCVBUF to ask for (beyond
+        net.core.rmem_max as root)."""
+        loop = asyncio.get_running_loop()
         self = cls(loop, on_datagram)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)

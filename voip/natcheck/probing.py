@@ -74,7 +74,7 @@ class _Requester:
             fut.set_result(Answer(msg, src, port))
 
     async def bind(self, ip: str) -> UdpEndpoint:
-        endpoint = await UdpEndpoint.bind(ip, 0, lambda *a: None)
+        endpoint = UdpEndpoint.open(ip, 0, lambda *a: None)
         endpoint.on_datagram = functools.partial(self.on_datagram, port=endpoint.local_address[1])
         return endpoint
 
