@@ -1,6 +1,7 @@
-"""UPnP IGD: SSDP, the device description and SOAP (voip.wire.upnp) as bytes, hostile inputs
-refused, and the asyncio client (voip.nat.upnp_client) against a fake IGD on 127.0.0.1 that
-answers with what miniupnpd answered.
+"""UPnP IGD: SSDP, the device description and SOAP (voip.wire.ssdp, igd_description,
+igd_control, upnp_http, upnp_xml) as bytes, hostile inputs refused, and the asyncio client
+(voip.nat.upnp_client) against a fake IGD on 127.0.0.1 that answers with what miniupnpd
+answered.
 
 The answers below are miniupnpd 2.3.1's (Debian's miniupnpd-nftables), captured in the lab
 (tests/test_lab_upnp.py's router, 198.18.1.1, asked by 198.18.1.2) and kept byte for byte.
@@ -28,28 +29,28 @@ from voip.nat.upnp_client import UpnpError
 from voip.nat.upnp_client import UpnpMapping
 from voip.nat.upnp_client import discover
 from voip.nat.upnp_client import map_port
+from voip.wire.igd_control import add_port_mapping_request
+from voip.wire.igd_control import delete_port_mapping_request
+from voip.wire.igd_control import external_ip_untrusted
+from voip.wire.igd_control import get_external_ip_request
+from voip.wire.igd_control import parse_soap_answer_untrusted
+from voip.wire.igd_control import reserved_port_untrusted
+from voip.wire.igd_description import IgdService
+from voip.wire.igd_description import parse_description_untrusted
+from voip.wire.ssdp import MAX_SSDP
+from voip.wire.ssdp import msearch
+from voip.wire.ssdp import parse_ssdp_answer_untrusted
 from voip.wire.upnp import IGD1
-from voip.wire.upnp import MAX_BODY
-from voip.wire.upnp import MAX_DEPTH
-from voip.wire.upnp import MAX_SSDP
 from voip.wire.upnp import WANIP1
 from voip.wire.upnp import WANIP2
 from voip.wire.upnp import WANPPP1
-from voip.wire.upnp import HttpResponse
-from voip.wire.upnp import HttpUrl
-from voip.wire.upnp import IgdService
 from voip.wire.upnp import UpnpParseError
-from voip.wire.upnp import add_port_mapping_request
-from voip.wire.upnp import delete_port_mapping_request
-from voip.wire.upnp import external_ip_untrusted
-from voip.wire.upnp import get_external_ip_request
-from voip.wire.upnp import http_get
-from voip.wire.upnp import msearch
-from voip.wire.upnp import parse_description_untrusted
-from voip.wire.upnp import parse_http_response_untrusted
-from voip.wire.upnp import parse_soap_answer_untrusted
-from voip.wire.upnp import parse_ssdp_answer_untrusted
-from voip.wire.upnp import reserved_port_untrusted
+from voip.wire.upnp_http import MAX_BODY
+from voip.wire.upnp_http import HttpResponse
+from voip.wire.upnp_http import HttpUrl
+from voip.wire.upnp_http import http_get
+from voip.wire.upnp_http import parse_http_response_untrusted
+from voip.wire.upnp_xml import MAX_DEPTH
 
 GATEWAY = "198.18.1.1"
 HOST = "198.18.1.2"

@@ -6,8 +6,9 @@
 
 Every node is a network namespace; veth pairs join them; the internet is the userspace switch
 in `inet`. Namespace names carry this process's PID, so concurrent labs never collide and a
-later lab can tell a crashed one's leftovers and remove them. `Lab` is a context manager that
-always tears down, after a failure or Ctrl-C too.
+later lab can tell a crashed one's leftovers and remove them (namespaces.py). `Lab` is a context
+manager that always tears down, after a failure or Ctrl-C too. Each router is set up by
+router.py; `Lab.baseline` runs its echoes with baseline.py.
 
 A router may also map ports for its LAN on request (NAT-PMP, PCP): `LabConfig.port_mapping_a`
 / `_b` build it for that, and `Lab.start_port_mapping` starts its miniupnpd (port_mapping.py)
@@ -16,8 +17,6 @@ once the rendezvous, its STUN server, is up.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -30,20 +29,38 @@ from dataclasses import field
 from pathlib import Path
 from types import TracebackType
 
+from voip.lab.baseline import echo_rtts
 from voip.lab.echo import EchoRtt
+from voip.lab.namespaces import PREFIX
+from voip.lab.namespaces import add_address
+from voip.lab.namespaces import delete_namespace
+from voip.lab.namespaces import remove_leftovers
+from voip.lab.namespaces import veth
 from voip.lab.nat import NAT_KINDS
-from voip.lab.nat import router_ruleset
 from voip.lab.netns import LabError
 from voip.lab.netns import lab_unavailable_reason
-from voip.lab.netns import list_namespaces
-from voip.lab.netns import namespace_pids
 from voip.lab.netns import popen
 from voip.lab.netns import run
 from voip.lab.port_mapping import NATPMP_PCP
 from voip.lab.port_mapping import PortMapper
 from voip.lab.port_mapping import launch_miniupnpd
+from voip.lab.router import configure_router
 
-PREFIX = "cplab-"
+# PREFIX and remove_leftovers live in namespaces.py; importers keep finding them here.
+__all__ = [
+    "INTERNET",
+    "LANS",
+    "PREFIX",
+    "RELAY_IP",
+    "SERVER_ALT_IP",
+    "SERVER_IP",
+    "WAN_IPS",
+    "Lab",
+    "LabConfig",
+    "Node",
+    "remove_leftovers",
+]
+
 INTERNET = "203.0.113.0/24"
 SERVER_IP = "203.0.113.10"
 SERVER_ALT_IP = "203.0.113.11"  # the rendezvous's second address, for RFC 5780 tests
@@ -152,7 +169,7 @@ class Lab:
                 proc.kill()
                 proc.wait()
         for ns in reversed(self.namespaces):
-            _delete_namespace(ns)
+            delete_namespace(ns)
         self.namespaces.clear()
         for workdir in self.workdirs:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -169,34 +186,6 @@ class Lab:
         run(["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"], ns=name)
         return name
 
-    def _link(self, ns1: str, if1: str, ns2: str, if2: str) -> None:
-        run(
-            [
-                "ip",
-                "link",
-                "add",
-                "name",
-                if1,
-                "netns",
-                ns1,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                if2,
-                "netns",
-                ns2,
-            ]
-        )
-        for ns, dev in ((ns1, if1), (ns2, if2)):
-            # veth hands partially checksummed UDP to raw sockets; forwarded as they are, the
-            # receiver would drop them. Software checksums on every lab link.
-            run(["ethtool", "-K", dev, "tx", "off"], ns=ns)
-            run(["ip", "link", "set", dev, "up"], ns=ns)
-
-    def _addr(self, ns: str, dev: str, cidr: str) -> None:
-        run(["ip", "addr", "add", cidr, "dev", dev], ns=ns)
-
     def _build(self) -> None:
         cfg = self.config
         inet = self._ns("inet")
@@ -212,13 +201,13 @@ class Lab:
             jitter: float = 0.0,
             loss: float = 0.0,
         ) -> None:
-            self._link(inet, port, ns, dev)
-            self._addr(ns, dev, f"{ip}/24")
+            veth(inet, port, ns, dev)
+            add_address(ns, dev, f"{ip}/24")
             ports.append(f"{port}:{delay}:{jitter}:{loss}")
 
         srv = self._ns("srv")
         attach_to_internet(srv, "eth0", SERVER_IP, "p-srv", delay=cfg.delay_server)
-        self._addr(srv, "eth0", f"{SERVER_ALT_IP}/24")
+        add_address(srv, "eth0", f"{SERVER_ALT_IP}/24")
         self.nodes["server"] = Node(srv, SERVER_IP, SERVER_IP, "none")
         relay = self._ns("relay")
         attach_to_internet(relay, "eth0", RELAY_IP, "p-relay", delay=cfg.delay_relay)
@@ -249,31 +238,24 @@ class Lab:
             for i, host_ip in enumerate(lan_hosts):
                 host_ns = host if i == 0 else self._ns("b")
                 dev = "lan" if not cfg.same_nat else f"lan{i}"
-                self._link(router, dev, host_ns, "eth0")
+                veth(router, dev, host_ns, "eth0")
                 if cfg.same_nat:
                     run(["ip", "link", "set", dev, "master", "lan"], ns=router)
-                self._addr(host_ns, "eth0", f"{host_ip}/24")
+                add_address(host_ns, "eth0", f"{host_ip}/24")
                 run(["ip", "route", "add", "default", "via", f"{lan}.1"], ns=host_ns)
                 name = side if i == 0 else "b"
                 self.nodes[name] = Node(host_ns, host_ip, wan_ip, kind, router)
-            self._addr(router, "lan", f"{lan}.1/24")
-            run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=router)
-            # A hairpinned packet leaves by the interface it came in on: no ICMP redirects.
-            for conf in ("all", "default", "lan"):
-                run(["sysctl", "-qw", f"net.ipv4.conf.{conf}.send_redirects=0"], ns=router)
-            ruleset = router_ruleset(
+            add_address(router, "lan", f"{lan}.1/24")
+            configure_router(
+                router,
                 kind,
                 lan_hosts,
-                hairpin=cfg.hairpin,
                 wan_ip=wan_ip,
+                hairpin=cfg.hairpin,
                 port_mapping=cfg.port_mapping_for(side),
                 stun_servers=(SERVER_IP, SERVER_ALT_IP),
+                udp_timeout=cfg.timeout_for(side),
             )
-            run(["nft", "-f", "-"], ns=router, input_text=ruleset)
-            if (timeout := cfg.timeout_for(side)) is not None:
-                # Per namespace: each router keeps its own mapping lifetime.
-                for key in ("nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"):
-                    run(["sysctl", "-qw", f"net.netfilter.{key}={timeout}"], ns=router)
         seed = ["--seed", str(cfg.seed)] if cfg.seed is not None else []
         args = [sys.executable, "-m", "voip.lab.switch", *seed]
         for p in ports:
@@ -341,34 +323,7 @@ class Lab:
         a call crosses: what the lab itself adds to a path's configured delay. `probe_args`
         go to `python -m voip.lab.echo probe` (--count, --interval, --timeout)."""
         targets = [self._echo_target(src, dst) for src, dst in legs]
-        procs: list[subprocess.Popen[str]] = []
-        try:
-            for ns, ip in dict.fromkeys(targets):  # one server per answering node
-                server = popen(_echo("serve", ip), ns=ns, stdout=subprocess.PIPE)
-                procs.append(server)
-                assert server.stdout is not None
-                if server.stdout.readline().strip() != "ready":
-                    raise LabError(f"the lab's baseline echo on {ip} did not start")
-            probes = [
-                popen(
-                    _echo("probe", ip, *probe_args), ns=self.nodes[src].ns, stdout=subprocess.PIPE
-                )
-                for (src, _), (_, ip) in zip(legs, targets, strict=True)
-            ]
-            procs += probes
-            results = []
-            for (_, ip), proc in zip(targets, probes, strict=True):
-                out, _ = proc.communicate(timeout=120)
-                data = json.loads(out or "{}")
-                if not data.get("samples"):
-                    raise LabError(f"the lab's baseline echo to {ip} never answered")
-                results.append(EchoRtt(tuple(data["samples"]), data["lost"]))
-            return results
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                proc.wait()
+        return echo_rtts([self.nodes[src].ns for src, _ in legs], targets, probe_args)
 
     def _echo_target(self, src: str, dst: str) -> tuple[str, str]:
         """Where an echo for `dst` answers, as seen from `src`: a host on the same LAN answers
@@ -399,45 +354,3 @@ table ip lab_cut {{
         router = self.nodes[side].router_ns
         if router is not None:
             run(["nft", "delete", "table", "ip", "lab_cut"], ns=router, check=False)
-
-
-def _echo(*args: str) -> list[str]:
-    return [sys.executable, "-m", "voip.lab.echo", *args]
-
-
-def _delete_namespace(ns: str) -> None:
-    for pid in namespace_pids(ns):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 9)
-    run(["ip", "netns", "delete", ns], check=False)
-
-
-def remove_leftovers() -> list[str]:
-    """Delete lab namespaces whose creating process is gone (a crashed or killed run), and
-    that run's working directories (miniupnpd's); return the namespaces' names."""
-    removed = []
-    for ns in list_namespaces():
-        if not ns.startswith(PREFIX) or _owner_alive(ns):
-            continue
-        _delete_namespace(ns)
-        removed.append(ns)
-    for workdir in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-miniupnpd-*"):
-        if workdir.is_dir() and not _owner_alive(workdir.name):
-            shutil.rmtree(workdir, ignore_errors=True)
-    return removed
-
-
-def _owner_alive(name: str) -> bool:
-    """Whether the process whose PID a lab name carries (after PREFIX) still runs."""
-    pid_text = name[len(PREFIX) :].split("-", 1)[0]
-    return pid_text.isdigit() and _alive(int(pid_text))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

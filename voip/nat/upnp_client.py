@@ -1,5 +1,6 @@
 """Asking the router for a port mapping with UPnP IGD, over asyncio: the thin shell around
-voip.wire.upnp, for routers that answer neither PCP nor NAT-PMP (voip.nat.port_mapper).
+voip.wire's ssdp, igd_description and igd_control (voip.wire.upnp tells the steps), for routers
+that answer neither PCP nor NAT-PMP (voip.nat.port_mapper).
 
 How to call it (from a coroutine; the call's UDP socket is bound to `port`)::
 
@@ -38,8 +39,8 @@ are wrong in themselves (a port out of range, an address that is not IPv4). Canc
 coroutine cancels it (asyncio.CancelledError), leaving nothing open.
 
 It talks to `gateway_ip` only: SSDP answers from any other address are dropped unread, and a
-LOCATION or control URL on another host is refused (voip.wire.upnp). It asks for UDP from any
-remote host, external port = internal port first; if that port is mapped to someone else
+LOCATION or control URL on another host is refused (voip.wire.upnp_http). It asks for UDP from
+any remote host, external port = internal port first; if that port is mapped to someone else
 (718, 729), an IGD:2 is asked with AddAnyPortMapping and an IGD:1 for a random port; a
 router that takes only permanent leases (725) is asked again with lease 0, and such a
 mapping's lifetime is 0: it never needs renewing, and must be deleted at the end.
@@ -54,30 +55,30 @@ import socket
 from dataclasses import dataclass
 from dataclasses import field
 
-from voip.wire.upnp import CONFLICT_IN_MAPPING_ENTRY
-from voip.wire.upnp import CONFLICT_WITH_OTHER_MECHANISMS
-from voip.wire.upnp import NO_SUCH_ENTRY
-from voip.wire.upnp import ONLY_PERMANENT_LEASES
-from voip.wire.upnp import SEARCH_TARGETS
-from voip.wire.upnp import SSDP_GROUP
-from voip.wire.upnp import SSDP_PORT
-from voip.wire.upnp import HttpResponse
-from voip.wire.upnp import HttpUrl
-from voip.wire.upnp import IgdService
-from voip.wire.upnp import SoapAnswer
-from voip.wire.upnp import SsdpAnswer
+from voip.wire.igd_control import CONFLICT_IN_MAPPING_ENTRY
+from voip.wire.igd_control import CONFLICT_WITH_OTHER_MECHANISMS
+from voip.wire.igd_control import NO_SUCH_ENTRY
+from voip.wire.igd_control import ONLY_PERMANENT_LEASES
+from voip.wire.igd_control import SoapAnswer
+from voip.wire.igd_control import add_port_mapping_request
+from voip.wire.igd_control import delete_port_mapping_request
+from voip.wire.igd_control import external_ip_untrusted
+from voip.wire.igd_control import get_external_ip_request
+from voip.wire.igd_control import parse_soap_answer_untrusted
+from voip.wire.igd_control import reserved_port_untrusted
+from voip.wire.igd_description import IgdService
+from voip.wire.igd_description import parse_description_untrusted
+from voip.wire.ssdp import SEARCH_TARGETS
+from voip.wire.ssdp import SSDP_GROUP
+from voip.wire.ssdp import SSDP_PORT
+from voip.wire.ssdp import SsdpAnswer
+from voip.wire.ssdp import msearch
+from voip.wire.ssdp import parse_ssdp_answer_untrusted
 from voip.wire.upnp import UpnpParseError
-from voip.wire.upnp import add_port_mapping_request
-from voip.wire.upnp import delete_port_mapping_request
-from voip.wire.upnp import external_ip_untrusted
-from voip.wire.upnp import get_external_ip_request
-from voip.wire.upnp import http_get
-from voip.wire.upnp import msearch
-from voip.wire.upnp import parse_description_untrusted
-from voip.wire.upnp import parse_http_response_untrusted
-from voip.wire.upnp import parse_soap_answer_untrusted
-from voip.wire.upnp import parse_ssdp_answer_untrusted
-from voip.wire.upnp import reserved_port_untrusted
+from voip.wire.upnp_http import HttpResponse
+from voip.wire.upnp_http import HttpUrl
+from voip.wire.upnp_http import http_get
+from voip.wire.upnp_http import parse_http_response_untrusted
 
 DISCOVERY_WAIT = 0.5  # s for the gateway's SSDP answer
 RESEND_AFTER = 0.2  # s before the M-SEARCHes go again (UDP; UDA §1.3.2 says send more than once)
