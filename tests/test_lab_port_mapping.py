@@ -21,6 +21,7 @@ from voip.lab.nat import router_ruleset
 from voip.lab.netns import LabError
 from voip.lab.netns import lab_unavailable_reason
 from voip.lab.netns import run
+from voip.lab.port_mapping import NATPMP_PCP
 from voip.lab.port_mapping import PREROUTING_CHAIN
 from voip.lab.port_mapping import TABLE
 from voip.lab.port_mapping import PortMapper
@@ -270,13 +271,17 @@ def test_without_the_rendezvous_alternate_address_miniupnpd_is_refused() -> None
 
 @needs_lab
 @pytest.mark.slow
-@pytest.mark.parametrize("mapping_side", ["a", "b"])
+@pytest.mark.parametrize(
+    ("mapping_side", "protocol"), [("a", "PCP"), ("b", "PCP"), ("a", "UPnP IGD")]
+)
 def test_symmetric_against_symmetric_goes_direct_through_the_mapping(
-    mapping_side: str, tmp_path: Path
+    mapping_side: str, protocol: str, tmp_path: Path
 ) -> None:
     """Both routers map per destination, so no punching can work (the relay, without port
     mapping: test_lab.py); when one router opens a port on request, the other side's checks
-    reach it and the audio goes direct. A capture on each router's WAN shows where it went."""
+    reach it and the audio goes direct. A capture on each router's WAN shows where it went;
+    after the call the router holds no mapping. With UPnP IGD the router speaks nothing else
+    (no NAT-PMP or PCP): the call asks it beside PCP and offers the port it opened."""
     config = LabConfig(
         nat_a="symmetric",
         nat_b="symmetric",
@@ -285,6 +290,7 @@ def test_symmetric_against_symmetric_goes_direct_through_the_mapping(
         delay_relay=40,
         port_mapping_a=mapping_side == "a",
         port_mapping_b=mapping_side == "b",
+        port_mapping_protocols=("upnp",) if protocol == "UPnP IGD" else NATPMP_PCP,
     )
     result = run_lab_call(config, tmp_path, duration=3, speech=False, capture=True)
     other = "b" if mapping_side == "a" else "a"
@@ -296,10 +302,10 @@ def test_symmetric_against_symmetric_goes_direct_through_the_mapping(
         reports[side] = caller.report
         assert caller.report["path"] == "direct", caller.report
     mine, theirs = reports[mapping_side], reports[other]
-    assert mine["paths"]["direct"]["found_by"] == "our port mapping (PCP)"
+    assert mine["paths"]["direct"]["found_by"] == f"our port mapping ({protocol})"
     assert theirs["paths"]["direct"]["found_by"] == "the peer's port mapping"
     public = mine["port_mapping"]["public"]
-    assert mine["port_mapping"]["protocol"] == "PCP" and public.startswith(f"{mapper_ip}:")
+    assert mine["port_mapping"]["protocol"] == protocol and public.startswith(f"{mapper_ip}:")
     assert theirs["paths"]["direct"]["remote"] == public  # they sent to the opened port
     assert "mapped " + public in theirs["candidates_tried"]
     # Outside the programs: every RTP packet left each router for the other router's public
@@ -312,3 +318,4 @@ def test_symmetric_against_symmetric_goes_direct_through_the_mapping(
         source for c in result.captures[mapping_side].values() if c["rtp"] for source in c["from"]
     }
     assert sent_from == {public}, sent_from
+    assert result.mappings_left == {mapping_side: 0}  # deleted at hangup

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +27,6 @@ from voip.lab.port_mapping import UPNP_HTTP_PORT
 from voip.lab.port_mapping import miniupnpd_config
 from voip.lab.port_mapping import miniupnpd_unavailable_reason
 from voip.lab.port_mapping import protocol_switches
-from voip.lab.scenario import run_lab_call
 from voip.lab.topology import SERVER_IP
 from voip.lab.topology import Lab
 from voip.lab.topology import LabConfig
@@ -259,33 +257,3 @@ def test_a_router_without_upnp_says_so_in_half_a_second_and_maps_as_before() -> 
         answer = ask(lab, router, "NAT-PMP external address", b"\x00\x00")
         assert answer[:4] == bytes([0, 128, 0, 0])  # version 0, answer to opcode 0, success
         assert answer[8:12] == bytes([203, 0, 113, 1])
-
-
-@needs_lab
-def test_a_call_behind_a_upnp_only_router_goes_direct_through_its_mapping(
-    tmp_path: Path,
-) -> None:
-    """Two symmetric NATs, alice's router speaking UPnP IGD alone (no NAT-PMP or PCP): the
-    call asks it beside PCP, offers the port it opened, and the audio goes direct to it. The
-    capture shows bob's RTP went to that port; after the call the router holds no mapping."""
-    config = LabConfig(
-        nat_a="symmetric",
-        nat_b="symmetric",
-        delay_a=5,
-        delay_b=5,
-        delay_relay=40,
-        port_mapping_a=True,
-        port_mapping_protocols=("upnp",),
-    )
-    result = run_lab_call(config, tmp_path, duration=3, speech=False, capture=True)
-    alice, bob = (result.callers[n].report for n in ("alice", "bob"))
-    assert alice is not None and bob is not None, result.callers["alice"].stderr
-    assert alice["path"] == bob["path"] == "direct", (alice, bob)
-    assert alice["port_mapping"]["protocol"] == "UPnP IGD", alice["port_mapping"]
-    public = alice["port_mapping"]["public"]
-    assert alice["paths"]["direct"]["found_by"] == "our port mapping (UPnP IGD)"
-    assert bob["paths"]["direct"]["found_by"] == "the peer's port mapping"
-    assert bob["paths"]["direct"]["remote"] == public
-    to_public = result.captures["b"].get(public, {}).get("rtp", 0)
-    assert to_public >= 100, result.captures["b"]
-    assert result.mappings_left == {"a": 0}  # deleted at hangup
