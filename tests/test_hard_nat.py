@@ -40,9 +40,11 @@ from voip.nat.pairs import RelayMode
 from voip.wire.candidates import Candidate
 from voip.wire.candidates import CandidateType
 from voip.wire.signal import MAPPING_DEPENDENT
+from voip.wire.stun import Attr
 from voip.wire.stun import Class
 from voip.wire.stun import Message
 from voip.wire.stun import Method
+from voip.wire.stun import encode
 from voip.wire.stun import encode_xor_address
 from voip.wire.stun import parse_message_untrusted
 
@@ -249,3 +251,22 @@ def test_a_random_symmetric_nat_against_a_sequential_one_is_relayed_at_once() ->
     assert a.path == bob.core.report().path == "relay"
     assert alice.core.connector.punch_hopeless and bob.core.connector.punch_hopeless
     assert a.setup_ms is not None and a.setup_ms < 1000
+
+
+def test_garbage_on_an_extra_socket_is_counted_and_dropped() -> None:
+    """A stranger's bytes on one of the hard side's extra sockets: a malformed STUN message
+    and a check whose USERNAME is not UTF-8 are counted with the call socket's garbage and
+    raise nothing; the path found stays."""
+    net, _, hard = hard_call("cone", "symmetric", duration=3.0)
+    connector = hard.core.connector
+    opener = connector.hard.opener
+    assert opener is not None and opener.winner is not None
+    other = (opener.winner + 1) % SOCKETS
+    bad_name = encode(
+        Message(Method.BINDING, Class.REQUEST, attributes=((Attr.USERNAME, b"\xff\xfe"),))
+    )
+    before = connector.malformed
+    for data in (bad_name, bad_name[:24], b"\x00\x01\x00\x04" + bytes(16)):
+        assert hard.core.handle(data, ("203.0.113.9", 4000), net.now, side=other) == []
+    assert connector.malformed == before + 3
+    assert opener.winner is not None and hard.core.report().path == "direct"

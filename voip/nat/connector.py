@@ -236,9 +236,12 @@ class Connector:
 
     def handle_side(self, index: int, data: bytes, src: Address, now: float) -> list[Transmit]:
         """STUN on birthday punching's extra socket `index`; its sends go to hard.side_out."""
-        if self.checks is None:
-            return []
-        out = self._routed(self.hard.side(index, data, src, now, self.checks) or [])
+        try:
+            sent = self.hard.side(index, data, src, now, self.checks) if self.checks else None
+        except StunError:  # garbage, counted with the call socket's
+            self.malformed += 1
+            sent = None
+        out = self._routed(sent or [])
         self._collect(now, out)
         return out
 

@@ -30,7 +30,6 @@ from voip.wire.signal import MAPPING_DEPENDENT
 from voip.wire.signal import MAPPING_INDEPENDENT
 from voip.wire.signal import PeerReady
 from voip.wire.stun import Address
-from voip.wire.stun import StunError
 from voip.wire.stun import looks_like_stun
 from voip.wire.stun import parse_message_untrusted
 
@@ -45,7 +44,6 @@ class HardNat:
         self.prober: Prober | None = None
         self.opener: Opener | None = None
         self.side_out: list[SideSend] = []  # from the extra sockets, for the shell to send
-        self.malformed = 0  # garbage that reached an extra socket
 
     def begin(self, own: str | None, predicting: bool, ready: PeerReady, now: float) -> None:
         """The peers met (again): birthday punching, if one side is hard and one easy."""
@@ -100,14 +98,11 @@ class HardNat:
     ) -> list[Send] | None:
         """A datagram (not media) on extra socket `index`: the first authenticated check from
         the peer makes it our birthday base, whose checks and answers the checks take from then
-        on; anything else on the extra sockets is a stranger's, and dropped."""
+        on; anything else on the extra sockets is a stranger's, and dropped. Raises StunError
+        for a malformed message (a USERNAME that is not UTF-8, too)."""
         if self.opener is None or not looks_like_stun(data):
             return None
-        try:
-            msg = parse_message_untrusted(data)
-        except StunError:
-            self.malformed += 1
-            return None
+        msg = parse_message_untrusted(data)
         adopted = index == self.opener.winner
         if not adopted and not (
             checks.credentials.is_for_us(msg) and self.opener.adopt(index, now)
