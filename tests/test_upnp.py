@@ -3,8 +3,9 @@ igd_control, upnp_http, upnp_xml) as bytes, hostile inputs refused, and the asyn
 (voip.nat.upnp_client) against a fake IGD on 127.0.0.1 that answers with what miniupnpd
 answered.
 
-The answers below are miniupnpd 2.3.1's (Debian's miniupnpd-nftables), captured in the lab
-(tests/test_lab_upnp.py's router, 198.18.1.1, asked by 198.18.1.2) and kept byte for byte.
+The answers in tests/captures/miniupnpd/ are miniupnpd 2.3.1's (Debian's miniupnpd-nftables),
+captured in the lab (tests/test_lab_upnp.py's router, 198.18.1.1, asked by 198.18.1.2) and kept
+byte for byte.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 from typing import ParamSpec
 
@@ -59,233 +61,32 @@ CONTROL_V2 = IgdService(WANIP2, HttpUrl(GATEWAY, 5000, "/ctl/IPConn"))
 
 # -- miniupnpd's answers, as captured ------------------------------------------------------
 
+CAPTURES = Path(__file__).parent / "captures" / "miniupnpd"
+
+
+def captured(name: str) -> bytes:
+    """The capture tests/captures/miniupnpd/`name`.http, byte for byte."""
+    return (CAPTURES / f"{name}.http").read_bytes()
+
+
 # miniupnpd 2.3.1's answer to the unicast M-SEARCH for IGD:1 (it is an IGD:2)
-SSDP_ANSWER = (
-    b"HTTP/1.1 200 OK\r\n"
-    b"CACHE-CONTROL: max-age=120\r\n"
-    b"ST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n"
-    b"USN:"
-    b" uuid:54476470-1def-4b70-994e-4f354dfc4c64::urn:schemas-upnp-org:device"
-    b":InternetGatewayDevice:1\r\n"
-    b"EXT:\r\n"
-    b"SERVER: Debian/6.18.44-fc-v595 UPnP/1.1 MiniUPnPd/2.3.1\r\n"
-    b"LOCATION: http://198.18.1.1:5000/rootDesc.xml\r\n"
-    b'OPT: "http://schemas.upnp.org/upnp/1/0/"; ns=01\r\n'
-    b"01-NLS: 1795354249\r\n"
-    b"BOOTID.UPNP.ORG: 1795354249\r\n"
-    b"CONFIGID.UPNP.ORG: 1337\r\n"
-    b"\r\n"
-)
-
+SSDP_ANSWER = captured("ssdp_answer")
 # GET /rootDesc.xml: Debian's build describes an IGD:2 with WANIPConnection:2
-DESCRIPTION_V2 = (
-    b"HTTP/1.1 200 OK\r\n"
-    b'Content-Type: text/xml; charset="utf-8"\r\n'
-    b"Connection: close\r\n"
-    b"Content-Length: 3091\r\n"
-    b"Server: Debian/6.18.44-fc-v595 UPnP/1.1 MiniUPnPd/2.3.1\r\n"
-    b"Ext:\r\n"
-    b"\r\n"
-    b'<?xml version="1.0"?>\r\n<root xmlns="urn:schemas-upnp-org:device-1-0" configId="1337">'
-    b"<specVersion><major>1</major><minor>1</minor></specVersion><device>"
-    b"<deviceType>urn:schemas-upnp-org:device:InternetGatewayDevice:2</deviceType>"
-    b"<friendlyName>Debian router</friendlyName><manufacturer>Debian</manufacturer>"
-    b"<manufacturerURL>http://www.debian.org/</manufacturerURL>"
-    b"<modelDescription>Debian router</modelDescription><modelName>Debian router</modelName>"
-    b"<modelNumber>1</modelNumber><modelURL>http://www.debian.org/</modelURL>"
-    b"<serialNumber>00000000</serialNumber>"
-    b"<UDN>uuid:54476470-1def-4b70-994e-4f354dfc4c64</UDN><serviceList><service>"
-    b"<serviceType>urn:schemas-upnp-org:service:Layer3Forwarding:1</serviceType>"
-    b"<serviceId>urn:upnp-org:serviceId:L3Forwarding1</serviceId><SCPDURL>/L3F.xml</SCPDURL>"
-    b"<controlURL>/ctl/L3F</controlURL><eventSubURL>/evt/L3F</eventSubURL></service><service>"
-    b"<serviceType>urn:schemas-upnp-org:service:DeviceProtection:1</serviceType>"
-    b"<serviceId>urn:upnp-org:serviceId:DeviceProtection1</serviceId>"
-    b"<SCPDURL>/DP.xml</SCPDURL><controlURL>/ctl/DP</controlURL>"
-    b"<eventSubURL>/evt/DP</eventSubURL></service></serviceList><deviceList><device>"
-    b"<deviceType>urn:schemas-upnp-org:device:WANDevice:2</deviceType>"
-    b"<friendlyName>WANDevice</friendlyName><manufacturer>MiniUPnP</manufacturer>"
-    b"<manufacturerURL>http://miniupnp.free.fr/</manufacturerURL>"
-    b"<modelDescription>WAN Device</modelDescription><modelName>WAN Device</modelName>"
-    b"<modelNumber>20221221</modelNumber><modelURL>http://miniupnp.free.fr/</modelURL>"
-    b"<serialNumber>00000000</serialNumber>"
-    b"<UDN>uuid:54476470-1def-4b70-994e-4f354dfc4c65</UDN><UPC>000000000000</UPC>"
-    b"<serviceList><service>"
-    b"<serviceType>urn:schemas-upnp-org:service:WANCommonInterfaceConfig:1</serviceType>"
-    b"<serviceId>urn:upnp-org:serviceId:WANCommonIFC1</serviceId>"
-    b"<SCPDURL>/WANCfg.xml</SCPDURL><controlURL>/ctl/CmnIfCfg</controlURL>"
-    b"<eventSubURL>/evt/CmnIfCfg</eventSubURL></service></serviceList><deviceList><device>"
-    b"<deviceType>urn:schemas-upnp-org:device:WANConnectionDevice:2</deviceType>"
-    b"<friendlyName>WANConnectionDevice</friendlyName><manufacturer>MiniUPnP</manufacturer>"
-    b"<manufacturerURL>http://miniupnp.free.fr/</manufacturerURL>"
-    b"<modelDescription>MiniUPnP daemon</modelDescription><modelName>MiniUPnPd</modelName>"
-    b"<modelNumber>20221221</modelNumber><modelURL>http://miniupnp.free.fr/</modelURL>"
-    b"<serialNumber>00000000</serialNumber>"
-    b"<UDN>uuid:54476470-1def-4b70-994e-4f354dfc4c66</UDN><UPC>000000000000</UPC>"
-    b"<serviceList><service>"
-    b"<serviceType>urn:schemas-upnp-org:service:WANIPConnection:2</serviceType>"
-    b"<serviceId>urn:upnp-org:serviceId:WANIPConn1</serviceId><SCPDURL>/WANIPCn.xml</SCPDURL>"
-    b"<controlURL>/ctl/IPConn</controlURL><eventSubURL>/evt/IPConn</eventSubURL></service>"
-    b"<service>"
-    b"<serviceType>urn:schemas-upnp-org:service:WANIPv6FirewallControl:1</serviceType>"
-    b"<serviceId>urn:upnp-org:serviceId:WANIPv6Firewall1</serviceId>"
-    b"<SCPDURL>/WANIP6FC.xml</SCPDURL><controlURL>/ctl/IP6FCtl</controlURL>"
-    b"<eventSubURL>/evt/IP6FCtl</eventSubURL></service></serviceList></device></deviceList>"
-    b"</device></deviceList><presentationURL>http://198.18.1.1/</presentationURL></device>"
-    b"</root>"
-)
-
+DESCRIPTION_V2 = captured("description_v2")
 # the same with force_igd_desc_v1=yes: IGD:1, WANIPConnection:1
-DESCRIPTION_V1 = (
-    b"HTTP/1.1 200 OK\r\n"
-    b'Content-Type: text/xml; charset="utf-8"\r\n'
-    b"Connection: close\r\n"
-    b"Content-Length: 2574\r\n"
-    b"Server: Debian/6.18.44-fc-v595 UPnP/1.1 MiniUPnPd/2.3.1\r\n"
-    b"Ext:\r\n"
-    b"\r\n"
-    b'<?xml version="1.0"?>\r\n<root xmlns="urn:schemas-upnp-org:device-1-0" configId="1337">'
-    b"<specVersion><major>1</major><minor>1</minor></specVersion><device>"
-    b"<deviceType>urn:schemas-upnp-org:device:InternetGatewayDevice:1</deviceType>"
-    b"<friendlyName>Debian router</friendlyName><manufacturer>Debian</manufacturer>"
-    b"<manufacturerURL>http://www.debian.org/</manufacturerURL>"
-    b"<modelDescription>Debian router</modelDescription><modelName>Debian router</modelName>"
-    b"<modelNumber>1</modelNumber><modelURL>http://www.debian.org/</modelURL>"
-    b"<serialNumber>00000000</serialNumber>"
-    b"<UDN>uuid:18ab53bd-f091-478f-a336-252d35d14903</UDN><serviceList><service>"
-    b"<serviceType>urn:schemas-upnp-org:service:Layer3Forwarding:1</serviceType>"
-    b"<serviceId>urn:upnp-org:serviceId:L3Forwarding1</serviceId><SCPDURL>/L3F.xml</SCPDURL>"
-    b"<controlURL>/ctl/L3F</controlURL><eventSubURL>/evt/L3F</eventSubURL></service>"
-    b"</serviceList><deviceList><device>"
-    b"<deviceType>urn:schemas-upnp-org:device:WANDevice:1</deviceType>"
-    b"<friendlyName>WANDevice</friendlyName><manufacturer>MiniUPnP</manufacturer>"
-    b"<manufacturerURL>http://miniupnp.free.fr/</manufacturerURL>"
-    b"<modelDescription>WAN Device</modelDescription><modelName>WAN Device</modelName>"
-    b"<modelNumber>20221221</modelNumber><modelURL>http://miniupnp.free.fr/</modelURL>"
-    b"<serialNumber>00000000</serialNumber>"
-    b"<UDN>uuid:18ab53bd-f091-478f-a336-252d35d14904</UDN><UPC>000000000000</UPC>"
-    b"<serviceList><service>"
-    b"<serviceType>urn:schemas-upnp-org:service:WANCommonInterfaceConfig:1</serviceType>"
-    b"<serviceId>urn:upnp-org:serviceId:WANCommonIFC1</serviceId>"
-    b"<SCPDURL>/WANCfg.xml</SCPDURL><controlURL>/ctl/CmnIfCfg</controlURL>"
-    b"<eventSubURL>/evt/CmnIfCfg</eventSubURL></service></serviceList><deviceList><device>"
-    b"<deviceType>urn:schemas-upnp-org:device:WANConnectionDevice:1</deviceType>"
-    b"<friendlyName>WANConnectionDevice</friendlyName><manufacturer>MiniUPnP</manufacturer>"
-    b"<manufacturerURL>http://miniupnp.free.fr/</manufacturerURL>"
-    b"<modelDescription>MiniUPnP daemon</modelDescription><modelName>MiniUPnPd</modelName>"
-    b"<modelNumber>20221221</modelNumber><modelURL>http://miniupnp.free.fr/</modelURL>"
-    b"<serialNumber>00000000</serialNumber>"
-    b"<UDN>uuid:18ab53bd-f091-478f-a336-252d35d14905</UDN><UPC>000000000000</UPC>"
-    b"<serviceList><service>"
-    b"<serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType>"
-    b"<serviceId>urn:upnp-org:serviceId:WANIPConn1</serviceId><SCPDURL>/WANIPCn.xml</SCPDURL>"
-    b"<controlURL>/ctl/IPConn</controlURL><eventSubURL>/evt/IPConn</eventSubURL></service>"
-    b"</serviceList></device></deviceList></device></deviceList>"
-    b"<presentationURL>http://198.18.1.1/</presentationURL></device></root>"
-)
-
+DESCRIPTION_V1 = captured("description_v1")
 # GetExternalIPAddress (the address miniupnpd learned by STUN)
-EXTERNAL_IP = (
-    b"HTTP/1.1 200 OK\r\n"
-    b'Content-Type: text/xml; charset="utf-8"\r\n'
-    b"Connection: close\r\n"
-    b"Content-Length: 357\r\n"
-    b"Server: Debian/6.18.44-fc-v595 UPnP/1.1 MiniUPnPd/2.3.1\r\n"
-    b"Ext:\r\n"
-    b"\r\n"
-    b'<?xml version="1.0"?>\r\n<s:Envelope'
-    b' xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"'
-    b' s:encodingStyle="http://schemas.xmlsoap.org/soap/encoding/">'
-    b"<s:Body>"
-    b'<u:GetExternalIPAddressResponse xmlns:u="urn:schemas-upnp-org:service:WANIPConnection:2">'
-    b"<NewExternalIPAddress>203.0.113.1</NewExternalIPAddress>"
-    b"</u:GetExternalIPAddressResponse></s:Body></s:Envelope>\r\n"
-)
-
+EXTERNAL_IP = captured("external_ip")
 # AddPortMapping done
-ADD_OK = (
-    b"HTTP/1.1 200 OK\r\n"
-    b'Content-Type: text/xml; charset="utf-8"\r\n'
-    b"Connection: close\r\n"
-    b"Content-Length: 263\r\n"
-    b"Server: Debian/6.18.44-fc-v595 UPnP/1.1 MiniUPnPd/2.3.1\r\n"
-    b"Ext:\r\n"
-    b"\r\n"
-    b'<?xml version="1.0"?>\r\n<s:Envelope'
-    b' xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"'
-    b' s:encodingStyle="http://schemas.xmlsoap.org/soap/encoding/">'
-    b"<s:Body>"
-    b'<u:AddPortMappingResponse xmlns:u="urn:schemas-upnp-org:service:WANIPConnection:2"/>'
-    b"</s:Body></s:Envelope>\r\n"
-)
-
+ADD_OK = captured("add_ok")
 # AddAnyPortMapping done, on the port asked for
-ADD_ANY_OK = (
-    b"HTTP/1.1 200 OK\r\n"
-    b'Content-Type: text/xml; charset="utf-8"\r\n'
-    b"Connection: close\r\n"
-    b"Content-Length: 335\r\n"
-    b"Server: Debian/6.18.44-fc-v595 UPnP/1.1 MiniUPnPd/2.3.1\r\n"
-    b"Ext:\r\n"
-    b"\r\n"
-    b'<?xml version="1.0"?>\r\n<s:Envelope'
-    b' xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"'
-    b' s:encodingStyle="http://schemas.xmlsoap.org/soap/encoding/">'
-    b"<s:Body>"
-    b'<u:AddAnyPortMappingResponse xmlns:u="urn:schemas-upnp-org:service:WANIPConnection:2">'
-    b"<NewReservedPort>40000</NewReservedPort></u:AddAnyPortMappingResponse></s:Body>"
-    b"</s:Envelope>\r\n"
-)
-
+ADD_ANY_OK = captured("add_any_ok")
 # DeletePortMapping done
-DELETE_OK = (
-    b"HTTP/1.1 200 OK\r\n"
-    b'Content-Type: text/xml; charset="utf-8"\r\n'
-    b"Connection: close\r\n"
-    b"Content-Length: 295\r\n"
-    b"Server: Debian/6.18.44-fc-v595 UPnP/1.1 MiniUPnPd/2.3.1\r\n"
-    b"Ext:\r\n"
-    b"\r\n"
-    b'<?xml version="1.0"?>\r\n<s:Envelope'
-    b' xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"'
-    b' s:encodingStyle="http://schemas.xmlsoap.org/soap/encoding/">'
-    b"<s:Body>"
-    b'<u:DeletePortMappingResponse xmlns:u="urn:schemas-upnp-org:service:WANIPConnection:2">'
-    b"</u:DeletePortMappingResponse></s:Body></s:Envelope>\r\n"
-)
-
+DELETE_OK = captured("delete_ok")
 # AddPortMapping for another host's address (secure_mode refuses it)
-FAULT_718 = (
-    b"HTTP/1.1 500 Internal Server Error\r\n"
-    b'Content-Type: text/xml; charset="utf-8"\r\n'
-    b"Connection: close\r\n"
-    b"Content-Length: 406\r\n"
-    b"Server: Debian/6.18.44-fc-v595 UPnP/1.1 MiniUPnPd/2.3.1\r\n"
-    b"Ext:\r\n"
-    b"\r\n"
-    b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"'
-    b' s:encodingStyle="http://schemas.xmlsoap.org/soap/encoding/">'
-    b"<s:Body><s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring>"
-    b'<detail><UPnPError xmlns="urn:schemas-upnp-org:control-1-0"><errorCode>718</errorCode>'
-    b"<errorDescription>ConflictInMappingEntry</errorDescription></UPnPError></detail>"
-    b"</s:Fault></s:Body></s:Envelope>"
-)
-
+FAULT_718 = captured("fault_718")
 # an action miniupnpd does not have
-FAULT_401 = (
-    b"HTTP/1.1 500 Internal Server Error\r\n"
-    b'Content-Type: text/xml; charset="utf-8"\r\n'
-    b"Connection: close\r\n"
-    b"Content-Length: 398\r\n"
-    b"Server: Debian/6.18.44-fc-v595 UPnP/1.1 MiniUPnPd/2.3.1\r\n"
-    b"Ext:\r\n"
-    b"\r\n"
-    b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"'
-    b' s:encodingStyle="http://schemas.xmlsoap.org/soap/encoding/">'
-    b"<s:Body><s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring>"
-    b'<detail><UPnPError xmlns="urn:schemas-upnp-org:control-1-0"><errorCode>401</errorCode>'
-    b"<errorDescription>Invalid Action</errorDescription></UPnPError></detail></s:Fault>"
-    b"</s:Body></s:Envelope>"
-)
+FAULT_401 = captured("fault_401")
 
 
 def body_of(response: bytes) -> bytes:
@@ -817,11 +618,8 @@ DEFAULT_ANSWERS = {
 
 def fault(code: int, words: str) -> bytes:
     """miniupnpd's SOAP fault, with another UPnP error in it."""
-    head, _, body = FAULT_718.partition(b"\r\n\r\n")
-    body = body.replace(b">718<", f">{code}<".encode())
-    body = body.replace(b">ConflictInMappingEntry<", f">{words}<".encode())
-    head = re.sub(rb"Content-Length: \d+", f"Content-Length: {len(body)}".encode(), head)
-    return head + b"\r\n\r\n" + body
+    coded = edit(FAULT_718, b">718<", f">{code}<".encode())
+    return edit(coded, b">ConflictInMappingEntry<", f">{words}<".encode())
 
 
 async def mapped(igd: FakeIgd, port: int = 41000, **kwargs: float) -> UpnpMapping:
