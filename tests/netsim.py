@@ -26,6 +26,17 @@ class Endpoint(Protocol):
     def next_deadline(self) -> float | None: ...
 
 
+class Responder:
+    """An endpoint that only answers what it is sent: it sends nothing of its own and keeps no
+    timer (subclasses give `handle`)."""
+
+    def poll(self, now: float) -> list[Transmit]:
+        return []
+
+    def next_deadline(self) -> float | None:
+        return None
+
+
 @dataclass
 class Nat:
     public_ip: str
@@ -83,7 +94,7 @@ class Nat:
         return internal
 
 
-class PcpGateway:
+class PcpGateway(Responder):
     """A router's PCP server on its LAN address (RFC 6887 MAP for UDP, as miniupnpd answers),
     opening ports on its `Nat`; with `answer` False, a router that does not speak PCP."""
 
@@ -105,12 +116,6 @@ class PcpGateway:
         header = b"\x02\x81\x00\x00" + lifetime + int(now).to_bytes(4, "big") + bytes(12)
         payload = nonce + b"\x11\x00\x00\x00" + data[40:42] + port.to_bytes(2, "big") + public
         return [(header + payload, src)]
-
-    def poll(self, now: float) -> list[Transmit]:
-        return []
-
-    def next_deadline(self) -> float | None:
-        return None
 
 
 class Network:

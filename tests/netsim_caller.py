@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.netsim import Address
 from tests.netsim import Network
+from tests.netsim import Responder
 from tests.netsim import Transmit
 from voip import events as ev
 from voip.call_core import CallCore
@@ -24,7 +25,7 @@ SERVER: Address = ("203.0.113.10", 3478)
 SIDE_PORTS = 50000  # extra sockets' local ports: this plus their index
 
 
-class SideSocket:
+class SideSocket(Responder):
     """One of a caller's extra sockets on the network (birthday punching's hard side)."""
 
     def __init__(self, caller: Caller, index: int):
@@ -33,12 +34,6 @@ class SideSocket:
     def handle(self, data: bytes, src: Address, now: float) -> list[Transmit]:
         self.caller.handle_side(self.index, data, src, now)
         return []
-
-    def poll(self, now: float) -> list[Transmit]:
-        return []
-
-    def next_deadline(self) -> float | None:
-        return None
 
 
 class Speaker:

@@ -21,6 +21,7 @@ from rendezvous.turn_server import TurnServer
 from tests.netsim import Address
 from tests.netsim import Nat
 from tests.netsim import Network
+from tests.netsim import Responder
 from tests.netsim import Transmit
 from tests.netsim_caller import SERVER
 from tests.netsim_caller import Caller
@@ -82,7 +83,7 @@ class ServerHost:
         return self.node.next_deadline()
 
 
-class RelayedPort:
+class RelayedPort(Responder):
     def __init__(self, host: ServerHost, addr: Address):
         self.host, self.addr = host, addr
 
@@ -91,12 +92,6 @@ class RelayedPort:
             SERVER, self.host.route(self.host.node.from_peer(data, self.addr, src, now))
         )
         return []
-
-    def poll(self, now: float) -> list[Transmit]:
-        return []
-
-    def next_deadline(self) -> float | None:
-        return None
 
 
 def call(relay: str = "auto") -> tuple[Network, Caller, Caller]:

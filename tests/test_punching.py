@@ -10,6 +10,7 @@ from rendezvous.logic import RendezvousLogic
 from tests.netsim import Address
 from tests.netsim import Nat
 from tests.netsim import Network
+from tests.netsim import Responder
 from tests.netsim import Transmit
 from voip.nat import checks
 from voip.nat.checklist import TA
@@ -51,7 +52,7 @@ class ServerNode:
         return self.logic.next_deadline()
 
 
-class AlternateNode:
+class AlternateNode(Responder):
     """The rendezvous's RFC 5780 alternate address: Binding answers only, from there."""
 
     def __init__(self, logic: RendezvousLogic, local: Address):
@@ -60,12 +61,6 @@ class AlternateNode:
     def handle(self, data: bytes, src: Address, now: float) -> list[Transmit]:
         msg = parse_message_untrusted(data)
         return [(out.data, out.dest) for out in self.logic.binding(msg, src, self.local)]
-
-    def poll(self, now: float) -> list[Transmit]:
-        return []
-
-    def next_deadline(self) -> float | None:
-        return None
 
 
 class ClientNode:
