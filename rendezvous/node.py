@@ -1,8 +1,10 @@
-"""Every datagram that reaches the rendezvous, on any of its ports, sans-IO: which logic takes it.
+"""Every datagram (or stream frame) that reaches the rendezvous, sans-IO: which logic takes it.
 
 The main port carries STUN Binding, callpeer's signalling and TURN (requests and ChannelData:
 RFC 7983 demultiplexing by first byte); the other RFC 5780 ports answer Binding requests only;
-a relayed port carries a peer's datagrams for its allocation. Nothing raises out of here: what
+a relayed port carries a peer's datagrams for its allocation. A frame from a TCP or TLS
+connection (RFC 8656 §3.1) is handled as a datagram from the connection's remote address, and
+its close ends that address's state (stream_closed). Nothing raises out of here: what
 cannot be parsed is counted and dropped. The asyncio shell (rendezvous/server.py) only moves
 datagrams between sockets and this node, so tests can put the whole server on any network.
 """
@@ -58,6 +60,20 @@ class RendezvousNode:
         if self.turn is None:
             return []
         return self.turn.handle_peer(data, relayed, peer, now)
+
+    def holds(self, client: Address, now: float) -> bool:
+        """Whether a client at `client` has a registration or an allocation here: then a new
+        stream from that address (another protocol, so maybe another client) is refused."""
+        if self.turn is not None and self.turn.allocated_for(client, now):
+            return True
+        return self.logic.registered_at(client, now)
+
+    def stream_closed(self, client: Address, now: float) -> None:
+        """The TCP or TLS connection from `client` closed: its allocation and its names go
+        with it (RFC 8656 §3.1), as nothing can reach it at that address any more."""
+        if self.turn is not None:
+            self.turn.client_gone(client)
+        self.logic.forget_address(client, now)
 
     def next_deadline(self) -> float | None:
         times = [self.logic.next_deadline(), self.turn.next_deadline() if self.turn else None]

@@ -64,6 +64,7 @@ class Registry:
         self.per_ip = per_ip
         self._entries: dict[str, Entry] = {}
         self._by_ip: Counter[str] = Counter()
+        self._at: dict[Address, set[str]] = {}  # names by the address they registered from
         self._expiries: Deadlines[str] = Deadlines()
 
     def __len__(self) -> int:
@@ -106,10 +107,14 @@ class Registry:
             entry = Entry(name, reflexive, host_candidates, now + self.lifetime, now, wants)
             self._entries[name] = entry
             self._by_ip[block] += 1
+            self._at.setdefault(reflexive, set()).add(name)
         else:
             if moving:
                 self._uncount(entry.reflexive[0])
                 self._by_ip[block] += 1
+            if entry.reflexive != reflexive:
+                self._unplace(name, entry.reflexive)
+                self._at.setdefault(reflexive, set()).add(name)
             entry.reflexive = reflexive
             entry.host_candidates = host_candidates
             entry.expires = now + self.lifetime
@@ -131,6 +136,10 @@ class Registry:
             return False
         self._drop(name)
         return True
+
+    def names_at(self, reflexive: Address, now: float) -> list[str]:
+        """The live names registered from `reflexive`."""
+        return [n for n in self._at.get(reflexive, ()) if self._entries[n].expires > now]
 
     def match(self, name: str, now: float) -> Entry | None:
         """The peer of `name` if each has asked for the other, else None."""
@@ -155,6 +164,14 @@ class Registry:
         entry = self._entries.pop(name)
         self._expiries.discard(name)
         self._uncount(entry.reflexive[0])
+        self._unplace(name, entry.reflexive)
+
+    def _unplace(self, name: str, reflexive: Address) -> None:
+        names = self._at.get(reflexive)
+        if names is not None:
+            names.discard(name)
+            if not names:
+                del self._at[reflexive]
 
     def _uncount(self, ip: str) -> None:
         block = address_block(ip)

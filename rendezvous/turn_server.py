@@ -168,6 +168,17 @@ class TurnServer:
             self._release(client)
             self.stats["expired"] += 1
 
+    def allocated_for(self, client: Address, now: float) -> bool:
+        alloc = self.allocations.get(client)
+        return alloc is not None and alloc.expires > now
+
+    def client_gone(self, client: Address) -> None:
+        """The connection `client` spoke over has closed: over TCP or TLS the allocation ends
+        with it (RFC 8656 §3.1)."""
+        if client in self.allocations:
+            self._release(client)
+            self.stats["released_with_stream"] += 1
+
     def add_own_addresses(self, ips: Iterable[str]) -> None:
         """The relay's own addresses (where it listens and relays): never a peer."""
         self.peers.add_own(ips)
