@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ipaddress
 import resource
+import ssl
 import sys
 
 from rendezvous.limits import OPTIONS as LIMIT_OPTIONS
@@ -17,7 +18,9 @@ from rendezvous.name_store import MEMORY
 from rendezvous.name_store import NameStore
 from rendezvous.name_store import NameStoreError
 from rendezvous.name_store import default_store_path
+from rendezvous.server import TLS_PORT
 from rendezvous.server import RendezvousServer
+from rendezvous.tls import server_context
 from rendezvous.turn_server import TurnPolicy
 from voip.wire.candidates import format_address
 from voip.wire.candidates import parse_address
@@ -36,7 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen",
         default=DEFAULT_LISTEN,
         metavar="HOST:PORT",
-        help=f"UDP address to listen on (default {DEFAULT_LISTEN})",
+        help=f"address to listen on, UDP and TCP (default {DEFAULT_LISTEN})",
+    )
+    p.add_argument(
+        "--no-tcp",
+        action="store_true",
+        help="no TCP listener on the --listen port (UDP only, and TLS if asked for)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="PEM certificate chain: listen on TLS too (STUN, signalling and TURN, for "
+        "callers whose networks block UDP); needs --tls-key",
+    )
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--tls-listen",
+        metavar="HOST:PORT",
+        help=f"TLS address (default the --listen host, port {TLS_PORT}; 443 gets through "
+        "most firewalls but needs root)",
     )
     p.add_argument(
         "--alt-address",
@@ -149,12 +170,41 @@ def build_server(
     return RendezvousServer.with_relay(relay_host, logic, policy)
 
 
+def tls_options(
+    args: argparse.Namespace, host: str
+) -> tuple[ssl.SSLContext | None, tuple[str, int]]:
+    """The TLS context (None without --tls-cert) and where to listen on TLS: ValueError for
+    options that do not fit together, OSError or ssl.SSLError for files that cannot be used."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    where = (host, TLS_PORT)
+    if args.tls_listen:
+        if not args.tls_cert:
+            raise ValueError("--tls-listen needs --tls-cert and --tls-key")
+        where = parse_address(args.tls_listen, default_port=TLS_PORT, allow_any_port=True)
+    context = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    return context, where
+
+
 async def _run(
-    server: RendezvousServer, host: str, port: int, quiet: bool, alt_host: str | None = None
+    server: RendezvousServer,
+    host: str,
+    port: int,
+    quiet: bool,
+    alt_host: str | None = None,
+    *,
+    tcp: bool = True,
+    tls: ssl.SSLContext | None = None,
+    tls_listen: tuple[str, int] | None = None,
 ) -> None:
-    await server.start(host, port, alt_host)
+    tls_host, tls_port = tls_listen or (host, TLS_PORT)
+    await server.start(host, port, alt_host, tcp=tcp, tls=tls, tls_host=tls_host, tls_port=tls_port)
     if not quiet:
         print(f"callpeer-rendezvous listening on udp {format_address(server.address)}", flush=True)
+        if server.tcp_address is not None:
+            print(f"listening on tcp {format_address(server.tcp_address)}", flush=True)
+        if server.tls_address is not None:
+            print(f"listening on tls {format_address(server.tls_address)}", flush=True)
         relay = server.logic.relay
         if server.relay_ports is not None:
             print(f"relaying (TURN) with allocations on {server.relay_ports.host}", flush=True)
@@ -169,7 +219,7 @@ async def _run(
     try:
         while True:
             await asyncio.sleep(60)
-            stats = {**server.logic.stats, **(server.turn.stats if server.turn else {})}
+            stats = server.stats
             if not quiet and stats:
                 counts = ", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
                 print(f"{len(server.logic.registry)} online; {counts}", flush=True)
@@ -192,19 +242,35 @@ def main(argv: list[str] | None = None) -> int:
     raise_open_file_limit()
     try:
         host, port = parse_address(args.listen, default_port=3478, allow_any_port=True)
+        tls, tls_listen = tls_options(args, host)
         server = build_server(args, host)
     except ValueError as exc:
         print(f"callpeer-rendezvous: {exc}", file=sys.stderr)
         return 2
+    except (OSError, ssl.SSLError) as exc:  # ssl.SSLError is an OSError; named for the reader
+        print(f"callpeer-rendezvous: cannot use the TLS certificate or key: {exc}", file=sys.stderr)
+        return 1
     except NameStoreError as exc:
         print(f"callpeer-rendezvous: {exc}", file=sys.stderr)
         return 1
     store = server.logic.owners.store
     try:
-        asyncio.run(_run(server, host, port, args.quiet, args.alt_address))
+        asyncio.run(
+            _run(
+                server,
+                host,
+                port,
+                args.quiet,
+                args.alt_address,
+                tcp=not args.no_tcp,
+                tls=tls,
+                tls_listen=tls_listen,
+            )
+        )
     except OSError as exc:
+        where = args.listen + (f" or {format_address(tls_listen)}" if tls else "")
         print(
-            f"callpeer-rendezvous: cannot listen on {args.listen}: {exc.strerror or exc}",
+            f"callpeer-rendezvous: cannot listen on {where}: {exc.strerror or exc}",
             file=sys.stderr,
         )
         return 1

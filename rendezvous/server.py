@@ -1,16 +1,23 @@
-"""The rendezvous server's asyncio shell: one UDP socket around RendezvousLogic (and TURN)."""
+"""The rendezvous server's asyncio shell: UDP, TCP and TLS around RendezvousLogic and TURN
+(RFC 8656 §3.1: clients reach the relay over any of them; it relays to peers over UDP)."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import secrets
 import socket
+import ssl
+from collections import Counter
 
 from rendezvous.behaviour import Addresses
 from rendezvous.logic import RelayOffer
 from rendezvous.logic import RendezvousLogic
 from rendezvous.node import RendezvousNode
+from rendezvous.stream_listener import StreamConnection
+from rendezvous.stream_listener import StreamLimits
+from rendezvous.stream_listener import StreamListener
 from rendezvous.turn_server import Out
 from rendezvous.turn_server import TurnPolicy
 from rendezvous.turn_server import TurnServer
@@ -22,6 +29,8 @@ from voip.wire.stun import Address
 from voip.wire.turn import looks_like_channel_data
 
 RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes, as coturn asks for
+TLS_PORT = 5349  # IANA's turns port
+BIND_TRIES = 8  # for port 0: ports the kernel picks for UDP until TCP has the same one free
 
 
 class SocketRelayPorts:
@@ -78,7 +87,12 @@ class SocketRelayPorts:
 
 
 class RendezvousServer:
-    """The asyncio shell: the sockets, and a timer, around a RendezvousNode."""
+    """The asyncio shell: the sockets, and a timer, around a RendezvousNode.
+
+    A client is one transport address on one protocol: while a stream from an address is open,
+    UDP from that address is dropped, and a stream is refused from an address that holds a
+    registration or an allocation made over UDP.
+    """
 
     def __init__(
         self,
@@ -96,6 +110,10 @@ class RendezvousServer:
         self.behaviour_endpoints: dict[Address, UdpEndpoint] = {}  # RFC 5780's other three
         self._timer: Timer | None = None
         self._address: Address | None = None  # asked of the socket once, not per datagram
+        self.streams: StreamListener | None = None
+        self._streams: dict[Address, StreamConnection] = {}  # the listener's, by remote address
+        self.tcp_address: Address | None = None
+        self.tls_address: Address | None = None
 
     @classmethod
     def with_relay(
@@ -120,17 +138,40 @@ class RendezvousServer:
         assert self._address is not None
         return self._address
 
+    @property
+    def stats(self) -> Counter[str]:
+        """The node's counters and the stream listener's."""
+        node = self.node.stats if self.node is not None else Counter()
+        return node + (self.streams.stats if self.streams is not None else Counter())
+
     async def start(
-        self, host: str = "127.0.0.1", port: int = 3478, alt_host: str | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 3478,
+        alt_host: str | None = None,
+        *,
+        tcp: bool = True,
+        tls: ssl.SSLContext | None = None,
+        tls_host: str | None = None,
+        tls_port: int = TLS_PORT,
+        stream_limits: StreamLimits | None = None,
     ) -> RendezvousServer:
-        """Listen on host:port; with `alt_host`, also on the alternate port (port + 1) and on
-        alt_host with both ports, for RFC 5780 NAT behaviour discovery."""
-        # No arrival stamps (nothing here measures a path), and coturn's 4 MiB receive buffer:
-        # synchronised bursts from many callers overflow the default while the CPU idles.
-        self.endpoint = UdpEndpoint.open(
-            host, port, self._on_datagram, timestamps=False, receive_buffer=RECEIVE_BUFFER
-        )
-        self._address = self.endpoint.local_address
+        """Listen on host:port, UDP and (unless not `tcp`) TCP on the same port; with `tls`, on
+        TLS at tls_host (default `host`):tls_port too. With `alt_host`, also on the alternate
+        port (port + 1) and on alt_host with both ports, UDP, for RFC 5780 NAT behaviour
+        discovery."""
+        if tcp or tls is not None:
+            self.streams = StreamListener(self, stream_limits)
+            self._streams = self.streams.by_addr
+        await self._open_main(host, port, tcp)
+        if tls is not None:
+            assert self.streams is not None
+            try:
+                self.tls_address = await self.streams.listen(tls_host or host, tls_port, tls)
+            except OSError:
+                self.close()
+                raise
+        assert self.endpoint is not None
         self.node = RendezvousNode(self.logic, self.turn, self.address)
         if alt_host is not None:
             await self._start_behaviour(host, alt_host)
@@ -148,6 +189,28 @@ class RendezvousServer:
             self.logic.relay = RelayOffer(advertised, self.turn.policy.secret)
         return self
 
+    async def _open_main(self, host: str, port: int, tcp: bool) -> None:
+        """The main UDP socket, and TCP on its port (RFC 8656 §3.1: the same port)."""
+        for attempt in range(BIND_TRIES):
+            # No arrival stamps (nothing here measures a path), and coturn's 4 MiB receive
+            # buffer: synchronised bursts from many callers overflow the default while the CPU
+            # idles.
+            self.endpoint = UdpEndpoint.open(
+                host, port, self._on_datagram, timestamps=False, receive_buffer=RECEIVE_BUFFER
+            )
+            self._address = self.endpoint.local_address
+            if not tcp or self.streams is None:
+                return
+            try:
+                self.tcp_address = await self.streams.listen(host, self._address[1])
+                return
+            except OSError as exc:
+                self.endpoint.close()
+                # A port the kernel picked for UDP may be taken for TCP: let it pick again.
+                if port != 0 or exc.errno != errno.EADDRINUSE or attempt == BIND_TRIES - 1:
+                    self.close()
+                    raise
+
     async def _start_behaviour(self, host: str, alt_host: str) -> None:
         primary = self.address
         if host in ("0.0.0.0", "::", ""):  # noqa: S104
@@ -163,9 +226,13 @@ class RendezvousServer:
     def _send(self, outs: list[Out]) -> None:
         """Each answer from the socket it names: ours, an RFC 5780 one, or a relayed port."""
         assert self.endpoint is not None
+        streams = self._streams
         for out in outs:
             if out.via is None or out.via == self._address:
-                self.endpoint.send(out.data, out.dest)
+                if streams and (conn := streams.get(out.dest)) is not None:
+                    conn.send(out.data)  # that client speaks over its connection
+                else:
+                    self.endpoint.send(out.data, out.dest)
             elif (endpoint := self.behaviour_endpoints.get(out.via)) is not None:
                 endpoint.send(out.data, out.dest)
             elif self.relay_ports is not None:
@@ -174,10 +241,30 @@ class RendezvousServer:
     def _on_datagram(
         self, data: bytes, src: Address, now: float, *, local: Address | None = None
     ) -> None:
+        if self._streams and src in self._streams:
+            assert self.streams is not None  # another client than the stream's, or a forgery
+            self.streams.stats["udp_from_stream_address"] += 1
+            return
+        self._take(data, src, local or self.address, now)
+
+    def _take(self, data: bytes, src: Address, local: Address, now: float) -> None:
         assert self.node is not None and self._timer is not None
-        self._send(self.node.handle(data, src, local or self.address, now))
+        self._send(self.node.handle(data, src, local, now))
         if not looks_like_channel_data(data):  # ChannelData moves no deadline
             self._timer.rearm()
+
+    # -- what the stream listener asks (rendezvous/stream_listener.py's StreamHost) --------
+    def stream_opens(self, src: Address) -> bool:
+        assert self.node is not None and self.endpoint is not None
+        return not self.node.holds(src, self.endpoint.loop.time())
+
+    def stream_frame(self, data: bytes, src: Address) -> None:
+        assert self.endpoint is not None
+        self._take(data, src, self.address, self.endpoint.loop.time())
+
+    def stream_closed(self, src: Address) -> None:
+        if self.node is not None and self.endpoint is not None:
+            self.node.stream_closed(src, self.endpoint.loop.time())
 
     def from_peer(self, data: bytes, relayed: Address, peer: Address) -> None:
         assert self.node is not None and self.endpoint is not None
@@ -191,6 +278,8 @@ class RendezvousServer:
         self._send(self.node.poll(now))
 
     def close(self) -> None:
+        if self.streams is not None:
+            self.streams.close()
         if self._timer is not None:
             self._timer.cancel()
         if self.relay_ports is not None:
