@@ -8,6 +8,7 @@ turnutils_uclient, allocates on our relay and gets its data echoed back through 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import socket
@@ -20,6 +21,7 @@ import pytest
 
 from rendezvous.local import probe_stun
 from rendezvous.server import RendezvousServer
+from rendezvous.tls import self_signed
 from rendezvous.turn_server import TurnPolicy
 from voip import Call
 from voip import CallOptions
@@ -28,6 +30,7 @@ from voip import WavSink
 from voip.codecs.pcm import dominant_frequency
 from voip.media.audio_io import read_wav
 from voip.nat.rendezvous_client import TurnOffer
+from voip.nat.server_transports import Transport
 from voip.nat.turn_client import Allocated
 from voip.nat.turn_client import TurnClient
 from voip.transport import Timer
@@ -52,25 +55,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def coturn(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    port = free_port()
+@contextlib.contextmanager
+def running_coturn(
+    tmp_path: Path, *, udp: bool = True, tls: bool = False
+) -> Iterator[tuple[str, int, int]]:
+    """coturn on loopback: (host, port, TLS port); without `udp` it listens on TCP (and TLS)
+    alone, as a server behind a network that drops UDP looks to its clients."""
+    port, tls_port = free_port(), free_port()
+    cert, key = tmp_path / "coturn-cert.pem", tmp_path / "coturn-key.pem"
+    if tls:
+        self_signed(cert, key, ["127.0.0.1"])
     proc = subprocess.Popen(
         [
             "turnserver",
             "-n",
             "--listening-ip=127.0.0.1",
             f"--listening-port={port}",
+            f"--tls-listening-port={tls_port}",
             "--relay-ip=127.0.0.1",
             "--use-auth-secret",
             f"--static-auth-secret={SECRET}",
             "--realm=coturn.test",
             "--allow-loopback-peers",
-            "--no-tls",
+            *([f"--cert={cert}", f"--pkey={key}"] if tls else ["--no-tls"]),
+            *([] if udp else ["--no-udp"]),
             "--no-dtls",
             "--no-cli",
             "--min-port=49200",
             "--max-port=49300",
+            f"--pidfile={tmp_path / 'turnserver.pid'}",
             f"--log-file={tmp_path / 'coturn.log'}",
             "--simple-log",
             "--no-stdout-log",
@@ -81,13 +94,32 @@ def coturn(tmp_path: Path) -> Iterator[tuple[str, int]]:
     try:
         deadline = time.monotonic() + 10
         once = Schedule(rto=0.2, rc=1, rm=1)  # one try: the loop around it is the retry
-        while asyncio.run(probe_stun(("127.0.0.1", port), once)) is None:
+        while not (
+            asyncio.run(probe_stun(("127.0.0.1", port), once)) is not None
+            if udp
+            else tcp_listening(port)
+        ):
             assert proc.poll() is None, "coturn exited"
-            assert time.monotonic() < deadline, "coturn did not answer STUN"
-        yield "127.0.0.1", port
+            assert time.monotonic() < deadline, "coturn did not start listening"
+        yield "127.0.0.1", port, tls_port
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def tcp_listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        time.sleep(0.05)
+        return False
+    return True
+
+
+@pytest.fixture
+def coturn(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    with running_coturn(tmp_path) as (host, port, _):
+        yield host, port
 
 
 def rest(name: str) -> tuple[str, str]:
@@ -177,14 +209,28 @@ def test_our_client_allocates_on_coturn_and_data_flows(coturn: tuple[str, int]) 
     asyncio.run(scenario())
 
 
-def test_a_call_goes_through_coturn(coturn: tuple[str, int], tmp_path: Path) -> None:
-    async def scenario() -> tuple[Call, Call]:
+@pytest.mark.parametrize(
+    "how",
+    ["udp", "tcp", "tls", "no answer over udp"],
+)
+def test_a_call_goes_through_coturn(how: str, tmp_path: Path) -> None:
+    """Over each transport to the relay (RFC 8656 §3.1): UDP; TCP and TLS when asked for
+    (turn:...?transport=tcp, turns:...); and TCP found by itself when UDP gets no answer."""
+    udp, tls = how != "no answer over udp", how == "tls"
+    forced = {"tcp": Transport.TCP, "tls": Transport.TLS}.get(how)
+
+    async def scenario(relay: tuple[str, int, int]) -> tuple[Call, Call]:
+        host, port, tls_port = relay
         async with RendezvousServer() as server:  # offers no relay: coturn comes from --turn
             await server.start("127.0.0.1", 0)
             calls = []
             for me, peer, hz in (("alice", "bob", 440), ("bob", "alice", 660)):
+                at = (host, tls_port if tls else port)
                 opts = CallOptions(
-                    bind_host="127.0.0.1", relay="force", turn=TurnOffer(coturn, *rest(me))
+                    bind_host="127.0.0.1",
+                    relay="force",
+                    turn=TurnOffer(at, *rest(me), forced),
+                    tls_ca=str(tmp_path / "coturn-cert.pem") if tls else None,
                 )
                 calls.append(
                     Call(
@@ -201,13 +247,15 @@ def test_a_call_goes_through_coturn(coturn: tuple[str, int], tmp_path: Path) -> 
                 await asyncio.gather(alice.run(2.5), bob.run(2.5))
         return alice, bob
 
-    alice, bob = asyncio.run(scenario())
+    with running_coturn(tmp_path, udp=udp, tls=tls) as relay:
+        alice, bob = asyncio.run(scenario(relay))
     for call, heard in ((alice, 660), (bob, 440)):
         report = call.report().to_dict()
         assert report["path"] == "relay", report
-        relay = report["paths"]["relay"]
-        assert relay["available"] and relay["rtt_ms"]["samples"] >= 1
-        assert relay["remote"].startswith("127.0.0.1:")
+        relay_path = report["paths"]["relay"]
+        assert relay_path["available"] and relay_path["rtt_ms"]["samples"] >= 1
+        assert relay_path["remote"].startswith("127.0.0.1:")
+        assert relay_path["transport"] == {"no answer over udp": "tcp"}.get(how, how)
         pcm, _ = read_wav(tmp_path / f"{call.name}.wav")
         assert dominant_frequency(pcm) == pytest.approx(heard, abs=3)
         assert report["audio"]["frames_received"] >= 100

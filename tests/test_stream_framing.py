@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 from voip.wire.stream_framing import MAX_FRAME
 from voip.wire.stream_framing import FramingError
 from voip.wire.stream_framing import StreamDeframer
+from voip.wire.stream_framing import StreamFramer
 from voip.wire.stream_framing import frame_channel_data
 from voip.wire.stun import Class
 from voip.wire.stun import Message
 from voip.wire.stun import Method
 from voip.wire.stun import encode
 from voip.wire.stun import parse_message_untrusted
+from voip.wire.turn import pack_channel_data
 from voip.wire.turn import parse_channel_data_untrusted
 
 BINDING = encode(Message(Method.BINDING, Class.REQUEST), fingerprint=True)  # 28 bytes
@@ -91,3 +93,38 @@ def test_a_stream_never_holds_more_than_one_frame_and_a_read() -> None:
 def test_hostile_bytes_raise_only_the_framing_error(data: bytes) -> None:
     with contextlib.suppress(FramingError):
         StreamDeframer().feed(data)
+
+
+def test_the_framer_pads_channel_data_made_for_udp_and_passes_stun_as_it_is() -> None:
+    framer = StreamFramer()
+    udp_voice = pack_channel_data(0x4001, bytes(range(170)))  # as the core sends it over UDP
+    assert framer.frame(udp_voice) == VOICE
+    answer = encode(Message(Method.BINDING, Class.SUCCESS), fingerprint=True)
+    assert framer.frame(answer) == answer
+    assert framer.frame(answer) == answer  # answers and indications are never held back
+
+
+def test_the_framer_sends_a_request_once_the_stream_carries_it_reliably() -> None:
+    framer = StreamFramer()
+    assert framer.frame(BINDING) == BINDING
+    assert framer.frame(BINDING) is None  # the core's retransmission: TCP does that (§6.2.2)
+    other = encode(Message(Method.BINDING, Class.REQUEST), fingerprint=True)
+    assert framer.frame(other) == other  # another transaction
+
+
+def test_the_framer_forgets_old_transactions_so_its_memory_is_bounded() -> None:
+    framer = StreamFramer()
+    first = encode(Message(Method.BINDING, Class.REQUEST))
+    assert framer.frame(first) == first
+    for _ in range(StreamFramer.SENT_IDS):
+        framer.frame(encode(Message(Method.BINDING, Class.REQUEST)))
+    assert framer.frame(first) == first  # long gone from the table: sent as new
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x40\x01", bytes.fromhex("40010010") + b"short", b"\x80" + bytes(30), b"\x00" * 10],
+    ids=["empty", "header cut", "length beyond the data", "RTP", "short STUN"],
+)
+def test_the_framer_refuses_what_would_break_the_stream(data: bytes) -> None:
+    assert StreamFramer().frame(data) is None

@@ -29,8 +29,11 @@ from voip.host_addresses import gateway_for_port_mapping
 from voip.host_addresses import host_ipv4_addresses
 from voip.media.audio_io import AudioSink
 from voip.media.audio_io import AudioSource
+from voip.nat.server_transports import ServerTransports
+from voip.nat.server_transports import Transport
 from voip.report import CallReport
 from voip.security.summary import SecurityReport
+from voip.server_streams import ServerStreams
 from voip.transport import Timer
 from voip.transport import UdpEndpoint
 from voip.wire.candidates import Candidate
@@ -71,6 +74,8 @@ class Call:
         self._queue: asyncio.Queue[ev.CallEvent] = asyncio.Queue()
         self._core: CallCore | None = None
         self._endpoint: UdpEndpoint | None = None
+        self._net: ServerStreams | None = None  # sends: over UDP, or a server's TCP/TLS stream
+        self._relay_watched: Address | None = None
         self._side: dict[int, UdpEndpoint] = {}  # birthday punching's extra sockets, by index
         self._upnp: CallUpnp | None = None
         self._timer: Timer | None = None
@@ -108,7 +113,14 @@ class Call:
         """Open the socket and register with the rendezvous, asking for the peer."""
         loop = asyncio.get_running_loop()
         self._endpoint = UdpEndpoint.open(
-            self.options.bind_host, self.options.bind_port, self._on_datagram
+            self.options.bind_host, self.options.bind_port, self._on_udp
+        )
+        self._net = ServerStreams(
+            self._endpoint,
+            self._on_datagram,
+            ServerTransports(self.options.tls_port),
+            self.options.tls_ca,
+            self._reached,
         )
         port = self._endpoint.local_address[1]
         if self.options.bind_host in ("0.0.0.0", ""):  # noqa: S104
@@ -135,7 +147,8 @@ class Call:
             wallclock_offset=time.time() - loop.time(),
         )
         self._timer = Timer(loop, self._core.next_deadline, self._on_timer)
-        self._endpoint.send_all(self._core.start(loop.time()))
+        self._net.watch(self.server, self.options.server_transport, self.options.server_name)
+        self._send(self._core.start(loop.time()))
         if (mapper := self._core.connector.port_mapper) is not None:  # UPnP beside PCP
             self._upnp = CallUpnp(mapper, self._nudge)
             self._upnp.start()
@@ -167,15 +180,16 @@ class Call:
 
     async def hangup(self, reason: str = "hung up") -> None:
         """End the call: BYE to the peer, play out what is buffered, release the name."""
-        if self._endpoint is None or self._core is None:
+        if self._endpoint is None or self._core is None or self._net is None:
             return
-        self._endpoint.send_all(self._core.hangup(asyncio.get_running_loop().time(), reason))
+        self._send(self._core.hangup(asyncio.get_running_loop().time(), reason))
         self._pass_events()
         if self._timer is not None:
             self._timer.cancel()
         for side in self._side.values():
             side.close()
         self._side.clear()
+        self._net.close()  # what is queued on a stream (the name's release) still goes out
         self._endpoint.close()
         if self._upnp is not None:
             await self._upnp.close()
@@ -199,14 +213,20 @@ class Call:
 
     # -- plumbing -------------------------------------------------------------------------
     def _on_timer(self, now: float) -> None:
-        assert self._endpoint is not None and self._core is not None
-        self._endpoint.send_all(self._core.poll(now))
+        assert self._net is not None and self._core is not None
+        self._send(self._core.poll(now))
         self._sides()
         self._pass_events()
 
+    def _on_udp(self, data: bytes, src: Address, now: float) -> None:
+        if self._net is not None:
+            self._net.heard(src)  # a server that answers over UDP is kept on UDP
+        self._on_datagram(data, src, now)
+
     def _on_datagram(self, data: bytes, src: Address, now: float) -> None:
-        assert self._endpoint is not None and self._core is not None
-        self._endpoint.send_all(self._core.handle(data, src, now))
+        """A datagram over UDP, or a frame off a server's stream (as if it came over UDP)."""
+        assert self._net is not None and self._core is not None
+        self._send(self._core.handle(data, src, now))
         self._sides()
         self._pass_events()
         # Audio never brings a deadline nearer (the media tick keeps its own time): only
@@ -216,21 +236,41 @@ class Call:
 
     def _nudge(self) -> None:
         """The core learned something not from a datagram (UPnP's answer): run it now."""
-        if self._endpoint is None or self._core is None:
+        if self._net is None or self._core is None:
             return
-        self._endpoint.send_all(self._core.nudge(asyncio.get_running_loop().time()))
+        self._send(self._core.nudge(asyncio.get_running_loop().time()))
         self._pass_events()
         if self._timer is not None:
             self._timer.rearm()
 
     def _on_side(self, index: int, data: bytes, src: Address, now: float) -> None:
-        if self._endpoint is None or self._core is None:
+        if self._net is None or self._core is None:
             return
-        self._endpoint.send_all(self._core.handle(data, src, now, side=index))
+        self._send(self._core.handle(data, src, now, side=index))
         self._sides()
         self._pass_events()
         if self._timer is not None:
             self._timer.rearm()
+
+    def _send(self, out: list[tuple[bytes, Address]]) -> None:
+        """Out over UDP or a server's stream; a relay the core has just taken on is watched
+        first, so its first request already goes the way it is asked to."""
+        assert self._net is not None and self._core is not None
+        turn = self._core.connector.turn
+        if turn is not None and turn.server != self._relay_watched:
+            self._relay_watched = turn.server
+            offer = self._core.connector.relay.offer
+            self._net.watch(turn.server, *((offer.transport, offer.name) if offer else ()))
+        self._net.send_all(out)
+
+    def _reached(self, server: Address, transport: Transport, why: str) -> None:
+        """A server is reached over a stream now (or UDP again): the report, and a line."""
+        if self._core is not None:
+            self._core.reached_over(server, transport)
+        relay = self._core.connector.turn if self._core is not None else None
+        roles = [server == self.server, relay is not None and server == relay.server]
+        role = " and ".join(r for r, yes in zip(("rendezvous", "relay"), roles, strict=True) if yes)
+        self._emit(ev.ServerTransport(server, role or "server", str(transport), why))
 
     def _sides(self) -> None:
         """Birthday punching's extra sockets: opened, closed and sent from as the core says."""
@@ -255,10 +295,13 @@ class Call:
     def _pass_events(self) -> None:
         assert self._core is not None
         for event in self._core.pop_events():
-            if isinstance(event, ev.Connected):
-                self._connected.set()
-            elif isinstance(event, ev.Ended):
-                self._done.set()
-            self._queue.put_nowait(event)
-            if self.on_event is not None:
-                self.on_event(event)
+            self._emit(event)
+
+    def _emit(self, event: ev.CallEvent) -> None:
+        if isinstance(event, ev.Connected):
+            self._connected.set()
+        elif isinstance(event, ev.Ended):
+            self._done.set()
+        self._queue.put_nowait(event)
+        if self.on_event is not None:
+            self.on_event(event)

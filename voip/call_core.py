@@ -10,10 +10,9 @@ path. The asyncio `Call` (voip/call.py) only moves datagrams and fires `poll` at
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from voip import events as ev
 from voip.call_messages import failure_message
+from voip.call_options import CallOptions
 from voip.call_recorder import MEASURED
 from voip.call_recorder import CallRecorder
 from voip.media.audio_io import AudioSink
@@ -34,7 +33,6 @@ from voip.nat.path_manager import Restart
 from voip.nat.path_manager import Switched
 from voip.nat.port_mapper import PortMapper
 from voip.nat.rendezvous_client import Asked
-from voip.nat.rendezvous_client import TurnOffer
 from voip.report import CallReport
 from voip.security.handshake import is_handshake
 from voip.security.identity import Identity
@@ -46,36 +44,10 @@ from voip.wire.rtp import looks_like_rtp_or_rtcp
 from voip.wire.signal import PeerReady
 from voip.wire.stun import Address
 
+__all__ = ["MEDIA_TIMEOUT", "CallCore", "CallOptions", "connector_for"]
+
 MEDIA_TIMEOUT = 10.0  # no RTP from the peer for this long and the call is over
 Transmit = tuple[bytes, Address]
-
-
-@dataclass
-class CallOptions:
-    wait_timeout: float = 120.0  # how long to wait for the peer to call back
-    punch_timeout: float = 10.0
-    rtcp_interval: float = 1.0
-    stats_interval: float = 1.0
-    bind_host: str = "0.0.0.0"  # noqa: S104 - a caller must receive from its peer on any interface
-    bind_port: int = 0
-    relay: str = "auto"  # auto: relay only if direct fails; force: audio over it; off: none
-    timeline: bool = False  # record when each frame was read from the source and played
-    fec: bool = True  # Opus in-band FEC: send it, and rebuild lost frames from it
-    dtx: bool = False  # Opus DTX: in silence, a comfort-noise update every 400 ms and nothing else
-    turn: TurnOffer | None = None  # a TURN server of our own choosing (e.g. coturn)
-    # Seconds between packets on a quiet mapping (to the rendezvous and the relay, while
-    # waiting): for a NAT that forgets mappings sooner than the defaults allow for. The CLI
-    # takes it from `callpeer natcheck --lifetime`.
-    keepalive: float | None = None
-    # Who we are (None: a key made for this call alone) and the keys we have met (None: none
-    # remembered, every peer is met for the first time), as voip/security/ describes.
-    identity: Identity | None = None
-    known_peers: KnownPeers | None = None
-    accept_new_key: bool = False  # go on when a peer's key differs from the pinned one
-    # Ask our router to open a public port for the call (PCP, NAT-PMP), and where: the gateway
-    # and our address towards it (the `Call` finds them when port_mapping is on and none given).
-    port_mapping: bool = True
-    gateway: tuple[str, str] | None = None
 
 
 def connector_for(
@@ -225,6 +197,12 @@ class CallCore:
             if self.loop.play_due(now):
                 out += self._watch(now)
         return out
+
+    def reached_over(self, server: Address, transport: str) -> None:
+        """The shell reaches `server` over `transport` ("udp", "tcp", "tls") now."""
+        self.recorder.reached_over(server, transport)
+        if server == self.server:  # its answers tell nothing of our UDP mapping
+            self.connector.signal.over_stream = transport != "udp"
 
     def nudge(self, now: float) -> list[Transmit]:
         """The connector changed outside `handle` (UPnP's answer, told its port mapper)."""

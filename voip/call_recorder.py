@@ -29,6 +29,7 @@ from voip.report import CallReport
 from voip.report import PathMetrics
 from voip.wire.candidates import format_address
 from voip.wire.signal import PeerReady
+from voip.wire.stun import Address
 
 # Connector events that only feed the report (and the live view): `CallRecorder.measured`.
 MEASURED = (
@@ -58,6 +59,14 @@ class CallRecorder:
         self.stats_interval = stats_interval
         self.connector = connector  # to tell how a direct path was found
         self._next_stats = 0.0  # s into the call
+        self._reached: dict[Address, str] = {}  # servers reached over TCP or TLS, not UDP
+        self._relay_server: Address | None = None
+
+    def reached_over(self, server: Address, transport: str) -> None:
+        """`server` is reached over `transport` now (the shell's streams say so)."""
+        self._reached[server] = transport
+        if server == self._relay_server:
+            self.base.relay.transport = transport
 
     def metrics(self, kind: str) -> PathMetrics:
         return self.base.direct if kind == DIRECT else self.base.relay
@@ -102,7 +111,9 @@ class CallRecorder:
             self.base.local_public = format_address(event.mapped)
             return ev.Registered(self.base.me, event.mapped)
         if isinstance(event, RelayReady):
-            return ev.RelayAllocated(event.relayed, event.server)
+            self._relay_server = event.server
+            self.base.relay.transport = self._reached.get(event.server, "udp")
+            return ev.RelayAllocated(event.relayed, event.server, self.base.relay.transport)
         if isinstance(event, PortMapped):
             self.base.port_mapping = {
                 "protocol": event.protocol,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
+import ipaddress
 import json
 import time
 from pathlib import Path
@@ -32,6 +34,8 @@ from voip.media.audio_io import AudioSpecError
 from voip.media.audio_io import open_sink
 from voip.media.audio_io import open_source
 from voip.nat.rendezvous_client import TurnOffer
+from voip.nat.server_transports import TLS_PORT
+from voip.nat.server_transports import Transport
 from voip.security.known_peers import default_known_peers_path
 from voip.transport import resolve
 from voip.wire.candidates import format_address
@@ -39,7 +43,7 @@ from voip.wire.candidates import parse_address
 from voip.wire.signal import check_name
 from voip.wire.stun import Address
 from voip.wire.turn import rest_credentials
-from voip.wire.turn import turn_url
+from voip.wire.turn import turn_uri
 
 CALL_HELP = "call PEER directly through your NAT (callpeer PEER ... is short for this)"
 CALL_DESCRIPTION = "Call PEER directly through your NAT."
@@ -115,6 +119,31 @@ def add_call_arguments(p: argparse.ArgumentParser) -> None:
         help="do not ask your router to open a port for the call (PCP, NAT-PMP); also "
         "CALLPEER_PORT_MAPPING=off or port_mapping = false in the config file",
     )
+    reach = p.add_argument_group(
+        "networks that block UDP",
+        "The rendezvous and the relay are reached over UDP first; where no answer comes "
+        "(hotel and office networks), over TCP to the same port, then TLS (RFC 8656).",
+    )
+    reach.add_argument(
+        "--server-transport",
+        choices=("auto", "udp", "tcp", "tls"),
+        default="auto",
+        help="how to reach the rendezvous: auto (default) tries UDP, then TCP, then TLS on "
+        "--tls-port; the others use that one alone, at --server's port",
+    )
+    reach.add_argument(
+        "--tls-port",
+        type=int,
+        default=TLS_PORT,
+        metavar="PORT",
+        help=f"where auto tries TLS (default {TLS_PORT})",
+    )
+    reach.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="the CA (or the server's own self-signed certificate) to check TLS servers "
+        "with, instead of the system's",
+    )
     relay = p.add_argument_group("relay")
     relay.add_argument(
         "--relay",
@@ -127,7 +156,8 @@ def add_call_arguments(p: argparse.ArgumentParser) -> None:
     relay.add_argument(
         "--turn",
         metavar="turn:HOST:PORT",
-        help="a TURN server of your own (e.g. coturn) instead of the one the rendezvous offers",
+        help="a TURN server of your own (e.g. coturn) instead of the one the rendezvous "
+        "offers; turn:HOST:PORT?transport=tcp for TCP only, turns:HOST:PORT for TLS",
     )
     relay.add_argument(
         "--turn-secret", metavar="SECRET", help="its REST API secret (coturn's static-auth-secret)"
@@ -177,7 +207,7 @@ def turn_offer(args: argparse.Namespace, name: str) -> TurnOffer | None:
             raise UsageError("--turn-secret, --turn-user and --turn-password go with --turn")
         return None
     try:
-        host, port = turn_url(args.turn)
+        host, port, transport = turn_uri(args.turn)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if args.turn_secret:
@@ -186,7 +216,20 @@ def turn_offer(args: argparse.Namespace, name: str) -> TurnOffer | None:
         username, password = args.turn_user, args.turn_password
     else:
         raise UsageError("--turn needs --turn-secret, or --turn-user and --turn-password")
-    return TurnOffer((host, port), username, password)
+    forced = None if transport == "auto" else Transport(transport)
+    return TurnOffer((host, port), username, password, forced, tls_name(host))
+
+
+def tls_name(host: str | None) -> str | None:
+    """The name a server's TLS certificate must carry: the host as typed, unless it is an IP
+    address (then the certificate must carry that address)."""
+    if host is None:
+        return None
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    return None
 
 
 def check_plot_path(path: str) -> None:
@@ -260,7 +303,7 @@ async def run_call(args: argparse.Namespace) -> int:
     offer = turn_offer(args, name)
     if offer is not None:
         try:
-            offer = TurnOffer(await resolve(*offer.server), offer.username, offer.password)
+            offer = dataclasses.replace(offer, server=await resolve(*offer.server))
         except OSError as exc:
             raise UsageError(f"--turn: cannot resolve {offer.server[0]!r}: {exc}") from exc
     if args.plot:
@@ -284,6 +327,9 @@ async def run_call(args: argparse.Namespace) -> int:
     except AudioSpecError as exc:  # a bad tone, WAV file or path: what the user typed
         raise UsageError(str(exc)) from exc
     server, hosted = await _server_address(args.server, config.server, err)
+    transport = args.server_transport
+    typed = args.server or config.server
+    server_name = tls_name(parse_address(typed, default_port=3478)[0]) if typed else None
     if hosted is None:
         err.print(f"contacting the rendezvous at {format_address(server)}...", highlight=False)
     keepalive = _measured_keepalive(server, err)
@@ -306,6 +352,10 @@ async def run_call(args: argparse.Namespace) -> int:
             known_peers=known,
             accept_new_key=args.accept_new_key,
             port_mapping=args.port_mapping and config.port_mapping,
+            server_transport=None if transport == "auto" else Transport(transport),
+            server_name=server_name,
+            tls_ca=args.tls_ca,
+            tls_port=args.tls_port,
         ),
         on_event=presenter,
     )

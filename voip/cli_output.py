@@ -79,9 +79,16 @@ class Presenter:
                     f"({event.protocol}, {event.lifetime} s, renewed while the call lasts)"
                 )
         elif isinstance(event, ev.RelayAllocated):
+            over = "" if event.transport == "udp" else f" over {event.transport.upper()}"
             self._line(
                 f"relay allocated: {format_address(event.relayed)} on TURN server "
-                f"{format_address(event.server)}"
+                f"{format_address(event.server)}{over}"
+            )
+        elif isinstance(event, ev.ServerTransport):
+            why = f" ({event.why})" if event.why else ""
+            self._line(
+                f"reaching the {event.role} {format_address(event.server)} over "
+                f"{event.transport.upper()}{why}"
             )
         elif isinstance(event, ev.Secured):
             self._line(self._secured(event))

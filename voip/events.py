@@ -31,6 +31,18 @@ class Punching:
 class RelayAllocated:
     relayed: Address  # our relayed address on the TURN server
     server: Address
+    transport: str = "udp"  # how we reach the server: "udp", "tcp" or "tls"
+
+
+@dataclass(frozen=True)
+class ServerTransport:
+    """A server (the rendezvous, the relay) is reached over another transport now: "tcp" or
+    "tls" when UDP got no answer (or was asked for), "udp" when every stream failed."""
+
+    server: Address
+    role: str  # "rendezvous", "relay", or "rendezvous and relay" (one server doing both)
+    transport: str
+    why: str  # what was tried before, in a user's words ("" when asked for on the command line)
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,7 @@ CallEvent = (
     Registered
     | Waiting
     | RelayAllocated
+    | ServerTransport
     | PortMapped
     | Punching
     | Secured

@@ -26,6 +26,7 @@ class PathMetrics:
     probes_answered: int = 0  # on the standby path: STUN probes, one a second
     probes_lost: int = 0
     found_by: str | None = None  # direct: how it was found (port_mapper.found_by); relay: None
+    transport: str | None = None  # relay: how we reach the relay server (udp, tcp, tls)
 
     def probe_loss_pct(self) -> float | None:
         sent = self.probes_answered + self.probes_lost
@@ -76,6 +77,7 @@ class PathMetrics:
             "available": True,
             "remote": self.remote,
             "found_by": self.found_by,
+            "transport": self.transport,
             "rtt_ms": rtt,
             "jitter_ms": None if self.jitter_ms is None else round(self.jitter_ms, 2),
             "loss_pct": None if self.loss_pct is None else round(self.loss_pct, 2),

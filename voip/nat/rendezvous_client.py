@@ -21,6 +21,7 @@ from dataclasses import replace
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from voip.nat.server_transports import Transport
 from voip.security.handshake import commitment
 from voip.security.identity import Identity
 from voip.security.registration import BadPublicKey
@@ -58,6 +59,8 @@ class TurnOffer:
     server: Address
     username: str
     password: str
+    transport: Transport | None = None  # None: UDP, then TCP, then TLS (server_transports.py)
+    name: str | None = None  # the name its TLS certificate must carry, if not its IP address
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ class RendezvousClient:
         self._server_key: bytes | None = None
         self._nonce: str | None = None  # the server's cookie for our address
         self._challenges = 0
+        self.over_stream = False  # reached over TCP or TLS (the shell's fallback), not UDP
         self.forged = 0  # signalling whose MESSAGE-INTEGRITY failed, or for another peer
 
     # -- outputs --------------------------------------------------------------------------
@@ -302,7 +306,8 @@ class RendezvousClient:
             lifetime = float(msg.u32(Attr.LIFETIME) or 30)
             status = msg.text(Attr.CP_STATUS) or "waiting"
             turn = _turn_offer(msg)
-            other = msg.address(Attr.OTHER_ADDRESS)
+            # Over TCP or TLS, RFC 5780's probes (over UDP) could tell nothing of our mapping.
+            other = None if self.over_stream else msg.address(Attr.OTHER_ADDRESS)
         except StunError:
             return []
         if mapped is None:

@@ -85,3 +85,35 @@ class StreamDeframer:
         self.broken = why
         self._buffer.clear()
         raise FramingError(why)
+
+
+class StreamFramer:
+    """What goes on a stream for each datagram a sans-IO core sends (the same bytes it would
+    send over UDP): ChannelData padded, STUN as it is; and a request sent again with the same
+    transaction ID is not sent again: over TCP and TLS the stream itself is reliable, and the
+    client "SHOULD NOT" retransmit (RFC 8489 §6.2.2), while the core keeps one schedule for
+    every transport and relies on its timeout alone."""
+
+    SENT_IDS = 64  # requests remembered: a core has a handful outstanding at once
+
+    def __init__(self) -> None:
+        self._sent: dict[bytes, None] = {}  # transaction IDs in the order sent (a bounded set)
+
+    def frame(self, data: bytes) -> bytes | None:
+        if len(data) < CHANNEL_HEADER:
+            return None
+        if (CHANNEL_MIN >> 8) <= data[0] <= (CHANNEL_MAX >> 8):
+            length = struct.unpack_from("!H", data, 2)[0]
+            if len(data) < CHANNEL_HEADER + length:
+                return None
+            return data[: CHANNEL_HEADER + length] + bytes(-length % 4)
+        if data[0] >> 6 != 0 or len(data) < STUN_HEADER:
+            return None  # not ours to put on a stream (the stream would break at the peer)
+        if data[0] & 0x01 == 0 and data[1] & 0x10 == 0:  # class bits 00: a request
+            tid = data[8:STUN_HEADER]
+            if tid in self._sent:
+                return None
+            self._sent[tid] = None
+            if len(self._sent) > self.SENT_IDS:
+                del self._sent[next(iter(self._sent))]
+        return data

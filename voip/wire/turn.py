@@ -112,12 +112,29 @@ def rest_user(username: str) -> str:
 
 def turn_url(text: str) -> tuple[str, int]:
     """`turn:HOST:PORT` (or `turn:HOST`, port 3478) as (host, port); ValueError if not."""
-    if not text.startswith("turn:"):
-        raise ValueError(f"bad TURN server {text!r}: expected turn:HOST:PORT")
-    rest = text[5:].split("?", 1)[0]
+    host, port, _ = turn_uri(text)
+    return host, port
+
+
+def turn_uri(text: str) -> tuple[str, int, str]:
+    """A TURN URI (RFC 7065) as (host, port, transport): `turn:HOST[:PORT]` is port 3478 over
+    "auto" (UDP, and TCP or TLS where UDP gets no answer), `?transport=udp` or `tcp` only that;
+    `turns:HOST[:PORT]` is TLS to port 5349. ValueError if it is none of these."""
+    scheme, colon, rest = text.partition(":")
+    if scheme not in ("turn", "turns") or not colon:
+        raise ValueError(f"bad TURN server {text!r}: expected turn:HOST:PORT or turns:HOST:PORT")
+    rest, _, query = rest.partition("?")
+    transport = "tls" if scheme == "turns" else "auto"
+    if query:
+        asked = query.removeprefix("transport=").lower()
+        if not query.startswith("transport=") or asked not in ("udp", "tcp"):
+            raise ValueError(f"bad TURN server {text!r}: the query may be ?transport=udp or tcp")
+        if scheme == "turns" and asked == "udp":
+            raise ValueError(f"bad TURN server {text!r}: turns: is TLS, over TCP")
+        transport = "tls" if scheme == "turns" else asked
     host, sep, port = rest.rpartition(":")
     if not sep:
-        host, port = rest, "3478"
+        host, port = rest, "5349" if scheme == "turns" else "3478"
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad TURN server {text!r}: expected turn:HOST:PORT")
-    return host, int(port)
+        raise ValueError(f"bad TURN server {text!r}: expected {scheme}:HOST:PORT")
+    return host, int(port), transport

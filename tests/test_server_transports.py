@@ -1,0 +1,106 @@
+"""Which transport reaches each server: UDP, else TCP, else TLS (voip/nat/server_transports.py)."""
+
+from __future__ import annotations
+
+from voip.nat.server_transports import FALLBACK_AFTER
+from voip.nat.server_transports import OpenStream
+from voip.nat.server_transports import Route
+from voip.nat.server_transports import ServerTransports
+from voip.nat.server_transports import Transport
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import encode
+
+SERVER = ("203.0.113.10", 3478)
+RELAY = ("203.0.113.20", 3478)
+
+
+def request() -> bytes:
+    return encode(Message(Method.BINDING, Class.REQUEST))
+
+
+def test_a_server_that_answers_over_udp_stays_on_udp() -> None:
+    t = ServerTransports()
+    assert t.watch(SERVER) == []
+    t.sent(request(), SERVER, 0.0)
+    t.heard(SERVER)
+    assert t.next_deadline() is None
+    assert t.poll(10.0) == []
+    assert t.transport(SERVER) == Transport.UDP and t.route(SERVER) is None
+
+
+def test_silence_over_udp_moves_the_server_to_tcp_then_tls_with_the_last_requests() -> None:
+    t = ServerTransports(tls_port=443)
+    t.watch(SERVER)
+    assert t.next_deadline() is None  # nothing sent yet: nothing to miss
+    first, second, third = request(), request(), request()
+    t.sent(first, SERVER, 1.0)
+    t.sent(second, SERVER, 1.25)
+    t.sent(third, SERVER, 1.75)
+    t.sent(b"\x80" + bytes(11), SERVER, 1.8)  # not a request: not sent again on the stream
+    assert t.next_deadline() == 1.0 + FALLBACK_AFTER
+    assert t.poll(1.0 + FALLBACK_AFTER - 0.01) == []
+    [tcp] = t.poll(1.0 + FALLBACK_AFTER)
+    assert tcp == OpenStream(Route(SERVER, Transport.TCP, SERVER), (second, third))
+    assert t.transport(SERVER) == Transport.UDP  # not until it connects
+    assert t.next_deadline() is None
+    [tls] = t.failed(SERVER, "Connection refused")
+    assert tls.route == Route(SERVER, Transport.TLS, ("203.0.113.10", 443))
+    t.connected(SERVER)
+    assert t.transport(SERVER) == Transport.TLS
+    assert t.tried(SERVER) == [
+        f"no answer over UDP in {FALLBACK_AFTER:g} s",
+        "TCP to 203.0.113.10:3478: Connection refused",
+    ]
+
+
+def test_every_stream_failed_leaves_udp_and_nothing_more_to_try() -> None:
+    t = ServerTransports()
+    t.watch(SERVER)
+    t.sent(request(), SERVER, 0.0)
+    t.poll(FALLBACK_AFTER)
+    t.failed(SERVER, "refused")
+    assert t.failed(SERVER, "no connection in 4 s") == []
+    assert t.route(SERVER) is None and t.transport(SERVER) == Transport.UDP
+    t.sent(request(), SERVER, 10.0)
+    assert t.next_deadline() is None and t.poll(99.0) == []
+
+
+def test_a_stream_that_closes_after_connecting_is_opened_again_a_few_times() -> None:
+    t = ServerTransports()
+    [tcp] = t.watch(SERVER, Transport.TCP)
+    reopened = 0
+    while True:
+        t.connected(SERVER)
+        following = t.failed(SERVER, "closed by the server")
+        if not following:
+            break
+        assert following[0].route == tcp.route
+        reopened += 1
+    assert reopened == 2  # REOPEN: a server that keeps closing is not hammered
+
+
+def test_a_transport_asked_for_is_the_only_one_tried() -> None:
+    t = ServerTransports()
+    [tls] = t.watch(RELAY, Transport.TLS, name="turn.example.org")
+    assert tls == OpenStream(Route(RELAY, Transport.TLS, RELAY, "turn.example.org"))
+    assert t.failed(RELAY, "certificate verify failed") == []
+    assert t.watch(SERVER, Transport.UDP) == []
+    t.sent(request(), SERVER, 0.0)
+    assert t.next_deadline() is None  # UDP alone, answer or not
+
+
+def test_a_server_watched_twice_is_one_server() -> None:
+    t = ServerTransports()
+    [tcp] = t.watch(SERVER, Transport.TCP)
+    assert t.watch(SERVER) == []  # the rendezvous is also the relay: one stream carries both
+    assert t.route(SERVER) == tcp.route
+
+
+def test_addresses_not_watched_are_never_moved() -> None:
+    t = ServerTransports()
+    peer = ("198.51.100.7", 40000)
+    t.sent(request(), peer, 0.0)  # a check to the peer: only servers move to streams
+    t.heard(peer)
+    assert t.next_deadline() is None and t.poll(100.0) == [] and t.route(peer) is None

@@ -1,0 +1,166 @@
+"""Which transport reaches each of our servers, sans-IO: UDP, else TCP, else TLS (RFC 8656 §3.1).
+
+A caller talks to two servers, the rendezvous and the relay, and to both over UDP first. On a
+network that blocks UDP (hotels, offices) nothing comes back: after FALLBACK_AFTER of silence
+from a server that has been sent requests, that server is reached over TCP to the same port,
+and if TCP cannot connect, over TLS (to TLS_PORT, where strict firewalls let it out). A server
+that answers once over UDP stays on UDP. The user may also name the transport (`--server
+tls:HOST:PORT`, `--turn turns:HOST:PORT`), and then only that one is tried.
+
+Only the servers move to a stream: the peer is still reached over UDP, directly or, where UDP
+is blocked, through the relay, whose allocation relays UDP whatever carries it to us. The
+asyncio shell (voip/server_streams.py) opens the streams this object asks for and tells it
+when one connects or fails.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from dataclasses import field
+from enum import StrEnum
+
+from voip.wire.stun import Address
+
+FALLBACK_AFTER = 1.5  # s of a server's silence over UDP (four sends on SERVER_SCHEDULE)
+TLS_PORT = 443
+RESEND = 2  # the latest requests sent over UDP, sent again on the stream as it opens
+REOPEN = 2  # a stream that closed after connecting is opened again this often
+
+
+class Transport(StrEnum):
+    UDP = "udp"
+    TCP = "tcp"
+    TLS = "tls"
+
+
+@dataclass(frozen=True)
+class Route:
+    server: Address  # the address the sans-IO core sends to and hears from
+    transport: Transport
+    connect_to: Address  # where the stream goes: the TLS port may not be the UDP one
+    name: str | None = None  # the name a TLS certificate must carry (else the IP address)
+
+
+@dataclass(frozen=True)
+class OpenStream:
+    route: Route
+    resend: tuple[bytes, ...] = ()  # requests to put on the stream once it connects
+
+
+@dataclass
+class _Server:
+    choices: list[Route]  # the streams still to try, in order
+    first_sent: float | None = None
+    heard: bool = False  # answered over UDP: no stream for it
+    route: Route | None = None  # the stream that carries it now (or is being opened)
+    connected: bool = False
+    reopened: int = 0
+    tried: list[str] = field(default_factory=list)  # what failed, in a user's words
+    recent: deque[bytes] = field(default_factory=lambda: deque(maxlen=RESEND))
+
+
+class ServerTransports:
+    def __init__(self, tls_port: int = TLS_PORT, fallback_after: float = FALLBACK_AFTER):
+        self.tls_port = tls_port
+        self.fallback_after = fallback_after
+        self._servers: dict[Address, _Server] = {}
+
+    def watch(
+        self, server: Address, forced: Transport | None = None, name: str | None = None
+    ) -> list[OpenStream]:
+        """Expect answers from `server`; `forced`: reach it over that transport alone (at
+        `server` itself). A stream to open at once, if it is forced to one."""
+        if server in self._servers:
+            return []
+        if forced is None:
+            choices = [
+                Route(server, Transport.TCP, server, name),
+                Route(server, Transport.TLS, (server[0], self.tls_port), name),
+            ]
+        else:
+            choices = [Route(server, forced, server, name)] if forced != Transport.UDP else []
+        state = self._servers[server] = _Server(choices)
+        if forced is None or forced == Transport.UDP:
+            if forced == Transport.UDP:
+                state.heard = True  # UDP it is, answer or not
+            return []
+        return [self._next(state)]
+
+    def route(self, server: Address) -> Route | None:
+        """The stream that carries `server` now, if any."""
+        state = self._servers.get(server)
+        return state.route if state is not None else None
+
+    def transport(self, server: Address) -> Transport:
+        """How `server` is reached now (UDP until a stream is open and carrying it)."""
+        state = self._servers.get(server)
+        if state is None or state.route is None or not state.connected:
+            return Transport.UDP
+        return state.route.transport
+
+    def tried(self, server: Address) -> list[str]:
+        state = self._servers.get(server)
+        return list(state.tried) if state is not None else []
+
+    def sent(self, data: bytes, dest: Address, now: float) -> None:
+        """`data` went to `dest` over UDP."""
+        state = self._servers.get(dest)
+        if state is None or state.heard or state.route is not None:
+            return
+        if state.first_sent is None:
+            state.first_sent = now
+        if len(data) >= 20 and data[0] >> 6 == 0 and not data[0] & 0x01 and not data[1] & 0x10:
+            state.recent.append(data)  # a STUN request: the class bits are 00
+
+    def heard(self, src: Address) -> None:
+        """A datagram from `src` came over UDP: if it is a server of ours, UDP reaches it."""
+        state = self._servers.get(src)
+        if state is not None and state.route is None:
+            state.heard = True
+
+    def next_deadline(self) -> float | None:
+        times = [
+            s.first_sent + self.fallback_after
+            for s in self._servers.values()
+            if s.first_sent is not None and not s.heard and s.route is None and s.choices
+        ]
+        return min(times, default=None)
+
+    def poll(self, now: float) -> list[OpenStream]:
+        out: list[OpenStream] = []
+        for state in self._servers.values():
+            due = state.first_sent is not None and now >= state.first_sent + self.fallback_after
+            if due and not state.heard and state.route is None and state.choices:
+                state.tried.append(f"no answer over UDP in {self.fallback_after:g} s")
+                out.append(self._next(state))
+        return out
+
+    def connected(self, server: Address) -> None:
+        state = self._servers.get(server)
+        if state is not None and state.route is not None:
+            state.connected = True
+
+    def failed(self, server: Address, why: str) -> list[OpenStream]:
+        """The stream to `server` could not connect, or closed: the next one to try, if any
+        (the same again, if it had connected and has not been reopened too often)."""
+        state = self._servers.get(server)
+        if state is None or state.route is None:
+            return []
+        route, was_connected = state.route, state.connected
+        state.tried.append(f"{route.transport.upper()} to {_text(route.connect_to)}: {why}")
+        state.route, state.connected = None, False
+        if was_connected and state.reopened < REOPEN:
+            state.reopened += 1
+            state.choices.insert(0, route)
+        return [self._next(state)] if state.choices else []
+
+    def _next(self, state: _Server) -> OpenStream:
+        state.route = state.choices.pop(0)
+        resend, state.recent = tuple(state.recent), deque(maxlen=RESEND)
+        return OpenStream(state.route, resend)
+
+
+def _text(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
