@@ -266,7 +266,7 @@ class Call:
     def _reached(self, server: Address, transport: Transport, why: str) -> None:
         """A server is reached over a stream now (or UDP again): the report, and a line."""
         if self._core is not None:
-            self._core.reached_over(server, transport)
+            self._core.reached_over(server, str(transport))
         relay = self._core.connector.turn if self._core is not None else None
         roles = [server == self.server, relay is not None and server == relay.server]
         role = " and ".join(r for r, yes in zip(("rendezvous", "relay"), roles, strict=True) if yes)
