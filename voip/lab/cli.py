@@ -50,6 +50,21 @@ def add_lab_arguments(p: argparse.ArgumentParser) -> None:
             "as many home routers do",
         )
     p.add_argument(
+        "--block-udp",
+        action="append",
+        choices=("a", "b"),
+        default=[],
+        metavar="a|b",
+        help="that side's router lets no UDP out, only TCP, as hotel and office networks "
+        "(may be repeated)",
+    )
+    p.add_argument(
+        "--ipv6",
+        action="store_true",
+        help="every node an IPv6 address too (2001:db8::/32): no NAT, each router a "
+        "stateful firewall (RFC 6092)",
+    )
+    p.add_argument(
         "--hairpin",
         action="store_true",
         help="routers turn packets for their own public addresses back inside (hairpinning)",
@@ -113,11 +128,14 @@ CONFIG_OPTIONS = (
     "udp_timeout",
     "udp_timeout_a",
     "udp_timeout_b",
+    "ipv6",
 )
 
 
 def config_from_args(args: argparse.Namespace) -> LabConfig:
-    return LabConfig(**{name: getattr(args, name) for name in CONFIG_OPTIONS})
+    options = {name: getattr(args, name) for name in CONFIG_OPTIONS}
+    # Repeated --block-udp a --block-udp a is still one side.
+    return LabConfig(**options, block_udp=tuple(sorted(set(args.block_udp))))
 
 
 def heard(result: LabCallResult) -> dict[str, str]:
@@ -174,6 +192,8 @@ def run_lab(args: argparse.Namespace) -> int:
     console = Console(stderr=args.json == "-", soft_wrap=True)
     config = config_from_args(args)
     same = (", same NAT" if config.same_nat else "") + (", hairpinning" if config.hairpin else "")
+    same += "".join(f", no UDP out of {side}'s network" for side in config.block_udp)
+    same += ", IPv6 beside IPv4" if config.ipv6 else ""
     console.print(
         f"lab: alice behind {config.nat_a}, bob behind {config.nat_b}{same}; one-way "
         f"delay {config.delay_a:g} + {config.delay_b:g} ms, loss {config.loss:g} %; "

@@ -1,10 +1,15 @@
-"""Faults the lab can put under a call: a router that forgets its mappings, a host that moves."""
+"""Faults the lab puts under a call: a router forgetting its mappings, a host moving, a path cut."""
 
 from __future__ import annotations
 
+import ipaddress
+from typing import TYPE_CHECKING
+
 from voip.lab.netns import LabError
 from voip.lab.netns import run
-from voip.lab.topology import Lab
+
+if TYPE_CHECKING:  # topology's Lab.cut uses cut_ruleset: the Lab type is all this needs back
+    from voip.lab.topology import Lab
 
 
 def forget_mappings(lab: Lab, side: str) -> None:
@@ -31,3 +36,17 @@ def move_host(lab: Lab, side: str) -> str:
     run(["ip", "route", "replace", "default", "via", f"{net}.1"], ns=node.ns)
     node.ip = new
     return new
+
+
+def cut_ruleset(peer_ip: str) -> str:
+    """A router's rules dropping everything to and from `peer_ip` (IPv4 or IPv6)."""
+    family = "ip" if ipaddress.ip_address(peer_ip).version == 4 else "ip6"
+    return f"""
+table inet lab_cut {{
+    chain forward {{
+        type filter hook forward priority -10; policy accept;
+        {family} daddr {peer_ip} drop
+        {family} saddr {peer_ip} drop
+    }}
+}}
+"""

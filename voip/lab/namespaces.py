@@ -60,16 +60,17 @@ def delete_namespace(ns: str) -> None:
 
 def remove_leftovers() -> list[str]:
     """Delete lab namespaces whose creating process is gone (a crashed or killed run), and
-    that run's working directories (miniupnpd's); return the namespaces' names."""
+    that run's working directories (miniupnpd's, coturn's); return the namespaces' names."""
     removed = []
     for ns in list_namespaces():
         if not ns.startswith(PREFIX) or _owner_alive(ns):
             continue
         delete_namespace(ns)
         removed.append(ns)
-    for workdir in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-miniupnpd-*"):
-        if workdir.is_dir() and not _owner_alive(workdir.name):
-            shutil.rmtree(workdir, ignore_errors=True)
+    for program in ("miniupnpd", "coturn"):
+        for workdir in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-{program}-*"):
+            if workdir.is_dir() and not _owner_alive(workdir.name):
+                shutil.rmtree(workdir, ignore_errors=True)
     return removed
 
 

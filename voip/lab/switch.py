@@ -111,6 +111,8 @@ class Switch:
             dst, src = frame[:6], frame[6:12]
             self.macs[src] = port
             target = self.macs.get(dst)
+            # Any EtherType passes: IPv6 as IPv4. Its neighbour discovery goes to multicast
+            # MACs (33:33:...), flooded here as ARP's broadcasts are.
             if dst == BROADCAST or dst[0] & 1 or target is None:
                 for other in self.ports.values():
                     if other is not port:

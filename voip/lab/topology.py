@@ -13,6 +13,10 @@ router.py; `Lab.baseline` runs its echoes with baseline.py.
 A router may also map ports for its LAN on request (NAT-PMP, PCP): `LabConfig.port_mapping_a`
 / `_b` build it for that, and `Lab.start_port_mapping` starts its miniupnpd (port_mapping.py)
 once the rendezvous, its STUN server, is up.
+
+`LabConfig.block_udp` makes a side's router let only TCP out (router.py); `LabConfig.ipv6`
+gives every node an IPv6 address too, without NAT, each router a stateful firewall (ipv6.py);
+`Lab.start_coturn` runs coturn on the relay node (coturn.py).
 """
 
 from __future__ import annotations
@@ -30,13 +34,25 @@ from pathlib import Path
 from types import TracebackType
 
 from voip.lab.baseline import echo_rtts
+from voip.lab.config import LabConfig
+from voip.lab.config import Node
+from voip.lab.coturn import coturn_args
+from voip.lab.coturn import launch_coturn
 from voip.lab.echo import EchoRtt
+from voip.lab.faults import cut_ruleset
+from voip.lab.ipv6 import HOST_IP6
+from voip.lab.ipv6 import INTERNET6
+from voip.lab.ipv6 import RELAY_IP6
+from voip.lab.ipv6 import SERVER_ALT_IP6
+from voip.lab.ipv6 import SERVER_IP6
+from voip.lab.ipv6 import WAN_IP6S
+from voip.lab.ipv6 import add_ipv6
+from voip.lab.ipv6 import prepare_namespace
 from voip.lab.namespaces import PREFIX
 from voip.lab.namespaces import add_address
 from voip.lab.namespaces import delete_namespace
 from voip.lab.namespaces import remove_leftovers
 from voip.lab.namespaces import veth
-from voip.lab.nat import NAT_KINDS
 from voip.lab.netns import LabError
 from voip.lab.netns import lab_unavailable_reason
 from voip.lab.netns import popen
@@ -46,14 +62,21 @@ from voip.lab.port_mapping import PortMapper
 from voip.lab.port_mapping import launch_miniupnpd
 from voip.lab.router import configure_router
 
-# PREFIX and remove_leftovers live in namespaces.py; importers keep finding them here.
+# PREFIX and remove_leftovers live in namespaces.py, LabConfig and Node in config.py, the IPv6
+# addresses in ipv6.py; importers find them here too.
 __all__ = [
+    "HOST_IP6",
     "INTERNET",
+    "INTERNET6",
     "LANS",
     "PREFIX",
     "RELAY_IP",
+    "RELAY_IP6",
     "SERVER_ALT_IP",
+    "SERVER_ALT_IP6",
     "SERVER_IP",
+    "SERVER_IP6",
+    "WAN_IP6S",
     "WAN_IPS",
     "Lab",
     "LabConfig",
@@ -67,63 +90,6 @@ SERVER_ALT_IP = "203.0.113.11"  # the rendezvous's second address, for RFC 5780 
 RELAY_IP = "203.0.113.20"
 WAN_IPS = {"a": "203.0.113.1", "b": "203.0.113.2"}
 LANS = {"a": "198.18.1", "b": "198.18.2"}
-
-
-@dataclass
-class LabConfig:
-    nat_a: str = "cone"
-    nat_b: str = "cone"
-    same_nat: bool = False  # b sits on a's LAN, behind a's router
-    hairpin: bool = False  # routers turn packets for their own public addresses back inside
-    delay_a: float = 0.0  # ms, one way, on the way in to a's link
-    delay_b: float = 0.0
-    delay_relay: float = 0.0
-    delay_server: float = 0.0
-    jitter: float = 0.0  # ms, uniform extra delay on a's and b's links
-    loss: float = 0.0  # percent, on a's and b's links (each direction of a call once)
-    udp_timeout: int | None = None  # s, conntrack UDP timeout on both routers (mapping lifetime)
-    udp_timeout_a: int | None = None  # per router, overriding udp_timeout
-    udp_timeout_b: int | None = None
-
-    def timeout_for(self, side: str) -> int | None:
-        own = self.udp_timeout_a if side == "a" else self.udp_timeout_b
-        return own if own is not None else self.udp_timeout
-
-    seed: int | None = None
-    # The router runs miniupnpd: LAN hosts may ask it for port mappings (NAT-PMP, PCP on
-    # 198.18.x.1:5351) once `Lab.start_port_mapping` has started it, the rendezvous being up.
-    port_mapping_a: bool = False
-    port_mapping_b: bool = False
-    port_mapping_protocols: tuple[str, ...] = NATPMP_PCP  # or ("upnp",): UPnP IGD alone
-
-    def port_mapping_for(self, side: str) -> bool:
-        return self.port_mapping_a if side == "a" else self.port_mapping_b
-
-    def validate(self) -> None:
-        for side, kind in (("a", self.nat_a), ("b", self.nat_b)):
-            if kind not in NAT_KINDS:
-                raise LabError(f"--nat-{side}: {kind!r} is not one of {', '.join(NAT_KINDS)}")
-        if self.same_nat and self.nat_a == "none":
-            raise LabError("same-NAT needs a NAT: --nat-a cannot be none")
-        for name in ("delay_a", "delay_b", "delay_relay", "delay_server", "jitter"):
-            if not 0 <= getattr(self, name) <= 10_000:
-                raise LabError(f"{name.replace('_', '-')} must be 0-10000 ms")
-        if not 0 <= self.loss <= 100:
-            raise LabError("loss must be 0-100 %")
-        for side, kind in (("a", self.nat_a), ("b", self.nat_b)):
-            if self.port_mapping_for(side) and kind == "none":
-                raise LabError(f"port mapping on {side} needs a router: nat_{side} cannot be none")
-        if self.port_mapping_b and self.same_nat:
-            raise LabError("port mapping on b needs b's own router; same-NAT puts b behind a's")
-
-
-@dataclass
-class Node:
-    ns: str
-    ip: str  # its own address
-    public_ip: str  # the address the internet sees for it
-    nat: str  # the kind of NAT in front of it
-    router_ns: str | None = None
 
 
 @dataclass
@@ -181,9 +147,9 @@ class Lab:
         run(["ip", "netns", "add", name])
         self.namespaces.append(name)
         run(["ip", "link", "set", "lo", "up"], ns=name)
-        # No IPv6 autoconfiguration chatter on the lab's links.
-        run(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"], ns=name)
-        run(["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"], ns=name)
+        # The switch's own stack stays off IPv6 (it only carries frames); and without IPv6 in
+        # the lab, no autoconfiguration chatter on its links.
+        prepare_namespace(name, ipv6=self.config.ipv6 and role != "inet")
         return name
 
     def _build(self) -> None:
@@ -255,7 +221,10 @@ class Lab:
                 port_mapping=cfg.port_mapping_for(side),
                 stun_servers=(SERVER_IP, SERVER_ALT_IP),
                 udp_timeout=cfg.timeout_for(side),
+                block_udp=side in cfg.block_udp,
             )
+        if cfg.ipv6:
+            add_ipv6(self.nodes)
         seed = ["--seed", str(cfg.seed)] if cfg.seed is not None else []
         args = [sys.executable, "-m", "voip.lab.switch", *seed]
         for p in ports:
@@ -318,6 +287,31 @@ class Lab:
         self.port_mappers[side] = mapper
         return mapper
 
+    def start_coturn(
+        self,
+        secret: str,
+        cert: Path | None = None,
+        key: Path | None = None,
+        *,
+        port: int = 3478,
+        tls_port: int = 5349,
+    ) -> subprocess.Popen[str]:
+        """Start coturn on the relay node, on RELAY_IP (and RELAY_IP6 in an IPv6 lab): TURN
+        over UDP and TCP on `port`, over TLS on `tls_port` with `cert` and `key` (PEM files)
+        when given, REST credentials from `secret`; the lab stops it at teardown. Not beside
+        run_lab_call's relay on the same port: that one holds RELAY_IP:3478 too."""
+        relay = self.nodes["relay"]
+        workdir = Path(tempfile.mkdtemp(prefix=f"{self.tag}coturn-"))
+        self.workdirs.append(workdir)
+        addresses = [relay.ip, *([relay.ip6] if relay.ip6 else [])]
+        args = coturn_args(
+            addresses, secret, workdir, cert=cert, key=key, port=port, tls_port=tls_port
+        )
+        ports = [f"udp:{port}", *([f"tcp:{tls_port}"] if cert else [])]
+        proc = launch_coturn(relay.ns, args, workdir, ports)
+        self.processes.append(proc)
+        return proc
+
     def baseline(self, legs: list[tuple[str, str]], *probe_args: str) -> list[EchoRtt]:
         """Plain UDP echoes from host to node, all at once, through the same switch and routers
         a call crosses: what the lab itself adds to a path's configured delay. `probe_args`
@@ -339,18 +333,9 @@ class Lab:
         router = self.nodes[side].router_ns
         if router is None:
             raise LabError(f"{side} has no router to cut the path on")
-        ruleset = f"""
-table ip lab_cut {{
-    chain forward {{
-        type filter hook forward priority -10; policy accept;
-        ip daddr {peer_ip} drop
-        ip saddr {peer_ip} drop
-    }}
-}}
-"""
-        run(["nft", "-f", "-"], ns=router, input_text=ruleset)
+        run(["nft", "-f", "-"], ns=router, input_text=cut_ruleset(peer_ip))
 
     def restore(self, side: str) -> None:
         router = self.nodes[side].router_ns
         if router is not None:
-            run(["nft", "delete", "table", "ip", "lab_cut"], ns=router, check=False)
+            run(["nft", "delete", "table", "inet", "lab_cut"], ns=router, check=False)
