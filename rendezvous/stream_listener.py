@@ -223,6 +223,10 @@ class StreamConnection(asyncio.Protocol):
             self.listener.garbage(self.src, str(exc))
             self.close()
             return
+        except Exception:  # a bug in framing: still this connection's end, not the loop's
+            self.listener.failed(self.src)
+            self.close()
+            return
         if frames:
             self._last_frame = asyncio.get_running_loop().time()
         if self._held is not None:

@@ -16,6 +16,9 @@ from typing import Any
 from typing import TypeVar
 
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 from rendezvous.cli import main as rendezvous_main
 from rendezvous.logic import RendezvousLogic
@@ -415,6 +418,10 @@ class FakeTransport(asyncio.Transport):
         super().__init__()
         self.buffered = buffered
         self.written: list[bytes] = []
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
 
     def get_write_buffer_size(self) -> int:
         return self.buffered
@@ -443,6 +450,49 @@ def test_a_connection_too_far_behind_drops_what_is_relayed_to_it_rather_than_gro
     transport.buffered = 1001
     conn.send(struct.pack("!HH", 0x4000, 1) + b"y")
     assert len(transport.written) == 1 and listener.stats["stream_write_dropped"] == 1
+
+
+class NodeHost:
+    """A listener's host that hands frames to a real sans-IO node, as the server does."""
+
+    def __init__(self) -> None:
+        self.node = RendezvousNode(RendezvousLogic(), None, ("203.0.113.20", 3478))
+        self.answers = 0
+
+    def stream_opens(self, src: Address) -> bool:
+        return not self.node.holds(src, 0.0)
+
+    def stream_frame(self, data: bytes, src: Address) -> None:
+        self.answers += len(self.node.handle(data, src, self.node.primary, 0.0))
+
+    def stream_closed(self, src: Address) -> None:
+        self.node.stream_closed(src, 0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=64),
+            st.sampled_from([binding()[1], frame_channel_data(0x4000, b"abc"), b"\x00\x01"]),
+        ),
+        max_size=12,
+    )
+)
+def test_no_bytes_on_a_stream_raise_out_of_the_connection(chunks: list[bytes]) -> None:
+    async def go() -> None:
+        host = NodeHost()
+        listener = StreamListener(host)
+        conn = StreamConnection(listener, None)
+        conn.src = ("203.0.113.1", 40000)
+        listener.admit(conn)
+        conn.transport = FakeTransport(buffered=0)
+        for chunk in chunks:
+            conn.data_received(chunk)  # must not raise, whatever it is
+        assert conn.closed == (conn.deframer.broken is not None)
+        assert conn.closed == (conn.src not in listener.by_addr)
+
+    asyncio.run(go())
 
 
 def test_the_node_forgets_what_a_closed_stream_held() -> None:
@@ -491,4 +541,3 @@ def test_the_command_takes_tls_options_only_together(tmp_path: Path) -> None:
     assert rendezvous_main(["--tls-listen", "127.0.0.1:5349", *store]) == 2
     missing = ["--tls-cert", str(tmp_path / "c.pem"), "--tls-key", str(tmp_path / "k.pem")]
     assert rendezvous_main([*missing, *store]) == 1
-
