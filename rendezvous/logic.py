@@ -124,16 +124,6 @@ class RendezvousLogic:
         self.owners.sweep(now + self.wall_offset)
         return resend
 
-    def registered_at(self, src: Address, now: float) -> bool:
-        return bool(self.registry.names_at(src, now))
-
-    def forget_address(self, src: Address, now: float) -> None:
-        """Take offline every name registered from `src`, as its LEAVE would: the stream it
-        came over has closed, so nothing can reach it there any more."""
-        for name in self.registry.names_at(src, now):
-            self.registry.remove(name, src)
-            self.stats["left_with_stream"] += 1
-
     def handle_datagram(self, data: bytes, src: Address, now: float) -> list[Transmit]:
         """Everything that arrives goes through here; nothing it contains can raise out of it."""
         if len(data) > MAX_DATAGRAM:

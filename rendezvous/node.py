@@ -64,16 +64,19 @@ class RendezvousNode:
     def holds(self, client: Address, now: float) -> bool:
         """Whether a client at `client` has a registration or an allocation here: then a new
         stream from that address (another protocol, so maybe another client) is refused."""
-        if self.turn is not None and self.turn.allocated_for(client, now):
+        alloc = self.turn.allocations.get(client) if self.turn is not None else None
+        if alloc is not None and alloc.expires > now:
             return True
-        return self.logic.registered_at(client, now)
+        return bool(self.logic.registry.names_at(client, now))
 
     def stream_closed(self, client: Address, now: float) -> None:
         """The TCP or TLS connection from `client` closed: its allocation and its names go
         with it (RFC 8656 §3.1), as nothing can reach it at that address any more."""
         if self.turn is not None:
             self.turn.client_gone(client)
-        self.logic.forget_address(client, now)
+        for name in self.logic.registry.names_at(client, now):  # offline, as its LEAVE would
+            self.logic.registry.remove(name, client)
+            self.logic.stats["left_with_stream"] += 1
 
     def next_deadline(self) -> float | None:
         times = [self.logic.next_deadline(), self.turn.next_deadline() if self.turn else None]

@@ -168,13 +168,8 @@ class TurnServer:
             self._release(client)
             self.stats["expired"] += 1
 
-    def allocated_for(self, client: Address, now: float) -> bool:
-        alloc = self.allocations.get(client)
-        return alloc is not None and alloc.expires > now
-
     def client_gone(self, client: Address) -> None:
-        """The connection `client` spoke over has closed: over TCP or TLS the allocation ends
-        with it (RFC 8656 §3.1)."""
+        """Its connection closed: over TCP or TLS an allocation ends with it (RFC 8656 §3.1)."""
         if client in self.allocations:
             self._release(client)
             self.stats["released_with_stream"] += 1
