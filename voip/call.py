@@ -26,7 +26,7 @@ from voip.call_core import CallOptions
 from voip.call_recorder import CallRecorder
 from voip.call_upnp import CallUpnp
 from voip.host_addresses import gateway_for_port_mapping
-from voip.host_addresses import host_ipv4_addresses
+from voip.host_addresses import host_candidates
 from voip.media.audio_io import AudioSink
 from voip.media.audio_io import AudioSource
 from voip.nat.server_transports import ServerTransports
@@ -34,11 +34,9 @@ from voip.nat.server_transports import Transport
 from voip.report import CallReport
 from voip.security.summary import SecurityReport
 from voip.server_streams import ServerStreams
+from voip.transport import DatagramHandler
 from voip.transport import Timer
 from voip.transport import UdpEndpoint
-from voip.wire.candidates import Candidate
-from voip.wire.candidates import CandidateType
-from voip.wire.candidates import is_usable_host_ip
 from voip.wire.rtp import looks_like_rtp_or_rtcp
 from voip.wire.stun import Address
 
@@ -112,7 +110,7 @@ class Call:
     async def start(self) -> None:
         """Open the socket and register with the rendezvous, asking for the peer."""
         loop = asyncio.get_running_loop()
-        self._endpoint = UdpEndpoint.open(
+        self._endpoint = open_call_socket(
             self.options.bind_host, self.options.bind_port, self._on_udp
         )
         self._net = ServerStreams(
@@ -123,18 +121,12 @@ class Call:
             self._reached,
         )
         port = self._endpoint.local_address[1]
-        if self.options.bind_host in ("0.0.0.0", ""):  # noqa: S104
-            ips = host_ipv4_addresses()
-        else:  # bound to one address: that is the only host candidate, if it is routable
-            ips = [self.options.bind_host] if is_usable_host_ip(self.options.bind_host) else []
-        hosts = tuple(
-            Candidate.make(CandidateType.HOST, (ip, port), 65535 - i) for i, ip in enumerate(ips)
-        )
-        if self.options.port_mapping and self.options.gateway is None and ips:
+        hosts = host_candidates(self.options.bind_host, port, self._endpoint.dual)
+        if self.options.port_mapping and self.options.gateway is None and hosts:
             # Only for a socket that takes packets from the LAN: ours, bound to an address of
             # ours or to all of them (one bound to loopback has no router to ask).
             gateway = gateway_for_port_mapping()
-            if gateway is not None and (gateway[1] in ips):
+            if gateway is not None and gateway[1] in {c.address[0] for c in hosts}:
                 self.options = dataclasses.replace(self.options, gateway=gateway)
         self._core = CallCore(
             self.name,
@@ -305,3 +297,14 @@ class Call:
         self._queue.put_nowait(event)
         if self.on_event is not None:
             self.on_event(event)
+
+
+def open_call_socket(host: str, port: int, on_datagram: DatagramHandler) -> UdpEndpoint:
+    """The call's one socket. On all addresses it is both families at once where the host has
+    IPv6 (one port for IPv4 and IPv6 candidates alike), else IPv4 alone."""
+    if host in ("0.0.0.0", ""):  # noqa: S104
+        try:
+            return UdpEndpoint.open("::", port, on_datagram)
+        except OSError:  # no IPv6 on this host (disabled, or the port is taken there)
+            pass
+    return UdpEndpoint.open(host or "0.0.0.0", port, on_datagram)  # noqa: S104

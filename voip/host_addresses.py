@@ -2,26 +2,60 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 
 import psutil
 
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
 from voip.wire.candidates import is_usable_host_ip
 
 
 def host_ipv4_addresses() -> list[str]:
     """Usable IPv4 addresses of the interfaces that are up, in a stable order."""
+    return _addresses(socket.AF_INET)
+
+
+def host_ipv6_addresses() -> list[str]:
+    """Usable IPv6 addresses (global and unique local: not link-local, which needs a scope,
+    nor loopback) of the interfaces that are up, in a stable order."""
+    return _addresses(socket.AF_INET6)
+
+
+def interleaved(*families: list[str]) -> list[str]:
+    """Addresses of several families taken in turn, the first family first: RFC 8421 §4's
+    order for host candidates, so IPv6 is tried first without all of IPv4 waiting behind it."""
+    out: list[str] = []
+    for group in itertools.zip_longest(*families):
+        out += [ip for ip in group if ip is not None]
+    return out
+
+
+def host_candidates(bind_host: str, port: int, dual: bool) -> tuple[Candidate, ...]:
+    """A call socket's host candidates: on all addresses, every usable one of the host (IPv6
+    too if the socket is `dual`, first, RFC 8421); bound to one address, that one if it is
+    routable."""
+    if bind_host in ("0.0.0.0", ""):  # noqa: S104
+        ips = interleaved(host_ipv6_addresses() if dual else [], host_ipv4_addresses())
+    else:
+        ips = [bind_host] if is_usable_host_ip(bind_host) else []
+    return tuple(
+        Candidate.make(CandidateType.HOST, (ip, port), 65535 - i) for i, ip in enumerate(ips)
+    )
+
+
+def _addresses(family: socket.AddressFamily) -> list[str]:
     stats = psutil.net_if_stats()
     found: list[str] = []
     for ifname, addrs in sorted(psutil.net_if_addrs().items()):
         if ifname in stats and not stats[ifname].isup:
             continue
         for a in addrs:
-            if (
-                a.family == socket.AF_INET
-                and is_usable_host_ip(a.address)
-                and a.address not in found
-            ):
+            # A scoped address (fe80::1%eth0) is link-local: is_usable_host_ip refuses it too.
+            if a.family != family or "%" in a.address or a.address in found:
+                continue
+            if is_usable_host_ip(a.address):
                 found.append(a.address)
     return found
 

@@ -78,6 +78,8 @@ class PathMetrics:
             "remote": self.remote,
             "found_by": self.found_by,
             "transport": self.transport,
+            # Which IP family carried it: the remote's ("[v6]:port" is IPv6).
+            "family": None if self.remote is None else ("ipv6" if "[" in self.remote else "ipv4"),
             "rtt_ms": rtt,
             "jitter_ms": None if self.jitter_ms is None else round(self.jitter_ms, 2),
             "loss_pct": None if self.loss_pct is None else round(self.loss_pct, 2),

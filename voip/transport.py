@@ -31,6 +31,7 @@ BATCH = 64  # datagrams read per wake-up before other work gets a turn
 LOG_EVERY = 10.0  # s between two log lines about datagrams a handler could not take
 MAX_AGE = 5.0  # s: a stamp further from now means the wall clock was stepped
 OFFSET_EVERY = 1.0  # s between readings of the wall clock against the loop's
+V4_MAPPED = "::ffff:"  # RFC 4291 §2.5.5.2: how a dual-stack socket names an IPv4 address
 
 
 class UdpEndpoint:
@@ -50,6 +51,7 @@ class UdpEndpoint:
         self.errors = 0  # ICMP errors and sends the kernel refused
         self.handler_failures = 0
         self._timestamps = False
+        self.dual = False  # an IPv6 socket that takes IPv4 too (IPv4 as ::ffff:a.b.c.d inside)
         self._logged_at = -LOG_EVERY
         self._offset = 0.0  # wall clock minus loop clock
         self._offset_at = -OFFSET_EVERY
@@ -66,13 +68,17 @@ class UdpEndpoint:
     ) -> UdpEndpoint:
         """Bind a socket on the running loop. `timestamps`: the kernel's arrival time as `now`
         (else the time it was read); `receive_buffer`: bytes of SO_RCVBUF to ask for (beyond
-        net.core.rmem_max as root)."""
+        net.core.rmem_max as root). Host "::" is both families on one socket (IPV6_V6ONLY off):
+        handlers and senders see IPv4 addresses as plain IPv4, never ::ffff:a.b.c.d."""
         loop = asyncio.get_running_loop()
         self = cls(loop, on_datagram)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
+            if host == "::":
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                self.dual = True
             sock.bind((host, port))
         except OSError:
             sock.close()
@@ -98,6 +104,8 @@ class UdpEndpoint:
     def send(self, data: bytes, dest: Address) -> None:
         if self.sock is None:
             return
+        if self.dual and ":" not in dest[0]:
+            dest = (V4_MAPPED + dest[0], dest[1])
         try:
             self.sock.sendto(data, dest)
             self.sent += 1
@@ -137,10 +145,13 @@ class UdpEndpoint:
                 self.errors += 1
                 continue
             self.received += 1
+            host = str(src[0])
+            if self.dual and host.startswith(V4_MAPPED):
+                host = host[len(V4_MAPPED) :]
             try:
-                self.on_datagram(data, (str(src[0]), int(src[1])), now)
+                self.on_datagram(data, (host, int(src[1])), now)
             except Exception:
-                self.handler_failed((str(src[0]), int(src[1])))
+                self.handler_failed((host, int(src[1])))
             if self.sock is None:  # the handler closed us
                 return
 

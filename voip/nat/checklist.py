@@ -46,8 +46,9 @@ class Checklist:
 
     def add(self, base: Base, cand: Candidate) -> Pair | None:
         """The pair of `base` and `cand`, formed if new; None for a pair this call won't use."""
-        # Through our relay, only public candidates: the relay refuses private peers anyway.
-        if base == Base.RELAY and cand.kind == CandidateType.HOST:
+        # Through our relay, only public candidates: the relay refuses private peers anyway; and
+        # only IPv4 ones, the family our allocations are (a relay answers 443 for another).
+        if base == Base.RELAY and (cand.kind == CandidateType.HOST or ":" in cand.address[0]):
             return None
         if (base, cand.address) in self.pairs:  # a public host is both host and srflx: one pair
             return self.pairs[(base, cand.address)]

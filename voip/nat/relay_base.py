@@ -67,10 +67,18 @@ class RelayBase:
         return True
 
     def permit(self, ready: PeerReady, now: float) -> list[Transmit]:
-        """The relay forwards only from permitted peers: the peer's public addresses."""
+        """The relay forwards only from permitted peers: the peer's public addresses (of our
+        allocation's family: a permission for another is refused, RFC 8656 §9.1)."""
         if self.turn is None or self.turn.relayed is None:
             return []
-        public = sorted({c.address[0] for c in ready.candidates if c.kind != CandidateType.HOST})
+        six = ":" in self.turn.relayed[0]
+        public = sorted(
+            {
+                c.address[0]
+                for c in ready.candidates
+                if c.kind != CandidateType.HOST and (":" in c.address[0]) == six
+            }
+        )
         return self.turn.permit(public, now)
 
     def route(self, data: bytes, pair: Pair) -> Transmit:
