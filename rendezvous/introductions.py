@@ -16,6 +16,7 @@ caller in RESTART_WINDOW: each one sends the peer a datagram it did not ask for.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Container
 
 from rendezvous.registry import Entry
 from rendezvous.turn_server import Out
@@ -54,8 +55,11 @@ def signed(msg: Message, key: bytes) -> bytes:
 
 
 class Introductions:
-    def __init__(self, stats: Counter[str]):
+    def __init__(self, stats: Counter[str], streams: Container[Address] = frozenset()):
         self.stats = stats
+        # Clients on a TCP or TLS connection (the server's live streams, by address): the
+        # address we see them at is a TCP mapping, no candidate for a peer's UDP.
+        self.streams = streams
         self._txns: TransactionTable[str] = TransactionTable()  # context: the name introduced
         # A caller asking again and again replaces its own introduction, so the table never
         # holds more than there are names.
@@ -117,7 +121,11 @@ class Introductions:
             ready = PeerReady(
                 peer=peer.name,
                 candidates=(
-                    Candidate.make(CandidateType.SRFLX, peer.reflexive),
+                    *(
+                        ()
+                        if peer.reflexive in self.streams
+                        else (Candidate.make(CandidateType.SRFLX, peer.reflexive),)
+                    ),
                     *peer.host_candidates,
                 ),
                 remote_ufrag=creds.ufrag,

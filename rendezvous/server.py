@@ -163,6 +163,7 @@ class RendezvousServer:
         if tcp or tls is not None:
             self.streams = StreamListener(self, stream_limits)
             self._streams = self.streams.by_addr
+            self.logic.introductions.streams = self._streams  # no srflx from a TCP mapping
         await self._open_main(host, port, tcp)
         if tls is not None:
             assert self.streams is not None

@@ -85,6 +85,9 @@ def test_a_caller_on_a_stream_calls_one_on_udp_through_the_relay(
     reports = {call.name: call.report().to_dict() for call in (alice, bob)}
     assert reports["alice"]["paths"]["relay"]["transport"] == transport.value
     assert reports["bob"]["paths"]["relay"]["transport"] == "udp"
+    # Where the rendezvous sees alice is a TCP mapping: no server-reflexive candidate for bob.
+    assert [c.split()[0] for c in reports["bob"]["candidates_tried"]] == ["relay"]
+    assert "srflx" in {c.split()[0] for c in reports["alice"]["candidates_tried"]}
     for name, heard in (("alice", 660), ("bob", 440)):
         report = reports[name]
         assert report["path"] == "relay", report
