@@ -37,9 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--listen",
-        default=DEFAULT_LISTEN,
+        action="append",
         metavar="HOST:PORT",
-        help=f"address to listen on, UDP and TCP (default {DEFAULT_LISTEN})",
+        help=f"address to listen on, UDP and TCP (default {DEFAULT_LISTEN}); give it twice "
+        "for IPv4 and IPv6 ([2001:db8::10]:3478), or [::]:3478 for both on one socket",
     )
     p.add_argument(
         "--no-tcp",
@@ -196,11 +197,16 @@ async def _run(
     tcp: bool = True,
     tls: ssl.SSLContext | None = None,
     tls_listen: tuple[str, int] | None = None,
+    also: tuple[tuple[str, int], ...] = (),
 ) -> None:
     tls_host, tls_port = tls_listen or (host, TLS_PORT)
-    await server.start(host, port, alt_host, tcp=tcp, tls=tls, tls_host=tls_host, tls_port=tls_port)
+    await server.start(
+        host, port, alt_host, tcp=tcp, tls=tls, tls_host=tls_host, tls_port=tls_port, also=also
+    )
     if not quiet:
         print(f"callpeer-rendezvous listening on udp {format_address(server.address)}", flush=True)
+        for extra in server.also:
+            print(f"listening on udp {format_address(extra)} too", flush=True)
         if server.tcp_address is not None:
             print(f"listening on tcp {format_address(server.tcp_address)}", flush=True)
         if server.tls_address is not None:
@@ -241,7 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     raise_open_file_limit()
     try:
-        host, port = parse_address(args.listen, default_port=3478, allow_any_port=True)
+        listens = [
+            parse_address(text, default_port=3478, allow_any_port=True)
+            for text in args.listen or [DEFAULT_LISTEN]
+        ]
+        (host, port), also = listens[0], tuple(listens[1:])
         tls, tls_listen = tls_options(args, host)
         server = build_server(args, host)
     except ValueError as exc:
@@ -265,10 +275,13 @@ def main(argv: list[str] | None = None) -> int:
                 tcp=not args.no_tcp,
                 tls=tls,
                 tls_listen=tls_listen,
+                also=also,
             )
         )
     except OSError as exc:
-        where = args.listen + (f" or {format_address(tls_listen)}" if tls else "")
+        where = " or ".join(
+            [*(args.listen or [DEFAULT_LISTEN]), *([format_address(tls_listen)] if tls else [])]
+        )
         print(
             f"callpeer-rendezvous: cannot listen on {where}: {exc.strerror or exc}",
             file=sys.stderr,

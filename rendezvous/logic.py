@@ -197,7 +197,9 @@ class RendezvousLogic:
         """A Binding request that arrived on our `local` address (RFC 5780 when we have an
         alternate address; see rendezvous/behaviour.py)."""
         self.stats["binding"] += 1
-        addresses = self.addresses or Addresses(local)
+        # RFC 5780 answers only on the addresses they are for (not on a second --listen).
+        known = self.addresses is not None and local in self.addresses.all()
+        addresses = self.addresses if self.addresses is not None and known else Addresses(local)
         return answer_binding(msg, src, local, addresses, self.software)
 
     # -- registration -----------------------------------------------------------------------
@@ -291,7 +293,7 @@ class RendezvousLogic:
             (Attr.CP_STATUS, text(status)),
             (Attr.CP_KEY, self.keys.public),
             *self._relay_attributes(req.name, now),
-            *self._other_address(),
+            *self._other_address(src),
         ]
         out = [Out(signed(msg.reply(Class.SUCCESS, attrs), key), src)]
         if peer is not None:
@@ -306,9 +308,13 @@ class RendezvousLogic:
         ]
         return [Out(signed(msg.reply(Class.ERROR, attrs), key), src)]
 
-    def _other_address(self) -> list[tuple[int, bytes]]:
-        """OTHER-ADDRESS, so a client can learn its NAT's mapping with one more Binding."""
+    def _other_address(self, src: Address) -> list[tuple[int, bytes]]:
+        """OTHER-ADDRESS, so a client can learn its NAT's mapping with one more Binding; not
+        to a client of the other IP family (registered over IPv6 with an IPv4 alternate), whose
+        probe there would measure another mapping than the one it registered from."""
         if self.addresses is None or self.addresses.alternate is None:
+            return []
+        if (":" in src[0]) != (":" in self.addresses.alternate[0]):
             return []
         return [(Attr.OTHER_ADDRESS, encode_address(self.addresses.alternate))]
 

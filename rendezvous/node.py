@@ -27,10 +27,17 @@ from voip.wire.turn import looks_like_channel_data
 
 
 class RendezvousNode:
-    def __init__(self, logic: RendezvousLogic, turn: TurnServer | None, primary: Address):
+    def __init__(
+        self,
+        logic: RendezvousLogic,
+        turn: TurnServer | None,
+        primary: Address,
+        also: tuple[Address, ...] = (),
+    ):
         self.logic = logic
         self.turn = turn
         self.primary = primary  # the main port: signalling and TURN; the others are RFC 5780's
+        self.mains = {primary, *also}  # main ports all: a second --listen (IPv6 beside IPv4)
 
     @property
     def stats(self) -> Counter[str]:
@@ -38,7 +45,7 @@ class RendezvousNode:
 
     def handle(self, data: bytes, src: Address, local: Address, now: float) -> list[Out]:
         """A datagram from `src` that arrived on our address `local`."""
-        main = local == self.primary
+        main = local in self.mains
         if main and self.turn is not None and looks_like_channel_data(data, legacy=True):
             return self.turn.handle_channel_data(data, src, now)
         if not looks_like_stun(data) or len(data) > MAX_DATAGRAM:

@@ -22,6 +22,7 @@ from rendezvous.turn_server import Out
 from rendezvous.turn_server import TurnPolicy
 from rendezvous.turn_server import TurnServer
 from voip.host_addresses import host_ipv4_addresses
+from voip.host_addresses import host_ipv6_addresses
 from voip.transport import BATCH
 from voip.transport import Timer
 from voip.transport import UdpEndpoint
@@ -108,6 +109,10 @@ class RendezvousServer:
         self.node: RendezvousNode | None = None
         self.endpoint: UdpEndpoint | None = None
         self.behaviour_endpoints: dict[Address, UdpEndpoint] = {}  # RFC 5780's other three
+        # A second --listen (IPv6 beside IPv4): main ports too, by address, and which one sends
+        # to a destination of its family (True: IPv6) when the first --listen cannot.
+        self.also: dict[Address, UdpEndpoint] = {}
+        self._by_family: dict[bool, UdpEndpoint] = {}
         self._timer: Timer | None = None
         self._address: Address | None = None  # asked of the socket once, not per datagram
         self.streams: StreamListener | None = None
@@ -155,6 +160,7 @@ class RendezvousServer:
         tls_host: str | None = None,
         tls_port: int = TLS_PORT,
         stream_limits: StreamLimits | None = None,
+        also: tuple[Address, ...] = (),
     ) -> RendezvousServer:
         """Listen on host:port, UDP and (unless not `tcp`) TCP on the same port; with `tls`, on
         TLS at tls_host (default `host`):tls_port too. With `alt_host`, also on the alternate
@@ -173,7 +179,8 @@ class RendezvousServer:
                 self.close()
                 raise
         assert self.endpoint is not None
-        self.node = RendezvousNode(self.logic, self.turn, self.address)
+        await self._open_also(also, tcp)
+        self.node = RendezvousNode(self.logic, self.turn, self.address, tuple(self.also))
         if alt_host is not None:
             await self._start_behaviour(host, alt_host)
         self._timer = Timer(self.endpoint.loop, self.node.next_deadline, self._on_timer)
@@ -181,6 +188,7 @@ class RendezvousServer:
             # Never a peer: where we listen and relay, and every address of this host (a
             # service there may listen on all of them).
             own = [host, *([alt_host] if alt_host else []), *host_ipv4_addresses()]
+            own += [ip for ip, _ in also] + host_ipv6_addresses()
             if self.relay_ports is not None:
                 own.append(self.relay_ports.host)
             self.turn.add_own_addresses(own)
@@ -212,6 +220,29 @@ class RendezvousServer:
                     self.close()
                     raise
 
+    async def _open_also(self, also: tuple[Address, ...], tcp: bool) -> None:
+        """More main ports (`--listen` given again): UDP, and TCP on each one's port."""
+        try:
+            for host, port in also:
+                endpoint = UdpEndpoint.open(
+                    host, port, self._on_datagram, timestamps=False, receive_buffer=RECEIVE_BUFFER
+                )
+                local = endpoint.local_address
+                endpoint.on_datagram = functools.partial(self._on_datagram, local=local)
+                self.also[local] = endpoint
+                six = ":" in host
+                if not self.endpoint_is_dual and (":" in self.address[0]) != six:
+                    self._by_family.setdefault(six, endpoint)
+                if tcp and self.streams is not None:
+                    await self.streams.listen(host, local[1])
+        except OSError:
+            self.close()
+            raise
+
+    @property
+    def endpoint_is_dual(self) -> bool:
+        return self.endpoint is not None and self.endpoint.dual
+
     async def _start_behaviour(self, host: str, alt_host: str) -> None:
         primary = self.address
         if host in ("0.0.0.0", "::", ""):  # noqa: S104
@@ -232,10 +263,12 @@ class RendezvousServer:
             if out.via is None or out.via == self._address:
                 if streams and (conn := streams.get(out.dest)) is not None:
                     conn.send(out.data)  # that client speaks over its connection
+                elif self._by_family and (ep := self._by_family.get(":" in out.dest[0])):
+                    ep.send(out.data, out.dest)  # the family the first --listen lacks
                 else:
                     self.endpoint.send(out.data, out.dest)
-            elif (endpoint := self.behaviour_endpoints.get(out.via)) is not None:
-                endpoint.send(out.data, out.dest)
+            elif (e := self.behaviour_endpoints.get(out.via) or self.also.get(out.via)) is not None:
+                e.send(out.data, out.dest)
             elif self.relay_ports is not None:
                 self.relay_ports.send(out.data, out.dest, out.via)
 
@@ -287,7 +320,7 @@ class RendezvousServer:
             self.relay_ports.close_all()
         if self.endpoint is not None:
             self.endpoint.close()
-        for endpoint in self.behaviour_endpoints.values():
+        for endpoint in [*self.behaviour_endpoints.values(), *self.also.values()]:
             endpoint.close()
 
     async def __aenter__(self) -> RendezvousServer:

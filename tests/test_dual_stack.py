@@ -8,11 +8,20 @@ import socket
 
 import pytest
 
+from rendezvous.local import loopback_server
+from rendezvous.server import RendezvousServer
+from voip import Call
+from voip import CallOptions
+from voip import NullSink
+from voip import SilenceSource
 from voip.host_addresses import host_candidates
 from voip.host_addresses import interleaved
 from voip.nat.checklist import Checklist
 from voip.nat.nominator import Nominator
 from voip.nat.pairs import Base
+from voip.nat.pairs import Pair
+from voip.nat.pairs import PairState
+from voip.nat.pairs import PathKind
 from voip.nat.pairs import RelayMode
 from voip.transport import UdpEndpoint
 from voip.wire.candidates import Candidate
@@ -96,3 +105,69 @@ def test_pairs_through_the_relay_skip_ipv6_candidates_and_the_host_base_keeps_th
         (Base.HOST, four.address),
         (Base.RELAY, four.address),  # an IPv4 allocation relays to IPv4 peers only
     }
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="this host has no IPv6 (::1 cannot be bound)")
+@pytest.mark.parametrize("bob_over", ["ipv6", "ipv4"])
+def test_a_rendezvous_listening_twice_introduces_callers_of_either_family(bob_over: str) -> None:
+    """`--listen 127.0.0.1:P --listen [::1]:Q`: alice registers over IPv6 (her public address
+    is an IPv6 one), bob over IPv6 too or over IPv4; both are introduced and connect, and over
+    IPv6 both ways the audio goes over IPv6."""
+
+    async def scenario() -> tuple[Call, Call, RendezvousServer]:
+        server = loopback_server()
+        await server.start("127.0.0.1", 0, also=(("::1", 0),))
+        try:
+            [six] = server.also
+            calls = []
+            for me, peer, over in (("alice", "bob", "ipv6"), ("bob", "alice", bob_over)):
+                calls.append(
+                    Call(
+                        me,
+                        peer,
+                        source=SilenceSource(),
+                        sink=NullSink(),
+                        server=six if over == "ipv6" else server.address,
+                        options=CallOptions(bind_host="::" if over == "ipv6" else "127.0.0.1"),
+                    )
+                )
+            alice, bob = calls
+            async with alice, bob:
+                await asyncio.wait_for(asyncio.gather(alice.run(1.0), bob.run(1.0)), 20)
+        finally:
+            server.close()
+        return alice, bob, server
+
+    alice, bob, server = asyncio.run(scenario())
+    a, b = alice.report().to_dict(), bob.report().to_dict()
+    assert a["local_public"].startswith("[::1]:")
+    assert b["local_public"].startswith("[::1]:" if bob_over == "ipv6" else "127.0.0.1:")
+    assert a["path"] != "none" and b["path"] != "none"
+    if bob_over == "ipv6":
+        assert a["path"] == b["path"] == "direct"
+        assert a["paths"]["direct"]["family"] == b["paths"]["direct"]["family"] == "ipv6"
+    assert server.stats["udp_from_stream_address"] == 0
+
+
+def valid_pair(address: Address, rtt: float, kind: CandidateType = CandidateType.SRFLX) -> Pair:
+    pair = Pair.make(Base.HOST, Candidate.make(kind, address), controlling=True)
+    pair.state, pair.peer_checked, pair.rtt = PairState.SUCCEEDED, True, rtt
+    return pair
+
+
+def test_of_pairs_about_as_fast_the_ipv6_one_carries_the_call() -> None:
+    four = valid_pair(("203.0.113.2", 5000), 0.0200)
+    six = valid_pair(("2001:db8:2::2", 5000), 0.0215)  # one jittery sample slower
+    assert Nominator.best([four, six], PathKind.DIRECT) is six
+
+
+def test_a_clearly_faster_ipv4_pair_wins_over_ipv6() -> None:
+    four = valid_pair(("203.0.113.2", 5000), 0.020)
+    six = valid_pair(("2001:db8:2::2", 5000), 0.040)  # a tunnel, say: twice the delay
+    assert Nominator.best([four, six], PathKind.DIRECT) is four
+
+
+def test_of_pairs_about_as_fast_the_higher_priority_one_wins() -> None:
+    host = valid_pair(("198.18.1.3", 5000), 0.0011, CandidateType.HOST)
+    punched = valid_pair(("203.0.113.2", 5000), 0.0010)  # a hairpin, as fast on a LAN
+    assert Nominator.best([punched, host], PathKind.DIRECT) is host

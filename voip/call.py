@@ -302,7 +302,7 @@ class Call:
 def open_call_socket(host: str, port: int, on_datagram: DatagramHandler) -> UdpEndpoint:
     """The call's one socket. On all addresses it is both families at once where the host has
     IPv6 (one port for IPv4 and IPv6 candidates alike), else IPv4 alone."""
-    if host in ("0.0.0.0", ""):  # noqa: S104
+    if host in ("0.0.0.0", "", "::"):  # noqa: S104
         try:
             return UdpEndpoint.open("::", port, on_datagram)
         except OSError:  # no IPv6 on this host (disabled, or the port is taken there)

@@ -36,7 +36,7 @@ def host_candidates(bind_host: str, port: int, dual: bool) -> tuple[Candidate, .
     """A call socket's host candidates: on all addresses, every usable one of the host (IPv6
     too if the socket is `dual`, first, RFC 8421); bound to one address, that one if it is
     routable."""
-    if bind_host in ("0.0.0.0", ""):  # noqa: S104
+    if bind_host in ("0.0.0.0", "", "::"):  # noqa: S104
         ips = interleaved(host_ipv6_addresses() if dual else [], host_ipv4_addresses())
     else:
         ips = [bind_host] if is_usable_host_ip(bind_host) else []

@@ -5,9 +5,10 @@ call, the way pion/ice keeps its selectors apart from its agent:
 
 - the kind we would rather use is checked first: direct, unless the relay is forced or both
   NATs are known to map per destination (then the relay, and host pairs on a shared LAN);
-- the controlling side nominates the lowest-RTT valid pair of the preferred kind as soon as no
-  pair of that kind left could beat it (every pair checked, each unanswered one given 1.5 times
-  the best RTT), and at most 200 ms after the first valid pair;
+- the controlling side nominates the lowest-RTT valid pair of the preferred kind (of pairs
+  about as fast, an IPv6 one, RFC 8421, then the highest priority) as soon as no pair of that
+  kind left could beat it (every pair checked, each unanswered one given 1.5 times the best
+  RTT), and at most 200 ms after the first valid pair;
 - a relayed pair is nominated when no direct pair can work, or RELAY_GRACE after the first
   valid relayed pair if direct pairs are still being tried (NOMINATE_AFTER in an ICE restart,
   where the audio has already stopped: it goes back to direct once a direct pair proves itself,
@@ -30,6 +31,9 @@ NOMINATE_AFTER = 0.2  # longest wait, after the first valid pair, for a faster o
 HOPELESS_FACTOR = 1.5
 HOPELESS_MARGIN = 0.005
 RELAY_GRACE = 1.5  # with a relay pair valid, how long to wait for a direct one before using it
+# Valid pairs within this of the fastest count as fast as it (x the fastest's RTT, + margin).
+SAME_RTT_FACTOR = 1.25
+SAME_RTT_MARGIN = 0.002
 
 
 # Remote candidates that need no punching: the peer's LAN, and a port its router opened for us.
@@ -64,10 +68,16 @@ class Nominator:
 
     @staticmethod
     def best(pairs: Iterable[Pair], kind: PathKind) -> Pair | None:
-        return min(
-            (p for p in pairs if p.valid and p.kind == kind and p.rtt is not None),
-            key=lambda p: (p.rtt or 0.0, -p.priority),
-            default=None,
+        """The valid pair of `kind` to use: of those about as fast as the fastest, an IPv6 one
+        (RFC 8421: IPv6 where it works), then the highest priority. One RTT sample apart is
+        noise, not a reason to pick IPv4 over IPv6, or a relayed LAN peer over its host."""
+        valid = [p for p in pairs if p.valid and p.kind == kind and p.rtt is not None]
+        if not valid:
+            return None
+        near = min(p.rtt or 0.0 for p in valid) * SAME_RTT_FACTOR + SAME_RTT_MARGIN
+        return max(
+            (p for p in valid if (p.rtt or 0.0) <= near),
+            key=lambda p: (":" in p.remote.address[0], p.priority, -(p.rtt or 0.0)),
         )
 
     def _settled_time(self, pairs: list[Pair], kind: PathKind) -> float | None:
