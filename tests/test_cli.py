@@ -873,6 +873,24 @@ def test_the_table_says_how_the_call_was_protected() -> None:
     assert "3 forged or replayed packets dropped" in text
 
 
+def test_the_table_and_verdict_say_the_relay_went_over_tls_and_the_family() -> None:
+    from voip.report import render_table
+
+    report = CallReport("alice", "bob", path="relay", setup_ms=90.0)
+    report.relay.available, report.relay.remote = True, "203.0.113.20:50000"
+    report.relay.transport = "tls"
+    report.relay.add_rtt(1.0, 0.012, "rtcp")
+    report.direct.available, report.direct.remote = True, "[2001:db8:2::2]:40000"
+    as_dict = report.to_dict()
+    assert as_dict["paths"]["relay"]["family"] == "ipv4"
+    assert as_dict["paths"]["direct"]["family"] == "ipv6"
+    assert as_dict["verdict"].startswith("relayed over TLS only: no direct path")
+    console = Console(record=True, width=200)
+    console.print(render_table(as_dict))
+    text = console.export_text()
+    assert "yes (over TLS)" in text and "yes (IPv6)" in text
+
+
 def test_demo_security_compares_the_codes_as_people_would() -> None:
     def side(sas: str) -> SecurityReport:
         return SecurityReport("AES-128-GCM", FP_A, False, sas, "first")

@@ -169,17 +169,20 @@ class CallReport:
 def verdict(active: str, paths: dict[str, dict[str, Any]]) -> str:
     """One line saying what going direct gained on this call, from the measured figures."""
     direct, relay = paths["direct"], paths["relay"]
+    # The relay as reached over TCP or TLS (RFC 8656 §3.1), where it was: "relayed over TLS".
+    over = relay.get("transport")
+    relayed = "relayed" if over in (None, "udp") else f"relayed over {over.upper()}"
     if direct["rtt_ms"] and relay["rtt_ms"]:
         saved = relay["rtt_ms"]["median"] - direct["rtt_ms"]["median"]
         how = f"saves {saved:.0f} ms" if saved >= 0 else f"costs {-saved:.0f} ms"
         return (
             f"direct {how} round trip; MOS {direct['mos']:.2f} direct vs "
-            f"{relay['mos']:.2f} relayed (audio went {active})"
+            f"{relay['mos']:.2f} {relayed} (audio went {active})"
         )
     if direct["rtt_ms"]:
         return f"direct only: relay not measured ({relay.get('reason') or 'unavailable'})"
     if relay["rtt_ms"]:
-        return f"relayed only: no direct path ({direct.get('reason') or 'unavailable'})"
+        return f"{relayed} only: no direct path ({direct.get('reason') or 'unavailable'})"
     return "no path was measured"
 
 
@@ -214,7 +217,12 @@ def render_table(report: dict[str, Any]) -> Any:
         table.add_column(name, justify="right")
 
     def availability(p: dict[str, Any]) -> str:
-        return "yes" if p["available"] else f"no ({p.get('reason') or '-'})"
+        if not p["available"]:
+            return f"no ({p.get('reason') or '-'})"
+        over = p.get("transport")  # the relay over TCP or TLS; IPv6 said of either
+        notes = [f"over {over.upper()}"] if over not in (None, "udp") else []
+        notes += ["IPv6"] if p.get("family") == "ipv6" else []
+        return f"yes ({', '.join(notes)})" if notes else "yes"
 
     def row(label: str, get: Any, unit: str = "", diff: bool = True) -> None:
         a, b = get(direct), get(relay)
