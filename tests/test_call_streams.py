@@ -6,6 +6,7 @@ import asyncio
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,11 @@ def free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def tone(hz: float, wav: Path) -> dict[str, Any]:
+    """A caller's audio: a tone out, what it hears into `wav`."""
+    return {"source": ToneSource(hz), "sink": WavSink(wav)}
 
 
 @pytest.mark.parametrize("transport", [Transport.TCP, Transport.TLS])
@@ -55,8 +61,7 @@ def test_a_caller_on_a_stream_calls_one_on_udp_through_the_relay(
             alice = Call(
                 "alice",
                 "bob",
-                source=ToneSource(440),
-                sink=WavSink(tmp_path / "alice.wav"),
+                **tone(440, tmp_path / "alice.wav"),
                 server=at,
                 options=CallOptions(
                     bind_host="127.0.0.1",
@@ -67,13 +72,9 @@ def test_a_caller_on_a_stream_calls_one_on_udp_through_the_relay(
                 ),
                 on_event=lines.append,
             )
+            bob_options = CallOptions(bind_host="127.0.0.1", relay="force")
             bob = Call(
-                "bob",
-                "alice",
-                source=ToneSource(660),
-                sink=WavSink(tmp_path / "bob.wav"),
-                server=udp,
-                options=CallOptions(bind_host="127.0.0.1", relay="force"),
+                "bob", "alice", **tone(660, tmp_path / "bob.wav"), server=udp, options=bob_options
             )
             async with alice, bob:
                 await asyncio.wait_for(asyncio.gather(alice.run(2.5), bob.run(2.5)), 20)
