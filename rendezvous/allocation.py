@@ -1,4 +1,9 @@
-"""One TURN allocation: permissions and channels, their lifetimes and caps (RFC 8656 §9, §12).
+"""One TURN allocation: its relayed addresses, permissions and channels, their lifetimes and
+caps (RFC 8656 §9, §12).
+
+A dual allocation (RFC 8656 §7.2) has two relayed addresses, IPv4 and IPv6: one allocation,
+with one set of permissions and channels, whose datagrams to a peer leave from the relayed
+address of the peer's family.
 
 Both tables are capped (a client cannot grow them without bound) and purged of what has
 expired whenever they are written to, so an allocation's size follows what is live.
@@ -34,6 +39,18 @@ class Allocation:
     by_peer: dict[Address, int] = field(default_factory=dict)
     allocate_tid: bytes = b""
     allocate_reply: bytes = b""
+    also: Address | None = None  # a dual allocation's second relayed address, the IPv6 one
+
+    @property
+    def relayed_all(self) -> tuple[Address, ...]:
+        return (self.relayed,) if self.also is None else (self.relayed, self.also)
+
+    def relayed_for(self, six: bool) -> Address | None:
+        """Where datagrams to a peer of this family (True: IPv6) leave from, if the allocation
+        has an address of that family: a permission for another is refused (443)."""
+        if self.also is None:
+            return self.relayed if (":" in self.relayed[0]) == six else None
+        return self.also if six else self.relayed
 
     def permitted(self, ip: str, now: float) -> bool:
         return self.permissions.get(ip, 0.0) > now

@@ -37,7 +37,8 @@ class AllocationTable:
 
     def add(self, alloc: Allocation) -> None:
         self.by_client[alloc.client] = alloc
-        self.by_relayed[alloc.relayed] = alloc
+        for relayed in alloc.relayed_all:  # a dual allocation: both, counted once
+            self.by_relayed[relayed] = alloc
         self._per_user[rest_user(alloc.username)] += 1
         self._per_source[address_block(alloc.client[0])] += 1
         self.schedule(alloc)
@@ -47,7 +48,8 @@ class AllocationTable:
         if alloc is None:
             return None
         self._expiries.discard(client)
-        self.by_relayed.pop(alloc.relayed, None)
+        for relayed in alloc.relayed_all:
+            self.by_relayed.pop(relayed, None)
         for table, key in (
             (self._per_user, rest_user(alloc.username)),
             (self._per_source, address_block(client[0])),

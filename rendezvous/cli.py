@@ -82,9 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     relay = p.add_argument_group("relay (TURN)")
     relay.add_argument(
         "--relay-address",
+        action="append",
+        default=[],
         metavar="HOST",
         help="be a TURN relay too, with relayed addresses on HOST (this machine's "
-        "public address); default: the --listen host if it is not 0.0.0.0",
+        "public address); default: the --listen host if it is not 0.0.0.0. Give it twice, "
+        "an IPv4 and an IPv6 address, for IPv6 and dual allocations (RFC 8656)",
     )
     relay.add_argument("--no-relay", action="store_true", help="never relay")
     relay.add_argument(
@@ -159,7 +162,8 @@ def build_server(
         store = open_store(args.store, limits.binding_days)
     logic = RendezvousLogic(args.lifetime, relay=offer, limits=limits, store=store)
     wildcard = host in ("0.0.0.0", "::", "")  # noqa: S104
-    relay_host = args.relay_address or (None if wildcard else host)
+    relay_host, relay_host6 = relay_addresses(args.relay_address)
+    relay_host = relay_host or (None if wildcard else host)
     if args.no_relay or relay_host is None or (offer is not None and not args.relay_address):
         return RendezvousServer(logic)
     policy = TurnPolicy(
@@ -168,7 +172,19 @@ def build_server(
         allow_loopback_peers=args.allow_loopback_peers,
         limits=limits,
     )
-    return RendezvousServer.with_relay(relay_host, logic, policy)
+    return RendezvousServer.with_relay(relay_host, logic, policy, relay_host6)
+
+
+def relay_addresses(given: list[str]) -> tuple[str | None, str | None]:
+    """(where allocations are, where IPv6 ones are) from --relay-address given up to twice:
+    with one IPv6 address alone, every allocation is on it; ValueError for anything else."""
+    four = [a for a in given if ":" not in a]
+    six = [a for a in given if ":" in a]
+    if len(four) > 1 or len(six) > 1:
+        raise ValueError("--relay-address: at most twice, an IPv4 and an IPv6 address")
+    if not four:
+        return (six[0] if six else None), None
+    return four[0], (six[0] if six else None)
 
 
 def tls_options(
@@ -213,7 +229,8 @@ async def _run(
             print(f"listening on tls {format_address(server.tls_address)}", flush=True)
         relay = server.logic.relay
         if server.relay_ports is not None:
-            print(f"relaying (TURN) with allocations on {server.relay_ports.host}", flush=True)
+            where = " and ".join(server.relay_ports.hosts)
+            print(f"relaying (TURN) with allocations on {where}", flush=True)
         if relay is not None:
             print(f"offering callers the relay turn:{format_address(relay.server)}", flush=True)
         addresses = server.logic.addresses

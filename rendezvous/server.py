@@ -35,20 +35,33 @@ BIND_TRIES = 8  # for port 0: ports the kernel picks for UDP until TCP has the s
 
 
 class SocketRelayPorts:
-    """Relayed transport addresses as real UDP sockets on `host`, read by the event loop."""
+    """Relayed transport addresses as real UDP sockets on `host`, read by the event loop; and
+    on `host6`, an IPv6 address of this host, for IPv6 and dual allocations (`ipv6()`)."""
 
-    def __init__(self, host: str):
-        self.host = host
+    def __init__(self, host: str, host6: str | None = None):
+        self.host, self.host6 = host, host6
         self.sockets: dict[Address, socket.socket] = {}
         self.server: RendezvousServer | None = None
 
+    @property
+    def hosts(self) -> list[str]:
+        return [self.host, *([self.host6] if self.host6 else [])]
+
+    def ipv6(self) -> RelayPortsOn | None:
+        """The IPv6 relayed addresses, as TurnServer's `ports6`: None without host6."""
+        return RelayPortsOn(self, self.host6) if self.host6 else None
+
     def open(self) -> Address | None:
+        return self.open_on(self.host)
+
+    def open_on(self, host: str) -> Address | None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:  # at the open-file limit socket() itself fails (EMFILE): the caller answers 508
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock = socket.socket(family, socket.SOCK_DGRAM)
         except OSError:
             return None
         try:
-            sock.bind((self.host, 0))
+            sock.bind((host, 0))
         except OSError:
             sock.close()
             return None
@@ -85,6 +98,19 @@ class SocketRelayPorts:
                 return
             if self.server is not None:
                 self.server.from_peer(data, relayed, (str(src[0]), int(src[1])))
+
+
+class RelayPortsOn:
+    """One family's relayed addresses of a SocketRelayPorts (its sockets, its reader)."""
+
+    def __init__(self, ports: SocketRelayPorts, host: str):
+        self.ports, self.host = ports, host
+
+    def open(self) -> Address | None:
+        return self.ports.open_on(self.host)
+
+    def close(self, relayed: Address) -> None:
+        self.ports.close(relayed)
 
 
 class RendezvousServer:
@@ -126,8 +152,10 @@ class RendezvousServer:
         relay_host: str,
         logic: RendezvousLogic | None = None,
         policy: TurnPolicy | None = None,
+        relay_host6: str | None = None,
     ) -> RendezvousServer:
-        """A rendezvous that is also a TURN relay, allocating on `relay_host`.
+        """A rendezvous that is also a TURN relay, allocating on `relay_host` (and on
+        `relay_host6`, an IPv6 address, for IPv6 and dual allocations).
 
         Unless `logic` already names a relay to offer, it offers this one to its callers, with
         REST credentials from the policy's secret (a random one if none is set).
@@ -135,8 +163,8 @@ class RendezvousServer:
         policy = policy or TurnPolicy()
         if policy.secret is None:
             policy.secret = secrets.token_urlsafe(18)
-        ports = SocketRelayPorts(relay_host)
-        return cls(logic, TurnServer(ports, policy), ports)
+        ports = SocketRelayPorts(relay_host, relay_host6)
+        return cls(logic, TurnServer(ports, policy, ports6=ports.ipv6()), ports)
 
     @property
     def address(self) -> Address:
@@ -190,7 +218,7 @@ class RendezvousServer:
             own = [host, *([alt_host] if alt_host else []), *host_ipv4_addresses()]
             own += [ip for ip, _ in also] + host_ipv6_addresses()
             if self.relay_ports is not None:
-                own.append(self.relay_ports.host)
+                own += self.relay_ports.hosts
             self.turn.add_own_addresses(own)
         if self.turn is not None and self.relay_ports is not None and self.logic.relay is None:
             assert self.turn.policy.secret is not None

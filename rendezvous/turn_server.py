@@ -5,7 +5,12 @@ allocation, permission (300 s) and channel (600 s) lifetimes. Credentials and no
 rendezvous/turn_auth.py's, one allocation's tables rendezvous/allocation.py's, which peers may be
 reached rendezvous/peer_filter.py's.
 
-Defences: peers refused by the peer filter get 403, and a peer of another address family 443;
+Allocations are IPv4, IPv6, or both (a dual allocation, RFC 8656 §7.2), as the Allocate asks
+and the relay has addresses for (rendezvous/relay_families.py); a dual allocation relays to
+peers of both families, each from the relayed address of its family.
+
+Defences: peers refused by the peer filter get 403, and a peer of a family the allocation has
+no relayed address of 443;
 the relay's own addresses are never sent to over the network: a datagram for another allocation
 on this relay is handed to it inside (two callers on one relay reach each other relayed to
 relayed), and one for any other port of ours is dropped;
@@ -14,7 +19,8 @@ the relay or its sockets are exhausted); permissions and channels per allocation
 purged when they expire; an unauthenticated request never gets an answer larger than itself.
 
 Relayed sockets are the shell's business: it passes in a `RelayPorts` that opens and closes
-them, and sends what this logic returns through the socket each `Out` names.
+them (and one for IPv6, if the relay has an IPv6 address), and sends what this logic returns
+through the socket each `Out` names.
 """
 
 from __future__ import annotations
@@ -24,14 +30,17 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import NamedTuple
-from typing import Protocol
 
 from rendezvous.allocation import Allocation
 from rendezvous.allocation import ChannelInUse
 from rendezvous.allocation import TableFull
 from rendezvous.allocations import AllocationTable
 from rendezvous.peer_filter import PeerFilter
-from rendezvous.peer_filter import family_of
+from rendezvous.relay_families import Refusal
+from rendezvous.relay_families import RelayFamilies
+from rendezvous.relay_families import RelayPorts
+from rendezvous.relay_families import allocate_answer
+from rendezvous.relay_families import asked_untrusted
 from rendezvous.relay_policy import TurnPolicy
 from rendezvous.turn_auth import TurnAuth
 from voip.wire.stun import Address
@@ -43,7 +52,6 @@ from voip.wire.stun import StunError
 from voip.wire.stun import decode_xor_address
 from voip.wire.stun import encode
 from voip.wire.stun import encode_error_code
-from voip.wire.stun import encode_xor_address
 from voip.wire.stun import u32
 from voip.wire.turn import ALLOCATION_LIFETIME
 from voip.wire.turn import CHANNEL_MIN
@@ -71,13 +79,6 @@ class Out(NamedTuple):
     via: Address | None = None  # None: the server's own socket; else this relayed address
 
 
-class RelayPorts(Protocol):
-    def open(self) -> Address | None:
-        """A new relayed transport address (a bound socket), or None if none can be had."""
-
-    def close(self, relayed: Address) -> None: ...
-
-
 def reply(
     msg: Message,
     dest: Address,
@@ -91,9 +92,13 @@ def reply(
 
 class TurnServer:
     def __init__(
-        self, ports: RelayPorts, policy: TurnPolicy | None = None, wallclock: float | None = None
+        self,
+        ports: RelayPorts,
+        policy: TurnPolicy | None = None,
+        wallclock: float | None = None,
+        ports6: RelayPorts | None = None,  # IPv6 relayed addresses, if the relay has any
     ):
-        self.ports = ports
+        self.ports = RelayFamilies(ports, ports6)
         self.policy = policy or TurnPolicy()
         self.limits = self.policy.limits
         self.stats: Counter[str] = Counter()
@@ -210,29 +215,22 @@ class TurnServer:
             return self._error(msg, src, 400, "Bad Request", key)
         if transport[0] != UDP_TRANSPORT:
             return self._error(msg, src, 442, "Unsupported Transport Protocol", key)
-        family = msg.get(Attr.REQUESTED_ADDRESS_FAMILY)
-        if family is not None and family[:1] != b"\x01":
-            return self._error(msg, src, 440, "Address Family not Supported", key)
+        asked = asked_untrusted(msg)
+        if isinstance(asked, Refusal):
+            return self._error(msg, src, *asked, key)
         if msg.has(Attr.RESERVATION_TOKEN):
             return self._error(msg, src, 508, "Insufficient Capacity", key)
         if (refused := self.table.refusal(username, src)) is not None:
             reason = "Allocation Quota Reached" if refused == 486 else "Insufficient Capacity"
             return self._error(msg, src, refused, reason, key)
-        relayed = self.ports.open()
-        if relayed is None:  # out of ports or file descriptors
-            return self._error(msg, src, 508, "Insufficient Capacity", key)
+        opened = self.ports.open(asked)
+        if isinstance(opened, Refusal):
+            return self._error(msg, src, *opened, key)
+        if opened.six_refused is not None:
+            self.stats[f"dual_refused_{opened.six_refused.code}"] += 1
         lifetime = self._lifetime(msg, ALLOCATION_LIFETIME)
-        alloc = Allocation(src, relayed, username, key, now + lifetime)
-        answer = reply(
-            msg,
-            src,
-            key,
-            [
-                (Attr.XOR_RELAYED_ADDRESS, encode_xor_address(relayed, msg.transaction_id)),
-                (Attr.LIFETIME, u32(lifetime)),
-                (Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id)),
-            ],
-        )
+        alloc = Allocation(src, opened.relayed, username, key, now + lifetime, also=opened.also)
+        answer = reply(msg, src, key, allocate_answer(opened, lifetime, src, msg.transaction_id))
         alloc.allocate_tid, alloc.allocate_reply = msg.transaction_id, answer[0].data
         self.table.add(alloc)
         self.stats["allocate"] += 1
@@ -258,7 +256,7 @@ class TurnServer:
     def _peer_error(self, msg: Message, alloc: Allocation, peers: list[Address]) -> list[Out]:
         """The answer for the first peer we may not relay to, or [] when all are fine."""
         for peer in peers:
-            if family_of(peer[0]) != 4:  # our relayed addresses are IPv4 (RFC 8656 §9.1)
+            if alloc.relayed_for(":" in peer[0]) is None:  # no relayed address of its family
                 self.stats["peer_family_mismatch"] += 1
                 return self._error(
                     msg, alloc.client, 443, "Peer Address Family Mismatch", alloc.key
@@ -325,14 +323,19 @@ class TurnServer:
         another allocation of ours, inside the relay; never to any other port of ours."""
         if peer in self.by_relayed:  # where it would arrive by the network all the same
             self.stats["relayed_inside"] += 1
-            return self.handle_peer(data, peer, alloc.relayed, now)
+            source = alloc.relayed_for(":" in peer[0]) or alloc.relayed
+            return self.handle_peer(data, peer, source, now)
         if self.peers.is_own(peer[0]):
             self.stats["own_address_dropped"] += 1
             return []
+        via = alloc.relayed if alloc.also is None else alloc.relayed_for(":" in peer[0])
+        if via is None:  # no relayed address of its family (its permission was refused)
+            return []
         self.stats["relayed_to_peer"] += 1
-        return [Out(data, peer, alloc.relayed)]
+        return [Out(data, peer, via)]
 
     def _release(self, client: Address) -> None:
         alloc = self.table.remove(client)
-        if alloc is not None:
-            self.ports.close(alloc.relayed)
+        if alloc is not None:  # a dual allocation's sockets both
+            for relayed in alloc.relayed_all:
+                self.ports.close(relayed)

@@ -58,6 +58,8 @@ class Attr(IntEnum):
     USE_CANDIDATE = 0x0025  # RFC 8445
     PADDING = 0x0026  # RFC 5780
     RESPONSE_PORT = 0x0027  # RFC 5780
+    ADDITIONAL_ADDRESS_FAMILY = 0x8000  # RFC 8656: a dual allocation, IPv4 and IPv6
+    ADDRESS_ERROR_CODE = 0x8001  # RFC 8656: why the additional family was not allocated
     SOFTWARE = 0x8022
     ALTERNATE_SERVER = 0x8023
     FINGERPRINT = 0x8028
@@ -65,6 +67,9 @@ class Attr(IntEnum):
     ICE_CONTROLLING = 0x802A
     RESPONSE_ORIGIN = 0x802B  # RFC 5780
     OTHER_ADDRESS = 0x802C  # RFC 5780
+    # The same two at the codepoints of the TURN-bis drafts, which coturn (4.6) still uses.
+    DRAFT_ADDITIONAL_ADDRESS_FAMILY = 0x8032
+    DRAFT_ADDRESS_ERROR_CODE = 0x8033
     # callpeer signalling (comprehension-optional range, so a stranger's STUN stack ignores them)
     CP_NAME = 0xC001
     CP_PEER = 0xC002

@@ -12,7 +12,11 @@ from voip.wire.stun import Attr
 from voip.wire.stun import Class
 from voip.wire.stun import Message
 from voip.wire.stun import Method
+from voip.wire.stun import StunError
+from voip.wire.stun import decode_error_code
+from voip.wire.stun import decode_xor_address
 from voip.wire.stun import encode
+from voip.wire.stun import encode_error_code
 from voip.wire.stun import encode_xor_address
 from voip.wire.stun import new_transaction_id
 
@@ -74,6 +78,36 @@ def peer_indication(method: Method, peer: Address, data: bytes) -> bytes:
 
 def requested_transport(protocol: int = UDP_TRANSPORT) -> bytes:
     return struct.pack("!B3x", protocol)
+
+
+# REQUESTED-ADDRESS-FAMILY, ADDITIONAL-ADDRESS-FAMILY and ADDRESS-ERROR-CODE name a family so
+# (RFC 8656 §18.8, §18.12, §18.13); we call families 4 and 6.
+FAMILY_CODES = {4: 0x01, 6: 0x02}
+
+
+def address_family(family: int) -> bytes:
+    """The value of REQUESTED- or ADDITIONAL-ADDRESS-FAMILY: the family, 3 bytes reserved."""
+    return struct.pack("!B3x", FAMILY_CODES[family])
+
+
+def address_family_untrusted(value: bytes) -> int | None:
+    """4 or 6 from an address family attribute; None for a value that names neither; StunError
+    for one of the wrong length."""
+    if len(value) != 4:
+        raise StunError("address family attribute of the wrong length")
+    return {code: family for family, code in FAMILY_CODES.items()}.get(value[0])
+
+
+def encode_address_error(family: int, code: int, reason: str) -> bytes:
+    """ADDRESS-ERROR-CODE: ERROR-CODE's layout with the family in its first byte."""
+    return bytes([FAMILY_CODES[family]]) + encode_error_code(code, reason)[1:]
+
+
+def decode_address_error_untrusted(value: bytes) -> tuple[int | None, int, str]:
+    """(family, code, reason) of an ADDRESS-ERROR-CODE; StunError if it cannot be read."""
+    code, reason = decode_error_code(b"\0" + value[1:])
+    family = {c: f for f, c in FAMILY_CODES.items()}.get(value[0]) if value else None
+    return family, code, reason
 
 
 def rest_username(expiry_unix: int, name: str) -> str:
@@ -138,3 +172,33 @@ def turn_uri(text: str) -> tuple[str, int, str]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"bad TURN server {text!r}: expected {scheme}:HOST:PORT")
     return host, int(port), transport
+
+
+def dual_request() -> tuple[tuple[int, bytes], ...]:
+    """What an Allocate carries to ask for an IPv6 relayed address besides the IPv4 one:
+    ADDITIONAL-ADDRESS-FAMILY, at RFC 8656's codepoint and at the draft's that coturn reads
+    (each server ignores the one it does not know: both are comprehension-optional)."""
+    six = address_family(6)
+    return ((Attr.ADDITIONAL_ADDRESS_FAMILY, six), (Attr.DRAFT_ADDITIONAL_ADDRESS_FAMILY, six))
+
+
+def relayed_untrusted(msg: Message) -> tuple[list[Address], str | None]:
+    """An Allocate answer's relayed addresses (a dual allocation's IPv4 one first), less any
+    unspecified one (coturn lists one for a family it could not allocate); and why a family
+    was not allocated, if the answer says (ADDRESS-ERROR-CODE). StunError for an address that
+    cannot be read."""
+    relayed = []
+    for value in msg.get_all(Attr.XOR_RELAYED_ADDRESS):
+        addr = decode_xor_address(value, msg.transaction_id)
+        if addr[1] and addr[0] not in ("0.0.0.0", "::"):  # noqa: S104 - a value, never bound
+            relayed.append(addr)
+    refused = None
+    for attr in (Attr.ADDRESS_ERROR_CODE, Attr.DRAFT_ADDRESS_ERROR_CODE):
+        error = msg.get(attr)
+        if error is not None:
+            try:
+                _, code, reason = decode_address_error_untrusted(error)
+                refused = f"{code} {reason}".strip()
+            except StunError:
+                refused = "an unreadable ADDRESS-ERROR-CODE"
+    return relayed, refused
