@@ -135,7 +135,7 @@ class Call:
             hosts,
             source=self.source,
             sink=self.sink,
-            options=self.options,
+            options=dataclasses.replace(self.options, relay_ipv6=self._endpoint.dual),
             wallclock_offset=time.time() - loop.time(),
         )
         self._timer = Timer(loop, self._core.next_deadline, self._on_timer)

@@ -72,6 +72,7 @@ def connector_for(
         keepalive=options.keepalive,
         identity=identity or options.identity,
         port_mapper=port_mapper_for(options, hosts),
+        relay_ipv6=options.relay_ipv6,
     )
 
 

@@ -24,6 +24,9 @@ class CallOptions:
     fec: bool = True  # Opus in-band FEC: send it, and rebuild lost frames from it
     dtx: bool = False  # Opus DTX: in silence, a comfort-noise update every 400 ms and nothing else
     turn: TurnOffer | None = None  # a TURN server of our own choosing (e.g. coturn)
+    # Ask the relay for an IPv6 relayed address besides the IPv4 one (RFC 8656 dual
+    # allocation): the `Call` does when its socket is dual-stack.
+    relay_ipv6: bool = False
     # Seconds between packets on a quiet mapping (to the rendezvous and the relay, while
     # waiting): for a NAT that forgets mappings sooner than the defaults allow for. The CLI
     # takes it from `callpeer natcheck --lifetime`.

@@ -9,6 +9,7 @@ of a direct pair would hold the direct decision back by Ta each.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from collections.abc import Iterator
 
@@ -23,11 +24,39 @@ from voip.wire.stun import Address
 
 Key = tuple[Base, Address]
 TA = 0.05  # RFC 8445 §14.2: pace new checks 50 ms apart
+IPV4_ONLY = frozenset({4})
+
+
+def through_relay(cand: Candidate, families: Iterable[int]) -> bool:
+    """Whether our relay may reach `cand`: a candidate of a family our allocation relays to
+    (a relay answers 443 for another), and a public one (it refuses private peers anyway): not
+    a host candidate, unless an IPv6 one beyond the link and the site (IPv6 has no NAT: a
+    host's global address is where it is reached)."""
+    ip = cand.address[0]
+    if (6 if ":" in ip else 4) not in families:
+        return False
+    if cand.kind != CandidateType.HOST:
+        return True
+    if ":" not in ip:
+        return False
+    addr = ipaddress.IPv6Address(ip.split("%")[0])
+    local = addr.is_link_local or addr.is_loopback or addr.is_multicast or addr.is_site_local
+    return not (local or addr in ULA or addr.ipv4_mapped is not None)
+
+
+ULA = ipaddress.IPv6Network("fc00::/7")  # unique local addresses (RFC 4193)
 
 
 class Checklist:
-    def __init__(self, nominator: Nominator, controlling: bool, now: float):
+    def __init__(
+        self,
+        nominator: Nominator,
+        controlling: bool,
+        now: float,
+        relay_families: Iterable[int] = IPV4_ONLY,  # those our allocation relays to
+    ):
         self.nominator = nominator
+        self.relay_families = frozenset(relay_families)
         self.next_tick = now  # when pacing allows the next new check
         self.controlling = controlling  # priorities are computed from our role when formed
         self.pairs: dict[Key, Pair] = {}
@@ -46,9 +75,7 @@ class Checklist:
 
     def add(self, base: Base, cand: Candidate) -> Pair | None:
         """The pair of `base` and `cand`, formed if new; None for a pair this call won't use."""
-        # Through our relay, only public candidates: the relay refuses private peers anyway; and
-        # only IPv4 ones, the family our allocations are (a relay answers 443 for another).
-        if base == Base.RELAY and (cand.kind == CandidateType.HOST or ":" in cand.address[0]):
+        if base == Base.RELAY and not through_relay(cand, self.relay_families):
             return None
         if (base, cand.address) in self.pairs:  # a public host is both host and srflx: one pair
             return self.pairs[(base, cand.address)]

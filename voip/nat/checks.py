@@ -146,6 +146,7 @@ class ConnectivityChecks:
     bases: tuple[Base, ...] = (Base.HOST,)
     punch_hopeless: bool = False  # both NATs map per destination (see the Nominator)
     relay_grace: float = RELAY_GRACE  # wait for a direct pair before nominating a relayed one
+    relay_families: frozenset[int] = frozenset({4})  # those our relay allocation relays to
     tiebreaker: int = field(default_factory=lambda: struct.unpack("!Q", os.urandom(8))[0])
     ignored: int = 0  # checks dropped for bad credentials or a bad fingerprint
 
@@ -155,7 +156,7 @@ class ConnectivityChecks:
         )
         mode, hopeless = RelayMode(self.relay_mode), self.punch_hopeless
         self.nominator = Nominator(mode, hopeless, self.relay_grace)
-        self.checklist = Checklist(self.nominator, self.controlling, self.now)
+        self.checklist = Checklist(self.nominator, self.controlling, self.now, self.relay_families)
         self.checklist.form(self.remote_candidates, self.bases)
         self.pairs = self.checklist.pairs
         self.liveness = Liveness()
@@ -250,8 +251,7 @@ class ConnectivityChecks:
         if not probe:
             pair = self.pairs[key]
             pair.state = PairState.IN_PROGRESS
-            if pair.first_check_at is None:
-                pair.first_check_at = now
+            pair.first_check_at = now if pair.first_check_at is None else pair.first_check_at
         return self._txns.start(now, txn), remote, base
 
     def _on_request(self, msg: Message, src: Address, now: float, base: Base) -> list[Send]:

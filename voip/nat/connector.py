@@ -74,6 +74,7 @@ class Connector:
         keepalive: float | None = None,
         identity: Identity | None = None,  # owns `name` at the rendezvous; None: one for this run
         port_mapper: PortMapper | None = None,  # asks our router for a public port (PCP)
+        relay_ipv6: bool = False,  # ask the relay for an IPv6 address too (a dual-stack socket)
     ):
         self.relay_mode = RelayMode(relay_mode)  # ValueError for anything else
         off = self.relay_mode == RelayMode.OFF
@@ -88,7 +89,7 @@ class Connector:
             identity=identity,
         )
         self.probe: MappingProbe | None = None
-        self.relay = RelayBase(turn, keepalive, off)
+        self.relay = RelayBase(turn, keepalive, off, relay_ipv6)
         self.port_mapper = port_mapper
         self.checks: checks.ConnectivityChecks | None = None
         self.hard = HardNat()  # port prediction and birthday punching (voip/nat/hard_nat.py)
@@ -155,9 +156,7 @@ class Connector:
         out = self.signal.leave(now)
         if self.port_mapper is not None:
             out += self.port_mapper.release(now)
-        if self.turn is not None:
-            out += self.turn.close(now)
-        return out
+        return out + (self.turn.close(now) if self.turn is not None else [])
 
     def poll(self, now: float) -> list[Transmit]:
         out = self.signal.poll(now)

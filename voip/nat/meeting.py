@@ -53,6 +53,7 @@ def checks_for(
         timeout=c.punch_timeout,
         relay_mode=c.relay_mode,
         bases=(checks.HOST, checks.RELAY) if c.relay.relayed is not None else (checks.HOST,),
+        relay_families=c.relay.families,
         punch_hopeless=hopeless and not mapped,
         # Meeting again, the audio has stopped already; birthday punching takes seconds: the
         # relay at once, direct later (voip/nat/path_manager.py moves the audio there).

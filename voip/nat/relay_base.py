@@ -4,10 +4,15 @@ ICE gathers before it offers: the allocation is made (within GATHER_TIMEOUT) bef
 the peer, and made again after our public address moved (an allocation is bound to the
 5-tuple it was made from). A check or media datagram on a relayed pair goes out wrapped for the
 relay; one for the peer's own relay goes straight there from the host base.
+
+A caller on a dual-stack socket asks for a dual allocation (RFC 8656 §7.2): an IPv6 relayed
+address besides the IPv4 one, offered as a second relayed candidate, so that a peer reached
+over IPv6 alone is reached through the relay too.
 """
 
 from __future__ import annotations
 
+from voip.nat.checklist import through_relay
 from voip.nat.pairs import Base
 from voip.nat.pairs import Pair
 from voip.nat.rendezvous_client import TurnOffer
@@ -24,8 +29,11 @@ GATHER_TIMEOUT = 2.0  # s to wait for a relayed candidate before asking for the 
 
 
 class RelayBase:
-    def __init__(self, offer: TurnOffer | None, keepalive: float | None, off: bool):
+    def __init__(
+        self, offer: TurnOffer | None, keepalive: float | None, off: bool, ipv6: bool = False
+    ):
         self.offer = offer  # the relay we use: --turn, or the rendezvous's once it offers one
+        self.ipv6 = ipv6  # ask for an IPv6 relayed address too: our socket is dual-stack
         self.keepalive = keepalive  # s between packets on a quiet mapping, if natcheck knows
         self.turn: TurnClient | None = None
         self.unavailable: str | None = "relay off (--relay off)" if off else None
@@ -36,13 +44,23 @@ class RelayBase:
         return self.turn.relayed if self.turn is not None else None
 
     @property
+    def relayed6(self) -> Address | None:
+        """A dual allocation's IPv6 relayed address."""
+        return self.turn.relayed6 if self.turn is not None else None
+
+    @property
+    def families(self) -> frozenset[int]:
+        """The families (4, 6) our allocation relays to; none without one."""
+        return self.turn.families if self.turn is not None else frozenset()
+
+    @property
     def mapped(self) -> Address | None:
         """Our public address as the relay saw it (on a NAT per destination, a mapping apart)."""
         return self.turn.mapped if self.turn is not None else None
 
     def candidates(self) -> tuple[Candidate, ...]:
-        relayed = self.relayed
-        return (Candidate.make(CandidateType.RELAY, relayed),) if relayed else ()
+        relayed = (self.relayed, self.relayed6)
+        return tuple(Candidate.make(CandidateType.RELAY, a) for a in relayed if a is not None)
 
     def next_deadline(self) -> float | None:
         times = (self.gather_deadline, self.turn.next_deadline() if self.turn else None)
@@ -54,7 +72,9 @@ class RelayBase:
         # The old allocation, if it is ours still (a relay that saw no move), is released.
         out = self.turn.close(now) if self.turn is not None else []
         self.offer = offer
-        self.turn = TurnClient(offer.server, offer.username, offer.password, self.keepalive)
+        self.turn = TurnClient(
+            offer.server, offer.username, offer.password, self.keepalive, ipv6=self.ipv6
+        )
         self.gather_deadline = now + GATHER_TIMEOUT
         return out + self.turn.start(now)
 
@@ -67,19 +87,13 @@ class RelayBase:
         return True
 
     def permit(self, ready: PeerReady, now: float) -> list[Transmit]:
-        """The relay forwards only from permitted peers: the peer's public addresses (of our
-        allocation's family: a permission for another is refused, RFC 8656 §9.1)."""
+        """The relay forwards only from permitted peers: the peer's public addresses, of the
+        families our allocation has (a permission for another is refused, RFC 8656 §9.1)."""
         if self.turn is None or self.turn.relayed is None:
             return []
-        six = ":" in self.turn.relayed[0]
-        public = sorted(
-            {
-                c.address[0]
-                for c in ready.candidates
-                if c.kind != CandidateType.HOST and (":" in c.address[0]) == six
-            }
-        )
-        return self.turn.permit(public, now)
+        families = self.turn.families
+        public = {c.address[0] for c in ready.candidates if through_relay(c, families)}
+        return self.turn.permit(sorted(public), now)
 
     def route(self, data: bytes, pair: Pair) -> Transmit:
         """How to send `data` on `pair`: straight to the remote, or wrapped for our relay."""

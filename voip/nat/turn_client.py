@@ -29,9 +29,11 @@ from voip.wire.turn import CHANNEL_LIFETIME
 from voip.wire.turn import CHANNEL_MIN
 from voip.wire.turn import PERMISSION_LIFETIME
 from voip.wire.turn import ChannelDataError
+from voip.wire.turn import dual_request
 from voip.wire.turn import pack_channel_data
 from voip.wire.turn import parse_channel_data_untrusted
 from voip.wire.turn import peer_indication
+from voip.wire.turn import relayed_untrusted
 from voip.wire.turn import requested_transport
 
 Transmit = tuple[bytes, Address]
@@ -39,6 +41,9 @@ Transmit = tuple[bytes, Address]
 # a careful server (ours) will not answer a smaller request with a larger reply.
 SOFTWARE = "callpeer 0.1 TURN client (RFC 8656)"
 REFRESH_MARGIN = 60  # s before expiry
+# Answers to a dual Allocate from a server that will not make one: it does not know the
+# attribute (400, 420), or cannot in its configuration (coturn with an external IP: 440).
+NO_DUAL = (400, 420, 440)
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class Allocated:
     relayed: Address
     mapped: Address
     lifetime: int
+    relayed6: Address | None = None  # a dual allocation's IPv6 relayed address
 
 
 @dataclass(frozen=True)
@@ -77,10 +83,21 @@ class _Sent:
 
 
 class TurnClient:
+    """`ipv6`: ask for an IPv6 relayed address besides the IPv4 one (a dual allocation, RFC
+    8656 §7.2), for a caller whose socket is dual-stack; a server that will not make one is
+    asked again without, and one that cannot allocate IPv6 gives the IPv4 address alone."""
+
     def __init__(
-        self, server: Address, username: str, password: str, keepalive: float | None = None
+        self,
+        server: Address,
+        username: str,
+        password: str,
+        keepalive: float | None = None,
+        *,
+        ipv6: bool = False,
     ):
         self.server = server
+        self.ipv6 = ipv6
         # Seconds between packets to the relay when natcheck measured how soon this NAT forgets
         # a quiet mapping: a Binding indication (no answer) holds the mapping open.
         self.keepalive = keepalive
@@ -91,6 +108,8 @@ class TurnClient:
         self.nonce: str | None = None
         self.key: bytes | None = None
         self.relayed: Address | None = None
+        self.relayed6: Address | None = None  # a dual allocation's second, IPv6 address
+        self.ipv6_refused: str | None = None  # why a dual allocation has no IPv6 address
         self.mapped: Address | None = None
         self.failed: str | None = None
         self.permissions: dict[str, float] = {}  # peer IP -> when to refresh
@@ -118,19 +137,18 @@ class TurnClient:
         return min((t for t in times if t is not None), default=None)
 
     # -- requests ------------------------------------------------------------------------
+    @property
+    def families(self) -> frozenset[int]:
+        """The families (4, 6) the allocation relays to: a peer of another is refused (443)."""
+        return frozenset(6 if ":" in a[0] else 4 for a in (self.relayed, self.relayed6) if a)
+
     def start(self, now: float) -> list[Transmit]:
-        return [
-            self._send(
-                _Req(
-                    Method.ALLOCATE,
-                    (
-                        (Attr.REQUESTED_TRANSPORT, requested_transport()),
-                        (Attr.LIFETIME, u32(ALLOCATION_LIFETIME)),
-                    ),
-                ),
-                now,
-            )
-        ]
+        attrs = (
+            (Attr.REQUESTED_TRANSPORT, requested_transport()),
+            (Attr.LIFETIME, u32(ALLOCATION_LIFETIME)),
+            *(dual_request() if self.ipv6 else ()),
+        )
+        return [self._send(_Req(Method.ALLOCATE, attrs), now)]
 
     def permit(self, ips: list[str], now: float) -> list[Transmit]:
         """Install permissions for these peer IPs (one request each, so one refusal is one)."""
@@ -161,7 +179,7 @@ class TurnClient:
         """Release the allocation now rather than let it time out (Refresh, LIFETIME 0)."""
         if self.relayed is None:
             return []
-        self.relayed = None
+        self.relayed = self.relayed6 = None
         self._txns.cancel_all()
         self.permissions.clear()
         self._channel_refresh.clear()
@@ -280,6 +298,9 @@ class TurnClient:
                 assert self.realm is not None
                 self.key = long_term_key(self.username, self.realm, self.password)
                 return [self._send(req, now)]
+            if req.method == Method.ALLOCATE and self.ipv6 and code in NO_DUAL:
+                self.ipv6 = False  # a server that makes no dual allocations: IPv4 alone
+                return self.start(now)
             if req.method == Method.ALLOCATE:
                 self._fail(f"TURN allocation refused: {code} {reason}".strip())
             elif req.method == Method.CREATE_PERMISSION and req.peer is not None:
@@ -289,19 +310,20 @@ class TurnClient:
             return []
         if req.method == Method.ALLOCATE:
             try:
-                relayed = msg.xor_address(Attr.XOR_RELAYED_ADDRESS)
+                relayed, self.ipv6_refused = relayed_untrusted(msg)
                 mapped = msg.xor_address(Attr.XOR_MAPPED_ADDRESS)
                 lifetime = msg.u32(Attr.LIFETIME) or ALLOCATION_LIFETIME
             except StunError:
-                relayed = None
-            if relayed is None or mapped is None:
+                relayed = []
+            if not relayed or mapped is None:
                 self._fail("TURN allocation answer without XOR-RELAYED-ADDRESS")
                 return []
-            self.relayed, self.mapped = relayed, mapped
+            self.relayed, self.mapped = relayed[0], mapped
+            self.relayed6 = next((a for a in relayed[1:] if ":" in a[0]), None)
             self._refresh_at = now + max(lifetime / 2, lifetime - REFRESH_MARGIN)
             if self.keepalive is not None:
                 self._keepalive_at = now + self.keepalive
-            self._events.append(Allocated(relayed, mapped, lifetime))
+            self._events.append(Allocated(relayed[0], mapped, lifetime, self.relayed6))
         elif req.method == Method.REFRESH:
             lifetime = msg.u32(Attr.LIFETIME) or ALLOCATION_LIFETIME
             self._refresh_at = now + max(lifetime / 2, lifetime - REFRESH_MARGIN)
