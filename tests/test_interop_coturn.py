@@ -23,6 +23,7 @@ from rendezvous.local import probe_stun
 from rendezvous.server import RendezvousServer
 from rendezvous.tls import self_signed
 from rendezvous.turn_server import TurnPolicy
+from tests.test_dual_stack import ipv6_loopback
 from voip import Call
 from voip import CallOptions
 from voip import ToneSource
@@ -57,10 +58,11 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_coturn(
-    tmp_path: Path, *, udp: bool = True, tls: bool = False
+    tmp_path: Path, *, udp: bool = True, tls: bool = False, relay_ipv6: bool = False
 ) -> Iterator[tuple[str, int, int]]:
     """coturn on loopback: (host, port, TLS port); without `udp` it listens on TCP (and TLS)
-    alone, as a server behind a network that drops UDP looks to its clients."""
+    alone, as a server behind a network that drops UDP looks to its clients; with
+    `relay_ipv6` it relays on ::1 too (dual allocations)."""
     port, tls_port = free_port(), free_port()
     cert, key = tmp_path / "coturn-cert.pem", tmp_path / "coturn-key.pem"
     if tls:
@@ -73,6 +75,7 @@ def running_coturn(
             f"--listening-port={port}",
             f"--tls-listening-port={tls_port}",
             "--relay-ip=127.0.0.1",
+            *(["--relay-ip=::1"] if relay_ipv6 else []),
             "--use-auth-secret",
             f"--static-auth-secret={SECRET}",
             "--realm=coturn.test",
@@ -207,6 +210,41 @@ def test_our_client_allocates_on_coturn_and_data_flows(coturn: tuple[str, int]) 
         shell.endpoint.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="this host has no IPv6 (::1 cannot be bound)")
+def test_our_client_gets_a_dual_allocation_from_coturn(tmp_path: Path) -> None:
+    """coturn relaying on 127.0.0.1 and ::1 makes a dual allocation (it reads
+    ADDITIONAL-ADDRESS-FAMILY at the draft codepoint we send beside RFC 8656's): both relayed
+    addresses, and a peer on ::1 reached through the IPv6 one."""
+
+    async def scenario(coturn: tuple[str, int]) -> None:
+        shell = TurnShell(TurnClient(coturn, *rest("alice"), ipv6=True))
+        await shell.start()
+        await asyncio.wait_for(shell.allocated.wait(), 5)
+        relayed, relayed6 = shell.client.relayed, shell.client.relayed6
+        assert relayed is not None and relayed[0] == "127.0.0.1"
+        assert relayed6 is not None and relayed6[0] == "::1", shell.client.ipv6_refused
+        assert shell.client.families == {4, 6}
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as peer:
+            peer.bind(("::1", 0))
+            peer.settimeout(3)
+            peer_addr = (str(peer.getsockname()[0]), int(peer.getsockname()[1]))
+            loop = asyncio.get_running_loop()
+            shell.endpoint.send_all(shell.client.permit(["::1"], loop.time()))
+            await asyncio.sleep(0.3)
+            peer.sendto(b"from the peer", relayed6)
+            await _until(lambda: shell.received)
+            assert shell.received[0] == (b"from the peer", peer_addr)
+            shell.endpoint.send(*shell.client.wrap(b"to the peer", peer_addr))
+            data, src = peer.recvfrom(100)
+            assert (data, src[:2]) == (b"to the peer", relayed6)
+        shell.endpoint.send_all(shell.client.close(loop.time()))
+        shell.timer.cancel()
+        shell.endpoint.close()
+
+    with running_coturn(tmp_path, relay_ipv6=True) as (host, port, _):
+        asyncio.run(scenario((host, port)))
 
 
 @pytest.mark.parametrize(
