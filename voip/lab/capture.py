@@ -6,7 +6,8 @@ can confirm where the media really went:
     python -m voip.lab.capture --dev wan
 
 prints "ready", then on SIGTERM one JSON object: {"DST_IP:PORT": {"stun": n, "rtp": n,
-"rtcp": n, "other": n}} counting outgoing UDP datagrams, with "from" giving their sources and
+"rtcp": n, "other": n}} counting outgoing UDP datagrams, IPv4 and IPv6 (keyed "[DST_IP]:PORT";
+no NAT, so their source is the host's own address), with "from" giving their sources and
 "rtp_samples" the first RTP packets (hex; unwrapped from TURN ChannelData), for a test to try
 what a listener on the path could make of them.
 """
@@ -25,6 +26,8 @@ from typing import Any
 SAMPLES = 100  # RTP packets kept per destination
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+IPV6_HEADER = 40  # fixed; a UDP datagram follows it directly (next header 17), as ours do
 PACKET_OUTGOING = 4
 
 
@@ -43,8 +46,15 @@ def classify(payload: bytes) -> str:
 
 
 def parse_udp(frame: bytes) -> tuple[str, str, bytes] | None:
-    """(source ip:port, destination ip:port, payload) of an Ethernet/IPv4/UDP frame."""
-    if len(frame) < 14 + 20 or struct.unpack_from("!H", frame, 12)[0] != ETH_P_IP:
+    """(source, destination, payload) of an Ethernet/IPv4/UDP or Ethernet/IPv6/UDP frame, the
+    addresses as "ip:port" and "[ipv6]:port". An IPv6 packet with extension headers before
+    its UDP header is not counted (the lab's traffic has none)."""
+    if len(frame) < 14:
+        return None
+    ethertype = struct.unpack_from("!H", frame, 12)[0]
+    if ethertype == ETH_P_IPV6:
+        return _parse_udp6(frame[14:])
+    if ethertype != ETH_P_IP or len(frame) < 14 + 20:
         return None
     ip = frame[14:]
     ihl = (ip[0] & 0x0F) * 4
@@ -54,6 +64,16 @@ def parse_udp(frame: bytes) -> tuple[str, str, bytes] | None:
     sport, dport, length = struct.unpack_from("!HHH", ip, ihl)
     payload = ip[ihl + 8 : ihl + length]
     return f"{src}:{sport}", f"{dst}:{dport}", payload
+
+
+def _parse_udp6(ip: bytes) -> tuple[str, str, bytes] | None:
+    if len(ip) < IPV6_HEADER + 8 or ip[0] >> 4 != 6 or ip[6] != 17:
+        return None
+    src = socket.inet_ntop(socket.AF_INET6, ip[8:24])
+    dst = socket.inet_ntop(socket.AF_INET6, ip[24:40])
+    sport, dport, length = struct.unpack_from("!HHH", ip, IPV6_HEADER)
+    payload = ip[IPV6_HEADER + 8 : IPV6_HEADER + length]
+    return f"[{src}]:{sport}", f"[{dst}]:{dport}", payload
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,10 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from rendezvous.tls import self_signed
 from voip.lab.echo import EchoRtt
+from voip.lab.ipv6 import RELAY_IP6
+from voip.lab.ipv6 import SERVER_IP6
 from voip.lab.netns import LabError
 from voip.lab.topology import INTERNET
 from voip.lab.topology import RELAY_IP
@@ -28,6 +31,15 @@ from voip.lab.topology import LabConfig
 
 CALLERS = (("a", "alice", "bob"), ("b", "bob", "alice"))
 TONES = {"alice": 440.0, "bob": 660.0}
+RELAYS = ("ours", "coturn")  # what runs on the relay node: callpeer-rendezvous, or coturn
+TLS_PORT = 5349  # the rendezvous's and the relay's TLS listeners, with `tls`
+
+
+def tls_files(workdir: Path) -> tuple[Path, Path]:
+    """Where run_lab_call(tls=True) writes its self-signed certificate (for SERVER_IP and
+    RELAY_IP, and their IPv6 addresses) and its key: a caller passes the certificate as
+    --tls-ca."""
+    return workdir / "lab-tls.pem", workdir / "lab-tls.key"
 
 
 @dataclass
@@ -49,6 +61,8 @@ class LabCallResult:
     inputs: dict[str, str] = field(default_factory=dict)
     # Plain UDP echoes just before the call, over the paths it can take: what the lab adds.
     baseline: dict[str, EchoRtt] = field(default_factory=dict)
+    relay: str = "ours"  # what ran on the relay node (RELAYS)
+    tls: bool = False  # the rendezvous and the relay listened on TLS (TLS_PORT) too
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +82,10 @@ class LabCallResult:
                 "relay": self.config.delay_relay,
             },
             "loss_pct": self.config.loss,
+            "block_udp": list(self.config.block_udp),
+            "ipv6": self.config.ipv6,
+            "relay_server": self.relay,
+            "tls": self.tls,
             "nodes": self.nodes,
             "inputs": self.inputs,
             "exit_codes": {n: c.exit_code for n, c in self.callers.items()},
@@ -111,6 +129,55 @@ def _stop_capture(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return json.loads(lines[-1]) if lines else {}
 
 
+def _start_servers(
+    lab: Lab,
+    workdir: Path,
+    secret: str,
+    *,
+    relay: str,
+    tls: tuple[Path, Path] | None,
+    alternate: bool,
+) -> None:
+    """The relay node's TURN relay (ours or coturn) and the rendezvous, which offers it to
+    callers with REST credentials from `secret` (as it would offer a coturn fleet); `tls`
+    (certificate, key) gives both a TLS listener on TLS_PORT."""
+    # "=": a random secret may begin with "-", which argparse would take for an option.
+    rendezvous = [sys.executable, "-m", "rendezvous", f"--turn-secret={secret}"]
+    tls_args = ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []
+    procs = []
+    if relay == "coturn":
+        lab.start_coturn(secret, *(tls or (None, None)), tls_port=TLS_PORT)
+    else:
+        relay_args = [
+            *rendezvous,
+            f"--store={workdir / 'relay-names.sqlite3'}",  # the run's, not the user's
+            "--listen",
+            f"{RELAY_IP}:3478",
+            "--relay-address",
+            RELAY_IP,
+            # The lab's internet is a documentation range, which a relay refuses by default.
+            "--allow-peer",
+            INTERNET,
+            *tls_args,
+        ]
+        procs.append((lab.start("relay", relay_args, stdout=subprocess.PIPE), "relay"))
+    server_args = [
+        *rendezvous,
+        f"--store={workdir / 'names.sqlite3'}",
+        "--listen",
+        f"{SERVER_IP}:3478",
+        "--turn-url",
+        f"turn:{RELAY_IP}:3478",
+        *(["--alt-address", SERVER_ALT_IP] if alternate else []),
+        *tls_args,
+    ]
+    procs.append((lab.start("server", server_args, stdout=subprocess.PIPE), "rendezvous"))
+    for proc, what in procs:
+        assert proc.stdout is not None
+        if "listening" not in proc.stdout.readline():
+            raise LabError(f"callpeer-rendezvous ({what}) did not start in the lab")
+
+
 def run_lab_call(
     config: LabConfig,
     workdir: Path,
@@ -130,6 +197,10 @@ def run_lab_call(
     prepare: Callable[[Lab], None] | None = None,
     env: dict[str, str] | None = None,
     baseline: bool = True,
+    tls: bool = False,
+    relay: str = "ours",
+    turn_secret: str | None = None,
+    caller_args: dict[str, list[str]] | None = None,
 ) -> LabCallResult:
     """Build the lab, run one call through it, return what each side reported.
 
@@ -138,56 +209,40 @@ def run_lab_call(
     once the servers are up, before the callers start; bob calls `bob_after` s after alice;
     `env` is added to the callers' environment. With `baseline`, plain UDP echoes measure
     the direct path (alice to bob's router) and the relayed one (alice to the relay plus bob to
-    the relay) first, so a call's figures can be held against this lab on this machine."""
+    the relay) first, so a call's figures can be held against this lab on this machine (not
+    with `block_udp`: the echoes are UDP).
+
+    With `tls`, the rendezvous and the relay listen on TLS too (TLS_PORT), with a self-signed
+    certificate written to `tls_files(workdir)`. `relay` is what the relay node runs: "ours"
+    (callpeer-rendezvous) or "coturn"; either way the rendezvous offers callers
+    turn:RELAY_IP:3478 with REST credentials from `turn_secret` (random if None).
+    `caller_args` adds arguments to one caller's command line, by name."""
+    if relay not in RELAYS:
+        raise LabError(f"relay must be one of {', '.join(RELAYS)}, not {relay!r}")
     with Lab(config) as lab:
         nodes = {
-            name: {"namespace": n.ns, "address": n.ip, "public": n.public_ip, "nat": n.nat}
+            name: {
+                "namespace": n.ns,
+                "address": n.ip,
+                "public": n.public_ip,
+                "nat": n.nat,
+                **({"address6": n.ip6} if n.ip6 else {}),
+            }
             for name, n in lab.nodes.items()
         }
-        result = LabCallResult(config, nodes)
-        # The relay host runs the TURN relay; the rendezvous offers it to callers, with REST
-        # credentials from the secret they share (as it would offer a coturn fleet).
-        secret = secrets.token_urlsafe(12)
-        # "=": a random secret may begin with "-", which argparse would take for an option.
-        rendezvous = [sys.executable, "-m", "rendezvous", f"--turn-secret={secret}"]
-        relay = lab.start(
-            "relay",
-            # The lab's internet is a documentation range, which a relay refuses by default.
-            [
-                *rendezvous,
-                f"--store={workdir / 'relay-names.sqlite3'}",  # the run's, not the user's
-                "--listen",
-                f"{RELAY_IP}:3478",
-                "--relay-address",
-                RELAY_IP,
-                "--allow-peer",
-                INTERNET,
-            ],
-            stdout=subprocess.PIPE,
-        )
-        server = lab.start(
-            "server",
-            [
-                *rendezvous,
-                f"--store={workdir / 'names.sqlite3'}",
-                "--listen",
-                f"{SERVER_IP}:3478",
-                "--turn-url",
-                f"turn:{RELAY_IP}:3478",
-                *(["--alt-address", SERVER_ALT_IP] if alternate_address else []),
-            ],
-            stdout=subprocess.PIPE,
-        )
-        for proc, what in ((relay, "relay"), (server, "rendezvous")):
-            assert proc.stdout is not None
-            if "listening" not in proc.stdout.readline():
-                raise LabError(f"callpeer-rendezvous ({what}) did not start in the lab")
+        result = LabCallResult(config, nodes, relay=relay, tls=tls)
+        secret = turn_secret if turn_secret is not None else secrets.token_urlsafe(12)
+        pair = tls_files(workdir) if tls else None
+        if pair is not None:
+            hosts = [SERVER_IP, RELAY_IP, *([SERVER_IP6, RELAY_IP6] if config.ipv6 else [])]
+            self_signed(*pair, hosts)
+        _start_servers(lab, workdir, secret, relay=relay, tls=pair, alternate=alternate_address)
         for side in ("a", "b"):
             if config.port_mapping_for(side):
                 if not alternate_address:  # miniupnpd maps only after its RFC 5780 test
                     raise LabError("port mapping in the lab needs the rendezvous's alt address")
                 lab.start_port_mapping(side, protocols=config.port_mapping_protocols)
-        if baseline:
+        if baseline and not config.block_udp:
             legs = [("a", "b"), ("a", "relay"), ("b", "relay")]
             direct, to_relay_a, to_relay_b = lab.baseline(legs)
             result.baseline = {"direct": direct, "relay": to_relay_a + to_relay_b}
@@ -225,6 +280,7 @@ def run_lab_call(
                 "--json",
                 str(workdir / f"{me}.json"),
                 *(extra_args or []),
+                *(caller_args or {}).get(me, []),
                 *(["--plot", str(plot)] if plot is not None and me == "alice" else []),
                 *(["--timeline", str(workdir / f"{me}.timeline.json")] if timeline else []),
             ]
