@@ -104,3 +104,23 @@ def test_addresses_not_watched_are_never_moved() -> None:
     t.sent(request(), peer, 0.0)  # a check to the peer: only servers move to streams
     t.heard(peer)
     assert t.next_deadline() is None and t.poll(100.0) == [] and t.route(peer) is None
+
+
+def test_once_udp_proved_blocked_a_server_watched_later_goes_to_tcp_at_once() -> None:
+    t = ServerTransports()
+    t.watch(SERVER)
+    t.sent(request(), SERVER, 0.0)
+    t.poll(FALLBACK_AFTER)
+    assert not t.udp_blocked  # not until a stream has reached it where UDP did not
+    t.connected(SERVER)
+    assert t.udp_blocked
+    [tcp] = t.watch(RELAY)  # the relay, learned from the rendezvous: no 1.5 s of silence again
+    assert tcp.route == Route(RELAY, Transport.TCP, RELAY)
+    assert t.tried(RELAY) == ["UDP gets no answer on this network"]
+
+
+def test_a_transport_asked_for_proves_nothing_about_udp() -> None:
+    t = ServerTransports()
+    t.watch(SERVER, Transport.TCP)
+    t.connected(SERVER)
+    assert not t.udp_blocked and t.watch(RELAY) == []

@@ -65,6 +65,9 @@ class ServerTransports:
         self.tls_port = tls_port
         self.fallback_after = fallback_after
         self._servers: dict[Address, _Server] = {}
+        # A server had no answer over UDP and a stream reached it: UDP is blocked here, and a
+        # server watched later (the relay, after the rendezvous) goes to TCP without waiting.
+        self.udp_blocked = False
 
     def watch(
         self, server: Address, forced: Transport | None = None, name: str | None = None
@@ -81,10 +84,13 @@ class ServerTransports:
         else:
             choices = [Route(server, forced, server, name)] if forced != Transport.UDP else []
         state = self._servers[server] = _Server(choices)
-        if forced is None or forced == Transport.UDP:
-            if forced == Transport.UDP:
-                state.heard = True  # UDP it is, answer or not
+        if forced == Transport.UDP:
+            state.heard = True  # UDP it is, answer or not
             return []
+        if forced is None and not self.udp_blocked:
+            return []
+        if forced is None:
+            state.tried.append("UDP gets no answer on this network")
         return [self._next(state)]
 
     def route(self, server: Address) -> Route | None:
@@ -140,6 +146,8 @@ class ServerTransports:
         state = self._servers.get(server)
         if state is not None and state.route is not None:
             state.connected = True
+            if state.first_sent is not None and not state.heard:
+                self.udp_blocked = True  # it fell back after UDP's silence, and a stream works
 
     def failed(self, server: Address, why: str) -> list[OpenStream]:
         """The stream to `server` could not connect, or closed: the next one to try, if any
