@@ -77,7 +77,7 @@ class PathMetrics:
             "available": True,
             "remote": self.remote,
             "found_by": self.found_by,
-            "transport": self.transport,
+            "transport": self.transport or "udp",  # the direct path is UDP whatever happens
             # Which IP family carried it: the remote's ("[v6]:port" is IPv6).
             "family": None if self.remote is None else ("ipv6" if "[" in self.remote else "ipv4"),
             "rtt_ms": rtt,
