@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
+from rendezvous.cli import relay_addresses
 from rendezvous.limits import Limits
 from rendezvous.relay_families import Asked
 from rendezvous.relay_families import asked_untrusted
@@ -572,3 +573,13 @@ def test_a_dual_allocation_on_loopback_relays_to_an_ipv6_peer_and_back() -> None
             server.close()
 
     asyncio.run(scenario())
+
+
+def test_relay_address_may_be_given_twice_once_per_family() -> None:
+    assert relay_addresses(["::1", "127.0.0.1"]) == ("127.0.0.1", "::1")
+    assert relay_addresses(["192.0.2.1"]) == ("192.0.2.1", None)
+    assert relay_addresses(["::1"]) == ("::1", None)  # IPv6 alone: every allocation there
+    assert relay_addresses([]) == (None, None)
+    for twice in (["127.0.0.1", "127.0.0.2"], ["::1", "::2"], ["::1", "127.0.0.1", "::2"]):
+        with pytest.raises(ValueError, match="an IPv4 and an IPv6 address"):
+            relay_addresses(twice)
