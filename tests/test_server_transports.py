@@ -111,9 +111,9 @@ def test_once_udp_proved_blocked_a_server_watched_later_goes_to_tcp_at_once() ->
     t.watch(SERVER)
     t.sent(request(), SERVER, 0.0)
     t.poll(FALLBACK_AFTER)
-    assert not t.udp_blocked  # not until a stream has reached it where UDP did not
+    before = t.udp_blocked  # not until a stream has reached it where UDP did not
     t.connected(SERVER)
-    assert t.udp_blocked
+    assert (before, t.udp_blocked) == (False, True)
     [tcp] = t.watch(RELAY)  # the relay, learned from the rendezvous: no 1.5 s of silence again
     assert tcp.route == Route(RELAY, Transport.TCP, RELAY)
     assert t.tried(RELAY) == ["UDP gets no answer on this network"]
