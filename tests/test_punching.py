@@ -402,3 +402,37 @@ def test_direct_pairs_are_checked_before_triggered_relayed_ones() -> None:
     assert sent == [(peer_srflx, checks.HOST)]  # the direct pair first
     sent = [(dest, base) for _, dest, base in alice.poll(2 * TA)]
     assert sent == [(peer_relay, checks.HOST)]  # then the triggered relayed one
+
+
+def test_a_check_from_the_peer_on_a_pair_in_progress_triggers_one_at_once() -> None:
+    """RFC 8445 §7.3.1.4: our first check on the pair may have met the peer's NAT (or IPv6
+    firewall) before the peer's own check opened it; the peer's check has just come through,
+    so check again now rather than CHECK_RTO later."""
+    peer = ("2001:db8:2::2", 6000)
+    alice = checks.ConnectivityChecks(
+        "ua",
+        "pa" * 11,
+        "ub",
+        "pb" * 11,
+        controlling=True,
+        remote_candidates=(Candidate.make(CandidateType.HOST, peer),),
+        now=0.0,
+    )
+    bob = checks.ConnectivityChecks(
+        "ub",
+        "pb" * 11,
+        "ua",
+        "pa" * 11,
+        controlling=False,
+        remote_candidates=(Candidate.make(CandidateType.HOST, ("2001:db8:1::2", 5000)),),
+        now=0.0,
+    )
+    [(first, dest, _)] = alice.poll(0.0)  # lost at bob's firewall, say
+    assert dest == peer and alice.pairs[(checks.HOST, peer)].state == checks.PairState.IN_PROGRESS
+    [(bobs_check, _, _)] = bob.poll(0.0)
+    sent = alice.handle(parse_message_untrusted(bobs_check), peer, TA, checks.HOST) or []
+    # The answer, and the triggered check, both to bob (not the first one's retransmission).
+    assert [d for _, d, _ in sent] == [peer, peer]
+    assert parse_message_untrusted(sent[1][0]).transaction_id != (
+        parse_message_untrusted(first).transaction_id
+    )

@@ -257,9 +257,9 @@ class Call:
 
     def _reached(self, server: Address, transport: Transport, why: str) -> None:
         """A server is reached over a stream now (or UDP again): the report, and a line."""
-        if self._core is not None:
-            self._core.reached_over(server, str(transport))
-        relay = self._core.connector.turn if self._core is not None else None
+        assert self._core is not None and self._net is not None  # streams open after start
+        self._core.reached_over(server, str(transport), self._net.policy.udp_blocked)
+        relay = self._core.connector.turn
         roles = [server == self.server, relay is not None and server == relay.server]
         role = " and ".join(r for r, yes in zip(("rendezvous", "relay"), roles, strict=True) if yes)
         self._emit(ev.ServerTransport(server, role or "server", str(transport), why))

@@ -199,11 +199,13 @@ class CallCore:
                 out += self._watch(now)
         return out
 
-    def reached_over(self, server: Address, transport: str) -> None:
-        """The shell reaches `server` over `transport` ("udp", "tcp", "tls") now."""
+    def reached_over(self, server: Address, transport: str, udp_blocked: bool = False) -> None:
+        """The shell reaches `server` over `transport` ("udp", "tcp", "tls") now; with
+        `udp_blocked`, because UDP got no answer where a stream did."""
         self.recorder.reached_over(server, transport)
         if server == self.server:  # its answers tell nothing of our UDP mapping
             self.connector.signal.over_stream = transport != "udp"
+        self.connector.udp_blocked = self.connector.udp_blocked or udp_blocked
 
     def nudge(self, now: float) -> list[Transmit]:
         """The connector changed outside `handle` (UPnP's answer, told its port mapper)."""

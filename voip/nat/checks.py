@@ -162,17 +162,14 @@ class ConnectivityChecks:
         self.liveness = Liveness()
         self._txns: TransactionTable[_CheckCtx] = TransactionTable()
         self._events: list[CheckEvent] = []
-        self._started = self.now
+        self._started, self._failed = self.now, False
         self._nominating: Key | None = None
-        self._failed = False
 
     @property
     def selected(self) -> Pair | None:
         return self.liveness.selected
 
-    @property
-    def standby(self) -> Pair | None:
-        return self.liveness.standby
+    standby = property(lambda self: self.liveness.standby)
 
     def pop_events(self) -> list[CheckEvent]:
         events, self._events = self._events, []
@@ -275,8 +272,10 @@ class ConnectivityChecks:
         pair.peer_checked = True
         if msg.has(Attr.USE_CANDIDATE) and not self.controlling:
             pair.peer_nominated = True
-        retry = pair.state in (PairState.WAITING, PairState.FAILED)
-        if retry and self.checklist.trigger(pair.key):  # answer the punch with a punch, now
+        # A punch for a punch; at once, unpaced, if in progress: ours met a shut NAT (§7.3.1.4)?
+        if pair.state == PairState.IN_PROGRESS:
+            out.append(self._check(pair.key, now))
+        elif pair.state != PairState.SUCCEEDED and self.checklist.trigger(pair.key):
             out += self._paced_check(now)
         self._note_valid(pair, now)
         if self.selected is None:

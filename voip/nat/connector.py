@@ -94,12 +94,12 @@ class Connector:
         self.checks: checks.ConnectivityChecks | None = None
         self.hard = HardNat()  # port prediction and birthday punching (voip/nat/hard_nat.py)
         self.wait_timeout, self.punch_timeout = wait_timeout, punch_timeout
-        self.malformed = 0
-        self._started = 0.0
+        self.malformed, self._started = 0, 0.0
         self._asked = early
         self._wait_deadline: float | None = None
         self._events: list[ConnectorEvent] = []
         self._restart: float | None = None  # when the restart under way began
+        self.udp_blocked = False  # our servers answer over TCP/TLS only: no UDP leaves here
 
     def pop_events(self) -> list[ConnectorEvent]:
         events, self._events = self._events, []
@@ -290,8 +290,9 @@ class Connector:
                 predicting = self.probe is not None and self.probe.step is not None
                 self.hard.begin(self.own_mapping, predicting, event.ready, now)
                 self.checks = checks_for(self, event.ready, now, again=event.again)
+                # First checks on the next poll, due now, stamped when they leave: handling the
+                # introduction (keys) takes time an RTT stamped from its arrival would count.
                 out += self.relay.permit(event.ready, now)
-                out += self._routed(self.checks.poll(now))
                 self._events.append((Restarted if event.again else Introduced)(event.ready))
             else:
                 self._events.append(event)

@@ -54,7 +54,8 @@ def checks_for(
         relay_mode=c.relay_mode,
         bases=(checks.HOST, checks.RELAY) if c.relay.relayed is not None else (checks.HOST,),
         relay_families=c.relay.families,
-        punch_hopeless=hopeless and not mapped,
+        # Where no UDP leaves (servers reached over TCP or TLS only), only a LAN pair works.
+        punch_hopeless=(hopeless and not mapped) or c.udp_blocked,
         # Meeting again, the audio has stopped already; birthday punching takes seconds: the
         # relay at once, direct later (voip/nat/path_manager.py moves the audio there).
         relay_grace=NOMINATE_AFTER if again or c.hard.guessing else RELAY_GRACE,

@@ -34,6 +34,7 @@ RELAY_GRACE = 1.5  # with a relay pair valid, how long to wait for a direct one 
 # Valid pairs within this of the fastest count as fast as it (x the fastest's RTT, + margin).
 SAME_RTT_FACTOR = 1.25
 SAME_RTT_MARGIN = 0.002
+IPV6_HEAD_START = 0.015  # s an IPv6 pair's RTT counts less when compared (see best)
 
 
 # Remote candidates that need no punching: the peer's LAN, and a port its router opened for us.
@@ -70,14 +71,21 @@ class Nominator:
     def best(pairs: Iterable[Pair], kind: PathKind) -> Pair | None:
         """The valid pair of `kind` to use: of those about as fast as the fastest, an IPv6 one
         (RFC 8421: IPv6 where it works), then the highest priority. One RTT sample apart is
-        noise, not a reason to pick IPv4 over IPv6, or a relayed LAN peer over its host."""
+        noise, not a reason to pick IPv4 over IPv6, or a relayed LAN peer over its host; and an
+        IPv6 pair, checked first, often has one sample only, taken while both ends were still
+        busy with the introduction: it is held IPV6_HEAD_START faster than it measured."""
         valid = [p for p in pairs if p.valid and p.kind == kind and p.rtt is not None]
         if not valid:
             return None
-        near = min(p.rtt or 0.0 for p in valid) * SAME_RTT_FACTOR + SAME_RTT_MARGIN
+
+        def rtt(p: Pair) -> float:
+            six = ":" in p.remote.address[0]
+            return max(0.0, (p.rtt or 0.0) - (IPV6_HEAD_START if six else 0.0))
+
+        near = min(rtt(p) for p in valid) * SAME_RTT_FACTOR + SAME_RTT_MARGIN
         return max(
-            (p for p in valid if (p.rtt or 0.0) <= near),
-            key=lambda p: (":" in p.remote.address[0], p.priority, -(p.rtt or 0.0)),
+            (p for p in valid if rtt(p) <= near),
+            key=lambda p: (":" in p.remote.address[0], p.priority, -rtt(p)),
         )
 
     def _settled_time(self, pairs: list[Pair], kind: PathKind) -> float | None:
