@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from voip.nat.connector import Connector
+from voip.nat.meeting import checks_for
 from voip.nat.server_transports import FALLBACK_AFTER
 from voip.nat.server_transports import OpenStream
 from voip.nat.server_transports import Route
 from voip.nat.server_transports import ServerTransports
 from voip.nat.server_transports import Transport
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
+from voip.wire.signal import PeerReady
 from voip.wire.stun import Class
 from voip.wire.stun import Message
 from voip.wire.stun import Method
@@ -124,3 +129,21 @@ def test_a_transport_asked_for_proves_nothing_about_udp() -> None:
     t.watch(SERVER, Transport.TCP)
     t.connected(SERVER)
     assert not t.udp_blocked and t.watch(RELAY) == []
+
+
+def test_where_udp_is_blocked_the_direct_pairs_are_given_up_at_once() -> None:
+    """The relay carries the call as soon as it answers: no UDP leaves, so no punched pair can
+    work (a LAN peer still can: host candidates stay first, as when both NATs map per
+    destination)."""
+    connector = Connector("alice", "bob", SERVER, ())
+    ready = PeerReady(
+        "bob",
+        (Candidate.make(CandidateType.SRFLX, ("198.51.100.7", 40000)),),
+        "ub",
+        "p" * 22,
+        True,
+        bytes(32),
+    )
+    assert not checks_for(connector, ready, 0.0, again=False).punch_hopeless
+    connector.udp_blocked = True
+    assert checks_for(connector, ready, 0.0, again=False).punch_hopeless
