@@ -1,10 +1,12 @@
 """Benchmark: setup time and CPU cost of direct calls between two callers on loopback.
 
-    .venv/bin/python bench/loopback_calls.py [--calls 20] [--duration 2]
+    .venv/bin/python bench/loopback_calls.py [--calls 20] [--duration 2] [--apart]
 
 Prints setup time (introduction to keys agreed, of which the handshake, and from start to audio
 flowing), the RTT the calls measured, and CPU seconds per call-minute for the process running
 both callers, with what Opus alone and SRTP alone cost for the same audio (measured here too).
+With --apart, also one more call with each caller in a process of its own, as callers are used:
+two callers on one event loop share some of their wake-ups, so the first figure is the lower.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import asyncio
 import contextlib
 import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from collections.abc import Callable
@@ -59,11 +63,59 @@ async def one_call(server: RendezvousServer, duration: float) -> tuple[dict[str,
     return alice.report().to_dict(), to_audio
 
 
-async def main(calls: int, duration: float) -> None:
+async def steady_cpu(call: Call, duration: float) -> float:
+    """CPU seconds per call-minute of this process over `duration` s of a connected call."""
+    await call.connected()
+    await asyncio.sleep(1.0)  # past the start (learning the playout phase, the first reports)
+    cpu0 = time.process_time()
+    await asyncio.sleep(duration)
+    return (time.process_time() - cpu0) / (duration / 60)
+
+
+async def callee(port: int, duration: float) -> None:
+    """bob, alone in this process, for --apart: prints his steady CPU per call-minute."""
+    opts = CallOptions(bind_host="127.0.0.1", identity=IDENTITIES["bob"])
+    bob = Call(
+        "bob",
+        "alice",
+        source=ToneSource(660),
+        sink=NullSink(),
+        server=("127.0.0.1", port),
+        options=opts,
+    )
+    async with bob:
+        print(await steady_cpu(bob, duration), flush=True)
+        await asyncio.sleep(2.0)  # alice hangs up
+
+
+async def apart(duration: float) -> tuple[float, float]:
+    """alice here and bob in a process of his own: each one's steady CPU per call-minute."""
+    async with RendezvousServer() as server:
+        await server.start("127.0.0.1", 0)
+        port = str(server.address[1])
+        child = [sys.executable, __file__, "--callee", port, "--duration", str(duration)]
+        with subprocess.Popen(child, stdout=subprocess.PIPE, text=True) as bob:
+            opts = CallOptions(bind_host="127.0.0.1", identity=IDENTITIES["alice"])
+            alice = Call(
+                "alice",
+                "bob",
+                source=ToneSource(440),
+                sink=NullSink(),
+                server=server.address,
+                options=opts,
+            )
+            async with alice:
+                own = await steady_cpu(alice, duration)
+                out, _ = await asyncio.to_thread(bob.communicate)
+    return own, float(out.split()[0])
+
+
+async def main(calls: int, duration: float, with_apart: bool) -> None:
     setups, starts, rtts, frames, handshakes = [], [], [], [], []
     in_call = [0.0]  # CPU s libopus took inside the calls, frame by frame
+    sealing = [0.0]  # and libsrtp
     cpu0 = time.process_time()
-    async with RendezvousServer() as server, timed_codec(in_call):
+    async with RendezvousServer() as server, timed_codec(in_call, sealing):
         await server.start("127.0.0.1", 0)
         for _ in range(calls):
             report, to_audio = await one_call(server, duration)
@@ -90,13 +142,16 @@ async def main(calls: int, duration: float) -> None:
     # Two callers run in this process, so one caller costs half of it.
     print(f"{'CPU per caller per call-minute':<34} {cpu / call_minutes / 2:.2f} s")
     print(f"{'  of which Opus (encode + decode)':<34} {in_call[0] / call_minutes / 2:.2f} s")
+    print(f"{'  of which SRTP (protect + unprotect)':<34} {sealing[0] / call_minutes / 2:.2f} s")
     srtp_us = srtp_cpu_per_frame_us()
-    print(f"{'  of which SRTP (protect + unprotect)':<34} {srtp_us * 3000 / 1e6:.3f} s")
     print(f"{'  Opus alone, in a tight loop':<34} {codec_cpu_per_minute():.2f} s")
-    print(f"{'SRTP per 20 ms frame, each way':<34} {srtp_us / 2:.1f} us")
+    print(f"{'SRTP per 20 ms frame, each way':<34} {srtp_us / 2:.1f} us in a tight loop")
     print(f"{'handshake CPU per call (both sides)':<34} {handshake_cpu_ms():.2f} ms")
     floor = await bare_loop_cpu_per_minute(min(10.0, max(2.0, calls * duration)))
     print(f"{'floor: bare loop, same wake-ups':<34} {floor:.2f} s per caller per call-minute")
+    if with_apart:
+        own, other = await apart(duration)
+        print(f"{'one caller per process':<34} {own:.2f} s (alice), {other:.2f} s (bob)")
 
 
 async def bare_loop_cpu_per_minute(seconds: float) -> float:
@@ -176,12 +231,19 @@ def srtp_cpu_per_frame_us() -> float:
 
 
 @contextlib.asynccontextmanager
-async def timed_codec(total: list[float]) -> AsyncIterator[None]:
-    """Adds the CPU time of every Opus encode and decode to total[0] while open: the codec's
-    cost in a call, where each 20 ms frame finds its caches cold, is not its cost in a loop."""
-    saved = OpusEncoder.encode, OpusDecoder.decode
+async def timed_codec(opus: list[float], srtp: list[float]) -> AsyncIterator[None]:
+    """Adds the CPU time of every Opus encode and decode to opus[0], and of every SRTP protect
+    and unprotect to srtp[0], while open: in a call, where each 20 ms frame finds its caches
+    cold, they cost more than in a loop."""
+    timed = [
+        (OpusEncoder, "encode", opus),
+        (OpusDecoder, "decode", opus),
+        (MediaCipher, "protect", srtp),
+        (MediaCipher, "unprotect_untrusted", srtp),
+    ]
+    saved = [getattr(cls, name) for cls, name, _ in timed]
 
-    def timing(method: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def timing(method: Callable[[Any, Any], Any], total: list[float]) -> Callable[[Any, Any], Any]:
         def run(self: Any, arg: Any) -> Any:
             t0 = time.process_time()
             try:
@@ -191,13 +253,13 @@ async def timed_codec(total: list[float]) -> AsyncIterator[None]:
 
         return run
 
-    setattr(OpusEncoder, "encode", timing(saved[0]))  # noqa: B010 (mypy would refuse the assignment)
-    setattr(OpusDecoder, "decode", timing(saved[1]))  # noqa: B010
+    for (cls, name, total), method in zip(timed, saved, strict=True):
+        setattr(cls, name, timing(method, total))  # mypy would refuse the assignment
     try:
         yield
     finally:
-        setattr(OpusEncoder, "encode", saved[0])  # noqa: B010
-        setattr(OpusDecoder, "decode", saved[1])  # noqa: B010
+        for (cls, name, _), method in zip(timed, saved, strict=True):
+            setattr(cls, name, method)
 
 
 def codec_cpu_per_minute() -> float:
@@ -214,5 +276,10 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--duration", type=float, default=2.0)
+    p.add_argument("--apart", action="store_true", help="also a call with a process per caller")
+    p.add_argument("--callee", type=int, help=argparse.SUPPRESS)  # bob's half of --apart
     args = p.parse_args()
-    asyncio.run(main(args.calls, args.duration))
+    if args.callee is not None:
+        asyncio.run(callee(args.callee, args.duration))
+    else:
+        asyncio.run(main(args.calls, args.duration, args.apart))

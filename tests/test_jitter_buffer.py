@@ -171,3 +171,33 @@ def test_the_playout_clock_moves_off_the_edge_where_packets_land() -> None:
     landing = (SAMPLES + 1) * FRAME_S - 0.0005  # where the next packet lands
     assert abs((edge.next - landing) % FRAME_S - MARGIN) < 1e-9
     assert run(0.008).shifted == 0.0  # already 8 ms early: left alone
+
+
+def test_a_frame_clock_skips_a_stall_by_whole_frames_and_keeps_its_phase() -> None:
+    """After a stall the clock skips ahead rather than burst, and its phase stays where the
+    playout learned it (and where the peer learned our sends)."""
+    from voip.media.frame_clocks import FRAME_S
+    from voip.media.frame_clocks import FrameClock
+
+    clock = FrameClock(start=0.0071)
+    clock.tick(0.0071 + 0.5)  # woken half a second late
+    assert 0.5071 < clock.next <= 0.5071 + FRAME_S + 1e-9
+    assert abs((clock.next - 0.0071) / FRAME_S - round((clock.next - 0.0071) / FRAME_S)) < 1e-6
+    due = clock.next
+    clock.tick(due)  # and from there on, a frame at a time
+    assert abs(clock.next - due - FRAME_S) < 1e-9
+
+
+def test_the_opus_encoder_takes_frames_of_any_integer_layout() -> None:
+    """The encoder copies each frame into its own buffer: a strided or non-native view
+    codes as the same audio."""
+    import numpy as np
+
+    from voip.codecs.opus import OpusEncoder
+    from voip.media.audio_io import ToneSource
+
+    frames = [ToneSource(440).read() for _ in range(3)]
+    plain, other = OpusEncoder(), OpusEncoder()
+    for frame in frames:
+        strided = np.repeat(frame, 2)[::2]
+        assert plain.encode(frame) == other.encode(strided.astype(">i2"))

@@ -63,7 +63,10 @@ class OpusEncoder:
         self._enc = opuslib.Encoder(SAMPLE_RATE, 1, opuslib.APPLICATION_VOIP)
         self._enc.bitrate = bitrate
         self._encode = opuslib.api.encoder.libopus_encode
-        self._int16_pointer = opuslib.api.c_int16_pointer
+        # The frame is copied into this buffer, whose pointer is made once: numpy's
+        # `.ctypes.data_as` builds a ctypes object and casts it on every call.
+        self._pcm = np.empty(FRAME_SAMPLES, dtype=np.int16)
+        self._pcm_pointer = self._pcm.ctypes.data_as(opuslib.api.c_int16_pointer)
         self._out = ctypes.create_string_buffer(MAX_PACKET)
         # Constant bitrate: SRTP hides the words but not the packet sizes, and variable-bitrate
         # speech leaks which phrases were said through them (RFC 6562 §3: use CBR under SRTP).
@@ -91,10 +94,10 @@ class OpusEncoder:
     def encode(self, pcm: Pcm) -> bytes:
         if len(pcm) != FRAME_SAMPLES:
             raise ValueError(f"Opus frames here are {FRAME_SAMPLES} samples, got {len(pcm)}")
-        samples = np.ascontiguousarray(pcm, dtype="<i2")
+        self._pcm[:] = pcm
         size = self._encode(
             self._enc.encoder_state,
-            samples.ctypes.data_as(self._int16_pointer),
+            self._pcm_pointer,
             FRAME_SAMPLES,
             self._out,
             MAX_PACKET,

@@ -1,6 +1,7 @@
 """Frame clocks: when to send the next 20 ms frame, and when to play one, each on its own phase.
 
-Ticks keep to absolute time (no drift), and after a stall skip ahead rather than burst.
+Ticks keep to absolute time (no drift), and after a stall skip whole frames ahead rather than
+burst, so the phase stays where it was learned (and where the peer learned ours).
 Sending keeps its own schedule; playing need not share it. The peer's packets arrive at a
 phase of our frame clock fixed by the two clocks and the path's delay, and if that phase falls
 right at our playout tick, a millisecond of jitter decides whether a packet is played now or a
@@ -12,6 +13,7 @@ arrive MARGIN before it: never on the edge, and no more than a few ms of extra w
 
 from __future__ import annotations
 
+import math
 import statistics
 
 from voip.codecs.pcm import FRAME_MS
@@ -20,6 +22,7 @@ FRAME_S = FRAME_MS / 1000.0
 SAMPLES = 25  # packets (half a second) to learn the arrival phase from
 MARGIN = 0.006  # s before the tick a packet should arrive: jitter of a few ms stays inside it
 KEEP = (0.003, 0.012)  # s: margins already this safe (and this short) are left alone
+STALL = 10 * FRAME_S  # s behind: skip ahead rather than catch up in a burst
 
 
 class FrameClock:
@@ -29,8 +32,8 @@ class FrameClock:
     def tick(self, now: float) -> None:
         """A frame's work was done at `now`: the next is due a frame later."""
         self.next += FRAME_S
-        if now - self.next > 10 * FRAME_S:
-            self.next = now + FRAME_S
+        if now - self.next > STALL:  # by whole frames: the phase is kept
+            self.next += FRAME_S * (math.floor((now - self.next) / FRAME_S) + 1)
 
 
 class PlayoutClock(FrameClock):
