@@ -147,3 +147,22 @@ def test_where_udp_is_blocked_the_direct_pairs_are_given_up_at_once() -> None:
     assert not checks_for(connector, ready, 0.0, again=False).punch_hopeless
     connector.udp_blocked = True
     assert checks_for(connector, ready, 0.0, again=False).punch_hopeless
+
+
+def test_datagrams_are_watched_only_while_some_server_may_still_move() -> None:
+    t = ServerTransports()
+    t.watch(SERVER)
+    t.watch(RELAY)
+    seen = [t.undecided]
+    t.heard(SERVER)
+    seen.append(t.undecided)  # the relay has not answered yet
+    t.heard(RELAY)
+    seen.append(t.undecided)  # both on UDP for good: media is sent with no look-up
+    assert seen == [True, True, False]
+    u = ServerTransports()
+    u.watch(SERVER)
+    u.sent(request(), SERVER, 0.0)
+    u.poll(FALLBACK_AFTER)
+    u.failed(SERVER, "refused")
+    u.failed(SERVER, "refused")  # TLS too: nothing left to try
+    assert not u.undecided

@@ -149,15 +149,18 @@ class ServerStreams:
         self._timer = Timer(endpoint.loop, self.policy.next_deadline, self._on_timer)
 
     def send_all(self, datagrams: list[tuple[bytes, Address]]) -> None:
-        links, endpoint = self.links, self.endpoint
+        links, endpoint, policy = self.links, self.endpoint, self.policy
+        watching = policy.undecided  # a server may still move: note what goes to it by UDP
         for data, dest in datagrams:
             link = links.get(dest) if links else None
             if link is not None:
                 link.send(data)
                 continue
             endpoint.send(data, dest)
-            self.policy.sent(data, dest, endpoint.loop.time())
-        self._timer.rearm()
+            if watching:
+                policy.sent(data, dest, endpoint.loop.time())
+        if watching:
+            self._timer.rearm()
 
     def heard(self, src: Address) -> None:
         """A datagram came over UDP from `src`."""

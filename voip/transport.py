@@ -232,7 +232,10 @@ class Timer:
 
     def _run(self) -> None:
         self._handle = None
-        self.fire(self.loop.time())
+        # Never before the deadline it was set for: a loop whose clock is coarser than its
+        # timers (uvloop's, in milliseconds) may run a callback early, which would find nothing
+        # due and be set again at once, over and over until the clock ticks.
+        self.fire(max(self.loop.time(), self._when))
         self.rearm()
 
     def cancel(self) -> None:

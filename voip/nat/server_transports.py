@@ -68,6 +68,9 @@ class ServerTransports:
         # A server had no answer over UDP and a stream reached it: UDP is blocked here, and a
         # server watched later (the relay, after the rendezvous) goes to TCP without waiting.
         self.udp_blocked = False
+        # Some server may still move to a stream: what goes to it over UDP is watched. False
+        # once every one answered or was moved, so media costs no look-up per datagram.
+        self.undecided = False
 
     def watch(
         self, server: Address, forced: Transport | None = None, name: str | None = None
@@ -88,6 +91,7 @@ class ServerTransports:
             state.heard = True  # UDP it is, answer or not
             return []
         if forced is None and not self.udp_blocked:
+            self.undecided = True
             return []
         if forced is None:
             state.tried.append("UDP gets no answer on this network")
@@ -122,8 +126,9 @@ class ServerTransports:
     def heard(self, src: Address) -> None:
         """A datagram from `src` came over UDP: if it is a server of ours, UDP reaches it."""
         state = self._servers.get(src)
-        if state is not None and state.route is None:
+        if state is not None and state.route is None and not state.heard:
             state.heard = True
+            self._decide()
 
     def next_deadline(self) -> float | None:
         times = [
@@ -161,12 +166,21 @@ class ServerTransports:
         if was_connected and state.reopened < REOPEN:
             state.reopened += 1
             state.choices.insert(0, route)
-        return [self._next(state)] if state.choices else []
+        if not state.choices:
+            self._decide()
+            return []
+        return [self._next(state)]
 
     def _next(self, state: _Server) -> OpenStream:
         state.route = state.choices.pop(0)
         resend, state.recent = tuple(state.recent), deque(maxlen=RESEND)
+        self._decide()
         return OpenStream(state.route, resend)
+
+    def _decide(self) -> None:
+        self.undecided = any(
+            not s.heard and s.route is None and s.choices for s in self._servers.values()
+        )
 
 
 def _text(address: Address) -> str:
