@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from voip.nat.connector import Connector
 from voip.nat.meeting import checks_for
+from voip.nat.nominator import NOMINATE_AFTER
+from voip.nat.nominator import RELAY_GRACE
 from voip.nat.server_transports import FALLBACK_AFTER
 from voip.nat.server_transports import OpenStream
 from voip.nat.server_transports import Route
@@ -166,3 +170,22 @@ def test_datagrams_are_watched_only_while_some_server_may_still_move() -> None:
     u.failed(SERVER, "refused")
     u.failed(SERVER, "refused")  # TLS too: nothing left to try
     assert not u.undecided
+
+
+def test_a_peer_with_nothing_public_to_punch_to_gets_the_relay_after_a_short_grace() -> None:
+    """A peer on a UDP-blocked network offers host candidates (and its relay) alone: a LAN
+    answers within the nomination's 200 ms or never, so the relay does not wait 1.5 s."""
+    connector = Connector("bob", "alice", SERVER, ())
+    lan_only = PeerReady(
+        "alice",
+        (Candidate.make(CandidateType.HOST, ("198.18.1.2", 5000)),),
+        "ua",
+        "p" * 22,
+        False,
+        bytes(32),
+    )
+    assert checks_for(connector, lan_only, 0.0, again=False).relay_grace == NOMINATE_AFTER
+    for public in (("2001:db8:1::2", 5000), ("203.0.113.1", 5000)):  # IPv6 host, or a srflx
+        kind = CandidateType.HOST if ":" in public[0] else CandidateType.SRFLX
+        ready = dataclasses.replace(lan_only, candidates=(Candidate.make(kind, public),))
+        assert checks_for(connector, ready, 0.0, again=False).relay_grace == RELAY_GRACE

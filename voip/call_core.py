@@ -14,6 +14,7 @@ from voip import events as ev
 from voip.call_messages import failure_message
 from voip.call_options import CallOptions
 from voip.call_recorder import MEASURED
+from voip.call_recorder import UDP_BLOCKED
 from voip.call_recorder import CallRecorder
 from voip.media.audio_io import AudioSink
 from voip.media.audio_io import AudioSource
@@ -145,7 +146,8 @@ class CallCore:
     def report(self) -> CallReport:
         """The call's figures so far (final once it has ended). Reading it changes nothing."""
         c = self.connector
-        report = self.recorder.build(self.audio, c.checks, c.punch_hopeless, c.relay.unavailable)
+        hopeless = UDP_BLOCKED if c.udp_blocked else c.punch_hopeless
+        report = self.recorder.build(self.audio, c.checks, hopeless, c.relay.unavailable)
         report.security = self.secure.report() if self.secure is not None else None
         return report
 

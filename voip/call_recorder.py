@@ -43,6 +43,10 @@ MEASURED = (
     checks.StandbyChanged,
 )
 HOPELESS_PUNCHING = "both NATs map per destination (symmetric), so the relay was used at once"
+UDP_BLOCKED = (
+    "no UDP leaves this network (servers answered over TCP or TLS only), so the relay was used "
+    "at once"
+)
 
 
 class CallRecorder:
@@ -156,7 +160,7 @@ class CallRecorder:
         self,
         audio: AudioSession | None,
         checks: ConnectivityChecks | None,
-        punch_hopeless: bool = False,
+        punch_hopeless: bool | str = False,  # or why, if not that both NATs map per destination
         relay_unavailable: str | None = None,
     ) -> CallReport:
         r = copy.deepcopy(self.base)
@@ -172,7 +176,8 @@ class CallRecorder:
             elif metrics.reason is None and checks is not None:
                 metrics.reason = checks.checklist.unreached(kind)
                 if kind == DIRECT and punch_hopeless:
-                    metrics.reason = f"{HOPELESS_PUNCHING}; {metrics.reason}"
+                    why = punch_hopeless if isinstance(punch_hopeless, str) else HOPELESS_PUNCHING
+                    metrics.reason = f"{why}; {metrics.reason}"
             elif metrics.reason is None:  # an unavailable path always says why
                 metrics.reason = "not tried: the peer was never introduced"
         if not r.relay.available and relay_unavailable:

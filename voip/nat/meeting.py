@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from voip.nat.connector import Connector
 
 Transmit = tuple[bytes, Address]
+# The peer's candidates a punch can reach from outside its network (IPv6 host ones too: IPv6
+# has no NAT, its firewall opens to our checks as to our answers).
+PUBLIC = frozenset({CandidateType.SRFLX, CandidateType.MAPPED, CandidateType.PREDICTED})
 
 
 def checks_for(
@@ -42,6 +45,7 @@ def checks_for(
         for side in (c.signal.host_candidates, ready.candidates)
     ]
     mapped = any(x.kind == CandidateType.MAPPED for x in offered) or all(predicted)
+    punchable = any(x.kind in PUBLIC or ":" in x.address[0] for x in ready.candidates)
     return checks.ConnectivityChecks(
         local_ufrag=c.signal.ice.ufrag,  # ours, sent when we asked; the peer's below
         local_pwd=c.signal.ice.pwd,
@@ -56,9 +60,10 @@ def checks_for(
         relay_families=c.relay.families,
         # Where no UDP leaves (servers reached over TCP or TLS only), only a LAN pair works.
         punch_hopeless=(hopeless and not mapped) or c.udp_blocked,
-        # Meeting again, the audio has stopped already; birthday punching takes seconds: the
-        # relay at once, direct later (voip/nat/path_manager.py moves the audio there).
-        relay_grace=NOMINATE_AFTER if again or c.hard.guessing else RELAY_GRACE,
+        # Meeting again, the audio has stopped already; birthday punching takes seconds; a peer
+        # with no public address to punch to (its UDP blocked) has only LAN ones, which answer
+        # at once or never: the relay at once, direct later (voip/nat/path_manager.py).
+        relay_grace=NOMINATE_AFTER if again or c.hard.guessing or not punchable else RELAY_GRACE,
     )
 
 
