@@ -20,11 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from voip.lab.netns import lab_unavailable_reason
-from voip.lab.scenario import TLS_PORT
 from voip.lab.scenario import run_lab_call
-from voip.lab.scenario import tls_files
-from voip.lab.topology import RELAY_IP
-from voip.lab.topology import SERVER_IP
+from voip.lab.scenario import tls_caller_args
 from voip.lab.topology import LabConfig
 
 SECRET = "lab-networks-secret"
@@ -32,7 +29,6 @@ SECRET = "lab-networks-secret"
 
 def case(name: str, workdir: Path) -> dict[str, Any]:
     """One call of the case `name`: alice's report."""
-    cert, _ = tls_files(workdir)
     args: dict[str, Any] = {}
     if name == "relay over UDP":
         config = LabConfig(delay_a=5.0, delay_b=5.0, delay_relay=20.0)
@@ -42,19 +38,7 @@ def case(name: str, workdir: Path) -> dict[str, Any]:
     elif name == "UDP blocked: TLS":
         config = LabConfig(delay_a=5.0, delay_b=5.0, delay_relay=20.0, block_udp=("a",))
         args["tls"] = True
-        args["caller_args"] = {
-            "alice": [
-                "--server-transport",
-                "tls",
-                "--server",
-                f"{SERVER_IP}:{TLS_PORT}",
-                "--tls-ca",
-                str(cert),
-                "--turn",
-                f"turns:{RELAY_IP}:{TLS_PORT}",
-                f"--turn-secret={SECRET}",
-            ]
-        }
+        args["caller_args"] = {"alice": tls_caller_args(workdir, SECRET)}
     else:
         nat = name.split()[1].partition("/")[0]  # "IPv6 cone/cone"
         config = LabConfig(nat_a=nat, nat_b=nat, delay_a=5.0, delay_b=5.0, ipv6=True)

@@ -24,6 +24,8 @@ from rendezvous.server import RendezvousServer
 from rendezvous.tls import self_signed
 from rendezvous.turn_server import TurnPolicy
 from tests.test_dual_stack import ipv6_loopback
+from tests.turn_shell import TurnShell
+from tests.turn_shell import until
 from voip import Call
 from voip import CallOptions
 from voip import ToneSource
@@ -32,12 +34,7 @@ from voip.codecs.pcm import dominant_frequency
 from voip.media.audio_io import read_wav
 from voip.nat.rendezvous_client import TurnOffer
 from voip.nat.server_transports import Transport
-from voip.nat.turn_client import Allocated
 from voip.nat.turn_client import TurnClient
-from voip.transport import Timer
-from voip.transport import UdpEndpoint
-from voip.wire.stun import looks_like_stun
-from voip.wire.stun import parse_message_untrusted
 from voip.wire.transactions import Schedule
 from voip.wire.turn import looks_like_channel_data
 from voip.wire.turn import rest_password
@@ -130,53 +127,6 @@ def rest(name: str) -> tuple[str, str]:
     return user, rest_password(SECRET, user)
 
 
-class TurnShell:
-    """Our TURN client on a real socket, with a timer: the few lines the Connector has."""
-
-    def __init__(self, client: TurnClient):
-        self.client = client
-        self.received: list[tuple[bytes, tuple[str, int]]] = []
-        self.allocated = asyncio.Event()
-
-    async def start(self) -> None:
-        self.endpoint = UdpEndpoint.open("127.0.0.1", 0, self._on_datagram)
-        self.timer = Timer(self.endpoint.loop, self.client.next_deadline, self._on_timer)
-        self.endpoint.send_all(self.client.start(self.endpoint.loop.time()))
-        self.timer.rearm()
-
-    def _on_timer(self, now: float) -> None:
-        self.endpoint.send_all(self.client.poll(now))
-        self._events()
-
-    def _on_datagram(self, data: bytes, src: tuple[str, int], now: float) -> None:
-        if looks_like_channel_data(data):
-            inner = self.client.unwrap_channel(data, src)
-            if inner:
-                self.received.append(inner)
-        elif looks_like_stun(data):
-            msg = parse_message_untrusted(data)
-            out = self.client.handle(msg, src, now)
-            if out is None:
-                inner = self.client.unwrap(msg, src)
-                if inner:
-                    self.received.append(inner)
-            self.endpoint.send_all(out or [])
-        self._events()
-        self.timer.rearm()
-
-    def _events(self) -> None:
-        for event in self.client.pop_events():
-            assert isinstance(event, Allocated), event
-            self.allocated.set()
-
-
-async def _until(predicate: object, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 def test_our_client_allocates_on_coturn_and_data_flows(coturn: tuple[str, int]) -> None:
     async def scenario() -> None:
         shell = TurnShell(TurnClient(coturn, *rest("alice")))
@@ -192,18 +142,18 @@ def test_our_client_allocates_on_coturn_and_data_flows(coturn: tuple[str, int]) 
             shell.endpoint.send_all(shell.client.permit(["127.0.0.1"], loop.time()))
             await asyncio.sleep(0.3)
             peer.sendto(b"from the peer", relayed)  # arrives as a Data indication
-            await _until(lambda: shell.received)
+            await until(lambda: shell.received)
             assert shell.received[0] == (b"from the peer", peer_addr)
             shell.endpoint.send(*shell.client.wrap(b"to the peer", peer_addr))
             assert peer.recvfrom(100) == (b"to the peer", relayed)
             shell.endpoint.send_all(shell.client.bind_channel(peer_addr, loop.time()))
-            await _until(lambda: peer_addr in shell.client.channels)
+            await until(lambda: peer_addr in shell.client.channels)
             data, _ = shell.client.wrap(b"by channel", peer_addr)
             assert looks_like_channel_data(data)
             shell.endpoint.send(data, coturn)
             assert peer.recvfrom(100) == (b"by channel", relayed)
             peer.sendto(b"channel back", relayed)
-            await _until(lambda: len(shell.received) == 2)
+            await until(lambda: len(shell.received) == 2)
             assert shell.received[1] == (b"channel back", peer_addr)
         shell.endpoint.send_all(shell.client.close(loop.time()))
         shell.timer.cancel()
@@ -234,7 +184,7 @@ def test_our_client_gets_a_dual_allocation_from_coturn(tmp_path: Path) -> None:
             shell.endpoint.send_all(shell.client.permit(["::1"], loop.time()))
             await asyncio.sleep(0.3)
             peer.sendto(b"from the peer", relayed6)
-            await _until(lambda: shell.received)
+            await until(lambda: shell.received)
             assert shell.received[0] == (b"from the peer", peer_addr)
             shell.endpoint.send(*shell.client.wrap(b"to the peer", peer_addr))
             data, src = peer.recvfrom(100)

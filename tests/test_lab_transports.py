@@ -18,12 +18,10 @@ from tests.test_report_schema import errors
 from voip.codecs.pcm import dominant_frequency
 from voip.lab.cli import heard
 from voip.lab.netns import lab_unavailable_reason
-from voip.lab.scenario import TLS_PORT
 from voip.lab.scenario import LabCallResult
 from voip.lab.scenario import run_lab_call
-from voip.lab.scenario import tls_files
+from voip.lab.scenario import tls_caller_args
 from voip.lab.topology import RELAY_IP
-from voip.lab.topology import SERVER_IP
 from voip.lab.topology import LabConfig
 from voip.media.audio_io import read_wav
 
@@ -47,18 +45,7 @@ def alice_args(transport: str, relay: str, workdir: Path) -> list[str]:
     falls back to TCP on her own when UDP gets no answer (the rendezvous, then the relay it
     offers), as a caller in a hotel would. Over TLS she is told where the TLS listeners are."""
     if transport == "tls":
-        cert, _ = tls_files(workdir)
-        return [
-            "--server-transport",
-            "tls",
-            "--server",
-            f"{SERVER_IP}:{TLS_PORT}",
-            "--tls-ca",
-            str(cert),
-            "--turn",
-            f"turns:{RELAY_IP}:{TLS_PORT}",
-            f"--turn-secret={SECRET}",
-        ]
+        return tls_caller_args(workdir, SECRET)
     if relay == "coturn":
         return ["--turn", f"turn:{RELAY_IP}:3478?transport=tcp", f"--turn-secret={SECRET}"]
     return []

@@ -360,6 +360,18 @@ def test_a_silent_alternate_address_delays_the_call_request_by_a_second_at_most(
     assert not a.connector.punch_hopeless
 
 
+def agents(
+    bobs: tuple[Candidate, ...], alices: Candidate, bases: tuple[checks.Base, ...] = (checks.HOST,)
+) -> tuple[checks.ConnectivityChecks, checks.ConnectivityChecks]:
+    """Alice (controlling, checking `bobs` from `bases`) and bob (checking `alices`), each with
+    the other's credentials, at time 0."""
+    alice = checks.ConnectivityChecks(
+        "ua", "pa" * 11, "ub", "pb" * 11, True, bobs, now=0.0, bases=bases
+    )
+    bob = checks.ConnectivityChecks("ub", "pb" * 11, "ua", "pa" * 11, False, (alices,), now=0.0)
+    return alice, bob
+
+
 def test_direct_pairs_are_checked_before_triggered_relayed_ones() -> None:
     """A peer's checks arriving through a relay trigger relayed checks; queued first, paced Ta
     apart, they would hold back the direct pairs (and so the direct decision) by Ta each."""
@@ -368,28 +380,14 @@ def test_direct_pairs_are_checked_before_triggered_relayed_ones() -> None:
         ("198.51.100.200", 40000),
         ("203.0.113.20", 50000),
     )
-    alice = checks.ConnectivityChecks(
-        "ua",
-        "pa" * 11,
-        "ub",
-        "pb" * 11,
-        controlling=True,
-        remote_candidates=(
+    alice, bob = agents(
+        (
             Candidate.make(CandidateType.HOST, peer_host),
             Candidate.make(CandidateType.SRFLX, peer_srflx),
             Candidate.make(CandidateType.RELAY, peer_relay),
         ),
-        now=0.0,
+        Candidate.make(CandidateType.HOST, ("203.0.113.2", 5000)),
         bases=(checks.HOST, checks.RELAY),
-    )
-    bob = checks.ConnectivityChecks(
-        "ub",
-        "pb" * 11,
-        "ua",
-        "pa" * 11,
-        controlling=False,
-        remote_candidates=(Candidate.make(CandidateType.HOST, ("203.0.113.2", 5000)),),
-        now=0.0,
     )
     assert len(alice.poll(0.0)) == 1
     assert alice.pairs[(checks.HOST, peer_host)].state == checks.PairState.IN_PROGRESS
@@ -409,23 +407,9 @@ def test_a_check_from_the_peer_on_a_pair_in_progress_triggers_one_at_once() -> N
     firewall) before the peer's own check opened it; the peer's check has just come through,
     so check again now rather than CHECK_RTO later."""
     peer = ("2001:db8:2::2", 6000)
-    alice = checks.ConnectivityChecks(
-        "ua",
-        "pa" * 11,
-        "ub",
-        "pb" * 11,
-        controlling=True,
-        remote_candidates=(Candidate.make(CandidateType.HOST, peer),),
-        now=0.0,
-    )
-    bob = checks.ConnectivityChecks(
-        "ub",
-        "pb" * 11,
-        "ua",
-        "pa" * 11,
-        controlling=False,
-        remote_candidates=(Candidate.make(CandidateType.HOST, ("2001:db8:1::2", 5000)),),
-        now=0.0,
+    alice, bob = agents(
+        (Candidate.make(CandidateType.HOST, peer),),
+        Candidate.make(CandidateType.HOST, ("2001:db8:1::2", 5000)),
     )
     [(first, dest, _)] = alice.poll(0.0)  # lost at bob's firewall, say
     assert dest == peer and alice.pairs[(checks.HOST, peer)].state == checks.PairState.IN_PROGRESS

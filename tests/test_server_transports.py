@@ -135,19 +135,17 @@ def test_a_transport_asked_for_proves_nothing_about_udp() -> None:
     assert not t.udp_blocked and t.watch(RELAY) == []
 
 
+def introduction(*candidates: Candidate) -> PeerReady:
+    """The rendezvous introducing a peer with these candidates."""
+    return PeerReady("peer", candidates, "ub", "p" * 22, True, bytes(32))
+
+
 def test_where_udp_is_blocked_the_direct_pairs_are_given_up_at_once() -> None:
     """The relay carries the call as soon as it answers: no UDP leaves, so no punched pair can
     work (a LAN peer still can: host candidates stay first, as when both NATs map per
     destination)."""
     connector = Connector("alice", "bob", SERVER, ())
-    ready = PeerReady(
-        "bob",
-        (Candidate.make(CandidateType.SRFLX, ("198.51.100.7", 40000)),),
-        "ub",
-        "p" * 22,
-        True,
-        bytes(32),
-    )
+    ready = introduction(Candidate.make(CandidateType.SRFLX, ("198.51.100.7", 40000)))
     assert not checks_for(connector, ready, 0.0, again=False).punch_hopeless
     connector.udp_blocked = True
     assert checks_for(connector, ready, 0.0, again=False).punch_hopeless
@@ -176,14 +174,7 @@ def test_a_peer_with_nothing_public_to_punch_to_gets_the_relay_after_a_short_gra
     """A peer on a UDP-blocked network offers host candidates (and its relay) alone: a LAN
     answers within the nomination's 200 ms or never, so the relay does not wait 1.5 s."""
     connector = Connector("bob", "alice", SERVER, ())
-    lan_only = PeerReady(
-        "alice",
-        (Candidate.make(CandidateType.HOST, ("198.18.1.2", 5000)),),
-        "ua",
-        "p" * 22,
-        False,
-        bytes(32),
-    )
+    lan_only = introduction(Candidate.make(CandidateType.HOST, ("198.18.1.2", 5000)))
     assert checks_for(connector, lan_only, 0.0, again=False).relay_grace == NOMINATE_AFTER
     for public in (("2001:db8:1::2", 5000), ("203.0.113.1", 5000)):  # IPv6 host, or a srflx
         kind = CandidateType.HOST if ":" in public[0] else CandidateType.SRFLX

@@ -10,7 +10,6 @@ import ipaddress
 import socket
 import struct
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -24,6 +23,8 @@ from rendezvous.turn_server import TurnPolicy
 from rendezvous.turn_server import TurnServer
 from rendezvous.turn_server import reply
 from tests.test_dual_stack import ipv6_loopback
+from tests.turn_shell import TurnShell
+from tests.turn_shell import until
 from voip.nat.checklist import Checklist
 from voip.nat.nominator import Nominator
 from voip.nat.pairs import Base
@@ -33,8 +34,6 @@ from voip.nat.rendezvous_client import TurnOffer
 from voip.nat.turn_client import Allocated
 from voip.nat.turn_client import PermissionRefused
 from voip.nat.turn_client import TurnClient
-from voip.transport import Timer
-from voip.transport import UdpEndpoint
 from voip.wire.candidates import Candidate
 from voip.wire.candidates import CandidateType
 from voip.wire.signal import PeerReady
@@ -478,55 +477,6 @@ def test_pairs_through_the_relay_follow_the_families_of_the_allocation(
 # -- on loopback, through real sockets -------------------------------------------------------
 
 
-class Shell:
-    """A TurnClient on a real socket with a timer: the few lines the Connector has."""
-
-    def __init__(self, client: TurnClient):
-        self.client = client
-        self.received: list[tuple[bytes, Address]] = []
-        self.allocated = asyncio.Event()
-
-    async def start(self) -> None:
-        self.endpoint = UdpEndpoint.open("127.0.0.1", 0, self._on_datagram)
-        self.timer = Timer(self.endpoint.loop, self.client.next_deadline, self._on_timer)
-        self.endpoint.send_all(self.client.start(self.endpoint.loop.time()))
-        self.timer.rearm()
-
-    def _on_timer(self, now: float) -> None:
-        self.endpoint.send_all(self.client.poll(now))
-        self._events()
-
-    def _on_datagram(self, data: bytes, src: Address, now: float) -> None:
-        if looks_like_channel_data(data):
-            inner = self.client.unwrap_channel(data, src)
-            self.received += [inner] if inner else []
-        elif looks_like_stun(data):
-            msg = parse_message_untrusted(data)
-            out = self.client.handle(msg, src, now)
-            if out is None:
-                inner = self.client.unwrap(msg, src)
-                self.received += [inner] if inner else []
-            self.endpoint.send_all(out or [])
-        self._events()
-        self.timer.rearm()
-
-    def _events(self) -> None:
-        if any(isinstance(e, Allocated) for e in self.client.pop_events()):
-            self.allocated.set()
-
-    def close(self) -> None:
-        self.endpoint.send_all(self.client.close(self.endpoint.loop.time()))
-        self.timer.cancel()
-        self.endpoint.close()
-
-
-async def until(predicate: Callable[[], object], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.skipif(not ipv6_loopback(), reason="this host has no IPv6 (::1 cannot be bound)")
 def test_a_dual_allocation_on_loopback_relays_to_an_ipv6_peer_and_back() -> None:
     """`callpeer-rendezvous --relay-address 127.0.0.1 --relay-address ::1`: a caller over IPv4
@@ -537,7 +487,7 @@ def test_a_dual_allocation_on_loopback_relays_to_an_ipv6_peer_and_back() -> None
         policy = TurnPolicy(secret=SECRET, allow_loopback_peers=True)
         server = RendezvousServer.with_relay("127.0.0.1", policy=policy, relay_host6="::1")
         await server.start("127.0.0.1", 0)
-        shell = Shell(TurnClient(server.address, *credentials(), ipv6=True))
+        shell = TurnShell(TurnClient(server.address, *credentials(), ipv6=True))
         try:
             await shell.start()
             await asyncio.wait_for(shell.allocated.wait(), 5)

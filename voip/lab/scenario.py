@@ -42,6 +42,23 @@ def tls_files(workdir: Path) -> tuple[Path, Path]:
     return workdir / "lab-tls.pem", workdir / "lab-tls.key"
 
 
+def tls_caller_args(workdir: Path, secret: str) -> list[str]:
+    """A caller's options to reach the lab's rendezvous and relay over TLS alone (as on a
+    network where only TLS gets out), checking them against the lab's certificate."""
+    cert, _ = tls_files(workdir)
+    return [
+        "--server-transport",
+        "tls",
+        "--server",
+        f"{SERVER_IP}:{TLS_PORT}",
+        "--tls-ca",
+        str(cert),
+        "--turn",
+        f"turns:{RELAY_IP}:{TLS_PORT}",
+        f"--turn-secret={secret}",
+    ]
+
+
 @dataclass
 class CallerResult:
     name: str
