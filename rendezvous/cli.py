@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     relay.add_argument("--no-relay", action="store_true", help="never relay")
     relay.add_argument(
+        "--min-port",
+        type=int,
+        metavar="PORT",
+        help="relayed ports from --min-port to --max-port, drawn at random (coturn's "
+        "options; default: the kernel's pick, from its ephemeral range)",
+    )
+    relay.add_argument("--max-port", type=int, metavar="PORT", help="see --min-port")
+    relay.add_argument(
         "--turn-secret",
         metavar="SECRET",
         help="shared secret for TURN REST credentials (coturn's "
@@ -172,7 +180,18 @@ def build_server(
         allow_loopback_peers=args.allow_loopback_peers,
         limits=limits,
     )
-    return RendezvousServer.with_relay(relay_host, logic, policy, relay_host6)
+    return RendezvousServer.with_relay(relay_host, logic, policy, relay_host6, port_range(args))
+
+
+def port_range(args: argparse.Namespace) -> tuple[int, int] | None:
+    """--min-port and --max-port as a range, or None; ValueError unless both, in order."""
+    if args.min_port is None and args.max_port is None:
+        return None
+    if args.min_port is None or args.max_port is None:
+        raise ValueError("--min-port and --max-port go together")
+    if not 1024 <= args.min_port <= args.max_port <= 65535:
+        raise ValueError("--min-port and --max-port: 1024 <= min <= max <= 65535")
+    return args.min_port, args.max_port
 
 
 def relay_addresses(given: list[str]) -> tuple[str | None, str | None]:

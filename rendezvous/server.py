@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import random
 import secrets
 import socket
 import ssl
@@ -32,16 +33,26 @@ from voip.wire.turn import looks_like_channel_data
 RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes, as coturn asks for
 TLS_PORT = 5349  # IANA's turns port
 BIND_TRIES = 8  # for port 0: ports the kernel picks for UDP until TCP has the same one free
+RANGE_TRIES = 64  # random ports tried in a relay port range before it counts as full
 
 
 class SocketRelayPorts:
     """Relayed transport addresses as real UDP sockets on `host`, read by the event loop; and
-    on `host6`, an IPv6 address of this host, for IPv6 and dual allocations (`ipv6()`)."""
+    on `host6`, an IPv6 address of this host, for IPv6 and dual allocations (`ipv6()`).
 
-    def __init__(self, host: str, host6: str | None = None):
+    With `port_range` (coturn's --min-port/--max-port) each port is drawn at random from it
+    (RFC 8656 §7.2: random, so an attacker cannot guess the next allocation's), never from the
+    kernel's ephemeral range where this host's own clients take theirs; without, the kernel
+    picks."""
+
+    def __init__(
+        self, host: str, host6: str | None = None, port_range: tuple[int, int] | None = None
+    ):
         self.host, self.host6 = host, host6
+        self.port_range = port_range
         self.sockets: dict[Address, socket.socket] = {}
         self.server: RendezvousServer | None = None
+        self._random = random.SystemRandom()
 
     @property
     def hosts(self) -> list[str]:
@@ -60,9 +71,7 @@ class SocketRelayPorts:
             sock = socket.socket(family, socket.SOCK_DGRAM)
         except OSError:
             return None
-        try:
-            sock.bind((host, 0))
-        except OSError:
+        if not self._bind(sock, host):
             sock.close()
             return None
         sock.setblocking(False)
@@ -71,6 +80,24 @@ class SocketRelayPorts:
         self.sockets[addr] = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, addr, sock)
         return addr
+
+    def _bind(self, sock: socket.socket, host: str) -> bool:
+        """Bind to a random port of the range (RANGE_TRIES draws), or to any port without
+        one; False when none was free."""
+        if self.port_range is None:
+            try:
+                sock.bind((host, 0))
+            except OSError:
+                return False
+            return True
+        low, high = self.port_range
+        for _ in range(RANGE_TRIES):
+            try:
+                sock.bind((host, self._random.randint(low, high)))
+            except OSError:  # taken (by an allocation or anyone else): draw again
+                continue
+            return True
+        return False  # a range this full is exhausted as far as callers can tell: 508
 
     def close(self, relayed: Address) -> None:
         sock = self.sockets.pop(relayed, None)
@@ -153,6 +180,7 @@ class RendezvousServer:
         logic: RendezvousLogic | None = None,
         policy: TurnPolicy | None = None,
         relay_host6: str | None = None,
+        port_range: tuple[int, int] | None = None,
     ) -> RendezvousServer:
         """A rendezvous that is also a TURN relay, allocating on `relay_host` (and on
         `relay_host6`, an IPv6 address, for IPv6 and dual allocations).
@@ -163,7 +191,7 @@ class RendezvousServer:
         policy = policy or TurnPolicy()
         if policy.secret is None:
             policy.secret = secrets.token_urlsafe(18)
-        ports = SocketRelayPorts(relay_host, relay_host6)
+        ports = SocketRelayPorts(relay_host, relay_host6, port_range)
         return cls(logic, TurnServer(ports, policy, ports6=ports.ipv6()), ports)
 
     @property
