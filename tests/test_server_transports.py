@@ -9,6 +9,7 @@ from voip.nat.meeting import checks_for
 from voip.nat.nominator import NOMINATE_AFTER
 from voip.nat.nominator import RELAY_GRACE
 from voip.nat.server_transports import FALLBACK_AFTER
+from voip.nat.server_transports import FORCED_RETRY
 from voip.nat.server_transports import OpenStream
 from voip.nat.server_transports import Route
 from voip.nat.server_transports import ServerTransports
@@ -69,35 +70,57 @@ def test_every_stream_failed_leaves_udp_and_nothing_more_to_try() -> None:
     t.watch(SERVER)
     t.sent(request(), SERVER, 0.0)
     t.poll(FALLBACK_AFTER)
-    t.failed(SERVER, "refused")
+    [tls443] = t.failed(SERVER, "refused")
+    [tls5349] = t.failed(SERVER, "no connection in 4 s")  # where callpeer-rendezvous listens
+    assert [tls443.route.connect_to[1], tls5349.route.connect_to[1]] == [443, 5349]
     assert t.failed(SERVER, "no connection in 4 s") == []
     assert t.route(SERVER) is None and t.transport(SERVER) == Transport.UDP
     t.sent(request(), SERVER, 10.0)
     assert t.next_deadline() is None and t.poll(99.0) == []
 
 
-def test_a_stream_that_closes_after_connecting_is_opened_again_a_few_times() -> None:
+def test_a_stream_found_by_falling_back_is_opened_again_a_few_times_then_the_next() -> None:
     t = ServerTransports()
-    [tcp] = t.watch(SERVER, Transport.TCP)
+    t.watch(SERVER)
+    t.sent(request(), SERVER, 0.0)
+    [tcp] = t.poll(FALLBACK_AFTER)
     reopened = 0
     while True:
         t.connected(SERVER)
-        following = t.failed(SERVER, "closed by the server")
-        if not following:
+        [following] = t.failed(SERVER, "closed by the server")
+        if following.route != tcp.route:
             break
-        assert following[0].route == tcp.route
         reopened += 1
     assert reopened == 2  # REOPEN: a server that keeps closing is not hammered
+    assert following.route.transport == Transport.TLS
 
 
-def test_a_transport_asked_for_is_the_only_one_tried() -> None:
+def test_a_transport_asked_for_is_the_only_one_tried_again_and_again_never_udp() -> None:
+    """A certificate refused (a man in the middle, say) must not send the name, candidates
+    and TURN username over UDP in its place: the same stream is tried again, later."""
     t = ServerTransports()
     [tls] = t.watch(RELAY, Transport.TLS, name="turn.example.org")
     assert tls == OpenStream(Route(RELAY, Transport.TLS, RELAY, "turn.example.org"))
-    assert t.failed(RELAY, "certificate verify failed") == []
+    for attempt in range(5):
+        now = 10.0 * attempt
+        assert t.failed(RELAY, "certificate verify failed", now) == []
+        assert t.route(RELAY) == tls.route  # held: nothing goes to the relay meanwhile
+        assert t.next_deadline() == now + FORCED_RETRY
+        assert t.poll(now + FORCED_RETRY) == [OpenStream(tls.route)]
+    t.connected(SERVER)
     assert t.watch(SERVER, Transport.UDP) == []
     t.sent(request(), SERVER, 0.0)
-    assert t.next_deadline() is None  # UDP alone, answer or not
+    assert t.poll(100.0) == [] and t.next_deadline() is None  # UDP alone, answer or not
+
+
+def test_a_late_udp_answer_means_slow_not_blocked() -> None:
+    t = ServerTransports()
+    t.watch(SERVER)
+    t.sent(request(), SERVER, 0.0)
+    t.poll(FALLBACK_AFTER)  # TCP under way
+    t.heard(SERVER)  # the first UDP answer, at 1.6 s (a radio waking up, three lost packets)
+    t.connected(SERVER)
+    assert not t.udp_blocked  # the direct pairs keep their chance
 
 
 def test_a_server_watched_twice_is_one_server() -> None:

@@ -24,6 +24,7 @@ from voip.wire.stream_framing import FramingError
 from voip.wire.stream_framing import StreamDeframer
 from voip.wire.stream_framing import StreamFramer
 from voip.wire.stun import Address
+from voip.wire.turn import looks_like_channel_data
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +66,24 @@ class StreamLink:
         self._task = asyncio.get_running_loop().create_task(self._run(tls))
 
     def send(self, data: bytes) -> None:
+        # Room first, then the framer: it remembers the requests it frames, so one dropped
+        # here after framing would have every retransmission taken for a duplicate.
+        writer = self._writer
+        if writer is None:
+            # Connecting: STUN waits (the core's requests); media is dropped, as UDP would,
+            # rather than played seconds late once the stream is up.
+            if len(self._pending) >= PENDING or looks_like_channel_data(data):
+                return
+        elif writer.transport.get_write_buffer_size() > WRITE_HIGH:
+            self.dropped += 1
+            return
         framed = self.framer.frame(data)
         if framed is None:
             return
-        writer = self._writer
         if writer is None:
-            if len(self._pending) < PENDING:
-                self._pending.append(framed)
-            return
-        if writer.transport.get_write_buffer_size() > WRITE_HIGH:
-            self.dropped += 1
-            return
-        writer.write(framed)
+            self._pending.append(framed)
+        else:
+            writer.write(framed)
 
     def close(self) -> None:
         self._closing = True
@@ -102,10 +109,10 @@ class StreamLink:
             )
             connected = True
             self._writer = writer
-            self.on_connected(route)
             for framed in self._pending:
                 writer.write(framed)
             self._pending.clear()
+            self.on_connected(route)
             loop = asyncio.get_running_loop()
             while data := await reader.read(READ_SIZE):
                 now = loop.time()
@@ -121,11 +128,17 @@ class StreamLink:
             why = f"garbage on the stream ({exc})"
         except OSError as exc:
             why = exc.strerror or str(exc)
+        except Exception as exc:  # a callback of ours raised: close, say so, never go silent
+            log.exception("the stream to %s:%s failed", *route.connect_to)
+            why = f"internal error ({type(exc).__name__})"
         finally:
             if self._writer is not None:
                 self._writer.close()
         if not self._closing:
-            self.on_closed(route, why, connected)
+            try:
+                self.on_closed(route, why, connected)
+            except Exception:
+                log.exception("handling the closed stream to %s:%s failed", *route.connect_to)
 
 
 class ServerStreams:
@@ -145,6 +158,7 @@ class ServerStreams:
         self.tls_ca = tls_ca
         self.on_reached = on_reached  # (server, transport now, what failed before)
         self.links: dict[Address, StreamLink] = {}
+        self._down: set[Address] = set()  # asked-for streams that failed, until tried again
         self._tls: ssl.SSLContext | None = None
         self._timer = Timer(endpoint.loop, self.policy.next_deadline, self._on_timer)
 
@@ -156,6 +170,8 @@ class ServerStreams:
             if link is not None:
                 link.send(data)
                 continue
+            if self._down and dest in self._down:
+                continue  # a transport asked for is down: nothing in its place, least of all UDP
             endpoint.send(data, dest)
             if watching:
                 policy.sent(data, dest, endpoint.loop.time())
@@ -192,6 +208,7 @@ class ServerStreams:
             log.info("reaching %s:%s over %s", *route.server, route.transport.upper())
             if (old := self.links.pop(route.server, None)) is not None:
                 old.close()
+            self._down.discard(route.server)
             link = StreamLink(route, self._on_frame, self._connected, self._closed, self._context)
             self.links[route.server] = link
             for data in stream.resend:
@@ -214,7 +231,10 @@ class ServerStreams:
         if self.links.get(route.server) is not None and self.links[route.server].route is route:
             del self.links[route.server]
         log.info("%s to %s:%s: %s", route.transport.upper(), *route.connect_to, why)
-        following = self.policy.failed(route.server, why)
+        following = self.policy.failed(route.server, why, self.endpoint.loop.time())
         self._open(following)
-        if not following and self.on_reached is not None:  # UDP again, the last resort
+        if not following and self.policy.route(route.server) is not None:
+            self._down.add(route.server)  # asked for: tried again later, never UDP meanwhile
+            self._timer.rearm()
+        elif not following and self.on_reached is not None:  # UDP again, the last resort
             self.on_reached(route.server, Transport.UDP, "; ".join(self.policy.tried(route.server)))

@@ -3,9 +3,10 @@
 A caller talks to two servers, the rendezvous and the relay, and to both over UDP first. On a
 network that blocks UDP (hotels, offices) nothing comes back: after FALLBACK_AFTER of silence
 from a server that has been sent requests, that server is reached over TCP to the same port,
-and if TCP cannot connect, over TLS (to TLS_PORT, where strict firewalls let it out). A server
-that answers once over UDP stays on UDP. The user may also name the transport (`--server
-tls:HOST:PORT`, `--turn turns:HOST:PORT`), and then only that one is tried.
+and if TCP cannot connect, over TLS (to TLS_PORT, where strict firewalls let it out, then to
+5349, IANA's). A server that answers once over UDP stays on UDP. The user may also name the
+transport (`--server-transport tls`, `--turn turns:HOST:PORT`), and then only that one is
+tried, again and again, never UDP in its place.
 
 Only the servers move to a stream: the peer is still reached over UDP, directly or, where UDP
 is blocked, through the relay, whose allocation relays UDP whatever carries it to us. The
@@ -24,6 +25,8 @@ from voip.wire.stun import Address
 
 FALLBACK_AFTER = 1.5  # s of a server's silence over UDP (four sends on SERVER_SCHEDULE)
 TLS_PORT = 443
+TURNS_PORT = 5349  # IANA's, where callpeer-rendezvous listens on TLS by default: tried next
+FORCED_RETRY = 2.0  # s before a transport asked for is tried again: it never falls to UDP
 RESEND = 2  # the latest requests sent over UDP, sent again on the stream as it opens
 REOPEN = 2  # a stream that closed after connecting is opened again this often
 
@@ -56,6 +59,9 @@ class _Server:
     route: Route | None = None  # the stream that carries it now (or is being opened)
     connected: bool = False
     reopened: int = 0
+    forced: bool = False  # asked for: only that transport, ever (never UDP in the clear)
+    retry_at: float | None = None  # a forced one, down: when to try again
+    late_udp: bool = False  # UDP answered after all, once a stream was under way
     tried: list[str] = field(default_factory=list)  # what failed, in a user's words
     recent: deque[bytes] = field(default_factory=lambda: deque(maxlen=RESEND))
 
@@ -80,13 +86,13 @@ class ServerTransports:
         if server in self._servers:
             return []
         if forced is None:
-            choices = [
-                Route(server, Transport.TCP, server, name),
-                Route(server, Transport.TLS, (server[0], self.tls_port), name),
+            ports = dict.fromkeys((self.tls_port, TURNS_PORT))  # 443, then 5349, once each
+            choices = [Route(server, Transport.TCP, server, name)] + [
+                Route(server, Transport.TLS, (server[0], port), name) for port in ports
             ]
         else:
             choices = [Route(server, forced, server, name)] if forced != Transport.UDP else []
-        state = self._servers[server] = _Server(choices)
+        state = self._servers[server] = _Server(choices, forced=forced is not None)
         if forced == Transport.UDP:
             state.heard = True  # UDP it is, answer or not
             return []
@@ -126,9 +132,13 @@ class ServerTransports:
     def heard(self, src: Address) -> None:
         """A datagram from `src` came over UDP: if it is a server of ours, UDP reaches it."""
         state = self._servers.get(src)
-        if state is not None and state.route is None and not state.heard:
-            state.heard = True
-            self._decide()
+        if state is None or state.heard:
+            return
+        if state.route is not None:  # slow, not blocked: the stream goes on, UDP is not "off"
+            state.late_udp = True
+            return
+        state.heard = True
+        self._decide()
 
     def next_deadline(self) -> float | None:
         times = [
@@ -136,11 +146,15 @@ class ServerTransports:
             for s in self._servers.values()
             if s.first_sent is not None and not s.heard and s.route is None and s.choices
         ]
+        times += [s.retry_at for s in self._servers.values() if s.retry_at is not None]
         return min(times, default=None)
 
     def poll(self, now: float) -> list[OpenStream]:
         out: list[OpenStream] = []
         for state in self._servers.values():
+            if state.retry_at is not None and now >= state.retry_at and state.route is not None:
+                state.retry_at = None
+                out.append(OpenStream(state.route))
             due = state.first_sent is not None and now >= state.first_sent + self.fallback_after
             if due and not state.heard and state.route is None and state.choices:
                 state.tried.append(f"no answer over UDP in {self.fallback_after:g} s")
@@ -150,19 +164,25 @@ class ServerTransports:
     def connected(self, server: Address) -> None:
         state = self._servers.get(server)
         if state is not None and state.route is not None:
-            state.connected = True
-            if state.first_sent is not None and not state.heard:
+            state.connected, state.retry_at = True, None
+            if state.first_sent is not None and not state.heard and not state.late_udp:
                 self.udp_blocked = True  # it fell back after UDP's silence, and a stream works
 
-    def failed(self, server: Address, why: str) -> list[OpenStream]:
+    def failed(self, server: Address, why: str, now: float = 0.0) -> list[OpenStream]:
         """The stream to `server` could not connect, or closed: the next one to try, if any
-        (the same again, if it had connected and has not been reopened too often)."""
+        (the same again, if it had connected and has not been reopened too often). One asked
+        for is tried again FORCED_RETRY later, however often: meanwhile nothing goes to that
+        server, never UDP in its place (a certificate refused must not mean the clear)."""
         state = self._servers.get(server)
         if state is None or state.route is None:
             return []
         route, was_connected = state.route, state.connected
         state.tried.append(f"{route.transport.upper()} to {_text(route.connect_to)}: {why}")
-        state.route, state.connected = None, False
+        state.connected = False
+        if state.forced:
+            state.retry_at = now + FORCED_RETRY
+            return []
+        state.route = None
         if was_connected and state.reopened < REOPEN:
             state.reopened += 1
             state.choices.insert(0, route)
