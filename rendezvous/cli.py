@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="HOST",
         help="be a TURN relay too, with relayed addresses on HOST (this machine's "
-        "public address); default: the --listen host if it is not 0.0.0.0. Give it twice, "
-        "an IPv4 and an IPv6 address, for IPv6 and dual allocations (RFC 8656)",
+        "public address); default: the --listen host if it is an IPv4 one, not 0.0.0.0. "
+        "Give it twice, an IPv4 and an IPv6 address, for IPv6 and dual allocations "
+        "(RFC 8656)",
     )
     relay.add_argument("--no-relay", action="store_true", help="never relay")
     relay.add_argument(
@@ -171,7 +172,8 @@ def build_server(
     logic = RendezvousLogic(args.lifetime, relay=offer, limits=limits, store=store)
     wildcard = host in ("0.0.0.0", "::", "")  # noqa: S104
     relay_host, relay_host6 = relay_addresses(args.relay_address)
-    relay_host = relay_host or (None if wildcard else host)
+    # By default the relay is on the --listen host, if that is an IPv4 address (see above).
+    relay_host = relay_host or (None if wildcard or ":" in host else host)
     if args.no_relay or relay_host is None or (offer is not None and not args.relay_address):
         return RendezvousServer(logic)
     policy = TurnPolicy(
@@ -195,15 +197,16 @@ def port_range(args: argparse.Namespace) -> tuple[int, int] | None:
 
 
 def relay_addresses(given: list[str]) -> tuple[str | None, str | None]:
-    """(where allocations are, where IPv6 ones are) from --relay-address given up to twice:
-    with one IPv6 address alone, every allocation is on it; ValueError for anything else."""
+    """(where allocations are, where IPv6 ones are) from --relay-address given up to twice;
+    ValueError for anything else. An IPv6 address alone is refused: an Allocate that names no
+    family asks for IPv4 (RFC 8656 §7.2), which such a relay could not give."""
     four = [a for a in given if ":" not in a]
     six = [a for a in given if ":" in a]
     if len(four) > 1 or len(six) > 1:
         raise ValueError("--relay-address: at most twice, an IPv4 and an IPv6 address")
-    if not four:
-        return (six[0] if six else None), None
-    return four[0], (six[0] if six else None)
+    if six and not four:
+        raise ValueError("--relay-address: an IPv6 address goes with an IPv4 one")
+    return (four[0] if four else None), (six[0] if six else None)
 
 
 def tls_options(
@@ -287,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             parse_address(text, default_port=3478, allow_any_port=True)
             for text in args.listen or [DEFAULT_LISTEN]
         ]
+        if len({":" in h for h, _ in listens}) != len(listens):
+            raise ValueError("--listen: once, or twice with an IPv4 and an IPv6 address")
         (host, port), also = listens[0], tuple(listens[1:])
         tls, tls_listen = tls_options(args, host)
         server = build_server(args, host)

@@ -281,7 +281,12 @@ class RendezvousServer:
         try:
             for host, port in also:
                 endpoint = UdpEndpoint.open(
-                    host, port, self._on_datagram, timestamps=False, receive_buffer=RECEIVE_BUFFER
+                    host,
+                    port,
+                    self._on_datagram,
+                    timestamps=False,
+                    receive_buffer=RECEIVE_BUFFER,
+                    dual=False,  # the first --listen has the other family
                 )
                 local = endpoint.local_address
                 endpoint.on_datagram = functools.partial(self._on_datagram, local=local)
@@ -290,7 +295,7 @@ class RendezvousServer:
                 if not self.endpoint_is_dual and (":" in self.address[0]) != six:
                     self._by_family.setdefault(six, endpoint)
                 if tcp and self.streams is not None:
-                    await self.streams.listen(host, local[1])
+                    await self.streams.listen(host, local[1], dual=False)
         except OSError:
             self.close()
             raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import struct
 from collections import Counter
@@ -69,12 +70,31 @@ class StreamListener:
         self._per_ip: Counter[str] = Counter()
         self._logged_at = -LOG_EVERY
 
-    async def listen(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> Address:
-        """Listen on host:port (TLS when `tls` is given); the address bound."""
+    async def listen(
+        self, host: str, port: int, tls: ssl.SSLContext | None = None, dual: bool = True
+    ) -> Address:
+        """Listen on host:port (TLS when `tls` is given); the address bound. On "::" both
+        families, as the UDP socket there (asyncio alone would make it IPv6 only), unless not
+        `dual` (another listener has IPv4)."""
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: StreamConnection(self, tls), host, port, backlog=BACKLOG
-        )
+
+        def factory() -> StreamConnection:
+            return StreamConnection(self, tls)
+
+        if host != "::":
+            server = await loop.create_server(factory, host, port, backlog=BACKLOG)
+        else:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual else 1)
+                sock.bind((host, port))
+                sock.listen(BACKLOG)
+                sock.setblocking(False)
+                server = await loop.create_server(factory, sock=sock)
+            except OSError:
+                sock.close()
+                raise
         self.servers.append(server)
         name = server.sockets[0].getsockname()
         return str(name[0]), int(name[1])
@@ -172,7 +192,9 @@ class StreamConnection(asyncio.Protocol):
         self.transport = transport
         try:
             peer = transport.get_extra_info("peername")
-            self.src = (str(peer[0]), int(peer[1]))
+            # On a dual-stack listener an IPv4 client shows as ::ffff:a.b.c.d: named plainly,
+            # as UDP names it, so one address is one client whichever protocol it uses.
+            self.src = (str(peer[0]).removeprefix("::ffff:"), int(peer[1]))
             refused = self.listener.refusal(self.src)
         except Exception:  # no peer name (the connection already gone) or a failing host
             self.listener.failed(self.src)

@@ -79,8 +79,9 @@ def self_signed(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    # Created 0600 (never readable by others, not even for a moment), and made so if it existed.
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Created 0600 (never readable by others, not even for a moment), and made so if it existed;
+    # never through a link someone put at that path (the key would be written where it points).
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as out:
         os.fchmod(out.fileno(), 0o600)
         out.write(key_pem)

@@ -24,9 +24,11 @@ from voip.nat.pairs import PairState
 from voip.nat.pairs import PathKind
 from voip.nat.pairs import RelayMode
 from voip.transport import UdpEndpoint
+from voip.transport import resolve
 from voip.wire.candidates import Candidate
 from voip.wire.candidates import CandidateType
 from voip.wire.stun import Address
+from voip.wire.turn import turn_uri
 
 
 def ipv6_loopback() -> bool:
@@ -161,9 +163,16 @@ def test_of_pairs_about_as_fast_the_ipv6_one_carries_the_call() -> None:
     assert Nominator.best([four, six], PathKind.DIRECT) is six
 
 
-def test_a_clearly_faster_ipv4_pair_wins_over_ipv6() -> None:
+@pytest.mark.parametrize(("four", "six"), [(0.005, 0.019), (0.020, 0.040), (0.050, 0.075)])
+def test_a_clearly_faster_ipv4_pair_wins_over_ipv6(four: float, six: float) -> None:
+    fast = valid_pair(("203.0.113.2", 5000), four)
+    slow = valid_pair(("2001:db8:2::2", 5000), six)
+    assert Nominator.best([fast, slow], PathKind.DIRECT) is fast
+
+
+def test_a_clearly_faster_ipv4_pair_wins_over_a_tunnel() -> None:
     four = valid_pair(("203.0.113.2", 5000), 0.020)
-    six = valid_pair(("2001:db8:2::2", 5000), 0.060)  # a tunnel, say: three times the delay
+    six = valid_pair(("2001:db8:2::2", 5000), 0.040)  # a tunnel, say: twice the delay
     assert Nominator.best([four, six], PathKind.DIRECT) is four
 
 
@@ -171,3 +180,66 @@ def test_of_pairs_about_as_fast_the_higher_priority_one_wins() -> None:
     host = valid_pair(("198.18.1.3", 5000), 0.0011, CandidateType.HOST)
     punched = valid_pair(("203.0.113.2", 5000), 0.0010)  # a hairpin, as fast on a LAN
     assert Nominator.best([punched, host], PathKind.DIRECT) is host
+
+
+@pytest.mark.parametrize(
+    ("uri", "parsed"),
+    [
+        ("turn:203.0.113.20", ("203.0.113.20", 3478, "auto")),
+        ("turn:relay.example:3479?transport=tcp", ("relay.example", 3479, "tcp")),
+        ("turn:relay.example?transport=udp", ("relay.example", 3478, "udp")),
+        ("turns:relay.example", ("relay.example", 5349, "tls")),
+        ("turns:[2001:db8::20]:443", ("2001:db8::20", 443, "tls")),
+        ("turn:[2001:db8::20]", ("2001:db8::20", 3478, "auto")),
+    ],
+)
+def test_turn_uris_as_rfc_7065_writes_them(uri: str, parsed: tuple[str, int, str]) -> None:
+    assert turn_uri(uri) == parsed
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "stun:relay.example",
+        "turn:2001:db8::20:3478",
+        "turns:h?transport=udp",
+        "turn:h?x=1",
+        "turn:",
+    ],
+)
+def test_turn_uris_that_are_not(uri: str) -> None:
+    with pytest.raises(ValueError, match="bad TURN server"):
+        turn_uri(uri)
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="this host has no IPv6 (::1 cannot be bound)")
+def test_a_server_is_resolved_to_ipv6_as_typed_and_to_ipv4_first_by_name() -> None:
+    assert asyncio.run(resolve("[::1]", 3478)) == ("::1", 3478)
+    assert asyncio.run(resolve("::1", 3478)) == ("::1", 3478)
+    assert asyncio.run(resolve("localhost", 3478)) == ("127.0.0.1", 3478)
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="this host has no IPv6 (::1 cannot be bound)")
+def test_a_rendezvous_on_the_ipv6_wildcard_takes_both_families_over_udp_and_tcp() -> None:
+    async def scenario() -> list[tuple[str, int]]:
+        server = await RendezvousServer().start("::", 0)
+        try:
+            port = server.address[1]
+            reached = []
+            for host in ("127.0.0.1", "::1"):
+                _, writer = await asyncio.open_connection(host, port)  # TCP, IPv4 too
+                reached.append(writer.get_extra_info("sockname")[:2])
+                writer.close()
+            return reached
+        finally:
+            server.close()
+
+    assert [host for host, _ in asyncio.run(scenario())] == ["127.0.0.1", "::1"]
+
+
+def test_listen_is_refused_twice_in_one_family(capsys: pytest.CaptureFixture[str]) -> None:
+    from rendezvous import cli
+
+    given = ["--listen", "127.0.0.1:0", "--listen", "127.0.0.2:0", "--store", ":memory:"]
+    assert cli.main(given) == 2
+    assert "an IPv4 and an IPv6 address" in capsys.readouterr().err

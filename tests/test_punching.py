@@ -420,3 +420,25 @@ def test_a_check_from_the_peer_on_a_pair_in_progress_triggers_one_at_once() -> N
     assert parse_message_untrusted(sent[1][0]).transaction_id != (
         parse_message_untrusted(first).transaction_id
     )
+
+
+def test_a_pair_answered_on_a_later_check_stays_succeeded_when_an_older_one_times_out() -> None:
+    """The check sent at once beside one still out (RFC 8445 §7.3.1.4) may be answered while
+    the first, lost at the peer's NAT, runs out its retransmissions: that is no failure. Bob
+    (controlled, so no nomination of his own to muddle the pair's state) is the one."""
+    alice_at, bob_at = ("203.0.113.1", 5000), ("198.51.100.7", 6000)
+    alice, bob = agents(
+        (Candidate.make(CandidateType.SRFLX, bob_at),),
+        Candidate.make(CandidateType.SRFLX, alice_at),
+    )
+    bob.poll(0.0)  # lost at alice's NAT
+    [(alices_check, _, _)] = alice.poll(0.0)
+    sent = bob.handle(parse_message_untrusted(alices_check), alice_at, TA, checks.HOST) or []
+    bobs_second = parse_message_untrusted(sent[1][0])  # beside the first, not instead of it
+    answer = (alice.handle(bobs_second, bob_at, 0.1, checks.HOST) or [])[0][0]
+    bob.handle(parse_message_untrusted(answer), alice_at, 0.12, checks.HOST)
+    pair = bob.pairs[(checks.HOST, alice_at)]
+    assert pair.state == checks.PairState.SUCCEEDED
+    for t in range(1, 200):  # the first check's schedule runs out (CHECK_RC sends, then RM)
+        bob.poll(0.1 * t)
+    assert pair.state == checks.PairState.SUCCEEDED

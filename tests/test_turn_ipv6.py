@@ -528,8 +528,37 @@ def test_a_dual_allocation_on_loopback_relays_to_an_ipv6_peer_and_back() -> None
 def test_relay_address_may_be_given_twice_once_per_family() -> None:
     assert relay_addresses(["::1", "127.0.0.1"]) == ("127.0.0.1", "::1")
     assert relay_addresses(["192.0.2.1"]) == ("192.0.2.1", None)
-    assert relay_addresses(["::1"]) == ("::1", None)  # IPv6 alone: every allocation there
+    with pytest.raises(ValueError, match="goes with an IPv4 one"):
+        relay_addresses(["::1"])  # a default Allocate asks for IPv4, which it could not give
     assert relay_addresses([]) == (None, None)
     for twice in (["127.0.0.1", "127.0.0.2"], ["::1", "::2"], ["::1", "127.0.0.1", "::2"]):
         with pytest.raises(ValueError, match="an IPv4 and an IPv6 address"):
             relay_addresses(twice)
+
+
+def test_our_client_takes_a_dual_answer_by_family_whatever_its_order() -> None:
+    """RFC 8656 does not say which relayed address a dual answer lists first: a relay that
+    puts IPv6 first still gives the IPv4 relayed address and the IPv6 one, each as itself."""
+    server, _, _ = make_server()
+    user, password = credentials()
+    client = TurnClient(SERVER, user, password, ipv6=True)
+    sent = client.start(0.0)
+    while sent:
+        data, _ = sent.pop(0)
+        msg = parse_message_untrusted(data)
+        outs = server.handle_request(msg, data, CLIENT, 0.0)
+        for out in outs:
+            data = out.data
+            answer = parse_message_untrusted(data)
+            relayed = answer.get_all(Attr.XOR_RELAYED_ADDRESS)
+            if len(relayed) == 2:  # swap them, and sign the answer again
+                others = [(t, v) for t, v in answer.attributes if t != Attr.XOR_RELAYED_ADDRESS]
+                attrs = [(Attr.XOR_RELAYED_ADDRESS, v) for v in reversed(relayed)] + [
+                    (t, v) for t, v in others if t not in (Attr.MESSAGE_INTEGRITY, Attr.FINGERPRINT)
+                ]
+                key = long_term_key(user, "cp", password)
+                data = reply(msg, CLIENT, key, attrs)[0].data
+            sent += client.handle(parse_message_untrusted(data), SERVER, 0.0) or []
+    [event] = client.pop_events()
+    assert isinstance(event, Allocated)
+    assert ":" not in event.relayed[0] and event.relayed6 is not None and ":" in event.relayed6[0]

@@ -65,6 +65,7 @@ class UdpEndpoint:
         *,
         timestamps: bool = True,
         receive_buffer: int | None = None,
+        dual: bool = True,
     ) -> UdpEndpoint:
         """Bind a socket on the running loop. `timestamps`: the kernel's arrival time as `now`
         (else the time it was read); `receive_buffer`: bytes of SO_RCVBUF to ask for (beyond
@@ -76,9 +77,9 @@ class UdpEndpoint:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            if host == "::":
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                self.dual = True
+            if host == "::":  # both families, unless not `dual` (another socket has IPv4)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual else 1)
+                self.dual = dual
             sock.bind((host, port))
         except OSError:
             sock.close()
@@ -268,10 +269,13 @@ async def request(
 
 
 async def resolve(host: str, port: int) -> Address:
-    """A numeric address for host; raises OSError with the resolver's reason."""
+    """A numeric address for host (an IPv4 one if it has one: a call registers where its NAT's
+    mapping is learned, and natcheck probes IPv4; else IPv6); OSError with the reason."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
+    host = host.removeprefix("[").removesuffix("]")  # "[2001:db8::10]" as typed in a URI
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     if not infos:
-        raise OSError(f"{host!r} has no IPv4 address")
-    addr = infos[0][4]
+        raise OSError(f"{host!r} has no address")
+    four = [info for info in infos if info[0] == socket.AF_INET]
+    addr = (four or infos)[0][4]
     return str(addr[0]), int(addr[1])

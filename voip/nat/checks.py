@@ -372,7 +372,8 @@ class ConnectivityChecks:
             if self.liveness.lost(pair):
                 self._events.append(ProbeLost(pair.kind))
             return
-        pair.state = PairState.FAILED
+        if ctx.nominate or pair.state != PairState.SUCCEEDED:  # not a stale check's timeout
+            pair.state = PairState.FAILED
         if ctx.nominate:
             self._nominating = None  # nominate the next best
         if self.selected is None and all(p.state == PairState.FAILED for p in self.checklist):

@@ -34,7 +34,7 @@ RELAY_GRACE = 1.5  # with a relay pair valid, how long to wait for a direct one 
 # Valid pairs within this of the fastest count as fast as it (x the fastest's RTT, + margin).
 SAME_RTT_FACTOR = 1.25
 SAME_RTT_MARGIN = 0.002
-IPV6_HEAD_START = 0.015  # s an IPv6 pair's RTT counts less when compared (see best)
+IPV6_HEAD_START = 0.010  # s an IPv6 pair's RTT counts less when compared (see best)
 
 
 # Remote candidates that need no punching: the peer's LAN, and a port its router opened for us.

@@ -102,8 +102,7 @@ class TurnClient:
         # a quiet mapping: a Binding indication (no answer) holds the mapping open.
         self.keepalive = keepalive
         self._keepalive_at: float | None = None
-        self.username = username
-        self.password = password
+        self.username, self.password = username, password
         self.realm: str | None = None
         self.nonce: str | None = None
         self.key: bytes | None = None
@@ -318,12 +317,14 @@ class TurnClient:
             if not relayed or mapped is None:
                 self._fail("TURN allocation answer without XOR-RELAYED-ADDRESS")
                 return []
-            self.relayed, self.mapped = relayed[0], mapped
-            self.relayed6 = next((a for a in relayed[1:] if ":" in a[0]), None)
+            # By family, not by order: RFC 8656 does not say which a dual answer lists first.
+            four, six = ([a for a in relayed if (":" in a[0]) is v6] for v6 in (False, True))
+            self.relayed, self.mapped = (four or six)[0], mapped
+            self.relayed6 = six[0] if four and six else None
             self._refresh_at = now + max(lifetime / 2, lifetime - REFRESH_MARGIN)
             if self.keepalive is not None:
                 self._keepalive_at = now + self.keepalive
-            self._events.append(Allocated(relayed[0], mapped, lifetime, self.relayed6))
+            self._events.append(Allocated(self.relayed, mapped, lifetime, self.relayed6))
         elif req.method == Method.REFRESH:
             lifetime = msg.u32(Attr.LIFETIME) or ALLOCATION_LIFETIME
             self._refresh_at = now + max(lifetime / 2, lifetime - REFRESH_MARGIN)

@@ -166,9 +166,16 @@ def turn_uri(text: str) -> tuple[str, int, str]:
         if scheme == "turns" and asked == "udp":
             raise ValueError(f"bad TURN server {text!r}: turns: is TLS, over TCP")
         transport = "tls" if scheme == "turns" else asked
-    host, sep, port = rest.rpartition(":")
-    if not sep:
-        host, port = rest, "5349" if scheme == "turns" else "3478"
+    default = "5349" if scheme == "turns" else "3478"
+    if rest.startswith("["):  # an IPv6 literal, [2001:db8::20] or [2001:db8::20]:3478
+        host, _, after = rest[1:].partition("]")
+        port = after.removeprefix(":") if after.startswith(":") else ("" if after else default)
+    else:
+        host, sep, port = rest.rpartition(":")
+        if not sep:
+            host, port = rest, default
+        elif ":" in host:  # a bare IPv6 literal: RFC 7065 wants it in brackets
+            raise ValueError(f"bad TURN server {text!r}: put an IPv6 address in [brackets]")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"bad TURN server {text!r}: expected {scheme}:HOST:PORT")
     return host, int(port), transport
