@@ -130,26 +130,19 @@ class StreamListener:
             self.failed(conn.src)
 
     def garbage(self, src: Address, why: str) -> None:
-        self.stats["stream_garbage"] += 1
-        if self._may_log():
-            log.warning(
-                "closed the connection from %s:%s: %s (%d so far)",
-                src[0],
-                src[1],
-                why,
-                self.stats["stream_garbage"],
-            )
+        self._note("stream_garbage", src, f"garbage ({why}); its connection closed", False)
 
     def failed(self, src: Address) -> None:
         """Inside an `except` block: a handler raised; counted, logged now and then."""
-        self.stats["stream_handler_failed"] += 1
+        self._note("stream_handler_failed", src, "a frame could not be handled", True)
+
+    def _note(self, stat: str, src: Address, what: str, traceback: bool) -> None:
+        """Count `stat`; say `what` at most once a LOG_EVERY seconds (with the traceback of the
+        exception being handled, if `traceback`)."""
+        self.stats[stat] += 1
         if self._may_log():
-            log.exception(
-                "a frame from %s:%s could not be handled (%d so far)",
-                src[0],
-                src[1],
-                self.stats["stream_handler_failed"],
-            )
+            count = self.stats[stat]
+            log.warning("%s:%s: %s (%d so far)", *src, what, count, exc_info=traceback)
 
     def _may_log(self) -> bool:
         now = asyncio.get_running_loop().time()
