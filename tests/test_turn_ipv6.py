@@ -360,10 +360,10 @@ def test_two_dual_allocations_reach_each_other_inside_the_relay_over_ipv6() -> N
         ("fe80::1", True),  # link-local
         ("fd12:3456::1", True),  # unique local (fc00::/7)
         ("fc00::1", True),
-        ("::ffff:10.0.0.1", True),  # IPv4-mapped: judged as the private IPv4 it is
+        ("::ffff:198.18.0.1", True),  # IPv4-mapped: judged as the IPv4 it is (benchmarking)
         ("::ffff:127.0.0.1", True),
         ("::ffff:8.8.8.8", False),  # ... and a public one as public
-        ("64:ff9b::a00:1", True),  # NAT64 of 10.0.0.1
+        ("64:ff9b::c612:1", True),  # NAT64 of 198.18.0.1
         ("64:ff9b::808:808", False),  # NAT64 of 8.8.8.8
         ("2001:db8::1", True),  # documentation, unless allowed
         ("ff02::1", True),  # multicast
