@@ -294,17 +294,14 @@ class StreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close at once (what waits to be written is dropped) and forget this connection."""
-        if self.closed:
-            return
-        self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if isinstance(self.transport, asyncio.WriteTransport):
+        if not self.closed and isinstance(self.transport, asyncio.WriteTransport):
             self.transport.abort()
-        self.listener.forget(self)
+        self._forget()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._forget()
+
+    def _forget(self) -> None:
         if self.closed:
             return
         self.closed = True
