@@ -42,6 +42,8 @@ from voip.security.secure_media import SecureMedia
 from voip.wire.candidates import Candidate
 from voip.wire.rtp import is_rtcp
 from voip.wire.rtp import looks_like_rtp_or_rtcp
+from voip.wire.sans_io import EventQueue
+from voip.wire.sans_io import earliest
 from voip.wire.signal import PeerReady
 from voip.wire.stun import Address
 
@@ -97,7 +99,7 @@ def secure_media(call: CallCore, ready: PeerReady) -> SecureMedia:
     )
 
 
-class CallCore:
+class CallCore(EventQueue[ev.CallEvent]):
     def __init__(
         self,
         name: str,
@@ -110,6 +112,7 @@ class CallCore:
         options: CallOptions,
         wallclock_offset: float = 0.0,
     ):
+        super().__init__()
         self.name, self.peer, self.server = name, peer, server
         self.source, self.sink, self.options = source, sink, options
         self.identity = options.identity or Identity.generate()
@@ -123,22 +126,16 @@ class CallCore:
         self.secure: SecureMedia | None = None  # from the introduction on
         self.connected = self.done = False
         self.failure: str | None = None  # why the call could not be made, in a user's words
-        self._events: list[ev.CallEvent] = []
         self._t_start = self._t_peer = self._t_connected = 0.0
         self.loop: AudioLoop | None = None  # the 20 ms beat, from the connection on
         # The connector's next deadline, asked only when it may have moved (the connector was
         # called, or the path manager moved the checks): computing it walks every part of it.
         self._connector_due: float | None = None
 
-    def pop_events(self) -> list[ev.CallEvent]:
-        events, self._events = self._events, []
-        return events
-
     def next_deadline(self) -> float | None:
         clocks = [self.loop.next_deadline()] if self.loop and not self.done else []
         handshake = self.secure.next_deadline() if self.secure and not self.done else None
-        times = [self._connector_due, handshake, *clocks]
-        return min((t for t in times if t is not None), default=None)
+        return earliest(self._connector_due, handshake, *clocks)
 
     def _connector_moved(self) -> None:
         self._connector_due = self.connector.next_deadline()

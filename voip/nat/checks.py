@@ -36,6 +36,8 @@ from voip.nat.pairs import RelayMode
 from voip.wire.candidates import Candidate
 from voip.wire.candidates import CandidateType
 from voip.wire.candidates import candidate_priority
+from voip.wire.sans_io import EventQueue
+from voip.wire.sans_io import earliest
 from voip.wire.stun import Address
 from voip.wire.stun import Attr
 from voip.wire.stun import Class
@@ -133,7 +135,7 @@ class _CheckCtx:
 
 
 @dataclass
-class ConnectivityChecks:
+class ConnectivityChecks(EventQueue[CheckEvent]):
     local_ufrag: str
     local_pwd: str
     remote_ufrag: str
@@ -151,6 +153,7 @@ class ConnectivityChecks:
     ignored: int = 0  # checks dropped for bad credentials or a bad fingerprint
 
     def __post_init__(self) -> None:
+        super().__init__()
         self.credentials = Credentials(
             self.local_ufrag, self.local_pwd, self.remote_ufrag, self.remote_pwd
         )
@@ -161,7 +164,6 @@ class ConnectivityChecks:
         self.pairs = self.checklist.pairs
         self.liveness = Liveness()
         self._txns: TransactionTable[_CheckCtx] = TransactionTable()
-        self._events: list[CheckEvent] = []
         self._started, self._failed = self.now, False
         self._nominating: Key | None = None
 
@@ -171,20 +173,15 @@ class ConnectivityChecks:
 
     standby = property(lambda self: self.liveness.standby)
 
-    def pop_events(self) -> list[CheckEvent]:
-        events, self._events = self._events, []
-        return events
-
     def next_deadline(self) -> float | None:
         if self._failed:
             return None
-        times = [
+        return earliest(
             self._txns.next_deadline(),
             self.liveness.next_deadline(),
             self.nominator.when(self.checklist) if self._nominates() else None,
             self.checklist.next_tick if self._still_checking() else None,
-        ]
-        return min((t for t in times if t is not None), default=None)
+        )
 
     def poll(self, now: float) -> list[Send]:
         if self._failed:

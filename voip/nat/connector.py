@@ -39,6 +39,8 @@ from voip.nat.rendezvous_client import TurnOffer
 from voip.nat.turn_client import TurnClient
 from voip.security.identity import Identity
 from voip.wire.candidates import Candidate
+from voip.wire.sans_io import EventQueue
+from voip.wire.sans_io import earliest
 from voip.wire.stun import Address
 from voip.wire.stun import Message
 from voip.wire.stun import StunError
@@ -59,7 +61,7 @@ __all__ = [
 RESTART_RETRY = 2.0  # s before a restart that brought no introduction may be tried again
 
 
-class Connector:
+class Connector(EventQueue[ConnectorEvent]):
     def __init__(
         self,
         name: str,
@@ -76,6 +78,7 @@ class Connector:
         port_mapper: PortMapper | None = None,  # asks our router for a public port (PCP)
         relay_ipv6: bool = False,  # ask the relay for an IPv6 address too (a dual-stack socket)
     ):
+        super().__init__()
         self.relay_mode = RelayMode(relay_mode)  # ValueError for anything else
         off = self.relay_mode == RelayMode.OFF
         early = off and port_mapper is None  # nothing to gather first, but a router's port
@@ -97,16 +100,11 @@ class Connector:
         self.malformed, self._started = 0, 0.0
         self._asked = early
         self._wait_deadline: float | None = None
-        self._events: list[ConnectorEvent] = []
         self._restart: float | None = None  # when the restart under way began
         self.udp_blocked = False  # our servers answer over TCP/TLS only: no UDP leaves here
 
-    def pop_events(self) -> list[ConnectorEvent]:
-        events, self._events = self._events, []
-        return events
-
     def next_deadline(self) -> float | None:
-        times = [
+        return earliest(
             self.signal.next_deadline(),
             self._wait_deadline,
             self.relay.next_deadline(),
@@ -115,8 +113,7 @@ class Connector:
             self.port_mapper.ask_by if self.port_mapper and not self._asked else None,
             self.checks.next_deadline() if self.checks else None,
             self.hard.next_deadline(),
-        ]
-        return min((t for t in times if t is not None), default=None)
+        )
 
     @property
     def own_mapping(self) -> str | None:

@@ -26,6 +26,7 @@ from voip.nat.pairs import Base
 from voip.nat.pairs import Pair
 from voip.nat.pairs import PathKind
 from voip.wire.candidates import CandidateType
+from voip.wire.sans_io import earliest
 from voip.wire.signal import MAPPING_DEPENDENT
 from voip.wire.signal import MAPPING_INDEPENDENT
 from voip.wire.signal import PeerReady
@@ -73,8 +74,7 @@ class HardNat:
         return self.opener.open if self.opener is not None else ()
 
     def next_deadline(self) -> float | None:
-        times = [x.next_deadline() for x in (self.prober, self.opener) if x is not None]
-        return min((t for t in times if t is not None), default=None)
+        return earliest(*(x.next_deadline() for x in (self.prober, self.opener) if x is not None))
 
     def poll(self, now: float, checks: ConnectivityChecks) -> list[Transmit]:
         """Probes from the call's socket (easy side); the hard side's go to `side_out`."""

@@ -15,6 +15,7 @@ the silence.
 from __future__ import annotations
 
 from voip.nat.pairs import Pair
+from voip.wire.sans_io import earliest
 
 CONSENT_INTERVAL = 2.0  # RFC 7675 says 5 s +-20 %; checks also give the path's RTT, so more often
 CONSENT_TIMEOUT = 30.0  # RFC 7675 §5.1: no answer for 30 s and consent has expired
@@ -34,9 +35,7 @@ class Liveness:
         self._next_probe: float | None = None
 
     def next_deadline(self) -> float | None:
-        return min(
-            (t for t in (self._next_consent, self._next_probe) if t is not None), default=None
-        )
+        return earliest(self._next_consent, self._next_probe)
 
     def select(self, pair: Pair, now: float) -> None:
         self.selected = pair

@@ -25,6 +25,7 @@ from voip.wire.port_mapping import natpmp_external_address_request
 from voip.wire.port_mapping import natpmp_map_request
 from voip.wire.port_mapping import parse_answer_untrusted
 from voip.wire.port_mapping import pcp_map_request
+from voip.wire.sans_io import EventQueue
 from voip.wire.stun import Address
 
 Transmit = tuple[bytes, Address]
@@ -54,8 +55,9 @@ class PortMappingFailed:
 PortMappingEvent = PortMapped | PortMappingFailed
 
 
-class PortMapper:
+class PortMapper(EventQueue[PortMappingEvent]):
     def __init__(self, gateway_ip: str, client_ip: str, internal_port: int):
+        super().__init__()
         self.gateway: Address = (gateway_ip, SERVER_PORT)
         self.client_ip, self.internal_port = client_ip, internal_port
         self.protocol = "PCP"
@@ -70,14 +72,9 @@ class PortMapper:
         self._tries = 0
         self._next: float | None = None  # next request (a retry or a renewal)
         self._expires: float | None = None
-        self._events: list[PortMappingEvent] = []
         self._released = False
         self._upnp_until: float | None = None  # while UPnP is asked: how long the ask waits
         self._upnp_failed: str | None = None
-
-    def pop_events(self) -> list[PortMappingEvent]:
-        events, self._events = self._events, []
-        return events
 
     def next_deadline(self) -> float | None:
         return self._next

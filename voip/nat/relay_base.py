@@ -20,6 +20,7 @@ from voip.nat.turn_client import TurnClient
 from voip.wire.candidates import Candidate
 from voip.wire.candidates import CandidateType
 from voip.wire.candidates import format_address
+from voip.wire.sans_io import earliest
 from voip.wire.signal import PeerReady
 from voip.wire.stun import Address
 
@@ -63,8 +64,7 @@ class RelayBase:
         return tuple(Candidate.make(CandidateType.RELAY, a) for a in relayed if a is not None)
 
     def next_deadline(self) -> float | None:
-        times = (self.gather_deadline, self.turn.next_deadline() if self.turn else None)
-        return min((t for t in times if t is not None), default=None)
+        return earliest(self.gather_deadline, self.turn.next_deadline() if self.turn else None)
 
     def gather(self, offer: TurnOffer, now: float) -> list[Transmit]:
         """Allocate on `offer`'s relay (again, after we moved: the old one is bound to where

@@ -27,6 +27,8 @@ from voip.security.identity import Identity
 from voip.security.registration import BadPublicKey
 from voip.security.registration import RegistrationKeyPair
 from voip.wire.candidates import Candidate
+from voip.wire.sans_io import EventQueue
+from voip.wire.sans_io import earliest
 from voip.wire.signal import ERR_UNAUTHENTICATED
 from voip.wire.signal import MAX_CANDIDATES
 from voip.wire.signal import UNPROVEN_REGISTER_BYTES
@@ -108,7 +110,7 @@ SignalEvent = Registered | Refreshed | Asked | Refused | Unreachable | GotPeer
 SEEN_INTRODUCTIONS = 8  # PEER-READY transactions remembered, so no retransmission restarts
 
 
-class RendezvousClient:
+class RendezvousClient(EventQueue[SignalEvent]):
     """Registers `name` asking for `peer`, refreshes before expiry, answers PEER-READY.
 
     `identity` owns the name at the server; None makes one for this run only, which can hold
@@ -126,6 +128,7 @@ class RendezvousClient:
         keepalive: float | None = None,
         identity: Identity | None = None,
     ):
+        super().__init__()
         self.name = name
         self.peer: str | None = peer if ask_now else None
         self._wanted_peer = peer
@@ -140,7 +143,6 @@ class RendezvousClient:
         self.peer_ready: PeerReady | None = None
         self._seen_ready: list[bytes] = []  # PEER-READY transaction ids, newest last
         self._txns: TransactionTable[str] = TransactionTable()
-        self._events: list[SignalEvent] = []
         self._refresh_at: float | None = None
         self._closed = False
         self._asked_reported = False
@@ -160,13 +162,8 @@ class RendezvousClient:
         self.forged = 0  # signalling whose MESSAGE-INTEGRITY failed, or for another peer
 
     # -- outputs --------------------------------------------------------------------------
-    def pop_events(self) -> list[SignalEvent]:
-        events, self._events = self._events, []
-        return events
-
     def next_deadline(self) -> float | None:
-        deadlines = [d for d in (self._txns.next_deadline(), self._refresh_at) if d is not None]
-        return min(deadlines, default=None)
+        return earliest(self._txns.next_deadline(), self._refresh_at)
 
     # -- inputs ---------------------------------------------------------------------------
     def start(self, now: float) -> list[Transmit]:

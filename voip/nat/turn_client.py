@@ -9,6 +9,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from voip.wire.sans_io import EventQueue
+from voip.wire.sans_io import earliest
 from voip.wire.stun import Address
 from voip.wire.stun import Attr
 from voip.wire.stun import Class
@@ -82,7 +84,7 @@ class _Sent:
     authenticated: bool  # sent with MESSAGE-INTEGRITY: a 401 to it means bad credentials
 
 
-class TurnClient:
+class TurnClient(EventQueue[TurnEvent]):
     """`ipv6`: ask for an IPv6 relayed address besides the IPv4 one (a dual allocation, RFC
     8656 §7.2), for a caller whose socket is dual-stack; a server that will not make one is
     asked again without, and one that cannot allocate IPv6 gives the IPv4 address alone."""
@@ -96,6 +98,7 @@ class TurnClient:
         *,
         ipv6: bool = False,
     ):
+        super().__init__()
         self.server = server
         self.ipv6 = ipv6
         # Seconds between packets to the relay when natcheck measured how soon this NAT forgets
@@ -118,22 +121,16 @@ class TurnClient:
         self._next_channel = CHANNEL_MIN
         self._refresh_at: float | None = None
         self._txns: TransactionTable[_Sent] = TransactionTable()
-        self._events: list[TurnEvent] = []
 
     # -- outputs -------------------------------------------------------------------------
-    def pop_events(self) -> list[TurnEvent]:
-        events, self._events = self._events, []
-        return events
-
     def next_deadline(self) -> float | None:
-        times = [
+        return earliest(
             self._txns.next_deadline(),
             self._refresh_at,
             self._keepalive_at,
             *self.permissions.values(),
             *self._channel_refresh.values(),
-        ]
-        return min((t for t in times if t is not None), default=None)
+        )
 
     # -- requests ------------------------------------------------------------------------
     @property

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from voip.security.noise import NoiseError
 from voip.security.noise import NoiseXX
+from voip.wire.sans_io import earliest
 
 FRAME_TYPE = 16  # RFC 7983 §7: first byte 16..19, the range ZRTP has
 FRAME_RANGE = range(16, 20)
@@ -213,7 +214,7 @@ class MediaHandshake:
     def next_deadline(self) -> float | None:
         if self.done:
             return None
-        return min((t for t in (self._resend_at, self._give_up_at) if t is not None), default=None)
+        return earliest(self._resend_at, self._give_up_at)
 
     def poll(self, now: float) -> list[bytes]:
         if self.done:
