@@ -26,10 +26,11 @@ from typing import Any
 from rendezvous.server import RendezvousServer
 from voip import Call
 from voip import CallOptions
-from voip import NullSink
 from voip import ToneSource
 from voip.codecs.opus import OpusDecoder
 from voip.codecs.opus import OpusEncoder
+from voip.lab.tone_calls import timed_call
+from voip.lab.tone_calls import tone_caller
 from voip.report import percentile
 from voip.security.handshake import MediaHandshake
 from voip.security.identity import Identity
@@ -39,28 +40,16 @@ from voip.wire.rtp import RtpPacket
 IDENTITIES = {name: Identity.generate() for name in ("alice", "bob")}
 
 
-async def one_call(server: RendezvousServer, duration: float) -> tuple[dict[str, Any], float]:
+def options(me: str) -> CallOptions:
     # Each side the same key on every call (it owns the name at the rendezvous), and nothing
     # remembered of the other's: every call is a first call, with the SAS and a pin written.
-    opts = CallOptions(bind_host="127.0.0.1", identity=IDENTITIES["alice"])
-    alice = Call(
-        "alice", "bob", source=ToneSource(440), sink=NullSink(), server=server.address, options=opts
-    )
-    bob_opts = CallOptions(bind_host="127.0.0.1", identity=IDENTITIES["bob"])
-    bob = Call(
-        "bob",
-        "alice",
-        source=ToneSource(660),
-        sink=NullSink(),
-        server=server.address,
-        options=bob_opts,
-    )
-    t0 = time.perf_counter()
-    async with alice, bob:
-        await asyncio.gather(alice.connected(), bob.connected())
-        to_audio = (time.perf_counter() - t0) * 1000
-        await asyncio.gather(alice.run(duration), bob.run(duration))
-    return alice.report().to_dict(), to_audio
+    return CallOptions(bind_host="127.0.0.1", identity=IDENTITIES[me])
+
+
+async def one_call(server: RendezvousServer, duration: float) -> tuple[dict[str, Any], float]:
+    alice = tone_caller("alice", "bob", server.address, options("alice"))
+    bob = tone_caller("bob", "alice", server.address, options("bob"))
+    return await timed_call(alice, bob, duration)
 
 
 async def steady_cpu(call: Call, duration: float) -> float:
@@ -74,15 +63,7 @@ async def steady_cpu(call: Call, duration: float) -> float:
 
 async def callee(port: int, duration: float) -> None:
     """bob, alone in this process, for --apart: prints his steady CPU per call-minute."""
-    opts = CallOptions(bind_host="127.0.0.1", identity=IDENTITIES["bob"])
-    bob = Call(
-        "bob",
-        "alice",
-        source=ToneSource(660),
-        sink=NullSink(),
-        server=("127.0.0.1", port),
-        options=opts,
-    )
+    bob = tone_caller("bob", "alice", ("127.0.0.1", port), options("bob"))
     async with bob:
         print(await steady_cpu(bob, duration), flush=True)
         await asyncio.sleep(2.0)  # alice hangs up
@@ -95,15 +76,7 @@ async def apart(duration: float) -> tuple[float, float]:
         port = str(server.address[1])
         child = [sys.executable, __file__, "--callee", port, "--duration", str(duration)]
         with subprocess.Popen(child, stdout=subprocess.PIPE, text=True) as bob:
-            opts = CallOptions(bind_host="127.0.0.1", identity=IDENTITIES["alice"])
-            alice = Call(
-                "alice",
-                "bob",
-                source=ToneSource(440),
-                sink=NullSink(),
-                server=server.address,
-                options=opts,
-            )
+            alice = tone_caller("alice", "bob", server.address, options("alice"))
             async with alice:
                 own = await steady_cpu(alice, duration)
                 out, _ = await asyncio.to_thread(bob.communicate)

@@ -24,10 +24,9 @@ from rendezvous.local import loopback_server
 from rendezvous.server import RendezvousServer
 from rendezvous.tls import self_signed
 from rendezvous.tls import server_context
-from voip import Call
 from voip import CallOptions
-from voip import NullSink
-from voip import ToneSource
+from voip.lab.tone_calls import timed_call
+from voip.lab.tone_calls import tone_caller
 from voip.nat.rendezvous_client import TurnOffer
 from voip.nat.server_transports import Transport
 from voip.report import percentile
@@ -50,35 +49,18 @@ async def one_call(
     secret = server.turn.policy.secret if server.turn is not None else None
     assert secret is not None
     turn = TurnOffer(at, *rest_credentials(secret, "alice", time.time()), transport)
-    alice = Call(
-        "alice",
-        "bob",
-        source=ToneSource(440),
-        sink=NullSink(),
-        server=at,
-        options=CallOptions(
-            bind_host="127.0.0.1",
-            relay="force",
-            identity=IDENTITIES["alice"],
-            server_transport=transport,
-            tls_ca=str(cert),
-            turn=turn if transport == Transport.TLS else None,
-        ),
+    alice_options = CallOptions(
+        bind_host="127.0.0.1",
+        relay="force",
+        identity=IDENTITIES["alice"],
+        server_transport=transport,
+        tls_ca=str(cert),
+        turn=turn if transport == Transport.TLS else None,
     )
-    bob = Call(
-        "bob",
-        "alice",
-        source=ToneSource(660),
-        sink=NullSink(),
-        server=server.address,
-        options=CallOptions(bind_host="127.0.0.1", relay="force", identity=IDENTITIES["bob"]),
-    )
-    t0 = time.perf_counter()
-    async with alice, bob:
-        await asyncio.gather(alice.connected(), bob.connected())
-        to_audio = (time.perf_counter() - t0) * 1000
-        await asyncio.gather(alice.run(duration), bob.run(duration))
-    return alice.report().to_dict(), to_audio
+    bob_options = CallOptions(bind_host="127.0.0.1", relay="force", identity=IDENTITIES["bob"])
+    alice = tone_caller("alice", "bob", at, alice_options)
+    bob = tone_caller("bob", "alice", server.address, bob_options)
+    return await timed_call(alice, bob, duration)
 
 
 async def measure(transport: Transport, calls: int, duration: float, workdir: Path) -> str:
