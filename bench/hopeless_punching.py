@@ -18,6 +18,8 @@ from pathlib import Path
 
 from voip.lab.bench_args import lab_bench_parser
 from voip.lab.bench_args import lab_ready
+from voip.lab.bench_args import table_head
+from voip.lab.bench_args import table_row
 from voip.lab.scenario import run_lab_call
 from voip.lab.topology import LabConfig
 
@@ -30,8 +32,7 @@ def main() -> int:
         f"one-way delay {args.delay:g} ms each side, {args.delay_relay:g} ms to the relay; "
         f"{args.repeat} calls per row; setup is introduction to audio path chosen (alice)"
     )
-    print("| alice | bob | mapping probe | audio went | setup ms median (min-max) |")
-    print("|---|---|---|---|---|")
+    table_head("alice", "bob", "mapping probe", "audio went", "setup ms median (min-max)")
     for a, b in (("symmetric", "symmetric"), ("cone", "symmetric")):
         for probe in (False, True):
             paths, setups = set(), []
@@ -56,11 +57,7 @@ def main() -> int:
                 if setups
                 else "-"
             )
-            print(
-                f"| {a} | {b} | {'yes' if probe else 'no'} | {'/'.join(sorted(paths))} | "
-                f"{figure} |",
-                flush=True,
-            )
+            table_row(a, b, "yes" if probe else "no", "/".join(sorted(paths)), figure)
     return 0
 
 

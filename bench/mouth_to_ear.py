@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 
 from voip.lab.bench_args import lab_ready
+from voip.lab.bench_args import table_head
+from voip.lab.bench_args import table_row
 from voip.lab.latency import lab_mouth_to_ear
 from voip.lab.topology import LabConfig
 
@@ -38,16 +40,14 @@ def main() -> int:
         f"one-way network delay {args.delay:g} ms, jitter 0-{args.jitter:g} ms, "
         f"{args.duration:g} s call, 20 ms frames"
     )
-    print("| listener | marks | end-to-end ms (median) | min | max | software adds ms |")
-    print("|---|---|---|---|---|---|")
+    table_head("listener", "marks", "end-to-end ms (median)", "min", "max", "software adds ms")
     with tempfile.TemporaryDirectory() as tmp:
         measured = lab_mouth_to_ear(config, Path(tmp), args.duration)
     one_way = measured.network_one_way()
     for me, lat in measured.latencies.items():
         med = statistics.median(lat)
-        print(
-            f"| {me} | {len(lat)} | {med:.1f} | {min(lat):.1f} | {max(lat):.1f} | "
-            f"{med - one_way:.1f} |"
+        table_row(
+            me, len(lat), f"{med:.1f}", f"{min(lat):.1f}", f"{max(lat):.1f}", f"{med - one_way:.1f}"
         )
     print(f"network one way (half the lab's plain echo before the call): {one_way:.2f} ms")
     return 0

@@ -24,6 +24,8 @@ from typing import Any
 
 from voip.lab.bench_args import lab_bench_parser
 from voip.lab.bench_args import lab_ready
+from voip.lab.bench_args import table_head
+from voip.lab.bench_args import table_row
 from voip.lab.nat import NAT_KINDS
 from voip.lab.scenario import run_lab_call
 from voip.lab.topology import LabConfig
@@ -36,6 +38,18 @@ def how(found_by: str) -> str:
     return "birthday" if found_by.startswith("birthday") else found_by
 
 
+COLUMNS = (
+    "alice",
+    "bob",
+    "went direct",
+    "found by",
+    "to first audio",
+    "to direct audio",
+    "direct RTT ms",
+    "relay RTT ms",
+)
+
+
 def quantiles(values: list[float]) -> str:
     """'median / p95' in ms, or '-'."""
     if not values:
@@ -45,7 +59,7 @@ def quantiles(values: list[float]) -> str:
     return f"{statistics.median(ordered):.0f} / {p95:.0f}"
 
 
-def run_case(args: Any, a: str, b: str, same: bool, mapping: bool) -> str:
+def run_case(args: Any, a: str, b: str, same: bool, mapping: bool) -> tuple[str, ...]:
     paths: list[str] = []
     found: list[str] = []
     setup: list[float] = []
@@ -87,8 +101,14 @@ def run_case(args: Any, a: str, b: str, same: bool, mapping: bool) -> str:
     name_a += " + port mapping" if mapping and a != "none" else ""
     name_b = b + (" + port mapping" if mapping and a == "none" else "")
     return (
-        f"| {name_a} | {name_b} | {share} | {ways} | {quantiles(setup)} | {quantiles(direct)} "
-        f"| {figures['direct']} | {figures['relay']} |"
+        name_a,
+        name_b,
+        share,
+        ways,
+        quantiles(setup),
+        quantiles(direct),
+        figures["direct"],
+        figures["relay"],
     )
 
 
@@ -117,13 +137,9 @@ def main() -> int:
         f"{args.repeat} calls per case of {CALL_S:g} s audio; times from the introduction, "
         "median / p95 ms"
     )
-    print(
-        "| alice | bob | went direct | found by | to first audio | to direct audio "
-        "| direct RTT ms | relay RTT ms |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    table_head(*COLUMNS)
     for a, b, same, mapping in cases:
-        print(run_case(args, a, b, same, mapping), flush=True)
+        table_row(*run_case(args, a, b, same, mapping))
     return 0
 
 

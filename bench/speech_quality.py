@@ -17,6 +17,8 @@ from pathlib import Path
 
 from voip.codecs.pcm import resample
 from voip.lab.bench_args import lab_ready
+from voip.lab.bench_args import table_head
+from voip.lab.bench_args import table_row
 from voip.lab.quality import score
 from voip.lab.scenario import run_lab_call
 from voip.lab.topology import LabConfig
@@ -57,8 +59,7 @@ def main() -> int:
     if not lab_ready():
         return 1
     print(f"espeak-ng speech, alice to bob, 5 ms each way; median of {args.repeat} calls")
-    print("| loss | FEC | PESQ-WB | STOI | frames FEC-decoded | frames concealed |")
-    print("|---|---|---|---|---|---|")
+    table_head("loss", "FEC", "PESQ-WB", "STOI", "frames FEC-decoded", "frames concealed")
     for loss in (0.0, 3.0, 10.0):
         for fec in (True, False):
             runs = [one_call(loss, fec, seed) for seed in range(args.repeat)]
@@ -66,10 +67,9 @@ def main() -> int:
             stoi = statistics.median(r[1] for r in runs)
             rec = statistics.median(r[2]["frames_recovered"] for r in runs)
             con = statistics.median(r[2]["frames_concealed"] for r in runs)
-            print(
-                f"| {loss:g} % | {'on' if fec else 'off'} | {pesq_wb:.2f} | {stoi:.3f} | "
-                f"{rec:g} | {con:g} |",
-                flush=True,
+            fec_on = "on" if fec else "off"
+            table_row(
+                f"{loss:g} %", fec_on, f"{pesq_wb:.2f}", f"{stoi:.3f}", f"{rec:g}", f"{con:g}"
             )
     return 0
 

@@ -1,4 +1,4 @@
-"""The lab benchmarks' command line: the options they share, and the check that the lab can run."""
+"""The lab benchmarks' command line, the check that the lab can run, and the tables they print."""
 
 from __future__ import annotations
 
@@ -25,3 +25,14 @@ def lab_ready() -> bool:
         print(f"cannot run: {reason}", file=sys.stderr)
         return False
     return True
+
+
+def table_head(*columns: str) -> None:
+    """A Markdown table's head: the column names, and the line that makes them one."""
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+
+
+def table_row(*cells: object) -> None:
+    """One row of that table, shown at once: a lab row takes minutes to measure."""
+    print("| " + " | ".join(str(cell) for cell in cells) + " |", flush=True)
