@@ -4,11 +4,13 @@ sans-IO node's end of a stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
 import struct
 import time
+from collections.abc import AsyncIterator
 from collections.abc import Callable
 from collections.abc import Coroutine
 from pathlib import Path
@@ -112,6 +114,17 @@ class Conn:
         self.writer.close()
 
 
+@contextlib.asynccontextmanager
+async def relay_and_tcp() -> AsyncIterator[tuple[Any, Conn]]:
+    """A fresh relay and one client connected to it over TCP (closed after, even on failure)."""
+    async with await relay() as server:
+        conn = await Conn.open(server.tcp_address)
+        try:
+            yield server, conn
+        finally:
+            conn.close()
+
+
 def binding() -> tuple[Message, bytes]:
     req = Message(Method.BINDING, Class.REQUEST)
     return req, encode(req, fingerprint=True)
@@ -207,25 +220,21 @@ async def relay_round_trip(conn: Conn, server: Address) -> None:
 
 def test_binding_and_register_over_tcp_on_the_udp_port() -> None:
     async def go() -> None:
-        async with await relay() as server:
+        async with relay_and_tcp() as (server, conn):
             assert server.tcp_address == server.address  # RFC 8656: TCP on the same port
-            conn = await Conn.open(server.tcp_address)
             assert await bind_over(conn) == conn.local
             registered = await register_over(conn, server.address, "alice")
             assert registered.mapped == conn.local
             assert server.logic.registry.names_at(conn.local, time.monotonic()) == ["alice"]
             assert server.stats["register"] == 1 and server.stats["stream_opened"] == 1
-            conn.close()
 
     run(go())
 
 
 def test_allocate_channel_bind_and_channel_data_over_tcp_to_a_udp_peer() -> None:
     async def go() -> None:
-        async with await relay() as server:
-            conn = await Conn.open(server.tcp_address)
+        async with relay_and_tcp() as (server, conn):
             await relay_round_trip(conn, server.address)
-            conn.close()
 
     run(go())
 
@@ -252,8 +261,7 @@ def test_the_same_over_tls_with_a_self_signed_certificate(tmp_path: Path) -> Non
 
 def test_a_message_cut_into_bytes_and_messages_run_together_are_all_answered() -> None:
     async def go() -> None:
-        async with await relay() as server:
-            conn = await Conn.open(server.tcp_address)
+        async with relay_and_tcp() as (_, conn):
             req, data = binding()
             for i in range(len(data)):
                 await conn.send(data[i : i + 1])
@@ -266,7 +274,6 @@ def test_a_message_cut_into_bytes_and_messages_run_together_are_all_answered() -
             for sent, _ in reqs:
                 answer = parse_message_untrusted(await conn.frame())
                 assert answer.transaction_id == sent.transaction_id
-            conn.close()
 
     run(go())
 
