@@ -39,31 +39,30 @@ COMFORT_NOISE_BYTES = 3  # an Opus packet this small is a DTX comfort-noise upda
 
 
 @dataclass(frozen=True)
-class Frame:
+class Playout:
+    """What to play at frame `seq`'s turn: one of the four kinds below, told apart by type."""
+
     seq: int
+
+
+@dataclass(frozen=True)
+class Frame(Playout):
     payload: bytes
 
 
 @dataclass(frozen=True)
-class Gap:
+class Gap(Playout):
     """A frame that was lost; `next_payload` is the following packet if here (for FEC)."""
 
-    seq: int
     next_payload: bytes | None
 
 
-@dataclass(frozen=True)
-class Comfort:
+class Comfort(Playout):
     """DTX silence: the last packet was a comfort-noise update and the next is not due yet."""
 
-    seq: int
 
-
-@dataclass(frozen=True)
-class Expand:
+class Expand(Playout):
     """Nothing to play and nothing after it yet: conceal, and wait for the frame."""
-
-    seq: int
 
 
 class AdaptiveJitterBuffer:
