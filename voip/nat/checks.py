@@ -70,18 +70,22 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class PairValid:
+class PairEvent:
+    """News of one pair: the three kinds below, told apart by type."""
+
     pair: Pair
 
 
-@dataclass(frozen=True)
-class PathSelected:
-    pair: Pair
+class PairValid(PairEvent):
+    """The pair became valid (a check on it was answered): it can carry media."""
 
 
-@dataclass(frozen=True)
-class StandbyChanged:
-    pair: Pair
+class PathSelected(PairEvent):
+    """The pair was chosen (nominated, by us or the peer): the audio goes there."""
+
+
+class StandbyChanged(PairEvent):
+    """The pair is the new standby: the best valid one of the other kind, kept for failover."""
 
 
 @dataclass(frozen=True)
