@@ -60,6 +60,7 @@ def test_capture_reads_ipv6_udp_with_bracketed_addresses() -> None:
 # 23 ms against 11 ms for the IPv4 pair checked 90 ms later, on a 10 ms path. So behind cone NATs,
 # where the IPv4 pair works too, IPv4 wins; behind symmetric NATs it cannot, and IPv6 is used.
 
+
 @needs_lab
 @pytest.mark.slow
 @pytest.mark.parametrize("nat", ["cone", "symmetric"])
