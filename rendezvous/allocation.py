@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from dataclasses import field
 
+from rendezvous.channel_routes import Route
 from voip.wire.stun import Address
 from voip.wire.turn import CHANNEL_LIFETIME
 from voip.wire.turn import PERMISSION_LIFETIME
@@ -87,6 +88,13 @@ class Allocation:
         if bound is None or bound[1] <= now or not self.permitted(bound[0][0], now):
             return None
         return bound[0]
+
+    def route(self, channel: int, via: Address) -> Route:
+        """Where `channel`'s data goes, from `via`, for as long as the allocation, the binding and
+        its peer's permission all live."""
+        peer, bound_until = self.channels[channel]
+        expires = min(self.expires, bound_until, self.permissions.get(peer[0], 0.0))
+        return Route(self.client, channel, via, peer, expires)
 
     def channel_for(self, peer: Address, now: float) -> int | None:
         channel = self.by_peer.get(peer)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from rendezvous.allocation import Allocation
+from rendezvous.channel_routes import ChannelRoutes
 from rendezvous.limits import Limits
 from rendezvous.limits import address_block
 from voip.wire.deadlines import Deadlines
@@ -21,6 +22,7 @@ class AllocationTable:
         self._per_user: Counter[str] = Counter()  # by the name in a REST username
         self._per_source: Counter[str] = Counter()  # by IPv4 address, or IPv6 /64
         self._expiries: Deadlines[Address] = Deadlines()
+        self.routes = ChannelRoutes()  # the channels in use, for the fast path
 
     def __len__(self) -> int:
         return len(self.by_client)
@@ -48,6 +50,7 @@ class AllocationTable:
         if alloc is None:
             return None
         self._expiries.discard(client)
+        self.routes.drop_client(client)
         for relayed in alloc.relayed_all:
             self.by_relayed.pop(relayed, None)
         for table, key in (
@@ -64,8 +67,12 @@ class AllocationTable:
         self._expiries.set(alloc.client, alloc.expires)
 
     def next_expiry(self) -> float | None:
-        return self._expiries.next()
+        """The next allocation or channel route to expire."""
+        times = (self._expiries.next(), self.routes.next_expiry())
+        return min((t for t in times if t is not None), default=None)
 
     def expired(self, now: float) -> list[Address]:
-        """The clients whose allocations have expired by `now` (still in the table)."""
+        """The clients whose allocations have expired by `now` (still in the table); expired
+        routes are dropped."""
+        self.routes.expire(now)
         return self._expiries.due(now)

@@ -9,6 +9,7 @@ import ipaddress
 import resource
 import ssl
 import sys
+from collections.abc import Callable
 
 from rendezvous.limits import OPTIONS as LIMIT_OPTIONS
 from rendezvous.limits import Limits
@@ -18,6 +19,7 @@ from rendezvous.name_store import MEMORY
 from rendezvous.name_store import NameStore
 from rendezvous.name_store import NameStoreError
 from rendezvous.name_store import default_store_path
+from rendezvous.server import RECEIVE_BUFFER
 from rendezvous.server import TLS_PORT
 from rendezvous.server import RendezvousServer
 from rendezvous.tls import server_context
@@ -137,8 +139,40 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="N",
             help=f"{what} (default {getattr(defaults, name):,})",
         )
+    speed = p.add_argument_group("speed")
+    speed.add_argument(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="event loop: uvloop (libuv, faster wake-ups) or asyncio's own; auto: uvloop when "
+        "it is installed (default)",
+    )
+    speed.add_argument(
+        "--rcvbuf",
+        type=positive_int,
+        default=RECEIVE_BUFFER,
+        metavar="BYTES",
+        help=f"receive buffer of each listening socket (default {RECEIVE_BUFFER:,}, as coturn; "
+        "past net.core.rmem_max only as root): bursts from many callers at once wait there",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return p
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop --loop names (None: asyncio's); ValueError for uvloop when it is not
+    installed (auto then falls back to asyncio's)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop  # noqa: PLC0415 - optional: only the server that asks for it needs it
+    except ImportError:
+        if choice == "uvloop":
+            raise ValueError(
+                "--loop uvloop: uvloop is not installed (pip install uvloop)"
+            ) from None
+        return None
+    return uvloop.new_event_loop
 
 
 def positive_int(text: str) -> int:
@@ -295,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         (host, port), also = listens[0], tuple(listens[1:])
         tls, tls_listen = tls_options(args, host)
         server = build_server(args, host)
+        server.receive_buffer = args.rcvbuf
+        factory = loop_factory(args.loop)
     except ValueError as exc:
         print(f"callpeer-rendezvous: {exc}", file=sys.stderr)
         return 2
@@ -306,19 +342,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     store = server.logic.owners.store
     try:
-        asyncio.run(
-            _run(
-                server,
-                host,
-                port,
-                args.quiet,
-                args.alt_address,
-                tcp=not args.no_tcp,
-                tls=tls,
-                tls_listen=tls_listen,
-                also=also,
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(
+                _run(
+                    server,
+                    host,
+                    port,
+                    args.quiet,
+                    args.alt_address,
+                    tcp=not args.no_tcp,
+                    tls=tls,
+                    tls_listen=tls_listen,
+                    also=also,
+                )
             )
-        )
     except OSError as exc:
         where = " or ".join(
             [*(args.listen or [DEFAULT_LISTEN]), *([format_address(tls_listen)] if tls else [])]

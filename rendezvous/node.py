@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 
 from rendezvous.logic import RendezvousLogic
+from rendezvous.turn_server import TURN_METHODS
 from rendezvous.turn_server import Out
 from rendezvous.turn_server import TurnServer
 from voip.wire.stun import MAX_DATAGRAM
@@ -56,7 +57,7 @@ class RendezvousNode:
         except StunError:
             self.logic.stats["malformed"] += 1
             return []
-        if main and self.turn is not None and self.turn.handles(msg):
+        if main and self.turn is not None and msg.method in TURN_METHODS:
             return self.turn.handle_request(msg, data, src, now)
         if not main and (msg.method != Method.BINDING or msg.cls != Class.REQUEST):
             self.logic.stats["ignored"] += 1  # the RFC 5780 ports answer Binding only

@@ -3,19 +3,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import functools
-import random
 import secrets
-import socket
 import ssl
 from collections import Counter
 
 from rendezvous.behaviour import Addresses
+from rendezvous.fast_path import FastPath
 from rendezvous.logic import RelayOffer
 from rendezvous.logic import RendezvousLogic
 from rendezvous.node import RendezvousNode
+from rendezvous.relay_sockets import SocketRelayPorts
 from rendezvous.stream_listener import StreamConnection
 from rendezvous.stream_listener import StreamLimits
 from rendezvous.stream_listener import StreamListener
@@ -24,7 +23,6 @@ from rendezvous.turn_server import TurnPolicy
 from rendezvous.turn_server import TurnServer
 from voip.host_addresses import host_ipv4_addresses
 from voip.host_addresses import host_ipv6_addresses
-from voip.transport import BATCH
 from voip.transport import Timer
 from voip.transport import UdpEndpoint
 from voip.wire.stun import Address
@@ -33,111 +31,6 @@ from voip.wire.turn import looks_like_channel_data
 RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes, as coturn asks for
 TLS_PORT = 5349  # IANA's turns port
 BIND_TRIES = 8  # for port 0: ports the kernel picks for UDP until TCP has the same one free
-RANGE_TRIES = 64  # random ports tried in a relay port range before it counts as full
-
-
-class SocketRelayPorts:
-    """Relayed transport addresses as real UDP sockets on `host`, read by the event loop; and
-    on `host6`, an IPv6 address of this host, for IPv6 and dual allocations (`ipv6()`).
-
-    With `port_range` (coturn's --min-port/--max-port) each port is drawn at random from it
-    (RFC 8656 §7.2: random, so an attacker cannot guess the next allocation's), never from the
-    kernel's ephemeral range where this host's own clients take theirs; without, the kernel
-    picks."""
-
-    def __init__(
-        self, host: str, host6: str | None = None, port_range: tuple[int, int] | None = None
-    ):
-        self.host, self.host6 = host, host6
-        self.port_range = port_range
-        self.sockets: dict[Address, socket.socket] = {}
-        self.server: RendezvousServer | None = None
-        self._random = random.SystemRandom()
-
-    @property
-    def hosts(self) -> list[str]:
-        return [self.host, *([self.host6] if self.host6 else [])]
-
-    def ipv6(self) -> RelayPortsOn | None:
-        """The IPv6 relayed addresses, as TurnServer's `ports6`: None without host6."""
-        return RelayPortsOn(self, self.host6) if self.host6 else None
-
-    def open(self) -> Address | None:
-        return self.open_on(self.host)
-
-    def open_on(self, host: str) -> Address | None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        try:  # at the open-file limit socket() itself fails (EMFILE): the caller answers 508
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-        except OSError:
-            return None
-        if not self._bind(sock, host):
-            sock.close()
-            return None
-        sock.setblocking(False)
-        host, port = sock.getsockname()[:2]
-        addr: Address = (str(host), int(port))
-        self.sockets[addr] = sock
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, addr, sock)
-        return addr
-
-    def _bind(self, sock: socket.socket, host: str) -> bool:
-        """Bind to a random port of the range (RANGE_TRIES draws), or to any port without
-        one; False when none was free."""
-        if self.port_range is None:
-            try:
-                sock.bind((host, 0))
-            except OSError:
-                return False
-            return True
-        low, high = self.port_range
-        for _ in range(RANGE_TRIES):
-            try:
-                sock.bind((host, self._random.randint(low, high)))
-            except OSError:  # taken (by an allocation or anyone else): draw again
-                continue
-            return True
-        return False  # a range this full is exhausted as far as callers can tell: 508
-
-    def close(self, relayed: Address) -> None:
-        sock = self.sockets.pop(relayed, None)
-        if sock is not None:
-            asyncio.get_running_loop().remove_reader(sock.fileno())
-            sock.close()
-
-    def close_all(self) -> None:
-        for addr in list(self.sockets):
-            self.close(addr)
-
-    def send(self, data: bytes, dest: Address, via: Address) -> None:
-        sock = self.sockets.get(via)
-        if sock is not None:
-            try:  # noqa: SIM105 - per datagram: a context manager costs more than a try
-                sock.sendto(data, dest)
-            except OSError:  # a peer gone away: UDP has nothing to retry
-                pass
-
-    def _readable(self, relayed: Address, sock: socket.socket) -> None:
-        for _ in range(BATCH):
-            try:
-                data, src = sock.recvfrom(65535)
-            except (BlockingIOError, OSError):
-                return
-            if self.server is not None:
-                self.server.from_peer(data, relayed, (str(src[0]), int(src[1])))
-
-
-class RelayPortsOn:
-    """One family's relayed addresses of a SocketRelayPorts (its sockets, its reader)."""
-
-    def __init__(self, ports: SocketRelayPorts, host: str):
-        self.ports, self.host = ports, host
-
-    def open(self) -> Address | None:
-        return self.ports.open_on(self.host)
-
-    def close(self, relayed: Address) -> None:
-        self.ports.close(relayed)
 
 
 class RendezvousServer:
@@ -157,9 +50,9 @@ class RendezvousServer:
         self.logic = logic or RendezvousLogic()
         self.turn = turn
         self.relay_ports = relay_ports
-        if relay_ports is not None:
-            relay_ports.server = self
         self.node: RendezvousNode | None = None
+        self.fast: FastPath | None = None
+        self.receive_buffer = RECEIVE_BUFFER  # of each listening socket (--rcvbuf)
         self.endpoint: UdpEndpoint | None = None
         self.behaviour_endpoints: dict[Address, UdpEndpoint] = {}  # RFC 5780's other three
         # A second --listen (IPv6 beside IPv4): main ports too, by address, and which one sends
@@ -237,6 +130,7 @@ class RendezvousServer:
         assert self.endpoint is not None
         await self._open_also(also, tcp)
         self.node = RendezvousNode(self.logic, self.turn, self.address, tuple(self.also))
+        self._fast_path()
         if alt_host is not None:
             await self._start_behaviour(host, alt_host)
         self._timer = Timer(self.endpoint.loop, self.node.next_deadline, self._on_timer)
@@ -254,6 +148,26 @@ class RendezvousServer:
             self.logic.relay = RelayOffer(advertised, self.turn.policy.secret)
         return self
 
+    def _fast_path(self) -> None:
+        """The main sockets and the relayed ones are read by the fast path."""
+        assert self.endpoint is not None
+        turn, ports = self.turn, self.relay_ports
+        self.fast = FastPath(
+            turn.table.routes if turn is not None else None,
+            ports.sockets if ports is not None else {},
+            self._streams,
+            (self.logic.stats, turn.stats if turn is not None else Counter()),
+            slow=self._take,
+            slow_peer=self.from_peer,
+            clock=self.endpoint.loop.time,
+        )
+        for local, endpoint in [(self.address, self.endpoint), *self.also.items()]:
+            self.fast.attach(endpoint, local)
+        if not self.also and not self.endpoint.dual:  # one socket answers every client
+            self.fast.out = self.endpoint.sock
+        if ports is not None:
+            ports.reader = self.fast.peer_readable
+
     async def _open_main(self, host: str, port: int, tcp: bool) -> None:
         """The main UDP socket, and TCP on its port (RFC 8656 §3.1: the same port)."""
         for attempt in range(BIND_TRIES):
@@ -261,7 +175,7 @@ class RendezvousServer:
             # buffer: synchronised bursts from many callers overflow the default while the CPU
             # idles.
             self.endpoint = UdpEndpoint.open(
-                host, port, self._on_datagram, timestamps=False, receive_buffer=RECEIVE_BUFFER
+                host, port, self._on_datagram, timestamps=False, receive_buffer=self.receive_buffer
             )
             self._address = self.endpoint.local_address
             if not tcp or self.streams is None:
@@ -285,7 +199,7 @@ class RendezvousServer:
                     port,
                     self._on_datagram,
                     timestamps=False,
-                    receive_buffer=RECEIVE_BUFFER,
+                    receive_buffer=self.receive_buffer,
                     dual=False,  # the first --listen has the other family
                 )
                 local = endpoint.local_address

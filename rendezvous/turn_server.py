@@ -62,7 +62,7 @@ from voip.wire.turn import pack_channel_data
 from voip.wire.turn import parse_channel_data_untrusted
 from voip.wire.turn import peer_indication
 
-__all__ = ["Allocation", "Out", "RelayPorts", "TurnPolicy", "TurnServer"]
+__all__ = ["TURN_METHODS", "Allocation", "Out", "RelayPorts", "TurnPolicy", "TurnServer"]
 
 TURN_METHODS = {
     Method.ALLOCATE,
@@ -112,9 +112,6 @@ class TurnServer:
         self.allocations = self.table.by_client
         self.by_relayed = self.table.by_relayed
 
-    def handles(self, msg: Message) -> bool:
-        return msg.method in TURN_METHODS
-
     def handle_request(self, msg: Message, data: bytes, src: Address, now: float) -> list[Out]:
         """A TURN request or Send indication from a client; `data` is the datagram as received."""
         if msg.method == Method.SEND:
@@ -151,7 +148,10 @@ class TurnServer:
         if alloc is None or peer is None:
             self.stats["channel_unknown"] += 1
             return []
-        return self._relay_out(payload, alloc, peer, now)
+        outs = self._relay_out(payload, alloc, peer, now)
+        if outs and outs[0].via is not None and not self.table.routes.live(src, channel, now):
+            self.table.routes.learn(alloc.route(channel, outs[0].via))  # over the network
+        return outs
 
     def handle_peer(self, data: bytes, relayed: Address, peer: Address, now: float) -> list[Out]:
         """A datagram that arrived on relayed address `relayed` from `peer`."""

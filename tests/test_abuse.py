@@ -243,7 +243,7 @@ def test_at_the_open_file_limit_a_relay_port_is_none_not_an_exception(
     import errno
     import socket
 
-    from rendezvous.server import SocketRelayPorts
+    from rendezvous.relay_sockets import SocketRelayPorts
 
     def no_more_files(*args: object, **kwargs: object) -> socket.socket:
         raise OSError(errno.EMFILE, "Too many open files")

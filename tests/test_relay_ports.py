@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from rendezvous import cli
-from rendezvous.server import SocketRelayPorts
+from rendezvous.relay_sockets import SocketRelayPorts
 
 
 def test_relayed_ports_come_from_the_range_at_random_until_it_is_full() -> None:
