@@ -53,6 +53,7 @@ class RendezvousServer:
         self.node: RendezvousNode | None = None
         self.fast: FastPath | None = None
         self.receive_buffer = RECEIVE_BUFFER  # of each listening socket (--rcvbuf)
+        self.reuse_port = False  # main sockets shared with other processes (--workers)
         self.endpoint: UdpEndpoint | None = None
         self.behaviour_endpoints: dict[Address, UdpEndpoint] = {}  # RFC 5780's other three
         # A second --listen (IPv6 beside IPv4): main ports too, by address, and which one sends
@@ -119,7 +120,14 @@ class RendezvousServer:
             self.streams = StreamListener(self, stream_limits)
             self._streams = self.streams.by_addr
             self.logic.introductions.streams = self._streams  # no srflx from a TCP mapping
-        await self._open_main(host, port, tcp)
+        try:
+            self.endpoint, self.tcp_address = await open_main(
+                host, port, self.streams if tcp else None, self.receive_buffer, self.reuse_port
+            )
+        except OSError:
+            self.close()
+            raise
+        self._address = self.endpoint.local_address
         if tls is not None:
             assert self.streams is not None
             try:
@@ -135,17 +143,8 @@ class RendezvousServer:
             await self._start_behaviour(host, alt_host)
         self._timer = Timer(self.endpoint.loop, self.node.next_deadline, self._on_timer)
         if self.turn is not None:
-            # Never a peer: where we listen and relay, and every address of this host (a
-            # service there may listen on all of them).
-            own = [host, *([alt_host] if alt_host else []), *host_ipv4_addresses()]
-            own += [ip for ip, _ in also] + host_ipv6_addresses()
-            if self.relay_ports is not None:
-                own += self.relay_ports.hosts
-            self.turn.add_own_addresses(own)
-        if self.turn is not None and self.relay_ports is not None and self.logic.relay is None:
-            assert self.turn.policy.secret is not None
-            advertised = (self.relay_ports.host, self.address[1])
-            self.logic.relay = RelayOffer(advertised, self.turn.policy.secret)
+            own = [host, *([alt_host] if alt_host else []), *[ip for ip, _ in also]]
+            offer_relay(self.logic, self.turn, self.relay_ports, own, self.address[1])
         return self
 
     def _fast_path(self) -> None:
@@ -168,28 +167,6 @@ class RendezvousServer:
         if ports is not None:
             ports.reader = self.fast.peer_readable
 
-    async def _open_main(self, host: str, port: int, tcp: bool) -> None:
-        """The main UDP socket, and TCP on its port (RFC 8656 §3.1: the same port)."""
-        for attempt in range(BIND_TRIES):
-            # No arrival stamps (nothing here measures a path), and coturn's 4 MiB receive
-            # buffer: synchronised bursts from many callers overflow the default while the CPU
-            # idles.
-            self.endpoint = UdpEndpoint.open(
-                host, port, self._on_datagram, timestamps=False, receive_buffer=self.receive_buffer
-            )
-            self._address = self.endpoint.local_address
-            if not tcp or self.streams is None:
-                return
-            try:
-                self.tcp_address = await self.streams.listen(host, self._address[1])
-                return
-            except OSError as exc:
-                self.endpoint.close()
-                # A port the kernel picked for UDP may be taken for TCP: let it pick again.
-                if port != 0 or exc.errno != errno.EADDRINUSE or attempt == BIND_TRIES - 1:
-                    self.close()
-                    raise
-
     async def _open_also(self, also: tuple[Address, ...], tcp: bool) -> None:
         """More main ports (`--listen` given again): UDP, and TCP on each one's port."""
         try:
@@ -201,6 +178,7 @@ class RendezvousServer:
                     timestamps=False,
                     receive_buffer=self.receive_buffer,
                     dual=False,  # the first --listen has the other family
+                    reuse_port=self.reuse_port,
                 )
                 local = endpoint.local_address
                 endpoint.on_datagram = functools.partial(self._on_datagram, local=local)
@@ -303,3 +281,49 @@ class RendezvousServer:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+
+async def open_main(
+    host: str, port: int, streams: StreamListener | None, receive_buffer: int, reuse_port: bool
+) -> tuple[UdpEndpoint, Address | None]:
+    """The main UDP socket, and with `streams` TCP on its port (RFC 8656 §3.1: the same port).
+    The server reads the socket itself (rendezvous/fast_path.py), not through its handler."""
+    for attempt in range(BIND_TRIES):
+        # No arrival stamps (nothing here measures a path), and coturn's 4 MiB receive
+        # buffer: synchronised bursts from many callers overflow the default while the CPU
+        # idles.
+        endpoint = UdpEndpoint.open(
+            host,
+            port,
+            lambda data, src, now: None,
+            timestamps=False,
+            receive_buffer=receive_buffer,
+            reuse_port=reuse_port,
+        )
+        if streams is None:
+            return endpoint, None
+        try:
+            return endpoint, await streams.listen(host, endpoint.local_address[1])
+        except OSError as exc:
+            endpoint.close()
+            # A port the kernel picked for UDP may be taken for TCP: let it pick again.
+            if port != 0 or exc.errno != errno.EADDRINUSE or attempt == BIND_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")  # the last attempt returned or raised
+
+
+def offer_relay(
+    logic: RendezvousLogic,
+    turn: TurnServer,
+    ports: SocketRelayPorts | None,
+    listening: list[str],
+    port: int,
+) -> None:
+    """Tell the relay its own addresses, never a peer: where we listen and relay, and every
+    address of this host (a service there may listen on all of them); and unless the logic
+    names another relay, offer callers this one."""
+    own = [*listening, *host_ipv4_addresses(), *host_ipv6_addresses()]
+    turn.add_own_addresses(own + (ports.hosts if ports is not None else []))
+    if ports is not None and logic.relay is None:
+        assert turn.policy.secret is not None
+        logic.relay = RelayOffer((ports.host, port), turn.policy.secret)

@@ -66,11 +66,14 @@ class UdpEndpoint:
         timestamps: bool = True,
         receive_buffer: int | None = None,
         dual: bool = True,
+        reuse_port: bool = False,
     ) -> UdpEndpoint:
         """Bind a socket on the running loop. `timestamps`: the kernel's arrival time as `now`
         (else the time it was read); `receive_buffer`: bytes of SO_RCVBUF to ask for (beyond
         net.core.rmem_max as root). Host "::" is both families on one socket (IPV6_V6ONLY off):
-        handlers and senders see IPv4 addresses as plain IPv4, never ::ffff:a.b.c.d."""
+        handlers and senders see IPv4 addresses as plain IPv4, never ::ffff:a.b.c.d.
+        `reuse_port`: SO_REUSEPORT, so processes share the port, each client's datagrams
+        hashed by the kernel to one of them."""
         loop = asyncio.get_running_loop()
         self = cls(loop, on_datagram)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -80,6 +83,8 @@ class UdpEndpoint:
             if host == "::":  # both families, unless not `dual` (another socket has IPv4)
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual else 1)
                 self.dual = dual
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
         except OSError:
             sock.close()
