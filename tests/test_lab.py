@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,9 @@ from voip.report import percentile
 
 REASON = lab_unavailable_reason()
 pytestmark = [pytest.mark.skipif(REASON is not None, reason=REASON or ""), pytest.mark.slow]
+# Most calls' network: 5 ms one way on each host's link (a 10 ms direct RTT), cone NATs; a
+# test changes what it is about with dataclasses.replace.
+FIVE_MS = LabConfig(delay_a=5, delay_b=5)
 
 ECHO_SERVER = """
 import socket, sys, time
@@ -234,7 +238,7 @@ def _public(result_nodes: dict[str, dict[str, str]], side: str) -> str:
     ids=[f"{a}-{b}{'-same' if s else ''}" for a, b, s in MATRIX],
 )
 def test_nat_matrix(tmp_path: Path, nat_a: str, nat_b: str, same_nat: bool) -> None:
-    config = LabConfig(nat_a=nat_a, nat_b=nat_b, same_nat=same_nat, delay_a=5, delay_b=5)
+    config = replace(FIVE_MS, nat_a=nat_a, nat_b=nat_b, same_nat=same_nat)
     started = time.monotonic()
     duration = 4.0 if (nat_a, nat_b) in BIRTHDAY else 2.0
     result = run_lab_call(
@@ -311,7 +315,7 @@ def test_nat_matrix(tmp_path: Path, nat_a: str, nat_b: str, same_nat: bool) -> N
 def test_both_paths_measured_against_the_configured_truth(tmp_path: Path, relay_mode: str) -> None:
     """5 ms each side and 40 ms to the relay: direct RTT is 10 ms, relayed 90 ms (the relayed
     round trip crosses the relay's link twice), whichever path carries the audio."""
-    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5, delay_relay=40)
+    config = replace(FIVE_MS, delay_relay=40)
     result = run_lab_call(
         config, tmp_path, duration=4.0, speech=False, extra_args=["--relay", relay_mode]
     )
@@ -330,15 +334,8 @@ def test_both_paths_measured_against_the_configured_truth(tmp_path: Path, relay_
 
 
 def _call_with(tmp_path: Path, **link: float) -> dict[str, dict[str, Any]]:
-    config = LabConfig(
-        nat_a="cone",
-        nat_b="cone",
-        delay_a=5,
-        delay_b=5,
-        seed=11,
-        jitter=link.get("jitter", 0.0),
-        loss=link.get("loss", 0.0),
-    )
+    jitter, loss = link.get("jitter", 0.0), link.get("loss", 0.0)
+    config = replace(FIVE_MS, seed=11, jitter=jitter, loss=loss)
     result = run_lab_call(config, tmp_path, duration=10.0, speech=False)
     return {caller.name: report for caller, report in ended_well(result)}
 
@@ -386,7 +383,7 @@ def cone_call(
 ) -> LabCallResult:
     """A call of tones between alice and bob behind cone NATs 5 ms from the internet (and the
     relay `delay_relay` ms), with `actions` on the lab while it runs."""
-    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5, delay_relay=delay_relay)
+    config = replace(FIVE_MS, delay_relay=delay_relay)
     return run_lab_call(
         config, tmp_path, duration=duration, speech=False, extra_args=extra_args, actions=actions
     )
@@ -469,7 +466,7 @@ def test_a_router_that_forgets_its_mappings_mid_call_loses_under_2_s(
     audio comes back as soon as she sends; behind the symmetric one every mapping gets a new
     random port, her relay allocation is bound to the old one, and only meeting again through
     the rendezvous (an ICE restart) brings the call back."""
-    config = LabConfig(nat_a=nat_a, nat_b="cone", delay_a=5, delay_b=5)
+    config = replace(FIVE_MS, nat_a=nat_a)
     result = run_lab_call(
         config,
         tmp_path,
@@ -502,7 +499,7 @@ def test_a_host_that_moves_to_a_new_address_mid_call_loses_under_2_s(tmp_path: P
 
 
 def test_mouth_to_ear_latency_from_marks_in_the_audio(tmp_path: Path) -> None:
-    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5)
+    config = replace(FIVE_MS)
     measured = lab_mouth_to_ear(config, tmp_path, duration=8.0)
     for me, latencies in measured.latencies.items():
         assert len(latencies) >= 7  # a mark a second, the first half a second in
@@ -552,7 +549,7 @@ def test_a_quiet_dtx_call_outlives_a_short_nat_timeout(tmp_path: Path) -> None:
     for i in range(700):
         sink.write(tone(660, i * 960) if i < 100 or i >= 600 else silence())
     sink.close()
-    config = LabConfig(nat_a="cone", nat_b="cone", delay_a=5, delay_b=5, udp_timeout=3)
+    config = replace(FIVE_MS, udp_timeout=3)
     result = run_lab_call(
         config,
         tmp_path,
@@ -803,7 +800,7 @@ def test_debian_stun_client_agrees_with_natcheck(kind: str, hairpin: bool, tmp_p
 def test_both_symmetric_nats_go_straight_to_the_relay(tmp_path: Path) -> None:
     """Each caller learns at registration that its NAT maps per destination; knowing both do,
     they use the relay as soon as it answers, without RELAY_GRACE (1.5 s) for direct pairs."""
-    cfg = LabConfig(nat_a="symmetric", nat_b="symmetric", delay_a=5, delay_b=5, delay_relay=40)
+    cfg = replace(FIVE_MS, nat_a="symmetric", nat_b="symmetric", delay_relay=40)
     result = run_lab_call(cfg, tmp_path, duration=2, speech=False)
     for name in ("alice", "bob"):
         report = result.callers[name].report

@@ -12,11 +12,13 @@ import socket
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.test_lab import FIVE_MS
 from voip.lab.nat import router_ruleset
 from voip.lab.netns import LabError
 from voip.lab.netns import lab_unavailable_reason
@@ -282,11 +284,10 @@ def test_symmetric_against_symmetric_goes_direct_through_the_mapping(
     reach it and the audio goes direct. A capture on each router's WAN shows where it went;
     after the call the router holds no mapping. With UPnP IGD the router speaks nothing else
     (no NAT-PMP or PCP): the call asks it beside PCP and offers the port it opened."""
-    config = LabConfig(
+    config = replace(
+        FIVE_MS,
         nat_a="symmetric",
         nat_b="symmetric",
-        delay_a=5,
-        delay_b=5,
         delay_relay=40,
         port_mapping_a=mapping_side == "a",
         port_mapping_b=mapping_side == "b",
