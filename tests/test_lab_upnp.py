@@ -45,7 +45,7 @@ LIFETIME = 3600  # s asked for every mapping
 MAPPER = """
 import asyncio, json, socket, sys, time
 from voip.host_addresses import gateway_for_port_mapping
-from voip.nat.upnp_client import UpnpError, discover, map_port
+from voip.nat.upnp_client import Discovery, UpnpError, discover, map_port
 
 def say(**what):
     print(json.dumps(what), flush=True)
@@ -66,8 +66,8 @@ async def main():
     sock.setblocking(False)
     port = sock.getsockname()[1]
     _, discovery = await timed(discover(gateway, own))
-    _, multicast = await timed(discover(gateway, own, unicast=False))
-    _, unicast = await timed(discover(gateway, own, multicast=False))
+    _, multicast = await timed(discover(gateway, own, Discovery(unicast=False)))
+    _, unicast = await timed(discover(gateway, own, Discovery(multicast=False)))
     mapping, mapped = await timed(map_port(gateway, own, port, int(sys.argv[1])))
     found = dict(gateway=gateway, port=port, discovery=discovery, multicast=multicast,
                  unicast=unicast, map=mapped)

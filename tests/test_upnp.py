@@ -27,6 +27,8 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from voip.nat.upnp_client import DISCOVERY_WAIT
+from voip.nat.upnp_client import Discovery
 from voip.nat.upnp_client import UpnpError
 from voip.nat.upnp_client import UpnpMapping
 from voip.nat.upnp_client import discover
@@ -622,10 +624,11 @@ def fault(code: int, words: str) -> bytes:
     return edit(coded, b">ConflictInMappingEntry<", f">{words}<".encode())
 
 
-async def mapped(igd: FakeIgd, port: int = 41000, **kwargs: float) -> UpnpMapping:
-    return await map_port(
-        LOOPBACK, LOOPBACK, port, 600, ssdp_port=igd.ssdp_port, multicast=False, **kwargs
-    )
+async def mapped(
+    igd: FakeIgd, port: int = 41000, wait: float = DISCOVERY_WAIT, **timeouts: float
+) -> UpnpMapping:
+    how = Discovery(wait, igd.ssdp_port, multicast=False)
+    return await map_port(LOOPBACK, LOOPBACK, port, 600, how=how, **timeouts)
 
 
 def arg(request: bytes, name: str) -> str:
@@ -768,12 +771,12 @@ async def test_ssdp_answers_from_elsewhere_or_pointing_elsewhere_are_not_taken()
         with pytest.raises(
             UpnpError, match=r"no UPnP internet gateway answered at 127\.0\.0\.1 within 200 ms"
         ):
-            await mapped(igd, discovery_wait=0.2)
+            await mapped(igd, wait=0.2)
         assert igd.actions() == []
     async with FakeIgd() as igd:  # the gateway answers, pointing at another host
         igd.location_host = "127.0.0.2"
         with pytest.raises(UpnpError, match=r"its answer was refused: .*another host"):
-            await mapped(igd, discovery_wait=0.2)
+            await mapped(igd, wait=0.2)
         assert igd.actions() == []
 
 
@@ -785,9 +788,7 @@ async def test_discovery_waits_its_time_asks_twice_and_then_says_so() -> None:
     try:
         start = time.perf_counter()
         with pytest.raises(UpnpError, match="no UPnP internet gateway answered"):
-            await discover(
-                LOOPBACK, LOOPBACK, wait=0.3, port=sock.getsockname()[1], multicast=False
-            )
+            await discover(LOOPBACK, LOOPBACK, Discovery(0.3, sock.getsockname()[1], False))
         assert 0.3 <= time.perf_counter() - start < 0.5
         searches = []
         while True:

@@ -157,29 +157,36 @@ class UpnpMapping:
             raise UpnpError(f"the router would not delete the mapping: {answer.reason()}")
 
 
+@dataclass(frozen=True)
+class Discovery:
+    """How `discover` asks: M-SEARCHes to SSDP `port` (tests on loopback use their own) at the
+    multicast group unless not `multicast` and at the gateway unless not `unicast`, an answer
+    awaited `wait` s at most."""
+
+    wait: float = DISCOVERY_WAIT
+    port: int = SSDP_PORT
+    multicast: bool = True
+    unicast: bool = True
+
+
 async def map_port(
     gateway_ip: str,
     own_ip: str,
     internal_port: int,
     lifetime: int,
     *,
-    discovery_wait: float = DISCOVERY_WAIT,
+    how: Discovery = Discovery(),
     timeout: float = HTTP_TIMEOUT,
     total_timeout: float = MAP_TIMEOUT,
-    ssdp_port: int = SSDP_PORT,
-    multicast: bool = True,
 ) -> UpnpMapping:
-    """Ask the UPnP IGD at `gateway_ip` (the default gateway) to forward a UDP port on its
-    WAN side to `own_ip`:`internal_port` for `lifetime` s (1-604800). `ssdp_port` and
-    `multicast` (False: no M-SEARCH to the group, only to the gateway) are for tests on
-    loopback. See the module's docstring for the timing and what it raises."""
+    """Ask the UPnP IGD at `gateway_ip` (the default gateway), found `how` it says, to forward
+    a UDP port on its WAN side to `own_ip`:`internal_port` for `lifetime` s (1-604800). See
+    the module's docstring for the timing and what it raises."""
     ipaddress.IPv4Address(gateway_ip)
     ipaddress.IPv4Address(own_ip)
     if not 1 <= internal_port <= 65535 or not 1 <= lifetime <= 604800:
         raise ValueError("a port is 1-65535 and a UPnP lease 1-604800 s")
-    found = await discover(
-        gateway_ip, own_ip, wait=discovery_wait, port=ssdp_port, multicast=multicast
-    )
+    found = await discover(gateway_ip, own_ip, how)
     try:
         async with asyncio.timeout(total_timeout):
             return await _map(found, own_ip, internal_port, lifetime, timeout)
@@ -217,18 +224,9 @@ async def _map(
     raise UpnpError("the router has no public address to map a port on: " + "; ".join(reasons))
 
 
-async def discover(
-    gateway_ip: str,
-    own_ip: str,
-    *,
-    wait: float = DISCOVERY_WAIT,
-    port: int = SSDP_PORT,
-    multicast: bool = True,
-    unicast: bool = True,
-) -> SsdpAnswer:
-    """The gateway's answer to an SSDP M-SEARCH for an IGD, sent to the multicast group
-    (unless not `multicast`) and to the gateway itself (unless not `unicast`) from `own_ip`;
-    the first valid one from `gateway_ip` wins. UpnpError if none comes within `wait` s."""
+async def discover(gateway_ip: str, own_ip: str, how: Discovery = Discovery()) -> SsdpAnswer:
+    """The gateway's answer to an SSDP M-SEARCH for an IGD, sent from `own_ip` `how` it says;
+    the first valid one from `gateway_ip` wins. UpnpError if none comes within `how.wait` s."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -243,9 +241,9 @@ async def discover(
     except OSError as error:
         sock.close()
         raise UpnpError(f"could not open a socket for UPnP discovery: {error}") from None
-    hosts = [gateway_ip] * unicast + [SSDP_GROUP] * multicast
+    hosts = [gateway_ip] * how.unicast + [SSDP_GROUP] * how.multicast
     searches = [
-        (msearch(target, host=host, port=port), (host, port))
+        (msearch(target, host=host, port=how.port), (host, how.port))
         for host in hosts
         for target in SEARCH_TARGETS
     ]
@@ -255,7 +253,7 @@ async def discover(
             transport.sendto(data, destination)  # errors go to error_received
 
     try:
-        async with asyncio.timeout(wait):
+        async with asyncio.timeout(how.wait):
             search()
             done, _ = await asyncio.wait({listener.answer}, timeout=RESEND_AFTER)
             if not done:
@@ -264,7 +262,8 @@ async def discover(
     except TimeoutError:
         why = f" (its answer was refused: {listener.refused})" if listener.refused else ""
         raise UpnpError(
-            f"no UPnP internet gateway answered at {gateway_ip} within {wait * 1000:.0f} ms{why}"
+            f"no UPnP internet gateway answered at {gateway_ip}"
+            f" within {how.wait * 1000:.0f} ms{why}"
         ) from None
     finally:
         transport.close()
