@@ -43,7 +43,8 @@ FILTER_HANDLE = 1
 BPFFS = Path("/sys/fs/bpf")
 PIN_ROOT = BPFFS / "callpeer"
 SIOCGIFHWADDR = 0x8927
-ETHERNET_TYPES = {1, 772}  # ARPHRD_ETHER, ARPHRD_LOOPBACK: links with an Ethernet header
+ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772
+ETHERNET_TYPES = {ARPHRD_ETHER, ARPHRD_LOOPBACK}  # links whose frames start with an Ethernet header
 INSTALL_HINT = "apt-get install clang libbpf-dev"
 COUNTER_NAMES = ("to_peer_packets", "to_peer_bytes", "to_client_packets", "to_client_bytes")
 
@@ -118,7 +119,7 @@ def _remove_stale_pins() -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _check_interface(name: str) -> None:
+def _check_interface(name: str) -> int:
     """The link exists in this thread's network namespace and frames carry Ethernet headers
     (asked by ioctl, not /sys, which shows the namespace that mounted it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -130,6 +131,12 @@ def _check_interface(name: str) -> None:
     (kind,) = struct.unpack_from("=H", reply, 16)
     if kind not in ETHERNET_TYPES:
         raise OffloadUnavailable(f"{name} has no Ethernet header (link type {kind})")
+    return int(kind)
+
+
+def forwarding_path(name: str) -> Path:
+    # /proc/sys/net shows the network namespace of the thread that opens it.
+    return Path("/proc/sys/net/ipv4/conf") / name / "forwarding"
 
 
 class ChannelOffload:
@@ -145,10 +152,21 @@ class ChannelOffload:
         self.config: maps.BpfMap | None = None
         self.retired = dict.fromkeys(COUNTER_NAMES, 0)  # counters of removed entries
         self.closed = False
+        self.restore_forwarding: list[str] = []  # interfaces whose forwarding we switched on
+        self.notes: list[str] = []  # what the server should tell its operator
 
     @classmethod
-    def load(cls, interfaces: list[str], server: tuple[str, int]) -> ChannelOffload:
-        """Compile (cached), load and attach to each interface's clsact ingress."""
+    def load(
+        cls, interfaces: list[str], server: tuple[str, int], *, enable_forwarding: bool = False
+    ) -> ChannelOffload:
+        """Compile (cached), load and attach to each interface's clsact ingress.
+
+        Forwarding to another host uses the kernel's FIB lookup, which the kernel allows only
+        on interfaces with forwarding on: `enable_forwarding` switches it on for the given
+        interfaces until `close` (keep a firewall whose forward chain drops, as a host that is
+        not a router has: the offloaded packets are redirected before netfilter's forward
+        hook, so they pass). Without it such packets are relayed in user space, and `notes`
+        says so."""
         reason = unavailable_reason()
         if reason:
             raise OffloadUnavailable(reason)
@@ -158,8 +176,7 @@ class ChannelOffload:
             config = maps.config_value(server)
         except ValueError as exc:
             raise OffloadUnavailable(str(exc)) from exc
-        for name in interfaces:
-            _check_interface(name)
+        kinds = {name: _check_interface(name) for name in interfaces}
         obj = compile_program()
         _ensure_bpffs()
         _remove_stale_pins()
@@ -167,6 +184,9 @@ class ChannelOffload:
         pin_dir.mkdir(parents=True)
         self = cls(list(interfaces), pin_dir, server)
         try:
+            for name in interfaces:
+                if kinds[name] != ARPHRD_LOOPBACK:
+                    self._check_forwarding(name, enable_forwarding)
             for name in interfaces:
                 self._attach(name, obj)
             globals_dir = pin_dir / "tc" / "globals"
@@ -184,6 +204,19 @@ class ChannelOffload:
             self.close()
             raise
         return self
+
+    def _check_forwarding(self, name: str, enable: bool) -> None:
+        path = forwarding_path(name)
+        if path.read_text().strip() != "0":
+            return
+        if enable:
+            path.write_text("1\n")
+            self.restore_forwarding.append(name)
+            return
+        self.notes.append(
+            f"forwarding is off on {name}: channels to other hosts are relayed in user space"
+            f" (sysctl net.ipv4.conf.{name}.forwarding=1, or --offload's enable_forwarding)"
+        )
 
     def _attach(self, name: str, obj: Path) -> None:
         if "clsact" not in _tc(["qdisc", "show", "dev", name]).stdout:
@@ -267,6 +300,10 @@ class ChannelOffload:
         for name in self.attached:
             _tc(["filter", "del", "dev", name, "ingress", "pref", str(FILTER_PREF)])
         self.attached = []
+        for name in self.restore_forwarding:
+            with contextlib.suppress(OSError):
+                forwarding_path(name).write_text("0\n")
+        self.restore_forwarding = []
         for bpf_map in (self.c2p, self.p2c, self.config):
             if bpf_map is not None:
                 bpf_map.close()

@@ -6,6 +6,8 @@ Needs root, clang and the libbpf headers; elsewhere every test skips, saying why
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import socket
 import struct
@@ -18,7 +20,10 @@ import pytest
 from rendezvous.offload import FILTER_PREF
 from rendezvous.offload import PIN_ROOT
 from rendezvous.offload import ChannelOffload
+from rendezvous.offload import forwarding_path
 from rendezvous.offload import unavailable_reason
+from voip.lab.netns import lab_unavailable_reason
+from voip.lab.netns import run
 
 Address = tuple[str, int]
 REASON = unavailable_reason()
@@ -27,9 +32,9 @@ CHANNEL = 0x4000
 QUIET = 0.2  # how long a socket that must receive nothing is watched
 
 
-def _sock(host: str = "127.0.0.1") -> socket.socket:
+def _sock(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((host, 0))
+    s.bind((host, port))
     s.settimeout(1.0)
     return s
 
@@ -229,3 +234,146 @@ def test_a_stale_instance_is_replaced() -> None:
         second.close()
         first.close()
     assert not _our_filters("lo")
+
+
+# The lab: client -- relay -- router -- peer, each in a network namespace, joined by veth pairs.
+# The relay's listening and relayed addresses are one public address, as on a real relay; the
+# peer is two hops away, so the program must find the router's MAC through bpf_fib_lookup.
+LAB_REASON = lab_unavailable_reason()
+CLONE_NEWNET = 0x40000000
+RELAY_IP = "203.0.113.1"
+CLIENT_IP = "203.0.113.10"
+PEER_IP = "198.51.100.130"
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def netns(name: str) -> Iterator[None]:
+    """Run this thread in namespace `name` (sockets made meanwhile stay there)."""
+    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    there = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(there, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+        yield
+    finally:
+        _libc.setns(here, CLONE_NEWNET)
+        os.close(here)
+        os.close(there)
+
+
+def _lab_commands(tag: str) -> list[list[str]]:
+    c, r, g, p = (f"cpo{tag}{x}" for x in "crgp")
+    cmds = [["ip", "netns", "add", ns] for ns in (c, r, g, p)]
+    cmds += [["ip", "-n", ns, "link", "set", "lo", "up"] for ns in (c, r, g, p)]
+    links = [(c, "c0", r, "r0"), (r, "r1", g, "g0"), (g, "g1", p, "p0")]
+    for ns_a, a, ns_b, b in links:
+        cmds.append(
+            ["ip", "link", "add", a, "netns", ns_a, "type", "veth", "peer", b, "netns", ns_b]
+        )
+    addresses = [
+        (c, "c0", f"{CLIENT_IP}/24"),
+        (r, "r0", f"{RELAY_IP}/24"),
+        (r, "r1", "198.51.100.1/25"),
+        (g, "g0", "198.51.100.2/25"),
+        (g, "g1", "198.51.100.129/25"),
+        (p, "p0", f"{PEER_IP}/25"),
+    ]
+    for ns, dev, cidr in addresses:
+        cmds.append(["ip", "-n", ns, "addr", "add", cidr, "dev", dev])
+        cmds.append(["ip", "-n", ns, "link", "set", dev, "up"])
+    cmds.append(["ip", "-n", r, "route", "add", "198.51.100.128/25", "via", "198.51.100.2"])
+    cmds.append(["ip", "-n", g, "route", "add", "203.0.113.0/24", "via", "198.51.100.1"])
+    cmds.append(["ip", "-n", p, "route", "add", "default", "via", "198.51.100.129"])
+    cmds.append(["ip", "netns", "exec", g, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    return cmds
+
+
+@dataclass
+class Lab:
+    tag: str
+    server: socket.socket
+    relayed: socket.socket
+    client: socket.socket
+    peer: socket.socket
+
+    @property
+    def relay_ns(self) -> str:
+        return f"cpo{self.tag}r"
+
+    def channel(self) -> tuple[Address, int, Address, Address]:
+        return _addr(self.client), CHANNEL, _addr(self.relayed), _addr(self.peer)
+
+
+@pytest.fixture(params=["partial", "full"])
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """`partial`: veth's default, checksums left to offload; `full`: tx offload off at the
+    client and the peer, so the kernel sees (and the receivers check) real UDP checksums."""
+    if LAB_REASON:
+        pytest.skip(LAB_REASON)
+    tag = str(os.getpid() % 100000)
+    sockets: list[socket.socket] = []
+    try:
+        for cmd in _lab_commands(tag):
+            run(cmd)
+        if request.param == "full":
+            run(["ethtool", "-K", "c0", "tx", "off"], ns=f"cpo{tag}c")
+            run(["ethtool", "-K", "p0", "tx", "off"], ns=f"cpo{tag}p")
+        for ns, host, port in (("r", RELAY_IP, 3478), ("r", RELAY_IP, 0), ("c", CLIENT_IP, 0)):
+            with netns(f"cpo{tag}{ns}"):
+                sockets.append(_sock(host, port))
+        with netns(f"cpo{tag}p"):
+            sockets.append(_sock(PEER_IP))
+        server, relayed, client, peer = sockets
+        # User space first, as a real allocation does: this also resolves the neighbours.
+        client.sendto(b"allocate", _addr(server))
+        assert server.recvfrom(100) == (b"allocate", _addr(client))
+        server.sendto(b"allocated", _addr(client))
+        assert client.recvfrom(100)[0] == b"allocated"
+        relayed.sendto(b"hello peer", _addr(peer))
+        assert peer.recvfrom(100) == (b"hello peer", _addr(relayed))
+        yield Lab(tag, server, relayed, client, peer)
+    finally:
+        for s in sockets:
+            s.close()
+        for ns in "crgp":
+            run(["ip", "netns", "del", f"cpo{tag}{ns}"], check=False)
+
+
+def test_lab_without_forwarding_falls_back_to_user_space(lab: Lab) -> None:
+    with netns(lab.relay_ns):
+        offload = ChannelOffload.load(["r0", "r1"], _addr(lab.server))
+    try:
+        assert any("forwarding is off on r0" in note for note in offload.notes)
+        offload.add(*lab.channel())
+        lab.client.sendto(_frame(b"voice"), _addr(lab.server))
+        assert lab.server.recvfrom(4096)[0] == _frame(b"voice")
+        assert offload.counters()["to_peer_packets"] == 0
+    finally:
+        with netns(lab.relay_ns):
+            offload.close()
+
+
+def test_lab_fib_lookup_and_redirect(lab: Lab) -> None:
+    with netns(lab.relay_ns):
+        offload = ChannelOffload.load(["r0", "r1"], _addr(lab.server), enable_forwarding=True)
+    try:
+        assert offload.notes == []
+        offload.add(*lab.channel())
+        payloads = [bytes([n % 251]) * n for n in (172, 0, 1, 3, 171, 1000)]
+        for data in payloads:
+            lab.client.sendto(_frame(data), _addr(lab.server))
+            assert lab.peer.recvfrom(4096) == (data, _addr(lab.relayed))
+            lab.peer.sendto(data, _addr(lab.relayed))
+            assert lab.client.recvfrom(4096) == (_frame(data), _addr(lab.server))
+        assert _silent(lab.server)
+        assert _silent(lab.relayed)
+        counters = offload.counters()
+        assert (counters["to_peer_packets"], counters["to_client_packets"]) == (6, 6)
+        assert counters["to_peer_bytes"] == sum(map(len, payloads))
+    finally:
+        with netns(lab.relay_ns):
+            offload.close()
+            assert forwarding_path("r0").read_text().strip() == "0"
+            assert not _our_filters("r0")
+            assert not _our_filters("r1")
