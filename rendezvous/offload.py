@@ -14,6 +14,10 @@ with no subprocess. A destination on this host continues up the stack; another h
 through the kernel's FIB (bpf_fib_lookup) and a redirect to the egress interface, which needs
 forwarding enabled on the receiving interface (`sysctl net.ipv4.conf.IF.forwarding=1`): without
 it, or before a neighbour is resolved, the packet goes to user space as without the offload.
+
+A process that dies without `close` leaves its filter forwarding the channels it held: the
+next `load` on the same interface replaces it (one filter place per interface, FILTER_PREF)
+and removes pin directories whose process is gone.
 """
 
 from __future__ import annotations
@@ -200,6 +204,9 @@ class ChannelOffload:
                 str(globals_dir / "cp_config"), maps.CONFIG_KEY.size, maps.CONFIG_VALUE.size
             )
             self.config.update(maps.CONFIG_KEY.pack(0), config)
+        except maps.BpfError as exc:
+            self.close()
+            raise OffloadUnavailable(f"the fast path's maps cannot be opened: {exc}") from exc
         except BaseException:
             self.close()
             raise
