@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import ipaddress
+import os
 import resource
+import secrets
 import ssl
 import sys
 from collections.abc import Callable
@@ -24,6 +27,9 @@ from rendezvous.server import TLS_PORT
 from rendezvous.server import RendezvousServer
 from rendezvous.tls import server_context
 from rendezvous.turn_server import TurnPolicy
+from rendezvous.workers import DEFAULT_RANGE
+from rendezvous.workers import Worker
+from rendezvous.workers import run_workers
 from voip.wire.candidates import format_address
 from voip.wire.candidates import parse_address
 from voip.wire.turn import turn_url
@@ -140,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{what} (default {getattr(defaults, name):,})",
         )
     speed = p.add_argument_group("speed")
+    speed.add_argument(
+        "--workers",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="processes sharing the port, one a core (default: this machine's cores, "
+        f"{os.cpu_count() or 1}); each relays for the clients the kernel gives it, and one "
+        "holds the names. With more than one, relayed ports come from --min-port/--max-port "
+        f"(default {DEFAULT_RANGE[0]}-{DEFAULT_RANGE[1]}), split between them",
+    )
     speed.add_argument(
         "--loop",
         choices=("auto", "uvloop", "asyncio"),
@@ -270,11 +286,14 @@ async def _run(
     tls: ssl.SSLContext | None = None,
     tls_listen: tuple[str, int] | None = None,
     also: tuple[tuple[str, int], ...] = (),
+    on_started: Callable[[RendezvousServer], None] | None = None,
 ) -> None:
     tls_host, tls_port = tls_listen or (host, TLS_PORT)
     await server.start(
         host, port, alt_host, tcp=tcp, tls=tls, tls_host=tls_host, tls_port=tls_port, also=also
     )
+    if on_started is not None:
+        on_started(server)
     if not quiet:
         print(f"callpeer-rendezvous listening on udp {format_address(server.address)}", flush=True)
         for extra in server.also:
@@ -328,9 +347,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--listen: once, or twice with an IPv4 and an IPv6 address")
         (host, port), also = listens[0], tuple(listens[1:])
         tls, tls_listen = tls_options(args, host)
+        factory = loop_factory(args.loop)
+        if args.workers > 1:
+            build_server(args, host, NameStore(MEMORY)).close()  # the arguments fit together
+            port_range(args)
         server = build_server(args, host)
         server.receive_buffer = args.rcvbuf
-        factory = loop_factory(args.loop)
     except ValueError as exc:
         print(f"callpeer-rendezvous: {exc}", file=sys.stderr)
         return 2
@@ -341,6 +363,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"callpeer-rendezvous: {exc}", file=sys.stderr)
         return 1
     store = server.logic.owners.store
+    if args.workers > 1:
+        store.close()  # each worker opens what it needs, after the fork
+        if server.turn is not None or args.turn_url:
+            args.turn_secret = args.turn_secret or secrets.token_urlsafe(18)  # one for all
+        try:
+            return run_workers(
+                args.workers, listens, lambda worker: serve_worker(worker, args, tls, tls_listen)
+            )
+        except OSError as exc:
+            where = " or ".join(args.listen or [DEFAULT_LISTEN])
+            print(f"callpeer-rendezvous: cannot listen on {where}: {exc}", file=sys.stderr)
+            return 1
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(
@@ -369,6 +403,46 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         store.close()
+    return 0
+
+
+def serve_worker(
+    worker: Worker,
+    args: argparse.Namespace,
+    tls: ssl.SSLContext | None,
+    tls_listen: tuple[str, int],
+) -> int:
+    """One worker of --workers: the server the arguments describe, on its share of the relay
+    ports and of the total quota; the home also with the names, TCP, TLS and RFC 5780."""
+    mine = copy.copy(args)
+    whole = port_range(args) or DEFAULT_RANGE
+    mine.min_port, mine.max_port = worker.port_slice(whole)
+    mine.allocations = max(1, args.allocations // worker.count)
+    (host, port), also = worker.listens[0], tuple(worker.listens[1:])
+    server = build_server(mine, host, None if worker.home else NameStore(MEMORY))
+    if server.turn is not None and server.relay_ports is not None:
+        server.turn.policy.sibling_hosts = frozenset(server.relay_ports.hosts)
+        server.turn.policy.sibling_ports = whole
+    server.receive_buffer, server.reuse_port = args.rcvbuf, True
+    run = _run(
+        server,
+        host,
+        port,
+        args.quiet or not worker.home,
+        args.alt_address if worker.home else None,
+        tcp=worker.home and not args.no_tcp,
+        tls=tls if worker.home else None,
+        tls_listen=tls_listen,
+        also=also,
+        on_started=worker.started,
+    )
+    try:
+        with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+            runner.run(run)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.logic.owners.store.close()
     return 0
 
 

@@ -127,6 +127,14 @@ class FastPath:
             if bindings:
                 self.logic_stats["binding"] += bindings
 
+    def forwarded(self, data: bytes, src: Address, local: Address) -> None:
+        """A datagram another worker read (--workers): the full rules, as if read here. The
+        caller guards it (rendezvous/worker_link.py)."""
+        if self.streams and src in self.streams:
+            self.logic_stats["udp_from_stream_address"] += 1
+            return
+        self.slow(data, src, local, self.clock())
+
     def peer_readable(self, relayed: Address, sock: socket.socket) -> None:
         """A relayed socket: its peers' datagrams, to its client by channel when routed."""
         now = self.clock()

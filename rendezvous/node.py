@@ -24,7 +24,19 @@ from voip.wire.stun import Method
 from voip.wire.stun import StunError
 from voip.wire.stun import looks_like_stun
 from voip.wire.stun import parse_message_untrusted
+from voip.wire.stun import split_message_type
 from voip.wire.turn import looks_like_channel_data
+
+
+def relaying(data: bytes) -> bool:
+    """ChannelData or a TURN message: what a worker (--workers) handles itself, for the clients
+    the kernel hashes to it; the rest is the home worker's (rendezvous/worker_link.py)."""
+    if looks_like_channel_data(data, legacy=True):
+        return True
+    if not looks_like_stun(data):
+        return False
+    method, _ = split_message_type((data[0] << 8) | data[1])
+    return method in TURN_METHODS
 
 
 class RendezvousNode:

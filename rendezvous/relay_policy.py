@@ -20,3 +20,12 @@ class TurnPolicy:
     allow_loopback_peers: bool = False  # only for a relay that is itself on loopback
     limits: Limits = field(default_factory=Limits)
     max_lifetime: int = MAX_LIFETIME
+    # --workers: the relayed port range all workers draw from, on these relay addresses. A
+    # port of it there may be another worker's allocation, reached over the network, not
+    # inside (any other address of ours never is).
+    sibling_hosts: frozenset[str] = frozenset()
+    sibling_ports: tuple[int, int] = (0, -1)
+
+    def sibling(self, peer: tuple[str, int]) -> bool:
+        low, high = self.sibling_ports
+        return low <= peer[1] <= high and peer[0] in self.sibling_hosts

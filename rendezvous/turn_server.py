@@ -325,7 +325,7 @@ class TurnServer:
             self.stats["relayed_inside"] += 1
             source = alloc.relayed_for(":" in peer[0]) or alloc.relayed
             return self.handle_peer(data, peer, source, now)
-        if self.peers.is_own(peer[0]):
+        if self.peers.is_own(peer[0]) and not self.policy.sibling(peer):
             self.stats["own_address_dropped"] += 1
             return []
         via = alloc.relayed if alloc.also is None else alloc.relayed_for(":" in peer[0])
