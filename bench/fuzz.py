@@ -58,6 +58,7 @@ from rendezvous.behaviour import answer_binding
 from rendezvous.logic import RelayOffer
 from rendezvous.logic import RendezvousLogic
 from rendezvous.node import RendezvousNode
+from rendezvous.turn_server import TURN_METHODS
 from rendezvous.turn_server import Out
 from rendezvous.turn_server import TurnPolicy
 from rendezvous.turn_server import TurnServer
@@ -1148,7 +1149,7 @@ def _turn_server() -> Target:
                 msg = parse_message_untrusted(data)
             except StunError as exc:
                 return kind_of(exc)
-            if not server.handles(msg):
+            if msg.method not in TURN_METHODS:
                 return "not TURN"
             outs = server.handle_request(msg, data, CLIENT, turn.now)
         else:  # what a peer sends to the relayed address
