@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 SYSLIBS := libopus0 libportaudio2 iproute2 nftables conntrack ethtool espeak-ng coturn stun-client \
 	miniupnpd-nftables
 
-.PHONY: demo test lint fuzz sys-deps venv clean
+.PHONY: demo test lint fuzz sys-deps venv clean bpf
 
 # The lab (real NATs in network namespaces) needs Linux and root; elsewhere, the loopback demo.
 demo: $(STAMP)
@@ -49,6 +49,14 @@ $(STAMP): pyproject.toml | sys-deps
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The kernel fast path (callpeer-rendezvous --offload) ships pre-built; after changing its source,
+# rebuild it here (needs clang and libbpf-dev) and commit both files.
+bpf:
+	clang -O2 -g -target bpf -I/usr/include/$$(gcc -print-multiarch) \
+		-c rendezvous/bpf/channel_relay.c -o rendezvous/bpf/channel_relay.o
+	llvm-strip -g rendezvous/bpf/channel_relay.o
+	sha256sum rendezvous/bpf/channel_relay.c | cut -d' ' -f1 > rendezvous/bpf/channel_relay.o.sha256
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -78,9 +78,9 @@ def quota_options(calls: int) -> list[str]:
 def serve(argv: list[str]) -> None:
     """Run callpeer-rendezvous as its CLI builds it, quietly, printing its counters (one JSON
     line) on each SIGUSR1: the CLI prints them only once a minute."""
-    from rendezvous.cli import build_parser  # noqa: PLC0415
     from rendezvous.cli import build_server  # noqa: PLC0415
-    from rendezvous.cli import raise_open_file_limit  # noqa: PLC0415
+    from rendezvous.cli_options import build_parser  # noqa: PLC0415
+    from rendezvous.running import raise_open_file_limit  # noqa: PLC0415
     from voip.wire.candidates import parse_address  # noqa: PLC0415
 
     args = build_parser().parse_args(argv)

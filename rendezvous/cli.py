@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import copy
 import ipaddress
-import os
-import resource
 import secrets
+import signal
 import ssl
 import sys
 from collections.abc import Callable
 
+from rendezvous.cli_options import DEFAULT_LISTEN
+from rendezvous.cli_options import build_parser
 from rendezvous.limits import OPTIONS as LIMIT_OPTIONS
 from rendezvous.limits import Limits
 from rendezvous.logic import RelayOffer
@@ -22,7 +22,11 @@ from rendezvous.name_store import MEMORY
 from rendezvous.name_store import NameStore
 from rendezvous.name_store import NameStoreError
 from rendezvous.name_store import default_store_path
-from rendezvous.server import RECEIVE_BUFFER
+from rendezvous.offload import ChannelOffload
+from rendezvous.running import loop_factory
+from rendezvous.running import raise_open_file_limit
+from rendezvous.running import run_server
+from rendezvous.running import start_offload
 from rendezvous.server import TLS_PORT
 from rendezvous.server import RendezvousServer
 from rendezvous.tls import server_context
@@ -33,172 +37,6 @@ from rendezvous.workers import run_workers
 from voip.wire.candidates import format_address
 from voip.wire.candidates import parse_address
 from voip.wire.turn import turn_url
-
-DEFAULT_LISTEN = "0.0.0.0:3478"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="callpeer-rendezvous",
-        description="Rendezvous for callpeer: answers STUN Binding, introduces callers, and "
-        "relays (TURN, RFC 8656) when asked to.",
-    )
-    p.add_argument(
-        "--listen",
-        action="append",
-        metavar="HOST:PORT",
-        help=f"address to listen on, UDP and TCP (default {DEFAULT_LISTEN}); give it twice "
-        "for IPv4 and IPv6 ([2001:db8::10]:3478), or [::]:3478 for both on one socket",
-    )
-    p.add_argument(
-        "--no-tcp",
-        action="store_true",
-        help="no TCP listener on the --listen port (UDP only, and TLS if asked for)",
-    )
-    p.add_argument(
-        "--tls-cert",
-        metavar="FILE",
-        help="PEM certificate chain: listen on TLS too (STUN, signalling and TURN, for "
-        "callers whose networks block UDP); needs --tls-key",
-    )
-    p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
-    p.add_argument(
-        "--tls-listen",
-        metavar="HOST:PORT",
-        help=f"TLS address (default the --listen host, port {TLS_PORT}; 443 gets through "
-        "most firewalls but needs root)",
-    )
-    p.add_argument(
-        "--alt-address",
-        metavar="HOST",
-        help="a second IP of this host: listen there too, and on port+1 of both, for RFC 5780 "
-        "NAT behaviour tests (callpeer natcheck)",
-    )
-    p.add_argument(
-        "--lifetime",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="how long a name is kept without a refresh (default 30)",
-    )
-    p.add_argument(
-        "--store",
-        metavar="PATH",
-        help="SQLite file of names and the keys that own them, kept across restarts (default "
-        f"{default_store_path()}; '{MEMORY}' keeps nothing)",
-    )
-    relay = p.add_argument_group("relay (TURN)")
-    relay.add_argument(
-        "--relay-address",
-        action="append",
-        default=[],
-        metavar="HOST",
-        help="be a TURN relay too, with relayed addresses on HOST (this machine's "
-        "public address); default: the --listen host if it is an IPv4 one, not 0.0.0.0. "
-        "Give it twice, an IPv4 and an IPv6 address, for IPv6 and dual allocations "
-        "(RFC 8656)",
-    )
-    relay.add_argument("--no-relay", action="store_true", help="never relay")
-    relay.add_argument(
-        "--min-port",
-        type=int,
-        metavar="PORT",
-        help="relayed ports from --min-port to --max-port, drawn at random (coturn's "
-        "options; default: the kernel's pick, from its ephemeral range)",
-    )
-    relay.add_argument("--max-port", type=int, metavar="PORT", help="see --min-port")
-    relay.add_argument(
-        "--turn-secret",
-        metavar="SECRET",
-        help="shared secret for TURN REST credentials (coturn's "
-        "static-auth-secret); default: a random one",
-    )
-    relay.add_argument(
-        "--turn-url",
-        metavar="turn:HOST:PORT",
-        help="offer callers this TURN server instead of our own (coturn with "
-        "use-auth-secret, or callpeer-rendezvous on the relay host), with "
-        "credentials from --turn-secret",
-    )
-    relay.add_argument(
-        "--allow-peer",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="relay to peers in this range too, though it is not globally reachable (private, "
-        "carrier-grade NAT, documentation and other IANA special-purpose ranges are refused "
-        "by default; repeatable)",
-    )
-    relay.add_argument(
-        "--allow-loopback-peers",
-        action="store_true",
-        help="relay to loopback peers: only for a relay that is itself on loopback",
-    )
-    caps = p.add_argument_group("limits (what strangers can make this server hold)")
-    defaults = Limits()
-    for option, name, what in LIMIT_OPTIONS:
-        caps.add_argument(
-            option,
-            dest=name,
-            type=positive_int,
-            default=getattr(defaults, name),
-            metavar="N",
-            help=f"{what} (default {getattr(defaults, name):,})",
-        )
-    speed = p.add_argument_group("speed")
-    speed.add_argument(
-        "--workers",
-        type=positive_int,
-        default=os.cpu_count() or 1,
-        metavar="N",
-        help="processes sharing the port, one a core (default: this machine's cores, "
-        f"{os.cpu_count() or 1}); each relays for the clients the kernel gives it, and one "
-        "holds the names. With more than one, relayed ports come from --min-port/--max-port "
-        f"(default {DEFAULT_RANGE[0]}-{DEFAULT_RANGE[1]}), split between them",
-    )
-    speed.add_argument(
-        "--loop",
-        choices=("auto", "uvloop", "asyncio"),
-        default="auto",
-        help="event loop: uvloop (libuv, faster wake-ups) or asyncio's own; auto: uvloop when "
-        "it is installed (default)",
-    )
-    speed.add_argument(
-        "--rcvbuf",
-        type=positive_int,
-        default=RECEIVE_BUFFER,
-        metavar="BYTES",
-        help=f"receive buffer of each listening socket (default {RECEIVE_BUFFER:,}, as coturn; "
-        "past net.core.rmem_max only as root): bursts from many callers at once wait there",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
-    return p
-
-
-def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop --loop names (None: asyncio's); ValueError for uvloop when it is not
-    installed (auto then falls back to asyncio's)."""
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop  # noqa: PLC0415 - optional: only the server that asks for it needs it
-    except ImportError:
-        if choice == "uvloop":
-            raise ValueError(
-                "--loop uvloop: uvloop is not installed (pip install uvloop)"
-            ) from None
-        return None
-    return uvloop.new_event_loop
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def build_server(
@@ -275,66 +113,6 @@ def tls_options(
     return context, where
 
 
-async def _run(
-    server: RendezvousServer,
-    host: str,
-    port: int,
-    quiet: bool,
-    alt_host: str | None = None,
-    *,
-    tcp: bool = True,
-    tls: ssl.SSLContext | None = None,
-    tls_listen: tuple[str, int] | None = None,
-    also: tuple[tuple[str, int], ...] = (),
-    on_started: Callable[[RendezvousServer], None] | None = None,
-) -> None:
-    tls_host, tls_port = tls_listen or (host, TLS_PORT)
-    await server.start(
-        host, port, alt_host, tcp=tcp, tls=tls, tls_host=tls_host, tls_port=tls_port, also=also
-    )
-    if on_started is not None:
-        on_started(server)
-    if not quiet:
-        print(f"callpeer-rendezvous listening on udp {format_address(server.address)}", flush=True)
-        for extra in server.also:
-            print(f"listening on udp {format_address(extra)} too", flush=True)
-        if server.tcp_address is not None:
-            print(f"listening on tcp {format_address(server.tcp_address)}", flush=True)
-        if server.tls_address is not None:
-            print(f"listening on tls {format_address(server.tls_address)}", flush=True)
-        relay = server.logic.relay
-        if server.relay_ports is not None:
-            where = " and ".join(server.relay_ports.hosts)
-            print(f"relaying (TURN) with allocations on {where}", flush=True)
-        if relay is not None:
-            print(f"offering callers the relay turn:{format_address(relay.server)}", flush=True)
-        addresses = server.logic.addresses
-        if addresses is not None and addresses.alternate is not None:
-            where = ", ".join(format_address(a) for a in addresses.all())
-            print(f"NAT behaviour tests (RFC 5780) on {where}", flush=True)
-        store = server.logic.owners.store
-        print(f"names and their keys in {store.path} ({len(store):,} bound)", flush=True)
-    try:
-        while True:
-            await asyncio.sleep(60)
-            stats = server.stats
-            if not quiet and stats:
-                counts = ", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
-                print(f"{len(server.logic.registry)} online; {counts}", flush=True)
-    finally:
-        server.close()
-
-
-def raise_open_file_limit() -> None:
-    """Every relay allocation is a socket: take the open-file limit up to what the system
-    allows (the soft default is often 1024), as coturn does."""
-    with contextlib.suppress(ValueError, OSError):
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        wanted = min(hard, 1 << 20) if hard != resource.RLIM_INFINITY else 1 << 20
-        if soft < wanted:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     raise_open_file_limit()
@@ -367,18 +145,39 @@ def main(argv: list[str] | None = None) -> int:
         store.close()  # each worker opens what it needs, after the fork
         if server.turn is not None or args.turn_url:
             args.turn_secret = args.turn_secret or secrets.token_urlsafe(18)  # one for all
+        shared: list[ChannelOffload] = []  # loaded once, before the workers, who inherit it
+
+        def prepare(resolved: list[tuple[str, int]]) -> None:
+            ports = server.relay_ports
+            offload = start_offload(ports.host if ports else None, resolved[0][1])
+            shared.extend([offload] if offload else [])
+
+        def serve(worker: Worker) -> int:
+            kernel = shared[0] if shared else None
+            return serve_worker(worker, args, tls, tls_listen, lambda _: kernel)
+
         try:
-            return run_workers(
-                args.workers, listens, lambda worker: serve_worker(worker, args, tls, tls_listen)
-            )
+            return run_workers(args.workers, listens, serve, prepare if args.offload else None)
         except OSError as exc:
             where = " or ".join(args.listen or [DEFAULT_LISTEN])
             print(f"callpeer-rendezvous: cannot listen on {where}: {exc}", file=sys.stderr)
             return 1
+        finally:
+            for offload in shared:
+                offload.close()
+    loaded: list[ChannelOffload] = []
+    signal.signal(signal.SIGTERM, interrupted)  # stopped as by Ctrl-C: the kernel path detached
+
+    def kernel_path(running: RendezvousServer) -> ChannelOffload | None:
+        ports = running.relay_ports
+        offload = start_offload(ports.host if ports else None, running.address[1])
+        loaded.extend([offload] if offload else [])
+        return offload
+
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(
-                _run(
+                run_server(
                     server,
                     host,
                     port,
@@ -388,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                     tls=tls,
                     tls_listen=tls_listen,
                     also=also,
+                    offload=kernel_path if args.offload else None,
                 )
             )
     except OSError as exc:
@@ -403,7 +203,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         store.close()
+        for offload in loaded:
+            offload.close()
     return 0
+
+
+def interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def serve_worker(
@@ -411,6 +217,7 @@ def serve_worker(
     args: argparse.Namespace,
     tls: ssl.SSLContext | None,
     tls_listen: tuple[str, int],
+    offload: Callable[[RendezvousServer], ChannelOffload | None],
 ) -> int:
     """One worker of --workers: the server the arguments describe, on its share of the relay
     ports and of the total quota; the home also with the names, TCP, TLS and RFC 5780."""
@@ -424,7 +231,7 @@ def serve_worker(
         server.turn.policy.sibling_hosts = frozenset(server.relay_ports.hosts)
         server.turn.policy.sibling_ports = whole
     server.receive_buffer, server.reuse_port = args.rcvbuf, True
-    run = _run(
+    run = run_server(
         server,
         host,
         port,
@@ -435,6 +242,7 @@ def serve_worker(
         tls_listen=tls_listen,
         also=also,
         on_started=worker.started,
+        offload=offload,
     )
     try:
         with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import secrets
 import shutil
@@ -40,6 +41,10 @@ from rendezvous import offload_maps as maps
 Address = tuple[str, int]
 
 SOURCE = Path(__file__).resolve().parent / "bpf" / "channel_relay.c"
+# Built from SOURCE by `make bpf` and shipped, so --offload needs no compiler; the hash of the
+# source it was built from is beside it (a test holds them together).
+SHIPPED = SOURCE.with_suffix(".o")
+SHIPPED_FROM = SOURCE.with_suffix(".o.sha256")
 SECTION = "tc"
 # Our filter's place in each interface's ingress chain: a later load replaces a stale one.
 FILTER_PREF = 0xCA11
@@ -68,7 +73,7 @@ def unavailable_reason() -> str | None:
         return "the kernel fast path needs Linux (tc and eBPF)"
     if os.geteuid() != 0:
         return "the kernel fast path needs root (loading eBPF, attaching tc filters)"
-    if shutil.which("clang") is None or not Path("/usr/include/bpf/bpf_helpers.h").exists():
+    if not toolchain() and not shipped_is_current():
         return f"the kernel fast path needs clang and the libbpf headers: {INSTALL_HINT}"
     if shutil.which("tc") is None:
         return "the kernel fast path needs iproute2's tc: apt-get install iproute2"
@@ -77,8 +82,23 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def toolchain() -> bool:
+    return shutil.which("clang") is not None and Path("/usr/include/bpf/bpf_helpers.h").exists()
+
+
+def shipped_is_current() -> bool:
+    """Whether the shipped object was built from the source as it is."""
+    if not SHIPPED.exists() or not SHIPPED_FROM.exists():
+        return False
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+    return SHIPPED_FROM.read_text().strip() == digest
+
+
 def compile_program() -> Path:
-    """The object file, rebuilt when the source is newer than the cached one."""
+    """The object file: built from the source (cached, rebuilt when the source is newer) when
+    clang is here, else the shipped one."""
+    if not toolchain() and shipped_is_current():
+        return SHIPPED
     target = cache_dir() / "channel_relay.o"
     if target.exists() and target.stat().st_mtime >= SOURCE.stat().st_mtime:
         return target

@@ -118,11 +118,19 @@ def die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def run_workers(count: int, listens: list[Address], serve: Callable[[Worker], int]) -> int:
-    """Run `serve` in `count` worker processes sharing `listens`; the exit status: 0 when
-    stopped, else the first worker's that ended on its own (1 if it was killed)."""
+def run_workers(
+    count: int,
+    listens: list[Address],
+    serve: Callable[[Worker], int],
+    prepare: Callable[[list[Address]], None] | None = None,
+) -> int:
+    """Run `serve` in `count` worker processes sharing `listens`, after `prepare` has been
+    told the addresses with their ports (what it makes, the workers inherit); the exit status:
+    0 when stopped, else the first worker's that ended on its own (1 if it was killed)."""
     held = reserve(listens)  # OSError: the caller says it cannot listen
     resolved = [(h, s.getsockname()[1]) for (h, _), s in zip(listens, held, strict=True)]
+    if prepare is not None:
+        prepare(resolved)
     pairs = [link_pair() for _ in range(count - 1)]
     children: dict[int, int] = {}
 

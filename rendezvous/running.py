@@ -1,0 +1,118 @@
+"""Running a built rendezvous server: its event loop, its first lines and its counters, and the
+kernel fast path (--offload) beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import ssl
+import sys
+from collections import Counter
+from collections.abc import Callable
+
+from rendezvous.offload import ChannelOffload
+from rendezvous.offload import OffloadUnavailable
+from rendezvous.offload_routes import kernel_counters
+from rendezvous.offload_routes import load_offload
+from rendezvous.offload_routes import mirror_routes
+from rendezvous.server import TLS_PORT
+from rendezvous.server import RendezvousServer
+from voip.wire.candidates import format_address
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop --loop names (None: asyncio's); ValueError for uvloop when it is not
+    installed (auto then falls back to asyncio's)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop  # noqa: PLC0415 - optional: only the server that asks for it needs it
+    except ImportError:
+        if choice == "uvloop":
+            raise ValueError(
+                "--loop uvloop: uvloop is not installed (pip install uvloop)"
+            ) from None
+        return None
+    return uvloop.new_event_loop
+
+
+async def run_server(
+    server: RendezvousServer,
+    host: str,
+    port: int,
+    quiet: bool,
+    alt_host: str | None = None,
+    *,
+    tcp: bool = True,
+    tls: ssl.SSLContext | None = None,
+    tls_listen: tuple[str, int] | None = None,
+    also: tuple[tuple[str, int], ...] = (),
+    on_started: Callable[[RendezvousServer], None] | None = None,
+    offload: Callable[[RendezvousServer], ChannelOffload | None] | None = None,
+) -> None:
+    tls_host, tls_port = tls_listen or (host, TLS_PORT)
+    await server.start(
+        host, port, alt_host, tcp=tcp, tls=tls, tls_host=tls_host, tls_port=tls_port, also=also
+    )
+    if on_started is not None:
+        on_started(server)
+    if not quiet:
+        print(f"callpeer-rendezvous listening on udp {format_address(server.address)}", flush=True)
+        for extra in server.also:
+            print(f"listening on udp {format_address(extra)} too", flush=True)
+        if server.tcp_address is not None:
+            print(f"listening on tcp {format_address(server.tcp_address)}", flush=True)
+        if server.tls_address is not None:
+            print(f"listening on tls {format_address(server.tls_address)}", flush=True)
+        relay = server.logic.relay
+        if server.relay_ports is not None:
+            where = " and ".join(server.relay_ports.hosts)
+            print(f"relaying (TURN) with allocations on {where}", flush=True)
+        if relay is not None:
+            print(f"offering callers the relay turn:{format_address(relay.server)}", flush=True)
+        addresses = server.logic.addresses
+        if addresses is not None and addresses.alternate is not None:
+            where = ", ".join(format_address(a) for a in addresses.all())
+            print(f"NAT behaviour tests (RFC 5780) on {where}", flush=True)
+        store = server.logic.owners.store
+        print(f"names and their keys in {store.path} ({len(store):,} bound)", flush=True)
+    kernel = offload(server) if offload is not None else None
+    if kernel is not None:
+        mirror_routes(server, kernel)
+        if not quiet:
+            where = ", ".join(kernel.interfaces)
+            print(f"kernel fast path (tc/eBPF) on {where}: channels in use skip us", flush=True)
+            for note in kernel.notes:
+                print(note, flush=True)
+    try:
+        while True:
+            await asyncio.sleep(60)
+            stats = server.stats + Counter(kernel_counters(kernel) if kernel else {})
+            if not quiet and stats:
+                counts = ", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
+                print(f"{len(server.logic.registry)} online; {counts}", flush=True)
+    finally:
+        server.close()
+
+
+def raise_open_file_limit() -> None:
+    """Every relay allocation is a socket: take the open-file limit up to what the system
+    allows (the soft default is often 1024), as coturn does."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = min(hard, 1 << 20) if hard != resource.RLIM_INFINITY else 1 << 20
+        if soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def start_offload(relay_host: str | None, port: int) -> ChannelOffload | None:
+    """--offload: the kernel fast path, or None after a line that says why the relay stays in
+    user space."""
+    try:
+        if relay_host is None:
+            raise OffloadUnavailable("this server does not relay")
+        return load_offload(relay_host, port)
+    except OffloadUnavailable as exc:
+        print(f"callpeer-rendezvous: --offload: {exc}; relaying in user space", file=sys.stderr)
+        return None
