@@ -85,6 +85,26 @@ class RelayOffer:
     secret: str
     ttl: int = REST_CREDENTIAL_TTL  # s; a call keeps the credentials it started with
 
+    def attributes(self, name: str, unix_now: float) -> list[tuple[int, bytes]]:
+        """Relay credentials: only ever in an answer to a registered, proven caller."""
+        username, password = rest_credentials(self.secret, name, unix_now, self.ttl)
+        return [
+            (Attr.CP_TURN_SERVER, encode_address(self.server)),
+            (Attr.CP_TURN_USERNAME, text(username)),
+            (Attr.CP_TURN_PASSWORD, text(password)),
+        ]
+
+
+def other_address(addresses: Addresses | None, src: Address) -> list[tuple[int, bytes]]:
+    """OTHER-ADDRESS, so a client can learn its NAT's mapping with one more Binding; not to a
+    client of the other IP family (registered over IPv6 with an IPv4 alternate), whose probe
+    there would measure another mapping than the one it registered from."""
+    if addresses is None or addresses.alternate is None:
+        return []
+    if (":" in src[0]) != (":" in addresses.alternate[0]):
+        return []
+    return [(Attr.OTHER_ADDRESS, encode_address(addresses.alternate))]
+
 
 class RendezvousLogic:
     def __init__(
@@ -292,8 +312,8 @@ class RendezvousLogic:
             (Attr.LIFETIME, u32(int(self.registry.lifetime))),
             (Attr.CP_STATUS, text(status)),
             (Attr.CP_KEY, self.keys.public),
-            *self._relay_attributes(req.name, now),
-            *self._other_address(src),
+            *(self.relay.attributes(req.name, now + self.wall_offset) if self.relay else ()),
+            *other_address(self.addresses, src),
         ]
         out = [Out(signed(msg.reply(Class.SUCCESS, attrs), key), src)]
         if peer is not None:
@@ -307,29 +327,6 @@ class RendezvousLogic:
             (Attr.CP_KEY, self.keys.public),
         ]
         return [Out(signed(msg.reply(Class.ERROR, attrs), key), src)]
-
-    def _other_address(self, src: Address) -> list[tuple[int, bytes]]:
-        """OTHER-ADDRESS, so a client can learn its NAT's mapping with one more Binding; not
-        to a client of the other IP family (registered over IPv6 with an IPv4 alternate), whose
-        probe there would measure another mapping than the one it registered from."""
-        if self.addresses is None or self.addresses.alternate is None:
-            return []
-        if (":" in src[0]) != (":" in self.addresses.alternate[0]):
-            return []
-        return [(Attr.OTHER_ADDRESS, encode_address(self.addresses.alternate))]
-
-    def _relay_attributes(self, name: str, now: float) -> list[tuple[int, bytes]]:
-        """Relay credentials: only ever in an answer to a registered, proven caller."""
-        if self.relay is None:
-            return []
-        username, password = rest_credentials(
-            self.relay.secret, name, now + self.wall_offset, self.relay.ttl
-        )
-        return [
-            (Attr.CP_TURN_SERVER, encode_address(self.relay.server)),
-            (Attr.CP_TURN_USERNAME, text(username)),
-            (Attr.CP_TURN_PASSWORD, text(password)),
-        ]
 
     def _leave(self, msg: Message, src: Address, now: float) -> list[Out]:
         """Go offline: only the owner, from its address, under its key. Anything else gets no
