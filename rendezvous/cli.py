@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--listen: once, or twice with an IPv4 and an IPv6 address")
         (host, port), also = listens[0], tuple(listens[1:])
         tls, tls_listen = tls_options(args, host)
-        factory = loop_factory(args.loop)
+        factory = loop_factory(args.loop, tls is not None)
         if args.workers > 1:
             build_server(args, host, NameStore(MEMORY)).close()  # the arguments fit together
             port_range(args)
@@ -245,7 +245,9 @@ def serve_worker(
         offload=offload,
     )
     try:
-        with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+        with asyncio.Runner(
+            loop_factory=loop_factory(args.loop, worker.home and tls is not None)
+        ) as runner:
             runner.run(run)
     except KeyboardInterrupt:
         pass

@@ -21,11 +21,14 @@ from rendezvous.server import RendezvousServer
 from voip.wire.candidates import format_address
 
 
-def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory(choice: str, tls: bool = False) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop --loop names (None: asyncio's); ValueError for uvloop when it is not
-    installed (auto then falls back to asyncio's)."""
-    if choice == "asyncio":
+    installed or the server listens on TLS (auto then falls back to asyncio's): uvloop's
+    start_tls hands the client's first TLS bytes to the protocol, not to the handshake."""
+    if choice == "asyncio" or (choice == "auto" and tls):
         return None
+    if tls:
+        raise ValueError("--loop uvloop cannot serve TLS (--tls-cert): use --loop asyncio or auto")
     try:
         import uvloop  # noqa: PLC0415 - optional: only the server that asks for it needs it
     except ImportError:

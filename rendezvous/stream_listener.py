@@ -19,6 +19,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
+from typing import cast
 
 from rendezvous.limits import address_block
 from voip.wire.stream_framing import FramingError
@@ -167,7 +168,7 @@ class StreamConnection(asyncio.Protocol):
         self.limits = listener.limits
         self.tls = tls
         self.src: Address = ("", 0)
-        self.transport: asyncio.BaseTransport | None = None
+        self.transport: asyncio.Transport | None = None
         self.closed = False
         # The relay accepts RFC 5766's wider channel range on its own port: so here too.
         self.deframer = StreamDeframer(legacy_channels=True)
@@ -179,9 +180,9 @@ class StreamConnection(asyncio.Protocol):
         self._held: list[bytes] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not isinstance(transport, asyncio.Transport):  # a stream server makes no other
-            transport.close()
-            return
+        # A stream server makes no other than a Transport; uvloop's are not subclasses of
+        # asyncio's, so the type is the protocol's word for it, not an isinstance check.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         try:
             peer = transport.get_extra_info("peername")
@@ -261,7 +262,7 @@ class StreamConnection(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         """Write one message, framed; dropped, as over UDP, while too much waits to be sent."""
         transport = self.transport
-        if self.closed or not isinstance(transport, asyncio.WriteTransport):
+        if self.closed or transport is None:
             return
         if transport.get_write_buffer_size() > self.limits.write_buffer:
             self.listener.stats["stream_write_dropped"] += 1
@@ -294,7 +295,7 @@ class StreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close at once (what waits to be written is dropped) and forget this connection."""
-        if not self.closed and isinstance(self.transport, asyncio.WriteTransport):
+        if not self.closed and self.transport is not None:
             self.transport.abort()
         self._forget()
 

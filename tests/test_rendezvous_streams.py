@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from rendezvous.cli import main as rendezvous_main
 from rendezvous.logic import RendezvousLogic
 from rendezvous.node import RendezvousNode
+from rendezvous.running import loop_factory
 from rendezvous.server import RendezvousServer
 from rendezvous.stream_listener import StreamConnection
 from rendezvous.stream_listener import StreamLimits
@@ -53,8 +54,14 @@ SECRET = "s3cret"
 WAIT = 3.0  # s: anything on loopback comes long before
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, 30))
+def run(coro: Coroutine[Any, Any, T], loop: str = "asyncio") -> T:
+    """On asyncio's loop, or on the one `callpeer-rendezvous --loop` names (uvloop's transports
+    are no subclasses of asyncio's, which the listener once refused)."""
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        return runner.run(asyncio.wait_for(coro, 30))
+
+
+EVERY_LOOP = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 
 
 async def relay(limits: StreamLimits | None = None, tls: ssl.SSLContext | None = None) -> Any:
@@ -218,7 +225,8 @@ async def relay_round_trip(conn: Conn, server: Address) -> None:
 # -- over TCP ----------------------------------------------------------------------------
 
 
-def test_binding_and_register_over_tcp_on_the_udp_port() -> None:
+@EVERY_LOOP
+def test_binding_and_register_over_tcp_on_the_udp_port(loop: str) -> None:
     async def go() -> None:
         async with relay_and_tcp() as (server, conn):
             assert server.tcp_address == server.address  # RFC 8656: TCP on the same port
@@ -228,7 +236,7 @@ def test_binding_and_register_over_tcp_on_the_udp_port() -> None:
             assert server.logic.registry.names_at(conn.local, time.monotonic()) == ["alice"]
             assert server.stats["register"] == 1 and server.stats["stream_opened"] == 1
 
-    run(go())
+    run(go(), loop)
 
 
 def test_allocate_channel_bind_and_channel_data_over_tcp_to_a_udp_peer() -> None:
@@ -548,3 +556,16 @@ def test_the_command_takes_tls_options_only_together(tmp_path: Path) -> None:
     assert rendezvous_main(["--tls-listen", "127.0.0.1:5349", *store]) == 2
     missing = ["--tls-cert", str(tmp_path / "c.pem"), "--tls-key", str(tmp_path / "k.pem")]
     assert rendezvous_main([*missing, *store]) == 1
+
+
+def test_tls_is_served_on_asyncios_loop_and_uvloop_named_for_it_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """uvloop's start_tls hands a client's first TLS bytes to the protocol, not the handshake:
+    auto takes asyncio's loop with --tls-cert, and --loop uvloop says so."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    self_signed(cert, key, ["127.0.0.1"])
+    tls = ["--tls-cert", str(cert), "--tls-key", str(key), "--store", ":memory:"]
+    assert rendezvous_main(["--loop", "uvloop", *tls]) == 2
+    assert "--loop uvloop cannot serve TLS" in capsys.readouterr().err
+    assert loop_factory("auto", tls=True) is None and loop_factory("auto") is not None
