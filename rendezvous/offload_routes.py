@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from collections.abc import Mapping
 
 import psutil
@@ -47,21 +48,20 @@ class OffloadedRoutes:
         )
 
     def route_added(self, route: Route) -> None:
-        if not self.carries(route):
-            return
-        try:
-            self.offload.add(route.client, route.channel, route.relayed, route.peer)
-            self.stats["offload_added"] += 1
-        except (BpfError, OSError, ValueError, RuntimeError):  # a full map: user space relays
-            self.stats["offload_refused"] += 1
+        self._mirror(route, self.offload.add, "offload_added")
 
     def route_removed(self, route: Route) -> None:
+        self._mirror(route, self.offload.remove, "offload_removed")
+
+    def _mirror(
+        self, route: Route, change: Callable[[Address, int, Address, Address], None], stat: str
+    ) -> None:
         if not self.carries(route):
             return
         try:
-            self.offload.remove(route.client, route.channel, route.relayed, route.peer)
-            self.stats["offload_removed"] += 1
-        except (BpfError, OSError, RuntimeError):
+            change(route.client, route.channel, route.relayed, route.peer)
+            self.stats[stat] += 1
+        except (BpfError, OSError, ValueError, RuntimeError):  # a full map: user space relays
             self.stats["offload_refused"] += 1
 
 

@@ -25,16 +25,16 @@ from voip import events as ev
 from voip.codecs.pcm import dominant_frequency
 from voip.media.audio_io import read_wav
 from voip.wire.rtp import RtpPacket
+from voip.wire.stun import Address
 
 LOOPBACK = CallOptions(bind_host="127.0.0.1")
 
 
 def silent_call(
-    me: str, peer: str, server: RendezvousServer, options: CallOptions = LOOPBACK
+    me: str, peer: str, server: RendezvousServer | Address, options: CallOptions = LOOPBACK
 ) -> Call:
-    return Call(
-        me, peer, source=SilenceSource(), sink=NullSink(), server=server.address, options=options
-    )
+    where = server.address if isinstance(server, RendezvousServer) else server
+    return Call(me, peer, source=SilenceSource(), sink=NullSink(), server=where, options=options)
 
 
 def silent_pair(server: RendezvousServer, options: CallOptions = LOOPBACK) -> tuple[Call, Call]:

@@ -10,10 +10,9 @@ import pytest
 
 from rendezvous.local import loopback_server
 from rendezvous.server import RendezvousServer
+from tests.test_call import silent_call
 from voip import Call
 from voip import CallOptions
-from voip import NullSink
-from voip import SilenceSource
 from voip.host_addresses import host_candidates
 from voip.host_addresses import interleaved
 from voip.nat.checklist import Checklist
@@ -121,18 +120,15 @@ def test_a_rendezvous_listening_twice_introduces_callers_of_either_family(bob_ov
         await server.start("127.0.0.1", 0, also=(("::1", 0),))
         try:
             [six] = server.also
-            calls = []
-            for me, peer, over in (("alice", "bob", "ipv6"), ("bob", "alice", bob_over)):
-                calls.append(
-                    Call(
-                        me,
-                        peer,
-                        source=SilenceSource(),
-                        sink=NullSink(),
-                        server=six if over == "ipv6" else server.address,
-                        options=CallOptions(bind_host="::" if over == "ipv6" else "127.0.0.1"),
-                    )
+            calls = [
+                silent_call(
+                    me,
+                    peer,
+                    six if over == "ipv6" else server.address,
+                    CallOptions(bind_host="::" if over == "ipv6" else "127.0.0.1"),
                 )
+                for me, peer, over in (("alice", "bob", "ipv6"), ("bob", "alice", bob_over))
+            ]
             alice, bob = calls
             async with alice, bob:
                 await asyncio.wait_for(asyncio.gather(alice.run(1.0), bob.run(1.0)), 20)

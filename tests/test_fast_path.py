@@ -8,7 +8,6 @@ import asyncio
 import os
 import socket
 import struct
-import time
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -27,9 +26,9 @@ from tests.test_turn import allocated
 from tests.test_turn import exchange
 from tests.test_turn import make_server
 from tests.test_turn import rest_client
-from tests.turn_shell import TurnShell
+from tests.turn_shell import peer_on_channel
+from tests.turn_shell import rest_shell
 from tests.turn_shell import until
-from voip.nat.turn_client import TurnClient
 from voip.wire.stun import Address
 from voip.wire.stun import Attr
 from voip.wire.stun import Class
@@ -39,8 +38,6 @@ from voip.wire.stun import encode
 from voip.wire.stun import parse_message_untrusted
 from voip.wire.stun import text
 from voip.wire.turn import looks_like_channel_data
-from voip.wire.turn import rest_password
-from voip.wire.turn import rest_username
 
 LOCAL = ("203.0.113.20", 3478)
 
@@ -154,8 +151,7 @@ def test_a_loopback_relay_moves_channel_data_both_ways_on_its_fast_path() -> Non
         policy = TurnPolicy(secret=secret, allow_loopback_peers=True)
         server = RendezvousServer.with_relay("127.0.0.1", policy=policy)
         await server.start("127.0.0.1", 0)
-        user = rest_username(int(time.time()) + 600, "alice")
-        shell = TurnShell(TurnClient(server.address, user, rest_password(secret, user)))
+        shell = rest_shell(server.address, secret)
         loop = asyncio.get_running_loop()
         try:
             await shell.start()
@@ -174,12 +170,7 @@ def test_a_loopback_relay_moves_channel_data_both_ways_on_its_fast_path() -> Non
                 full_rules_peer(data, relayed, peer)
 
             server.fast.slow, server.fast.slow_peer = counted, counted_peer
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
-                peer.bind(("127.0.0.1", 0))
-                peer.setblocking(False)
-                peer_addr = peer.getsockname()
-                shell.endpoint.send_all(shell.client.bind_channel(peer_addr, loop.time()))
-                await until(lambda: peer_addr in shell.client.channels)
+            async with peer_on_channel(shell) as (peer, peer_addr):
                 for i in range(frames):
                     shell.endpoint.send(*shell.client.wrap(b"to peer %d" % i, peer_addr))
                 got = [await asyncio.wait_for(loop.sock_recv(peer, 100), 3) for _ in range(frames)]

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -22,11 +20,9 @@ from rendezvous.offload_routes import load_offload
 from rendezvous.offload_routes import mirror_routes
 from rendezvous.server import RendezvousServer
 from rendezvous.turn_server import TurnPolicy
-from tests.turn_shell import TurnShell
+from tests.turn_shell import peer_on_channel
+from tests.turn_shell import rest_shell
 from tests.turn_shell import until
-from voip.nat.turn_client import TurnClient
-from voip.wire.turn import rest_password
-from voip.wire.turn import rest_username
 
 REASON = unavailable_reason()
 BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin"
@@ -83,8 +79,7 @@ def test_a_relayed_channel_goes_through_the_kernel_until_its_allocation_expires(
         server = RendezvousServer.with_relay("127.0.0.1", policy=policy)
         await server.start("127.0.0.1", 0)
         offload = load_offload("127.0.0.1", server.address[1])
-        user = rest_username(int(time.time()) + 600, "alice")
-        shell = TurnShell(TurnClient(server.address, user, rest_password(secret, user)))
+        shell = rest_shell(server.address, secret)
         loop = asyncio.get_running_loop()
         try:
             assert "lo" in offload.interfaces
@@ -93,12 +88,7 @@ def test_a_relayed_channel_goes_through_the_kernel_until_its_allocation_expires(
             await asyncio.wait_for(shell.allocated.wait(), 5)
             relayed = shell.client.relayed
             assert relayed is not None and server.turn is not None and server.node is not None
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
-                peer.bind(("127.0.0.1", 0))
-                peer.setblocking(False)
-                peer_addr = peer.getsockname()
-                shell.endpoint.send_all(shell.client.bind_channel(peer_addr, loop.time()))
-                await until(lambda: peer_addr in shell.client.channels)
+            async with peer_on_channel(shell) as (peer, peer_addr):
                 got = []
                 for burst in (range(1), range(1, FRAMES)):  # the first teaches the route
                     for i in burst:

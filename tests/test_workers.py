@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -23,10 +24,9 @@ from rendezvous.node import relaying
 from rendezvous.worker_link import pack_frame
 from rendezvous.worker_link import unpack_frame
 from rendezvous.workers import Worker
+from tests.test_call import silent_call
 from voip import Call
 from voip import CallOptions
-from voip import NullSink
-from voip import SilenceSource
 from voip.nat.turn_client import TurnClient
 from voip.wire.stun import Address
 from voip.wire.stun import Class
@@ -40,6 +40,8 @@ from voip.wire.turn import rest_username
 
 BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin"
 SECRET = "workers"
+PAIR = (("alice", "bob"), ("bob", "alice"))
+FORCED = CallOptions(bind_host="127.0.0.1", relay="force")
 RANGE = (50000, 50999)  # worker 0 draws from 50000-50499, worker 1 from 50500-50999
 
 
@@ -136,21 +138,10 @@ def test_two_callers_on_different_workers_call_each_other_through_the_relay() ->
         assert len(ports) == 2, "every port landed on one worker"
 
         async def scenario() -> tuple[Call, Call]:
-            calls = []
-            for (me, peer), port in zip(
-                (("alice", "bob"), ("bob", "alice")), ports.values(), strict=True
-            ):
-                options = CallOptions(bind_host="127.0.0.1", bind_port=port, relay="force")
-                calls.append(
-                    Call(
-                        me,
-                        peer,
-                        source=SilenceSource(),
-                        sink=NullSink(),
-                        server=server,
-                        options=options,
-                    )
-                )
+            calls = [
+                silent_call(me, peer, server, replace(FORCED, bind_port=port))
+                for (me, peer), port in zip(PAIR, ports.values(), strict=True)
+            ]
             alice, bob = calls
             async with alice, bob:
                 await asyncio.wait_for(asyncio.gather(alice.run(2.0), bob.run(2.0)), 30)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
+from collections.abc import AsyncIterator
 from collections.abc import Callable
 
 from voip.nat.turn_client import Allocated
@@ -14,6 +17,8 @@ from voip.wire.stun import Address
 from voip.wire.stun import looks_like_stun
 from voip.wire.stun import parse_message_untrusted
 from voip.wire.turn import looks_like_channel_data
+from voip.wire.turn import rest_password
+from voip.wire.turn import rest_username
 
 
 class TurnShell:
@@ -56,6 +61,25 @@ class TurnShell:
         self.endpoint.send_all(self.client.close(self.endpoint.loop.time()))
         self.timer.cancel()
         self.endpoint.close()
+
+
+def rest_shell(server: Address, secret: str, name: str = "alice") -> TurnShell:
+    """A shell whose client has REST credentials from `secret`, valid for 10 minutes."""
+    user = rest_username(int(time.time()) + 600, name)
+    return TurnShell(TurnClient(server, user, rest_password(secret, user)))
+
+
+@contextlib.asynccontextmanager
+async def peer_on_channel(shell: TurnShell) -> AsyncIterator[tuple[socket.socket, Address]]:
+    """A peer socket on loopback, the shell's channel bound to it: (socket, its address)."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        peer.setblocking(False)  # the relay runs in this loop: never block it
+        peer_addr: Address = peer.getsockname()
+        shell.endpoint.send_all(shell.client.bind_channel(peer_addr, loop.time()))
+        await until(lambda: peer_addr in shell.client.channels)
+        yield peer, peer_addr
 
 
 async def until(predicate: Callable[[], object], timeout: float = 3.0) -> None:
