@@ -142,13 +142,7 @@ class BpfMap:
     def lookup(self, key: bytes) -> bytes | None:
         value = ctypes.create_string_buffer(self.value_size)
         attr, _key = self._elem_attr(key, value)
-        try:
-            _syscall().call(_MAP_LOOKUP_ELEM, attr)
-        except BpfError as exc:
-            if exc.errno == errno.ENOENT:
-                return None
-            raise
-        return value.raw
+        return value.raw if _found(_MAP_LOOKUP_ELEM, attr) else None
 
     def update(self, key: bytes, value: bytes) -> None:
         if len(value) != self.value_size:
@@ -160,13 +154,7 @@ class BpfMap:
     def delete(self, key: bytes) -> bool:
         """Remove an entry; False when there was none."""
         attr, _key = self._elem_attr(key, None)
-        try:
-            _syscall().call(_MAP_DELETE_ELEM, attr)
-        except BpfError as exc:
-            if exc.errno == errno.ENOENT:
-                return False
-            raise
-        return True
+        return _found(_MAP_DELETE_ELEM, attr)
 
     def walk(self) -> Iterator[bytes]:
         """Every key, walked with BPF_MAP_GET_NEXT_KEY (entries may come and go meanwhile)."""
@@ -190,3 +178,14 @@ class BpfMap:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _found(command: int, attr: ctypes.Array[ctypes.c_char]) -> bool:
+    """Run a map command on one key: False when the key is not in the map (ENOENT)."""
+    try:
+        _syscall().call(command, attr)
+    except BpfError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
