@@ -96,6 +96,10 @@ async def run_server(
                 counts = ", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
                 print(f"{len(server.logic.registry)} online; {counts}", flush=True)
     finally:
+        if not quiet:  # what it did, once more on the way out (the lab reads it)
+            stats = server.stats + Counter(kernel_counters(kernel) if kernel else {})
+            counts = ", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
+            print(f"stopped; {counts}", flush=True)
         server.close()
 
 

@@ -22,6 +22,7 @@ from voip.lab.echo import EchoRtt
 from voip.lab.ipv6 import RELAY_IP6
 from voip.lab.ipv6 import SERVER_IP6
 from voip.lab.netns import LabError
+from voip.lab.netns import stop
 from voip.lab.topology import INTERNET
 from voip.lab.topology import RELAY_IP
 from voip.lab.topology import SERVER_ALT_IP
@@ -80,6 +81,7 @@ class LabCallResult:
     baseline: dict[str, EchoRtt] = field(default_factory=dict)
     relay: str = "ours"  # what ran on the relay node (RELAYS)
     tls: bool = False  # the rendezvous and the relay listened on TLS (TLS_PORT) too
+    relay_output: str = ""  # our relay's lines after its first, read once it stopped
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -154,18 +156,21 @@ def _start_servers(
     relay: str,
     tls: tuple[Path, Path] | None,
     alternate: bool,
-) -> None:
+    relay_args: list[str],
+) -> subprocess.Popen[str] | None:
     """The relay node's TURN relay (ours or coturn) and the rendezvous, which offers it to
     callers with REST credentials from `secret` (as it would offer a coturn fleet); `tls`
-    (certificate, key) gives both a TLS listener on TLS_PORT."""
+    (certificate, key) gives both a TLS listener on TLS_PORT; `relay_args` are more options of
+    our relay. Our relay's process, or None for coturn."""
     # "=": a random secret may begin with "-", which argparse would take for an option.
     rendezvous = [sys.executable, "-m", "rendezvous", f"--turn-secret={secret}"]
     tls_args = ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []
     procs = []
+    ours = None
     if relay == "coturn":
         lab.start_coturn(secret, *(tls or (None, None)), tls_port=TLS_PORT)
     else:
-        relay_args = [
+        command = [
             *rendezvous,
             f"--store={workdir / 'relay-names.sqlite3'}",  # the run's, not the user's
             "--listen",
@@ -176,8 +181,10 @@ def _start_servers(
             "--allow-peer",
             INTERNET,
             *tls_args,
+            *relay_args,
         ]
-        procs.append((lab.start("relay", relay_args, stdout=subprocess.PIPE), "relay"))
+        ours = lab.start("relay", command, stdout=subprocess.PIPE)
+        procs.append((ours, "relay"))
     server_args = [
         *rendezvous,
         f"--store={workdir / 'names.sqlite3'}",
@@ -193,6 +200,7 @@ def _start_servers(
         assert proc.stdout is not None
         if "listening" not in proc.stdout.readline():
             raise LabError(f"callpeer-rendezvous ({what}) did not start in the lab")
+    return ours
 
 
 def run_lab_call(
@@ -218,6 +226,7 @@ def run_lab_call(
     relay: str = "ours",
     turn_secret: str | None = None,
     caller_args: dict[str, list[str]] | None = None,
+    relay_args: list[str] | None = None,
 ) -> LabCallResult:
     """Build the lab, run one call through it, return what each side reported.
 
@@ -233,7 +242,8 @@ def run_lab_call(
     certificate written to `tls_files(workdir)`. `relay` is what the relay node runs: "ours"
     (callpeer-rendezvous) or "coturn"; either way the rendezvous offers callers
     turn:RELAY_IP:3478 with REST credentials from `turn_secret` (random if None).
-    `caller_args` adds arguments to one caller's command line, by name."""
+    `caller_args` adds arguments to one caller's command line, by name; `relay_args` to our
+    relay's, whose output, once it is stopped after the call, is `relay_output`."""
     if relay not in RELAYS:
         raise LabError(f"relay must be one of {', '.join(RELAYS)}, not {relay!r}")
     with Lab(config) as lab:
@@ -253,7 +263,15 @@ def run_lab_call(
         if pair is not None:
             hosts = [SERVER_IP, RELAY_IP, *([SERVER_IP6, RELAY_IP6] if config.ipv6 else [])]
             self_signed(*pair, hosts)
-        _start_servers(lab, workdir, secret, relay=relay, tls=pair, alternate=alternate_address)
+        ours = _start_servers(
+            lab,
+            workdir,
+            secret,
+            relay=relay,
+            tls=pair,
+            alternate=alternate_address,
+            relay_args=relay_args or [],
+        )
         for side in ("a", "b"):
             if config.port_mapping_for(side):
                 if not alternate_address:  # miniupnpd maps only after its RFC 5780 test
@@ -335,4 +353,7 @@ def run_lab_call(
         for side, cap in captures.items():
             if cap is not None:
                 result.captures[side] = _stop_capture(cap)
+        if ours is not None:  # stopped, it says what it relayed, in user space and the kernel
+            stop(ours)
+            result.relay_output = ours.stdout.read() if ours.stdout else ""
     return result
