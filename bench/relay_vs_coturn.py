@@ -1152,6 +1152,16 @@ def notes(rounds: dict[str, list[dict[str, Any]]]) -> str:
         summaries = [s for r in runs for s in load_runs(r)]
         gen_drops = sum(s["generator_socket_drops"] for s in summaries)
         text.append(f"{name}: drops at the generator's own sockets over all runs: {gen_drops:,}")
+        idle = [
+            s for s in summaries if s["delivered_pps"] > 10_000 and (s["server_cpu_pct"] or 0) < 5
+        ]
+        if idle:
+            text.append(
+                f"{name}: WARNING: in {len(idle)} run(s) packets were relayed while the server "
+                "process stayed nearly idle: the relaying ran elsewhere (--offload's tc/eBPF "
+                "program runs where loopback delivers, on the SENDER's core, the generator's), "
+                "so those figures are the generator's ceiling, not the server's per core"
+            )
         for r in runs:
             for error in r.get("errors", []):
                 text.append(f"{name}: FAILED: {error}")
