@@ -553,11 +553,9 @@ def light_setup(
 ) -> None:
     """Allocate, permit the peer's relayed address and bind a channel to it, both sides of
     every call, starting a call every --stagger seconds, until all are ready or failed."""
+    from voip.lab.turn_sockets import drain_answers  # noqa: PLC0415
     from voip.nat.turn_client import PermissionRefused  # noqa: PLC0415
     from voip.nat.turn_client import TurnFailed  # noqa: PLC0415
-    from voip.wire.stun import StunError  # noqa: PLC0415
-    from voip.wire.stun import looks_like_stun  # noqa: PLC0415
-    from voip.wire.stun import parse_message_untrusted  # noqa: PLC0415
 
     pending = list(pairs)
     started: list[tuple[LightSide, LightSide]] = []
@@ -608,18 +606,7 @@ def light_setup(
             return
         for key, _ in sel.select(min(0.01, max(0.0, next_poll - now))):
             side = key.data
-            while True:
-                try:
-                    data, src = side.sock.recvfrom(2048)
-                except OSError:
-                    break
-                if not looks_like_stun(data):
-                    continue
-                try:
-                    msg = parse_message_untrusted(data)
-                except StunError:
-                    continue
-                side.transmit(side.turn.handle(msg, (str(src[0]), int(src[1])), now) or [])
+            side.transmit(drain_answers(side.sock, side.turn, now))
             assert side.peer is not None
             settle(side, side.peer, now)
 

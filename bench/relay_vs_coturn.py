@@ -72,6 +72,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from voip.lab.turn_sockets import drain_answers
 from voip.nat.turn_client import PermissionRefused
 from voip.nat.turn_client import TurnClient
 from voip.nat.turn_client import TurnFailed
@@ -80,7 +81,6 @@ from voip.wire.stun import Message
 from voip.wire.stun import Method
 from voip.wire.stun import StunError
 from voip.wire.stun import encode
-from voip.wire.stun import looks_like_stun
 from voip.wire.stun import parse_message_untrusted
 from voip.wire.turn import pack_channel_data
 from voip.wire.turn import rest_credentials
@@ -546,18 +546,7 @@ def pump(allocs: list[Allocation], done: Callable[[Allocation], bool], what: str
                 raise BenchError(f"{what}: {left} of {len(allocs)} not done in {SETUP_TIMEOUT} s")
             for key, _ in sel.select(0.05):
                 a = key.data
-                while True:
-                    try:
-                        data, src = a.sock.recvfrom(2048)
-                    except BlockingIOError:
-                        break
-                    if not looks_like_stun(data):
-                        continue
-                    try:
-                        msg = parse_message_untrusted(data)
-                    except StunError:
-                        continue
-                    a.send(a.client.handle(msg, (src[0], src[1]), time.monotonic()) or [])
+                a.send(drain_answers(a.sock, a.client, time.monotonic()))
             for a in allocs:
                 a.send(a.client.poll(time.monotonic()))
                 for event in a.client.pop_events():

@@ -80,29 +80,20 @@ struct config {
 	__u16 reserved;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct c2p_key);
-	__type(value, struct c2p_val);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cp_c2p SEC(".maps");
+/* Each map pinned by name, so user space opens it (rendezvous/offload_maps.py); the channel
+ * tables capped at 65,536 entries each (a full one leaves new channels in user space). */
+#define PINNED_MAP(name, kind, entries, key_type, value_type) \
+	struct { \
+		__uint(type, kind); \
+		__uint(max_entries, entries); \
+		__type(key, key_type); \
+		__type(value, value_type); \
+		__uint(pinning, LIBBPF_PIN_BY_NAME); \
+	} name SEC(".maps")
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct p2c_key);
-	__type(value, struct p2c_val);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cp_p2c SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct config);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cp_config SEC(".maps");
+PINNED_MAP(cp_c2p, BPF_MAP_TYPE_HASH, 65536, struct c2p_key, struct c2p_val);
+PINNED_MAP(cp_p2c, BPF_MAP_TYPE_HASH, 65536, struct p2c_key, struct p2c_val);
+PINNED_MAP(cp_config, BPF_MAP_TYPE_ARRAY, 1, __u32, struct config);
 
 /* Where the rewritten packet goes: up the local stack, out of an interface, or nowhere yet. */
 struct route {
