@@ -85,7 +85,8 @@ def serve(argv: list[str]) -> None:
 
     args = build_parser().parse_args(argv)
     raise_open_file_limit()
-    host, port = parse_address(args.listen, default_port=3478, allow_any_port=True)
+    listen = args.listen[0] if args.listen else "127.0.0.1:3478"  # --listen is repeatable
+    host, port = parse_address(listen, default_port=3478, allow_any_port=True)
     server = build_server(args, host)
 
     def dump() -> None:
