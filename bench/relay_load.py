@@ -49,6 +49,7 @@ from typing import Any
 import psutil
 
 from voip.lab.netns import stop as stop_process
+from voip.lab.turn_sockets import crowd_quotas
 from voip.transport import ANCILLARY
 from voip.transport import SO_TIMESTAMPNS
 from voip.transport import kernel_stamp
@@ -58,21 +59,6 @@ SECRET = "relay-load"
 
 
 # -- the relay ---------------------------------------------------------------------------
-
-
-def quota_options(calls: int) -> list[str]:
-    """callpeer-rendezvous options that let 2 * `calls` callers from one IP hold names and
-    relay allocations (the defaults: 32 allocations and 64 names per IP, 64 claims per IP an
-    hour, 3,600 claims an hour in all)."""
-    room = str(max(1000, 4 * calls))
-    return [
-        f"--quota-per-ip={room}",
-        f"--names-per-ip={room}",
-        f"--claims-per-ip={room}",
-        f"--claims-per-hour={room}",
-        f"--total-quota={max(10_000, 4 * calls)}",
-        f"--max-names={max(100_000, 4 * calls)}",
-    ]
 
 
 def serve(argv: list[str]) -> None:
@@ -125,7 +111,7 @@ class Relay:
             HOST,
             "--allow-loopback-peers",
             f"--turn-secret={SECRET}",
-            *quota_options(calls),
+            *crowd_quotas(calls),
         ]
         args = [sys.executable, os.path.abspath(__file__), "--serve", "--", *self.options]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)

@@ -72,6 +72,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from voip.lab.turn_sockets import crowd_quotas
 from voip.lab.turn_sockets import drain_answers
 from voip.nat.turn_client import PermissionRefused
 from voip.nat.turn_client import TurnClient
@@ -385,21 +386,6 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def quota_options(allocations: int) -> list[str]:
-    """callpeer-rendezvous quotas raised for `allocations` from one IP (as bench/relay_load.py),
-    and per user too: turnutils_uclient uses one username for all its clients."""
-    room = str(max(1000, 4 * allocations))
-    return [
-        f"--quota={room}",
-        f"--quota-per-ip={room}",
-        f"--names-per-ip={room}",
-        f"--claims-per-ip={room}",
-        f"--claims-per-hour={room}",
-        f"--total-quota={max(10_000, 4 * allocations)}",
-        f"--max-names={max(100_000, 4 * allocations)}",
-    ]
-
-
 def ours_command(port: int, extra: list[str]) -> list[str]:
     exe = Path(sys.executable).with_name("callpeer-rendezvous")
     return [
@@ -412,7 +398,7 @@ def ours_command(port: int, extra: list[str]) -> list[str]:
         f"--turn-secret={SECRET}",
         "--store=:memory:",
         "-q",
-        *quota_options(max(UCLIENT_STREAMS, *PEAK_ALLOCATIONS, STEP_ALLOCATIONS)),
+        *crowd_quotas(max(UCLIENT_STREAMS, *PEAK_ALLOCATIONS, STEP_ALLOCATIONS)),
         *extra,
     ]
 

@@ -344,6 +344,22 @@ static __always_inline int to_client(struct __sk_buff *skb, struct iphdr *ip, st
 	return deliver(skb, &r);
 }
 
+/* Make the packet's first `n` bytes readable directly, and point ip and udp into it again (a
+ * pull moves the data); a packet that cannot be is passed on untouched, to user space. */
+#define PULL_OR_PASS(n) \
+	do { \
+		if (data + (n) > data_end) { \
+			if (skb->len < (n) || bpf_skb_pull_data(skb, (n))) \
+				return TC_ACT_OK; \
+			data = (void *)(long)skb->data; \
+			data_end = (void *)(long)skb->data_end; \
+		} \
+		ip = data + L3_OFF; \
+		udp = data + L4_OFF; \
+		if ((void *)(udp + 1) > data_end) \
+			return TC_ACT_OK; \
+	} while (0)
+
 SEC("tc")
 int channel_relay(struct __sk_buff *skb)
 {
@@ -358,16 +374,7 @@ int channel_relay(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	if (data + DATA_OFF > data_end) {
-		if (skb->len < DATA_OFF || bpf_skb_pull_data(skb, DATA_OFF))
-			return TC_ACT_OK;
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-	}
-	ip = data + L3_OFF;
-	udp = data + L4_OFF;
-	if ((void *)(udp + 1) > data_end)
-		return TC_ACT_OK;
+	PULL_OR_PASS(DATA_OFF);
 	if (ip->version != 4 || ip->ihl != 5 || ip->protocol != IPPROTO_UDP ||
 	    (ip->frag_off & bpf_htons(0x3fff)))
 		return TC_ACT_OK; /* options, fragments and other protocols stay in user space */
@@ -382,16 +389,7 @@ int channel_relay(struct __sk_buff *skb)
 	if (udp->dest == cfg->server_port && (!cfg->server_ip || ip->daddr == cfg->server_ip)) {
 		if (payload < 4)
 			return TC_ACT_OK;
-		if (data + DATA_OFF + 4 > data_end) {
-			if (bpf_skb_pull_data(skb, DATA_OFF + 4))
-				return TC_ACT_OK;
-			data = (void *)(long)skb->data;
-			data_end = (void *)(long)skb->data_end;
-			ip = data + L3_OFF;
-			udp = data + L4_OFF;
-			if ((void *)(udp + 1) > data_end)
-				return TC_ACT_OK;
-		}
+		PULL_OR_PASS(DATA_OFF + 4);
 		chan_hdr = data + DATA_OFF;
 		if ((void *)(chan_hdr + 4) > data_end)
 			return TC_ACT_OK;

@@ -1,4 +1,5 @@
-"""TurnClients on plain non-blocking sockets, for the benches that drive hundreds at once."""
+"""TurnClients on plain non-blocking sockets, for the benches that drive hundreds at once, and
+the relay quotas such a crowd from one IP needs."""
 
 from __future__ import annotations
 
@@ -27,3 +28,19 @@ def drain_answers(sock: socket.socket, client: TurnClient, now: float) -> list[T
         except StunError:
             continue
         out += client.handle(msg, (str(src[0]), int(src[1])), now) or []
+
+
+def crowd_quotas(allocations: int) -> list[str]:
+    """callpeer-rendezvous options that let `allocations` TURN clients (and as many names) from
+    one IP and one user, as a bench's are, be served (the defaults: 32 allocations per IP, 10
+    per user, 64 names per IP, 64 claims per IP an hour, 3,600 claims an hour in all)."""
+    room = str(max(1000, 4 * allocations))
+    return [
+        f"--quota={room}",
+        f"--quota-per-ip={room}",
+        f"--names-per-ip={room}",
+        f"--claims-per-ip={room}",
+        f"--claims-per-hour={room}",
+        f"--total-quota={max(10_000, 4 * allocations)}",
+        f"--max-names={max(100_000, 4 * allocations)}",
+    ]
