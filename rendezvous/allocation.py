@@ -96,6 +96,30 @@ class Allocation:
         expires = min(self.expires, bound_until, self.permissions.get(peer[0], 0.0))
         return Route(self.client, channel, via, peer, expires)
 
+    def learned(
+        self, channel: int, via: Address | None, receiver: Allocation | None, now: float
+    ) -> Route | None:
+        """The route the full rules just took for `channel`: out of `via` to the network, or
+        inside this relay to `receiver`'s client."""
+        if via is not None:
+            return self.route(channel, via)
+        return self.inside_route(channel, receiver, now) if receiver is not None else None
+
+    def inside_route(self, channel: int, receiver: Allocation, now: float) -> Route | None:
+        """Where `channel`'s data goes when its peer is `receiver`'s relayed address on this
+        relay: to receiver's client on its channel for our relayed address, while both
+        allocations, both bindings and both permissions live; None while receiver has no
+        channel for us (the data then reaches it as Data indications)."""
+        peer, _ = self.channels[channel]
+        source = self.relayed_for(":" in peer[0]) or self.relayed
+        back = receiver.channel_for(source, now)
+        if back is None:
+            return None
+        mine = self.route(channel, source)
+        _, bound_until = receiver.channels[back]
+        theirs = min(receiver.expires, bound_until, receiver.permissions.get(source[0], 0.0))
+        return mine._replace(expires=min(mine.expires, theirs), inside=(receiver.client, back))
+
     def channel_for(self, peer: Address, now: float) -> int | None:
         channel = self.by_peer.get(peer)
         if channel is None or self.channels[channel][1] <= now:

@@ -25,6 +25,9 @@ class Route(NamedTuple):
     relayed: Address  # where datagrams to the peer leave from, and the peer's answers arrive
     peer: Address
     expires: float
+    # When the peer is another allocation's relayed address on this relay: that allocation's
+    # client, and its channel for us; the data goes straight to it as ChannelData.
+    inside: tuple[Address, int] | None = None
 
 
 class RouteWatcher(Protocol):
@@ -40,6 +43,7 @@ class ChannelRoutes:
         self.to_peer: dict[tuple[Address, int], Route] = {}  # by (client, channel)
         self.to_client: dict[tuple[Address, Address], Route] = {}  # by (relayed, peer)
         self._channels: dict[Address, set[int]] = {}  # a client's, to drop with its allocation
+        self._into: dict[Address, set[tuple[Address, int]]] = {}  # routes inside, by receiver
         self._expiries: Deadlines[tuple[Address, int]] = Deadlines()
         self.watchers: list[RouteWatcher] = []
 
@@ -55,16 +59,21 @@ class ChannelRoutes:
         if key in self.to_peer:
             self._remove(key)
         self.to_peer[key] = route
-        self.to_client[(route.relayed, route.peer)] = route
+        if route.inside is None:
+            self.to_client[(route.relayed, route.peer)] = route
+        else:
+            self._into.setdefault(route.inside[0], set()).add(key)
         self._channels.setdefault(route.client, set()).add(route.channel)
         self._expiries.set(key, route.expires)
         for watcher in self.watchers:
             watcher.route_added(route)
 
     def drop_client(self, client: Address) -> None:
-        """Its allocation is gone: every route of it too."""
+        """Its allocation is gone: every route of it too, and every route inside to it."""
         for channel in sorted(self._channels.get(client, ())):
             self._remove((client, channel))
+        for key in sorted(self._into.get(client, ())):
+            self._remove(key)
 
     def next_expiry(self) -> float | None:
         return self._expiries.next()
@@ -80,6 +89,10 @@ class ChannelRoutes:
         self._expiries.discard(key)
         if self.to_client.get((route.relayed, route.peer)) is route:
             del self.to_client[(route.relayed, route.peer)]
+        if route.inside is not None and (into := self._into.get(route.inside[0])) is not None:
+            into.discard(key)
+            if not into:
+                del self._into[route.inside[0]]
         channels = self._channels.get(route.client)
         if channels is not None:
             channels.discard(route.channel)

@@ -5,8 +5,9 @@ operations, everything else handed to the full rules.
 Each wake-up reads a socket until it would block (DRAIN at most, so timers still get a turn),
 instead of one datagram per turn of the event loop. A ChannelData datagram whose channel has a
 live route (rendezvous/channel_routes.py: learned when the full rules last relayed on it) costs
-one dict look-up, a slice and a `sendto`; a peer's datagram on a relayed address, one look-up
-and a `sendto` of header and data. A plain Binding request gets its answer from
+one dict look-up, a slice and a `sendto` (to its peer, or, when the peer is another allocation
+on this relay, to that allocation's client on its channel); a peer's datagram on a relayed
+address, one look-up and a `sendto` of header and data. A plain Binding request gets its answer from
 plain_binding_answer (rendezvous/behaviour.py), the same bytes the full rules give. Neither
 allocates anything per datagram beyond what the socket calls must, nor re-arms a timer (they
 move no deadline), and counters are added once per wake-up. Whatever is not one of those, or
@@ -79,7 +80,7 @@ class FastPath:
         recv, answer_to = sock.recvfrom, sock.sendto
         to_peer, relay_sockets, streams = self.routes.to_peer, self.relay_sockets, self.streams
         six = sock.family == socket.AF_INET6  # addresses of 4 items, IPv4 as ::ffff:a.b.c.d
-        relayed = bindings = 0
+        relayed = bindings = inside = 0
         try:
             for _ in range(DRAIN):
                 try:
@@ -100,13 +101,24 @@ class FastPath:
                     route = to_peer.get((src, (data[0] << 8) | data[1]))
                     end = 4 + ((data[2] << 8) | data[3])
                     if route is not None and route.expires > now and end <= len(data):
-                        out = relay_sockets.get(route.relayed)
+                        if route.inside is None:
+                            out = relay_sockets.get(route.relayed)
+                        else:  # to another allocation's client: its channel, our socket
+                            out, (dest, channel) = self.out, route.inside
+                            if streams and dest in streams:
+                                out = None  # its connection: the full rules know it
                         if out is not None:
-                            try:  # noqa: SIM105 - per datagram: a context manager costs more
-                                out.sendto(data[4:end], route.peer)
+                            try:  # per datagram: a context manager costs more
+                                if route.inside is None:
+                                    out.sendto(data[4:end], route.peer)
+                                else:
+                                    out.sendto(
+                                        CHANNEL_HEADER.pack(channel, end - 4) + data[4:end], dest
+                                    )
                             except OSError:  # a peer gone away: UDP has nothing to retry
                                 pass
                             relayed += 1
+                            inside += route.inside is not None
                             continue
                 elif data[:2] == b"\x00\x01" and (answer := plain_binding_answer(data, src)):
                     try:
@@ -123,7 +135,9 @@ class FastPath:
                     break
         finally:
             if relayed:
-                self.relay_stats["relayed_to_peer"] += relayed
+                self.relay_stats["relayed_to_peer"] += relayed - inside
+                self.relay_stats["relayed_inside"] += inside
+                self.relay_stats["relayed_to_client"] += inside
             if bindings:
                 self.logic_stats["binding"] += bindings
 

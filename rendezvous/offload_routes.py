@@ -6,7 +6,8 @@ permission all live, until the earliest ends) becomes a map entry of the tc/eBPF
 never reach Python; when the route expires or its allocation ends the entry goes, and the next
 datagram takes the full rules again (and teaches the route anew if they allow it). Lifetimes,
 quotas and the peer filter are thus the full rules' alone. Routes the program cannot carry stay
-in user space: IPv6, clients on TCP or TLS, RFC 5766's channels past 0x4FFF.
+in user space: IPv6, clients on TCP or TLS, RFC 5766's channels past 0x4FFF, and channels
+between two allocations of this relay.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class OffloadedRoutes:
 
     def carries(self, route: Route) -> bool:
         return (
-            route.channel in OFFLOAD_CHANNELS
+            route.inside is None
+            and route.channel in OFFLOAD_CHANNELS
             and ":" not in route.client[0]
             and ":" not in route.peer[0]
             and ":" not in route.relayed[0]

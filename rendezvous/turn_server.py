@@ -90,6 +90,10 @@ def reply(
     return [Out(encode(msg.reply(cls, attrs), integrity_key=key, fingerprint=True), dest)]
 
 
+def xor_peers(msg: Message) -> list[Address]:
+    return [decode_xor_address(v, msg.transaction_id) for v in msg.get_all(Attr.XOR_PEER_ADDRESS)]
+
+
 class TurnServer:
     def __init__(
         self,
@@ -149,8 +153,10 @@ class TurnServer:
             self.stats["channel_unknown"] += 1
             return []
         outs = self._relay_out(payload, alloc, peer, now)
-        if outs and outs[0].via is not None and not self.table.routes.live(src, channel, now):
-            self.table.routes.learn(alloc.route(channel, outs[0].via))  # over the network
+        if outs and not self.table.routes.live(src, channel, now):  # for the fast path
+            inside = self.by_relayed.get(peer)
+            if route := alloc.learned(channel, outs[0].via, inside, now):
+                self.table.routes.learn(route)
         return outs
 
     def handle_peer(self, data: bytes, relayed: Address, peer: Address, now: float) -> list[Out]:
@@ -248,11 +254,6 @@ class TurnServer:
             self.stats["refresh"] += 1
         return reply(msg, alloc.client, alloc.key, [(Attr.LIFETIME, u32(lifetime))])
 
-    def _peers(self, msg: Message) -> list[Address]:
-        return [
-            decode_xor_address(v, msg.transaction_id) for v in msg.get_all(Attr.XOR_PEER_ADDRESS)
-        ]
-
     def _peer_error(self, msg: Message, alloc: Allocation, peers: list[Address]) -> list[Out]:
         """The answer for the first peer we may not relay to, or [] when all are fine."""
         for peer in peers:
@@ -267,7 +268,7 @@ class TurnServer:
         return []
 
     def _create_permission(self, msg: Message, alloc: Allocation, now: float) -> list[Out]:
-        peers = self._peers(msg)
+        peers = xor_peers(msg)
         if not peers:
             return self._error(msg, alloc.client, 400, "Bad Request", alloc.key)
         if refused := self._peer_error(msg, alloc, peers):
@@ -281,7 +282,7 @@ class TurnServer:
 
     def _channel_bind(self, msg: Message, alloc: Allocation, now: float) -> list[Out]:
         number = msg.get(Attr.CHANNEL_NUMBER)
-        peers = self._peers(msg)
+        peers = xor_peers(msg)
         if number is None or len(number) != 4 or len(peers) != 1:
             return self._error(msg, alloc.client, 400, "Bad Request", alloc.key)
         channel, peer = struct.unpack("!H", number[:2])[0], peers[0]

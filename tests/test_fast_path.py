@@ -8,6 +8,7 @@ import asyncio
 import os
 import socket
 import struct
+import time
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,8 +21,12 @@ from rendezvous.channel_routes import Route
 from rendezvous.server import RendezvousServer
 from rendezvous.turn_server import Out
 from rendezvous.turn_server import TurnPolicy
+from rendezvous.turn_server import TurnServer
 from tests.test_turn import CLIENT
 from tests.test_turn import PEER
+from tests.test_turn import SECRET
+from tests.test_turn import SERVER
+from tests.test_turn import FakePorts
 from tests.test_turn import allocated
 from tests.test_turn import exchange
 from tests.test_turn import make_server
@@ -104,6 +109,37 @@ def test_routes_are_learned_from_relayed_channel_data_and_live_no_longer_than_th
     assert len(routes) == 1
     server.client_gone(CLIENT)  # its allocation ended: the route with it
     assert len(routes) == 0 and not routes.to_client
+
+
+def test_a_route_inside_the_relay_goes_to_the_other_clients_channel_and_ends_with_either() -> None:
+    """Two allocations on one relay, each with a channel to the other's relayed address (both
+    callers behind symmetric NATs): the route goes straight to the other client on its channel,
+    as the full rules do, and is dropped when either allocation ends."""
+    ports = FakePorts("127.0.0.1")
+    server = TurnServer(
+        ports, TurnPolicy(secret=SECRET, allow_loopback_peers=True), wallclock=time.time()
+    )
+    server.add_own_addresses(["127.0.0.1"])
+    alice, bob = rest_client(name="alice"), rest_client(name="bob")
+    alice_relayed = allocated(alice, server).relayed
+    bob_src = ("127.0.0.1", 40000)
+    exchange(bob, server, bob.start(0.0), 0.0, src=bob_src)
+    bob_relayed = bob.relayed
+    assert bob_relayed is not None
+    exchange(alice, server, alice.bind_channel(bob_relayed, 1.0), 1.0)
+    exchange(bob, server, bob.permit(["127.0.0.1"], 1.0), 1.0, src=bob_src)
+    data, _ = alice.wrap(b"to bob", bob_relayed)
+    assert server.handle_channel_data(data, CLIENT, 1.1) != []  # a Data indication: no route
+    assert len(server.table.routes) == 0
+    exchange(bob, server, bob.bind_channel(alice_relayed, 2.0), 2.0, src=bob_src)
+    [out] = server.handle_channel_data(data, CLIENT, 2.1)
+    assert bob.unwrap_channel(out.data, SERVER) == (b"to bob", alice_relayed)
+    [route] = server.table.routes.to_peer.values()
+    assert route.inside == (bob_src, bob.channels[alice_relayed]) and route.peer == bob_relayed
+    assert route.expires == 301.0  # alice's permission, from her binding at 1.0, ends first
+    assert not server.table.routes.to_client  # nothing of it arrives on a relayed socket
+    exchange(bob, server, bob.close(3.0), 3.0, src=bob_src)  # bob's allocation ends
+    assert len(server.table.routes) == 0
 
 
 class Watcher:
