@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from rendezvous.limits import OPTIONS as LIMIT_OPTIONS
 from rendezvous.limits import Limits
@@ -14,6 +15,8 @@ from rendezvous.server import TLS_PORT
 from rendezvous.workers import DEFAULT_RANGE
 
 DEFAULT_LISTEN = "0.0.0.0:3478"
+# One worker a core where SO_REUSEPORT spreads UDP between processes (Linux); one elsewhere.
+DEFAULT_WORKERS = (os.cpu_count() or 1) if sys.platform.startswith("linux") else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,12 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument(
         "--workers",
         type=positive_int,
-        default=os.cpu_count() or 1,
+        default=DEFAULT_WORKERS,
         metavar="N",
         help="processes sharing the port, one a core (default: this machine's cores, "
-        f"{os.cpu_count() or 1}); each relays for the clients the kernel gives it, and one "
-        "holds the names. With more than one, relayed ports come from --min-port/--max-port "
-        f"(default {DEFAULT_RANGE[0]}-{DEFAULT_RANGE[1]}), split between them",
+        f"{DEFAULT_WORKERS}; 1 off Linux); each relays for the clients the kernel gives it, "
+        "and one holds the names. With more than one, relayed ports come from "
+        f"--min-port/--max-port (default {DEFAULT_RANGE[0]}-{DEFAULT_RANGE[1]}), split between "
+        "them",
     )
     speed.add_argument(
         "--loop",

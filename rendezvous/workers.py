@@ -114,8 +114,9 @@ def reserve(listens: list[Address]) -> list[socket.socket]:
 
 
 def die_with_parent() -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if sys.platform.startswith("linux"):  # elsewhere the parent's SIGTERM is all there is
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def run_workers(
