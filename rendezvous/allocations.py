@@ -23,6 +23,7 @@ class AllocationTable:
         self._per_source: Counter[str] = Counter()  # by IPv4 address, or IPv6 /64
         self._expiries: Deadlines[Address] = Deadlines()
         self.routes = ChannelRoutes()  # the channels in use, for the fast path
+        self.relayed_ips: Counter[str] = Counter()  # allocations' relayed addresses, by IP
 
     def __len__(self) -> int:
         return len(self.by_client)
@@ -41,6 +42,7 @@ class AllocationTable:
         self.by_client[alloc.client] = alloc
         for relayed in alloc.relayed_all:  # a dual allocation: both, counted once
             self.by_relayed[relayed] = alloc
+            self.relayed_ips[relayed[0]] += 1
         self._per_user[rest_user(alloc.username)] += 1
         self._per_source[address_block(alloc.client[0])] += 1
         self.schedule(alloc)
@@ -53,6 +55,9 @@ class AllocationTable:
         self.routes.drop_client(client)
         for relayed in alloc.relayed_all:
             self.by_relayed.pop(relayed, None)
+            self.relayed_ips[relayed[0]] -= 1
+            if self.relayed_ips[relayed[0]] <= 0:
+                del self.relayed_ips[relayed[0]]
         for table, key in (
             (self._per_user, rest_user(alloc.username)),
             (self._per_source, address_block(client[0])),

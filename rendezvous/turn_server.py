@@ -192,7 +192,7 @@ class TurnServer:
     def _relays_on(self, ip: str) -> bool:
         """Whether our relayed addresses are on `ip`: a permission there is for allocations
         of ours, reached inside the relay (see _relay_out)."""
-        return self.peers.is_own(ip) and any(r[0] == ip for r in self.by_relayed)
+        return self.peers.is_own(ip) and ip in self.table.relayed_ips  # O(1), however many
 
     def peer_refusal(self, ip: str) -> str | None:
         """Why a peer address may not be relayed to, or None when it may."""

@@ -138,8 +138,9 @@ def test_a_route_inside_the_relay_goes_to_the_other_clients_channel_and_ends_wit
     assert route.inside == (bob_src, bob.channels[alice_relayed]) and route.peer == bob_relayed
     assert route.expires == 301.0  # alice's permission, from her binding at 1.0, ends first
     assert not server.table.routes.to_client  # nothing of it arrives on a relayed socket
+    assert server.table.relayed_ips == {"127.0.0.1": 2}  # what permissions to ourselves need
     exchange(bob, server, bob.close(3.0), 3.0, src=bob_src)  # bob's allocation ends
-    assert len(server.table.routes) == 0
+    assert len(server.table.routes) == 0 and server.table.relayed_ips == {"127.0.0.1": 1}
 
 
 class Watcher:
