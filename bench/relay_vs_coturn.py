@@ -42,6 +42,28 @@
 # delivering what it relays, the generator's core for what it sends, the same for both servers.
 # The figures in the table are medians over the rounds.
 #
+# --netns (root): the kernel path's figure per core. On loopback, --offload's tc/eBPF program
+# runs where loopback delivers, in the softirq of the SENDING core (the generator's): the
+# server's core shows nothing and the figure is the generator's ceiling. With --netns the
+# servers run in a network namespace of their own (`ip netns exec`, pinned as above) and this
+# script's thread, its sockets and the generator in another, joined by one veth pair with
+# addresses from 198.18.0.0/15 (RFC 2544's benchmarking range; voip/lab/bench_netns.py), tx
+# checksum offload off on both ends, and RPS on each end's receive queue steering its
+# softirq to its own side's CPUs (--server-cpus for the relay's end, --load-cpus for the
+# generator's). So the kernel's receive work for what the server gets, the tc/eBPF program's
+# included, runs on the server's core, and the figures add, beside the server process's CPU,
+# the server core's busy time from /proc/stat (its own: busy less steal and other processes;
+# softirq included) per 10k packets, its busy share at the peak, the packets it relayed per
+# second of that time, and the softirq time and NET_RX runs per CPU of each run (so the
+# output shows where the receive work ran). The servers are ours in user space ("ours"),
+# ours with --offload ("offload": its program on the relay end's ingress, forwarding the
+# channels back out of the same veth through the kernel's FIB) and coturn; ours is told
+# --allow-peer 198.18.0.0/15 (the peers' range: refused by default) and coturn
+# --allowed-peer-ip over the same range. The steps go on past 160k (to 320k). Here the
+# server's core pays for receiving everything offered, dropped datagrams too, which loopback
+# charged to the sender: flat-out peaks of a user-space server fall well below its loss-free
+# rate's neighbourhood on loopback, for both servers alike.
+#
 # callpeer-rendezvous is given --workers=1 unless --ours-arg names --workers (per core: one
 # process, as coturn gets one relay thread). It runs from this checkout as it is (uncommitted
 # edits included: the output says so), or, with --ours-commit REV, from that commit's
@@ -51,6 +73,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import itertools
 import json
 import os
@@ -72,6 +95,13 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from rendezvous.offload import unavailable_reason as offload_unavailable_reason
+from voip.lab.bench_netns import BENCH_RANGE
+from voip.lab.bench_netns import RELAY_DEV
+from voip.lab.bench_netns import BenchLink
+from voip.lab.bench_netns import net_rx_per_cpu
+from voip.lab.bench_netns import remove_leftovers
+from voip.lab.bench_netns import unavailable_reason as netns_unavailable_reason
 from voip.lab.turn_sockets import crowd_quotas
 from voip.lab.turn_sockets import drain_answers
 from voip.nat.turn_client import PermissionRefused
@@ -95,6 +125,10 @@ MAGIC = b"CPLB"
 PAYLOAD = 168  # bytes of an SRTP-protected Opus voice frame; ChannelData adds a 4-byte header
 PEAK_ALLOCATIONS = (1, 10, 100)
 STEPS = (10_000, 20_000, 40_000, 60_000, 80_000, 100_000, 120_000, 140_000, 160_000)
+# --netns: on to where the kernel path may go (its target is 2x coturn's ~130k)
+NETNS_STEPS = (*STEPS, 200_000, 240_000, 280_000, 320_000)
+SERVERS = ("ours", "offload", "coturn")  # offload: callpeer-rendezvous with --offload
+NETNS_PORT = 3478  # the relay's namespace is ours alone: the standard port is free
 STEP_ALLOCATIONS = 100
 LOSS_LIMIT = 1.0  # % lost, the loss-free rate's bound
 KEPT_UP = 0.98  # a step counts only if the generator sent at least this share of its rate
@@ -111,6 +145,7 @@ RCVBUF = 16 << 20  # the generator's receiving sockets: their drops would be our
 TICK = os.sysconf("SC_CLK_TCK")
 DISTURBED = 5.0  # % of the server's core taken by other processes: the run is made again
 RETRIES_IF_DISTURBED = 2
+SOFTIRQ_SEEN = 10.0  # --netns: % of the server's core in softirq at the peak that shows RPS works
 
 
 class BenchError(RuntimeError):
@@ -277,21 +312,32 @@ def socket_inodes(pids: list[int]) -> set[int]:
     return inodes
 
 
-def udp_drops() -> dict[int, int]:
-    """Each UDP socket's kernel drop count by inode (/proc/net/udp)."""
+def udp_drops(net: str = "/proc/thread-self/net") -> dict[int, int]:
+    """Each UDP socket's kernel drop count by inode (/proc/net/udp of a network namespace:
+    this thread's, or /proc/PID/net for a process's)."""
     drops = {}
-    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+    for line in Path(net, "udp").read_text().splitlines()[1:]:
         f = line.split()
         drops[int(f[9])] = int(f[-1])
     return drops
 
 
-def snmp_udp() -> dict[str, int]:
-    lines = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines()]
+def snmp_udp(net: str = "/proc/thread-self/net") -> dict[str, int]:
+    lines = [ln.split() for ln in Path(net, "snmp").read_text().splitlines()]
     for head, values in itertools.pairwise(lines):
         if head[0] == "Udp:" and values[0] == "Udp:" and not values[1].isalpha():
             return dict(zip(head[1:], map(int, values[1:]), strict=True))
     return {}
+
+
+def softirq_ticks() -> dict[int, int]:
+    """/proc/stat's softirq ticks per CPU."""
+    got = {}
+    for text in Path("/proc/stat").read_text().splitlines():
+        name, *values = text.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            got[int(name[3:])] = int(values[6])
+    return got
 
 
 def cpu_ticks(cpus: set[int]) -> dict[str, int]:
@@ -320,10 +366,10 @@ def binding_request(tid: bytes | None = None) -> bytes:
     return encode(msg)
 
 
-def answers_binding(port: int, timeout: float = 0.3) -> bool:
+def answers_binding(host: str, port: int, timeout: float = 0.3) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
-        s.connect((HOST, port))
+        s.connect((host, port))
         try:
             s.send(binding_request())
             data = s.recv(2048)
@@ -338,13 +384,21 @@ def answers_binding(port: int, timeout: float = 0.3) -> bool:
 
 @dataclass
 class Server:
-    name: str  # "ours" or "coturn"
+    name: str  # "ours", "offload" (ours with --offload) or "coturn"
     proc: subprocess.Popen[bytes]
     port: int
     workdir: Path
     command: list[str]
     cpus: set[int]
     used_ports: set[int] = field(default_factory=set)  # client ports its allocations had
+    host: str = HOST  # where it listens and relays from
+    client_host: str = HOST  # where the generator's clients and peers are
+    netns: BenchLink | None = None  # --netns: the server runs in its relay namespace
+
+    @property
+    def net(self) -> str:
+        """/proc's view of the server's network namespace (its UDP sockets, counters)."""
+        return f"/proc/{self.proc.pid}/net"
 
     def pids(self) -> list[int]:
         return process_tree(self.proc.pid)
@@ -357,18 +411,20 @@ class Server:
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
-        while not answers_binding(self.port):
+        while not answers_binding(self.host, self.port):
             if self.proc.poll() is not None:
                 raise BenchError(f"{self.name} exited ({self.proc.returncode}): {self.log_tail()}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise BenchError(f"{self.name} did not answer on {HOST}:{self.port}")
+                raise BenchError(f"{self.name} did not answer on {self.host}:{self.port}")
             time.sleep(0.1)
 
-    def log_tail(self) -> str:
+    def log_lines(self) -> list[str]:
         log = self.workdir / "server.log"
-        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-        return " | ".join(lines[-5:])
+        return log.read_text(errors="replace").splitlines() if log.exists() else []
+
+    def log_tail(self) -> str:
+        return " | ".join(self.log_lines()[-5:])
 
     def stop(self) -> None:
         """The whole process group, SIGTERM then SIGKILL."""
@@ -386,30 +442,41 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def ours_command(port: int, extra: list[str]) -> list[str]:
+def ours_command(port: int, extra: list[str], host: str = HOST) -> list[str]:
     exe = Path(sys.executable).with_name("callpeer-rendezvous")
+    # Loopback peers on loopback; in --netns the peers are in the benchmarking range, which
+    # the relay refuses unless allowed, and it is not quiet: it says where its kernel path
+    # went, and its counters (the kernel's among them) when stopped (a few lines a minute).
+    netns = host != HOST
+    peers = [f"--allow-peer={BENCH_RANGE}"] if netns else ["--allow-loopback-peers"]
     return [
         str(exe),
         "--listen",
-        f"{HOST}:{port}",
+        f"{host}:{port}",
         "--relay-address",
-        HOST,
-        "--allow-loopback-peers",
+        host,
+        *peers,
         f"--turn-secret={SECRET}",
         "--store=:memory:",
-        "-q",
+        *([] if netns else ["-q"]),
         *crowd_quotas(max(UCLIENT_STREAMS, *PEAK_ALLOCATIONS, STEP_ALLOCATIONS)),
         *extra,
     ]
 
 
-def coturn_command(port: int, workdir: Path, extra: list[str]) -> list[str]:
+def coturn_command(port: int, workdir: Path, extra: list[str], host: str = HOST) -> list[str]:
+    # coturn 4.6 refuses loopback peers by default (and multicast with --no-multicast-peers),
+    # other ranges only when a --denied-peer-ip names them (hardened configurations list
+    # 198.18.0.0/15; -n reads none): the benchmarking range is allowed explicitly all the same.
+    first, last = bench_range_bounds()
+    peers = [] if host == HOST else [f"--allowed-peer-ip={first}-{last}"]
     return [
         "turnserver",
         "-n",  # no configuration file
-        f"--listening-ip={HOST}",
+        f"--listening-ip={host}",
         f"--listening-port={port}",
-        f"--relay-ip={HOST}",
+        f"--relay-ip={host}",
+        *peers,
         "--use-auth-secret",
         f"--static-auth-secret={SECRET}",
         f"--realm={REALM}",
@@ -426,6 +493,12 @@ def coturn_command(port: int, workdir: Path, extra: list[str]) -> list[str]:
         "--no-stdout-log",
         *extra,
     ]
+
+
+def bench_range_bounds() -> tuple[str, str]:
+    """BENCH_RANGE's first and last address (coturn takes a range as FIRST-LAST)."""
+    net = ipaddress.ip_network(BENCH_RANGE)
+    return str(net[0]), str(net[-1])
 
 
 def ours_env(opts: argparse.Namespace) -> dict[str, str]:
@@ -450,26 +523,61 @@ def ours_defaults(opts: argparse.Namespace) -> list[str]:
 
 
 def start_server(name: str, opts: argparse.Namespace, workdir: Path) -> Server:
-    port = opts.port or free_port()
-    env = ours_env(opts) if name == "ours" else dict(os.environ)
-    if name == "ours":
-        command = ours_command(port, [*opts.ours_defaults, *opts.ours_arg])
+    link: BenchLink | None = opts.link
+    host = link.relay_address if link else HOST
+    port = opts.port or (NETNS_PORT if link else free_port())
+    ours = name in ("ours", "offload")
+    env = ours_env(opts) if ours else dict(os.environ)
+    if ours:
+        offload = ["--offload"] if name == "offload" else []
+        command = ours_command(port, [*opts.ours_defaults, *offload, *opts.ours_arg], host)
     else:
-        command = coturn_command(port, workdir, opts.coturn_arg)
+        command = coturn_command(port, workdir, opts.coturn_arg, host)
+    # `ip netns exec` execs in place: the process started is the server (pid, group).
+    inside = ["ip", "netns", "exec", link.relay] if link else []
     log = (workdir / "server.log").open("ab")
     proc = subprocess.Popen(
-        ["taskset", "-c", opts.server_cpus, *command],
+        [*inside, "taskset", "-c", opts.server_cpus, *command],
         stdin=subprocess.DEVNULL,
-        stdout=log if name == "ours" else subprocess.DEVNULL,
-        stderr=subprocess.STDOUT if name == "ours" else subprocess.DEVNULL,
+        stdout=log if ours else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if ours else subprocess.DEVNULL,
         cwd=workdir,
         env=env,
         start_new_session=True,  # its own process group, stopped as one
     )
     log.close()
     server = Server(name, proc, port, workdir, command, cpu_list(opts.server_cpus))
+    server.host, server.netns = host, link
+    server.client_host = link.gen_address if link else HOST
     server.wait_ready()
+    if name == "offload":
+        time.sleep(0.5)  # its line saying why not, if it cannot, comes after it answers
+        refused = [x for x in server.log_lines() if "--offload:" in x]
+        if refused:
+            server.stop()
+            raise BenchError(f"the kernel fast path did not load: {refused[0]}")
+        said = [x for x in server.log_lines() if "kernel fast path" in x or "forwarding" in x]
+        if said:
+            say(f"  offload: {' | '.join(said)}")
     return server
+
+
+def stale_filter(link: BenchLink) -> str:
+    """After a server stopped: what was still on the relay link's ingress (a filter left by an
+    --offload server that did not detach), removed so the next server does not inherit it."""
+    shown = subprocess.run(
+        ["ip", "netns", "exec", link.relay, "tc", "filter", "show", "dev", RELAY_DEV, "ingress"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if shown:
+        subprocess.run(
+            ["ip", "netns", "exec", link.relay, "tc", "qdisc", "del", "dev", RELAY_DEV, "clsact"],
+            capture_output=True,
+            check=False,
+        )
+    return shown
 
 
 # -- TURN set-up ----------------------------------------------------------------------------
@@ -497,14 +605,14 @@ class Allocation:
         self.peer.close()
 
 
-def udp_socket(rcvbuf: int | None = None) -> socket.socket:
+def udp_socket(rcvbuf: int | None = None, host: str = HOST) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     if rcvbuf:
         try:  # as root, past net.core.rmem_max
             s.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE
         except OSError:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.bind((HOST, 0))
+    s.bind((host, 0))
     return s
 
 
@@ -542,13 +650,13 @@ def pump(allocs: list[Allocation], done: Callable[[Allocation], bool], what: str
         sel.close()
 
 
-def fresh_client_socket(used: set[int]) -> socket.socket:
+def fresh_client_socket(used: set[int], host: str = HOST) -> socket.socket:
     """A socket on a port no earlier allocation of this server used: an allocation whose
     release was lost would answer a new client on its 5-tuple with 437."""
     held = []
     try:
         while True:
-            sock = udp_socket()
+            sock = udp_socket(host=host)
             port = sock.getsockname()[1]
             if port not in used:
                 used.add(port)
@@ -559,23 +667,25 @@ def fresh_client_socket(used: set[int]) -> socket.socket:
             h.close()
 
 
-def allocate(port: int, count: int, used: set[int]) -> Allocations:
+def allocate(server: Server, count: int) -> Allocations:
     """`count` allocations, each with a permission and a channel to its own peer socket, each
-    checked to relay one datagram; `used`: the client ports used before with this server."""
-    server = (HOST, port)
+    checked to relay one datagram; client ports never used before with this server."""
+    where = (server.host, server.port)
+    near = server.client_host
     allocs: list[Allocation] = []
     try:
         for i in range(count):
-            sock = fresh_client_socket(used)
-            sock.connect(server)
+            sock = fresh_client_socket(server.used_ports, near)
+            sock.connect(where)
             sock.setblocking(False)
             user, password = rest_credentials(SECRET, f"bench{i}", time.time())
-            allocs.append(Allocation(sock, udp_socket(RCVBUF), TurnClient(server, user, password)))
+            client = TurnClient(where, user, password)
+            allocs.append(Allocation(sock, udp_socket(RCVBUF, near), client))
         for a in allocs:
             a.send(a.client.start(time.monotonic()))
         pump(allocs, lambda a: a.client.relayed is not None, "Allocate")
         for a in allocs:
-            a.send(a.client.permit([HOST], time.monotonic()))
+            a.send(a.client.permit([near], time.monotonic()))
             a.send(a.client.bind_channel(a.peer_addr, time.monotonic()))
         pump(allocs, lambda a: a.peer_addr in a.client.channels, "ChannelBind")
         for a in allocs:
@@ -614,11 +724,33 @@ class Run:
     generator_drops: int
     rcvbuf_errors: int
     cores: dict[str, float]  # the server's cores over the run, % of their time
+    core_busy_s: float = 0.0  # the server's cores' busy time (/proc/stat), whoever used it
+    core_own_s: float = 0.0  # of it, the server's: its process, softirq, irq (not others, steal)
+    net_rx: dict[int, int] = field(default_factory=dict)  # NET_RX softirqs run, per CPU
+    softirq_pct: dict[int, float] = field(default_factory=dict)  # softirq time, per CPU
     attempts: int = 1  # runs made to get one that others did not disturb
 
     @property
     def cpu_ms_per_10k(self) -> float | None:
         return 1000 * self.cpu_s * 10_000 / self.load.unique if self.load.unique else None
+
+    @property
+    def core_ms_per_10k(self) -> float | None:
+        """The server's core's busy time (user + system + softirq + ..., the kernel path's
+        work included) per 10k packets that arrived."""
+        return 1000 * self.core_busy_s * 10_000 / self.load.unique if self.load.unique else None
+
+    @property
+    def core_own_ms_per_10k(self) -> float | None:
+        """The same without other processes' time and steal: the server's own work on its
+        core (its process, and the kernel's packet work there)."""
+        return 1000 * self.core_own_s * 10_000 / self.load.unique if self.load.unique else None
+
+    @property
+    def per_core_second(self) -> float | None:
+        """Packets that arrived per second of the server's own work on its core: what one core
+        would carry if the load could fill it (the load may not: the generator's ceiling)."""
+        return self.load.unique / self.core_own_s if self.core_own_s > 0 else None
 
     def summary(self) -> dict[str, Any]:
         load = self.load
@@ -636,6 +768,17 @@ class Run:
             "server_cpu_ms_per_10k": (
                 round(self.cpu_ms_per_10k, 2) if self.cpu_ms_per_10k is not None else None
             ),
+            "server_core_ms_per_10k": (
+                round(self.core_ms_per_10k, 2) if self.core_ms_per_10k is not None else None
+            ),
+            "server_core_own_ms_per_10k": (
+                round(self.core_own_ms_per_10k, 2) if self.core_own_ms_per_10k is not None else None
+            ),
+            "per_server_core_second": (
+                round(self.per_core_second) if self.per_core_second is not None else None
+            ),
+            "net_rx_per_cpu": {str(c): n for c, n in sorted(self.net_rx.items())},
+            "softirq_pct_per_cpu": {str(c): p for c, p in sorted(self.softirq_pct.items())},
             "server_socket_drops": self.server_drops,
             "generator_socket_drops": self.generator_drops,
             "udp_rcvbuf_errors": self.rcvbuf_errors,
@@ -647,24 +790,41 @@ class Run:
 def measured(server: Server, generator_sockets: list[socket.socket], go: Callable[[], Load]) -> Run:
     mine = {os.fstat(s.fileno()).st_ino for s in generator_sockets}
     theirs0 = server.inodes()
-    drops0, snmp0 = udp_drops(), snmp_udp()
+    # Each side's UDP counters are its network namespace's (the same one on loopback).
+    nets = ["/proc/thread-self/net", *([server.net] if server.netns else [])]
+    drops0, snmp0 = [udp_drops(n) for n in nets], [snmp_udp(n) for n in nets]
+    rx0, irq0 = net_rx_per_cpu(), softirq_ticks()
     cores0, cpu0, t0 = cpu_ticks(server.cpus), server.cpu(), time.monotonic()
     load = go()
     cores1, cpu1, t1 = cpu_ticks(server.cpus), server.cpu(), time.monotonic()
-    drops1, snmp1 = udp_drops(), snmp_udp()
+    rx1, irq1 = net_rx_per_cpu(), softirq_ticks()
+    drops1, snmp1 = [udp_drops(n) for n in nets], [snmp_udp(n) for n in nets]
     theirs = theirs0 | server.inodes()
 
-    def dropped(inodes: set[int]) -> int:
-        return sum(drops1.get(i, 0) - drops0.get(i, 0) for i in inodes if i in drops1)
+    def dropped(inodes: set[int], side: int) -> int:
+        d0, d1 = drops0[side], drops1[side]
+        return sum(d1.get(i, 0) - d0.get(i, 0) for i in inodes if i in d1)
 
+    rcvbuf_errors = sum(
+        b.get("RcvbufErrors", 0) - a.get("RcvbufErrors", 0)
+        for a, b in zip(snmp0, snmp1, strict=True)
+    )
+    wall = t1 - t0
     return Run(
         load,
         cpu1 - cpu0,
-        t1 - t0,
-        dropped(theirs),
-        dropped(mine),
-        snmp1.get("RcvbufErrors", 0) - snmp0.get("RcvbufErrors", 0),
+        wall,
+        dropped(theirs, len(nets) - 1),
+        dropped(mine, 0),
+        rcvbuf_errors,
         core_shares(cores0, cores1, cpu1 - cpu0),
+        core_busy_s=(cores1["busy"] - cores0["busy"]) / TICK,
+        core_own_s=own_core_ticks(cores0, cores1, cpu1 - cpu0) / TICK,
+        net_rx={c: rx1[c] - rx0.get(c, 0) for c in rx1},
+        softirq_pct={
+            c: round(100 * (irq1[c] - irq0.get(c, 0)) / TICK / wall, 1) if wall else 0.0
+            for c in irq1
+        },
     )
 
 
@@ -707,6 +867,13 @@ def core_shares(
     }
 
 
+def own_core_ticks(before: dict[str, int], after: dict[str, int], server_cpu: float) -> float:
+    """The server's cores' busy ticks less steal and other processes' time."""
+    d = {k: after[k] - before[k] for k in before}
+    others = max(0.0, d["tasks"] - server_cpu * TICK)
+    return max(0.0, d["busy"] - d["steal"] - others)
+
+
 def channeldata_senders(allocs: Allocations) -> list[tuple[socket.socket, bytes]]:
     return [
         (a.sock, pack_channel_data(a.client.channels[a.peer_addr], payload_template()))
@@ -737,7 +904,7 @@ def channeldata_run(
 def channeldata(server: Server, binary: Path, opts: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"peak": {}, "steps": []}
     for count in PEAK_ALLOCATIONS:
-        allocs = allocate(server.port, count, server.used_ports)
+        allocs = allocate(server, count)
         try:
             run = channeldata_run(server, binary, allocs, 0, opts.duration)
         finally:
@@ -745,13 +912,13 @@ def channeldata(server: Server, binary: Path, opts: argparse.Namespace) -> dict[
         out["peak"][str(count)] = run.summary()
         say(f"    peak, {count:>3} allocations: {line(run)}")
         time.sleep(0.3)
-    allocs = allocate(server.port, STEP_ALLOCATIONS, server.used_ports)
+    allocs = allocate(server, STEP_ALLOCATIONS)
     try:
         best, failures = None, 0
-        for rate in STEPS:
+        for rate in NETNS_STEPS if server.netns else STEPS:
             if time.monotonic() - allocs.made_at > REFRESH_AFTER:
                 allocs.close()
-                allocs = allocate(server.port, STEP_ALLOCATIONS, server.used_ports)
+                allocs = allocate(server, STEP_ALLOCATIONS)
             run = channeldata_run(server, binary, allocs, rate, opts.duration)
             kept_up = run.load.send_rate >= KEPT_UP * rate
             ok = kept_up and run.load.loss_pct < LOSS_LIMIT
@@ -769,6 +936,11 @@ def channeldata(server: Server, binary: Path, opts: argparse.Namespace) -> dict[
     finally:
         allocs.close()
     out["loss_free_pps"] = best
+    last = out["steps"][-2:]
+    if len(last) == 2 and all(
+        not s["generator_kept_up"] and s["loss_pct"] < LOSS_LIMIT for s in last
+    ):
+        out["loss_free_capped_by_generator"] = True
     out["best_delivered_pps"] = max((s["delivered_pps"] for s in out["steps"]), default=None)
     return out
 
@@ -778,8 +950,8 @@ def binding(server: Server, binary: Path, opts: argparse.Namespace) -> dict[str,
     try:
         senders = []
         for i in range(BINDING_SOCKETS):
-            s = udp_socket(RCVBUF)
-            s.connect((HOST, server.port))
+            s = udp_socket(RCVBUF, server.client_host)
+            s.connect((server.host, server.port))
             socks.append(s)
             senders.append((s, binding_request(i.to_bytes(4, "big") + os.urandom(8))))
         probe = socks[0]
@@ -854,7 +1026,7 @@ def uclient_once(server: Server, opts: argparse.Namespace) -> dict[str, Any]:
         SECRET,
         "-p",
         str(server.port),
-        HOST,
+        server.host,
     ]
     samples: list[tuple[float, float]] = []  # (time, server CPU s)
     stop = threading.Event()
@@ -945,12 +1117,20 @@ def say(text: str) -> None:
 
 def line(run: Run) -> str:
     s = run.summary()
-    cpu = s["server_cpu_ms_per_10k"]
+    cpu, core = s["server_cpu_ms_per_10k"], s["server_core_ms_per_10k"]
+    own = s["server_core_own_ms_per_10k"]
+    softirq = ", ".join(
+        f"CPU{c} {pct:.0f}% ({run.net_rx.get(c, 0):,} NET_RX)"
+        for c, pct in sorted(run.softirq_pct.items())
+    )
     return (
         f"sent {s['sent_pps']:>7,}/s, delivered {s['delivered_pps']:>7,}/s, "
         f"loss {s['loss_pct']:6.2f}%, server CPU {s['server_cpu_pct']}% "
-        f"({cpu if cpu is not None else '-'} ms/10k), drops server {s['server_socket_drops']:,}"
-        f" generator {s['generator_socket_drops']:,}; {cores(s['server_cores_pct'])}"
+        f"({cpu if cpu is not None else '-'} ms/10k), its core "
+        f"{core if core is not None else '-'} ms/10k ({own if own is not None else '-'} its own)"
+        f", drops server {s['server_socket_drops']:,}"
+        f" generator {s['generator_socket_drops']:,}; {cores(s['server_cores_pct'])}; "
+        f"softirq {softirq}"
     )
 
 
@@ -964,8 +1144,12 @@ def cores(shares: dict[str, float]) -> str:
 def one_server(name: str, opts: argparse.Namespace, binary: Path, only: set[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix=f"relay-vs-coturn-{name}-") as tmp:
-        server = start_server(name, opts, Path(tmp))
-        say(f"  {name}: {server.command[0]} on {HOST}:{server.port}, pid {server.proc.pid}")
+        try:
+            server = start_server(name, opts, Path(tmp))
+        except BenchError as e:  # recorded, shown under the table; the other servers go on
+            say(f"  {name} FAILED to start: {e}")
+            return {"errors": [f"start: {e}"]}
+        say(f"  {name}: {server.command[0]} on {server.host}:{server.port}, pid {server.proc.pid}")
         try:
             tests: dict[str, Callable[[], dict[str, Any]]] = {
                 "channeldata": lambda: channeldata(server, binary, opts),
@@ -984,7 +1168,26 @@ def one_server(name: str, opts: argparse.Namespace, binary: Path, only: set[str]
                 raise BenchError(f"{name} exited during the bench: {server.log_tail()}")
         finally:
             server.stop()
+            if server.netns:
+                left = stale_filter(server.netns)
+                if left:
+                    say(f"    a filter was left on {RELAY_DEV}'s ingress (removed): {left}")
+                    out.setdefault("errors", []).append(f"filter left after {name}: {left}")
+        counters = stopped_counters(server.log_lines())
+        if counters:
+            out["server_counters"] = counters
+            kernel = {k: v for k, v in counters.items() if k.startswith(("kernel_", "offload_"))}
+            if kernel:
+                say(f"    kernel path's counters: {kernel}")
     return out
+
+
+def stopped_counters(lines: list[str]) -> dict[str, int]:
+    """callpeer-rendezvous's counters as it printed them when stopped ("stopped; k=v ...")."""
+    for text in reversed(lines):
+        if text.startswith("stopped; "):
+            return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", text)}
+    return {}
 
 
 @dataclass(frozen=True)
@@ -1044,6 +1247,28 @@ ROWS = [
         dig("channeldata", "peak", str(max(PEAK_ALLOCATIONS)), "server_cpu_ms_per_10k"),
         "{:.1f}",
     ),
+    Row(
+        f"ChannelData, server core busy % at peak, {max(PEAK_ALLOCATIONS)} allocations "
+        "(anything on it: process, softirq, others)",
+        dig("channeldata", "peak", str(max(PEAK_ALLOCATIONS)), "server_cores_pct", "busy"),
+        "{:.0f}",
+    ),
+    Row(
+        f"ChannelData, server core's own busy ms per 10k packets at peak, "
+        f"{max(PEAK_ALLOCATIONS)} allocations (process + softirq + irq on it)",
+        dig("channeldata", "peak", str(max(PEAK_ALLOCATIONS)), "server_core_own_ms_per_10k"),
+        "{:.1f}",
+    ),
+    Row(
+        f"ChannelData, server core's own busy ms per 10k packets at {CPU_RATE_STEP:,} pps",
+        step_at(CPU_RATE_STEP, "server_core_own_ms_per_10k"),
+        "{:.1f}",
+    ),
+    Row(
+        f"ChannelData at peak, {max(PEAK_ALLOCATIONS)} allocations: packets per second of the "
+        "server core's own busy time (what a full core would carry)",
+        dig("channeldata", "peak", str(max(PEAK_ALLOCATIONS)), "per_server_core_second"),
+    ),
     Row("STUN Binding answered, requests/s", dig("binding", "delivered_pps")),
     Row(
         "STUN Binding, server CPU ms per 10k answers",
@@ -1079,26 +1304,117 @@ def median(values: list[float | None]) -> float | None:
     return statistics.median(got) if got else None
 
 
+COLUMNS = {"ours": "callpeer-rendezvous", "offload": "callpeer-rendezvous --offload"}
+
+
+def ratio_of(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
 def table(rounds: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
-    ours, coturn = rounds.get("ours", []), rounds.get("coturn", [])
-    out = ["| per core | callpeer-rendezvous | coturn | ratio |", "|---|---|---|---|"]
+    """Medians over the rounds, a column per server (ours, offload, coturn: those that ran),
+    and each of ours to coturn as a ratio ("ratio" for ours, "offload_ratio")."""
+    mine = [name for name in COLUMNS if name in rounds]
+    names = [*mine, "coturn"]
+    ratios = {name: "ratio" if name == "ours" else f"{name}_ratio" for name in mine}
+    heads = [COLUMNS[n] for n in mine] + ["coturn"]
+    if len(mine) == 1:
+        heads.append("ratio")
+    else:
+        heads += [
+            f"ratio{' (' + COLUMNS[n].split(' ', 1)[1] + ')' if ' ' in COLUMNS[n] else ''}"
+            for n in mine
+        ]
+    out = [f"| per core | {' | '.join(heads)} |", "|---" * (len(heads) + 1) + "|"]
     figures: dict[str, Any] = {}
     for row in ROWS:
-        a, b = median([row.get(r) for r in ours]), median([row.get(r) for r in coturn])
-        if a is None and b is None:
+        got = {n: median([row.get(r) for r in rounds.get(n, [])]) for n in names}
+        if all(v is None for v in got.values()):
             continue
-        ratio = f"{a / b:.2f}" if row.ratio and a is not None and b else ""
-        cells = [row.fmt.format(v) if v is not None else "-" for v in (a, b)]
-        out.append(f"| {row.label} | {cells[0]} | {cells[1]} | {ratio} |")
-        figures[row.label] = {
-            "ours": a,
-            "coturn": b,
-            "ratio": a / b if a is not None and b else None,
-        }
+        base = got["coturn"]
+        quotient = {n: ratio_of(got[n], base) if row.ratio else None for n in mine}
+        cells = [row.fmt.format(got[n]) if got[n] is not None else "-" for n in names]
+        cells += [f"{quotient[n]:.2f}" if quotient[n] is not None else "" for n in mine]
+        out.append(f"| {row.label} | {' | '.join(cells)} |")
+        figures[row.label] = got | {ratios[n]: quotient[n] for n in mine}
     return "\n".join(out), figures
 
 
-def notes(rounds: dict[str, list[dict[str, Any]]]) -> str:
+def softirq_notes(name: str, runs: list[dict[str, Any]]) -> list[str]:
+    """Where the kernel's receive work ran, per CPU: at the peaks, and at the lightest and
+    heaviest step, so a reader sees each CPU's share grow with the traffic its side receives."""
+    text = []
+    picks: list[tuple[str, list[dict[str, Any]]]] = [
+        (f"peak {n}", [r["channeldata"]["peak"][str(n)] for r in runs if has_peak(r, n)])
+        for n in PEAK_ALLOCATIONS
+    ]
+    steps = [s for r in runs for s in r.get("channeldata", {}).get("steps", [])]
+    rates = sorted({int(s["offered_pps"]) for s in steps})
+    for rate in rates[:1] + rates[-1:] if len(rates) > 1 else rates:
+        picks.append((f"{rate // 1000}k step", [s for s in steps if s["offered_pps"] == rate]))
+    picks.append(("Binding", [r["binding"] for r in runs if "binding" in r]))
+    parts = []
+    for label, chosen in picks:
+        got = [s for s in chosen if s.get("softirq_pct_per_cpu")]
+        if not got:
+            continue
+        cpus = sorted({c for s in got for c in s["softirq_pct_per_cpu"]}, key=int)
+        per_cpu = []
+        for c in cpus:
+            pct = median([s["softirq_pct_per_cpu"].get(c) for s in got])
+            rx = median([s["net_rx_per_cpu"].get(c) for s in got])
+            per_cpu.append(f"CPU{c} {pct or 0:.0f}% / {rx or 0:,.0f} NET_RX")
+        delivered = median([s["delivered_pps"] for s in got]) or 0
+        parts.append(f"{label} ({delivered:,.0f}/s delivered): {', '.join(per_cpu)}")
+    if parts:
+        text.append(f"{name}: softirq time and NET_RX runs per CPU (median): " + "; ".join(parts))
+    return text
+
+
+def softirq_moves(name: str, runs: list[dict[str, Any]], server_cpus: set[int]) -> str | None:
+    """--netns's check that RPS works: the server's CPUs' softirq time and NET_RX runs grow
+    from the lightest ChannelData step to the peak (100 allocations), i.e. the receive work
+    for the relay's traffic happens on the server's core."""
+    steps = [s for r in runs for s in r.get("channeldata", {}).get("steps", [])]
+    peaks = [r["channeldata"]["peak"][str(n)] for r in runs for n in [max(PEAK_ALLOCATIONS)]]
+    peaks = [p for p in peaks if p.get("softirq_pct_per_cpu")] if steps else []
+    if not steps or not peaks:
+        return None
+    light = [s for s in steps if s["offered_pps"] == min(s["offered_pps"] for s in steps)]
+    light = [s for s in light if s.get("softirq_pct_per_cpu")]
+    if not light:
+        return None
+
+    def on_server(got: list[dict[str, Any]], key: str) -> float:
+        return median([sum(s[key].get(str(c), 0) for c in server_cpus) for s in got]) or 0.0
+
+    low, high = on_server(light, "softirq_pct_per_cpu"), on_server(peaks, "softirq_pct_per_cpu")
+    rx_low, rx_high = on_server(light, "net_rx_per_cpu"), on_server(peaks, "net_rx_per_cpu")
+    rate_low = median([s["delivered_pps"] for s in light]) or 0
+    rate_high = median([s["delivered_pps"] for s in peaks]) or 0
+    cpus = ",".join(map(str, sorted(server_cpus)))
+    # NET_RX runs are counted exactly; softirq time is sampled at ticks (rough at low load).
+    grew = rx_high > rx_low and high >= SOFTIRQ_SEEN
+    return (
+        f"{name}: softirq on the server's CPU {cpus}: {low:.0f}% ({rx_low:,.0f} NET_RX) at "
+        f"{rate_low:,.0f}/s, {high:.0f}% ({rx_high:,.0f} NET_RX) at the peak's {rate_high:,.0f}/s"
+        + (
+            ": the receive work for its traffic runs on its core (RPS)"
+            if grew
+            else ": WARNING: it did not grow with the traffic: the receive work ran elsewhere"
+        )
+    )
+
+
+def has_peak(result: dict[str, Any], n: int) -> bool:
+    return str(n) in result.get("channeldata", {}).get("peak", {})
+
+
+def notes(
+    rounds: dict[str, list[dict[str, Any]]],
+    netns: bool = False,
+    server_cpus: set[int] | None = None,
+) -> str:
     """The generator's achieved rates, the steps, drops: what says the figures can be trusted."""
     text = []
     for name, runs in rounds.items():
@@ -1124,18 +1440,49 @@ def notes(rounds: dict[str, list[dict[str, Any]]]) -> str:
                     f"server drops {drops or 0:,.0f} ({len(got)} run{'s' if len(got) > 1 else ''})"
                 )
             text.append(f"{name}: steps (median): " + "; ".join(parts))
+        capped = sum(
+            bool(r.get("channeldata", {}).get("loss_free_capped_by_generator")) for r in runs
+        )
+        if capped:
+            text.append(
+                f"{name}: in {capped} round(s) the steps ended because the generator could not "
+                f"send the offered rate (while under {LOSS_LIMIT:g}% was lost): the loss-free "
+                "rate shown is the generator's ceiling, not the server's"
+            )
         summaries = [s for r in runs for s in load_runs(r)]
         gen_drops = sum(s["generator_socket_drops"] for s in summaries)
         text.append(f"{name}: drops at the generator's own sockets over all runs: {gen_drops:,}")
         idle = [
             s for s in summaries if s["delivered_pps"] > 10_000 and (s["server_cpu_pct"] or 0) < 5
         ]
+        # --netns: the kernel path's work is softirq on the server's own core, as it should be.
+        on_core = [s for s in idle if s["server_cores_pct"]["softirq"] >= 5]
+        if netns and on_core:
+            core = median([s["server_cores_pct"]["softirq"] for s in on_core])
+            text.append(
+                f"{name}: in {len(on_core)} run(s) the server process stayed nearly idle while "
+                f"its core relayed in softirq (median {core}% of the core): the kernel path, "
+                "measured on the server's core"
+            )
+            idle = [s for s in idle if s not in on_core]
         if idle:
             text.append(
                 f"{name}: WARNING: in {len(idle)} run(s) packets were relayed while the server "
                 "process stayed nearly idle: the relaying ran elsewhere (--offload's tc/eBPF "
                 "program runs where loopback delivers, on the SENDER's core, the generator's), "
                 "so those figures are the generator's ceiling, not the server's per core"
+            )
+        text += softirq_notes(name, runs)
+        moved = softirq_moves(name, runs, server_cpus or {0}) if netns else None
+        text += [moved] if moved else []
+        kernel = [r["server_counters"] for r in runs if "server_counters" in r]
+        relayed = [
+            (c.get("kernel_to_peer_packets", 0), c.get("relayed_to_peer", 0)) for c in kernel
+        ]
+        if any(k for k, _ in relayed):
+            text.append(
+                f"{name}: ChannelData to peers relayed by the kernel path / by the process, per "
+                f"round: {', '.join(f'{k:,} / {p:,}' for k, p in relayed)}"
             )
         for r in runs:
             for error in r.get("errors", []):
@@ -1185,7 +1532,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="channeldata, binding or uclient (repeatable or comma-separated; default all)",
     )
-    p.add_argument("--servers", default="ours,coturn", help="which to run (default ours,coturn)")
+    p.add_argument(
+        "--servers",
+        default=None,
+        help="which to run, of ours, offload (ours with --offload: needs root) and coturn "
+        "(default ours,coturn; with --netns ours,offload,coturn)",
+    )
+    p.add_argument(
+        "--netns",
+        action="store_true",
+        help="servers in a network namespace of their own, joined to the generator's by a "
+        "veth pair (198.18.0.0/15) with RPS steering each side's receive work to its own "
+        "CPUs: the kernel's work for what the server receives is then on the server's core, "
+        "so --offload can be measured per core (needs root)",
+    )
     p.add_argument(
         "--ours-arg",
         action="append",
@@ -1222,9 +1582,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"--only: unknown {', '.join(sorted(unknown))}")
     opts.only_set = only or {"channeldata", "binding", "uclient"}
-    opts.server_names = [s.strip() for s in opts.servers.split(",") if s.strip()]
-    if not set(opts.server_names) <= {"ours", "coturn"} or not opts.server_names:
-        p.error("--servers: ours, coturn or both")
+    default = "ours,offload,coturn" if opts.netns else "ours,coturn"
+    opts.server_names = [s.strip() for s in (opts.servers or default).split(",") if s.strip()]
+    if not set(opts.server_names) <= set(SERVERS) or not opts.server_names:
+        p.error(f"--servers: some of {', '.join(SERVERS)}")
+    if len(set(opts.server_names)) != len(opts.server_names):
+        p.error("--servers: each once")
+    if opts.netns and cpu_list(opts.server_cpus) & cpu_list(opts.load_cpus):
+        p.error(
+            "--netns: the servers' and the load's CPUs must differ (each side's softirq "
+            "is steered to its own)"
+        )
+    opts.link = None  # --netns: the BenchLink, once made
     return opts
 
 
@@ -1296,7 +1665,35 @@ def main(argv: list[str] | None = None) -> int:
         if opts.ours_commit:
             opts.ours_source = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             export_commit(opts.ours_commit, opts.ours_source)
+        if opts.netns:
+            opts.link = stack.enter_context(netns_link(opts))
         return bench(opts)
+
+
+@contextlib.contextmanager
+def netns_link(opts: argparse.Namespace) -> Iterator[BenchLink]:
+    """--netns: the generator's and the relay's namespaces and the veth between them, this
+    thread in the generator's; all gone on the way out (a crashed run's at the start)."""
+    reason = netns_unavailable_reason()
+    if reason:
+        raise SystemExit(f"--netns: {reason}")
+    if "offload" in opts.server_names:
+        why = offload_unavailable_reason()
+        if why:
+            raise SystemExit(f"--netns with offload: {why} (or leave offload out of --servers)")
+    removed = remove_leftovers()
+    if removed:
+        say(f"removed a crashed run's namespaces: {', '.join(removed)}")
+    link = BenchLink.named(cpu_list(opts.load_cpus), cpu_list(opts.server_cpus))
+    with link:
+        link.build()
+        link.enter_gen()
+        say(
+            f"--netns: servers in {link.relay} ({link.relay_address}), generator in {link.gen} "
+            f"({link.gen_address}); "
+            + "; ".join(f"{dev}: {what}" for dev, what in link.settings().items())
+        )
+        yield link
 
 
 def bench(opts: argparse.Namespace) -> int:
@@ -1323,7 +1720,7 @@ def bench(opts: argparse.Namespace) -> int:
     text, figures = table(rounds)
     print(text)
     print()
-    print(notes(rounds))
+    print(notes(rounds, opts.netns, cpu_list(opts.server_cpus)))
     print(
         f"\n{opts.rounds} round(s) in {seconds:.0f} s; servers on CPU {opts.server_cpus}, load on "
         f"CPU {opts.load_cpus}; load average before {' '.join(load_before)}, after "

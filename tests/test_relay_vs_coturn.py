@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bench import relay_vs_coturn as bench
+from voip.lab import bench_netns
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the bench reads /proc")
 
@@ -86,3 +87,90 @@ def test_sockets_have_inodes_for_drop_counts() -> None:
         drops = bench.udp_drops()
         mine = bench.socket_inodes([os.getpid()])
         assert os.fstat(s.fileno()).st_ino in mine & set(drops)
+
+
+def test_netns_options_and_defaults() -> None:
+    plain = bench.parse_args([])
+    assert plain.netns is False and plain.server_names == ["ours", "coturn"]
+    netns = bench.parse_args(["--netns", "--rounds", "1"])
+    assert netns.netns is True and netns.server_names == ["ours", "offload", "coturn"]
+    assert netns.link is None  # made by main(), as root, not by parsing
+    chosen = bench.parse_args(["--netns", "--servers", "offload,coturn"])
+    assert chosen.server_names == ["offload", "coturn"]
+    for wrong in (
+        ["--servers", "ours,nginx"],
+        ["--servers", "ours,ours"],
+        ["--netns", "--server-cpus", "0", "--load-cpus", "0-1"],
+    ):
+        with pytest.raises(SystemExit):
+            bench.parse_args(wrong)
+
+
+def test_commands_in_the_benchmarking_range() -> None:
+    ours = bench.ours_command(3478, ["--workers=1", "--offload"], "198.18.0.2")
+    assert "198.18.0.2:3478" in ours and "--allow-peer=198.18.0.0/15" in ours
+    assert "--allow-loopback-peers" not in ours and "-q" not in ours
+    assert "--allow-loopback-peers" in bench.ours_command(3478, [])
+    coturn = bench.coturn_command(3478, Path("/tmp"), [], "198.18.0.2")
+    assert "--relay-ip=198.18.0.2" in coturn
+    assert "--allowed-peer-ip=198.18.0.0-198.19.255.255" in coturn
+    assert not any(a.startswith("--allowed-peer-ip") for a in bench.coturn_command(1, Path(), []))
+
+
+def test_cpu_masks_and_softirq_counts() -> None:
+    assert bench_netns.cpu_mask({0}) == "1"
+    assert bench_netns.cpu_mask({1}) == "2"
+    assert bench_netns.cpu_mask({0, 2, 3}) == "d"
+    assert bench_netns.cpu_mask({32}) == "1,00000000"
+    with pytest.raises(ValueError, match="no CPU mask"):
+        bench_netns.cpu_mask(set())
+    softirqs = "       CPU0  CPU1\n  TIMER:  5  6\n NET_RX:  100  2345\n"
+    assert bench_netns.net_rx_per_cpu(softirqs) == {0: 100, 1: 2345}
+    assert set(bench_netns.net_rx_per_cpu()) >= {0}  # this machine's, read
+
+
+def test_table_with_the_offload_column() -> None:
+    def result(peak: int) -> dict[str, Any]:
+        return {"channeldata": {"peak": {"1": {"delivered_pps": peak}}, "steps": []}}
+
+    rounds = {
+        "ours": [result(50)],
+        "offload": [result(300)],
+        "coturn": [result(100)],
+    }
+    text, figures = bench.table(rounds)
+    peak = figures["ChannelData relayed, peak packets/s, 1 allocation"]
+    assert peak == {
+        "ours": 50,
+        "offload": 300,
+        "coturn": 100,
+        "ratio": 0.5,
+        "offload_ratio": 3.0,
+    }
+    head, rule, row = text.splitlines()
+    assert head.count("|") == rule.count("|") == row.count("|") == 7
+    assert "| 50 | 300 | 100 | 0.50 | 3.00 |" in row
+
+
+def test_runs_give_the_server_cores_own_time() -> None:
+    load = bench.Load(20_000, 1.0, 0, 20_000, 20_000, 0, 0, 10_000, 0.5, 0)
+    before = {"total": 0, "busy": 0, "softirq": 0, "steal": 0, "tasks": 0}
+    tick = bench.TICK
+    # A second of the core: half busy, of it a tenth in another process and a tenth steal.
+    after = {
+        "total": tick,
+        "busy": tick // 2,
+        "softirq": tick // 4,
+        "steal": tick // 10,
+        "tasks": tick // 10,
+    }
+    own = bench.own_core_ticks(before, after, 0.0)
+    assert own == pytest.approx(tick // 2 - tick // 10 - tick // 10)
+    run = bench.Run(load, 0.0, 1.0, 0, 0, 0, {}, core_busy_s=0.5, core_own_s=own / tick)
+    summary = run.summary()
+    assert summary["server_core_ms_per_10k"] == 250.0
+    assert summary["per_server_core_second"] == round(20_000 / (own / tick))
+    assert bench.stopped_counters(["x", "stopped; kernel_to_peer_packets=7, relayed=2"]) == {
+        "kernel_to_peer_packets": 7,
+        "relayed": 2,
+    }
