@@ -52,17 +52,21 @@
 # softirq to its own side's CPUs (--server-cpus for the relay's end, --load-cpus for the
 # generator's). So the kernel's receive work for what the server gets, the tc/eBPF program's
 # included, runs on the server's core, and the figures add, beside the server process's CPU,
-# the server core's busy time from /proc/stat (its own: busy less steal and other processes;
-# softirq included) per 10k packets, its busy share at the peak, the packets it relayed per
-# second of that time, and the softirq time and NET_RX runs per CPU of each run (so the
-# output shows where the receive work ran). The servers are ours in user space ("ours"),
-# ours with --offload ("offload": its program on the relay end's ingress, forwarding the
+# the server core's busy time per 10k packets (its own: busy less steal and other processes),
+# its busy share at the peak, the packets it relayed per second of that time, and per CPU of
+# each run the busy share, the softirq time and the NET_RX softirqs run (so the output shows
+# where the receive work ran). Busy is wall time less /proc/stat's idle, which this kernel
+# measures (NOHZ idle); its user, system and softirq columns are only sampled at the tick
+# (no IRQ_TIME_ACCOUNTING), and a core that wakes for an RPS interrupt, relays a burst in
+# softirq and sleeps again before a tick shows none of it there: the kernel path's work, on a
+# core it leaves mostly idle, is the time missing from idle. The servers are ours in user space
+# ("ours"), ours with --offload ("offload": its program on the relay end's ingress, forwarding the
 # channels back out of the same veth through the kernel's FIB) and coturn; ours is told
-# --allow-peer 198.18.0.0/15 (the peers' range: refused by default) and coturn
-# --allowed-peer-ip over the same range. The steps go on past 160k (to 320k). Here the
-# server's core pays for receiving everything offered, dropped datagrams too, which loopback
-# charged to the sender: flat-out peaks of a user-space server fall well below its loss-free
-# rate's neighbourhood on loopback, for both servers alike.
+# --allow-peer 198.18.0.0/15 (the peers' range, refused by default) and coturn --allowed-peer-ip
+# over the same range. The steps go on past 160k (to 320k). Here the server's core pays for
+# receiving everything offered, the datagrams its socket then drops included, which loopback
+# charged to the sender: flat out, a user-space server (either) delivers far less than on
+# loopback, and less than at its loss-free rate.
 #
 # callpeer-rendezvous is given --workers=1 unless --ours-arg names --workers (per core: one
 # process, as coturn gets one relay thread). It runs from this checkout as it is (uncommitted
@@ -145,7 +149,7 @@ RCVBUF = 16 << 20  # the generator's receiving sockets: their drops would be our
 TICK = os.sysconf("SC_CLK_TCK")
 DISTURBED = 5.0  # % of the server's core taken by other processes: the run is made again
 RETRIES_IF_DISTURBED = 2
-SOFTIRQ_SEEN = 10.0  # --netns: % of the server's core in softirq at the peak that shows RPS works
+SOFTIRQ_SEEN = 10.0  # --netns: % of the server's core busy at the peak that shows RPS works
 
 
 class BenchError(RuntimeError):
@@ -330,20 +334,20 @@ def snmp_udp(net: str = "/proc/thread-self/net") -> dict[str, int]:
     return {}
 
 
-def softirq_ticks() -> dict[int, int]:
-    """/proc/stat's softirq ticks per CPU."""
+def softirq_ticks() -> dict[int, tuple[int, int]]:
+    """/proc/stat's softirq ticks (sampled) and idle + iowait ticks (measured) per CPU."""
     got = {}
     for text in Path("/proc/stat").read_text().splitlines():
         name, *values = text.split()
         if name.startswith("cpu") and name[3:].isdigit():
-            got[int(name[3:])] = int(values[6])
+            got[int(name[3:])] = (int(values[6]), int(values[3]) + int(values[4]))
     return got
 
 
 def cpu_ticks(cpus: set[int]) -> dict[str, int]:
     """/proc/stat's counters summed over `cpus`: busy (user, nice, system, irq, softirq, steal),
     and of it the softirq, steal, and user + nice + system (where processes' own time goes)."""
-    got = {"total": 0, "busy": 0, "softirq": 0, "steal": 0, "tasks": 0}
+    got = {"total": 0, "busy": 0, "softirq": 0, "steal": 0, "tasks": 0, "idle": 0}
     for text in Path("/proc/stat").read_text().splitlines():
         name, *values = text.split()
         if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
@@ -354,6 +358,7 @@ def cpu_ticks(cpus: set[int]) -> dict[str, int]:
         got["softirq"] += softirq
         got["steal"] += steal
         got["tasks"] += user + nice + system
+        got["idle"] += idle + iowait  # exact with NOHZ idle (interrupts and softirq left out)
     return got
 
 
@@ -724,10 +729,12 @@ class Run:
     generator_drops: int
     rcvbuf_errors: int
     cores: dict[str, float]  # the server's cores over the run, % of their time
-    core_busy_s: float = 0.0  # the server's cores' busy time (/proc/stat), whoever used it
+    core_busy_s: float = 0.0  # the server's cores' time not idle, whoever used it
+    ncpus: int = 1  # how many cores the server has
     core_own_s: float = 0.0  # of it, the server's: its process, softirq, irq (not others, steal)
     net_rx: dict[int, int] = field(default_factory=dict)  # NET_RX softirqs run, per CPU
     softirq_pct: dict[int, float] = field(default_factory=dict)  # softirq time, per CPU
+    busy_pct: dict[int, float] = field(default_factory=dict)  # time not idle, per CPU
     attempts: int = 1  # runs made to get one that others did not disturb
 
     @property
@@ -736,8 +743,8 @@ class Run:
 
     @property
     def core_ms_per_10k(self) -> float | None:
-        """The server's core's busy time (user + system + softirq + ..., the kernel path's
-        work included) per 10k packets that arrived."""
+        """The server's core's busy time (all but idle: the kernel path's work included) per
+        10k packets that arrived."""
         return 1000 * self.core_busy_s * 10_000 / self.load.unique if self.load.unique else None
 
     @property
@@ -768,6 +775,9 @@ class Run:
             "server_cpu_ms_per_10k": (
                 round(self.cpu_ms_per_10k, 2) if self.cpu_ms_per_10k is not None else None
             ),
+            "server_core_busy_pct": (
+                round(100 * self.core_busy_s / self.wall_s / self.ncpus, 1) if self.wall_s else None
+            ),
             "server_core_ms_per_10k": (
                 round(self.core_ms_per_10k, 2) if self.core_ms_per_10k is not None else None
             ),
@@ -779,6 +789,7 @@ class Run:
             ),
             "net_rx_per_cpu": {str(c): n for c, n in sorted(self.net_rx.items())},
             "softirq_pct_per_cpu": {str(c): p for c, p in sorted(self.softirq_pct.items())},
+            "busy_pct_per_cpu": {str(c): p for c, p in sorted(self.busy_pct.items())},
             "server_socket_drops": self.server_drops,
             "generator_socket_drops": self.generator_drops,
             "udp_rcvbuf_errors": self.rcvbuf_errors,
@@ -818,12 +829,21 @@ def measured(server: Server, generator_sockets: list[socket.socket], go: Callabl
         dropped(mine, 0),
         rcvbuf_errors,
         core_shares(cores0, cores1, cpu1 - cpu0),
-        core_busy_s=(cores1["busy"] - cores0["busy"]) / TICK,
-        core_own_s=own_core_ticks(cores0, cores1, cpu1 - cpu0) / TICK,
+        ncpus=len(server.cpus),
+        core_busy_s=busy_seconds(cores0, cores1, wall, len(server.cpus)),
+        core_own_s=own_core_seconds(cores0, cores1, wall, len(server.cpus), cpu1 - cpu0),
         net_rx={c: rx1[c] - rx0.get(c, 0) for c in rx1},
         softirq_pct={
-            c: round(100 * (irq1[c] - irq0.get(c, 0)) / TICK / wall, 1) if wall else 0.0
+            c: round(100 * (irq1[c][0] - irq0[c][0]) / TICK / wall, 1) if wall else 0.0
             for c in irq1
+            if c in irq0
+        },
+        busy_pct={
+            c: round(max(0.0, 100 - 100 * (irq1[c][1] - irq0[c][1]) / TICK / wall), 1)
+            if wall
+            else 0.0
+            for c in irq1
+            if c in irq0
         },
     )
 
@@ -867,11 +887,22 @@ def core_shares(
     }
 
 
-def own_core_ticks(before: dict[str, int], after: dict[str, int], server_cpu: float) -> float:
-    """The server's cores' busy ticks less steal and other processes' time."""
+def busy_seconds(before: dict[str, int], after: dict[str, int], wall: float, cpus: int) -> float:
+    """The time `cpus` cores were not idle over `wall` s. /proc/stat's idle (and iowait) time
+    is measured (NOHZ idle: from the moment a core stops its tick to the next interrupt, which
+    is left out), while user, system and softirq are sampled at the tick: a core that wakes
+    for a burst of softirq (an RPS interrupt) and sleeps again before a tick shows none of it
+    there, only as time missing from idle. So busy is wall time less idle."""
+    return max(0.0, wall * cpus - (after["idle"] - before["idle"]) / TICK)
+
+
+def own_core_seconds(
+    before: dict[str, int], after: dict[str, int], wall: float, cpus: int, server_cpu: float
+) -> float:
+    """The cores' busy time less steal and other processes' (both sampled at the tick)."""
     d = {k: after[k] - before[k] for k in before}
-    others = max(0.0, d["tasks"] - server_cpu * TICK)
-    return max(0.0, d["busy"] - d["steal"] - others)
+    others = max(0.0, d["tasks"] / TICK - server_cpu)
+    return max(0.0, busy_seconds(before, after, wall, cpus) - d["steal"] / TICK - others)
 
 
 def channeldata_senders(allocs: Allocations) -> list[tuple[socket.socket, bytes]]:
@@ -1120,7 +1151,8 @@ def line(run: Run) -> str:
     cpu, core = s["server_cpu_ms_per_10k"], s["server_core_ms_per_10k"]
     own = s["server_core_own_ms_per_10k"]
     softirq = ", ".join(
-        f"CPU{c} {pct:.0f}% ({run.net_rx.get(c, 0):,} NET_RX)"
+        f"CPU{c} busy {run.busy_pct.get(c, 0):.0f}% softirq {pct:.0f}% "
+        f"({run.net_rx.get(c, 0):,} NET_RX)"
         for c, pct in sorted(run.softirq_pct.items())
     )
     return (
@@ -1129,8 +1161,9 @@ def line(run: Run) -> str:
         f"({cpu if cpu is not None else '-'} ms/10k), its core "
         f"{core if core is not None else '-'} ms/10k ({own if own is not None else '-'} its own)"
         f", drops server {s['server_socket_drops']:,}"
-        f" generator {s['generator_socket_drops']:,}; {cores(s['server_cores_pct'])}; "
-        f"softirq {softirq}"
+        f" generator {s['generator_socket_drops']:,}; server core not idle "
+        f"{s['server_core_busy_pct']}%, at the tick: {cores(s['server_cores_pct'])}; "
+        f"per CPU: {softirq}"
     )
 
 
@@ -1250,7 +1283,7 @@ ROWS = [
     Row(
         f"ChannelData, server core busy % at peak, {max(PEAK_ALLOCATIONS)} allocations "
         "(anything on it: process, softirq, others)",
-        dig("channeldata", "peak", str(max(PEAK_ALLOCATIONS)), "server_cores_pct", "busy"),
+        dig("channeldata", "peak", str(max(PEAK_ALLOCATIONS)), "server_core_busy_pct"),
         "{:.0f}",
     ),
     Row(
@@ -1361,13 +1394,19 @@ def softirq_notes(name: str, runs: list[dict[str, Any]]) -> list[str]:
         cpus = sorted({c for s in got for c in s["softirq_pct_per_cpu"]}, key=int)
         per_cpu = []
         for c in cpus:
+            busy = median([s.get("busy_pct_per_cpu", {}).get(c) for s in got])
             pct = median([s["softirq_pct_per_cpu"].get(c) for s in got])
             rx = median([s["net_rx_per_cpu"].get(c) for s in got])
-            per_cpu.append(f"CPU{c} {pct or 0:.0f}% / {rx or 0:,.0f} NET_RX")
+            per_cpu.append(
+                f"CPU{c} busy {busy or 0:.0f}% softirq {pct or 0:.0f}% / {rx or 0:,.0f} NET_RX"
+            )
         delivered = median([s["delivered_pps"] for s in got]) or 0
         parts.append(f"{label} ({delivered:,.0f}/s delivered): {', '.join(per_cpu)}")
     if parts:
-        text.append(f"{name}: softirq time and NET_RX runs per CPU (median): " + "; ".join(parts))
+        text.append(
+            f"{name}: per CPU (median): not idle, softirq at the tick, NET_RX runs: "
+            + "; ".join(parts)
+        )
     return text
 
 
@@ -1388,15 +1427,15 @@ def softirq_moves(name: str, runs: list[dict[str, Any]], server_cpus: set[int]) 
     def on_server(got: list[dict[str, Any]], key: str) -> float:
         return median([sum(s[key].get(str(c), 0) for c in server_cpus) for s in got]) or 0.0
 
-    low, high = on_server(light, "softirq_pct_per_cpu"), on_server(peaks, "softirq_pct_per_cpu")
+    low, high = on_server(light, "busy_pct_per_cpu"), on_server(peaks, "busy_pct_per_cpu")
     rx_low, rx_high = on_server(light, "net_rx_per_cpu"), on_server(peaks, "net_rx_per_cpu")
     rate_low = median([s["delivered_pps"] for s in light]) or 0
     rate_high = median([s["delivered_pps"] for s in peaks]) or 0
     cpus = ",".join(map(str, sorted(server_cpus)))
-    # NET_RX runs are counted exactly; softirq time is sampled at ticks (rough at low load).
+    # NET_RX runs are counted exactly, and busy is wall time less measured idle.
     grew = rx_high > rx_low and high >= SOFTIRQ_SEEN
     return (
-        f"{name}: softirq on the server's CPU {cpus}: {low:.0f}% ({rx_low:,.0f} NET_RX) at "
+        f"{name}: the server's CPU {cpus}: busy {low:.0f}% ({rx_low:,.0f} NET_RX softirqs) at "
         f"{rate_low:,.0f}/s, {high:.0f}% ({rx_high:,.0f} NET_RX) at the peak's {rate_high:,.0f}/s"
         + (
             ": the receive work for its traffic runs on its core (RPS)"
@@ -1404,6 +1443,12 @@ def softirq_moves(name: str, runs: list[dict[str, Any]], server_cpus: set[int]) 
             else ": WARNING: it did not grow with the traffic: the receive work ran elsewhere"
         )
     )
+
+
+def kernel_share(summary: dict[str, Any]) -> float:
+    """% of the server's core busy beyond its process's own time (the kernel's work there)."""
+    busy = summary.get("server_core_busy_pct") or 0.0
+    return max(0.0, float(busy) - float(summary.get("server_cpu_pct") or 0.0))
 
 
 def has_peak(result: dict[str, Any], n: int) -> bool:
@@ -1456,13 +1501,14 @@ def notes(
             s for s in summaries if s["delivered_pps"] > 10_000 and (s["server_cpu_pct"] or 0) < 5
         ]
         # --netns: the kernel path's work is softirq on the server's own core, as it should be.
-        on_core = [s for s in idle if s["server_cores_pct"]["softirq"] >= 5]
+        on_core = [s for s in idle if kernel_share(s) >= 5]
         if netns and on_core:
-            core = median([s["server_cores_pct"]["softirq"] for s in on_core])
+            core = median([kernel_share(s) for s in on_core])
             text.append(
                 f"{name}: in {len(on_core)} run(s) the server process stayed nearly idle while "
-                f"its core relayed in softirq (median {core}% of the core): the kernel path, "
-                "measured on the server's core"
+                f"its core was busy relaying (median {core:.0f}% of the core not idle beyond the "
+                "process: softirq, seen as time missing from idle): the kernel path, measured "
+                "on the server's core"
             )
             idle = [s for s in idle if s not in on_core]
         if idle:

@@ -154,22 +154,27 @@ def test_table_with_the_offload_column() -> None:
 
 def test_runs_give_the_server_cores_own_time() -> None:
     load = bench.Load(20_000, 1.0, 0, 20_000, 20_000, 0, 0, 10_000, 0.5, 0)
-    before = {"total": 0, "busy": 0, "softirq": 0, "steal": 0, "tasks": 0}
     tick = bench.TICK
-    # A second of the core: half busy, of it a tenth in another process and a tenth steal.
+    before = {"total": 0, "busy": 0, "softirq": 0, "steal": 0, "tasks": 0, "idle": 0}
+    # Two seconds of one core: idle for half (measured), and at the ticks a tenth of a second
+    # stolen and two tenths in another process; the server's process had 0.3 s. Softirq that
+    # no tick saw still shows: as time missing from idle.
     after = {
-        "total": tick,
+        "total": 2 * tick,
         "busy": tick // 2,
-        "softirq": tick // 4,
+        "softirq": 0,
         "steal": tick // 10,
-        "tasks": tick // 10,
+        "tasks": tick // 2,
+        "idle": tick,
     }
-    own = bench.own_core_ticks(before, after, 0.0)
-    assert own == pytest.approx(tick // 2 - tick // 10 - tick // 10)
-    run = bench.Run(load, 0.0, 1.0, 0, 0, 0, {}, core_busy_s=0.5, core_own_s=own / tick)
+    assert bench.busy_seconds(before, after, 2.0, 1) == pytest.approx(1.0)
+    own = bench.own_core_seconds(before, after, 2.0, 1, 0.3)
+    assert own == pytest.approx(1.0 - 0.1 - 0.2, abs=2 / tick)
+    run = bench.Run(load, 0.3, 2.0, 0, 0, 0, {}, core_busy_s=1.0, core_own_s=own)
     summary = run.summary()
-    assert summary["server_core_ms_per_10k"] == 250.0
-    assert summary["per_server_core_second"] == round(20_000 / (own / tick))
+    assert summary["server_core_busy_pct"] == 50.0
+    assert summary["server_core_ms_per_10k"] == 500.0
+    assert summary["per_server_core_second"] == round(20_000 / own)
     assert bench.stopped_counters(["x", "stopped; kernel_to_peer_packets=7, relayed=2"]) == {
         "kernel_to_peer_packets": 7,
         "relayed": 2,
