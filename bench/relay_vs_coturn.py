@@ -344,6 +344,17 @@ def softirq_ticks() -> dict[int, tuple[int, int]]:
     return got
 
 
+def backlog_drops() -> dict[int, int]:
+    """Per CPU, datagrams dropped because its input backlog (where RPS and veth queue what
+    arrives, net.core.netdev_max_backlog long) was full: /proc/net/softnet_stat's second
+    column; the CPU is the 13th where the kernel gives it, else the line's place."""
+    got = {}
+    for i, text in enumerate(Path("/proc/net/softnet_stat").read_text().splitlines()):
+        f = text.split()
+        got[int(f[12], 16) if len(f) > 12 else i] = int(f[1], 16)
+    return got
+
+
 def cpu_ticks(cpus: set[int]) -> dict[str, int]:
     """/proc/stat's counters summed over `cpus`: busy (user, nice, system, irq, softirq, steal),
     and of it the softirq, steal, and user + nice + system (where processes' own time goes)."""
@@ -735,6 +746,7 @@ class Run:
     net_rx: dict[int, int] = field(default_factory=dict)  # NET_RX softirqs run, per CPU
     softirq_pct: dict[int, float] = field(default_factory=dict)  # softirq time, per CPU
     busy_pct: dict[int, float] = field(default_factory=dict)  # time not idle, per CPU
+    backlog_drops: dict[int, int] = field(default_factory=dict)  # input backlog full, per CPU
     attempts: int = 1  # runs made to get one that others did not disturb
 
     @property
@@ -790,6 +802,7 @@ class Run:
             "net_rx_per_cpu": {str(c): n for c, n in sorted(self.net_rx.items())},
             "softirq_pct_per_cpu": {str(c): p for c, p in sorted(self.softirq_pct.items())},
             "busy_pct_per_cpu": {str(c): p for c, p in sorted(self.busy_pct.items())},
+            "backlog_drops_per_cpu": {str(c): n for c, n in sorted(self.backlog_drops.items())},
             "server_socket_drops": self.server_drops,
             "generator_socket_drops": self.generator_drops,
             "udp_rcvbuf_errors": self.rcvbuf_errors,
@@ -804,11 +817,11 @@ def measured(server: Server, generator_sockets: list[socket.socket], go: Callabl
     # Each side's UDP counters are its network namespace's (the same one on loopback).
     nets = ["/proc/thread-self/net", *([server.net] if server.netns else [])]
     drops0, snmp0 = [udp_drops(n) for n in nets], [snmp_udp(n) for n in nets]
-    rx0, irq0 = net_rx_per_cpu(), softirq_ticks()
+    rx0, irq0, backlog0 = net_rx_per_cpu(), softirq_ticks(), backlog_drops()
     cores0, cpu0, t0 = cpu_ticks(server.cpus), server.cpu(), time.monotonic()
     load = go()
     cores1, cpu1, t1 = cpu_ticks(server.cpus), server.cpu(), time.monotonic()
-    rx1, irq1 = net_rx_per_cpu(), softirq_ticks()
+    rx1, irq1, backlog1 = net_rx_per_cpu(), softirq_ticks(), backlog_drops()
     drops1, snmp1 = [udp_drops(n) for n in nets], [snmp_udp(n) for n in nets]
     theirs = theirs0 | server.inodes()
 
@@ -833,6 +846,7 @@ def measured(server: Server, generator_sockets: list[socket.socket], go: Callabl
         core_busy_s=busy_seconds(cores0, cores1, wall, len(server.cpus)),
         core_own_s=own_core_seconds(cores0, cores1, wall, len(server.cpus), cpu1 - cpu0),
         net_rx={c: rx1[c] - rx0.get(c, 0) for c in rx1},
+        backlog_drops={c: n - backlog0.get(c, 0) for c, n in backlog1.items()},
         softirq_pct={
             c: round(100 * (irq1[c][0] - irq0[c][0]) / TICK / wall, 1) if wall else 0.0
             for c in irq1
@@ -1152,7 +1166,7 @@ def line(run: Run) -> str:
     own = s["server_core_own_ms_per_10k"]
     softirq = ", ".join(
         f"CPU{c} busy {run.busy_pct.get(c, 0):.0f}% softirq {pct:.0f}% "
-        f"({run.net_rx.get(c, 0):,} NET_RX)"
+        f"({run.net_rx.get(c, 0):,} NET_RX, backlog drops {run.backlog_drops.get(c, 0):,})"
         for c, pct in sorted(run.softirq_pct.items())
     )
     return (
@@ -1480,9 +1494,16 @@ def notes(
                 loss = median([s["loss_pct"] for s in got])
                 sent_pps = median([s["sent_pps"] for s in got])
                 drops = median([s["server_socket_drops"] for s in got])
+                cpus = sorted({c for s in got for c in s.get("backlog_drops_per_cpu", {})}, key=int)
+                backlog = "".join(
+                    f", CPU{c} backlog drops "
+                    f"{median([s['backlog_drops_per_cpu'].get(c) for s in got]) or 0:,.0f}"
+                    for c in cpus
+                )
                 parts.append(
                     f"{rate // 1000}k: sent {sent_pps or 0:,.0f}/s, loss {loss:.2f}%, "
-                    f"server drops {drops or 0:,.0f} ({len(got)} run{'s' if len(got) > 1 else ''})"
+                    f"server drops {drops or 0:,.0f}{backlog} "
+                    f"({len(got)} run{'s' if len(got) > 1 else ''})"
                 )
             text.append(f"{name}: steps (median): " + "; ".join(parts))
         capped = sum(
