@@ -50,6 +50,7 @@ import psutil
 
 from voip.lab.netns import stop as stop_process
 from voip.lab.turn_sockets import crowd_quotas
+from voip.lab.turn_sockets import socket_inodes
 from voip.transport import ANCILLARY
 from voip.transport import SO_TIMESTAMPNS
 from voip.transport import kernel_stamp
@@ -737,26 +738,14 @@ def light_answer(side: LightSide, data: bytes, src: Address) -> None:
             side.transmit(side.turn.handle(msg, src, time.monotonic()) or [])
 
 
-def socket_inodes(pids: list[int]) -> set[str]:
-    inodes = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if link.startswith("socket:["):
-                        inodes.add(link[8:-1])
-    return inodes
-
-
-def udp_drops(inodes: set[str], port: int | None = None) -> int:
+def udp_drops(inodes: set[int], port: int | None = None) -> int:
     """Datagrams the kernel dropped at these sockets (a full receive buffer), from
     /proc/net/udp; with `port`, only at the one of them bound to that port."""
     total = 0
     with contextlib.suppress(OSError), open("/proc/net/udp") as f:
         for line in f.readlines()[1:]:
             cols = line.split()
-            if len(cols) < 13 or cols[9] not in inodes:
+            if len(cols) < 13 or int(cols[9]) not in inodes:
                 continue
             if port is None or int(cols[1].rsplit(":", 1)[1], 16) == port:
                 total += int(cols[12])

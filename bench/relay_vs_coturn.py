@@ -108,6 +108,7 @@ from voip.lab.bench_netns import remove_leftovers
 from voip.lab.bench_netns import unavailable_reason as netns_unavailable_reason
 from voip.lab.turn_sockets import crowd_quotas
 from voip.lab.turn_sockets import drain_answers
+from voip.lab.turn_sockets import socket_inodes
 from voip.nat.turn_client import PermissionRefused
 from voip.nat.turn_client import TurnClient
 from voip.nat.turn_client import TurnFailed
@@ -303,18 +304,6 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
     return total / TICK
-
-
-def socket_inodes(pids: list[int]) -> set[int]:
-    inodes = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in os.scandir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    link = os.readlink(fd.path)
-                    if link.startswith("socket:["):
-                        inodes.add(int(link[8:-1]))
-    return inodes
 
 
 def udp_drops(net: str = "/proc/thread-self/net") -> dict[int, int]:

@@ -1,8 +1,10 @@
-"""TurnClients on plain non-blocking sockets, for the benches that drive hundreds at once, and
-the relay quotas such a crowd from one IP needs."""
+"""TurnClients on plain non-blocking sockets, for the benches that drive hundreds at once: the
+relay quotas such a crowd from one IP needs, and which sockets are whose (for kernel drops)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 
 from voip.nat.turn_client import Transmit
@@ -44,3 +46,16 @@ def crowd_quotas(allocations: int) -> list[str]:
         f"--total-quota={max(10_000, 4 * allocations)}",
         f"--max-names={max(100_000, 4 * allocations)}",
     ]
+
+
+def socket_inodes(pids: list[int]) -> set[int]:
+    """The inodes of these processes' sockets, as /proc/net/udp names them."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.scandir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd.path)
+                    if link.startswith("socket:["):
+                        inodes.add(int(link[8:-1]))
+    return inodes
