@@ -14,6 +14,7 @@ import pytest
 
 from bench import relay_vs_coturn as bench
 from voip.lab import bench_netns
+from voip.lab.turn_sockets import socket_inodes
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the bench reads /proc")
 
@@ -85,7 +86,7 @@ def test_sockets_have_inodes_for_drop_counts() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         drops = bench.udp_drops()
-        mine = bench.socket_inodes([os.getpid()])
+        mine = socket_inodes([os.getpid()])
         assert os.fstat(s.fileno()).st_ino in mine & set(drops)
 
 
