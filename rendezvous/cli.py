@@ -31,8 +31,8 @@ from rendezvous.server import TLS_PORT
 from rendezvous.server import RendezvousServer
 from rendezvous.tls import server_context
 from rendezvous.turn_server import TurnPolicy
-from rendezvous.workers import DEFAULT_RANGE
 from rendezvous.workers import Worker
+from rendezvous.workers import default_relay_range
 from rendezvous.workers import run_workers
 from voip.wire.candidates import format_address
 from voip.wire.candidates import parse_address
@@ -222,7 +222,7 @@ def serve_worker(
     """One worker of --workers: the server the arguments describe, on its share of the relay
     ports and of the total quota; the home also with the names, TCP, TLS and RFC 5780."""
     mine = copy.copy(args)
-    whole = port_range(args) or DEFAULT_RANGE
+    whole = port_range(args) or default_relay_range()
     mine.min_port, mine.max_port = worker.port_slice(whole)
     mine.allocations = max(1, args.allocations // worker.count)
     (host, port), also = worker.listens[0], tuple(worker.listens[1:])
@@ -230,6 +230,7 @@ def serve_worker(
     if server.turn is not None and server.relay_ports is not None:
         server.turn.policy.sibling_hosts = frozenset(server.relay_ports.hosts)
         server.turn.policy.sibling_ports = whole
+        server.turn.policy.own_ports = (mine.min_port, mine.max_port)
     server.receive_buffer, server.reuse_port = args.rcvbuf, True
     run = run_server(
         server,

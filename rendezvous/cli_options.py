@@ -12,7 +12,7 @@ from rendezvous.name_store import MEMORY
 from rendezvous.name_store import default_store_path
 from rendezvous.server import RECEIVE_BUFFER
 from rendezvous.server import TLS_PORT
-from rendezvous.workers import DEFAULT_RANGE
+from rendezvous.workers import default_relay_range
 
 DEFAULT_LISTEN = "0.0.0.0:3478"
 # One worker a core where SO_REUSEPORT spreads UDP between processes (Linux); one elsewhere.
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="N",
             help=f"{what} (default {getattr(defaults, name):,})",
         )
+    low, high = default_relay_range()
     speed = p.add_argument_group("speed")
     speed.add_argument(
         "--workers",
@@ -136,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes sharing the port, one a core (default: this machine's cores, "
         f"{DEFAULT_WORKERS}; 1 off Linux); each relays for the clients the kernel gives it, "
         "and one holds the names. With more than one, relayed ports come from "
-        f"--min-port/--max-port (default {DEFAULT_RANGE[0]}-{DEFAULT_RANGE[1]}), split between "
-        "them",
+        f"--min-port/--max-port (default {low}-{high}: the ports above the kernel's ephemeral "
+        "range), split between them; give a range no other service uses",
     )
     speed.add_argument(
         "--loop",

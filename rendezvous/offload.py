@@ -283,8 +283,11 @@ class ChannelOffload:
         """Stop relaying this channel in the kernel (its traffic goes to user space again)."""
         c2p, p2c = self._maps()
         key, back_key = maps.c2p_key(client, channel), maps.p2c_key(relayed, peer)
+        mine = maps.p2c_value(client, channel)[:8]  # a newer channel to that peer keeps its own
         for bpf_map, map_key, prefix in ((c2p, key, "to_peer"), (p2c, back_key, "to_client")):
             value = bpf_map.lookup(map_key)
+            if bpf_map is p2c and value is not None and value[:8] != mine:
+                continue
             if bpf_map.delete(map_key) and value is not None:
                 packets, nbytes = maps.value_counters(value)
                 self.retired[f"{prefix}_packets"] += packets

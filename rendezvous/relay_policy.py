@@ -20,12 +20,16 @@ class TurnPolicy:
     allow_loopback_peers: bool = False  # only for a relay that is itself on loopback
     limits: Limits = field(default_factory=Limits)
     max_lifetime: int = MAX_LIFETIME
-    # --workers: the relayed port range all workers draw from, on these relay addresses. A
-    # port of it there may be another worker's allocation, reached over the network, not
-    # inside (any other address of ours never is).
+    # --workers: the relayed port range all workers draw from, on these relay addresses, and
+    # this worker's slice of it. A port of another worker's slice there may be that worker's
+    # allocation, reached over the network, not inside; any other port of ours never is (one
+    # of our own slice that is no allocation of ours is no one's).
     sibling_hosts: frozenset[str] = frozenset()
     sibling_ports: tuple[int, int] = (0, -1)
+    own_ports: tuple[int, int] = (0, -1)
 
     def sibling(self, peer: tuple[str, int]) -> bool:
-        low, high = self.sibling_ports
-        return low <= peer[1] <= high and peer[0] in self.sibling_hosts
+        (low, high), (mine_low, mine_high) = self.sibling_ports, self.own_ports
+        port = peer[1]
+        in_ours = mine_low <= port <= mine_high
+        return low <= port <= high and not in_ours and peer[0] in self.sibling_hosts

@@ -26,7 +26,6 @@ from voip.host_addresses import host_ipv6_addresses
 from voip.transport import Timer
 from voip.transport import UdpEndpoint
 from voip.wire.stun import Address
-from voip.wire.turn import looks_like_channel_data
 
 RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes, as coturn asks for
 TLS_PORT = 5349  # IANA's turns port
@@ -237,8 +236,10 @@ class RendezvousServer:
     def _take(self, data: bytes, src: Address, local: Address, now: float) -> None:
         assert self.node is not None and self._timer is not None
         self._send(self.node.handle(data, src, local, now))
-        if not looks_like_channel_data(data):  # ChannelData moves no deadline
-            self._timer.rearm()
+        # ChannelData too: one the full rules take may teach a route, whose expiry the timer
+        # must keep (--offload's kernel entries go only when it fires). The fast path's
+        # datagrams never come here.
+        self._timer.rearm()
 
     # -- what the stream listener asks (rendezvous/stream_listener.py's StreamHost) --------
     def stream_opens(self, src: Address) -> bool:

@@ -28,6 +28,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
+from pathlib import Path
 
 from rendezvous.node import relaying
 from rendezvous.server import RendezvousServer
@@ -36,7 +37,9 @@ from rendezvous.worker_link import link_pair
 from rendezvous.worker_link import pack_frame
 from voip.wire.stun import Address
 
-DEFAULT_RANGE = (49152, 65535)  # relayed ports of all workers when none is given (coturn's)
+DEFAULT_RANGE = (49152, 65535)  # coturn's relay ports: the fallback of default_relay_range
+EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+MIN_RANGE = 1024  # ports: a range above the ephemeral one smaller than this is too small
 READY_WITHIN = 20.0  # s for every worker to listen
 PR_SET_PDEATHSIG = 1
 
@@ -92,6 +95,17 @@ def forwarder(
             pass
 
     return route
+
+
+def default_relay_range() -> tuple[int, int]:
+    """The relayed ports of all workers when --min-port/--max-port name none: those above the
+    kernel's ephemeral range (61000-65535 with Linux's default), so no port of it is one this
+    host's own clients took; coturn's 49152-65535 where that leaves too few."""
+    try:
+        high = int(EPHEMERAL.read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return DEFAULT_RANGE
+    return (high + 1, 65535) if 65535 - high >= MIN_RANGE else DEFAULT_RANGE
 
 
 def reserve(listens: list[Address]) -> list[socket.socket]:

@@ -213,6 +213,10 @@ def test_a_loopback_relay_moves_channel_data_both_ways_on_its_fast_path() -> Non
                 got = [await asyncio.wait_for(loop.sock_recv(peer, 100), 3) for _ in range(frames)]
                 assert got == [b"to peer %d" % i for i in range(frames)]
                 assert len(server.turn.table.routes) == 1
+                [route] = server.turn.table.routes.to_peer.values()
+                # The server's timer is due by the route's end, though its data moves no other
+                # deadline: --offload's kernel entry goes only when the timer sweeps it.
+                assert server._timer is not None and server._timer._when <= route.expires
                 for i in range(frames):
                     peer.sendto(b"to client %d" % i, relayed)
                 await until(lambda: len(shell.received) == frames)

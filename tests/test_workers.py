@@ -21,9 +21,13 @@ import psutil
 import pytest
 
 from rendezvous.node import relaying
+from rendezvous.turn_server import TurnPolicy
 from rendezvous.worker_link import pack_frame
 from rendezvous.worker_link import unpack_frame
+from rendezvous.workers import DEFAULT_RANGE
+from rendezvous.workers import EPHEMERAL
 from rendezvous.workers import Worker
+from rendezvous.workers import default_relay_range
 from tests.test_call import silent_call
 from voip import Call
 from voip import CallOptions
@@ -177,3 +181,26 @@ def test_a_plain_binding_is_answered_whichever_worker_takes_it(count: str) -> No
                 answer = parse_message_untrusted(sock.recv(200))
                 assert answer.transaction_id == tid and answer.cls == Class.SUCCESS
                 assert answer.xor_address(0x0020) == sock.getsockname()
+
+
+def test_only_a_port_of_another_workers_slice_on_our_relay_address_is_a_sibling() -> None:
+    policy = TurnPolicy(
+        sibling_hosts=frozenset({"203.0.113.20"}),
+        sibling_ports=(61000, 65535),
+        own_ports=(61000, 63267),
+    )
+    assert policy.sibling(("203.0.113.20", 64000))  # another worker's slice
+    assert not policy.sibling(("203.0.113.20", 62000))  # ours: an allocation here, or no one's
+    assert not policy.sibling(("203.0.113.20", 3478))  # our listening port: never
+    assert not policy.sibling(("198.51.100.7", 64000))  # another host is a peer, not a sibling
+
+
+def test_the_default_relay_range_is_above_the_ephemeral_ports() -> None:
+    """No port of it is one this host's own clients took (coturn's 49152-65535 overlaps
+    Linux's 32768-60999)."""
+    low, high = default_relay_range()
+    try:
+        ephemeral_high = int(EPHEMERAL.read_text().split()[1])
+    except OSError:
+        pytest.skip("no /proc/sys/net/ipv4/ip_local_port_range here")
+    assert high == 65535 and (low > ephemeral_high or (low, high) == DEFAULT_RANGE)
