@@ -6,9 +6,10 @@ STAMP  := $(VENV)/.installed
 # Opus and PortAudio for calls; iproute2, nftables, conntrack and ethtool for the lab; espeak-ng
 # for speech; coturn to interoperate with (its turnserver and test clients, started only by tests);
 # stun-client, Debian's RFC 3489 client, to check natcheck against; miniupnpd-nftables for lab
-# routers that map ports on request (NAT-PMP, PCP).
+# routers that map ports on request (NAT-PMP, PCP); redis-server for rendezvous servers sharing
+# presence (--redis), started only by tests and benches.
 SYSLIBS := libopus0 libportaudio2 iproute2 nftables conntrack ethtool espeak-ng coturn stun-client \
-	miniupnpd-nftables
+	miniupnpd-nftables redis-server
 
 .PHONY: demo test lint fuzz sys-deps venv clean bpf
 

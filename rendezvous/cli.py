@@ -23,6 +23,7 @@ from rendezvous.name_store import NameStore
 from rendezvous.name_store import NameStoreError
 from rendezvous.name_store import default_store_path
 from rendezvous.offload import ChannelOffload
+from rendezvous.redis_presence import StoreUnreachable
 from rendezvous.running import loop_factory
 from rendezvous.running import raise_open_file_limit
 from rendezvous.running import run_server
@@ -54,6 +55,12 @@ def build_server(
     except ValueError as exc:
         raise ValueError(f"--allow-peer: {exc}") from exc
     limits = Limits(**{name: getattr(args, name) for _, name, _ in LIMIT_OPTIONS})
+    if args.redis is not None:
+        if args.store is not None:
+            raise ValueError("--store and --redis: with --redis, names and their keys are in Redis")
+        if not args.redis.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("--redis: a URL such as redis://HOST:PORT/DB")
+        store = NameStore(MEMORY)  # unused: the logic asks Redis
     # Opened only once the arguments are known good: a typo never creates a store file.
     if store is None:
         store = open_store(args.store, limits.binding_days)
@@ -188,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                     tls_listen=tls_listen,
                     also=also,
                     offload=kernel_path if args.offload else None,
+                    redis=args.redis,
                 )
             )
     except OSError as exc:
@@ -198,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
             f"callpeer-rendezvous: cannot listen on {where}: {exc.strerror or exc}",
             file=sys.stderr,
         )
+        return 1
+    except StoreUnreachable as exc:
+        print(f"callpeer-rendezvous: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
@@ -244,6 +255,7 @@ def serve_worker(
         also=also,
         on_started=worker.started,
         offload=offload,
+        redis=args.redis if worker.home else None,  # the home alone serves names
     )
     try:
         with asyncio.Runner(

@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="SQLite file of names and the keys that own them, kept across restarts (default "
         f"{default_store_path()}; '{MEMORY}' keeps nothing)",
     )
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="keep names, their keys and who asks for whom in Redis (redis://HOST:PORT/DB), "
+        "shared with every rendezvous that names the same one: callers registered with "
+        "different servers find each other",
+    )
     relay = p.add_argument_group("relay (TURN)")
     relay.add_argument(
         "--relay-address",

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Container
+from dataclasses import dataclass
 
 from rendezvous.registry import Entry
 from rendezvous.turn_server import Out
 from voip.wire.candidates import Candidate
 from voip.wire.candidates import CandidateType
+from voip.wire.signal import IceCredentials
 from voip.wire.signal import PeerReady
 from voip.wire.stun import Address
 from voip.wire.stun import Message
@@ -34,6 +36,18 @@ from voip.wire.transactions import TransactionTable
 PEER_READY = Schedule(rto=0.25, rc=7, rm=8)
 RESTART_WINDOW = 60.0
 RESTARTS_PER_WINDOW = 12
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """An introduction's half for a caller another rendezvous holds (--redis): that server
+    sends the PEER-READY, signed with the key only it shares with its caller."""
+
+    server: str  # the id of the server that holds `to`
+    to: str
+    to_key: bytes  # the identity key `to` held when it asked: the same run, or nothing
+    ready: PeerReady  # what to tell it, role included
+    restart: bool
 
 
 def restarting(asker: Entry, peer: Entry) -> bool:
@@ -64,6 +78,7 @@ class Introductions:
         # A caller asking again and again replaces its own introduction, so the table never
         # holds more than there are names.
         self._of: dict[str, bytes] = {}
+        self.handoffs: list[Handoff] = []  # halves for other servers' callers, to be sent on
 
     def __len__(self) -> int:
         return len(self._txns)
@@ -83,8 +98,9 @@ class Introductions:
             self._of.pop(txn.context, None)
             self.stats["peer_ready_acknowledged"] += 1
 
-    def introduce(self, a: Entry, b: Entry, now: float) -> list[Out]:
-        """Send both sides each other's candidates in one go, so they punch at the same moment."""
+    def introduce(self, a: Entry, b: Entry, now: float, a_first: bool | None = None) -> list[Out]:
+        """Send both sides each other's candidates in one go, so they punch at the same moment.
+        `a_first`: whether `a` asked first, when the shared store compared their asks."""
         if a.ice is None or b.ice is None:
             # Every REGISTER that asks for a peer brings credentials (the logic refuses one
             # without), so an entry that wants someone has them: this is never reached.
@@ -92,7 +108,9 @@ class Introductions:
             return []
         self.stats["matched"] += 1
         a.wants = b.wants = None  # this request is served; a new call needs a new request
-        first = a if a.since <= b.since else b  # the one who waited longest controls (RFC 8445)
+        if a_first is None:
+            a_first = a.since <= b.since
+        first = a if a_first else b  # the one who waited longest controls (RFC 8445)
         for me, peer in ((a, b), (b, a)):
             me.call, me.call_ice = (peer.name, peer.client_key), me.ice
             me.call_controlling, me.restarts = me is first, []
@@ -111,36 +129,51 @@ class Introductions:
             return []
         asker.restarts.append(now)
         self.stats["restarted"] += 1
-        return self._send(asker, peer, now)
+        return self._send(asker, peer, now, restart=True)
 
-    def _send(self, a: Entry, b: Entry, now: float) -> list[Out]:
+    def _send(self, a: Entry, b: Entry, now: float, restart: bool = False) -> list[Out]:
         out: list[Out] = []
         for me, peer in ((a, b), (b, a)):
-            creds = peer.call_ice
-            assert creds is not None  # set from the asks that made the call
-            ready = PeerReady(
-                peer=peer.name,
-                candidates=(
-                    *(
-                        ()
-                        if peer.reflexive in self.streams
-                        else (Candidate.make(CandidateType.SRFLX, peer.reflexive),)
-                    ),
-                    *peer.host_candidates,
-                ),
-                remote_ufrag=creds.ufrag,
-                remote_pwd=creds.pwd,
-                controlling=me.call_controlling,
-                peer_key=peer.client_key,
-                peer_mapping=peer.mapping,
-                peer_commit=creds.commit,
-            )
-            req = ready.to_message()
-            txn = Transaction.scheduled(
-                req.transaction_id, signed(req, me.key), me.reflexive, me.name, PEER_READY
-            )
-            if (previous := self._of.get(me.name)) is not None:
-                self._txns.cancel(previous)
-            self._of[me.name] = txn.transaction_id
-            out.append(Out(self._txns.start(now, txn), me.reflexive))
+            ready = self.ready_for(peer, me.call_controlling)
+            if me.server is not None:
+                self.handoffs.append(Handoff(me.server, me.name, me.client_key, ready, restart))
+            else:
+                out.append(self.tell(me, ready, now))
         return out
+
+    def ready_for(
+        self, peer: Entry, controlling: bool, creds: IceCredentials | None = None
+    ) -> PeerReady:
+        """What a caller in a call with `peer` is told: its candidates, its credentials for
+        the call (or `creds`), its key, and the caller's role."""
+        creds = creds or peer.call_ice
+        assert creds is not None  # set from the asks that made the call
+        if peer.server is not None:
+            candidates = peer.host_candidates  # as its server saw them, reflexive included
+        elif peer.reflexive in self.streams:
+            candidates = peer.host_candidates
+        else:
+            srflx = Candidate.make(CandidateType.SRFLX, peer.reflexive)
+            candidates = (srflx, *peer.host_candidates)
+        return PeerReady(
+            peer=peer.name,
+            candidates=candidates,
+            remote_ufrag=creds.ufrag,
+            remote_pwd=creds.pwd,
+            controlling=controlling,
+            peer_key=peer.client_key,
+            peer_mapping=peer.mapping,
+            peer_commit=creds.commit,
+        )
+
+    def tell(self, me: Entry, ready: PeerReady, now: float) -> Out:
+        """A PEER-READY to a caller of ours, retransmitted until it acknowledges; it replaces
+        any introduction still in flight to it."""
+        req = ready.to_message()
+        txn = Transaction.scheduled(
+            req.transaction_id, signed(req, me.key), me.reflexive, me.name, PEER_READY
+        )
+        if (previous := self._of.get(me.name)) is not None:
+            self._txns.cancel(previous)
+        self._of[me.name] = txn.transaction_id
+        return Out(self._txns.start(now, txn), me.reflexive)

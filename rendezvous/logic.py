@@ -32,9 +32,12 @@ from rendezvous.introductions import signed
 from rendezvous.limits import Limits
 from rendezvous.name_store import NameStore
 from rendezvous.ownership import NameOwnership
+from rendezvous.registry import Entry
 from rendezvous.registry import NameTaken
 from rendezvous.registry import Registry
 from rendezvous.registry import RegistryFull
+from rendezvous.shared_presence import Departure
+from rendezvous.shared_presence import SharedPresence
 from rendezvous.turn_server import Out
 from voip.security.registration import BadPublicKey
 from voip.security.registration import RegistrationKeyPair
@@ -106,6 +109,35 @@ def other_address(addresses: Addresses | None, src: Address) -> list[tuple[int, 
     return [(Attr.OTHER_ADDRESS, encode_address(addresses.alternate))]
 
 
+@dataclass(frozen=True)
+class Proven:
+    """A REGISTER from a source that receives at its address, by the holder of the key it
+    names, and the key agreed with that holder, which signs everything we send it."""
+
+    msg: Message
+    req: Register
+    key: bytes
+    src: Address
+
+
+def refuse(
+    stats: Counter[str],
+    msg: Message,
+    src: Address,
+    code: int,
+    extra: Sequence[tuple[int, bytes]] = (),
+) -> list[Out]:
+    """An error to an unproven source: fixed reason, no SOFTWARE, FINGERPRINT only if the
+    request had one; and, as every answer to a source that has not shown it receives there,
+    never more bytes than it sent, or a spoofed request would make us a reflector."""
+    attrs = [(Attr.ERROR_CODE, encode_error_code(code, REASONS[code])), *extra]
+    reply = encode(msg.reply(Class.ERROR, attrs), fingerprint=msg.fingerprint_at is not None)
+    if len(reply) > len(msg.raw):
+        stats["answer_withheld"] += 1
+        return []
+    return [Out(reply, src)]
+
+
 class RendezvousLogic:
     def __init__(
         self,
@@ -133,6 +165,7 @@ class RendezvousLogic:
         if store is None:
             store = NameStore(max_age_days=self.limits.binding_days)
         self.owners = NameOwnership(store, self.limits, self.stats)
+        self.shared: SharedPresence | None = None  # names and asks in a store (--redis)
 
     def next_deadline(self) -> float | None:
         times = (self.introductions.next_deadline(), self.registry.next_expiry())
@@ -177,7 +210,7 @@ class RendezvousLogic:
                 self.stats["unknown_attribute"] += 1
                 listed = encode_unknown_attributes(unknown[:MAX_UNKNOWN_LISTED])
                 extra = [(Attr.UNKNOWN_ATTRIBUTES, listed)]
-                return self._refuse(msg, src, ERR_UNKNOWN_ATTRIBUTE, extra)
+                return refuse(self.stats, msg, src, ERR_UNKNOWN_ATTRIBUTE, extra)
             if msg.method == Method.BINDING:
                 return self.binding(msg, src, local)
             if msg.method == Method.CP_REGISTER:
@@ -185,33 +218,12 @@ class RendezvousLogic:
             if msg.method == Method.CP_LEAVE:
                 return self._leave(msg, src, now)
             self.stats["unknown_method"] += 1
-            return self._refuse(msg, src, ERR_BAD_REQUEST)
+            return refuse(self.stats, msg, src, ERR_BAD_REQUEST)
         if msg.cls == Class.SUCCESS and msg.method == Method.CP_PEER_READY:
             self.introductions.acknowledged(msg)
             return []
         self.stats["ignored"] += 1
         return []
-
-    def _unproven(self, msg: Message, data: bytes, src: Address) -> list[Out]:
-        """An answer to a source that has not shown it receives there: never more bytes than
-        it sent, or a spoofed request would make us a reflector."""
-        if len(data) > len(msg.raw):
-            self.stats["answer_withheld"] += 1
-            return []
-        return [Out(data, src)]
-
-    def _refuse(
-        self,
-        msg: Message,
-        src: Address,
-        code: int,
-        extra: Sequence[tuple[int, bytes]] = (),
-    ) -> list[Out]:
-        """An error to an unproven source: fixed reason, no SOFTWARE, FINGERPRINT only if the
-        request had one."""
-        attrs = [(Attr.ERROR_CODE, encode_error_code(code, REASONS[code])), *extra]
-        reply = encode(msg.reply(Class.ERROR, attrs), fingerprint=msg.fingerprint_at is not None)
-        return self._unproven(msg, reply, src)
 
     def binding(self, msg: Message, src: Address, local: Address) -> list[Out]:
         """A Binding request that arrived on our `local` address (RFC 5780 when we have an
@@ -228,12 +240,12 @@ class RendezvousLogic:
             req = Register.from_message_untrusted(msg)
         except StunError:
             self.stats["bad_register"] += 1
-            return self._refuse(msg, src, ERR_BAD_REQUEST)
+            return refuse(self.stats, msg, src, ERR_BAD_REQUEST)
         if req.key is None or (req.peer is not None and (req.ice is None or not req.ice.commit)):
             # No key to own the name with; or asking for a peer without the credentials the
             # peer will need to check us, and the commitment its handshake will hold us to.
             self.stats["bad_register"] += 1
-            return self._refuse(msg, src, ERR_BAD_REQUEST)
+            return refuse(self.stats, msg, src, ERR_BAD_REQUEST)
         if not self.cookies.valid(req.nonce, src, now):
             self.stats["register_challenged"] += 1
             return self._challenge(msg, src, now)
@@ -249,63 +261,89 @@ class RendezvousLogic:
                 key = self.keys.agree_untrusted(req.key, we_are_client=False)
             except BadPublicKey:
                 self.stats["bad_register"] += 1
-                return self._refuse(msg, src, ERR_BAD_REQUEST)
+                return refuse(self.stats, msg, src, ERR_BAD_REQUEST)
         if not check_integrity(msg, key):
             # Someone else's key (its public half is no secret), or a client that missed our
             # 401 and so our key: a fresh cookie and our key, no larger than the request.
             self.stats["register_forged"] += 1
             return self._challenge(msg, src, now)
-        return self._serve(msg, req, key, src, now)
+        return self._serve(Proven(msg, req, key, src), now)
 
     def _challenge(self, msg: Message, src: Address, now: float) -> list[Out]:
         """401: a cookie for this address, and our public key, so the next REGISTER can carry
         both the cookie and a MAC under the key they agree."""
         extra = [(Attr.NONCE, text(self.cookies.make(src, now))), (Attr.CP_KEY, self.keys.public)]
-        return self._refuse(msg, src, ERR_UNAUTHENTICATED, extra)
+        return refuse(self.stats, msg, src, ERR_UNAUTHENTICATED, extra)
 
-    def _serve(
-        self, msg: Message, req: Register, key: bytes, src: Address, now: float
-    ) -> list[Out]:
-        """A REGISTER from a proven address, by the holder of the key it names, `owner`."""
+    def _serve(self, proven: Proven, now: float) -> list[Out]:
+        msg, req, key, src = proven.msg, proven.req, proven.key, proven.src
         owner = req.key
         assert owner is not None  # _register refused a REGISTER without one
+        if req.peer == req.name:
+            return self.signed_error(msg, src, key, ERR_BAD_REQUEST)
+        if self.shared is not None:  # the names and asks live in the store: it answers
+            return self.shared.serve(self, proven, now)
         wall = now + self.wall_offset
         refusal, binding = self.owners.admit(req.name, owner, src[0], wall)
         if refusal is not None:
-            return self._signed_error(msg, src, key, refusal)
-        if req.peer == req.name:
-            return self._signed_error(msg, src, key, ERR_BAD_REQUEST)
-        hosts = req.host_candidates[: self.limits.candidates]
-        try:
-            entry = self.registry.register(
-                req.name,
-                src,
-                hosts,
-                req.peer,
-                now,
-                mapping=req.mapping,
-                client_key=owner,
-                key=key,
-                ice=req.ice,
-            )
-        except NameTaken:
-            self.stats["name_taken"] += 1
-            return self._signed_error(msg, src, key, ERR_NAME_TAKEN)
-        except RegistryFull as full:
-            self.stats["registry_full_per_ip" if full.per_ip else "registry_full"] += 1
-            return self._signed_error(msg, src, key, ERR_QUOTA if full.per_ip else ERR_CAPACITY)
+            return self.signed_error(msg, src, key, refusal)
+        entry = self.enter(proven, now)
+        if isinstance(entry, list):
+            return entry
         if binding is None:
             refusal = self.owners.claim(req.name, owner, src[0], wall)
             if refusal is not None:
                 self.registry.remove(req.name, src)
-                return self._signed_error(msg, src, key, refusal)
+                return self.signed_error(msg, src, key, refusal)
         else:
             self.owners.seen(binding, wall)
+        asked = self.registry.get(req.peer, now) if req.peer is not None else None
+        matched = self.registry.match(req.name, now) is not None
+        return self.answer(proven, entry, now, asked, matched)
+
+    def enter(self, proven: Proven, now: float) -> Entry | list[Out]:
+        """Add or refresh the registration in this server's registry, or the refusal."""
+        req, src = proven.req, proven.src
+        assert req.key is not None
+        try:
+            return self.registry.register(
+                req.name,
+                src,
+                req.host_candidates[: self.limits.candidates],
+                req.peer,
+                now,
+                mapping=req.mapping,
+                client_key=req.key,
+                key=proven.key,
+                ice=req.ice,
+            )
+        except NameTaken:
+            self.stats["name_taken"] += 1
+            return self.signed_error(proven.msg, src, proven.key, ERR_NAME_TAKEN)
+        except RegistryFull as full:
+            self.stats["registry_full_per_ip" if full.per_ip else "registry_full"] += 1
+            code = ERR_QUOTA if full.per_ip else ERR_CAPACITY
+            return self.signed_error(proven.msg, src, proven.key, code)
+
+    def answer(
+        self,
+        proven: Proven,
+        entry: Entry,
+        now: float,
+        asked: Entry | None,
+        matched: bool,
+        *,
+        first: bool | None = None,
+    ) -> list[Out]:
+        """The answer to a served REGISTER, and the introductions it makes: a restart of the
+        call it is in with `asked`, or, if both asked for each other, a new one (`first`:
+        whether this caller asked first, when the store compared)."""
+        msg, req, src = proven.msg, proven.req, proven.src
         self.stats["register"] += 1
         again = None  # an ask in a call already: an ICE restart (or refused as one)
         if req.peer is not None:
-            again = self.introductions.restart(entry, self.registry.get(req.peer, now), now)
-        peer = self.registry.match(req.name, now) if again is None else None
+            again = self.introductions.restart(entry, asked, now)
+        peer = asked if matched and again is None else None
         status = "matched" if peer or again else ("waiting" if req.peer else "registered")
         attrs = [
             (Attr.XOR_MAPPED_ADDRESS, encode_xor_address(src, msg.transaction_id)),
@@ -315,12 +353,12 @@ class RendezvousLogic:
             *(self.relay.attributes(req.name, now + self.wall_offset) if self.relay else ()),
             *other_address(self.addresses, src),
         ]
-        out = [Out(signed(msg.reply(Class.SUCCESS, attrs), key), src)]
+        out = [Out(signed(msg.reply(Class.SUCCESS, attrs), proven.key), src)]
         if peer is not None:
-            out += self.introductions.introduce(entry, peer, now)
+            out += self.introductions.introduce(entry, peer, now, first)
         return out + (again or [])
 
-    def _signed_error(self, msg: Message, src: Address, key: bytes, code: int) -> list[Out]:
+    def signed_error(self, msg: Message, src: Address, key: bytes, code: int) -> list[Out]:
         """An error to a proven source, with our key so it can check the answer is ours."""
         attrs = [
             (Attr.ERROR_CODE, encode_error_code(code, REASONS[code])),
@@ -337,5 +375,7 @@ class RendezvousLogic:
             self.stats["leave_refused"] += 1
             return []
         self.registry.remove(name, src)
+        if self.shared is not None:
+            self.shared.add(Departure(name, entry.client_key))
         self.stats["leave"] += 1
         return [Out(signed(msg.reply(Class.SUCCESS), entry.key), src)]

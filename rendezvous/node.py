@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 
 from rendezvous.logic import RendezvousLogic
+from rendezvous.shared_presence import Departure
 from rendezvous.turn_server import TURN_METHODS
 from rendezvous.turn_server import Out
 from rendezvous.turn_server import TurnServer
@@ -95,7 +96,10 @@ class RendezvousNode:
         if self.turn is not None:
             self.turn.client_gone(client)
         for name in self.logic.registry.names_at(client, now):  # offline, as its LEAVE would
+            entry = self.logic.registry.get(name, now)
             self.logic.registry.remove(name, client)
+            if self.logic.shared is not None and entry is not None:
+                self.logic.shared.add(Departure(name, entry.client_key))
             self.logic.stats["left_with_stream"] += 1
 
     def next_deadline(self) -> float | None:

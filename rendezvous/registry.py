@@ -38,6 +38,10 @@ class Entry:
     call_ice: IceCredentials | None = None
     call_controlling: bool = False
     restarts: list[float] = field(default_factory=list)  # when, within RESTART_WINDOW
+    # Set on a caller another rendezvous holds (--redis, rendezvous/shared_presence.py): the
+    # id of that server, which alone can send to it; its candidates are then complete as it
+    # registered them (the server-reflexive one included). None: a caller of ours.
+    server: str | None = None
 
 
 class NameTaken(Exception):

@@ -16,6 +16,8 @@ from rendezvous.offload import OffloadUnavailable
 from rendezvous.offload_routes import kernel_counters
 from rendezvous.offload_routes import load_offload
 from rendezvous.offload_routes import mirror_routes
+from rendezvous.redis_presence import StoreUnreachable
+from rendezvous.redis_presence import share_presence
 from rendezvous.server import TLS_PORT
 from rendezvous.server import RendezvousServer
 from voip.wire.candidates import format_address
@@ -53,11 +55,18 @@ async def run_server(
     also: tuple[tuple[str, int], ...] = (),
     on_started: Callable[[RendezvousServer], None] | None = None,
     offload: Callable[[RendezvousServer], ChannelOffload | None] | None = None,
+    redis: str | None = None,
 ) -> None:
     tls_host, tls_port = tls_listen or (host, TLS_PORT)
     await server.start(
         host, port, alt_host, tcp=tcp, tls=tls, tls_host=tls_host, tls_port=tls_port, also=also
     )
+    days = server.logic.limits.binding_days
+    try:
+        store = None if redis is None else await share_presence(server, redis, days)
+    except StoreUnreachable:
+        server.close()
+        raise
     if on_started is not None:
         on_started(server)
     if not quiet:
@@ -78,8 +87,12 @@ async def run_server(
         if addresses is not None and addresses.alternate is not None:
             where = ", ".join(format_address(a) for a in addresses.all())
             print(f"NAT behaviour tests (RFC 5780) on {where}", flush=True)
-        store = server.logic.owners.store
-        print(f"names and their keys in {store.path} ({len(store):,} bound)", flush=True)
+        if store is not None:
+            where = f"names, their keys and asks in Redis at {redis}"
+            print(f"{where}, shared as server {store.shared.server_id}", flush=True)
+        else:
+            names = server.logic.owners.store
+            print(f"names and their keys in {names.path} ({len(names):,} bound)", flush=True)
     kernel = offload(server) if offload is not None else None
     if kernel is not None:
         mirror_routes(server, kernel)
@@ -101,6 +114,8 @@ async def run_server(
             counts = ", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
             print(f"stopped; {counts}", flush=True)
         server.close()
+        if store is not None:
+            await store.close()
 
 
 def raise_open_file_limit() -> None:

@@ -173,27 +173,23 @@ class RendezvousServer:
                 endpoint = UdpEndpoint.open(
                     host,
                     port,
-                    self._on_datagram,
+                    lambda data, src, now: None,  # read by the fast path, as the main socket
                     timestamps=False,
                     receive_buffer=self.receive_buffer,
                     dual=False,  # the first --listen has the other family
                     reuse_port=self.reuse_port,
                 )
                 local = endpoint.local_address
-                endpoint.on_datagram = functools.partial(self._on_datagram, local=local)
                 self.also[local] = endpoint
                 six = ":" in host
-                if not self.endpoint_is_dual and (":" in self.address[0]) != six:
+                dual = self.endpoint is not None and self.endpoint.dual
+                if not dual and (":" in self.address[0]) != six:
                     self._by_family.setdefault(six, endpoint)
                 if tcp and self.streams is not None:
                     await self.streams.listen(host, local[1], dual=False)
         except OSError:
             self.close()
             raise
-
-    @property
-    def endpoint_is_dual(self) -> bool:
-        return self.endpoint is not None and self.endpoint.dual
 
     async def _start_behaviour(self, host: str, alt_host: str) -> None:
         primary = self.address
@@ -234,12 +230,16 @@ class RendezvousServer:
         self._take(data, src, local or self.address, now)
 
     def _take(self, data: bytes, src: Address, local: Address, now: float) -> None:
-        assert self.node is not None and self._timer is not None
-        self._send(self.node.handle(data, src, local, now))
-        # ChannelData too: one the full rules take may teach a route, whose expiry the timer
-        # must keep (--offload's kernel entries go only when it fires). The fast path's
-        # datagrams never come here.
-        self._timer.rearm()
+        assert self.node is not None
+        # ChannelData too re-arms the timer: a route the full rules teach must be swept at its
+        # expiry (--offload's kernel entries too). The fast path's datagrams never come here.
+        self.deliver(self.node.handle(data, src, local, now))
+
+    def deliver(self, outs: list[Out]) -> None:
+        """Datagrams to send now, and the timer re-armed (a PEER-READY is retransmitted)."""
+        self._send(outs)
+        if self._timer is not None:
+            self._timer.rearm()
 
     # -- what the stream listener asks (rendezvous/stream_listener.py's StreamHost) --------
     def stream_opens(self, src: Address) -> bool:

@@ -1,0 +1,76 @@
+"""The Lua scripts that keep shared presence atomic in Redis (--redis), and its key names.
+
+Each name has two keys, hash-tagged on the name so both sit in one Redis Cluster slot: its
+owner (the identity key bound to it: `k`, first claimed `f`, last seen `l`, expiring as
+rendezvous/name_store.py's bindings do) and its presence (the server holding its socket `s`,
+its key `k`, when its ask began `t`, whom it asks for `w`, the call it may restart `c`, and the
+PEER-READY a peer gets about it `i`), which lives as long as the registration. Matching two
+asks reads the peer's presence too, in another slot: on one Redis (or a replicated primary)
+that is one atomic step; docs/scaling.md says how a cluster would take it.
+"""
+
+from __future__ import annotations
+
+PREFIX = "callpeer"
+
+
+def owner_key(name: str) -> str:
+    return f"{PREFIX}:{{{name}}}:owner"
+
+
+def presence_key(name: str) -> str:
+    return f"{PREFIX}:{{{name}}}:presence"
+
+
+def server_channel(server: str) -> str:
+    """Where a server hears the halves of introductions other servers made for its callers."""
+    return f"{PREFIX}:server:{server}"
+
+
+# KEYS: 1 presence, 2 owner, 3 the asked peer's presence (the caller's own when it asks none)
+# ARGV: 1 key, 2 server, 3 wall time, 4 wants, 5 call, 6 intro, 7 ttl ms, 8 may claim,
+#       9 probation s, 10 max age s, 11 settled after s, 12 touch interval s, 13 name
+REGISTER = """
+local key, wall = ARGV[1], tonumber(ARGV[3])
+local verdict = 'ok'
+local owner = redis.call('HMGET', KEYS[2], 'k', 'f', 'l')
+if owner[1] then
+  if owner[1] ~= key then return {'owned'} end
+  if wall - tonumber(owner[3]) >= tonumber(ARGV[12]) then
+    local keep = tonumber(ARGV[10])
+    if wall - tonumber(owner[2]) < tonumber(ARGV[11]) then
+      keep = math.min(keep, tonumber(ARGV[9]))
+    end
+    redis.call('HSET', KEYS[2], 'l', ARGV[3])
+    redis.call('EXPIRE', KEYS[2], math.ceil(keep))
+  end
+else
+  if ARGV[8] ~= '1' then return {'quota'} end
+  redis.call('HSET', KEYS[2], 'k', key, 'f', ARGV[3], 'l', ARGV[3])
+  redis.call('EXPIRE', KEYS[2], math.ceil(math.min(tonumber(ARGV[10]), tonumber(ARGV[9]))))
+  verdict = 'claimed'
+end
+local cur = redis.call('HMGET', KEYS[1], 'k', 't', 'w')
+local since = ARGV[3]
+if cur[1] == key and cur[2] and (ARGV[4] == '' or cur[3] == ARGV[4]) then since = cur[2] end
+redis.call('HSET', KEYS[1], 'k', key, 's', ARGV[2], 't', since, 'w', ARGV[4], 'c', ARGV[5],
+           'i', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+if ARGV[4] == '' then return {verdict, since} end
+local peer = redis.call('HMGET', KEYS[3], 's', 'k', 't', 'w', 'c', 'i')
+if not peer[1] or not peer[6] or peer[6] == '' then return {verdict, since} end
+local match = 'seen'
+if peer[4] == ARGV[13] then
+  redis.call('HSET', KEYS[1], 'w', '')
+  redis.call('HSET', KEYS[3], 'w', '')
+  match = 'matched'
+end
+return {verdict, since, match, peer[1], peer[2], peer[3], peer[5], peer[6]}
+"""
+
+# KEYS: 1 presence; ARGV: 1 key, 2 server. Only the record this server wrote for that key goes.
+LEAVE = """
+local cur = redis.call('HMGET', KEYS[1], 'k', 's')
+if cur[1] == ARGV[1] and cur[2] == ARGV[2] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

@@ -1,0 +1,304 @@
+"""Presence shared by several rendezvous servers through a store (--redis), sans-IO.
+
+Without a store, one server holds every name and matches asks in its own registry. With one,
+each server still keeps the callers whose sockets it holds (their address, the key agreed with
+them, their introductions in flight), and the store holds what every server must agree on:
+which identity key owns each name, where each name is registered, and who asks for whom. A
+proven REGISTER becomes a `Registration` for the store, which claims or checks the name's owner,
+writes the caller's record (with a time to live: expiry is the store's) and, when the caller
+asks for a peer who asks for it, takes both asks in the same atomic step, so exactly one server
+makes the introduction. The answer to the caller waits for the store's reply (one round trip).
+
+An introduction between callers on two servers is made by the server whose caller asked last:
+it tells its caller at once, and hands the other half (a `Handoff`, the PEER-READY with its
+role) to the server that holds the peer, which sends it, signed with the key only it shares with
+its caller: within one store round trip of the first. The store is ours but shared: what comes
+from it is parsed as untrusted all the same, and a record that does not parse is no peer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rendezvous.introductions import Handoff
+from rendezvous.registry import Entry
+from rendezvous.turn_server import Out
+from voip.wire.candidates import CandidateType
+from voip.wire.signal import ERR_CAPACITY
+from voip.wire.signal import ERR_NAME_TAKEN
+from voip.wire.signal import ERR_QUOTA
+from voip.wire.signal import IceCredentials
+from voip.wire.signal import PeerReady
+from voip.wire.stun import StunError
+from voip.wire.stun import encode
+from voip.wire.stun import parse_message_untrusted
+
+if TYPE_CHECKING:
+    from rendezvous.logic import Proven
+    from rendezvous.logic import RendezvousLogic
+
+PENDING = 10_000  # registrations awaiting the store's reply; past this, 508
+MAX_HANDOFF = 4096  # bytes: a PEER-READY fits a datagram, and so does its handoff
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Register or refresh `name` in the store; `token` pairs the reply with the request."""
+
+    token: int
+    name: str
+    key: bytes  # the identity key that owns the name (or claims it)
+    wall: float  # Unix time
+    wants: str  # the peer asked for, "" for none
+    call: str  # "PEER KEYHEX" while this run is in a call it may restart, else ""
+    intro: bytes  # the PEER-READY a peer gets about this caller (role to be set), b"" unasked
+    may_claim: bool  # whether this source may claim one more name (ClaimRate)
+
+
+@dataclass(frozen=True)
+class Departure:
+    """The name's holder left (LEAVE, or its stream closed): its record goes, if still ours."""
+
+    name: str
+    key: bytes
+
+
+SharedOp = Registration | Departure | Handoff
+
+
+@dataclass(frozen=True)
+class StoreReply:
+    """What the store said of a Registration."""
+
+    verdict: str  # "ok", "claimed" (the name is now this key's), "owned" (another key's), "quota"
+    since: float = 0.0  # when this caller's current ask began (Unix time)
+    match: str = ""  # "matched": both asks taken; "seen": the peer is there; "": not there
+    peer: Entry | None = None
+
+    @classmethod
+    def from_reply_untrusted(cls, reply: object) -> StoreReply:
+        """The store script's array, as redis-py gives it (bytes); StunError if malformed."""
+        if not isinstance(reply, list) or not reply or not all(isinstance(x, bytes) for x in reply):
+            raise StunError("store reply is not an array of strings")
+        verdict = reply[0].decode("ascii", "replace")
+        if verdict not in ("ok", "claimed", "owned", "quota"):
+            raise StunError(f"store verdict {verdict!r}")
+        if verdict in ("owned", "quota"):
+            return cls(verdict)
+        since = _number(reply[1]) if len(reply) > 1 else 0.0
+        if len(reply) < 8:
+            return cls(verdict, since)
+        match, server, key, peer_since, call, intro = reply[2:8]
+        entry = remote_entry(server, key, _number(peer_since), call, intro)
+        return cls(verdict, since, match.decode("ascii", "replace"), entry)
+
+
+def _number(raw: bytes) -> float:
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise StunError("store time is not a number") from exc
+    if not math.isfinite(value):
+        raise StunError("store time is not finite")
+    return value
+
+
+def remote_entry(server: bytes, key: bytes, since: float, call: bytes, intro: bytes) -> Entry:
+    """A caller another server holds, from its record; StunError if the record is malformed."""
+    ready = PeerReady.from_message_untrusted(parse_message_untrusted(intro))
+    if ready.peer_key != key:
+        raise StunError("store record's introduction is for another key")
+    creds = IceCredentials(ready.remote_ufrag, ready.remote_pwd, ready.peer_commit)
+    srflx = [c.address for c in ready.candidates if c.kind == CandidateType.SRFLX]
+    entry = Entry(
+        ready.peer,
+        srflx[0] if srflx else ("0.0.0.0", 0),  # noqa: S104  (never sent to: server set)
+        ready.candidates,
+        math.inf,
+        since,
+        client_key=key,
+        mapping=ready.peer_mapping,
+        ice=creds,
+        server=server.decode("ascii", "replace"),
+    )
+    peer, _, key_hex = call.decode("utf-8", "replace").partition(" ")
+    if peer:
+        try:
+            entry.call, entry.call_ice = (peer, bytes.fromhex(key_hex)), creds
+        except ValueError as exc:
+            raise StunError("store record's call is malformed") from exc
+    return entry
+
+
+def handoff_bytes(handoff: Handoff) -> bytes:
+    """A handoff as published to the server that holds its caller."""
+    return json.dumps(
+        {
+            "to": handoff.to,
+            "key": handoff.to_key.hex(),
+            "ready": encode(handoff.ready.to_message()).hex(),
+            "restart": handoff.restart,
+        }
+    ).encode()
+
+
+def handoff_from_untrusted(data: bytes, server: str) -> Handoff:
+    """The handoff another server published for one of ours; StunError if malformed."""
+    if len(data) > 2 * MAX_HANDOFF:
+        raise StunError("handoff too large")
+    try:
+        fields = json.loads(data)
+        to, key, raw, restart = fields["to"], fields["key"], fields["ready"], fields["restart"]
+        if not (isinstance(to, str) and isinstance(restart, bool)):
+            raise TypeError("handoff field types")
+        ready = PeerReady.from_message_untrusted(parse_message_untrusted(bytes.fromhex(raw)))
+        return Handoff(server, to, bytes.fromhex(key), ready, restart)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StunError(f"malformed handoff: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _Pending:
+    proven: Proven
+    entry: Entry  # the local entry the REGISTER made or refreshed
+    fresh: bool  # made by it: removed again if the store refuses
+
+
+class SharedPresence:
+    """The logic's side of the store: what to ask it, and what its replies and the other
+    servers' handoffs make the logic send."""
+
+    def __init__(self, server_id: str, stats: Counter[str], pending: int = PENDING):
+        self.server_id = server_id
+        self.stats = stats
+        self.capacity = pending
+        self.ops: list[SharedOp] = []  # for the shell to carry to the store, in order
+        # Told when ops are added, so the shell need not look after every datagram.
+        self.wake: Callable[[], None] = lambda: None
+        self._pending: dict[int, _Pending] = {}
+        self._token = 0
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, *ops: SharedOp) -> None:
+        if ops:
+            self.ops += ops
+            self.wake()
+
+    def take_ops(self) -> list[SharedOp]:
+        ops, self.ops = self.ops, []
+        return ops
+
+    def serve(self, logic: RendezvousLogic, proven: Proven, now: float) -> list[Out]:
+        """A REGISTER from a proven holder of `req.key`: held locally, then asked of the store;
+        the answer goes out when the store replies (`answered`)."""
+        req, src = proven.req, proven.src
+        fresh = logic.registry.get(req.name, now) is None
+        entry = logic.enter(proven, now)
+        if isinstance(entry, list):
+            return entry  # refused by this server's own caps
+        if len(self._pending) >= self.capacity:
+            self.stats["store_backlog_full"] += 1
+            if fresh:
+                logic.registry.remove(req.name, src)
+            return logic.signed_error(proven.msg, src, proven.key, ERR_CAPACITY)
+        self._token += 1
+        self._pending[self._token] = _Pending(proven, entry, fresh)
+        wall = now + logic.wall_offset
+        call = ""
+        if entry.call is not None and entry.ice is not None and entry.ice == entry.call_ice:
+            call = f"{entry.call[0]} {entry.call[1].hex()}"
+        intro = b""
+        if entry.ice is not None:
+            ready = logic.introductions.ready_for(entry, False, entry.ice)
+            intro = encode(ready.to_message())
+        self.add(
+            Registration(
+                self._token,
+                req.name,
+                entry.client_key,
+                wall,
+                req.peer or "",
+                call,
+                intro,
+                logic.owners.claims.allowed(src[0], wall),
+            )
+        )
+        return []
+
+    def answered(self, logic: RendezvousLogic, token: int, reply: object, now: float) -> list[Out]:
+        """The store's reply to a Registration (an exception if the store failed)."""
+        pending = self._pending.pop(token, None)
+        if pending is None:
+            return []
+        req, src, entry = pending.proven.req, pending.proven.src, pending.entry
+        if logic.registry.get(req.name, now) is not entry or entry.client_key != req.key:
+            self.stats["store_reply_stale"] += 1  # left, expired or taken over meanwhile
+            return []
+        try:
+            if isinstance(reply, BaseException):
+                raise StunError(f"store failed: {reply}")
+            answer = StoreReply.from_reply_untrusted(reply)
+        except StunError:
+            self.stats["store_error"] += 1
+            return self._refuse(logic, pending, ERR_CAPACITY)
+        if answer.verdict in ("owned", "quota"):
+            self.stats["name_taken" if answer.verdict == "owned" else "claims_per_ip"] += 1
+            return self._refuse(
+                logic, pending, ERR_NAME_TAKEN if answer.verdict == "owned" else ERR_QUOTA
+            )
+        wall = now + logic.wall_offset
+        if answer.verdict == "claimed":
+            logic.owners.claims.claimed(src[0], wall)
+            self.stats["claimed"] += 1
+        peer = answer.peer
+        first = peer is None or answer.since <= peer.since  # both asks' times, from the store
+        if peer is not None and peer.server == self.server_id:
+            # Ours after all: the local entry, whose key signs what we send it.
+            local = logic.registry.get(peer.name, now)
+            peer = local if local is not None and local.client_key == peer.client_key else None
+        matched = answer.match == "matched"
+        out = logic.answer(pending.proven, entry, now, peer, matched, first=first)
+        self.add(*logic.introductions.handoffs)
+        logic.introductions.handoffs.clear()
+        return out
+
+    def _refuse(self, logic: RendezvousLogic, pending: _Pending, code: int) -> list[Out]:
+        if pending.fresh:
+            logic.registry.remove(pending.proven.req.name, pending.proven.src)
+        proven = pending.proven
+        return logic.signed_error(proven.msg, proven.src, proven.key, code)
+
+    def handed(self, logic: RendezvousLogic, data: bytes, now: float) -> list[Out]:
+        """Another server's half of an introduction, for a caller of ours."""
+        try:
+            handoff = handoff_from_untrusted(data, self.server_id)
+        except StunError:
+            self.stats["handoff_malformed"] += 1
+            return []
+        ready = handoff.ready
+        me = logic.registry.get(handoff.to, now)
+        if me is None or me.client_key != handoff.to_key or me.ice is None:
+            self.stats["handoff_stale"] += 1  # gone, or another run of the name since
+            return []
+        if handoff.restart:
+            # Only into the call it is in, with the peer that owned the name then.
+            if me.call != (ready.peer, ready.peer_key) or me.ice != me.call_ice:
+                self.stats["handoff_stale"] += 1
+                return []
+            self.stats["restarted"] += 1
+        else:
+            if me.wants != ready.peer:
+                self.stats["handoff_stale"] += 1
+                return []
+            self.stats["matched"] += 1
+            me.wants = None
+            me.call, me.call_ice = (ready.peer, ready.peer_key), me.ice
+            me.call_controlling, me.restarts = ready.controlling, []
+        return [logic.introductions.tell(me, ready, now)]

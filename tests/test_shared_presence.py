@@ -1,0 +1,389 @@
+"""Presence shared by rendezvous servers through Redis (--redis): callers on two servers meet,
+names are owned across servers, departures and expiry, a failing store, hostile store data."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rendezvous.introductions import Handoff
+from rendezvous.logic import RendezvousLogic
+from rendezvous.presence_scripts import LEAVE
+from rendezvous.presence_scripts import REGISTER
+from rendezvous.presence_scripts import owner_key
+from rendezvous.presence_scripts import presence_key
+from rendezvous.redis_presence import leave_call
+from rendezvous.redis_presence import register_call
+from rendezvous.redis_presence import script_limits
+from rendezvous.shared_presence import Departure
+from rendezvous.shared_presence import SharedPresence
+from rendezvous.shared_presence import StoreReply
+from rendezvous.shared_presence import handoff_bytes
+from rendezvous.shared_presence import handoff_from_untrusted
+from tests.test_cli import BIN
+from tests.test_cli import SILENT
+from tests.test_cli import env
+from voip.lab.redis_server import RedisProcess
+from voip.lab.redis_server import redis_unavailable_reason
+from voip.lab.redis_server import start_redis
+from voip.nat.rendezvous_client import RendezvousClient
+from voip.nat.signal_events import GotPeer
+from voip.nat.signal_events import Refused
+from voip.wire.candidates import Candidate
+from voip.wire.candidates import CandidateType
+from voip.wire.signal import ERR_CAPACITY
+from voip.wire.signal import ERR_NAME_TAKEN
+from voip.wire.signal import MAPPING_INDEPENDENT
+from voip.wire.signal import PeerReady
+from voip.wire.stun import Class
+from voip.wire.stun import Message
+from voip.wire.stun import Method
+from voip.wire.stun import StunError
+from voip.wire.stun import parse_message_untrusted
+
+Addr = tuple[str, int]
+A: Addr = ("203.0.113.5", 4000)
+B: Addr = ("198.51.100.7", 5000)
+M: Addr = ("198.51.100.66", 6666)
+S1: Addr = ("203.0.113.10", 3478)
+S2: Addr = ("203.0.113.11", 3478)
+
+needs_redis = pytest.mark.skipif(
+    redis_unavailable_reason() is not None, reason=redis_unavailable_reason() or ""
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = start_redis(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Cluster:
+    """Rendezvous logics sharing one real Redis, driven in step: each op goes to Redis as the
+    asyncio link sends it (the same scripts and arguments), each handoff straight to the
+    logic whose id it names (the link's PUBLISH, tested end to end below)."""
+
+    def __init__(self, url: str, *servers: tuple[str, Addr]):
+        self.redis = redis.Redis.from_url(url)
+        self.register = self.redis.register_script(REGISTER)
+        self.leave = self.redis.register_script(LEAVE)
+        self.logics: dict[str, RendezvousLogic] = {}
+        self.where: dict[str, Addr] = {}
+        for server_id, address in servers:
+            logic = RendezvousLogic(lifetime=30.0, wallclock=1.7e9)
+            logic.shared = SharedPresence(server_id, logic.stats)
+            self.logics[server_id], self.where[server_id] = logic, address
+        self.sent: list[tuple[str, Addr, Message]] = []  # (server id, to, message)
+        self.fail = False  # the store answers every op with an error
+
+    def deliver(
+        self,
+        server_id: str,
+        src: Addr,
+        data: bytes,
+        clients: dict[Addr, RendezvousClient],
+        now: float,
+    ) -> None:
+        """A datagram to one server, and everything it leads to, until quiet."""
+        queue: list[tuple[str, list[tuple[bytes, Addr]]]] = []
+        logic = self.logics[server_id]
+        queue.append((server_id, logic.handle_datagram(data, src, now)))
+        while queue:
+            sid, outs = queue.pop(0)
+            queue += self._pump(now)
+            for out, dest in outs:
+                msg = parse_message_untrusted(out)
+                self.sent.append((sid, dest, msg))
+                client = clients.get(dest)
+                if client is None:
+                    continue
+                for reply, to in client.handle(msg, self.where[sid], now) or []:
+                    target = next(k for k, v in self.where.items() if v == to)
+                    queue.append((target, self.logics[target].handle_datagram(reply, dest, now)))
+            queue += self._pump(now)
+
+    def _pump(self, now: float) -> list[tuple[str, list[tuple[bytes, Addr]]]]:
+        made = []
+        for sid, logic in self.logics.items():
+            assert logic.shared is not None
+            for op in logic.shared.take_ops():
+                if isinstance(op, Handoff):
+                    target = self.logics[op.server]
+                    assert target.shared is not None
+                    outs = target.shared.handed(target, handoff_bytes(op), now)
+                    made.append((op.server, [(o.data, o.dest) for o in outs]))
+                    continue
+                if isinstance(op, Departure):
+                    keys, args = leave_call(op, sid)
+                    self.leave(keys=keys, args=args)
+                    continue
+                keys, args = register_call(op, sid, script_limits(30.0, 365))
+                reply: object = (
+                    redis.RedisError("down") if self.fail else self.register(keys=keys, args=args)
+                )
+                outs = logic.shared.answered(logic, op.token, reply, now)
+                made.append((sid, [(o.data, o.dest) for o in outs]))
+        return made
+
+    def join(self, server_id: str, client: RendezvousClient, src: Addr, now: float) -> None:
+        self.deliver(server_id, src, client.start(now)[0][0], {src: client}, now)
+
+
+def peer_readies(sent: list[tuple[str, Addr, Message]]) -> dict[Addr, tuple[str, PeerReady]]:
+    return {
+        dest: (sid, PeerReady.from_message_untrusted(m))
+        for sid, dest, m in sent
+        if m.method == Method.CP_PEER_READY and m.cls == Class.REQUEST
+    }
+
+
+@needs_redis
+def test_callers_on_two_servers_are_introduced_within_one_store_round_trip(
+    store: RedisProcess,
+) -> None:
+    cluster = Cluster(store.url, ("s1", S1), ("s2", S2))
+    host = Candidate.make(CandidateType.HOST, ("198.18.0.2", 4000))
+    alice = RendezvousClient("alice", "bob", S1, (host,))
+    bob = RendezvousClient("bob", "alice", S2, ())
+    clients = {A: alice, B: bob}
+    cluster.join("s1", alice, A, 0.0)
+    assert not peer_readies(cluster.sent)  # alice waits: bob is nowhere yet
+    cluster.deliver("s2", B, bob.start(2.0)[0][0], clients, 2.0)
+    intros = peer_readies(cluster.sent)
+    assert set(intros) == {A, B}
+    (via_a, to_alice), (via_b, to_bob) = intros[A], intros[B]
+    assert (via_a, via_b) == ("s1", "s2")  # each from the server that holds it, signed by it
+    assert to_alice.peer == "bob" and to_bob.peer == "alice"
+    assert to_alice.candidates[0] == Candidate.make(CandidateType.SRFLX, B)
+    assert (
+        to_bob.candidates[0] == Candidate.make(CandidateType.SRFLX, A) and host in to_bob.candidates
+    )
+    assert (to_alice.remote_ufrag, to_alice.remote_pwd) == (bob.ice.ufrag, bob.ice.pwd)
+    assert (to_bob.remote_ufrag, to_bob.remote_pwd, to_bob.peer_commit) == (
+        alice.ice.ufrag,
+        alice.ice.pwd,
+        alice.ice.commit,
+    )
+    assert to_alice.peer_key == bob.identity.public and to_bob.peer_key == alice.identity.public
+    assert to_alice.controlling and not to_bob.controlling  # alice asked first
+    assert any(isinstance(e, GotPeer) for e in alice.pop_events())
+    assert any(isinstance(e, GotPeer) for e in bob.pop_events())
+    # Both asks were taken at once: a refresh still asking matches nothing again.
+    assert cluster.redis.hget(presence_key("alice"), "w") == b""
+    assert cluster.redis.hget(presence_key("bob"), "w") == b""
+    assert cluster.logics["s1"].stats["matched"] == 1 == cluster.logics["s2"].stats["matched"]
+
+
+@needs_redis
+def test_a_name_is_its_owners_on_every_server(store: RedisProcess) -> None:
+    cluster = Cluster(store.url, ("s1", S1), ("s2", S2))
+    alice = RendezvousClient("alice", "bob", S1, ())
+    cluster.join("s1", alice, A, 0.0)
+    mallory = RendezvousClient("alice", "bob", S2, ())  # another key, another server
+    cluster.join("s2", mallory, M, 1.0)
+    refused = [e for e in mallory.pop_events() if isinstance(e, Refused)]
+    assert [r.code for r in refused] == [ERR_NAME_TAKEN]
+    assert cluster.logics["s2"].registry.get("alice", 1.0) is None  # not even held locally
+    owner = cluster.redis.hget(owner_key("alice"), "k")
+    assert owner == alice.identity.public
+    # The owner itself moves to the other server and keeps its name.
+    again = RendezvousClient("alice", "bob", S2, (), identity=alice.identity)
+    cluster.join("s2", again, A, 2.0)
+    assert not [e for e in again.pop_events() if isinstance(e, Refused)]
+    assert cluster.redis.hget(presence_key("alice"), "s") == b"s2"
+
+
+@needs_redis
+def test_leaving_takes_the_record_and_an_older_server_cannot(store: RedisProcess) -> None:
+    cluster = Cluster(store.url, ("s1", S1), ("s2", S2))
+    alice = RendezvousClient("alice", "bob", S1, ())
+    cluster.join("s1", alice, A, 0.0)
+    moved = RendezvousClient("alice", "bob", S2, (), identity=alice.identity)
+    cluster.join("s2", moved, B, 1.0)
+    # s1 still holds a stale local entry; its departure must not take s2's record.
+    logic1 = cluster.logics["s1"]
+    assert logic1.shared is not None
+    logic1.shared.add(Departure("alice", alice.identity.public))
+    cluster._pump(1.5)
+    assert cluster.redis.exists(presence_key("alice"))
+    cluster.deliver("s2", B, moved.leave(2.0)[0][0], {B: moved}, 2.0)
+    assert not cluster.redis.exists(presence_key("alice"))
+    assert cluster.redis.exists(owner_key("alice"))  # the name stays bound to its key
+    ttl = cluster.redis.pttl(owner_key("alice"))
+    assert 0 < ttl <= 7 * 86400 * 1000  # claimed today: on probation for a week
+
+
+@needs_redis
+def test_a_registration_lives_as_long_as_its_lifetime_in_the_store(store: RedisProcess) -> None:
+    cluster = Cluster(store.url, ("s1", S1))
+    cluster.join("s1", RendezvousClient("alice", "bob", S1, ()), A, 0.0)
+    assert 25_000 < cluster.redis.pttl(presence_key("alice")) <= 30_000
+
+
+@needs_redis
+def test_a_failing_store_is_508_and_keeps_nothing(store: RedisProcess) -> None:
+    cluster = Cluster(store.url, ("s1", S1))
+    cluster.fail = True
+    alice = RendezvousClient("alice", "bob", S1, ())
+    cluster.join("s1", alice, A, 0.0)
+    assert [e.code for e in alice.pop_events() if isinstance(e, Refused)] == [ERR_CAPACITY]
+    logic = cluster.logics["s1"]
+    assert logic.registry.get("alice", 0.0) is None and logic.stats["store_error"] == 1
+
+
+def test_a_handoff_for_a_caller_who_is_gone_or_another_run_is_dropped() -> None:
+    logic = RendezvousLogic()
+    shared = logic.shared = SharedPresence("s1", logic.stats)
+    alice = RendezvousClient("alice", "bob", S1, ())
+    ready = PeerReady("bob", (), "ufrag", "p" * 22, False, bytes(32), None, bytes(32))
+    handoff = Handoff("s1", "alice", alice.identity.public, ready, restart=False)
+    assert shared.handed(logic, handoff_bytes(handoff), 0.0) == []
+    assert logic.stats["handoff_stale"] == 1
+    assert shared.handed(logic, b'{"to": 1}', 0.0) == []
+    assert shared.handed(logic, b"\xff" * 10, 0.0) == []
+    assert logic.stats["handoff_malformed"] == 2
+
+
+def test_handoff_bytes_round_trip() -> None:
+    ready = PeerReady(
+        "bob",
+        (Candidate.make(CandidateType.SRFLX, B),),
+        "ufrag",
+        "p" * 22,
+        True,
+        bytes(range(32)),
+        MAPPING_INDEPENDENT,
+        bytes(32),
+    )
+    handoff = Handoff("s2", "alice", bytes(32), ready, restart=True)
+    assert handoff_from_untrusted(handoff_bytes(handoff), "s2") == handoff
+
+
+@given(st.lists(st.binary(max_size=40), max_size=10))
+def test_store_replies_that_do_not_parse_raise_only_stun_error(reply: list[bytes]) -> None:
+    with contextlib.suppress(StunError):
+        StoreReply.from_reply_untrusted(reply)
+
+
+@given(st.binary(max_size=300))
+def test_handoffs_that_do_not_parse_raise_only_stun_error(data: bytes) -> None:
+    with contextlib.suppress(StunError):
+        handoff_from_untrusted(data, "s1")
+
+
+# -- the command, end to end --------------------------------------------------------------
+
+
+def rendezvous_on(tmp_path: Path, url: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [str(BIN / "callpeer-rendezvous"), "--listen", "127.0.0.1:0", "--redis", url],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env(tmp_path),
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert "listening on udp" in first, first
+    for line in proc.stdout:
+        if "Redis" in line:
+            break
+    return proc, first.rsplit(" ", 1)[1].strip()
+
+
+@needs_redis
+@pytest.mark.slow
+def test_a_call_between_callers_on_two_servers(tmp_path: Path, store: RedisProcess) -> None:
+    servers = [rendezvous_on(tmp_path, store.url) for _ in range(2)]
+    try:
+        procs = []
+        for me, peer, (_, where) in (("alice", "bob", servers[0]), ("bob", "alice", servers[1])):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(BIN / "callpeer"),
+                        "--as",
+                        me,
+                        peer,
+                        "--server",
+                        where,
+                        *SILENT,
+                        "--duration",
+                        "2",
+                        "--json",
+                        f"{me}.json",
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=env(tmp_path),
+                    cwd=tmp_path,
+                )
+            )
+            time.sleep(0.5)  # alice waits at her server before bob asks at his
+        for proc in procs:
+            _, err = proc.communicate(timeout=40)
+            assert proc.returncode == 0, err
+        for me in ("alice", "bob"):
+            report = json.loads((tmp_path / f"{me}.json").read_text())
+            assert report["path"] == "direct"
+            assert report["audio"]["frames_received"] >= 80
+    finally:
+        for proc, _ in servers:
+            proc.terminate()
+            proc.wait(10)
+
+
+def test_redis_and_store_do_not_go_together(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [str(BIN / "callpeer-rendezvous"), "--redis", "redis://127.0.0.1:1/0", "--store", "x"],
+        capture_output=True,
+        text=True,
+        env=env(tmp_path),
+        check=False,
+    )
+    assert out.returncode == 2 and "--store and --redis" in out.stderr
+    bad = subprocess.run(
+        [str(BIN / "callpeer-rendezvous"), "--redis", "127.0.0.1:6379"],
+        capture_output=True,
+        text=True,
+        env=env(tmp_path),
+        check=False,
+    )
+    assert bad.returncode == 2 and "redis://HOST:PORT/DB" in bad.stderr
+
+
+def test_an_unreachable_redis_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rendezvous",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--redis",
+            f"unix://{tmp_path}/nothing.sock",
+        ],
+        capture_output=True,
+        text=True,
+        env=env(tmp_path),
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "cannot reach Redis at unix://" in out.stderr and "Traceback" not in out.stderr
