@@ -37,6 +37,11 @@ class CookieJar:
         expiry = struct.pack("!I", int(now + self.lifetime) & 0xFFFFFFFF)
         return base64.urlsafe_b64encode(expiry + self._mac(src, expiry)).decode()
 
+    @staticmethod
+    def expiry(cookie: str) -> float:
+        """When a cookie `valid` accepted stops being valid, on the server's clock."""
+        return float(struct.unpack("!I", base64.urlsafe_b64decode(cookie.encode("ascii"))[:4])[0])
+
     def valid(self, cookie: str | None, src: Address, now: float) -> bool:
         if cookie is None:
             return False

@@ -8,7 +8,8 @@ live route (rendezvous/channel_routes.py: learned when the full rules last relay
 one dict look-up, a slice and a `sendto` (to its peer, or, when the peer is another allocation
 on this relay, to that allocation's client on its channel); a peer's datagram on a relayed
 address, one look-up and a `sendto` of header and data. A plain Binding request gets its answer from
-plain_binding_answer (rendezvous/behaviour.py), the same bytes the full rules give. Neither
+plain_binding_answer (rendezvous/behaviour.py), the same bytes the full rules give; a REGISTER
+that repeats one the full rules served, from rendezvous/refresh_path.py, likewise. None
 allocates anything per datagram beyond what the socket calls must, nor re-arms a timer (they
 move no deadline), and counters are added once per wake-up. Whatever is not one of those, or
 has no live route, takes the full rules exactly as before. A handler's exception is counted
@@ -28,10 +29,17 @@ from rendezvous.channel_routes import ChannelRoutes
 from voip.transport import V4_MAPPED
 from voip.transport import UdpEndpoint
 from voip.wire.stun import Address
+from voip.wire.stun import Class
+from voip.wire.stun import Method
+from voip.wire.stun import message_type
 
 DRAIN = 4096  # datagrams read per wake-up at most: a socket is read dry but timers still run
+# datagrams taken by the full rules per wake-up at most: a REGISTER from a new caller costs a
+# key agreement, and a socket full of them must not keep timers and the store's replies waiting
+SLOW_DRAIN = 256
 RECEIVE_SIZE = 65535  # a datagram is never truncated (ChannelData may carry up to 64 KiB)
 CHANNEL_HEADER = struct.Struct("!HH")
+REGISTER = struct.pack("!H", message_type(Method.CP_REGISTER, Class.REQUEST))
 
 ClientHandler = Callable[[bytes, Address, Address, float], None]  # data, src, local, now
 PeerHandler = Callable[[bytes, Address, Address], None]  # data, relayed, peer
@@ -63,6 +71,9 @@ class FastPath:
         self.logic_stats, self.relay_stats = stats
         self.slow, self.slow_peer, self.clock = slow, slow_peer, clock
         self.out: socket.socket | None = None
+        # Answers a REGISTER that repeats one served before (rendezvous/refresh_path.py), or
+        # gives None for the full rules.
+        self.quick: Callable[[bytes, Address, float], bytes | None] | None = None
 
     def attach(self, endpoint: UdpEndpoint, local: Address) -> None:
         """Read `endpoint`'s socket here instead of in the endpoint."""
@@ -79,8 +90,9 @@ class FastPath:
         now = endpoint.loop.time()
         recv, answer_to = sock.recvfrom, sock.sendto
         to_peer, relay_sockets, streams = self.routes.to_peer, self.relay_sockets, self.streams
+        quick = self.quick
         six = sock.family == socket.AF_INET6  # addresses of 4 items, IPv4 as ::ffff:a.b.c.d
-        relayed = bindings = inside = 0
+        relayed = bindings = inside = slow = 0
         try:
             for _ in range(DRAIN):
                 try:
@@ -127,11 +139,24 @@ class FastPath:
                         endpoint.errors += 1
                     bindings += 1
                     continue
+                elif data[:2] == REGISTER and quick is not None:
+                    try:
+                        answer = quick(data, src, now)
+                    except Exception:
+                        endpoint.handler_failed(src)
+                        continue
+                    if answer is not None:
+                        try:
+                            answer_to(answer, raw)
+                        except OSError:
+                            endpoint.errors += 1
+                        continue
                 try:
                     self.slow(data, src, local, now)
                 except Exception:
                     endpoint.handler_failed(src)
-                if endpoint.sock is None:  # the handler closed us
+                slow += 1
+                if endpoint.sock is None or slow >= SLOW_DRAIN:  # closed; or others' turn
                     break
         finally:
             if relayed:

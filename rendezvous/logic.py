@@ -32,10 +32,13 @@ from rendezvous.introductions import signed
 from rendezvous.limits import Limits
 from rendezvous.name_store import NameStore
 from rendezvous.ownership import NameOwnership
+from rendezvous.refresh_path import FORGET_AFTER
+from rendezvous.refresh_path import RefreshPath
 from rendezvous.registry import Entry
 from rendezvous.registry import NameTaken
 from rendezvous.registry import Registry
 from rendezvous.registry import RegistryFull
+from rendezvous.shared_presence import RESTORE_AFTER
 from rendezvous.shared_presence import Departure
 from rendezvous.shared_presence import SharedPresence
 from rendezvous.turn_server import Out
@@ -166,6 +169,7 @@ class RendezvousLogic:
             store = NameStore(max_age_days=self.limits.binding_days)
         self.owners = NameOwnership(store, self.limits, self.stats)
         self.shared: SharedPresence | None = None  # names and asks in a store (--redis)
+        self.refreshes = RefreshPath(self.registry, self.limits.names)
 
     def next_deadline(self) -> float | None:
         times = (self.introductions.next_deadline(), self.registry.next_expiry())
@@ -174,6 +178,7 @@ class RendezvousLogic:
     def poll(self, now: float) -> list[Transmit]:
         resend = self.introductions.poll(now)
         self.stats["expired"] += len(self.registry.expire(now))
+        self.refreshes.sweep(now)
         self.owners.sweep(now + self.wall_offset)
         return resend
 
@@ -356,6 +361,11 @@ class RendezvousLogic:
         out = [Out(signed(msg.reply(Class.SUCCESS, attrs), proven.key), src)]
         if peer is not None:
             out += self.introductions.introduce(entry, peer, now, first)
+        elif again is None and req.nonce is not None:  # the same request again: a quick answer
+            until = min(self.cookies.expiry(req.nonce), now + FORGET_AFTER)
+            if self.shared is not None:
+                until = min(until, entry.stored + RESTORE_AFTER)
+            self.refreshes.learn(proven, entry, out[0].data, until)
         return out + (again or [])
 
     def signed_error(self, msg: Message, src: Address, key: bytes, code: int) -> list[Out]:

@@ -15,6 +15,7 @@ from collections import Counter
 
 from rendezvous.logic import RendezvousLogic
 from rendezvous.shared_presence import Departure
+from rendezvous.shared_presence import Touch
 from rendezvous.turn_server import TURN_METHODS
 from rendezvous.turn_server import Out
 from rendezvous.turn_server import TurnServer
@@ -62,6 +63,8 @@ class RendezvousNode:
         main = local in self.mains
         if main and self.turn is not None and looks_like_channel_data(data, legacy=True):
             return self.turn.handle_channel_data(data, src, now)
+        if main and (answer := self.quick_refresh(data, src, now)) is not None:
+            return [Out(answer, src)]
         if not looks_like_stun(data) or len(data) > MAX_DATAGRAM:
             self.logic.stats["not_stun"] += 1
             return []
@@ -76,6 +79,18 @@ class RendezvousNode:
             self.logic.stats["ignored"] += 1  # the RFC 5780 ports answer Binding only
             return []
         return self.logic.handle_message(msg, src, now, local)
+
+    def quick_refresh(self, data: bytes, src: Address, now: float) -> bytes | None:
+        """The answer to a refresh that changes nothing (rendezvous/refresh_path.py), or None.
+        It moves no deadline earlier: the timer need not be re-armed."""
+        quick = self.logic.refreshes.answer(data, src, now)
+        if quick is None:
+            return None
+        answer, entry = quick
+        self.logic.stats["register"] += 1
+        if self.logic.shared is not None:
+            self.logic.shared.add(Touch(entry.name, entry.client_key))
+        return answer
 
     def from_peer(self, data: bytes, relayed: Address, peer: Address, now: float) -> list[Out]:
         if self.turn is None:

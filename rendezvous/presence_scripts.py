@@ -22,14 +22,18 @@ def presence_key(name: str) -> str:
     return f"{PREFIX}:{{{name}}}:presence"
 
 
+CHANNELS = f"{PREFIX}:server:"
+
+
 def server_channel(server: str) -> str:
     """Where a server hears the halves of introductions other servers made for its callers."""
-    return f"{PREFIX}:server:{server}"
+    return CHANNELS + server
 
 
 # KEYS: 1 presence, 2 owner, 3 the asked peer's presence (the caller's own when it asks none)
 # ARGV: 1 key, 2 server, 3 wall time, 4 wants, 5 call, 6 intro, 7 ttl ms, 8 may claim,
-#       9 probation s, 10 max age s, 11 settled after s, 12 touch interval s, 13 name
+#       9 probation s, 10 max age s, 11 settled after s, 12 touch interval s, 13 name,
+#       14 the prefix of the servers' channels
 REGISTER = """
 local key, wall = ARGV[1], tonumber(ARGV[3])
 local verdict = 'ok'
@@ -64,6 +68,15 @@ if peer[4] == ARGV[13] then
   redis.call('HSET', KEYS[1], 'w', '')
   redis.call('HSET', KEYS[3], 'w', '')
   match = 'matched'
+  if peer[1] ~= ARGV[2] then
+    -- The peer's half, to its server now: both PEER-READYs leave at once. The one who asked
+    -- first controls (ties: the asker). Format: rendezvous/shared_presence.py, handoff_bytes.
+    local ctl = 0
+    if tonumber(since) > tonumber(peer[3]) then ctl = 1 end
+    local to = ARGV[4]
+    redis.call('PUBLISH', ARGV[14] .. peer[1], string.char(1, 0, ctl, #to) .. to ..
+               string.char(#peer[2]) .. peer[2] .. ARGV[6])
+  end
 end
 return {verdict, since, match, peer[1], peer[2], peer[3], peer[5], peer[6]}
 """
@@ -73,4 +86,19 @@ LEAVE = """
 local cur = redis.call('HMGET', KEYS[1], 'k', 's')
 if cur[1] == ARGV[1] and cur[2] == ARGV[2] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# KEYS: the presence of each name refreshed; ARGV: 1 server, 2 ttl ms, then each name's key.
+# Extends the records this server wrote for those keys; the positions (from 1) of the others.
+TOUCH = """
+local gone = {}
+for i, name in ipairs(KEYS) do
+  local cur = redis.call('HMGET', name, 'k', 's')
+  if cur[1] == ARGV[i + 2] and cur[2] == ARGV[1] then
+    redis.call('PEXPIRE', name, ARGV[2])
+  else
+    gone[#gone + 1] = i
+  end
+end
+return gone
 """

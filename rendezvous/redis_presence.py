@@ -20,11 +20,14 @@ from typing import TYPE_CHECKING
 import redis.asyncio as redis_asyncio
 from redis.exceptions import RedisError
 
+from rendezvous.introductions import Handoff
 from rendezvous.name_store import PROBATION
 from rendezvous.name_store import SETTLED_AFTER
 from rendezvous.name_store import TOUCH_INTERVAL
+from rendezvous.presence_scripts import CHANNELS
 from rendezvous.presence_scripts import LEAVE
 from rendezvous.presence_scripts import REGISTER
+from rendezvous.presence_scripts import TOUCH
 from rendezvous.presence_scripts import owner_key
 from rendezvous.presence_scripts import presence_key
 from rendezvous.presence_scripts import server_channel
@@ -32,6 +35,7 @@ from rendezvous.rate_log import RateLimitedLog
 from rendezvous.shared_presence import Departure
 from rendezvous.shared_presence import Registration
 from rendezvous.shared_presence import SharedPresence
+from rendezvous.shared_presence import Touch
 from rendezvous.shared_presence import handoff_bytes
 
 if TYPE_CHECKING:
@@ -39,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STORE_TIMEOUT = 2.0  # s for one pipeline; past it, its registrations are answered 508
+STORE_TIMEOUT = 5.0  # s for one pipeline; past it, its registrations are answered 508
 RESUBSCRIBE_AFTER = 1.0  # s between attempts to hear our channel again after a failure
 
 
@@ -65,8 +69,22 @@ def register_call(
     """KEYS and ARGV of the register script for `op`."""
     keys = [presence_key(op.name), owner_key(op.name), presence_key(op.wants or op.name)]
     args: ScriptArgs = [op.key, server, repr(op.wall), op.wants, op.call, op.intro, limits[0]]
-    args += ["1" if op.may_claim else "0", *limits[1:], op.name]
+    args += ["1" if op.may_claim else "0", *limits[1:], op.name, CHANNELS]
     return keys, args
+
+
+def touch_call(
+    ops: list[Touch], server: str, limits: tuple[str, ...]
+) -> tuple[list[str], ScriptArgs]:
+    """KEYS and ARGV of the touch script: every refresh of a flush in one call."""
+    return [presence_key(op.name) for op in ops], [server, limits[0], *(op.key for op in ops)]
+
+
+def lost_names(ops: list[Touch], reply: object) -> list[str]:
+    """The names the touch script found gone; all of them when it failed (written again)."""
+    if not isinstance(reply, list):
+        return [op.name for op in ops]
+    return [ops[i - 1].name for i in reply if isinstance(i, int) and 1 <= i <= len(ops)]
 
 
 def leave_call(op: Departure, server: str) -> tuple[list[str], ScriptArgs]:
@@ -86,6 +104,7 @@ class RedisPresence:
         shared: SharedPresence,
         answered: Callable[[int, object], None],
         handed: Callable[[bytes], None],
+        lost: Callable[[list[str]], None],
         *,
         lifetime: float,
         max_age_days: int,
@@ -94,10 +113,12 @@ class RedisPresence:
         self.shared = shared
         self._answered = answered  # (token, reply or exception)
         self._handed = handed
+        self._lost = lost  # names whose records a Touch found gone
         self._limits = script_limits(lifetime, max_age_days)
         self.client: redis_asyncio.Redis = redis_asyncio.from_url(url, decode_responses=False)
         self._register = self.client.register_script(REGISTER)
         self._leave = self.client.register_script(LEAVE)
+        self._touch = self.client.register_script(TOUCH)
         self._flushing: asyncio.Task[None] | None = None
         self._listening: asyncio.Task[None] | None = None
         self._failures = RateLimitedLog(log)
@@ -139,9 +160,14 @@ class RedisPresence:
                     tokens.append(0)
                     keys, args = leave_call(op, self.shared.server_id)
                     await self._leave(keys=keys, args=args, client=pipe)
-                else:
+                elif isinstance(op, Handoff):
                     tokens.append(0)
                     pipe.publish(server_channel(op.server), handoff_bytes(op))
+            touched = [op for op in ops if isinstance(op, Touch)]
+            if touched:
+                tokens.append(-1)
+                keys, args = touch_call(touched, self.shared.server_id, self._limits)
+                await self._touch(keys=keys, args=args, client=pipe)
             try:
                 replies: list[object] = await asyncio.wait_for(
                     pipe.execute(raise_on_error=False), STORE_TIMEOUT
@@ -151,7 +177,9 @@ class RedisPresence:
                 replies = [exc] * len(tokens)
             self.round_trips += 1
             for token, reply in zip(tokens, replies, strict=True):
-                if token:
+                if token == -1:
+                    self._lost(lost_names(touched, reply))
+                elif token:
                     self._answered(token, reply)
                 elif isinstance(reply, BaseException):
                     self._failures.warning("Redis refused a departure or handoff: %s", reply)
@@ -201,11 +229,18 @@ async def share_presence(server: RendezvousServer, url: str, max_age_days: int) 
         except Exception:
             failures.warning("a handoff could not be handled", exc_info=True)
 
+    def lost(names: list[str]) -> None:
+        try:
+            shared.lost(logic, names, now())
+        except Exception:
+            failures.warning("lost records could not be written again", exc_info=True)
+
     link = RedisPresence(
         url,
         shared,
         answered,
         handed,
+        lost,
         lifetime=logic.registry.lifetime,
         max_age_days=max_age_days,
     )

@@ -8,6 +8,7 @@ logic checks the key there before it comes here.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from dataclasses import field
@@ -42,6 +43,7 @@ class Entry:
     # id of that server, which alone can send to it; its candidates are then complete as it
     # registered them (the server-reflexive one included). None: a caller of ours.
     server: str | None = None
+    stored: float = -math.inf  # when the shared store last took its record in full (--redis)
 
 
 class NameTaken(Exception):
@@ -132,6 +134,11 @@ class Registry:
         if mapping is not None:
             entry.mapping = mapping
         return entry
+
+    def extend(self, entry: Entry, now: float) -> None:
+        """A refresh that changes nothing else (rendezvous/refresh_path.py)."""
+        entry.expires = now + self.lifetime
+        self._expiries.set(entry.name, entry.expires)
 
     def remove(self, name: str, reflexive: Address) -> bool:
         """Release a name, only at the request of the address that holds it."""

@@ -163,6 +163,7 @@ class RendezvousServer:
             self.fast.attach(endpoint, local)
         if not self.also and not self.endpoint.dual:  # one socket answers every client
             self.fast.out = self.endpoint.sock
+        self.fast.quick = self.node.quick_refresh if self.node is not None else None
         if ports is not None:
             ports.reader = self.fast.peer_readable
 
@@ -181,8 +182,7 @@ class RendezvousServer:
                 )
                 local = endpoint.local_address
                 self.also[local] = endpoint
-                six = ":" in host
-                dual = self.endpoint is not None and self.endpoint.dual
+                six, dual = ":" in host, self.endpoint is not None and self.endpoint.dual
                 if not dual and (":" in self.address[0]) != six:
                     self._by_family.setdefault(six, endpoint)
                 if tcp and self.streams is not None:

@@ -18,11 +18,11 @@ from it is parsed as untrusted all the same, and a record that does not parse is
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from rendezvous.introductions import Handoff
@@ -42,8 +42,11 @@ if TYPE_CHECKING:
     from rendezvous.logic import Proven
     from rendezvous.logic import RendezvousLogic
 
-PENDING = 10_000  # registrations awaiting the store's reply; past this, 508
+PENDING = 4096  # registrations awaiting the store's reply; past this, 508 (try again)
 MAX_HANDOFF = 4096  # bytes: a PEER-READY fits a datagram, and so does its handoff
+# s after which a refresh goes to the store in full even if it changed nothing, so the owner's
+# binding is seen (its last-seen time is kept an hour at a time, rendezvous/name_store.py).
+RESTORE_AFTER = 600.0
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,15 @@ class Departure:
     key: bytes
 
 
-SharedOp = Registration | Departure | Handoff
+@dataclass(frozen=True)
+class Touch:
+    """A refresh that changed nothing: the record lives on, if it is still this server's."""
+
+    name: str
+    key: bytes
+
+
+SharedOp = Registration | Departure | Touch | Handoff
 
 
 @dataclass(frozen=True)
@@ -136,35 +147,34 @@ def remote_entry(server: bytes, key: bytes, since: float, call: bytes, intro: by
 
 
 def handoff_bytes(handoff: Handoff) -> bytes:
-    """A handoff as published to the server that holds its caller."""
-    return json.dumps(
-        {
-            "to": handoff.to,
-            "key": handoff.to_key.hex(),
-            "ready": encode(handoff.ready.to_message()).hex(),
-            "restart": handoff.restart,
-        }
-    ).encode()
+    """A handoff as published to the server that holds its caller: version 1, restart, the
+    role, the caller's name and key, then the PEER-READY (role unset). The register script
+    builds the same bytes for a match it makes (rendezvous/presence_scripts.py)."""
+    to = handoff.to.encode()
+    head = bytes([1, handoff.restart, handoff.ready.controlling, len(to)]) + to
+    ready = encode(replace(handoff.ready, controlling=False).to_message())
+    return head + bytes([len(handoff.to_key)]) + handoff.to_key + ready
 
 
 def handoff_from_untrusted(data: bytes, server: str) -> Handoff:
     """The handoff another server published for one of ours; StunError if malformed."""
-    if len(data) > 2 * MAX_HANDOFF:
-        raise StunError("handoff too large")
+    if len(data) > MAX_HANDOFF or len(data) < 5 or data[0] != 1 or data[1] > 1 or data[2] > 1:
+        raise StunError("malformed handoff header")
+    end = 4 + data[3]
+    if len(data) < end + 1 or len(data) < end + 1 + data[end]:
+        raise StunError("truncated handoff")
     try:
-        fields = json.loads(data)
-        to, key, raw, restart = fields["to"], fields["key"], fields["ready"], fields["restart"]
-        if not (isinstance(to, str) and isinstance(restart, bool)):
-            raise TypeError("handoff field types")
-        ready = PeerReady.from_message_untrusted(parse_message_untrusted(bytes.fromhex(raw)))
-        return Handoff(server, to, bytes.fromhex(key), ready, restart)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise StunError(f"malformed handoff: {exc}") from exc
+        to = data[4:end].decode()
+    except UnicodeDecodeError as exc:
+        raise StunError("handoff name is not UTF-8") from exc
+    key, raw = data[end + 1 : end + 1 + data[end]], data[end + 1 + data[end] :]
+    ready = PeerReady.from_message_untrusted(parse_message_untrusted(raw))
+    return Handoff(server, to, key, replace(ready, controlling=bool(data[2])), bool(data[1]))
 
 
 @dataclass(frozen=True)
 class _Pending:
-    proven: Proven
+    proven: Proven | None  # None: a record written again, whose REGISTER was answered
     entry: Entry  # the local entry the REGISTER made or refreshed
     fresh: bool  # made by it: removed again if the store refuses
 
@@ -197,48 +207,81 @@ class SharedPresence:
 
     def serve(self, logic: RendezvousLogic, proven: Proven, now: float) -> list[Out]:
         """A REGISTER from a proven holder of `req.key`: held locally, then asked of the store;
-        the answer goes out when the store replies (`answered`)."""
+        the answer goes out when the store replies (`answered`). A refresh that changes
+        nothing the store holds is answered at once, and its record's life extended in a
+        batch (`Touch`): the store is asked again in full only when the record is gone."""
         req, src = proven.req, proven.src
-        fresh = logic.registry.get(req.name, now) is None
+        held = logic.registry.get(req.name, now)
+        if held is not None and self._unchanged(held, proven, now, logic.limits.candidates):
+            entry = logic.enter(proven, now)
+            if not isinstance(entry, list):
+                self.add(Touch(req.name, entry.client_key))
+                return logic.answer(proven, entry, now, None, matched=False)
+            return entry
         entry = logic.enter(proven, now)
         if isinstance(entry, list):
             return entry  # refused by this server's own caps
         if len(self._pending) >= self.capacity:
             self.stats["store_backlog_full"] += 1
-            if fresh:
+            if held is None:
                 logic.registry.remove(req.name, src)
             return logic.signed_error(proven.msg, src, proven.key, ERR_CAPACITY)
+        self._ask_store(logic, _Pending(proven, entry, held is None), now)
+        return []
+
+    def _unchanged(self, held: Entry, proven: Proven, now: float, candidates: int) -> bool:
+        req = proven.req
+        return (
+            held.stored > now - RESTORE_AFTER
+            and held.client_key == req.key
+            and held.reflexive == proven.src
+            and held.wants == req.peer
+            and held.ice == req.ice
+            and (req.mapping is None or req.mapping == held.mapping)
+            and held.host_candidates == req.host_candidates[:candidates]
+        )
+
+    def _ask_store(self, logic: RendezvousLogic, pending: _Pending, now: float) -> None:
         self._token += 1
-        self._pending[self._token] = _Pending(proven, entry, fresh)
-        wall = now + logic.wall_offset
+        self._pending[self._token] = pending
+        entry, wall = pending.entry, now + logic.wall_offset
         call = ""
         if entry.call is not None and entry.ice is not None and entry.ice == entry.call_ice:
             call = f"{entry.call[0]} {entry.call[1].hex()}"
         intro = b""
         if entry.ice is not None:
-            ready = logic.introductions.ready_for(entry, False, entry.ice)
-            intro = encode(ready.to_message())
+            intro = encode(logic.introductions.ready_for(entry, False, entry.ice).to_message())
+        claim = logic.owners.claims.allowed(entry.reflexive[0], wall)
         self.add(
             Registration(
                 self._token,
-                req.name,
+                entry.name,
                 entry.client_key,
                 wall,
-                req.peer or "",
+                entry.wants or "",
                 call,
                 intro,
-                logic.owners.claims.allowed(src[0], wall),
+                claim,
             )
         )
-        return []
+
+    def lost(self, logic: RendezvousLogic, names: list[str], now: float) -> None:
+        """Records a Touch found gone (expired in the store, or written by another server):
+        written again in full, as a new registration would (its answer went out already)."""
+        for name in names:
+            entry = logic.registry.get(name, now)
+            if entry is not None and len(self._pending) < self.capacity:
+                self.stats["store_rewritten"] += 1
+                entry.stored = -math.inf
+                self._ask_store(logic, _Pending(None, entry, False), now)
 
     def answered(self, logic: RendezvousLogic, token: int, reply: object, now: float) -> list[Out]:
         """The store's reply to a Registration (an exception if the store failed)."""
         pending = self._pending.pop(token, None)
         if pending is None:
             return []
-        req, src, entry = pending.proven.req, pending.proven.src, pending.entry
-        if logic.registry.get(req.name, now) is not entry or entry.client_key != req.key:
+        entry = pending.entry
+        if logic.registry.get(entry.name, now) is not entry:
             self.stats["store_reply_stale"] += 1  # left, expired or taken over meanwhile
             return []
         try:
@@ -253,9 +296,9 @@ class SharedPresence:
             return self._refuse(
                 logic, pending, ERR_NAME_TAKEN if answer.verdict == "owned" else ERR_QUOTA
             )
-        wall = now + logic.wall_offset
+        entry.stored = now
         if answer.verdict == "claimed":
-            logic.owners.claims.claimed(src[0], wall)
+            logic.owners.claims.claimed(entry.reflexive[0], now + logic.wall_offset)
             self.stats["claimed"] += 1
         peer = answer.peer
         first = peer is None or answer.since <= peer.since  # both asks' times, from the store
@@ -264,15 +307,22 @@ class SharedPresence:
             local = logic.registry.get(peer.name, now)
             peer = local if local is not None and local.client_key == peer.client_key else None
         matched = answer.match == "matched"
-        out = logic.answer(pending.proven, entry, now, peer, matched, first=first)
-        self.add(*logic.introductions.handoffs)
+        if pending.proven is None:  # a record written again: no answer is owed
+            out = logic.introductions.introduce(entry, peer, now, first) if peer and matched else []
+        else:
+            out = logic.answer(pending.proven, entry, now, peer, matched, first=first)
+        # A new introduction's other half the register script published itself; a restart's
+        # is ours to send.
+        self.add(*(h for h in logic.introductions.handoffs if h.restart))
         logic.introductions.handoffs.clear()
         return out
 
     def _refuse(self, logic: RendezvousLogic, pending: _Pending, code: int) -> list[Out]:
-        if pending.fresh:
-            logic.registry.remove(pending.proven.req.name, pending.proven.src)
-        proven = pending.proven
+        entry, proven = pending.entry, pending.proven
+        if pending.fresh or (proven is None and code != ERR_CAPACITY):
+            logic.registry.remove(entry.name, entry.reflexive)  # not ours to hold after all
+        if proven is None:
+            return []
         return logic.signed_error(proven.msg, proven.src, proven.key, code)
 
     def handed(self, logic: RendezvousLogic, data: bytes, now: float) -> list[Out]:

@@ -20,14 +20,19 @@ from rendezvous.introductions import Handoff
 from rendezvous.logic import RendezvousLogic
 from rendezvous.presence_scripts import LEAVE
 from rendezvous.presence_scripts import REGISTER
+from rendezvous.presence_scripts import TOUCH
 from rendezvous.presence_scripts import owner_key
 from rendezvous.presence_scripts import presence_key
+from rendezvous.presence_scripts import server_channel
 from rendezvous.redis_presence import leave_call
+from rendezvous.redis_presence import lost_names
 from rendezvous.redis_presence import register_call
 from rendezvous.redis_presence import script_limits
+from rendezvous.redis_presence import touch_call
 from rendezvous.shared_presence import Departure
 from rendezvous.shared_presence import SharedPresence
 from rendezvous.shared_presence import StoreReply
+from rendezvous.shared_presence import Touch
 from rendezvous.shared_presence import handoff_bytes
 from rendezvous.shared_presence import handoff_from_untrusted
 from tests.test_cli import BIN
@@ -74,19 +79,24 @@ def store(tmp_path: Path) -> Iterator[RedisProcess]:
 
 class Cluster:
     """Rendezvous logics sharing one real Redis, driven in step: each op goes to Redis as the
-    asyncio link sends it (the same scripts and arguments), each handoff straight to the
-    logic whose id it names (the link's PUBLISH, tested end to end below)."""
+    asyncio link sends it (the same scripts and arguments), and what is published on each
+    server's channel goes to that server's logic."""
 
     def __init__(self, url: str, *servers: tuple[str, Addr]):
         self.redis = redis.Redis.from_url(url)
         self.register = self.redis.register_script(REGISTER)
         self.leave = self.redis.register_script(LEAVE)
+        self.touch = self.redis.register_script(TOUCH)
         self.logics: dict[str, RendezvousLogic] = {}
         self.where: dict[str, Addr] = {}
+        self.pubsub = self.redis.pubsub()
         for server_id, address in servers:
             logic = RendezvousLogic(lifetime=30.0, wallclock=1.7e9)
             logic.shared = SharedPresence(server_id, logic.stats)
             self.logics[server_id], self.where[server_id] = logic, address
+            self.pubsub.subscribe(server_channel(server_id))
+        while self.pubsub.get_message(timeout=1.0) is not None:
+            pass  # the subscriptions' confirmations
         self.sent: list[tuple[str, Addr, Message]] = []  # (server id, to, message)
         self.fail = False  # the store answers every op with an error
 
@@ -118,18 +128,21 @@ class Cluster:
 
     def _pump(self, now: float) -> list[tuple[str, list[tuple[bytes, Addr]]]]:
         made = []
-        for sid, logic in self.logics.items():
+        for sid, logic in [(k, v) for k, v in self.logics.items() for _ in range(2)]:
             assert logic.shared is not None
-            for op in logic.shared.take_ops():
+            for op in logic.shared.take_ops():  # twice: a lost record's rewrite too
                 if isinstance(op, Handoff):
-                    target = self.logics[op.server]
-                    assert target.shared is not None
-                    outs = target.shared.handed(target, handoff_bytes(op), now)
-                    made.append((op.server, [(o.data, o.dest) for o in outs]))
+                    self.redis.publish(server_channel(op.server), handoff_bytes(op))
                     continue
                 if isinstance(op, Departure):
                     keys, args = leave_call(op, sid)
                     self.leave(keys=keys, args=args)
+                    continue
+                if isinstance(op, Touch):
+                    keys, args = touch_call([op], sid, script_limits(30.0, 365))
+                    logic.shared.lost(
+                        logic, lost_names([op], self.touch(keys=keys, args=args)), now
+                    )
                     continue
                 keys, args = register_call(op, sid, script_limits(30.0, 365))
                 reply: object = (
@@ -137,6 +150,14 @@ class Cluster:
                 )
                 outs = logic.shared.answered(logic, op.token, reply, now)
                 made.append((sid, [(o.data, o.dest) for o in outs]))
+        while (message := self.pubsub.get_message(timeout=0.05)) is not None:
+            if message["type"] != "message":
+                continue
+            sid = message["channel"].decode().rsplit(":", 1)[1]
+            target = self.logics[sid]
+            assert target.shared is not None
+            outs = target.shared.handed(target, message["data"], now)
+            made.append((sid, [(o.data, o.dest) for o in outs]))
         return made
 
     def join(self, server_id: str, client: RendezvousClient, src: Addr, now: float) -> None:
@@ -235,6 +256,35 @@ def test_a_registration_lives_as_long_as_its_lifetime_in_the_store(store: RedisP
 
 
 @needs_redis
+def test_a_refresh_that_changes_nothing_is_answered_at_once_and_touches_the_record(
+    store: RedisProcess,
+) -> None:
+    cluster = Cluster(store.url, ("s1", S1))
+    logic = cluster.logics["s1"]
+    assert logic.shared is not None
+    alice = RendezvousClient("alice", "bob", S1, ())
+    cluster.join("s1", alice, A, 0.0)
+    cluster.redis.pexpire(presence_key("alice"), 5000)
+    refresh = alice.refresh(10.0)[0][0]
+    answers = [(d, a) for d, a in logic.handle_datagram(refresh, A, 10.0)]
+    assert len(answers) == 1  # answered before the store is asked anything
+    ops = logic.shared.take_ops()
+    assert [type(op) for op in ops] == [Touch]
+    logic.shared.add(*ops)
+    cluster._pump(10.0)
+    assert cluster.redis.pttl(presence_key("alice")) > 25_000  # its life extended
+    # A record gone from the store (expired there, say) is written again in full.
+    cluster.redis.delete(presence_key("alice"))
+    logic.handle_datagram(alice.refresh(20.0)[0][0], A, 20.0)
+    cluster._pump(20.0)
+    assert cluster.redis.hget(presence_key("alice"), "w") == b"bob"
+    assert logic.stats["store_rewritten"] == 1
+    # Another key's record under the name is not touched, and ours is not written over it
+    # without the owner's check: the owner binding says whose it is.
+    assert cluster.redis.hget(owner_key("alice"), "k") == alice.identity.public
+
+
+@needs_redis
 def test_a_failing_store_is_508_and_keeps_nothing(store: RedisProcess) -> None:
     cluster = Cluster(store.url, ("s1", S1))
     cluster.fail = True
@@ -253,7 +303,7 @@ def test_a_handoff_for_a_caller_who_is_gone_or_another_run_is_dropped() -> None:
     handoff = Handoff("s1", "alice", alice.identity.public, ready, restart=False)
     assert shared.handed(logic, handoff_bytes(handoff), 0.0) == []
     assert logic.stats["handoff_stale"] == 1
-    assert shared.handed(logic, b'{"to": 1}', 0.0) == []
+    assert shared.handed(logic, b"\x01\x00\x00\x09alice", 0.0) == []
     assert shared.handed(logic, b"\xff" * 10, 0.0) == []
     assert logic.stats["handoff_malformed"] == 2
 
