@@ -233,7 +233,7 @@ def introductions(
         a.sock.recv(4096)  # waiting
         t0 = time.perf_counter()
         b.sock.sendto(b.data, b.server)
-        arrived = {}
+        arrived: dict[str, float] = {}
         poll = select.epoll()
         for c in (a, b):
             c.sock.setblocking(False)

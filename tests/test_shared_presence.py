@@ -89,7 +89,7 @@ class Cluster:
         self.touch = self.redis.register_script(TOUCH)
         self.logics: dict[str, RendezvousLogic] = {}
         self.where: dict[str, Addr] = {}
-        self.pubsub = self.redis.pubsub()
+        self.pubsub = self.redis.pubsub()  # type: ignore[no-untyped-call]
         for server_id, address in servers:
             logic = RendezvousLogic(lifetime=30.0, wallclock=1.7e9)
             logic.shared = SharedPresence(server_id, logic.stats)
