@@ -157,6 +157,7 @@ def _start_servers(
     tls: tuple[Path, Path] | None,
     alternate: bool,
     relay_args: list[str],
+    redis: str | None = None,
 ) -> subprocess.Popen[str] | None:
     """The relay node's TURN relay (ours or coturn) and the rendezvous, which offers it to
     callers with REST credentials from `secret` (as it would offer a coturn fleet); `tls`
@@ -187,7 +188,7 @@ def _start_servers(
         procs.append((ours, "relay"))
     server_args = [
         *rendezvous,
-        f"--store={workdir / 'names.sqlite3'}",
+        f"--redis={redis}" if redis else f"--store={workdir / 'names.sqlite3'}",
         "--listen",
         f"{SERVER_IP}:3478",
         "--turn-url",
@@ -227,6 +228,8 @@ def run_lab_call(
     turn_secret: str | None = None,
     caller_args: dict[str, list[str]] | None = None,
     relay_args: list[str] | None = None,
+    redis: str | None = None,
+    servers: dict[str, str] | None = None,
 ) -> LabCallResult:
     """Build the lab, run one call through it, return what each side reported.
 
@@ -243,7 +246,9 @@ def run_lab_call(
     (callpeer-rendezvous) or "coturn"; either way the rendezvous offers callers
     turn:RELAY_IP:3478 with REST credentials from `turn_secret` (random if None).
     `caller_args` adds arguments to one caller's command line, by name; `relay_args` to our
-    relay's, whose output, once it is stopped after the call, is `relay_output`."""
+    relay's, whose output, once it is stopped after the call, is `relay_output`. With `redis`
+    (a URL) the rendezvous keeps its names there; `servers` gives a caller, by name, another
+    rendezvous than SERVER_IP:3478 (one `prepare` starts, say)."""
     if relay not in RELAYS:
         raise LabError(f"relay must be one of {', '.join(RELAYS)}, not {relay!r}")
     with Lab(config) as lab:
@@ -271,6 +276,7 @@ def run_lab_call(
             tls=pair,
             alternate=alternate_address,
             relay_args=relay_args or [],
+            redis=redis,
         )
         for side in ("a", "b"):
             if config.port_mapping_for(side):
@@ -303,7 +309,7 @@ def run_lab_call(
                 me,
                 peer,
                 "--server",
-                f"{SERVER_IP}:3478",
+                (servers or {}).get(me, f"{SERVER_IP}:3478"),
                 "--input",
                 inputs[me],
                 "--output",
