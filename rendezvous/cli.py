@@ -8,6 +8,7 @@ import copy
 import ipaddress
 import secrets
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from rendezvous.name_store import NameStoreError
 from rendezvous.name_store import default_store_path
 from rendezvous.offload import ChannelOffload
 from rendezvous.redis_presence import StoreUnreachable
+from rendezvous.relay_fleet import RelayFleet
 from rendezvous.running import loop_factory
 from rendezvous.running import raise_open_file_limit
 from rendezvous.running import run_server
@@ -49,7 +51,9 @@ def build_server(
     if args.turn_url:
         if not args.turn_secret:
             raise ValueError("--turn-url needs --turn-secret (the TURN server's REST secret)")
-        offer = RelayOffer(turn_url(args.turn_url), args.turn_secret)
+        relays = tuple(dict.fromkeys(resolved(turn_url(url)) for url in args.turn_url))
+        fleet = RelayFleet(relays) if len(relays) > 1 else None
+        offer = RelayOffer(relays[0], args.turn_secret, fleet=fleet)
     try:
         allowed = [ipaddress.ip_network(c, strict=False) for c in args.allow_peer]
     except ValueError as exc:
@@ -65,6 +69,8 @@ def build_server(
     if store is None:
         store = open_store(args.store, limits.binding_days)
     logic = RendezvousLogic(args.lifetime, relay=offer, limits=limits, store=store)
+    if offer is not None and offer.fleet is not None:
+        offer.fleet.stats = logic.stats  # relays going down and coming back, counted
     wildcard = host in ("0.0.0.0", "::", "")  # noqa: S104
     relay_host, relay_host6 = relay_addresses(args.relay_address)
     # By default the relay is on the --listen host, if that is an IPv4 address (see above).
@@ -78,6 +84,17 @@ def build_server(
         limits=limits,
     )
     return RendezvousServer.with_relay(relay_host, logic, policy, relay_host6, port_range(args))
+
+
+def resolved(address: tuple[str, int]) -> tuple[str, int]:
+    """A relay's address as callers are told it: an IP address (a name is looked up once, at
+    start); ValueError if it cannot be."""
+    host, port = address
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError) as exc:
+        raise ValueError(f"--turn-url: cannot resolve {host!r}: {exc}") from exc
+    return str(info[0][4][0]), port
 
 
 def port_range(args: argparse.Namespace) -> tuple[int, int] | None:

@@ -104,10 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     relay.add_argument(
         "--turn-url",
+        action="append",
         metavar="turn:HOST:PORT",
         help="offer callers this TURN server instead of our own (coturn with "
         "use-auth-secret, or callpeer-rendezvous on the relay host), with "
-        "credentials from --turn-secret",
+        "credentials from --turn-secret; given again, a fleet sharing that secret: those that "
+        "answer are offered, and each caller allocates on the one nearest to it",
     )
     relay.add_argument(
         "--allow-peer",

@@ -38,6 +38,7 @@ from rendezvous.registry import Entry
 from rendezvous.registry import NameTaken
 from rendezvous.registry import Registry
 from rendezvous.registry import RegistryFull
+from rendezvous.relay_fleet import RelayFleet
 from rendezvous.shared_presence import RESTORE_AFTER
 from rendezvous.shared_presence import Departure
 from rendezvous.shared_presence import SharedPresence
@@ -90,12 +91,15 @@ class RelayOffer:
     server: Address
     secret: str
     ttl: int = REST_CREDENTIAL_TTL  # s; a call keeps the credentials it started with
+    fleet: RelayFleet | None = None  # several relays sharing the secret: those that answer
 
     def attributes(self, name: str, unix_now: float) -> list[tuple[int, bytes]]:
-        """Relay credentials: only ever in an answer to a registered, proven caller."""
+        """Relay credentials, good on every relay offered: only ever in an answer to a
+        registered, proven caller."""
         username, password = rest_credentials(self.secret, name, unix_now, self.ttl)
+        relays = self.fleet.up() if self.fleet is not None else [self.server]
         return [
-            (Attr.CP_TURN_SERVER, encode_address(self.server)),
+            *((Attr.CP_TURN_SERVER, encode_address(relay)) for relay in relays),
             (Attr.CP_TURN_USERNAME, text(username)),
             (Attr.CP_TURN_PASSWORD, text(password)),
         ]

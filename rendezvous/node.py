@@ -73,6 +73,9 @@ class RendezvousNode:
         except StunError:
             self.logic.stats["malformed"] += 1
             return []
+        fleet = self.logic.relay.fleet if self.logic.relay is not None else None
+        if main and fleet is not None and msg.method == Method.BINDING and fleet.answered(msg):
+            return []  # a relay we offer is up
         if main and self.turn is not None and msg.method in TURN_METHODS:
             return self.turn.handle_request(msg, data, src, now)
         if not main and (msg.method != Method.BINDING or msg.cls != Class.REQUEST):
@@ -118,11 +121,18 @@ class RendezvousNode:
             self.logic.stats["left_with_stream"] += 1
 
     def next_deadline(self) -> float | None:
-        times = [self.logic.next_deadline(), self.turn.next_deadline() if self.turn else None]
+        fleet = self.logic.relay.fleet if self.logic.relay is not None else None
+        times = [
+            self.logic.next_deadline(),
+            self.turn.next_deadline() if self.turn else None,
+            fleet.next_deadline() if fleet is not None else None,
+        ]
         return min((t for t in times if t is not None), default=None)
 
     def poll(self, now: float) -> list[Out]:
         out = [Out(data, dest) for data, dest in self.logic.poll(now)]
+        if self.logic.relay is not None and self.logic.relay.fleet is not None:
+            out += self.logic.relay.fleet.poll(now)  # which relays we offer answer
         if self.turn is not None:
             self.turn.poll(now)
         return out

@@ -82,7 +82,9 @@ async def run_server(
             where = " and ".join(server.relay_ports.hosts)
             print(f"relaying (TURN) with allocations on {where}", flush=True)
         if relay is not None:
-            print(f"offering callers the relay turn:{format_address(relay.server)}", flush=True)
+            relays = relay.fleet.relays if relay.fleet is not None else (relay.server,)
+            where = ", ".join(f"turn:{format_address(r)}" for r in relays)
+            print(f"offering callers the relay {where}", flush=True)
         addresses = server.logic.addresses
         if addresses is not None and addresses.alternate is not None:
             where = ", ".join(format_address(a) for a in addresses.all())
