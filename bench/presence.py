@@ -54,6 +54,12 @@ Addr = tuple[str, int]
 HOST = "127.0.0.1"
 BIN = Path(sys.executable).parent
 BUFFER = 8 * 1024 * 1024
+BASELINE = [0]  # Redis's used_memory before any name
+
+
+def cpu_seconds(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
 
 
 @dataclass
@@ -62,8 +68,7 @@ class Server:
     address: Addr
 
     def cpu(self) -> float:
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return float(t.user + t.system)
+        return cpu_seconds(self.proc.pid)
 
     def rss(self) -> int:
         return int(psutil.Process(self.proc.pid).memory_info().rss)
@@ -201,17 +206,22 @@ def blast(callers: list[Caller], window: int) -> tuple[float, int, int]:
     return time.perf_counter() - start, answered, errors
 
 
-def phase(label: str, callers: list[Caller], servers: list[Server], window: int) -> None:
+def phase(
+    label: str, callers: list[Caller], servers: list[Server], window: int, store: RedisProcess
+) -> None:
     before = [s.cpu() for s in servers]
+    redis_before = cpu_seconds(store.proc.pid)
     seconds, answered, errors = blast(callers, window)
     cpu = [s.cpu() - b for s, b in zip(servers, before, strict=True)]
+    redis_cpu = cpu_seconds(store.proc.pid) - redis_before
     rate = answered / seconds
     per_cpu = [answered / len(servers) / c if c > 0 else float("nan") for c in cpu]
     print(
         f"{label:<14} {answered:>7,} answered, {errors} refused, in {seconds:5.2f} s: "
         f"{rate:>8,.0f}/s in all, {rate / len(servers):>7,.0f}/s per server; "
         f"per CPU second of a server: {', '.join(f'{x:,.0f}' for x in per_cpu)} "
-        f"(server CPU {', '.join(f'{c / seconds:.0%}' for c in cpu)})",
+        f"(server CPU {', '.join(f'{c / seconds:.0%}' for c in cpu)}); "
+        f"Redis {redis_cpu / max(answered, 1) * 1e6:.1f} us of CPU each",
         flush=True,
     )
 
@@ -265,6 +275,24 @@ def introductions(
     return latencies, gaps
 
 
+def owners_only(store: RedisProcess) -> int:
+    """Redis's memory with every presence record gone (and put back): the bindings alone."""
+    client = redis.Redis.from_url(store.url)
+    saved = {}
+    for key in client.scan_iter(match="callpeer:*:presence", count=1000):
+        saved[key] = (client.dump(key), client.pttl(key))
+    pipe = client.pipeline(transaction=False)
+    for key in saved:
+        pipe.delete(key)
+    pipe.execute()
+    used = store.memory_used() - BASELINE[0]
+    for key, (dumped, ttl) in saved.items():
+        if dumped is not None:
+            pipe.restore(key, max(ttl, 1), dumped)
+    pipe.execute()
+    return used
+
+
 def pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))]
 
@@ -295,6 +323,7 @@ def main() -> None:
         try:
             servers = [start_server(args.names, store.url) for _ in range(args.servers)]
             redis_before, rss_before = store.memory_used(), [s.rss() for s in servers]
+            BASELINE[:] = [redis_before]
             t0 = time.perf_counter()
             callers = make_callers(
                 [f"user{i}" for i in range(args.names)],
@@ -302,15 +331,20 @@ def main() -> None:
                 args.sockets,
             )
             print(f"requests built in {time.perf_counter() - t0:.1f} s", flush=True)
-            phase("registrations", callers, servers, args.window)
+            phase("registrations", callers, servers, args.window, store)
             redis_used = store.memory_used() - redis_before
             rss = [s.rss() - b for s, b in zip(servers, rss_before, strict=True)]
-            phase("refreshes", callers, servers, args.window)
-            phase("refreshes", callers, servers, args.window)
+            phase("refreshes", callers, servers, args.window, store)
+            phase("refreshes", callers, servers, args.window, store)
             print(
                 f"memory per online name: Redis {redis_used / args.names:,.0f} B; "
                 f"each server {', '.join(f'{r / (args.names / len(servers)):,.0f}' for r in rss)} "
                 "B of RSS per name it holds",
+                flush=True,
+            )
+            print(
+                f"  of which the binding of a name to its key (kept while it is offline): "
+                f"{owners_only(store) / args.names:,.0f} B",
                 flush=True,
             )
             rtt = redis_round_trip(store)

@@ -311,6 +311,10 @@ class SharedPresence:
             out = logic.introductions.introduce(entry, peer, now, first) if peer and matched else []
         else:
             out = logic.answer(pending.proven, entry, now, peer, matched, first=first)
+        if peer is not None and entry.call is not None:
+            # In a call now: the next refresh writes it to the store, so that a restart asked
+            # at another server finds it (rendezvous/introductions.py: `restarting`).
+            entry.stored = peer.stored = -math.inf
         # A new introduction's other half the register script published itself; a restart's
         # is ours to send.
         self.add(*(h for h in logic.introductions.handoffs if h.restart))
@@ -351,4 +355,5 @@ class SharedPresence:
             me.wants = None
             me.call, me.call_ice = (ready.peer, ready.peer_key), me.ice
             me.call_controlling, me.restarts = ready.controlling, []
+            me.stored = -math.inf  # its call goes to the store with its next refresh
         return [logic.introductions.tell(me, ready, now)]

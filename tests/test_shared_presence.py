@@ -210,6 +210,30 @@ def test_callers_on_two_servers_are_introduced_within_one_store_round_trip(
 
 
 @needs_redis
+def test_a_call_between_two_servers_can_meet_again(store: RedisProcess) -> None:
+    """An ICE restart across servers: alice asks again in her call with bob, and bob's server
+    hands him the new introduction (the call's record reached the store at his refresh)."""
+    cluster = Cluster(store.url, ("s1", S1), ("s2", S2))
+    alice = RendezvousClient("alice", "bob", S1, ())
+    bob = RendezvousClient("bob", "alice", S2, ())
+    clients = {A: alice, B: bob}
+    cluster.join("s1", alice, A, 0.0)
+    cluster.deliver("s2", B, bob.start(1.0)[0][0], clients, 1.0)
+    for client in (alice, bob):
+        assert any(isinstance(e, GotPeer) for e in client.pop_events())
+    cluster.deliver("s2", B, bob.refresh(2.0)[0][0], clients, 2.0)  # in the call now
+    cluster.sent.clear()
+    moved: Addr = ("203.0.113.5", 4444)  # alice's NAT forgot her: a new public port
+    cluster.deliver("s1", moved, alice.ask(3.0)[0][0], {moved: alice, B: bob}, 3.0)
+    intros = peer_readies(cluster.sent)
+    assert set(intros) == {moved, B}
+    assert intros[B][1].candidates[0] == Candidate.make(CandidateType.SRFLX, moved)
+    assert intros[moved][1].controlling and not intros[B][1].controlling  # the call's roles
+    assert [e.again for e in bob.pop_events() if isinstance(e, GotPeer)] == [True]
+    assert cluster.logics["s2"].stats["restarted"] == 1
+
+
+@needs_redis
 def test_a_name_is_its_owners_on_every_server(store: RedisProcess) -> None:
     cluster = Cluster(store.url, ("s1", S1), ("s2", S2))
     alice = RendezvousClient("alice", "bob", S1, ())
