@@ -260,6 +260,7 @@ def serve_worker(
         server.turn.policy.sibling_ports = whole
         server.turn.policy.own_ports = (mine.min_port, mine.max_port)
     server.receive_buffer, server.reuse_port = args.rcvbuf, True
+    worker.shares_names = args.redis is not None
     run = run_server(
         server,
         host,
@@ -272,7 +273,7 @@ def serve_worker(
         also=also,
         on_started=worker.started,
         offload=offload,
-        redis=args.redis if worker.home else None,  # the home alone serves names
+        redis=args.redis,  # each worker serves the names of its clients; alone, the home
     )
     try:
         with asyncio.Runner(

@@ -41,6 +41,18 @@ def relaying(data: bytes) -> bool:
     return method in TURN_METHODS
 
 
+SIGNALLING = frozenset({Method.CP_REGISTER, Method.CP_LEAVE, Method.CP_PEER_READY})
+
+
+def signalling(data: bytes) -> bool:
+    """A name's REGISTER, LEAVE or PEER-READY answer: what a worker also handles itself when
+    the names live in a shared store (--redis); otherwise the home's."""
+    if not looks_like_stun(data):
+        return False
+    method, _ = split_message_type((data[0] << 8) | data[1])
+    return method in SIGNALLING
+
+
 class RendezvousNode:
     def __init__(
         self,

@@ -1,8 +1,9 @@
 """callpeer-rendezvous --workers N: N processes on one port, one core each (SO_REUSEPORT).
 
 The kernel hashes each client's datagrams (by source and destination address and port) to one
-worker, which holds that client's relay allocations, so relaying scales with the cores. Worker
-0, the home, also holds the names, the introductions, the TCP and TLS listeners and the RFC 5780
+worker, which holds that client's relay allocations, so relaying scales with the cores; with
+--redis, that client's name too (the store is shared). Worker 0, the home, also holds the names
+(without --redis), the introductions, the TCP and TLS listeners and the RFC 5780
 ports; the others pass it what is not theirs (rendezvous/worker_link.py), and it answers from its
 own socket on the same port. Every worker knows the TURN secret (REST credentials check the
 same everywhere) and draws relayed ports from its own slice of one range, so an allocation can
@@ -31,6 +32,7 @@ from dataclasses import field
 from pathlib import Path
 
 from rendezvous.node import relaying
+from rendezvous.node import signalling
 from rendezvous.server import RendezvousServer
 from rendezvous.worker_link import HomeReader
 from rendezvous.worker_link import link_pair
@@ -53,6 +55,7 @@ class Worker:
     listens: list[Address]  # every worker's main addresses (ports resolved)
     links: list[socket.socket] = field(default_factory=list)  # home: one a worker; else one
     ready_fd: int = -1
+    shares_names: bool = False  # names in a shared store (--redis): each worker serves its own
 
     @property
     def home(self) -> bool:
@@ -75,18 +78,21 @@ class Worker:
                 reader = HomeReader(link, fast.forwarded, loop.time)
                 loop.add_reader(link.fileno(), reader.readable)
         else:
-            fast.slow = forwarder(fast.slow, self.links[0])
+            fast.slow = forwarder(fast.slow, self.links[0], self.shares_names)
         os.write(self.ready_fd, b"1")
         os.close(self.ready_fd)
 
 
 def forwarder(
-    take: Callable[[bytes, Address, Address, float], None], link: socket.socket
+    take: Callable[[bytes, Address, Address, float], None],
+    link: socket.socket,
+    names: bool = False,
 ) -> Callable[[bytes, Address, Address, float], None]:
-    """A worker's full rules: TURN its own, everything else to the home."""
+    """A worker's full rules: TURN its own (and with `names`, its clients' names, which live
+    in a shared store), everything else to the home."""
 
     def route(data: bytes, src: Address, local: Address, now: float) -> None:
-        if relaying(data):
+        if relaying(data) or (names and signalling(data)):
             take(data, src, local, now)
             return
         try:  # noqa: SIM105 - per datagram

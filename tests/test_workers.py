@@ -19,8 +19,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 
 from rendezvous.node import relaying
+from rendezvous.presence_scripts import presence_key
 from rendezvous.turn_server import TurnPolicy
 from rendezvous.worker_link import pack_frame
 from rendezvous.worker_link import unpack_frame
@@ -31,6 +33,8 @@ from rendezvous.workers import default_relay_range
 from tests.test_call import silent_call
 from voip import Call
 from voip import CallOptions
+from voip.lab.redis_server import redis_unavailable_reason
+from voip.lab.redis_server import start_redis
 from voip.nat.turn_client import TurnClient
 from voip.wire.stun import Address
 from voip.wire.stun import Class
@@ -76,7 +80,9 @@ def test_the_relay_ports_are_split_whole_between_the_workers() -> None:
 
 
 @contextlib.contextmanager
-def workers_server(*extra: str) -> Iterator[tuple[subprocess.Popen[str], Address]]:
+def workers_server(
+    *extra: str, store: str = "--store=:memory:"
+) -> Iterator[tuple[subprocess.Popen[str], Address]]:
     proc = subprocess.Popen(
         [
             str(BIN / "callpeer-rendezvous"),
@@ -87,7 +93,7 @@ def workers_server(*extra: str) -> Iterator[tuple[subprocess.Popen[str], Address
             f"--turn-secret={SECRET}",
             f"--min-port={RANGE[0]}",
             f"--max-port={RANGE[1]}",
-            "--store=:memory:",
+            store,
             *extra,
         ],
         stdout=subprocess.PIPE,
@@ -156,6 +162,50 @@ def test_two_callers_on_different_workers_call_each_other_through_the_relay() ->
             assert report["path"] == "relay", report["verdict"]
             assert report["paths"]["relay"]["rtt_ms"]["samples"] >= 1
             assert report["audio"]["frames_received"] >= 50
+
+
+def ports_on_both_workers(server: Address) -> list[int]:
+    ports: dict[int, int] = {}
+    for _ in range(40):  # each port lands on one of two workers: one of each comes soon
+        port = free_port()
+        ports.setdefault(worker_of(port, server), port)
+        if len(ports) == 2:
+            return [ports[0], ports[1]]
+    raise AssertionError("every port landed on one worker")
+
+
+@pytest.mark.skipif(redis_unavailable_reason() is not None, reason=redis_unavailable_reason() or "")
+def test_with_redis_each_worker_serves_the_names_of_its_own_clients(tmp_path: Path) -> None:
+    store = start_redis(tmp_path / "redis")
+    try:
+        with workers_server(store=f"--redis={store.url}") as (_, server):
+            ports = ports_on_both_workers(server)
+            holders: dict[str, bytes | str | None] = {}
+
+            async def scenario() -> tuple[Call, Call]:
+                options = CallOptions(bind_host="127.0.0.1")
+                calls = [
+                    silent_call(me, peer, server, replace(options, bind_port=port))
+                    for (me, peer), port in zip(PAIR, ports, strict=True)
+                ]
+                alice, bob = calls
+                async with alice, bob:
+                    running = asyncio.gather(alice.run(2.0), bob.run(2.0))
+                    await asyncio.sleep(1.0)
+                    client = redis.Redis.from_url(store.url)
+                    for name in ("alice", "bob"):
+                        holders[name] = client.hget(presence_key(name), "s")
+                    await asyncio.wait_for(running, 30)
+                return alice, bob
+
+            for call in asyncio.run(scenario()):
+                report = call.report().to_dict()
+                assert report["path"] == "direct", report["verdict"]
+                assert report["audio"]["frames_received"] >= 50
+        # Two workers, two server ids: each registered its own client with the store.
+        assert None not in holders.values() and holders["alice"] != holders["bob"], holders
+    finally:
+        store.stop()
 
 
 def test_stopping_the_server_stops_every_worker_and_so_does_killing_it() -> None:
