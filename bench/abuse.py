@@ -29,9 +29,9 @@ from typing import Any
 from rendezvous.limits import Limits
 from rendezvous.logic import RendezvousLogic
 from rendezvous.server import RendezvousServer
-from voip.nat.rendezvous_client import Refused
-from voip.nat.rendezvous_client import Registered
 from voip.nat.rendezvous_client import RendezvousClient
+from voip.nat.signal_events import Refused
+from voip.nat.signal_events import Registered
 from voip.nat.turn_client import Allocated
 from voip.nat.turn_client import TurnClient
 from voip.nat.turn_client import TurnFailed

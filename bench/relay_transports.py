@@ -27,8 +27,8 @@ from rendezvous.tls import server_context
 from voip import CallOptions
 from voip.lab.tone_calls import timed_call
 from voip.lab.tone_calls import tone_caller
-from voip.nat.rendezvous_client import TurnOffer
 from voip.nat.server_transports import Transport
+from voip.nat.signal_events import TurnOffer
 from voip.report import percentile
 from voip.security.identity import Identity
 from voip.wire.turn import rest_credentials

@@ -24,9 +24,9 @@ from rendezvous.turn_server import TurnPolicy
 from rendezvous.turn_server import TurnServer
 from tests.test_rendezvous import converse
 from voip.nat import checks
-from voip.nat.rendezvous_client import Refused
-from voip.nat.rendezvous_client import Registered
 from voip.nat.rendezvous_client import RendezvousClient
+from voip.nat.signal_events import Refused
+from voip.nat.signal_events import Registered
 from voip.transport import UdpEndpoint
 from voip.wire.candidates import Candidate
 from voip.wire.candidates import CandidateType

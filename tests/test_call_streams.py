@@ -20,8 +20,8 @@ from voip import WavSink
 from voip import events as ev
 from voip.codecs.pcm import dominant_frequency
 from voip.media.audio_io import read_wav
-from voip.nat.rendezvous_client import TurnOffer
 from voip.nat.server_transports import Transport
+from voip.nat.signal_events import TurnOffer
 from voip.wire.turn import rest_credentials
 
 

@@ -32,8 +32,8 @@ from voip import ToneSource
 from voip import WavSink
 from voip.codecs.pcm import dominant_frequency
 from voip.media.audio_io import read_wav
-from voip.nat.rendezvous_client import TurnOffer
 from voip.nat.server_transports import Transport
+from voip.nat.signal_events import TurnOffer
 from voip.nat.turn_client import TurnClient
 from voip.wire.transactions import Schedule
 from voip.wire.turn import looks_like_channel_data

@@ -21,10 +21,10 @@ from tests.test_rendezvous import SERVER
 from tests.test_rendezvous import converse
 from tests.test_rendezvous import join
 from voip.nat.connector import Connector
-from voip.nat.rendezvous_client import Refused
-from voip.nat.rendezvous_client import Registered
 from voip.nat.rendezvous_client import RendezvousClient
-from voip.nat.rendezvous_client import SignalEvent
+from voip.nat.signal_events import Refused
+from voip.nat.signal_events import Registered
+from voip.nat.signal_events import SignalEvent
 from voip.security.identity import Identity
 from voip.security.registration import RegistrationKeyPair
 from voip.transport import UdpEndpoint

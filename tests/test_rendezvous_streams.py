@@ -34,8 +34,8 @@ from rendezvous.tls import self_signed
 from rendezvous.tls import server_context
 from rendezvous.turn_server import TurnPolicy
 from rendezvous.turn_server import TurnServer
-from voip.nat.rendezvous_client import Registered
 from voip.nat.rendezvous_client import RendezvousClient
+from voip.nat.signal_events import Registered
 from voip.nat.turn_client import Allocated
 from voip.nat.turn_client import TurnClient
 from voip.wire.stream_framing import StreamDeframer

@@ -13,9 +13,9 @@ from rendezvous.logic import RendezvousLogic
 from tests.test_rendezvous import SERVER
 from tests.test_rendezvous import Addr
 from tests.test_rendezvous import converse
-from voip.nat.rendezvous_client import GotPeer
-from voip.nat.rendezvous_client import Refreshed
 from voip.nat.rendezvous_client import RendezvousClient
+from voip.nat.signal_events import GotPeer
+from voip.nat.signal_events import Refreshed
 from voip.security.identity import Identity
 from voip.wire.candidates import Candidate
 from voip.wire.candidates import CandidateType

@@ -30,7 +30,7 @@ from voip.nat.nominator import Nominator
 from voip.nat.pairs import Base
 from voip.nat.pairs import RelayMode
 from voip.nat.relay_base import RelayBase
-from voip.nat.rendezvous_client import TurnOffer
+from voip.nat.signal_events import TurnOffer
 from voip.nat.turn_client import Allocated
 from voip.nat.turn_client import PermissionRefused
 from voip.nat.turn_client import TurnClient

@@ -19,6 +19,7 @@ import functools
 import time
 from collections.abc import AsyncIterator
 from collections.abc import Callable
+from collections.abc import Sequence
 
 from voip import events as ev
 from voip.call_core import CallCore
@@ -29,6 +30,8 @@ from voip.host_addresses import gateway_for_port_mapping
 from voip.host_addresses import host_candidates
 from voip.media.audio_io import AudioSink
 from voip.media.audio_io import AudioSource
+from voip.nat.hard_nat import HardNat
+from voip.nat.rendezvous_servers import server_list
 from voip.nat.server_transports import ServerTransports
 from voip.nat.server_transports import Transport
 from voip.report import CallReport
@@ -58,15 +61,17 @@ class Call:
         *,
         source: AudioSource,
         sink: AudioSink,
-        server: Address = ("127.0.0.1", 3478),
+        server: Address | Sequence[Address] = ("127.0.0.1", 3478),
         options: CallOptions | None = None,
         on_event: Callable[[ev.CallEvent], None] | None = None,
     ):
+        """`server`: the rendezvous, or several: registered with in turn as each stops answering."""
         self.name = name
         self.peer = peer
         self.source = source
         self.sink = sink
-        self.server = server
+        self.servers = server_list(server)
+        self.server = self.servers[0]
         self.options = options or CallOptions()
         self.on_event = on_event
         self._queue: asyncio.Queue[ev.CallEvent] = asyncio.Queue()
@@ -74,6 +79,7 @@ class Call:
         self._endpoint: UdpEndpoint | None = None
         self._net: ServerStreams | None = None  # sends: over UDP, or a server's TCP/TLS stream
         self._relay_watched: Address | None = None
+        self._rendezvous_watched: Address | None = None
         self._side: dict[int, UdpEndpoint] = {}  # birthday punching's extra sockets, by index
         self._upnp: CallUpnp | None = None
         self._timer: Timer | None = None
@@ -131,7 +137,7 @@ class Call:
         self._core = CallCore(
             self.name,
             self.peer,
-            self.server,
+            self.servers,
             hosts,
             source=self.source,
             sink=self.sink,
@@ -139,7 +145,6 @@ class Call:
             wallclock_offset=time.time() - loop.time(),
         )
         self._timer = Timer(loop, self._core.next_deadline, self._on_timer)
-        self._net.watch(self.server, self.options.server_transport, self.options.server_name)
         self._send(self._core.start(loop.time()))
         if (mapper := self._core.connector.port_mapper) is not None:  # UPnP beside PCP
             self._upnp = CallUpnp(mapper, self._nudge)
@@ -248,6 +253,8 @@ class Call:
         """Out over UDP or a server's stream; a relay the core has just taken on is watched
         first, so its first request already goes the way it is asked to."""
         assert self._net is not None and self._core is not None
+        if (rendezvous := self._core.connector.signal.server) != self._rendezvous_watched:
+            self._watch_rendezvous(rendezvous)
         turn = self._core.connector.turn
         if turn is not None and turn.server != self._relay_watched:
             self._relay_watched = turn.server
@@ -255,34 +262,29 @@ class Call:
             self._net.watch(turn.server, *((offer.transport, offer.name) if offer else ()))
         self._net.send_all(out)
 
+    def _watch_rendezvous(self, server: Address) -> None:
+        """The rendezvous registered with now: watched, for a stream if UDP gets no answer."""
+        assert self._net is not None and self._core is not None
+        self._rendezvous_watched = server
+        name = self.options.server_names.get(server, self.options.server_name)
+        self._net.watch(server, self.options.server_transport, name)
+        if (transport := self._net.policy.transport(server)) != Transport.UDP:
+            self._core.reached_over(server, str(transport))  # back to one on a stream already
+
     def _reached(self, server: Address, transport: Transport, why: str) -> None:
         """A server is reached over a stream now (or UDP again): the report, and a line."""
         assert self._core is not None and self._net is not None  # streams open after start
         self._core.reached_over(server, str(transport), self._net.policy.udp_blocked)
         relay = self._core.connector.turn
-        roles = [server == self.server, relay is not None and server == relay.server]
+        roles = [server in self.servers, relay is not None and server == relay.server]
         role = " and ".join(r for r, yes in zip(("rendezvous", "relay"), roles, strict=True) if yes)
         self._emit(ev.ServerTransport(server, role or "server", str(transport), why))
 
     def _sides(self) -> None:
         """Birthday punching's extra sockets: opened, closed and sent from as the core says."""
         assert self._core is not None
-        hard = self._core.connector.hard
-        if hard.opener is None and not self._side:
-            return
-        wanted = set(hard.open)
-        for index in [i for i in self._side if i not in wanted]:
-            self._side.pop(index).close()
-        for index in sorted(wanted - self._side.keys()):
-            try:
-                self._side[index] = UdpEndpoint.open(
-                    self.options.bind_host, 0, functools.partial(self._on_side, index)
-                )
-            except OSError:  # out of file descriptors: guess with the sockets we have
-                break
-        for send in hard.pop_side():
-            if (side := self._side.get(send.index)) is not None:
-                side.send(send.data, send.dest)
+        hard, host = self._core.connector.hard, self.options.bind_host
+        sync_side_sockets(hard, self._side, host, self._on_side)
 
     def _pass_events(self) -> None:
         assert self._core is not None
@@ -297,6 +299,29 @@ class Call:
         self._queue.put_nowait(event)
         if self.on_event is not None:
             self.on_event(event)
+
+
+def sync_side_sockets(
+    hard: HardNat,
+    sides: dict[int, UdpEndpoint],
+    host: str,
+    on_side: Callable[[int, bytes, Address, float], None],
+) -> None:
+    """Birthday punching's extra sockets in `sides` (by index): opened and closed as `hard`
+    wants them, and its datagrams sent from them."""
+    if hard.opener is None and not sides:
+        return
+    wanted = set(hard.open)
+    for index in [i for i in sides if i not in wanted]:
+        sides.pop(index).close()
+    for index in sorted(wanted - sides.keys()):
+        try:
+            sides[index] = UdpEndpoint.open(host, 0, functools.partial(on_side, index))
+        except OSError:  # out of file descriptors: guess with the sockets we have
+            break
+    for send in hard.pop_side():
+        if (side := sides.get(send.index)) is not None:
+            side.send(send.data, send.dest)
 
 
 def open_call_socket(host: str, port: int, on_datagram: DatagramHandler) -> UdpEndpoint:

@@ -10,6 +10,8 @@ path. The asyncio `Call` (voip/call.py) only moves datagrams and fires `poll` at
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from voip import events as ev
 from voip.call_messages import failure_message
 from voip.call_options import CallOptions
@@ -33,7 +35,8 @@ from voip.nat.path_manager import PathManager
 from voip.nat.path_manager import Restart
 from voip.nat.path_manager import Switched
 from voip.nat.port_mapper import PortMapper
-from voip.nat.rendezvous_client import Asked
+from voip.nat.signal_events import Asked
+from voip.nat.signal_events import ServerMoved
 from voip.report import CallReport
 from voip.security.handshake import is_handshake
 from voip.security.identity import Identity
@@ -56,7 +59,7 @@ Transmit = tuple[bytes, Address]
 def connector_for(
     name: str,
     peer: str,
-    server: Address,
+    server: Address | Sequence[Address],
     hosts: tuple[Candidate, ...],
     options: CallOptions,
     *,
@@ -104,7 +107,7 @@ class CallCore(EventQueue[ev.CallEvent]):
         self,
         name: str,
         peer: str,
-        server: Address,
+        server: Address | Sequence[Address],  # several: moved between as each stops answering
         hosts: tuple[Candidate, ...],
         *,
         source: AudioSource,
@@ -113,7 +116,7 @@ class CallCore(EventQueue[ev.CallEvent]):
         wallclock_offset: float = 0.0,
     ):
         super().__init__()
-        self.name, self.peer, self.server = name, peer, server
+        self.name, self.peer = name, peer
         self.source, self.sink, self.options = source, sink, options
         self.identity = options.identity or Identity.generate()
         self.known_peers = options.known_peers or KnownPeers()
@@ -202,7 +205,7 @@ class CallCore(EventQueue[ev.CallEvent]):
         """The shell reaches `server` over `transport` ("udp", "tcp", "tls") now; with
         `udp_blocked`, because UDP got no answer where a stream did."""
         self.recorder.reached_over(server, transport)
-        if server == self.server:  # its answers tell nothing of our UDP mapping
+        if server == self.connector.signal.server:  # its answers tell nothing of our mapping
             self.connector.signal.over_stream = transport != "udp"
         self.connector.udp_blocked = self.connector.udp_blocked or udp_blocked
 
@@ -346,6 +349,8 @@ def connector_event(call: CallCore, event: ConnectorEvent, now: float, base: Cal
     if isinstance(event, MEASURED):
         if made := call.recorder.measured(event, since, call.connector.relay.shown):
             call._events.append(made)
+    elif isinstance(event, ServerMoved):
+        call._events.append(ev.ServerMoved(event.old, event.new, event.answered))
     elif isinstance(event, Asked):
         if event.status == "waiting":
             call._events.append(ev.Waiting(call.peer, now))

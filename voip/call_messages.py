@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from voip.nat import checks
 from voip.nat.connector import ConnectorEvent
 from voip.nat.connector import PeerTimeout
-from voip.nat.rendezvous_client import Refused
-from voip.nat.rendezvous_client import Unreachable
+from voip.nat.signal_events import Refused
+from voip.nat.signal_events import Unreachable
 from voip.wire.candidates import format_address
 from voip.wire.signal import ERR_CAPACITY
 from voip.wire.signal import ERR_NAME_TAKEN
@@ -38,13 +38,16 @@ REFUSAL_HINTS = {
 
 def failure_message(call: CallCore, event: ConnectorEvent) -> str | None:
     """The message that ends `call` for `event`, or None when the event does not end it."""
-    server = format_address(call.server)
+    signal = call.connector.signal
+    server = format_address(signal.server)
     if isinstance(event, Refused):
         hint = REFUSAL_HINTS.get(event.code, "").format(name=call.name)
         return f"the rendezvous at {server} refused us: {event.code} {event.reason}{hint}"
-    if isinstance(event, Unreachable) and call.connector.signal.mapped is None:
+    if isinstance(event, Unreachable) and signal.mapped is None:
+        servers = ", ".join(format_address(s) for s in signal.servers)
+        where = "rendezvous at" if len(signal.servers) == 1 else "rendezvous servers"
         return (
-            f"no answer from the rendezvous at {server} after {event.waited:.0f} s (is "
+            f"no answer from the {where} {servers} after {event.waited:.0f} s (is "
             "callpeer-rendezvous running there, and is UDP let through?)"
         )
     if isinstance(event, PeerTimeout):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import field
 
-from voip.nat.rendezvous_client import TurnOffer
 from voip.nat.server_transports import TLS_PORT
 from voip.nat.server_transports import Transport
+from voip.nat.signal_events import TurnOffer
 from voip.security.identity import Identity
 from voip.security.known_peers import KnownPeers
+from voip.wire.stun import Address
 
 
 @dataclass
@@ -46,5 +48,6 @@ class CallOptions:
     # rendezvous's certificate must carry, if not its IP address.
     server_transport: Transport | None = None
     server_name: str | None = None
+    server_names: dict[Address, str] = field(default_factory=dict)  # several: each its own
     tls_ca: str | None = None
     tls_port: int = TLS_PORT

@@ -24,7 +24,7 @@ from voip.nat.found_by import found_by
 from voip.nat.pairs import Pair
 from voip.nat.port_mapper import PortMapped
 from voip.nat.port_mapper import PortMappingFailed
-from voip.nat.rendezvous_client import Registered
+from voip.nat.signal_events import Registered
 from voip.report import CallReport
 from voip.report import PathMetrics
 from voip.wire.candidates import format_address

@@ -5,16 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import getpass
-import ipaddress
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
-from rendezvous.local import DEFAULT_SERVER
-from rendezvous.local import find_or_host
 from voip.call import Call
 from voip.call import CallError
 from voip.call import CallOptions
@@ -28,18 +24,18 @@ from voip.cli_output import Presenter
 from voip.cli_output import UsageError
 from voip.cli_output import show_report
 from voip.cli_output import write_json
+from voip.cli_servers import call_servers
+from voip.cli_servers import tls_name
 from voip.config import Config
 from voip.config import load_config
 from voip.media.audio_io import AudioSpecError
 from voip.media.audio_io import open_sink
 from voip.media.audio_io import open_source
-from voip.nat.rendezvous_client import TurnOffer
 from voip.nat.server_transports import TLS_PORT
 from voip.nat.server_transports import Transport
+from voip.nat.signal_events import TurnOffer
 from voip.security.known_peers import default_known_peers_path
 from voip.transport import resolve
-from voip.wire.candidates import format_address
-from voip.wire.candidates import parse_address
 from voip.wire.signal import check_name
 from voip.wire.stun import Address
 from voip.wire.turn import rest_credentials
@@ -64,9 +60,11 @@ def add_call_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--server",
+        action="append",
         metavar="HOST:PORT",
-        help="the rendezvous (default: config 'server', else 127.0.0.1:3478, hosted "
-        "in this process if none answers there)",
+        help="the rendezvous (default: config 'server', else 127.0.0.1:3478, hosted in this "
+        "process if none answers there); given again, or a name with several addresses: "
+        "each in turn, the next when one stops answering",
     )
     p.add_argument(
         "--input",
@@ -220,18 +218,6 @@ def turn_offer(args: argparse.Namespace, name: str) -> TurnOffer | None:
     return TurnOffer((host, port), username, password, forced, tls_name(host))
 
 
-def tls_name(host: str | None) -> str | None:
-    """The name a server's TLS certificate must carry: the host as typed, unless it is an IP
-    address (then the certificate must carry that address)."""
-    if host is None:
-        return None
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return host
-    return None
-
-
 def check_plot_path(path: str) -> None:
     """Refuse a --plot file matplotlib cannot write now, rather than after the call."""
     try:
@@ -244,29 +230,6 @@ def check_plot_path(path: str) -> None:
         raise UsageError(
             f"--plot: cannot draw a .{suffix} file; one of: {', '.join(sorted(kinds))}"
         )
-
-
-async def _server_address(
-    arg: str | None, config_server: str | None, err: Console
-) -> tuple[Address, Any]:
-    text = arg or config_server
-    if text is None:
-        address, hosted = await find_or_host(DEFAULT_SERVER)
-        if hosted is not None:
-            err.print(
-                f"no rendezvous answered on {format_address(DEFAULT_SERVER)}; hosting one in "
-                "this process (it lives as long as this call)",
-                highlight=False,
-            )
-        return address, hosted
-    try:
-        host, port = parse_address(text, default_port=3478)
-    except ValueError as exc:
-        raise UsageError(f"--server: {exc}") from exc
-    try:
-        return await resolve(host, port), None
-    except OSError as exc:
-        raise UsageError(f"--server: cannot resolve {host!r}: {exc.strerror or exc}") from exc
 
 
 def _measured_keepalive(server: Address, err: Console) -> float | None:
@@ -326,20 +289,18 @@ async def run_call(args: argparse.Namespace) -> int:
             raise
     except AudioSpecError as exc:  # a bad tone, WAV file or path: what the user typed
         raise UsageError(str(exc)) from exc
-    server, hosted = await _server_address(args.server, config.server, err)
+    servers = await call_servers(args.server, config.servers, err)
     transport = args.server_transport
-    typed = args.server or config.server
-    server_name = tls_name(parse_address(typed, default_port=3478)[0]) if typed else None
-    if hosted is None:
-        err.print(f"contacting the rendezvous at {format_address(server)}...", highlight=False)
-    keepalive = _measured_keepalive(server, err)
+    if servers.hosted is None:
+        err.print(f"contacting the rendezvous at {servers.describe()}...", highlight=False)
+    keepalive = _measured_keepalive(servers.addresses[0], err)
     presenter = Presenter(err)
     call = Call(
         name,
         args.peer,
         source=source,
         sink=sink,
-        server=server,
+        server=servers.addresses,
         options=CallOptions(
             wait_timeout=args.wait,
             relay=args.relay,
@@ -353,7 +314,8 @@ async def run_call(args: argparse.Namespace) -> int:
             accept_new_key=args.accept_new_key,
             port_mapping=args.port_mapping and config.port_mapping,
             server_transport=None if transport == "auto" else Transport(transport),
-            server_name=server_name,
+            server_name=servers.names.get(servers.addresses[0]),
+            server_names=servers.names,
             tls_ca=args.tls_ca,
             tls_port=args.tls_port,
         ),
@@ -370,8 +332,8 @@ async def run_call(args: argparse.Namespace) -> int:
     finally:
         await call.hangup("hung up")
         presenter.stop()
-        if hosted is not None:
-            hosted.close()
+        if servers.hosted is not None:
+            servers.hosted.close()
     if call.report().path != "none":
         show_report(call.report().to_dict(), args.json)
     elif args.json:

@@ -84,6 +84,12 @@ class Presenter:
                 f"relay allocated: {format_address(event.relayed)} on TURN server "
                 f"{format_address(event.server)}{over}"
             )
+        elif isinstance(event, ev.ServerMoved):
+            how = "stopped answering" if event.answered else "does not answer"
+            self._line(
+                f"rendezvous {format_address(event.old)} {how}; registering with "
+                f"{format_address(event.new)}"
+            )
         elif isinstance(event, ev.ServerTransport):
             why = f" ({event.why})" if event.why else ""
             self._line(

@@ -46,6 +46,16 @@ class ServerTransport:
 
 
 @dataclass(frozen=True)
+class ServerMoved:
+    """The rendezvous `old` got no answer through a REGISTER's retransmissions: registering
+    with `new`, the next server given, asking for the same peer."""
+
+    old: Address
+    new: Address
+    answered: bool  # `old` had answered before (it stopped answering), else it never did
+
+
+@dataclass(frozen=True)
 class PortMapped:
     """Our router opened a public port for the call on request (or would not: `public` None)."""
 
@@ -108,6 +118,7 @@ CallEvent = (
     | Waiting
     | RelayAllocated
     | ServerTransport
+    | ServerMoved
     | PortMapped
     | Punching
     | Secured

@@ -276,11 +276,18 @@ async def request(
 async def resolve(host: str, port: int) -> Address:
     """A numeric address for host (an IPv4 one if it has one: a call registers where its NAT's
     mapping is learned, and natcheck probes IPv4; else IPv6); OSError with the reason."""
+    return (await resolve_all(host, port))[0]
+
+
+async def resolve_all(host: str, port: int) -> list[Address]:
+    """Every address of host in the resolver's order, each once: its IPv4 ones if it has any,
+    as `resolve` prefers (a server of the other family would see another mapping of ours),
+    else its IPv6 ones; OSError with the reason."""
     loop = asyncio.get_running_loop()
     host = host.removeprefix("[").removesuffix("]")  # "[2001:db8::10]" as typed in a URI
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     if not infos:
         raise OSError(f"{host!r} has no address")
     four = [info for info in infos if info[0] == socket.AF_INET]
-    addr = (four or infos)[0][4]
-    return str(addr[0]), int(addr[1])
+    found = [(str(info[4][0]), int(info[4][1])) for info in four or infos]
+    return list(dict.fromkeys(found))

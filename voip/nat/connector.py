@@ -16,6 +16,8 @@ sides again (`Restarted`), each with fresh checks under the call's credentials.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from voip.nat import checks
 from voip.nat.connector_events import ConnectorEvent
 from voip.nat.connector_events import Introduced
@@ -31,11 +33,11 @@ from voip.nat.meeting import turn_events
 from voip.nat.pairs import RelayMode
 from voip.nat.port_mapper import PortMapper
 from voip.nat.relay_base import RelayBase
-from voip.nat.rendezvous_client import GotPeer
-from voip.nat.rendezvous_client import Refreshed
-from voip.nat.rendezvous_client import Registered
 from voip.nat.rendezvous_client import RendezvousClient
-from voip.nat.rendezvous_client import TurnOffer
+from voip.nat.signal_events import GotPeer
+from voip.nat.signal_events import Refreshed
+from voip.nat.signal_events import Registered
+from voip.nat.signal_events import TurnOffer
 from voip.nat.turn_client import TurnClient
 from voip.security.identity import Identity
 from voip.wire.candidates import Candidate
@@ -66,7 +68,7 @@ class Connector(EventQueue[ConnectorEvent]):
         self,
         name: str,
         peer: str,
-        server: Address,
+        server: Address | Sequence[Address],  # several: moved between (rendezvous_client.py)
         host_candidates: tuple[Candidate, ...],
         *,
         wait_timeout: float = 120.0,

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from voip.nat import checks
 from voip.nat.port_mapper import PortMapped
 from voip.nat.port_mapper import PortMappingFailed
-from voip.nat.rendezvous_client import Asked
-from voip.nat.rendezvous_client import Refused
-from voip.nat.rendezvous_client import Registered
-from voip.nat.rendezvous_client import Unreachable
+from voip.nat.signal_events import Asked
+from voip.nat.signal_events import Refused
+from voip.nat.signal_events import Registered
+from voip.nat.signal_events import ServerMoved
+from voip.nat.signal_events import Unreachable
 from voip.wire.signal import PeerReady
 from voip.wire.stun import Address
 
@@ -48,6 +49,7 @@ ConnectorEvent = (
     | Asked
     | Refused
     | Unreachable
+    | ServerMoved
     | Introduced
     | Restarted
     | PeerTimeout

@@ -12,7 +12,7 @@ from voip.nat import checks
 from voip.nat.connector_events import RelayReady
 from voip.nat.nominator import NOMINATE_AFTER
 from voip.nat.nominator import RELAY_GRACE
-from voip.nat.rendezvous_client import Refreshed
+from voip.nat.signal_events import Refreshed
 from voip.nat.turn_client import Allocated
 from voip.nat.turn_client import PermissionRefused
 from voip.nat.turn_client import TurnClient

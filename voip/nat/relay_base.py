@@ -15,7 +15,7 @@ from __future__ import annotations
 from voip.nat.checklist import through_relay
 from voip.nat.pairs import Base
 from voip.nat.pairs import Pair
-from voip.nat.rendezvous_client import TurnOffer
+from voip.nat.signal_events import TurnOffer
 from voip.nat.turn_client import TurnClient
 from voip.wire.candidates import Candidate
 from voip.wire.candidates import CandidateType

@@ -12,16 +12,30 @@ identity key that owns the peer's name.
 In a call, asking again (`ask`, with the same credentials) is an ICE restart: the server
 introduces both sides again, and a PEER-READY that comes in a call, from the same peer key in a
 transaction not seen before, is reported as `GotPeer(again=True)`.
+
+Given several servers (voip/nat/rendezvous_servers.py), it registers with the first; when a
+REGISTER to the current one fails through its retransmissions, it forgets that server's cookie
+and keys and registers with the next at once (`ServerMoved`), asking for the same peer with the
+same credentials, so the call it waits for is the same. Only the current server introduces.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 from dataclasses import replace
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from voip.nat.server_transports import Transport
+from voip.nat.rendezvous_servers import RendezvousServers
+from voip.nat.signal_events import Asked
+from voip.nat.signal_events import GotPeer
+from voip.nat.signal_events import Refreshed
+from voip.nat.signal_events import Refused
+from voip.nat.signal_events import Registered
+from voip.nat.signal_events import ServerMoved
+from voip.nat.signal_events import SignalEvent
+from voip.nat.signal_events import TurnOffer
+from voip.nat.signal_events import Unreachable
 from voip.security.handshake import commitment
 from voip.security.identity import Identity
 from voip.security.registration import BadPublicKey
@@ -30,6 +44,7 @@ from voip.wire.candidates import Candidate
 from voip.wire.sans_io import EventQueue
 from voip.wire.sans_io import earliest
 from voip.wire.signal import ERR_UNAUTHENTICATED
+from voip.wire.signal import MAPPING_INDEPENDENT
 from voip.wire.signal import MAX_CANDIDATES
 from voip.wire.signal import UNPROVEN_REGISTER_BYTES
 from voip.wire.signal import IceCredentials
@@ -44,7 +59,6 @@ from voip.wire.stun import StunError
 from voip.wire.stun import check_integrity
 from voip.wire.stun import encode
 from voip.wire.stun import text
-from voip.wire.transactions import SERVER_SCHEDULE
 from voip.wire.transactions import Transaction
 from voip.wire.transactions import TransactionTable
 
@@ -52,76 +66,21 @@ Transmit = tuple[bytes, Address]
 
 RETRY_AFTER_UNREACHABLE = 2.0
 MAX_CHALLENGES = 3  # 401s in a row, each with a fresh cookie, before we give up
-
-
-@dataclass(frozen=True)
-class TurnOffer:
-    """A relay the rendezvous offers, with short-lived credentials for it."""
-
-    server: Address
-    username: str
-    password: str
-    transport: Transport | None = None  # None: UDP, then TCP, then TLS (server_transports.py)
-    name: str | None = None  # the name its TLS certificate must carry, if not its IP address
-
-
-@dataclass(frozen=True)
-class Registered:
-    mapped: Address  # our public address as the server saw it (server-reflexive)
-    lifetime: float
-    status: str  # "registered"; "waiting" or "matched" once we ask for the peer
-    turn: TurnOffer | None = None
-    other: Address | None = None  # the server's RFC 5780 alternate address, if it has one
-
-
-@dataclass(frozen=True)
-class Asked:
-    status: str  # "waiting" for the peer, or "matched" at once
-
-
-@dataclass(frozen=True)
-class Refused:
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class Unreachable:
-    server: Address
-    waited: float
-
-
-@dataclass(frozen=True)
-class Refreshed:
-    """A later registration answered: our public address now, and whether it moved."""
-
-    mapped: Address
-    moved: bool
-    asked: bool = False  # the answer to asking for the peer (a PEER-READY may follow)
-
-
-@dataclass(frozen=True)
-class GotPeer:
-    ready: PeerReady
-    again: bool = False  # in a call already: an ICE restart
-
-
-SignalEvent = Registered | Refreshed | Asked | Refused | Unreachable | GotPeer
 SEEN_INTRODUCTIONS = 8  # PEER-READY transactions remembered, so no retransmission restarts
 
 
 class RendezvousClient(EventQueue[SignalEvent]):
     """Registers `name` asking for `peer`, refreshes before expiry, answers PEER-READY.
 
-    `identity` owns the name at the server; None makes one for this run only, which can hold
-    a name that no other key has claimed there.
+    `server`: one address, or several to move between. `identity` owns the name at the
+    server; None makes one for this run only, which can hold a name no other key has claimed.
     """
 
     def __init__(
         self,
         name: str,
         peer: str,
-        server: Address,
+        server: Address | Sequence[Address],
         host_candidates: tuple[Candidate, ...],
         *,
         ask_now: bool = True,
@@ -132,14 +91,12 @@ class RendezvousClient(EventQueue[SignalEvent]):
         self.name = name
         self.peer: str | None = peer if ask_now else None
         self._wanted_peer = peer
-        self.server = server
+        self.ring = RendezvousServers(server)
+        self.servers, self.server = self.ring.all, self.ring.current  # all, and the current
         self.host_candidates = self._hosts = host_candidates[:MAX_CANDIDATES]
         self.mapped: Address | None = None
         self.mapping: str | None = None  # our NAT's mapping behaviour, told to the server
-        # Seconds between refreshes at most: a NAT that forgets a quiet mapping sooner than
-        # the name's refresh would cut the server off from us, and a symmetric one would give
-        # the refresh a new public port, which the server refuses as someone else.
-        self.keepalive = keepalive
+        self.keepalive = keepalive  # s between refreshes at most (our NAT forgets sooner)
         self.peer_ready: PeerReady | None = None
         self._seen_ready: list[bytes] = []  # PEER-READY transaction ids, newest last
         self._txns: TransactionTable[str] = TransactionTable()
@@ -158,6 +115,7 @@ class RendezvousClient(EventQueue[SignalEvent]):
         self._server_key: bytes | None = None
         self._nonce: str | None = None  # the server's cookie for our address
         self._challenges = 0
+        self._new_server = False  # moved: the next answer is the first from this server
         self.over_stream = False  # reached over TCP or TLS (the shell's fallback), not UDP
         self.forged = 0  # signalling whose MESSAGE-INTEGRITY failed, or for another peer
 
@@ -199,7 +157,12 @@ class RendezvousClient(EventQueue[SignalEvent]):
         resend, failed = self._txns.poll(now)
         out += [(t.data, t.dest) for t in resend]
         for txn in failed:
-            self._events.append(Unreachable(self.server, now - txn.started))
+            if txn.dest != self.server:
+                continue  # for the server we have just left
+            if not self._closed and self.ring.failed(txn.started, self.mapped is not None):
+                out.append(self._move(now, now - txn.started))
+                continue
+            self._events.append(Unreachable(self.server, self.ring.waited(now, txn.started)))
             if self.mapped is not None and not self._closed:
                 # Registered before, so the server was there: it may be restarting. Keep trying,
                 # or the name lapses and a peer who calls later never finds us.
@@ -222,6 +185,16 @@ class RendezvousClient(EventQueue[SignalEvent]):
         return None
 
     # -- internals ------------------------------------------------------------------------
+    def _move(self, now: float, waited: float) -> Transmit:
+        """To the next server: what we agreed with the old one means nothing there."""
+        old, self.server = self.server, self.ring.advance()
+        self._events.append(ServerMoved(old, self.server, waited, self._nonce is not None))
+        self._key = self._server_key = self._nonce = None
+        self._challenges, self._new_server, self.over_stream = 0, True, False
+        self._txns.cancel_all()
+        self._refresh_at = None
+        return self._register(now)
+
     def _encode(self, msg: Message) -> bytes:
         if self._key is None:
             return encode(msg, fingerprint=True)
@@ -263,7 +236,8 @@ class RendezvousClient(EventQueue[SignalEvent]):
             req = replace(req, attributes=(*req.attributes, padding))
             data = self._encode(req)
         context = "ask" if self.peer is not None else "register"
-        txn = Transaction.scheduled(req.transaction_id, data, self.server, context, SERVER_SCHEDULE)
+        schedule = self.ring.schedule(answered_here=self._nonce is not None)
+        txn = Transaction.scheduled(req.transaction_id, data, self.server, context, schedule)
         return self._txns.start(now, txn), self.server
 
     def _on_register_answer(
@@ -277,6 +251,7 @@ class RendezvousClient(EventQueue[SignalEvent]):
         except StunError:
             self._txns.restore(txn)  # not an answer we can read: wait for the real one
             return []
+        self.ring.answered()
         if nonce is not None:  # a cookie for our address: ask again with it, under its key
             self._nonce = nonce
             self._take_server_key(msg.get(Attr.CP_KEY))
@@ -299,23 +274,16 @@ class RendezvousClient(EventQueue[SignalEvent]):
             self._events.append(Refused(code, reason))
             return []
         try:
-            mapped = msg.xor_address()
-            lifetime = float(msg.u32(Attr.LIFETIME) or 30)
-            status = msg.text(Attr.CP_STATUS) or "waiting"
-            turn = _turn_offer(msg)
-            # Over TCP or TLS, RFC 5780's probes (over UDP) could tell nothing of our mapping.
-            other = None if self.over_stream else msg.address(Attr.OTHER_ADDRESS)
+            mapped, lifetime, status, turn, other = _answer_untrusted(msg, self.over_stream)
         except StunError:
             return []
-        if mapped is None:
-            return []
-        first, moved = self.mapped is None, mapped != self.mapped
-        self.mapped = mapped
-        # Refresh at a third of the lifetime, so two lost refreshes still keep the name.
-        interval = max(1.0, lifetime / 3)
-        if self.keepalive is not None:
-            interval = min(interval, self.keepalive)
-        self._refresh_at = now + interval
+        # The first answer of a server we moved to: a NAT not known to map independently may
+        # show it another port, no move of ours (a real one stops the audio: the call restarts).
+        first, independent = self.mapped is None, self.mapping == MAPPING_INDEPENDENT
+        moved = mapped != self.mapped and (independent or not self._new_server)
+        self.mapped, self._new_server = mapped, False
+        waiting = self.peer is not None
+        self._refresh_at = now + self.ring.refresh_interval(lifetime, waiting, self.keepalive)
         if first:
             self._events.append(Registered(mapped, lifetime, status, turn, other))
         else:
@@ -347,6 +315,21 @@ class RendezvousClient(EventQueue[SignalEvent]):
             self.peer = None  # refreshes no longer ask for a call, so the server won't re-match
             self._events.append(GotPeer(ready, again))
         return [(ack, self.server)]
+
+
+def _answer_untrusted(
+    msg: Message, over_stream: bool
+) -> tuple[Address, float, str, TurnOffer | None, Address | None]:
+    """A REGISTER's success: our public address, the lifetime, our status, the relay offered
+    and the server's alternate address; StunError if unreadable or without our address."""
+    mapped = msg.xor_address()
+    if mapped is None:
+        raise StunError("no XOR-MAPPED-ADDRESS")
+    lifetime = float(msg.u32(Attr.LIFETIME) or 30)
+    status = msg.text(Attr.CP_STATUS) or "waiting"
+    # Over TCP or TLS, RFC 5780's probes (over UDP) could tell nothing of our mapping.
+    other = None if over_stream else msg.address(Attr.OTHER_ADDRESS)
+    return mapped, lifetime, status, _turn_offer(msg), other
 
 
 def _turn_offer(msg: Message) -> TurnOffer | None:

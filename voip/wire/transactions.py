@@ -30,6 +30,11 @@ class Schedule:
 # For requests to a server a round trip away (rendezvous, TURN): a quicker first retransmission
 # than the RFC's 500 ms, and failure declared after 9.75 s (last send at 7.75 s), not 39.5 s.
 SERVER_SCHEDULE = Schedule(rto=0.25, rc=6, rm=8)
+# For a server that has answered us and that we may leave for another (a caller given several
+# rendezvous servers): failure declared after 2.75 s (sends at 0, 0.25, 0.75 and 1.75 s), so a
+# dead one is left within seconds. Four sends lost in a row are rare enough, and a move to an
+# equal server costs one round trip more.
+FAILOVER_SCHEDULE = Schedule(rto=0.25, rc=4, rm=4)
 
 
 @dataclass
