@@ -65,17 +65,22 @@ local peer = redis.call('HMGET', KEYS[3], 's', 'k', 't', 'w', 'c', 'i')
 if not peer[1] or not peer[6] or peer[6] == '' then return {verdict, since} end
 local match = 'seen'
 if peer[4] == ARGV[13] then
-  redis.call('HSET', KEYS[1], 'w', '')
-  redis.call('HSET', KEYS[3], 'w', '')
-  match = 'matched'
+  local heard = 1
   if peer[1] ~= ARGV[2] then
     -- The peer's half, to its server now: both PEER-READYs leave at once. The one who asked
     -- first controls (ties: the asker). Format: rendezvous/shared_presence.py, handoff_bytes.
     local ctl = 0
     if tonumber(since) > tonumber(peer[3]) then ctl = 1 end
     local to = ARGV[4]
-    redis.call('PUBLISH', ARGV[14] .. peer[1], string.char(1, 0, ctl, #to) .. to ..
-               string.char(#peer[2]) .. peer[2] .. ARGV[6])
+    heard = redis.call('PUBLISH', ARGV[14] .. peer[1], string.char(1, 0, ctl, #to) .. to ..
+                       string.char(#peer[2]) .. peer[2] .. ARGV[6])
+  end
+  -- Nobody heard it: the peer's server is gone, and the peer will ask again from another.
+  -- Both asks stay, to be matched then; one side alone introduced would wait for nothing.
+  if heard > 0 then
+    redis.call('HSET', KEYS[1], 'w', '')
+    redis.call('HSET', KEYS[3], 'w', '')
+    match = 'matched'
   end
 end
 return {verdict, since, match, peer[1], peer[2], peer[3], peer[5], peer[6]}

@@ -63,6 +63,7 @@ M: Addr = ("198.51.100.66", 6666)
 S1: Addr = ("203.0.113.10", 3478)
 S2: Addr = ("203.0.113.11", 3478)
 
+LENGTHS = ("--duration", "2", "--wait", "40", "--json")
 needs_redis = pytest.mark.skipif(
     redis_unavailable_reason() is not None, reason=redis_unavailable_reason() or ""
 )
@@ -419,6 +420,58 @@ def test_a_call_between_callers_on_two_servers(tmp_path: Path, store: RedisProce
         for proc, _ in servers:
             proc.terminate()
             proc.wait(10)
+
+
+@needs_redis
+@pytest.mark.slow
+def test_a_caller_whose_server_dies_while_waiting_meets_its_peer_through_another(
+    tmp_path: Path, store: RedisProcess
+) -> None:
+    """Alice waits at S1, which dies; bob asks at S3 meanwhile (his ask cannot reach her: her
+    record still names S1, which hears nothing, so the store keeps both asks); alice moves to
+    S2 and asks again there, the store matches them, and the call connects."""
+    servers = [rendezvous_on(tmp_path, store.url) for _ in range(3)]
+    (s1, first), (_, second), (_, third) = servers
+
+    def caller(me: str, peer: str, *where: str) -> subprocess.Popen[str]:
+        flags = [arg for server in where for arg in ("--server", server)]
+        return subprocess.Popen(
+            [str(BIN / "callpeer"), "--as", me, peer, *flags, *SILENT, *LENGTHS, f"{me}.json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(tmp_path),
+            cwd=tmp_path,
+        )
+
+    try:
+        alice = caller("alice", "bob", first, second)
+        deadline = time.monotonic() + 20
+        while cluster_holder(store, "alice") is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert cluster_holder(store, "alice") is not None, "alice never registered"
+        s1.kill()  # the whole server: its workers die with it
+        s1.wait(10)
+        bob = caller("bob", "alice", third)
+        errors = {}
+        for me, proc in (("alice", alice), ("bob", bob)):
+            _, errors[me] = proc.communicate(timeout=60)
+            assert proc.returncode == 0, errors[me]
+        assert f"registering with {second}" in errors["alice"], errors["alice"]
+        for me in ("alice", "bob"):
+            report = json.loads((tmp_path / f"{me}.json").read_text())
+            assert report["path"] == "direct"
+            assert report["audio"]["frames_received"] >= 80
+    finally:
+        for proc, _ in servers:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+
+
+def cluster_holder(store: RedisProcess, name: str) -> bytes | None:
+    value = redis.Redis.from_url(store.url).hget(presence_key(name), "s")
+    return value if isinstance(value, bytes) else None
 
 
 def test_redis_and_store_do_not_go_together(tmp_path: Path) -> None:
