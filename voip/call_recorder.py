@@ -24,6 +24,7 @@ from voip.nat.found_by import found_by
 from voip.nat.pairs import Pair
 from voip.nat.port_mapper import PortMapped
 from voip.nat.port_mapper import PortMappingFailed
+from voip.nat.relay_choice import RelayChosen
 from voip.nat.signal_events import Registered
 from voip.report import CallReport
 from voip.report import PathMetrics
@@ -36,6 +37,7 @@ MEASURED = (
     Registered,
     RelayReady,
     RelayUnavailable,
+    RelayChosen,
     PortMapped,
     PortMappingFailed,
     checks.RttSample,
@@ -114,6 +116,17 @@ class CallRecorder:
         if isinstance(event, Registered):
             self.base.local_public = format_address(event.mapped)
             return ev.Registered(self.base.me, event.mapped)
+        if isinstance(event, RelayChosen):
+            # Measured by our own Bindings to each relay offered, as the choice was made.
+            self.base.relay.choice = [
+                {
+                    "server": format_address(server),
+                    "rtt_ms": None if rtt is None else round(rtt * 1000, 2),
+                    "chosen": server == event.server,
+                }
+                for server, rtt in event.rtts
+            ]
+            return ev.RelayChosen(event.server, event.rtts)
         if isinstance(event, RelayReady):
             self._relay_server = event.server
             self.base.relay.transport = self._reached.get(event.server, "udp")

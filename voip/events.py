@@ -28,6 +28,16 @@ class Punching:
 
 
 @dataclass(frozen=True)
+class RelayChosen:
+    """Offered several relays, we allocate on `server`: the first to answer a Binding (the
+    first offered if none did). `rtts`: every relay offered, in order, and its round trip in
+    s (None: no answer within the wait)."""
+
+    server: Address
+    rtts: tuple[tuple[Address, float | None], ...]
+
+
+@dataclass(frozen=True)
 class RelayAllocated:
     relayed: Address  # our relayed address on the TURN server
     server: Address
@@ -116,6 +126,7 @@ class Ended:
 CallEvent = (
     Registered
     | Waiting
+    | RelayChosen
     | RelayAllocated
     | ServerTransport
     | ServerMoved

@@ -27,6 +27,9 @@ class PathMetrics:
     probes_lost: int = 0
     found_by: str | None = None  # direct: how it was found (port_mapper.found_by); relay: None
     transport: str | None = None  # relay: how we reach the relay server (udp, tcp, tls)
+    # relay, when the rendezvous offered several: each one's server, RTT (ms, None if it did
+    # not answer) and whether it was chosen, in the order offered. None: no choice was made.
+    choice: list[dict[str, Any]] | None = None
 
     def probe_loss_pct(self) -> float | None:
         sent = self.probes_answered + self.probes_lost
@@ -51,6 +54,12 @@ class PathMetrics:
         return 1000.0 * self.rtt_samples[-1][1] if self.rtt_samples else None
 
     def to_dict(self, jitter_buffer_ms: float) -> dict[str, Any]:
+        out = self._figures(jitter_buffer_ms)
+        if self.choice is not None:  # absent, not null, when one relay was all there was
+            out["choice"] = [dict(relay) for relay in self.choice]
+        return out
+
+    def _figures(self, jitter_buffer_ms: float) -> dict[str, Any]:
         if not self.available:
             return {
                 "available": False,

@@ -2,9 +2,10 @@
 
 This is everything a caller does with STUN and TURN on its one socket, as one object: datagrams
 and time in, datagrams and events out. It registers; gathers a relayed candidate (from the
-relay the rendezvous offers, or one given with --turn) before asking for the peer, the way ICE
-gathers before it offers; then runs the checks over the host and relayed bases. The asyncio
-`Call` only moves bytes; tests drive the same object through a simulated network with NATs.
+relay the rendezvous offers, the nearest of them if it offers several, or one given with
+--turn) before asking for the peer, the way ICE gathers before it offers; then runs the checks
+over the host and relayed bases. The asyncio `Call` only moves bytes; tests drive the same
+object through a simulated network with NATs.
 
 When the audio stops, `quiet` refreshes our name at once: if our public address moved (our NAT
 forgot its mappings, our host moved), the server learns where we are now, and we begin an ICE
@@ -28,11 +29,13 @@ from voip.nat.connector_events import Restarted
 from voip.nat.hard_nat import HardNat
 from voip.nat.mapping_probe import MappingProbe
 from voip.nat.meeting import checks_for
+from voip.nat.meeting import gather_offered
 from voip.nat.meeting import refreshed
 from voip.nat.meeting import turn_events
 from voip.nat.pairs import RelayMode
 from voip.nat.port_mapper import PortMapper
 from voip.nat.relay_base import RelayBase
+from voip.nat.relay_choice import RelayChosen
 from voip.nat.rendezvous_client import RendezvousClient
 from voip.nat.signal_events import GotPeer
 from voip.nat.signal_events import Refreshed
@@ -56,6 +59,7 @@ __all__ = [
     "ConnectorEvent",
     "Introduced",
     "PeerTimeout",
+    "RelayChosen",
     "RelayReady",
     "RelayUnavailable",
     "Restarted",
@@ -164,6 +168,7 @@ class Connector(EventQueue[ConnectorEvent]):
         if self.port_mapper is not None:
             out += self.port_mapper.poll(now)
         self._ask(now, out)  # which waits for the probe, and a moment for the mapping
+        out += self.relay.poll_choice(now)  # several relays offered: which is nearest
         if self.turn is not None:
             out += self.turn.poll(now)
         if self.relay.gather_deadline is not None and now >= self.relay.gather_deadline:
@@ -213,6 +218,9 @@ class Connector(EventQueue[ConnectorEvent]):
     def _stun(
         self, msg: Message, src: Address, now: float, out: list[Transmit]
     ) -> tuple[bytes, Address] | None:
+        if (allocating := self.relay.chosen(msg, src, now)) is not None:  # a relay's RTT
+            out += allocating
+            return None
         if self.turn is not None and src == self.turn.server:
             answered = self.turn.handle(msg, src, now)
             if answered is not None:
@@ -277,13 +285,7 @@ class Connector(EventQueue[ConnectorEvent]):
                 if event.other is not None and not self._asked and self.probe is None:
                     self.probe = MappingProbe(event.mapped, self.signal.server, event.other)
                     out += self.probe.start(now)
-                if not self._asked and self.turn is None:
-                    if event.turn is not None and self.relay.unavailable is None:
-                        out += self.relay.gather(event.turn, now)
-                    else:
-                        self._relay_gone(
-                            "the rendezvous offers no relay, and no --turn given", now, out
-                        )
+                gather_offered(self, event.turn, now, out)
             if isinstance(event, GotPeer):
                 self._wait_deadline = self._restart = None
                 predicting = self.probe is not None and self.probe.step is not None
@@ -297,6 +299,8 @@ class Connector(EventQueue[ConnectorEvent]):
                 self._events.append(event)
         if self.port_mapper is not None:
             self._events += self.port_mapper.pop_events()
+        if (chosen := self.relay.pop_chosen()) is not None:
+            self._events.append(chosen)
         if self.turn is not None:
             turn_events(self, self.turn, now, out)
         if self.checks is not None:

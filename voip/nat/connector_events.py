@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from voip.nat import checks
 from voip.nat.port_mapper import PortMapped
 from voip.nat.port_mapper import PortMappingFailed
+from voip.nat.relay_choice import RelayChosen
 from voip.nat.signal_events import Asked
 from voip.nat.signal_events import Refused
 from voip.nat.signal_events import Registered
@@ -53,6 +54,7 @@ ConnectorEvent = (
     | Introduced
     | Restarted
     | PeerTimeout
+    | RelayChosen
     | RelayReady
     | RelayUnavailable
     | PortMapped

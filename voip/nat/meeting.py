@@ -1,4 +1,5 @@
-"""What the `Connector` does when the peers meet or meet again, and when the relay answers.
+"""What the `Connector` does once registered, when the peers meet or meet again, and when the
+relay answers.
 
 Kept apart from voip/nat/connector.py so that one stays the connector's state and its
 datagram flow; these are the decisions taken at those moments.
@@ -13,6 +14,7 @@ from voip.nat.connector_events import RelayReady
 from voip.nat.nominator import NOMINATE_AFTER
 from voip.nat.nominator import RELAY_GRACE
 from voip.nat.signal_events import Refreshed
+from voip.nat.signal_events import TurnOffer
 from voip.nat.turn_client import Allocated
 from voip.nat.turn_client import PermissionRefused
 from voip.nat.turn_client import TurnClient
@@ -81,6 +83,18 @@ def refreshed(c: Connector, event: Refreshed, now: float, out: list[Transmit]) -
         out += c.relay.gather(c.relay.offer, now)
     else:
         c._ask(now, out)
+
+
+def gather_offered(c: Connector, offer: TurnOffer | None, now: float, out: list[Transmit]) -> None:
+    """Registered: a relayed candidate from the relay the rendezvous offers (the nearest, if it
+    offers several), unless we have one (--turn) or asked for the peer already."""
+    if c._asked or c.turn is not None:
+        return
+    if offer is not None and c.relay.unavailable is None:
+        # Where no UDP leaves, a Binding to each relay could tell nothing: the first it is.
+        out += c.relay.gather(offer, now, probe=not c.udp_blocked)
+    else:
+        c._relay_gone("the rendezvous offers no relay, and no --turn given", now, out)
 
 
 def turn_events(c: Connector, turn: TurnClient, now: float, out: list[Transmit]) -> None:

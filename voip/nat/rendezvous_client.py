@@ -26,6 +26,7 @@ from dataclasses import replace
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from voip.nat.relay_choice import MAX_OFFERED
 from voip.nat.rendezvous_servers import RendezvousServers
 from voip.nat.signal_events import Asked
 from voip.nat.signal_events import GotPeer
@@ -57,6 +58,7 @@ from voip.wire.stun import Message
 from voip.wire.stun import Method
 from voip.wire.stun import StunError
 from voip.wire.stun import check_integrity
+from voip.wire.stun import decode_address
 from voip.wire.stun import encode
 from voip.wire.stun import text
 from voip.wire.transactions import Transaction
@@ -320,7 +322,7 @@ class RendezvousClient(EventQueue[SignalEvent]):
 def _answer_untrusted(
     msg: Message, over_stream: bool
 ) -> tuple[Address, float, str, TurnOffer | None, Address | None]:
-    """A REGISTER's success: our public address, the lifetime, our status, the relay offered
+    """A REGISTER's success: our public address, the lifetime, our status, the relays offered
     and the server's alternate address; StunError if unreadable or without our address."""
     mapped = msg.xor_address()
     if mapped is None:
@@ -329,13 +331,22 @@ def _answer_untrusted(
     status = msg.text(Attr.CP_STATUS) or "waiting"
     # Over TCP or TLS, RFC 5780's probes (over UDP) could tell nothing of our mapping.
     other = None if over_stream else msg.address(Attr.OTHER_ADDRESS)
-    return mapped, lifetime, status, _turn_offer(msg), other
+    return mapped, lifetime, status, _turn_offer_untrusted(msg), other
 
 
-def _turn_offer(msg: Message) -> TurnOffer | None:
-    server = msg.address(Attr.CP_TURN_SERVER)
+def _turn_offer_untrusted(msg: Message) -> TurnOffer | None:
+    """The relays offered (one CP-TURN-SERVER each, at most MAX_OFFERED, in order) and the
+    credentials good on all of them; StunError if the credentials are unreadable."""
+    servers: list[Address] = []
+    for value in msg.get_all(Attr.CP_TURN_SERVER)[:MAX_OFFERED]:
+        try:
+            server = decode_address(value)
+        except StunError:
+            continue  # one we cannot read (a family we do not know): the others still serve
+        if server not in servers:
+            servers.append(server)
     username = msg.text(Attr.CP_TURN_USERNAME)
     password = msg.text(Attr.CP_TURN_PASSWORD)
-    if server is None or username is None or password is None:
+    if not servers or username is None or password is None:
         return None
-    return TurnOffer(server, username, password)
+    return TurnOffer(servers[0], username, password, also=tuple(servers[1:]))

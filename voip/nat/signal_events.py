@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import replace
 
 from voip.nat.server_transports import Transport
 from voip.wire.signal import PeerReady
@@ -18,6 +19,18 @@ class TurnOffer:
     password: str
     transport: Transport | None = None  # None: UDP, then TCP, then TLS (server_transports.py)
     name: str | None = None  # the name its TLS certificate must carry, if not its IP address
+    # More relays offered with it, good with the same credentials (a fleet sharing one secret):
+    # the caller allocates on the nearest (voip/nat/relay_choice.py).
+    also: tuple[Address, ...] = ()
+
+    @property
+    def servers(self) -> tuple[Address, ...]:
+        """Every relay offered, in the rendezvous's order."""
+        return (self.server, *self.also)
+
+    def on(self, server: Address) -> TurnOffer:
+        """The same credentials for `server` alone: the relay chosen from a fleet."""
+        return replace(self, server=server, also=())
 
 
 @dataclass(frozen=True)
