@@ -59,6 +59,8 @@ def build_server(
     except ValueError as exc:
         raise ValueError(f"--allow-peer: {exc}") from exc
     limits = Limits(**{name: getattr(args, name) for _, name, _ in LIMIT_OPTIONS})
+    if not 1.0 <= args.lifetime <= 86400.0:  # NaN too: no comparison holds
+        raise ValueError("--lifetime: 1 to 86400 seconds")
     if args.redis is not None:
         if args.store is not None:
             raise ValueError("--store and --redis: with --redis, names and their keys are in Redis")
@@ -94,6 +96,8 @@ def resolved(address: tuple[str, int]) -> tuple[str, int]:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except (OSError, UnicodeError) as exc:
         raise ValueError(f"--turn-url: cannot resolve {host!r}: {exc}") from exc
+    # IPv4 first: a caller registered over IPv4 allocates over IPv4 (as the offer always was).
+    info.sort(key=lambda found: found[0] != socket.AF_INET)
     return str(info[0][4][0]), port
 
 

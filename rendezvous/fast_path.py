@@ -26,12 +26,10 @@ from collections.abc import Mapping
 
 from rendezvous.behaviour import plain_binding_answer
 from rendezvous.channel_routes import ChannelRoutes
+from rendezvous.node import REGISTER
 from voip.transport import V4_MAPPED
 from voip.transport import UdpEndpoint
 from voip.wire.stun import Address
-from voip.wire.stun import Class
-from voip.wire.stun import Method
-from voip.wire.stun import message_type
 
 DRAIN = 4096  # datagrams read per wake-up at most: a socket is read dry but timers still run
 # datagrams taken by the full rules per wake-up at most: a REGISTER from a new caller costs a
@@ -39,7 +37,6 @@ DRAIN = 4096  # datagrams read per wake-up at most: a socket is read dry but tim
 SLOW_DRAIN = 256
 RECEIVE_SIZE = 65535  # a datagram is never truncated (ChannelData may carry up to 64 KiB)
 CHANNEL_HEADER = struct.Struct("!HH")
-REGISTER = struct.pack("!H", message_type(Method.CP_REGISTER, Class.REQUEST))
 
 ClientHandler = Callable[[bytes, Address, Address, float], None]  # data, src, local, now
 PeerHandler = Callable[[bytes, Address, Address], None]  # data, relayed, peer

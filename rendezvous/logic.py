@@ -365,11 +365,13 @@ class RendezvousLogic:
         out = [Out(signed(msg.reply(Class.SUCCESS, attrs), proven.key), src)]
         if peer is not None:
             out += self.introductions.introduce(entry, peer, now, first)
-        elif again is None and req.nonce is not None:  # the same request again: a quick answer
+        if peer is None and again is None and req.nonce is not None:  # the same again: quick
             until = min(self.cookies.expiry(req.nonce), now + FORGET_AFTER)
             if self.shared is not None:
                 until = min(until, entry.stored + RESTORE_AFTER)
             self.refreshes.learn(proven, entry, out[0].data, until)
+        else:
+            self.refreshes.forget(entry)
         return out + (again or [])
 
     def signed_error(self, msg: Message, src: Address, key: bytes, code: int) -> list[Out]:

@@ -11,6 +11,7 @@ datagrams between sockets and this node, so tests can put the whole server on an
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 
 from rendezvous.logic import RendezvousLogic
@@ -25,6 +26,7 @@ from voip.wire.stun import Class
 from voip.wire.stun import Method
 from voip.wire.stun import StunError
 from voip.wire.stun import looks_like_stun
+from voip.wire.stun import message_type
 from voip.wire.stun import parse_message_untrusted
 from voip.wire.stun import split_message_type
 from voip.wire.turn import looks_like_channel_data
@@ -41,6 +43,7 @@ def relaying(data: bytes) -> bool:
     return method in TURN_METHODS
 
 
+REGISTER = struct.pack("!H", message_type(Method.CP_REGISTER, Class.REQUEST))
 SIGNALLING = frozenset({Method.CP_REGISTER, Method.CP_LEAVE, Method.CP_PEER_READY})
 
 
@@ -75,7 +78,7 @@ class RendezvousNode:
         main = local in self.mains
         if main and self.turn is not None and looks_like_channel_data(data, legacy=True):
             return self.turn.handle_channel_data(data, src, now)
-        if main and (answer := self.quick_refresh(data, src, now)) is not None:
+        if main and data[:2] == REGISTER and (answer := self.quick_refresh(data, src, now)):
             return [Out(answer, src)]
         if not looks_like_stun(data) or len(data) > MAX_DATAGRAM:
             self.logic.stats["not_stun"] += 1

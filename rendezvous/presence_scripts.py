@@ -4,9 +4,11 @@ Each name has two keys, hash-tagged on the name so both sit in one Redis Cluster
 owner (the identity key bound to it: `k`, first claimed `f`, last seen `l`, expiring as
 rendezvous/name_store.py's bindings do) and its presence (the server holding its socket `s`,
 its key `k`, when its ask began `t`, whom it asks for `w`, the call it may restart `c`, and the
-PEER-READY a peer gets about it `i`), which lives as long as the registration. Matching two
-asks reads the peer's presence too, in another slot: on one Redis (or a replicated primary)
-that is one atomic step; docs/scaling.md says how a cluster would take it.
+PEER-READY a peer gets about it `i`), which lives as long as the registration. The call is
+"PEER KEYHEX ROLE UFRAG": the peer and its key, 1 if this caller controls, and its ICE ufrag
+in that call (a new run of the same identity makes a new one: no longer in that call).
+Matching two asks reads the peer's presence too, in another slot: on one Redis (or a
+replicated primary) that is one atomic step; docs/scaling.md says how a cluster would take it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def server_channel(server: str) -> str:
 
 
 # KEYS: 1 presence, 2 owner, 3 the asked peer's presence (the caller's own when it asks none)
-# ARGV: 1 key, 2 server, 3 wall time, 4 wants, 5 call, 6 intro, 7 ttl ms, 8 may claim,
+# ARGV: 1 key, 2 server, 3 wall time, 4 wants, 5 call ("" keeps the record's), 6 intro,
+#       7 ttl ms, 8 may claim,
 #       9 probation s, 10 max age s, 11 settled after s, 12 touch interval s, 13 name,
 #       14 the prefix of the servers' channels
 REGISTER = """
@@ -54,15 +57,21 @@ else
   redis.call('EXPIRE', KEYS[2], math.ceil(math.min(tonumber(ARGV[10]), tonumber(ARGV[9]))))
   verdict = 'claimed'
 end
-local cur = redis.call('HMGET', KEYS[1], 'k', 't', 'w')
+local cur = redis.call('HMGET', KEYS[1], 'k', 't', 'w', 'c')
 local since = ARGV[3]
 if cur[1] == key and cur[2] and (ARGV[4] == '' or cur[3] == ARGV[4]) then since = cur[2] end
-redis.call('HSET', KEYS[1], 'k', key, 's', ARGV[2], 't', since, 'w', ARGV[4], 'c', ARGV[5],
+-- The call this key's record was in, for a caller that moved here from another server or
+-- worker: its run (the ICE ufrag in it) says whether it is still that call.
+local call = ARGV[5]
+local before = ''
+if cur[1] == key and cur[4] then before = cur[4] end
+if call == '' then call = before end
+redis.call('HSET', KEYS[1], 'k', key, 's', ARGV[2], 't', since, 'w', ARGV[4], 'c', call,
            'i', ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
-if ARGV[4] == '' then return {verdict, since} end
+if ARGV[4] == '' then return {verdict, since, before} end
 local peer = redis.call('HMGET', KEYS[3], 's', 'k', 't', 'w', 'c', 'i')
-if not peer[1] or not peer[6] or peer[6] == '' then return {verdict, since} end
+if not peer[1] or not peer[6] or peer[6] == '' then return {verdict, since, before} end
 local match = 'seen'
 if peer[4] == ARGV[13] then
   local heard = 1
@@ -81,9 +90,11 @@ if peer[4] == ARGV[13] then
     redis.call('HSET', KEYS[1], 'w', '')
     redis.call('HSET', KEYS[3], 'w', '')
     match = 'matched'
+  else
+    match = 'unheard'
   end
 end
-return {verdict, since, match, peer[1], peer[2], peer[3], peer[5], peer[6]}
+return {verdict, since, before, match, peer[1], peer[2], peer[3], peer[5], peer[6]}
 """
 
 # KEYS: 1 presence; ARGV: 1 key, 2 server. Only the record this server wrote for that key goes.

@@ -36,7 +36,7 @@ from rendezvous.shared_presence import Departure
 from rendezvous.shared_presence import Registration
 from rendezvous.shared_presence import SharedPresence
 from rendezvous.shared_presence import Touch
-from rendezvous.shared_presence import handoff_bytes
+from rendezvous.store_records import handoff_bytes
 
 if TYPE_CHECKING:
     from rendezvous.server import RendezvousServer
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 STORE_TIMEOUT = 5.0  # s for one pipeline; past it, its registrations are answered 508
 RESUBSCRIBE_AFTER = 1.0  # s between attempts to hear our channel again after a failure
+WATCH_EVERY = 10.0  # s between checks that Redis still counts us on our channel
 
 
 ScriptArgs = list[str | bytes]
@@ -121,6 +122,7 @@ class RedisPresence:
         self._touch = self.client.register_script(TOUCH)
         self._flushing: asyncio.Task[None] | None = None
         self._listening: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
         self._failures = RateLimitedLog(log)
         self.round_trips = 0
 
@@ -139,7 +141,9 @@ class RedisPresence:
             raise StoreUnreachable(
                 f"cannot reach Redis at {self.url}: {exc or 'timed out'}"
             ) from exc
-        self._listening = asyncio.get_running_loop().create_task(self._listen(pubsub))
+        loop = asyncio.get_running_loop()
+        self._listening = loop.create_task(self._listen(pubsub))
+        self._watching = loop.create_task(self._watch())
         self.shared.wake = self._wake
 
     def _wake(self) -> None:
@@ -163,7 +167,8 @@ class RedisPresence:
                 elif isinstance(op, Handoff):
                     tokens.append(0)
                     pipe.publish(server_channel(op.server), handoff_bytes(op))
-            touched = [op for op in ops if isinstance(op, Touch)]
+            # One touch per name however many refreshes came (a client's retransmissions).
+            touched = list({op.name: op for op in ops if isinstance(op, Touch)}.values())
             if touched:
                 tokens.append(-1)
                 keys, args = touch_call(touched, self.shared.server_id, self._limits)
@@ -197,8 +202,30 @@ class RedisPresence:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.subscribe(channel)
 
+    async def _watch(self) -> None:
+        """Whether Redis still counts us on our channel: a connection that died without a
+        word (a partition, a failover to another host) leaves the listener waiting forever,
+        and every handoff to us unheard. Then a new subscription."""
+        channel = server_channel(self.shared.server_id)
+        while True:
+            await asyncio.sleep(WATCH_EVERY)
+            try:
+                counts = await asyncio.wait_for(self.client.pubsub_numsub(channel), STORE_TIMEOUT)
+                if any(count for _, count in counts):
+                    continue
+                self._failures.warning(
+                    "Redis no longer counts us on %s: subscribing again", channel
+                )
+                if self._listening is not None:
+                    self._listening.cancel()
+                pubsub = self.client.pubsub()
+                await asyncio.wait_for(pubsub.subscribe(channel), STORE_TIMEOUT)
+                self._listening = asyncio.get_running_loop().create_task(self._listen(pubsub))
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._failures.warning("Redis unreachable: %s", exc or "timed out")
+
     async def close(self) -> None:
-        for task in (self._flushing, self._listening):
+        for task in (self._flushing, self._listening, self._watching):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -9,8 +9,10 @@ key agreed with the caller, the name's life extended, and the answer made from t
 rules gave, with only XOR-MAPPED-ADDRESS, the MAC and the FINGERPRINT new. Byte for byte the
 answer the full rules give (tests/test_refresh_path.py holds it to that).
 
-A remembered refresh is forgotten when its registration is no longer the same live entry, when
-its caller asked for something else, once its cookie expires, and at most FORGET_AFTER after
+Each entry has one remembered request at most, the last the full rules served it. It is
+forgotten when its registration is no longer the same live entry, when the full rules served
+the entry another request (a flapping set of candidates is never answered from an old one),
+when its caller asked for something else, once its cookie expires, and at most FORGET_AFTER after
 the full rules last saw it: they then look at the name's binding again, and make fresh relay
 credentials. The table is capped; what cannot be remembered takes the full rules.
 """
@@ -68,14 +70,18 @@ class RefreshPath:
         MESSAGE-INTEGRITY-SHA256 and FINGERPRINT last): the same request again from the same
         address may take this path until `until`."""
         request, src, key = proven.msg.raw, proven.src, proven.key
-        if len(self._known) >= self.capacity or len(request) < HEADER_LEN + _TAIL:
+        if len(request) < HEADER_LEN + _TAIL:
+            return
+        if len(self._known) >= self.capacity and entry.quick is None:
             return
         if request[-_TAIL : -_TAIL + 4] != _MAC_HEAD or request[-8:-4] != _FINGERPRINT_HEAD:
             return
         xor_len = 4 + struct.unpack_from("!H", answer, HEADER_LEN + 2)[0]
         rest = answer[HEADER_LEN + xor_len : -_TAIL]
         known = _Known(entry, entry.wants, key, answer[:2], rest, until)
-        self._known[(src, _identity(request))] = known
+        self.forget(entry)  # one request per entry: the last one the full rules served
+        entry.quick = (src, _identity(request))
+        self._known[entry.quick] = known
 
     def answer(self, data: bytes, src: Address, now: float) -> tuple[bytes, Entry] | None:
         """The answer to a refresh seen before, and its entry; None: the full rules take it."""
@@ -88,6 +94,7 @@ class RefreshPath:
         entry = known.entry
         if (
             now >= known.until
+            or entry.quick != lookup  # the full rules served it another request since
             or entry.expires <= now
             or self.registry.get(entry.name, now) is not entry
             or entry.reflexive != src
@@ -114,6 +121,13 @@ class RefreshPath:
         crc = zlib.crc32(head[:2] + struct.pack("!H", len(body) + 8) + head[4:] + body)
         fingerprint = _FINGERPRINT_HEAD + struct.pack("!I", crc ^ FINGERPRINT_XOR)
         return head[:2] + struct.pack("!H", len(body) + 8) + head[4:] + body + fingerprint, entry
+
+    def forget(self, entry: Entry) -> None:
+        """The full rules served `entry` a request not to be repeated quickly (an ask that
+        introduced, a restart, one the store refused): none of its requests is quick now."""
+        if entry.quick is not None:
+            self._known.pop(entry.quick, None)
+            entry.quick = None
 
     def sweep(self, now: float) -> None:
         """Forget what is no longer live, once a SWEEP_EVERY at most."""

@@ -44,6 +44,7 @@ class Entry:
     # registered them (the server-reflexive one included). None: a caller of ours.
     server: str | None = None
     stored: float = -math.inf  # when the shared store last took its record in full (--redis)
+    quick: tuple[Address, bytes] | None = None  # its refresh the quick path knows (its key)
 
 
 class NameTaken(Exception):

@@ -16,7 +16,6 @@ from rendezvous.offload import OffloadUnavailable
 from rendezvous.offload_routes import kernel_counters
 from rendezvous.offload_routes import load_offload
 from rendezvous.offload_routes import mirror_routes
-from rendezvous.redis_presence import StoreUnreachable
 from rendezvous.redis_presence import share_presence
 from rendezvous.server import TLS_PORT
 from rendezvous.server import RendezvousServer
@@ -58,14 +57,17 @@ async def run_server(
     redis: str | None = None,
 ) -> None:
     tls_host, tls_port = tls_listen or (host, TLS_PORT)
-    await server.start(
-        host, port, alt_host, tcp=tcp, tls=tls, tls_host=tls_host, tls_port=tls_port, also=also
-    )
+    # The store first: a REGISTER served before it was reached would be served by this
+    # process's own rules alone, and could take a name that another key owns in the store.
     days = server.logic.limits.binding_days
+    store = None if redis is None else await share_presence(server, redis, days)
     try:
-        store = None if redis is None else await share_presence(server, redis, days)
-    except StoreUnreachable:
-        server.close()
+        await server.start(
+            host, port, alt_host, tcp=tcp, tls=tls, tls_host=tls_host, tls_port=tls_port, also=also
+        )
+    except BaseException:
+        if store is not None:
+            await store.close()
         raise
     if on_started is not None:
         on_started(server)

@@ -27,23 +27,22 @@ from typing import TYPE_CHECKING
 
 from rendezvous.introductions import Handoff
 from rendezvous.registry import Entry
+from rendezvous.store_records import StoreReply
+from rendezvous.store_records import call_text
+from rendezvous.store_records import handoff_from_untrusted
+from rendezvous.store_records import restore_call
 from rendezvous.turn_server import Out
-from voip.wire.candidates import CandidateType
 from voip.wire.signal import ERR_CAPACITY
 from voip.wire.signal import ERR_NAME_TAKEN
 from voip.wire.signal import ERR_QUOTA
-from voip.wire.signal import IceCredentials
-from voip.wire.signal import PeerReady
 from voip.wire.stun import StunError
 from voip.wire.stun import encode
-from voip.wire.stun import parse_message_untrusted
 
 if TYPE_CHECKING:
     from rendezvous.logic import Proven
     from rendezvous.logic import RendezvousLogic
 
 PENDING = 4096  # registrations awaiting the store's reply; past this, 508 (try again)
-MAX_HANDOFF = 4096  # bytes: a PEER-READY fits a datagram, and so does its handoff
 # s after which a refresh goes to the store in full even if it changed nothing, so the owner's
 # binding is seen (its last-seen time is kept an hour at a time, rendezvous/name_store.py).
 RESTORE_AFTER = 600.0
@@ -83,96 +82,6 @@ SharedOp = Registration | Departure | Touch | Handoff
 
 
 @dataclass(frozen=True)
-class StoreReply:
-    """What the store said of a Registration."""
-
-    verdict: str  # "ok", "claimed" (the name is now this key's), "owned" (another key's), "quota"
-    since: float = 0.0  # when this caller's current ask began (Unix time)
-    match: str = ""  # "matched": both asks taken; "seen": the peer is there; "": not there
-    peer: Entry | None = None
-
-    @classmethod
-    def from_reply_untrusted(cls, reply: object) -> StoreReply:
-        """The store script's array, as redis-py gives it (bytes); StunError if malformed."""
-        if not isinstance(reply, list) or not reply or not all(isinstance(x, bytes) for x in reply):
-            raise StunError("store reply is not an array of strings")
-        verdict = reply[0].decode("ascii", "replace")
-        if verdict not in ("ok", "claimed", "owned", "quota"):
-            raise StunError(f"store verdict {verdict!r}")
-        if verdict in ("owned", "quota"):
-            return cls(verdict)
-        since = _number(reply[1]) if len(reply) > 1 else 0.0
-        if len(reply) < 8:
-            return cls(verdict, since)
-        match, server, key, peer_since, call, intro = reply[2:8]
-        entry = remote_entry(server, key, _number(peer_since), call, intro)
-        return cls(verdict, since, match.decode("ascii", "replace"), entry)
-
-
-def _number(raw: bytes) -> float:
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise StunError("store time is not a number") from exc
-    if not math.isfinite(value):
-        raise StunError("store time is not finite")
-    return value
-
-
-def remote_entry(server: bytes, key: bytes, since: float, call: bytes, intro: bytes) -> Entry:
-    """A caller another server holds, from its record; StunError if the record is malformed."""
-    ready = PeerReady.from_message_untrusted(parse_message_untrusted(intro))
-    if ready.peer_key != key:
-        raise StunError("store record's introduction is for another key")
-    creds = IceCredentials(ready.remote_ufrag, ready.remote_pwd, ready.peer_commit)
-    srflx = [c.address for c in ready.candidates if c.kind == CandidateType.SRFLX]
-    entry = Entry(
-        ready.peer,
-        srflx[0] if srflx else ("0.0.0.0", 0),  # noqa: S104  (never sent to: server set)
-        ready.candidates,
-        math.inf,
-        since,
-        client_key=key,
-        mapping=ready.peer_mapping,
-        ice=creds,
-        server=server.decode("ascii", "replace"),
-    )
-    peer, _, key_hex = call.decode("utf-8", "replace").partition(" ")
-    if peer:
-        try:
-            entry.call, entry.call_ice = (peer, bytes.fromhex(key_hex)), creds
-        except ValueError as exc:
-            raise StunError("store record's call is malformed") from exc
-    return entry
-
-
-def handoff_bytes(handoff: Handoff) -> bytes:
-    """A handoff as published to the server that holds its caller: version 1, restart, the
-    role, the caller's name and key, then the PEER-READY (role unset). The register script
-    builds the same bytes for a match it makes (rendezvous/presence_scripts.py)."""
-    to = handoff.to.encode()
-    head = bytes([1, handoff.restart, handoff.ready.controlling, len(to)]) + to
-    ready = encode(replace(handoff.ready, controlling=False).to_message())
-    return head + bytes([len(handoff.to_key)]) + handoff.to_key + ready
-
-
-def handoff_from_untrusted(data: bytes, server: str) -> Handoff:
-    """The handoff another server published for one of ours; StunError if malformed."""
-    if len(data) > MAX_HANDOFF or len(data) < 5 or data[0] != 1 or data[1] > 1 or data[2] > 1:
-        raise StunError("malformed handoff header")
-    end = 4 + data[3]
-    if len(data) < end + 1 or len(data) < end + 1 + data[end]:
-        raise StunError("truncated handoff")
-    try:
-        to = data[4:end].decode()
-    except UnicodeDecodeError as exc:
-        raise StunError("handoff name is not UTF-8") from exc
-    key, raw = data[end + 1 : end + 1 + data[end]], data[end + 1 + data[end] :]
-    ready = PeerReady.from_message_untrusted(parse_message_untrusted(raw))
-    return Handoff(server, to, key, replace(ready, controlling=bool(data[2])), bool(data[1]))
-
-
-@dataclass(frozen=True)
 class _Pending:
     proven: Proven | None  # None: a record written again, whose REGISTER was answered
     entry: Entry  # the local entry the REGISTER made or refreshed
@@ -191,6 +100,7 @@ class SharedPresence:
         # Told when ops are added, so the shell need not look after every datagram.
         self.wake: Callable[[], None] = lambda: None
         self._pending: dict[int, _Pending] = {}
+        self._asking: dict[str, bytes] = {}  # a name's REGISTER awaiting the store: its ID
         self._token = 0
 
     def __len__(self) -> int:
@@ -218,6 +128,9 @@ class SharedPresence:
                 self.add(Touch(req.name, entry.client_key))
                 return logic.answer(proven, entry, now, None, matched=False)
             return entry
+        if self._asking.get(req.name) == proven.msg.transaction_id:
+            self.stats["store_retransmission"] += 1  # the store has it: one answer for both
+            return []
         entry = logic.enter(proven, now)
         if isinstance(entry, list):
             return entry  # refused by this server's own caps
@@ -225,7 +138,10 @@ class SharedPresence:
             self.stats["store_backlog_full"] += 1
             if held is None:
                 logic.registry.remove(req.name, src)
+            else:
+                entry.stored = -math.inf  # not in the store: not unchanged next time
             return logic.signed_error(proven.msg, src, proven.key, ERR_CAPACITY)
+        self._asking[req.name] = proven.msg.transaction_id
         self._ask_store(logic, _Pending(proven, entry, held is None), now)
         return []
 
@@ -241,17 +157,19 @@ class SharedPresence:
             and held.host_candidates == req.host_candidates[:candidates]
         )
 
-    def _ask_store(self, logic: RendezvousLogic, pending: _Pending, now: float) -> None:
+    def _ask_store(
+        self, logic: RendezvousLogic, pending: _Pending, now: float, *, rewrite: bool = False
+    ) -> None:
+        """The Registration for `pending`'s entry; a `rewrite` of a record we held (gone from
+        the store: expired or lost there) is no new claim for the claim caps."""
         self._token += 1
         self._pending[self._token] = pending
         entry, wall = pending.entry, now + logic.wall_offset
-        call = ""
-        if entry.call is not None and entry.ice is not None and entry.ice == entry.call_ice:
-            call = f"{entry.call[0]} {entry.call[1].hex()}"
+        call = call_text(entry)
         intro = b""
         if entry.ice is not None:
             intro = encode(logic.introductions.ready_for(entry, False, entry.ice).to_message())
-        claim = logic.owners.claims.allowed(entry.reflexive[0], wall)
+        claim = rewrite or logic.owners.claims.allowed(entry.reflexive[0], wall)
         self.add(
             Registration(
                 self._token,
@@ -273,7 +191,7 @@ class SharedPresence:
             if entry is not None and len(self._pending) < self.capacity:
                 self.stats["store_rewritten"] += 1
                 entry.stored = -math.inf
-                self._ask_store(logic, _Pending(None, entry, False), now)
+                self._ask_store(logic, _Pending(None, entry, False), now, rewrite=True)
 
     def answered(self, logic: RendezvousLogic, token: int, reply: object, now: float) -> list[Out]:
         """The store's reply to a Registration (an exception if the store failed)."""
@@ -281,6 +199,8 @@ class SharedPresence:
         if pending is None:
             return []
         entry = pending.entry
+        if pending.proven and self._asking.get(entry.name) == pending.proven.msg.transaction_id:
+            del self._asking[entry.name]
         if logic.registry.get(entry.name, now) is not entry:
             self.stats["store_reply_stale"] += 1  # left, expired or taken over meanwhile
             return []
@@ -297,6 +217,8 @@ class SharedPresence:
                 logic, pending, ERR_NAME_TAKEN if answer.verdict == "owned" else ERR_QUOTA
             )
         entry.stored = now
+        if entry.call is None and entry.ice is not None:
+            restore_call(entry, answer.before)  # a caller that moved here in its call
         if answer.verdict == "claimed":
             logic.owners.claims.claimed(entry.reflexive[0], now + logic.wall_offset)
             self.stats["claimed"] += 1
@@ -315,6 +237,10 @@ class SharedPresence:
             # In a call now: the next refresh writes it to the store, so that a restart asked
             # at another server finds it (rendezvous/introductions.py: `restarting`).
             entry.stored = peer.stored = -math.inf
+        elif answer.match == "unheard" or (matched and peer is None):
+            # The peer asks for us but was not told (its server deaf or gone, or it left
+            # meanwhile): the next refresh asks the store in full again, not just a touch.
+            entry.stored = -math.inf
         # A new introduction's other half the register script published itself; a restart's
         # is ours to send.
         self.add(*(h for h in logic.introductions.handoffs if h.restart))
@@ -323,8 +249,13 @@ class SharedPresence:
 
     def _refuse(self, logic: RendezvousLogic, pending: _Pending, code: int) -> list[Out]:
         entry, proven = pending.entry, pending.proven
-        if pending.fresh or (proven is None and code != ERR_CAPACITY):
+        logic.refreshes.forget(entry)
+        if pending.fresh or code != ERR_CAPACITY:
             logic.registry.remove(entry.name, entry.reflexive)  # not ours to hold after all
+        else:
+            # The store never took it: what the entry holds now (an ask, say) is not there,
+            # and the next refresh must not be taken for one that changes nothing.
+            entry.stored = -math.inf
         if proven is None:
             return []
         return logic.signed_error(proven.msg, proven.src, proven.key, code)
@@ -342,10 +273,12 @@ class SharedPresence:
             self.stats["handoff_stale"] += 1  # gone, or another run of the name since
             return []
         if handoff.restart:
-            # Only into the call it is in, with the peer that owned the name then.
+            # Only into the call it is in, with the peer that owned the name then, and in its
+            # role in that call, which this server knows (the asker's may not).
             if me.call != (ready.peer, ready.peer_key) or me.ice != me.call_ice:
                 self.stats["handoff_stale"] += 1
                 return []
+            ready = replace(ready, controlling=me.call_controlling)
             self.stats["restarted"] += 1
         else:
             if me.wants != ready.peer:

@@ -68,3 +68,18 @@ def test_a_refresh_is_not_quick_once_the_entry_left_or_changed() -> None:
     node3, client3 = registered()
     late = node3.logic.registry.lifetime + 1
     assert node3.logic.refreshes.answer(client3.refresh(late)[0][0], A, late) is None
+
+
+def test_only_the_last_request_the_full_rules_served_is_quick() -> None:
+    """Candidates that flap (C1, C2, C1 again): the third is served by the full rules, so the
+    registration holds C1, never an old answer for C1 while it holds C2."""
+    node, client = registered()
+    first = client.refresh(5.0)[0][0]
+    assert node.logic.refreshes.answer(first, A, 5.0) is not None
+    other = Candidate.make(CandidateType.HOST, ("198.18.0.9", 4000))
+    client.host_candidates = (other,)
+    node.handle(client.refresh(6.0)[0][0], A, SERVER, 6.0)  # the full rules: C2
+    entry = node.logic.registry.get("alice", 6.0)
+    assert entry is not None and entry.host_candidates == (other,)
+    assert node.logic.refreshes.answer(first, A, 7.0) is None  # C1 again: the full rules
+    assert len(node.logic.refreshes) == 1  # one remembered request per registration

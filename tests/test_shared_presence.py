@@ -3,6 +3,7 @@ names are owned across servers, departures and expiry, a failing store, hostile 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import subprocess
@@ -16,6 +17,7 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rendezvous import redis_presence
 from rendezvous.introductions import Handoff
 from rendezvous.logic import RendezvousLogic
 from rendezvous.presence_scripts import LEAVE
@@ -29,12 +31,13 @@ from rendezvous.redis_presence import lost_names
 from rendezvous.redis_presence import register_call
 from rendezvous.redis_presence import script_limits
 from rendezvous.redis_presence import touch_call
+from rendezvous.server import RendezvousServer
 from rendezvous.shared_presence import Departure
 from rendezvous.shared_presence import SharedPresence
-from rendezvous.shared_presence import StoreReply
 from rendezvous.shared_presence import Touch
-from rendezvous.shared_presence import handoff_bytes
-from rendezvous.shared_presence import handoff_from_untrusted
+from rendezvous.store_records import StoreReply
+from rendezvous.store_records import handoff_bytes
+from rendezvous.store_records import handoff_from_untrusted
 from tests.test_cli import BIN
 from tests.test_cli import SILENT
 from tests.test_cli import env
@@ -232,6 +235,84 @@ def test_a_call_between_two_servers_can_meet_again(store: RedisProcess) -> None:
     assert intros[moved][1].controlling and not intros[B][1].controlling  # the call's roles
     assert [e.again for e in bob.pop_events() if isinstance(e, GotPeer)] == [True]
     assert cluster.logics["s2"].stats["restarted"] == 1
+
+
+def in_a_call(cluster: Cluster) -> tuple[RendezvousClient, RendezvousClient]:
+    """alice at s1 (asking first: she controls), bob at s2, introduced, and both refreshed
+    once in the call, so the store holds it."""
+    alice = RendezvousClient("alice", "bob", S1, ())
+    bob = RendezvousClient("bob", "alice", S2, ())
+    clients = {A: alice, B: bob}
+    cluster.join("s1", alice, A, 0.0)
+    cluster.deliver("s2", B, bob.start(1.0)[0][0], clients, 1.0)
+    cluster.deliver("s1", A, alice.refresh(2.0)[0][0], clients, 2.0)
+    cluster.deliver("s2", B, bob.refresh(2.0)[0][0], clients, 2.0)
+    for client in (alice, bob):
+        client.pop_events()
+    cluster.sent.clear()
+    return alice, bob
+
+
+@needs_redis
+def test_a_restart_asked_by_the_controlled_side_keeps_both_roles(store: RedisProcess) -> None:
+    cluster = Cluster(store.url, ("s1", S1), ("s2", S2))
+    alice, bob = in_a_call(cluster)
+    cluster.deliver("s2", B, bob.ask(3.0)[0][0], {A: alice, B: bob}, 3.0)
+    intros = peer_readies(cluster.sent)
+    assert intros[A][1].controlling and not intros[B][1].controlling
+
+
+@needs_redis
+def test_a_caller_that_moved_to_another_server_in_its_call_can_meet_again(
+    store: RedisProcess,
+) -> None:
+    cluster = Cluster(store.url, ("s1", S1), ("s2", S2), ("s3", ("203.0.113.12", 3478)))
+    alice, bob = in_a_call(cluster)
+    moved = RendezvousClient("alice", "bob", ("203.0.113.12", 3478), (), identity=alice.identity)
+    moved.ice, moved.ephemeral = alice.ice, alice.ephemeral  # the same run, failed over to s3
+    moved.peer_ready = alice.peer_ready
+    cluster.deliver("s3", A, moved.start(3.0)[0][0], {A: moved, B: bob}, 3.0)
+    intros = peer_readies(cluster.sent)
+    assert set(intros) == {A, B}, "the restart reached both"
+    assert intros[A][1].controlling and not intros[B][1].controlling
+    assert cluster.logics["s3"].stats["restarted"] == 1
+
+
+@needs_redis
+def test_an_ask_the_store_failed_goes_to_the_store_again_not_as_a_touch(
+    store: RedisProcess,
+) -> None:
+    cluster = Cluster(store.url, ("s1", S1))
+    alice = RendezvousClient("alice", "bob", S1, (), ask_now=False)
+    cluster.join("s1", alice, A, 0.0)
+    cluster.fail = True
+    cluster.deliver("s1", A, alice.ask(1.0)[0][0], {A: alice}, 1.0)
+    assert [e.code for e in alice.pop_events() if isinstance(e, Refused)] == [ERR_CAPACITY]
+    cluster.fail = False
+    cluster.deliver("s1", A, alice.refresh(2.0)[0][0], {A: alice}, 2.0)
+    assert cluster.redis.hget(presence_key("alice"), "w") == b"bob"
+
+
+@needs_redis
+def test_a_peer_asking_but_unheard_is_asked_for_in_full_at_the_next_refresh(
+    store: RedisProcess,
+) -> None:
+    cluster = Cluster(store.url, ("s1", S1), ("s2", S2))
+    alice = RendezvousClient("alice", "bob", S1, ())
+    cluster.join("s1", alice, A, 0.0)
+    cluster.pubsub.unsubscribe(server_channel("s1"))  # s1 deaf a moment
+    while cluster.pubsub.get_message(timeout=0.2) is not None:
+        pass
+    bob = RendezvousClient("bob", "alice", S2, ())
+    cluster.deliver("s2", B, bob.start(1.0)[0][0], {A: alice, B: bob}, 1.0)
+    assert not peer_readies(cluster.sent)  # nobody heard alice's half: nobody introduced
+    entry = cluster.logics["s2"].registry.get("bob", 1.0)
+    assert entry is not None and entry.stored == float("-inf")
+    cluster.pubsub.subscribe(server_channel("s1"))  # heard again
+    while cluster.pubsub.get_message(timeout=0.2) is not None:
+        pass
+    cluster.deliver("s2", B, bob.refresh(2.0)[0][0], {A: alice, B: bob}, 2.0)
+    assert set(peer_readies(cluster.sent)) == {A, B}
 
 
 @needs_redis
@@ -472,6 +553,33 @@ def test_a_caller_whose_server_dies_while_waiting_meets_its_peer_through_another
 def cluster_holder(store: RedisProcess, name: str) -> bytes | None:
     value = redis.Redis.from_url(store.url).hget(presence_key(name), "s")
     return value if isinstance(value, bytes) else None
+
+
+@needs_redis
+def test_a_server_whose_subscription_is_lost_subscribes_again(
+    store: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_presence, "WATCH_EVERY", 0.2)
+
+    async def scenario() -> int:
+        server = await RendezvousServer().start("127.0.0.1", 0, tcp=False)
+        link = await redis_presence.share_presence(server, store.url, 365)
+        try:
+            channel = server_channel(link.shared.server_id)
+            admin = redis.asyncio.Redis.from_url(store.url)
+            await admin.client_kill_filter(_type="pubsub")  # every subscriber's connection
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                [(_, count)] = await admin.pubsub_numsub(channel)
+                if count:
+                    break
+            await admin.aclose()
+            return int(count)
+        finally:
+            server.close()
+            await link.close()
+
+    assert asyncio.run(scenario()) == 1
 
 
 def test_redis_and_store_do_not_go_together(tmp_path: Path) -> None:
