@@ -23,6 +23,7 @@ the generator spends its time sending and counting, not on cryptography.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import select
 import socket
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import psutil
 import redis
+import redis.asyncio
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from voip.lab.redis_server import RedisProcess
@@ -297,6 +299,25 @@ def pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))]
 
 
+def asyncio_round_trip(store: RedisProcess) -> list[float]:
+    """A round trip as a server's event loop sees it: one script in a redis-py pipeline."""
+
+    async def measure() -> list[float]:
+        client = redis.asyncio.Redis.from_url(store.url)
+        script = client.register_script("return 1")
+        times = []
+        for _ in range(500):
+            t0 = time.perf_counter()
+            pipe = client.pipeline(transaction=False)
+            await script(keys=[], args=[], client=pipe)
+            await pipe.execute()
+            times.append((time.perf_counter() - t0) * 1000)
+        await client.aclose()
+        return times
+
+    return asyncio.run(measure())
+
+
 def redis_round_trip(store: RedisProcess) -> list[float]:
     client = redis.Redis.from_url(store.url)
     times = []
@@ -350,6 +371,11 @@ def main() -> None:
             rtt = redis_round_trip(store)
             print(
                 f"Redis round trip (PING)   p50 {pct(rtt, 0.5):.3f} ms  p99 {pct(rtt, 0.99):.3f} ms"
+            )
+            rtt = asyncio_round_trip(store)
+            print(
+                f"Redis round trip as a server sees it (a script in an asyncio pipeline) "
+                f"p50 {pct(rtt, 0.5):.3f} ms  p99 {pct(rtt, 0.99):.3f} ms"
             )
             if len(servers) >= 2:
                 lat, gap = introductions(args.pairs, servers[0], servers[1], "x")
