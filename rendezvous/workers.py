@@ -193,8 +193,14 @@ def run_workers(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     try:
-        for index in [*range(1, count), 0]:  # the home last: its first line means all listen
+        for index in range(1, count):
             start(index)
+        # The others hold the ports now. The placeholders go before the home starts: one
+        # still open when the home says it listens (its first line: all listen) would take
+        # its share of the first datagrams, and drop them unread when it closed.
+        for sock in held:
+            sock.close()
+        start(0)
     finally:
         for sock in held:
             sock.close()

@@ -55,11 +55,19 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_coturn(
-    tmp_path: Path, *, udp: bool = True, tls: bool = False, relay_ipv6: bool = False
+    tmp_path: Path,
+    *,
+    udp: bool = True,
+    tls: bool = False,
+    relay_ipv6: bool = False,
+    secret: str = SECRET,
+    relay_ports: tuple[int, int] = (49200, 49300),
+    tag: str = "coturn",
 ) -> Iterator[tuple[str, int, int]]:
     """coturn on loopback: (host, port, TLS port); without `udp` it listens on TCP (and TLS)
     alone, as a server behind a network that drops UDP looks to its clients; with
-    `relay_ipv6` it relays on ::1 too (dual allocations)."""
+    `relay_ipv6` it relays on ::1 too (dual allocations). `tag` names its files in tmp_path
+    (several may run at once, each with its own `relay_ports`)."""
     port, tls_port = free_port(), free_port()
     cert, key = tmp_path / "coturn-cert.pem", tmp_path / "coturn-key.pem"
     if tls:
@@ -74,17 +82,17 @@ def running_coturn(
             "--relay-ip=127.0.0.1",
             *(["--relay-ip=::1"] if relay_ipv6 else []),
             "--use-auth-secret",
-            f"--static-auth-secret={SECRET}",
+            f"--static-auth-secret={secret}",
             "--realm=coturn.test",
             "--allow-loopback-peers",
             *([f"--cert={cert}", f"--pkey={key}"] if tls else ["--no-tls"]),
             *([] if udp else ["--no-udp"]),
             "--no-dtls",
             "--no-cli",
-            "--min-port=49200",
-            "--max-port=49300",
-            f"--pidfile={tmp_path / 'turnserver.pid'}",
-            f"--log-file={tmp_path / 'coturn.log'}",
+            f"--min-port={relay_ports[0]}",
+            f"--max-port={relay_ports[1]}",
+            f"--pidfile={tmp_path / f'{tag}.pid'}",
+            f"--log-file={tmp_path / f'{tag}.log'}",
             "--simple-log",
             "--no-stdout-log",
         ],

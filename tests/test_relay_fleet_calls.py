@@ -1,12 +1,14 @@
 """A relay fleet end to end on loopback: a rendezvous offers two relays (--turn-url twice, one
-secret), one of them made slow by a UDP proxy that holds every datagram; two callers forced
-onto the relay each measure both, allocate on the fast one, and say so in the report."""
+secret: two of ours, or two coturn), one of them made slow by a UDP proxy that holds every
+datagram; two callers forced onto the relay each measure both, allocate on the fast one, and
+say so in the report."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ import pytest
 from tests.test_cli import BIN
 from tests.test_cli import SILENT
 from tests.test_cli import env
+from tests.test_interop_coturn import running_coturn
 from tests.test_report_schema import errors
 from voip.wire.candidates import format_address
 from voip.wire.stun import Address
@@ -139,11 +142,29 @@ def relay(tmp_path: Path, ports: tuple[int, int]) -> contextlib.AbstractContextM
     )
 
 
+@contextlib.contextmanager
+def coturn(tmp_path: Path, ports: tuple[int, int]) -> Iterator[Address]:
+    """coturn (Debian's turnserver) with the fleet's secret, relaying from `ports`."""
+    with running_coturn(tmp_path, secret=SECRET, relay_ports=ports, tag=f"coturn{ports[0]}") as (
+        host,
+        port,
+        _,
+    ):
+        yield host, port
+
+
+RELAYS = {"ours": relay, "coturn": coturn}
+
+
 @pytest.mark.slow
-def test_callers_offered_two_relays_allocate_on_the_nearer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", list(RELAYS))
+def test_callers_offered_two_relays_allocate_on_the_nearer(tmp_path: Path, kind: str) -> None:
+    if kind == "coturn" and shutil.which("turnserver") is None:
+        pytest.skip("coturn is not installed (apt-get install coturn)")
+    fleet = RELAYS[kind]
     with (
-        relay(tmp_path, FAST_PORTS) as fast,
-        relay(tmp_path, SLOW_PORTS) as slow_relay,
+        fleet(tmp_path, FAST_PORTS) as fast,
+        fleet(tmp_path, SLOW_PORTS) as slow_relay,
         delay_proxy(slow_relay, DELAY) as slow,
         # The slow one first: falling back to the first offered would land there.
         rendezvous(

@@ -41,6 +41,7 @@ from rendezvous.store_records import handoff_from_untrusted
 from tests.test_cli import BIN
 from tests.test_cli import SILENT
 from tests.test_cli import env
+from tests.test_cli import rendezvous_command
 from voip.lab.redis_server import RedisProcess
 from voip.lab.redis_server import redis_unavailable_reason
 from voip.lab.redis_server import start_redis
@@ -444,6 +445,20 @@ def test_handoffs_that_do_not_parse_raise_only_stun_error(data: bytes) -> None:
 # -- the command, end to end --------------------------------------------------------------
 
 
+def caller(tmp_path: Path, me: str, peer: str, *where: str) -> subprocess.Popen[str]:
+    """`callpeer --as ME PEER` with `--server` for each of `where`, silent, its report in
+    ME.json."""
+    flags = [arg for server in where for arg in ("--server", server)]
+    return subprocess.Popen(
+        [str(BIN / "callpeer"), "--as", me, peer, *flags, *SILENT, *LENGTHS, f"{me}.json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(tmp_path),
+        cwd=tmp_path,
+    )
+
+
 def rendezvous_on(tmp_path: Path, url: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [str(BIN / "callpeer-rendezvous"), "--listen", "127.0.0.1:0", "--redis", url],
@@ -467,28 +482,7 @@ def test_a_call_between_callers_on_two_servers(tmp_path: Path, store: RedisProce
     try:
         procs = []
         for me, peer, (_, where) in (("alice", "bob", servers[0]), ("bob", "alice", servers[1])):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        str(BIN / "callpeer"),
-                        "--as",
-                        me,
-                        peer,
-                        "--server",
-                        where,
-                        *SILENT,
-                        "--duration",
-                        "2",
-                        "--json",
-                        f"{me}.json",
-                    ],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    env=env(tmp_path),
-                    cwd=tmp_path,
-                )
-            )
+            procs.append(caller(tmp_path, me, peer, where))
             time.sleep(0.5)  # alice waits at her server before bob asks at his
         for proc in procs:
             _, err = proc.communicate(timeout=40)
@@ -514,26 +508,15 @@ def test_a_caller_whose_server_dies_while_waiting_meets_its_peer_through_another
     servers = [rendezvous_on(tmp_path, store.url) for _ in range(3)]
     (s1, first), (_, second), (_, third) = servers
 
-    def caller(me: str, peer: str, *where: str) -> subprocess.Popen[str]:
-        flags = [arg for server in where for arg in ("--server", server)]
-        return subprocess.Popen(
-            [str(BIN / "callpeer"), "--as", me, peer, *flags, *SILENT, *LENGTHS, f"{me}.json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env(tmp_path),
-            cwd=tmp_path,
-        )
-
     try:
-        alice = caller("alice", "bob", first, second)
+        alice = caller(tmp_path, "alice", "bob", first, second)
         deadline = time.monotonic() + 20
         while cluster_holder(store, "alice") is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert cluster_holder(store, "alice") is not None, "alice never registered"
         s1.kill()  # the whole server: its workers die with it
         s1.wait(10)
-        bob = caller("bob", "alice", third)
+        bob = caller(tmp_path, "bob", "alice", third)
         errors = {}
         for me, proc in (("alice", alice), ("bob", bob)):
             _, errors[me] = proc.communicate(timeout=60)
@@ -583,21 +566,10 @@ def test_a_server_whose_subscription_is_lost_subscribes_again(
 
 
 def test_redis_and_store_do_not_go_together(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [str(BIN / "callpeer-rendezvous"), "--redis", "redis://127.0.0.1:1/0", "--store", "x"],
-        capture_output=True,
-        text=True,
-        env=env(tmp_path),
-        check=False,
-    )
+    both = ("--redis", "redis://127.0.0.1:1/0", "--store", "x")
+    out = rendezvous_command(*both, tmp_path=tmp_path)
     assert out.returncode == 2 and "--store and --redis" in out.stderr
-    bad = subprocess.run(
-        [str(BIN / "callpeer-rendezvous"), "--redis", "127.0.0.1:6379"],
-        capture_output=True,
-        text=True,
-        env=env(tmp_path),
-        check=False,
-    )
+    bad = rendezvous_command("--redis", "127.0.0.1:6379", tmp_path=tmp_path)
     assert bad.returncode == 2 and "redis://HOST:PORT/DB" in bad.stderr
 
 
