@@ -459,6 +459,21 @@ def caller(tmp_path: Path, me: str, peer: str, *where: str) -> subprocess.Popen[
     )
 
 
+def connected_directly(tmp_path: Path) -> None:
+    """Both callers' reports: the call went direct, and each heard the other."""
+    for me in ("alice", "bob"):
+        report = json.loads((tmp_path / f"{me}.json").read_text())
+        assert report["path"] == "direct"
+        assert report["audio"]["frames_received"] >= 80
+
+
+def stop(servers: list[tuple[subprocess.Popen[str], str]]) -> None:
+    for proc, _ in servers:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+
+
 def rendezvous_on(tmp_path: Path, url: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [str(BIN / "callpeer-rendezvous"), "--listen", "127.0.0.1:0", "--redis", url],
@@ -487,14 +502,9 @@ def test_a_call_between_callers_on_two_servers(tmp_path: Path, store: RedisProce
         for proc in procs:
             _, err = proc.communicate(timeout=40)
             assert proc.returncode == 0, err
-        for me in ("alice", "bob"):
-            report = json.loads((tmp_path / f"{me}.json").read_text())
-            assert report["path"] == "direct"
-            assert report["audio"]["frames_received"] >= 80
+        connected_directly(tmp_path)
     finally:
-        for proc, _ in servers:
-            proc.terminate()
-            proc.wait(10)
+        stop(servers)
 
 
 @needs_redis
@@ -522,15 +532,9 @@ def test_a_caller_whose_server_dies_while_waiting_meets_its_peer_through_another
             _, errors[me] = proc.communicate(timeout=60)
             assert proc.returncode == 0, errors[me]
         assert f"registering with {second}" in errors["alice"], errors["alice"]
-        for me in ("alice", "bob"):
-            report = json.loads((tmp_path / f"{me}.json").read_text())
-            assert report["path"] == "direct"
-            assert report["audio"]["frames_received"] >= 80
+        connected_directly(tmp_path)
     finally:
-        for proc, _ in servers:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(10)
+        stop(servers)
 
 
 def cluster_holder(store: RedisProcess, name: str) -> bytes | None:
