@@ -26,6 +26,7 @@ from tests.test_cli import config_dir
 from tests.test_cli import env
 from tests.test_cli import presented
 from tests.test_cli import run_main
+from tests.test_cli import start_rendezvous
 from voip import Call
 from voip import CallOptions
 from voip import NullSink
@@ -248,31 +249,17 @@ def test_the_config_file_may_list_servers_and_one_string_still_works(
 # -- the command, for real: a name with two addresses, the first one killed ------------------
 
 
-def start_rendezvous(listen: str, home: Path) -> tuple[subprocess.Popen[str], str]:
-    """callpeer-rendezvous on `listen`: the process and the HOST:PORT it listens on."""
-    proc = subprocess.Popen(
-        [str(BIN / "callpeer-rendezvous"), "--listen", listen],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env(home),
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert "listening on udp" in line, line
-    return proc, line.rsplit(" ", 1)[1].strip()
-
-
 @pytest.fixture
 def two_rendezvous(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
     """S1 on 127.0.0.2 and S2 on 127.0.0.3, at the same port (one name's two addresses)."""
     procs: list[subprocess.Popen[str]] = []
     try:
         for _ in range(5):  # the port S1 got may be taken on 127.0.0.3
-            s1, first = start_rendezvous("127.0.0.2:0", tmp_path / "s1")
+            s1, first = start_rendezvous(tmp_path / "s1", "--listen", "127.0.0.2:0")
             procs.append(s1)
             port = first.rsplit(":", 1)[1]
             try:
-                s2, second = start_rendezvous(f"127.0.0.3:{port}", tmp_path / "s2")
+                s2, second = start_rendezvous(tmp_path / "s2", "--listen", f"127.0.0.3:{port}")
             except AssertionError:
                 s1.kill()
                 continue

@@ -73,20 +73,28 @@ def callpeer(*args: str, tmp_path: Path, timeout: float = 30) -> subprocess.Comp
     )
 
 
+def start_rendezvous(home: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """callpeer-rendezvous with `args` (on 127.0.0.1:0 unless they name a --listen), its name
+    store under `home`: the process and the HOST:PORT it listens on, once it says so."""
+    listen = [] if any(a.startswith("--listen") for a in args) else ["--listen", "127.0.0.1:0"]
+    proc = subprocess.Popen(
+        [str(BIN / "callpeer-rendezvous"), *listen, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env(home),
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "listening on udp" in line, line
+    return proc, line.rsplit(" ", 1)[1].strip()
+
+
 @contextlib.contextmanager
 def running_rendezvous(tmp_path: Path) -> Iterator[str]:
     """A callpeer-rendezvous on loopback, its name store under tmp_path: its HOST:PORT."""
-    proc = subprocess.Popen(
-        [str(BIN / "callpeer-rendezvous"), "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env(tmp_path),
-    )
+    proc, address = start_rendezvous(tmp_path)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert "listening on udp" in line, line
-        yield line.rsplit(" ", 1)[1].strip()
+        yield address
     finally:
         proc.terminate()
         proc.wait(5)

@@ -20,6 +20,7 @@ import pytest
 from tests.test_cli import BIN
 from tests.test_cli import SILENT
 from tests.test_cli import env
+from tests.test_cli import start_rendezvous
 from tests.test_interop_coturn import running_coturn
 from tests.test_report_schema import errors
 from voip.wire.candidates import format_address
@@ -111,17 +112,9 @@ def delay_proxy(target: Address, delay: float) -> Iterator[Address]:
 @contextlib.contextmanager
 def rendezvous(tmp_path: Path, *args: str) -> Iterator[Address]:
     """A callpeer-rendezvous on loopback with `args`: its UDP address."""
-    proc = subprocess.Popen(
-        [str(BIN / "callpeer-rendezvous"), "--listen=127.0.0.1:0", "--store=:memory:", *args],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env(tmp_path),
-    )
+    proc, address = start_rendezvous(tmp_path, "--store=:memory:", *args)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert "listening on udp" in line, line
-        host, port = line.rsplit(" ", 1)[1].strip().rsplit(":", 1)
+        host, port = address.rsplit(":", 1)
         yield host, int(port)
     finally:
         proc.terminate()

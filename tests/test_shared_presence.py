@@ -42,6 +42,7 @@ from tests.test_cli import BIN
 from tests.test_cli import SILENT
 from tests.test_cli import env
 from tests.test_cli import rendezvous_command
+from tests.test_cli import start_rendezvous
 from voip.lab.redis_server import RedisProcess
 from voip.lab.redis_server import redis_unavailable_reason
 from voip.lab.redis_server import start_redis
@@ -475,19 +476,12 @@ def stop(servers: list[tuple[subprocess.Popen[str], str]]) -> None:
 
 
 def rendezvous_on(tmp_path: Path, url: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [str(BIN / "callpeer-rendezvous"), "--listen", "127.0.0.1:0", "--redis", url],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env(tmp_path),
-    )
+    proc, address = start_rendezvous(tmp_path, "--redis", url)
     assert proc.stdout is not None
-    first = proc.stdout.readline()
-    assert "listening on udp" in first, first
-    for line in proc.stdout:
+    for line in proc.stdout:  # up to the line that says it shares presence through Redis
         if "Redis" in line:
             break
-    return proc, first.rsplit(" ", 1)[1].strip()
+    return proc, address
 
 
 @needs_redis
