@@ -7,9 +7,9 @@ STAMP  := $(VENV)/.installed
 # for speech; coturn to interoperate with (its turnserver and test clients, started only by tests);
 # stun-client, Debian's RFC 3489 client, to check natcheck against; miniupnpd-nftables for lab
 # routers that map ports on request (NAT-PMP, PCP); redis-server for rendezvous servers sharing
-# presence (--redis), started only by tests and benches.
+# presence (--redis), started only by tests and benches; gcc to build the relay's C forwarder.
 SYSLIBS := libopus0 libportaudio2 iproute2 nftables conntrack ethtool espeak-ng coturn stun-client \
-	miniupnpd-nftables redis-server
+	miniupnpd-nftables redis-server gcc
 
 .PHONY: demo test lint fuzz sys-deps venv clean bpf
 
@@ -43,7 +43,8 @@ fuzz: $(STAMP)
 sys-deps:
 	@./scripts/sys-deps.sh $(SYSLIBS)
 
-$(STAMP): pyproject.toml | sys-deps
+# setup.py builds the relay's C forwarder: a changed source is built again.
+$(STAMP): pyproject.toml setup.py rendezvous/channel_forward.c | sys-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
@@ -60,4 +61,4 @@ bpf:
 	sha256sum rendezvous/bpf/channel_relay.c | cut -d' ' -f1 > rendezvous/bpf/channel_relay.o.sha256
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache rendezvous/_channel_forward.*.so

@@ -556,6 +556,10 @@ def start_server(name: str, opts: argparse.Namespace, workdir: Path) -> Server:
     server.host, server.netns = host, link
     server.client_host = link.gen_address if link else HOST
     server.wait_ready()
+    if ours:  # how it forwards live channels in user space: in C batches, or in Python
+        time.sleep(0.2)
+        said = [x for x in server.log_lines() if "live channels forwarded" in x]
+        say(f"  {name}: {said[0] if said else 'did not say how it forwards live channels'}")
     if name == "offload":
         time.sleep(0.5)  # its line saying why not, if it cannot, comes after it answers
         refused = [x for x in server.log_lines() if "--offload:" in x]

@@ -13,6 +13,7 @@ import ssl
 import sys
 from collections.abc import Callable
 
+from rendezvous.batched_routes import forwarder_missing
 from rendezvous.cli_options import DEFAULT_LISTEN
 from rendezvous.cli_options import build_parser
 from rendezvous.limits import OPTIONS as LIMIT_OPTIONS
@@ -85,7 +86,11 @@ def build_server(
         allow_loopback_peers=args.allow_loopback_peers,
         limits=limits,
     )
-    return RendezvousServer.with_relay(relay_host, logic, policy, relay_host6, port_range(args))
+    server = RendezvousServer.with_relay(relay_host, logic, policy, relay_host6, port_range(args))
+    server.batched = args.forward != "python"
+    if args.forward == "batched" and (missing := forwarder_missing()):
+        raise ValueError(f"--forward batched: {missing}")
+    return server
 
 
 def resolved(address: tuple[str, int]) -> tuple[str, int]:

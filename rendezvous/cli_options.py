@@ -157,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
         "it is installed (default)",
     )
     speed.add_argument(
+        "--forward",
+        choices=("auto", "batched", "python"),
+        default="auto",
+        help="how established channels are relayed in user space: batched (C, recvmmsg and "
+        "sendmmsg, no Python per datagram) or python; auto: batched when it was built at "
+        "install (default)",
+    )
+    speed.add_argument(
         "--offload",
         action="store_true",
         help="relay established channels in the kernel (tc/eBPF; needs root): their "

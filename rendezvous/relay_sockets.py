@@ -31,6 +31,8 @@ class SocketRelayPorts:
         self.port_range = port_range
         self.sockets: dict[Address, socket.socket] = {}
         self.reader: PeerReader | None = None  # the server's, once it runs
+        # told of each socket about to close (the C forwarder drops what names its descriptor)
+        self.closing: Callable[[socket.socket], None] | None = None
         self._random = random.SystemRandom()
 
     @property
@@ -81,6 +83,8 @@ class SocketRelayPorts:
     def close(self, relayed: Address) -> None:
         sock = self.sockets.pop(relayed, None)
         if sock is not None:
+            if self.closing is not None:
+                self.closing(sock)
             asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
 

@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 
+from rendezvous.batched_routes import forwarder_missing
 from rendezvous.offload import ChannelOffload
 from rendezvous.offload import OffloadUnavailable
 from rendezvous.offload_routes import kernel_counters
@@ -83,6 +84,7 @@ async def run_server(
         if server.relay_ports is not None:
             where = " and ".join(server.relay_ports.hosts)
             print(f"relaying (TURN) with allocations on {where}", flush=True)
+            print(f"live channels forwarded {forwarding(server)}", flush=True)
         if relay is not None:
             relays = relay.fleet.relays if relay.fleet is not None else (relay.server,)
             where = ", ".join(f"turn:{format_address(r)}" for r in relays)
@@ -120,6 +122,17 @@ async def run_server(
         server.close()
         if store is not None:
             await store.close()
+
+
+def forwarding(server: RendezvousServer) -> str:
+    """How the relay forwards its live channels in user space, and why not in batches."""
+    if server.fast is not None and server.fast.batched is not None:
+        return "in batches (C: recvmmsg, sendmmsg)"
+    if not server.batched:
+        return "in Python (--forward python)"
+    if server.fast is None or server.fast.out is None:
+        return "in Python (batches need one main socket: a single --listen, not dual-stack)"
+    return f"in Python ({forwarder_missing()})"
 
 
 def raise_open_file_limit() -> None:

@@ -9,6 +9,7 @@ import secrets
 import ssl
 from collections import Counter
 
+from rendezvous.batched_routes import new_forwarder
 from rendezvous.behaviour import Addresses
 from rendezvous.fast_path import FastPath
 from rendezvous.logic import RelayOffer
@@ -53,6 +54,7 @@ class RendezvousServer:
         self.fast: FastPath | None = None
         self.receive_buffer = RECEIVE_BUFFER  # of each listening socket (--rcvbuf)
         self.reuse_port = False  # main sockets shared with other processes (--workers)
+        self.batched = True  # live channels forwarded in C when it was built (--forward)
         self.endpoint: UdpEndpoint | None = None
         self.behaviour_endpoints: dict[Address, UdpEndpoint] = {}  # RFC 5780's other three
         # A second --listen (IPv6 beside IPv4): main ports too, by address, and which one sends
@@ -76,11 +78,9 @@ class RendezvousServer:
         port_range: tuple[int, int] | None = None,
     ) -> RendezvousServer:
         """A rendezvous that is also a TURN relay, allocating on `relay_host` (and on
-        `relay_host6`, an IPv6 address, for IPv6 and dual allocations).
-
-        Unless `logic` already names a relay to offer, it offers this one to its callers, with
-        REST credentials from the policy's secret (a random one if none is set).
-        """
+        `relay_host6`, an IPv6 address, for IPv6 and dual allocations); unless `logic` names a
+        relay to offer, it offers this one, with REST credentials from the policy's secret (a
+        random one if none is set)."""
         policy = policy or TurnPolicy()
         if policy.secret is None:
             policy.secret = secrets.token_urlsafe(18)
@@ -163,6 +163,7 @@ class RendezvousServer:
             self.fast.attach(endpoint, local)
         if not self.also and not self.endpoint.dual:  # one socket answers every client
             self.fast.out = self.endpoint.sock
+            self.fast.batched = new_forwarder(self.fast, ports) if self.batched else None
         self.fast.quick = self.node.quick_refresh if self.node is not None else None
         if ports is not None:
             ports.reader = self.fast.peer_readable

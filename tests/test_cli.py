@@ -278,6 +278,27 @@ def test_rendezvous_command_rejects_bad_listen_address(tmp_path: Path) -> None:
     assert result.returncode == 2 and "port must be 0-65535" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("choice", "said"),
+    [
+        ("auto", "in batches (C: recvmmsg, sendmmsg)"),
+        ("batched", "in batches (C: recvmmsg, sendmmsg)"),
+        ("python", "in Python (--forward python)"),
+    ],
+)
+def test_rendezvous_says_how_it_forwards_live_channels(
+    tmp_path: Path, choice: str, said: str
+) -> None:
+    proc, _ = start_rendezvous(tmp_path, "--relay-address=127.0.0.1", f"--forward={choice}")
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(4)]
+        assert f"live channels forwarded {said}\n" in lines, lines
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
 def test_python_m_rendezvous_answers_stun(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "rendezvous", "--listen", "127.0.0.1:0"],

@@ -10,9 +10,12 @@ import socket
 import struct
 import time
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rendezvous.batched_routes import CLIENTS
+from rendezvous.batched_routes import PEERS
 from rendezvous.behaviour import Addresses
 from rendezvous.behaviour import answer_binding
 from rendezvous.behaviour import plain_binding_answer
@@ -177,17 +180,20 @@ def test_a_route_learned_again_replaces_the_old_and_watchers_see_each_change() -
     ]
 
 
-def test_a_loopback_relay_moves_channel_data_both_ways_on_its_fast_path() -> None:
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "python"])
+def test_a_loopback_relay_moves_channel_data_both_ways_on_its_fast_path(batched: bool) -> None:
     """Once the full rules have relayed on a channel, the rest of a call goes by its route:
     every frame arrives, each way, and the relay's counters count them all; after the client
-    releases its allocation nothing more goes through."""
+    releases its allocation nothing more goes through. The same in C batches and in Python."""
     frames = 200
 
     async def scenario() -> None:
         secret = "fast"
         policy = TurnPolicy(secret=secret, allow_loopback_peers=True)
         server = RendezvousServer.with_relay("127.0.0.1", policy=policy)
+        server.batched = batched
         await server.start("127.0.0.1", 0)
+        assert server.fast is not None and (server.fast.batched is not None) == batched
         shell = rest_shell(server.address, secret)
         loop = asyncio.get_running_loop()
         try:
@@ -226,9 +232,14 @@ def test_a_loopback_relay_moves_channel_data_both_ways_on_its_fast_path() -> Non
                 assert server.stats["relayed_to_peer"] == frames
                 assert server.stats["relayed_to_client"] == frames
                 assert len(slow) == 1  # the first frame, which taught the route
+                held = server.fast.batched
+                if held is not None:  # both ways in the C tables
+                    assert (held.routes(CLIENTS), held.routes(PEERS)) == (1, 1)
                 shell.close()  # a Refresh of lifetime 0
                 await until(lambda: server.stats["released"] == 1)
                 assert len(server.turn.table.routes) == 0
+                if held is not None:
+                    assert (held.routes(CLIENTS), held.routes(PEERS)) == (0, 0)
                 peer.sendto(b"too late", relayed)
                 await asyncio.sleep(0.1)
                 assert server.stats["relayed_to_client"] == frames
@@ -262,6 +273,42 @@ def test_garbage_on_the_fast_path_is_dropped_and_the_server_still_answers() -> N
                 assert parse_message_untrusted(answer).cls == Class.SUCCESS
                 assert server.stats["binding"] == 1
         finally:
+            server.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "python"])
+def test_data_behind_a_refresh_of_lifetime_zero_waits_for_it(batched: bool) -> None:
+    """A client's Refresh of lifetime 0 and the frames it sent after it, read in one wake-up:
+    the allocation ends first, so none of those frames reaches the peer (the C forwarder stops
+    at a Refresh and hands the rest to the full rules, in order)."""
+
+    async def scenario() -> None:
+        policy = TurnPolicy(secret="s", allow_loopback_peers=True)
+        server = RendezvousServer.with_relay("127.0.0.1", policy=policy)
+        server.batched = batched
+        await server.start("127.0.0.1", 0)
+        shell = rest_shell(server.address, "s")
+        loop = asyncio.get_running_loop()
+        try:
+            await shell.start()
+            await asyncio.wait_for(shell.allocated.wait(), 5)
+            async with peer_on_channel(shell) as (peer, peer_addr):
+                shell.endpoint.send(*shell.client.wrap(b"taught", peer_addr))
+                assert await asyncio.wait_for(loop.sock_recv(peer, 100), 3) == b"taught"
+                frames = [shell.client.wrap(b"after %d" % i, peer_addr) for i in range(5)]
+                shell.endpoint.send_all(shell.client.close(loop.time()))  # lifetime 0
+                for frame in frames:  # sent in the same turn: read in one wake-up
+                    shell.endpoint.send(*frame)
+                await until(lambda: server.stats["released"] == 1)
+                await asyncio.sleep(0.1)
+                with pytest.raises(BlockingIOError):
+                    peer.recv(100)
+                assert server.stats["relayed_to_peer"] == 1
+                assert server.stats["channel_unknown"] == 5
+        finally:
+            shell.close()
             server.close()
 
     asyncio.run(scenario())
