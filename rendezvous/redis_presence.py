@@ -31,12 +31,12 @@ from rendezvous.presence_scripts import TOUCH
 from rendezvous.presence_scripts import owner_key
 from rendezvous.presence_scripts import presence_key
 from rendezvous.presence_scripts import server_channel
-from rendezvous.rate_log import RateLimitedLog
 from rendezvous.shared_presence import Departure
 from rendezvous.shared_presence import Registration
 from rendezvous.shared_presence import SharedPresence
 from rendezvous.shared_presence import Touch
 from rendezvous.store_records import handoff_bytes
+from voip.rate_log import RateLimitedLog
 
 if TYPE_CHECKING:
     from rendezvous.server import RendezvousServer

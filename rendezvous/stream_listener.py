@@ -22,6 +22,7 @@ from typing import Protocol
 from typing import cast
 
 from rendezvous.limits import address_block
+from voip.rate_log import RateLimitedLog
 from voip.wire.stream_framing import FramingError
 from voip.wire.stream_framing import StreamDeframer
 from voip.wire.stream_framing import frame_channel_data
@@ -30,7 +31,6 @@ from voip.wire.turn import looks_like_channel_data
 
 log = logging.getLogger(__name__)
 
-LOG_EVERY = 10.0  # s between two log lines about connections that sent garbage or broke a handler
 BACKLOG = 1024  # connections the kernel queues before we accept them
 
 
@@ -69,7 +69,9 @@ class StreamListener:
         self.stats: Counter[str] = Counter()
         self.servers: list[asyncio.Server] = []
         self._per_ip: Counter[str] = Counter()
-        self._logged_at = -LOG_EVERY
+        # One line a LOG_EVERY seconds about garbage and broken handlers alike, on the loop's
+        # clock (read when a line is due: a listener may be made before the loop runs).
+        self._log = RateLimitedLog(log, clock=_loop_time)
 
     async def listen(
         self, host: str, port: int, tls: ssl.SSLContext | None = None, dual: bool = True
@@ -141,16 +143,8 @@ class StreamListener:
         """Count `stat`; say `what` at most once a LOG_EVERY seconds (with the traceback of the
         exception being handled, if `traceback`)."""
         self.stats[stat] += 1
-        if self._may_log():
-            count = self.stats[stat]
-            log.warning("%s:%s: %s (%d so far)", *src, what, count, exc_info=traceback)
-
-    def _may_log(self) -> bool:
-        now = asyncio.get_running_loop().time()
-        if now - self._logged_at < LOG_EVERY:
-            return False
-        self._logged_at = now
-        return True
+        count = self.stats[stat]  # the count of this kind, not of both
+        self._log.warning("%s:%s: %s", *src, what, exc_info=traceback, count=count)
 
     def close(self) -> None:
         for server in self.servers:
@@ -158,6 +152,10 @@ class StreamListener:
         self.servers.clear()
         for conn in list(self.by_addr.values()):
             conn.close()
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 class StreamConnection(asyncio.Protocol):

@@ -16,11 +16,11 @@ import socket
 import struct
 from collections.abc import Callable
 
+from voip.rate_log import RateLimitedLog
 from voip.wire.stun import Address
 
 LINK_BUFFER = 4 * 1024 * 1024  # bytes: a burst of registrations waits here for the home
 DRAIN = 1024  # frames read per wake-up at most
-LOG_EVERY = 10.0  # s between two log lines about frames the home could not take
 _LENGTH = struct.Struct("!H")
 
 Take = Callable[[bytes, Address, Address], None]  # data, src, local
@@ -58,8 +58,8 @@ class HomeReader:
 
     def __init__(self, sock: socket.socket, take: Take, clock: Callable[[], float]):
         self.sock, self.take, self.clock = sock, take, clock
-        self.failures = 0
-        self._logged_at = -LOG_EVERY
+        self.failures = 0  # frames that did not parse, and frames `take` raised on
+        self._failed_take = RateLimitedLog(log, clock=clock)
 
     def readable(self) -> None:
         for _ in range(DRAIN):
@@ -77,6 +77,6 @@ class HomeReader:
                 self.take(*parsed)
             except Exception:
                 self.failures += 1
-                if self.clock() - self._logged_at >= LOG_EVERY:
-                    self._logged_at = self.clock()
+                # Written here, without the count the helper adds: the line as it always read.
+                if self._failed_take.note():
                     log.exception("a datagram from another worker could not be handled")

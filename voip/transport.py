@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from voip.rate_log import RateLimitedLog
 from voip.wire.stun import Address
 from voip.wire.transactions import Schedule
 from voip.wire.transactions import Transaction
@@ -28,7 +29,6 @@ SO_RCVBUFFORCE = 33
 TIMESPEC = struct.Struct("@qq")
 ANCILLARY = socket.CMSG_SPACE(TIMESPEC.size)
 BATCH = 64  # datagrams read per wake-up before other work gets a turn
-LOG_EVERY = 10.0  # s between two log lines about datagrams a handler could not take
 MAX_AGE = 5.0  # s: a stamp further from now means the wall clock was stepped
 OFFSET_EVERY = 1.0  # s between readings of the wall clock against the loop's
 V4_MAPPED = "::ffff:"  # RFC 4291 §2.5.5.2: how a dual-stack socket names an IPv4 address
@@ -39,8 +39,8 @@ class UdpEndpoint:
     is when the kernel received it, on the event loop's clock.
 
     This is the one guarded entry for datagrams: a handler's exception is counted and logged at
-    most once per LOG_EVERY seconds, never raised into the event loop, so garbage from the
-    network cannot fill a disk with tracebacks."""
+    most once per LOG_EVERY seconds (voip/rate_log.py), never raised into the event loop, so
+    garbage from the network cannot fill a disk with tracebacks."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_datagram: DatagramHandler):
         self.loop = loop
@@ -49,10 +49,9 @@ class UdpEndpoint:
         self.received = 0
         self.sent = 0
         self.errors = 0  # ICMP errors and sends the kernel refused
-        self.handler_failures = 0
         self._timestamps = False
         self.dual = False  # an IPv6 socket that takes IPv4 too (IPv4 as ::ffff:a.b.c.d inside)
-        self._logged_at = -LOG_EVERY
+        self._failures = RateLimitedLog(log, clock=loop.time)  # the clock datagrams are timed by
         self._offset = 0.0  # wall clock minus loop clock
         self._offset_at = -OFFSET_EVERY
 
@@ -161,19 +160,15 @@ class UdpEndpoint:
             if self.sock is None:  # the handler closed us
                 return
 
+    @property
+    def handler_failures(self) -> int:
+        """Datagrams a handler could not take."""
+        return self._failures.count
+
     def handler_failed(self, src: Address) -> None:
         """Count a datagram a handler could not take; log one a LOG_EVERY seconds at most
         (inside an `except` block: the traceback goes with it)."""
-        self.handler_failures += 1
-        now = self.loop.time()
-        if now - self._logged_at >= LOG_EVERY:
-            self._logged_at = now
-            log.exception(
-                "a datagram from %s:%s could not be handled (%d so far)",
-                src[0],
-                src[1],
-                self.handler_failures,
-            )
+        self._failures.exception("a datagram from %s:%s could not be handled", src[0], src[1])
 
 
 def _receive_buffer(sock: socket.socket, size: int) -> None:
