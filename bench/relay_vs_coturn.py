@@ -294,6 +294,31 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")  # cgroup v1's cpu controller, as on this machine
+QUOTA_PERIOD_US = 10_000  # short periods: a throttled server's socket buffer rides them out
+
+
+def cap_cpu(pids: list[int], percent: float) -> list[Path]:
+    """Each process in a cgroup of its own with a CFS quota of `percent` of one CPU."""
+    if not CGROUP_CPU.is_dir():
+        raise BenchError(f"--cpu-quota needs cgroup v1's cpu controller at {CGROUP_CPU}")
+    made = []
+    for pid in pids:
+        group = CGROUP_CPU / f"callpeer-bench-{pid}"
+        group.mkdir(exist_ok=True)
+        (group / "cpu.cfs_period_us").write_text(str(QUOTA_PERIOD_US))
+        (group / "cpu.cfs_quota_us").write_text(str(int(QUOTA_PERIOD_US * percent / 100)))
+        (group / "cgroup.procs").write_text(str(pid))
+        made.append(group)
+    return made
+
+
+def remove_cgroups(groups: list[Path]) -> None:
+    for group in groups:  # empty once its process has exited
+        with contextlib.suppress(OSError):
+            group.rmdir()
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """utime + stime of these processes, all their threads included."""
     total = 0
@@ -400,6 +425,7 @@ class Server:
     host: str = HOST  # where it listens and relays from
     client_host: str = HOST  # where the generator's clients and peers are
     netns: BenchLink | None = None  # --netns: the server runs in its relay namespace
+    cgroups: list[Path] = field(default_factory=list)  # --cpu-quota: one per process
 
     @property
     def net(self) -> str:
@@ -433,7 +459,13 @@ class Server:
         return " | ".join(self.log_lines()[-5:])
 
     def stop(self) -> None:
-        """The whole process group, SIGTERM then SIGKILL."""
+        """The whole process group, SIGTERM then SIGKILL; its cgroups (--cpu-quota) after."""
+        try:
+            self._stop()
+        finally:
+            remove_cgroups(self.cgroups)
+
+    def _stop(self) -> None:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -451,8 +483,8 @@ class Server:
 def ours_command(port: int, extra: list[str], host: str = HOST) -> list[str]:
     exe = Path(sys.executable).with_name("callpeer-rendezvous")
     # Loopback peers on loopback; in --netns the peers are in the benchmarking range, which
-    # the relay refuses unless allowed, and it is not quiet: it says where its kernel path
-    # went, and its counters (the kernel's among them) when stopped (a few lines a minute).
+    # the relay refuses unless allowed. It is not quiet: it says how it forwards live channels
+    # and where its kernel path went, and its counters when stopped (a few lines a minute).
     netns = host != HOST
     peers = [f"--allow-peer={BENCH_RANGE}"] if netns else ["--allow-loopback-peers"]
     return [
@@ -464,7 +496,6 @@ def ours_command(port: int, extra: list[str], host: str = HOST) -> list[str]:
         *peers,
         f"--turn-secret={SECRET}",
         "--store=:memory:",
-        *([] if netns else ["-q"]),
         *crowd_quotas(max(UCLIENT_STREAMS, *PEAK_ALLOCATIONS, STEP_ALLOCATIONS)),
         *extra,
     ]
@@ -556,6 +587,11 @@ def start_server(name: str, opts: argparse.Namespace, workdir: Path) -> Server:
     server.host, server.netns = host, link
     server.client_host = link.gen_address if link else HOST
     server.wait_ready()
+    if opts.cpu_quota:
+        time.sleep(0.5)  # every worker forked
+        server.cgroups = cap_cpu(process_tree(proc.pid), opts.cpu_quota)
+        each = f"each at most {opts.cpu_quota:g}% of a CPU"
+        say(f"  {name}: {len(server.cgroups)} process(es), {each}")
     if ours:  # how it forwards live channels in user space: in C batches, or in Python
         time.sleep(0.2)
         said = [x for x in server.log_lines() if "live channels forwarded" in x]
@@ -1641,6 +1677,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=10.0,
         help="how long each uclient stream sends (default 10)",
+    )
+    p.add_argument(
+        "--cpu-quota",
+        type=float,
+        metavar="PCT",
+        help="each server process may use at most PCT %% of one CPU (its own cgroup v1 CFS "
+        "quota, 10 ms periods; root): with --ours-arg=--workers=N, whether N quotas carry N "
+        "times one, which a machine with no cores to spare cannot show with whole cores",
     )
     p.add_argument("--json", metavar="PATH", help="write the results as JSON here ('-': stdout)")
     opts = p.parse_args(argv)

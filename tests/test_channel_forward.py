@@ -10,8 +10,11 @@ import os
 import secrets
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -350,3 +353,21 @@ def test_a_channel_outside_channel_numbers_and_an_unready_forwarder_are_refused(
             unready.drain(CLIENTS, fd, 0.0, 10, 10)
         with pytest.raises(RuntimeError, match="not initialised"):
             unready.route(CLIENTS, fd, name(sock), 0x4000, fd, name(sock), STRIP, FAR)
+
+
+def test_the_forwarding_cost_bench_runs_each_way() -> None:
+    """bench/forward_cost.py, tiny: every way of forwarding delivers what it read."""
+    bench = Path(__file__).resolve().parents[1] / "bench" / "forward_cost.py"
+    done = subprocess.run(
+        [sys.executable, str(bench), "--datagrams", "200", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == 5, done.stdout  # the header and four ways
+    for row in rows[1:]:
+        figures = [float(cell) for cell in row.strip("| ").split(" | ")[1:]]
+        assert len(figures) == 2 and all(f > 0 for f in figures), row
