@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -180,3 +181,30 @@ def test_runs_give_the_server_cores_own_time() -> None:
         "kernel_to_peer_packets": 7,
         "relayed": 2,
     }
+
+
+CGROUP_REASON = (
+    "not root"
+    if os.geteuid() != 0
+    else None
+    if bench.CGROUP_CPU.is_dir()
+    else f"no cgroup v1 cpu controller at {bench.CGROUP_CPU}"
+)
+
+
+@pytest.mark.skipif(CGROUP_REASON is not None, reason=CGROUP_REASON or "")
+def test_a_cpu_quota_puts_each_process_in_a_capped_group_of_its_own() -> None:
+    """--cpu-quota: the quota as written, the process inside, and the group gone after it."""
+    child = subprocess.Popen(["sleep", "30"])
+    groups: list[Path] = []
+    try:
+        groups = bench.cap_cpu([child.pid], 40)
+        [group] = groups
+        assert (group / "cpu.cfs_quota_us").read_text().strip() == "4000"
+        assert (group / "cpu.cfs_period_us").read_text().strip() == "10000"
+        assert (group / "cgroup.procs").read_text().split() == [str(child.pid)]
+    finally:
+        child.kill()
+        child.wait()
+        bench.remove_cgroups(groups)
+    assert groups and not groups[0].exists()
