@@ -5,6 +5,7 @@ gives it; its table checked against a dict under random routes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -22,12 +23,15 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from rendezvous import batched_routes
 from rendezvous._channel_forward import BATCH
 from rendezvous._channel_forward import Forwarder
 from rendezvous.batched_routes import CLIENTS
 from rendezvous.batched_routes import PEERS
 from rendezvous.batched_routes import STRIP
 from rendezvous.batched_routes import forwarder_missing
+from rendezvous.running import forwarding
+from rendezvous.server import RendezvousServer
 
 FAR = 1e12  # an expiry no test reaches
 
@@ -371,3 +375,23 @@ def test_the_forwarding_cost_bench_runs_each_way() -> None:
     for row in rows[1:]:
         figures = [float(cell) for cell in row.strip("| ").split(" | ")[1:]]
         assert len(figures) == 2 and all(f > 0 for f in figures), row
+
+
+def test_without_the_forwarder_the_relay_forwards_in_python_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An install without a C compiler: no forwarder, the Python fast path, and the reason in
+    the server's start line."""
+    monkeypatch.setattr(batched_routes, "Forwarder", None)
+
+    async def scenario() -> None:
+        server = RendezvousServer.with_relay("127.0.0.1")
+        await server.start("127.0.0.1", 0)
+        try:
+            assert server.fast is not None and server.fast.batched is None
+            assert forwarding(server) == f"in Python ({batched_routes.forwarder_missing()})"
+            assert "was not built" in forwarding(server)
+        finally:
+            server.close()
+
+    asyncio.run(scenario())
