@@ -44,6 +44,7 @@ EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
 MIN_RANGE = 1024  # ports: a range above the ephemeral one smaller than this is too small
 READY_WITHIN = 20.0  # s for every worker to listen
 PR_SET_PDEATHSIG = 1
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})  # stop the workers, then the parent
 
 
 @dataclass
@@ -155,17 +156,27 @@ def run_workers(
     pairs = [link_pair() for _ in range(count - 1)]
     children: dict[int, int] = {}
 
+    parent = os.getpid()
+
     def start(index: int) -> None:
         ready_r, ready_w = os.pipe()
         sys.stdout.flush()  # or the worker prints what the parent had buffered again
         sys.stderr.flush()
+        # Blocked across the fork: a SIGTERM that reached the worker before it dropped the
+        # parent's handler would run it there (and stop its siblings).
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
-        if pid == 0:  # the worker
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        else:  # the worker
             status = 1
             try:
-                for signum in (signal.SIGTERM, signal.SIGINT):
+                for signum in STOP_SIGNALS:
                     signal.signal(signum, signal.SIG_DFL)
                 die_with_parent()
+                if os.getppid() != parent:  # the parent died before that was armed
+                    return
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
                 os.close(ready_r)
                 for sock in held:
                     sock.close()
@@ -190,7 +201,7 @@ def run_workers(
         stopping = True
         stop_all(children)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, on_signal)
     try:
         for index in range(1, count):

@@ -219,6 +219,39 @@ def test_stopping_the_server_stops_every_worker_and_so_does_killing_it() -> None
             assert not alive, (how, alive)
 
 
+def test_a_sigterm_while_the_workers_start_leaves_no_process_behind() -> None:
+    """Stopped at any moment of its start (before, between and after the forks), the server
+    and every worker it made are gone: none runs on with the parent's handler or orphaned."""
+    for delay in (0.05, 0.15, 0.3, 0.5, 0.8):
+        proc = subprocess.Popen(
+            [
+                str(BIN / "callpeer-rendezvous"),
+                *("--workers=3", "--listen=127.0.0.1:0", "--relay-address=127.0.0.1"),
+                *(f"--min-port={RANGE[0]}", f"--max-port={RANGE[1]}", "--store=:memory:"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its process group: whatever it forked stays in it
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while (left := in_group(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not left, (delay, left)
+
+
+def in_group(pgid: int) -> list[int]:
+    """The live (not zombie) processes of a process group."""
+    found = []
+    for process in psutil.process_iter(["pid", "status"]):
+        with contextlib.suppress(ProcessLookupError, psutil.Error):
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process.pid)
+    return found
+
+
 @pytest.mark.parametrize("count", ["1", "2"])
 def test_a_plain_binding_is_answered_whichever_worker_takes_it(count: str) -> None:
     with workers_server(f"--workers={count}") as (_, server):
