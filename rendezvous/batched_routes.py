@@ -73,8 +73,7 @@ class BatchedRoutes:
     ):
         self.forwarder, self.out = forwarder, out
         self.relay_sockets, self.streams, self.stats = relay_sockets, streams, stats
-        # where each route's peer side went in: the relayed socket's descriptor, by route
-        self._relay_fd: dict[tuple[Address, int], int] = {}
+        # the route each peer-side entry is for (a newer route may hold its key by now)
         self._peer_side: dict[tuple[int, Address], Route] = {}
 
     def route_added(self, route: Route) -> None:
@@ -86,7 +85,8 @@ class BatchedRoutes:
     def route_removed(self, route: Route) -> None:
         with contextlib.suppress(OSError, ValueError, TypeError):  # never carried
             self.forwarder.unroute(CLIENTS, self.out.fileno(), route.client, route.channel)
-        relay = self._relay_fd.pop((route.client, route.channel), None)
+        sock = self.relay_sockets.get(route.relayed)  # gone: forget() took its entries
+        relay = sock.fileno() if sock is not None else None
         if relay is not None and self._peer_side.get((relay, route.peer)) is route:
             del self._peer_side[(relay, route.peer)]
             with contextlib.suppress(OSError, ValueError, TypeError):
@@ -97,8 +97,6 @@ class BatchedRoutes:
         opened gets (its routes went with its allocation; this makes sure)."""
         fd = sock.fileno()
         self.forwarder.forget(fd)
-        for route_key in [k for k, relay in self._relay_fd.items() if relay == fd]:
-            del self._relay_fd[route_key]
         for peer_key in [k for k in self._peer_side if k[0] == fd]:
             del self._peer_side[peer_key]
 
@@ -123,5 +121,4 @@ class BatchedRoutes:
         self.forwarder.route(
             PEERS, relay, route.peer, 0, main, route.client, route.channel, route.expires
         )
-        self._relay_fd[(route.client, route.channel)] = relay
         self._peer_side[(relay, route.peer)] = route
